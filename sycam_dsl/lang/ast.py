@@ -1,0 +1,105 @@
+"""Immutable, hashable typed AST nodes.
+
+A node is a terminal (``var``), a literal (``const``), an operator application (``op``) or,
+inside grammar productions only, a hole standing for a non-terminal (``hole``).
+Hash and size are computed once at construction, so nodes are cheap dictionary keys.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from .types import Type
+
+VAR, CONST, OP, HOLE = "var", "const", "op", "hole"
+
+
+class Node:
+    """One typed AST node. ``head`` is the terminal, operator or non-terminal name, or the literal."""
+
+    __slots__ = ("kind", "head", "args", "type", "size", "_hash")
+
+    def __init__(self, kind: str, head: str | int | float, args: tuple["Node", ...], type: Type) -> None:
+        self.kind = kind
+        self.head = head
+        self.args = args
+        self.type = type
+        self.size = (0 if kind == HOLE else 1) + sum(a.size for a in args)
+        self._hash = hash((kind, head, args, type))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Node) or self._hash != other._hash:
+            return False
+        return (self.kind == other.kind and self.type == other.type and self.head == other.head
+                and type(self.head) is type(other.head) and self.args == other.args)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if hasattr(self, "_hash"):
+            raise AttributeError("Node is immutable")
+        object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        from .sexpr import to_sexpr
+        return f"Node({to_sexpr(self)!r}: {self.type})"
+
+    def __str__(self) -> str:
+        from .sexpr import to_sexpr
+        return to_sexpr(self)
+
+    def walk(self) -> Iterator["Node"]:
+        """All nodes, pre-order."""
+        yield self
+        for a in self.args:
+            yield from a.walk()
+
+    def terminals(self) -> list[str]:
+        """Terminal names used, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for n in self.walk():
+            if n.kind == VAR:
+                seen.setdefault(n.head, None)
+        return list(seen)
+
+    def holes(self) -> list["Node"]:
+        """Hole nodes, left to right (the order in which a production's children are filled)."""
+        return [n for n in self.walk() if n.kind == HOLE]
+
+
+def var(name: str, type: Type) -> Node:
+    return Node(VAR, name, (), type)
+
+
+def const(value: int | float) -> Node:
+    if isinstance(value, bool):
+        raise TypeError("booleans are not literals")
+    return Node(CONST, value, (), Type.INT if isinstance(value, int) else Type.REAL)
+
+
+def hole(nonterminal: str, type: Type) -> Node:
+    return Node(HOLE, nonterminal, (), type)
+
+
+def apply(op: str, args: tuple[Node, ...], type: Type) -> Node:
+    return Node(OP, op, tuple(args), type)
+
+
+def fill(template: Node, children: tuple[Node, ...]) -> Node:
+    """Replace the holes of ``template``, left to right, by ``children``."""
+    it = iter(children)
+
+    def go(n: Node) -> Node:
+        if n.kind == HOLE:
+            return next(it)
+        if not n.args:
+            return n
+        return Node(n.kind, n.head, tuple(go(a) for a in n.args), n.type)
+
+    out = go(template)
+    if next(it, None) is not None:
+        raise ValueError("more children than holes")
+    return out

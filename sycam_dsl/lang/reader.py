@@ -1,0 +1,92 @@
+"""Reading s-expression text (grammar files and expressions) with Lark's LALR parser.
+
+The result is a tree of ``SList`` and ``SAtom`` that remember where they stand in the text,
+so later stages can report ``file:line:col`` for any mistake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import lark
+
+from ..errors import GrammarError
+
+
+@dataclass(frozen=True)
+class SAtom:
+    text: str
+    is_number: bool
+    line: int
+    column: int
+
+    @property
+    def value(self) -> int | float:
+        """The number this atom spells: an ``int`` unless it has a point or an exponent."""
+        t = self.text
+        return float(t) if any(c in t for c in ".eE") else int(t)
+
+
+@dataclass(frozen=True)
+class SList:
+    items: tuple["SAtom | SList", ...]
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+SExpr = SAtom | SList
+
+
+@lru_cache(maxsize=1)
+def sexpr_parser() -> lark.Lark:
+    """The Lark LALR parser of the s-expression syntax (``sexpr.lark``)."""
+    text = resources.files(__package__).joinpath("sexpr.lark").read_text()
+    return lark.Lark(text, parser="lalr", maybe_placeholders=False)
+
+
+def _describe(tok: lark.Token) -> str:
+    return "end of input" if tok.type == "$END" else repr(str(tok))
+
+
+def _check_parens(text: str, source: str) -> None:
+    """Match parentheses first, so a missing ')' is reported at the '(' it leaves open."""
+    stack: list[lark.Token] = []
+    try:
+        for tok in sexpr_parser().lex(text):
+            if tok.type == "LPAR":
+                stack.append(tok)
+            elif tok.type == "RPAR":
+                if not stack:
+                    raise GrammarError("unexpected ')' with no '(' to close", tok.line, tok.column, source)
+                stack.pop()
+    except lark.exceptions.UnexpectedCharacters as e:
+        bad = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
+        hint = " (a number must be followed by a space or a parenthesis)" if bad.isdigit() or bad in ".+-" else ""
+        raise GrammarError(f"unexpected character {bad!r}{hint}", e.line, e.column, source) from None
+    if stack:
+        tok = stack[-1]
+        raise GrammarError("this '(' is never closed: expected ')'", tok.line, tok.column, source)
+
+
+def _convert(node: lark.Tree | lark.Token) -> SExpr:
+    if isinstance(node, lark.Token):
+        return SAtom(str(node), node.type == "NUMBER", node.line, node.column)
+    lpar, *items, rpar = node.children
+    return SList(tuple(_convert(c) for c in items), lpar.line, lpar.column, rpar.line, rpar.column)
+
+
+def read(text: str, source: str = "<string>") -> list[SExpr]:
+    """Parse ``text`` into its top-level s-expressions; errors are ``GrammarError`` with a location."""
+    _check_parens(text, source)
+    try:
+        tree = sexpr_parser().parse(text)
+    except lark.exceptions.UnexpectedToken as e:
+        raise GrammarError(f"unexpected {_describe(e.token)}", e.line, e.column, source) from None
+    except lark.exceptions.UnexpectedInput as e:  # pragma: no cover - parens were checked above
+        raise GrammarError(str(e).splitlines()[0], getattr(e, "line", None), getattr(e, "column", None),
+                           source) from None
+    return [_convert(c) for c in tree.children]

@@ -1,0 +1,92 @@
+"""Expressions as s-expression text: the printer, and the typed builder shared with grammar files.
+
+``to_sexpr`` and ``parse_expr`` round-trip: ``parse_expr(to_sexpr(t), ...) == t``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+from ..errors import GrammarError
+from .ast import CONST, HOLE, VAR, Node, apply, const, var
+from .operators import OPERATORS
+from .reader import SAtom, SExpr, SList, read
+from .types import Type
+
+
+def to_sexpr(node: Node) -> str:
+    """The s-expression text of ``node`` (holes print as their non-terminal's name)."""
+    if node.kind == CONST:
+        return _number_text(node.head)
+    if node.kind in (VAR, HOLE):
+        return str(node.head)
+    return "(" + " ".join([str(node.head)] + [to_sexpr(a) for a in node.args]) + ")"
+
+
+def _number_text(v: int | float) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if not math.isfinite(v):
+        raise ValueError(f"literal {v} cannot be written as text")
+    return repr(float(v))  # shortest text that reads back to the same float, always with '.' or 'e'
+
+
+Resolver = Callable[[SAtom], Node]
+
+
+def build(sx: SExpr, resolve: Resolver, source: str) -> Node:
+    """Turn an s-expression into a typed node, checking operators, arity, types and Int params.
+
+    ``resolve`` maps a symbol atom to a terminal or hole node, or raises ``GrammarError``."""
+    if isinstance(sx, SAtom):
+        if sx.is_number:
+            return const(sx.value)
+        return resolve(sx)
+    if not sx.items:
+        raise GrammarError("empty list '()' where an expression was expected", sx.line, sx.column, source)
+    head, *rest = sx.items
+    if not isinstance(head, SAtom) or head.is_number:
+        raise GrammarError("expected an operator name after '('", head.line, head.column, source)
+    op = OPERATORS.get(head.text)
+    if op is None:
+        raise GrammarError(f"unknown operator {head.text!r} (known: {' '.join(OPERATORS)})",
+                           head.line, head.column, source)
+    if len(rest) != op.arity:
+        raise GrammarError(f"operator {op.name!r} takes {op.arity} operand{'s' * (op.arity > 1)}, "
+                           f"got {len(rest)}", head.line, head.column, source)
+    args = tuple(build(a, resolve, source) for a in rest)
+    for i in op.int_params:
+        a, at = args[i], rest[i]
+        if a.type != Type.INT:
+            raise GrammarError(f"operand {i + 1} of {op.name!r} must be an Int, got {a.type}",
+                               at.line, at.column, source)
+        if a.kind == CONST and a.head < 1:
+            raise GrammarError(f"operand {i + 1} of {op.name!r} must be a positive Int, got {a.head}",
+                               at.line, at.column, source)
+    result = op.result(*(a.type for a in args))
+    if result is None:
+        got = ", ".join(str(a.type) for a in args)
+        raise GrammarError(f"type mismatch: {op.name!r} expects {op.expects}, got ({got})",
+                           head.line, head.column, source)
+    return apply(op.name, args, result)
+
+
+def terminal_resolver(terminals: Mapping[str, Type], source: str) -> Resolver:
+    def resolve(atom: SAtom) -> Node:
+        t = terminals.get(atom.text)
+        if t is None:
+            known = " ".join(terminals) or "none"
+            raise GrammarError(f"unknown terminal {atom.text!r} (known: {known})", atom.line, atom.column, source)
+        return var(atom.text, t)
+    return resolve
+
+
+def parse_expr(text: str, terminals: Mapping[str, Type], source: str = "<expression>") -> Node:
+    """Parse one expression over the given terminals (name -> type)."""
+    items = read(text, source)
+    if len(items) != 1:
+        where = items[1] if len(items) > 1 else None
+        msg = "expected one expression" + (", found more" if where else ", found none")
+        raise GrammarError(msg, where.line if where else 1, where.column if where else 1, source)
+    return build(items[0], terminal_resolver(terminals, source), source)
