@@ -32,8 +32,8 @@ EPS = 1e-8
 
 HELPERS_SRC = '''
 def _protect(self, b: Tensor) -> Tensor:
-    eps = 1e-8
-    return torch.where(b.abs() < eps, torch.where(b < 0, torch.full_like(b, -eps), torch.full_like(b, eps)), b)
+    # sign(b) * max(|b|, 1e-8), with b + 0.0 so that -0.0 counts as positive zero
+    return torch.copysign(b.abs().clamp_min(1e-8), b + 0.0)
 
 def _pdiv(self, a: Tensor, b: Tensor) -> Tensor:
     return a / self._protect(b)

@@ -6,6 +6,7 @@ so later stages can report ``file:line:col`` for any mistake.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -13,6 +14,9 @@ from importlib import resources
 import lark
 
 from ..errors import GrammarError
+
+#: Deepest nesting of parentheses accepted; far beyond any real grammar, well within Python's stack.
+MAX_DEPTH = 200
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,11 @@ def _check_parens(text: str, source: str) -> None:
         for tok in sexpr_parser().lex(text):
             if tok.type == "LPAR":
                 stack.append(tok)
+                if len(stack) > MAX_DEPTH:
+                    raise GrammarError(f"parentheses nested deeper than {MAX_DEPTH} levels", tok.line,
+                                       tok.column, source)
+            elif tok.type == "NUMBER":
+                _check_number(tok, source)
             elif tok.type == "RPAR":
                 if not stack:
                     raise GrammarError("unexpected ')' with no '(' to close", tok.line, tok.column, source)
@@ -70,6 +79,16 @@ def _check_parens(text: str, source: str) -> None:
     if stack:
         tok = stack[-1]
         raise GrammarError("this '(' is never closed: expected ')'", tok.line, tok.column, source)
+
+
+def _check_number(tok: lark.Token, source: str) -> None:
+    """A literal must be a finite float or an int of sensible length."""
+    try:
+        v = SAtom(str(tok), True, tok.line, tok.column).value
+    except ValueError:
+        raise GrammarError(f"number {str(tok)[:20]}... is too long", tok.line, tok.column, source) from None
+    if isinstance(v, float) and not math.isfinite(v):
+        raise GrammarError(f"number {tok} is out of the range of a float", tok.line, tok.column, source)
 
 
 def _convert(node: lark.Tree | lark.Token) -> SExpr:

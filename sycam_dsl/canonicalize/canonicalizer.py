@@ -1,0 +1,79 @@
+"""Canonical forms with sympy, without ever calling ``simplify()``.
+
+A term's sympy form is built from its children's cached forms: terminals are symbols, literals
+are exact rationals, ``+ - * neg sq pow`` are sympy arithmetic and every other operator is an
+uninterpreted function (``relu(x)``, ``topk(x, 5)``, ...), with protected division written as
+``a * inv(b)``. sympy's automatic normalisation (flattening, ordering, collecting like terms,
+folding numbers) is then the only rewriting, and each of its rules holds for our element-wise
+float semantics: ``x - x = 0``, ``x + x = 2*x``, ``x * x = x**2``, ``2*(x + y) = 2*x + 2*y``.
+Nothing identifies ``x * inv(x)`` with 1, which protected division would break at ``x = 0``.
+
+Forms are interned: each distinct form gets an integer id, and ``combine`` memoizes
+``(production, children's ids) -> id`` (children sorted for a commutative operator over two holes),
+so the enumerator pays for sympy at most once per distinct combination.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from ..lang.ast import CONST, HOLE, OP, VAR, Node
+from ..lang.operators import OPERATORS
+
+
+def to_sympy(node: Node, holes: list[sympy.Expr] | None = None) -> sympy.Expr:
+    """The sympy form of ``node``; ``holes`` gives the forms of its holes, left to right."""
+    it = iter(holes or ())
+
+    def go(n: Node) -> sympy.Expr:
+        if n.kind == OP:
+            return OPERATORS[n.head].sympy(*(go(a) for a in n.args))
+        if n.kind == VAR:
+            return sympy.Symbol(n.head)
+        if n.kind == CONST:
+            return sympy.Integer(n.head) if isinstance(n.head, int) else sympy.Rational(n.head)
+        if n.kind == HOLE:
+            return next(it)
+        raise ValueError(n.kind)
+
+    return go(node)
+
+
+class Canonicalizer:
+    """Interns canonical forms as integer ids; one instance per enumeration."""
+
+    def __init__(self) -> None:
+        self._ids: dict[sympy.Expr, int] = {}
+        self.forms: list[sympy.Expr] = []
+        self._memo: dict[tuple, int] = {}
+        self._commutative: dict[Node, bool] = {}
+        self.sympy_calls = 0
+
+    def _intern(self, expr: sympy.Expr) -> int:
+        i = self._ids.get(expr)
+        if i is None:
+            i = self._ids[expr] = len(self.forms)
+            self.forms.append(expr)
+        return i
+
+    def term_id(self, node: Node) -> int:
+        """Canonical id of a complete term (no holes)."""
+        return self.combine(node, ())
+
+    def combine(self, template: Node, child_ids: tuple[int, ...]) -> int:
+        """Canonical id of ``template`` with its holes filled by terms of ``child_ids``."""
+        sym = self._commutative.get(template)
+        if sym is None:
+            sym = self._commutative[template] = (
+                template.kind == OP and OPERATORS[template.head].commutative
+                and all(a.kind == HOLE for a in template.args))
+        key = (template, tuple(sorted(child_ids)) if sym else child_ids)
+        cid = self._memo.get(key)
+        if cid is None:
+            self.sympy_calls += 1
+            cid = self._intern(to_sympy(template, [self.forms[i] for i in child_ids]))
+            self._memo[key] = cid
+        return cid
+
+    def form(self, cid: int) -> sympy.Expr:
+        return self.forms[cid]

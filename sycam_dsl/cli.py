@@ -1,0 +1,155 @@
+"""The ``sycam-dsl`` command line: check, enumerate, compile.
+
+Every expected error prints as one line ``sycam-dsl: error: ...`` with exit code 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import SycamError
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(p) for p in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 7x7, got {text!r}") from None
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sycam-dsl", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("check", help="parse and type-check a grammar file",
+                       description="Parse and type-check a grammar file and print a short summary.")
+    c.add_argument("grammar", help="grammar file (.sy)")
+
+    e = sub.add_parser("enumerate", help="list a grammar's candidate expressions, smallest first",
+                       description="Enumerate candidates bottom-up with canonicalization and observational "
+                                   "equivalence on seeded random terminal values; print them and the counts.")
+    e.add_argument("grammar", help="grammar file (.sy)")
+    e.add_argument("--max-size", type=_positive, required=True, help="largest term size (node count)")
+    e.add_argument("--limit", type=_positive, help="stop after this many candidates")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random terminal values (default 0)")
+    e.add_argument("--images", type=_positive, default=10, help="N, images in the equivalence subset (default 10)")
+    e.add_argument("--channels", type=_positive, default=64, help="K, channels (default 64)")
+    e.add_argument("--hw", type=_hw, default=(7, 7), help="h x w of Map terminals (default 7x7)")
+    e.add_argument("--no-canonicalize", action="store_true", help="turn sympy canonicalization off")
+    e.add_argument("--no-equivalence", action="store_true", help="turn observational equivalence off")
+    e.add_argument("--quiet", action="store_true", help="print only the counts")
+
+    k = sub.add_parser("compile", help="compile an expression to a TorchScript (or torch.export) file",
+                       description="Compile an expression into a file that torch.jit.load (or "
+                                   "torch.export.load) runs without sycam-dsl installed.")
+    k.add_argument("expression", help="an expression such as '(relu (+ grads cic))', or a file holding one")
+    k.add_argument("--grammar", help="grammar file whose inputs type the expression's terminals")
+    k.add_argument("-o", "--output", required=True, help="output file (.pt for torchscript, .pt2 for export)")
+    k.add_argument("--format", choices=("torchscript", "export"), default="torchscript",
+                   help="torchscript (default): a .pt for torch.jit.load; export: a .pt2 for torch.export.load")
+    k.add_argument("--channels", type=_positive, default=64, help="K for the export format's example input")
+    k.add_argument("--hw", type=_hw, default=(7, 7), help="h x w for the export format's example input")
+    return p
+
+
+def _cmd_check(args: argparse.Namespace) -> None:
+    from .parse import load_grammar
+    print(load_grammar(args.grammar).summary())
+
+
+def _cmd_enumerate(args: argparse.Namespace) -> None:
+    from .enumerate import Enumerator
+    from .evaluate import Terminals
+    from .parse import load_grammar
+
+    g = load_grammar(args.grammar)
+    terms = Terminals.random(list(g.inputs), n=args.images, k=args.channels, hw=args.hw, seed=args.seed)
+    en = Enumerator(g, terms, args.max_size, canonicalize=not args.no_canonicalize,
+                    equivalence=not args.no_equivalence)
+    t0 = time.perf_counter()
+    for cand in en.candidates():
+        if not args.quiet:
+            print(f"{cand.index:6d}  size {cand.term.size:2d}  {cand.term}", flush=True)
+        if args.limit and cand.index + 1 >= args.limit:
+            break
+    dt = time.perf_counter() - t0
+    total = en.stats.total()
+    print(en.stats.table())
+    print(f"{total.yielded} candidates, {total.generated} terms generated in {dt:.2f} s "
+          f"({total.generated / max(dt, 1e-9):.0f} terms/s)")
+
+
+def _read_expression(text: str) -> str:
+    p = Path(text)
+    if not text.lstrip().startswith("(") and p.suffix in (".sexp", ".txt", ".json") and p.is_file():
+        content = p.read_text()
+        if p.suffix == ".json":
+            import json
+            try:
+                return json.loads(content)["expression"]
+            except (ValueError, KeyError, TypeError):
+                raise SycamError(f"{p}: expected a JSON object with an 'expression' field") from None
+        return content
+    return text
+
+
+def _cmd_compile(args: argparse.Namespace) -> None:
+    from .backend import save_export, save_torchscript
+    from .evaluate import Terminals
+    from .lang.sexpr import parse_expr
+    from .lang.terminals import terminal_types
+    from .parse import load_grammar
+
+    types = dict(load_grammar(args.grammar).inputs) if args.grammar else terminal_types()
+    node = parse_expr(_read_expression(args.expression), types)
+    if not node.type.is_tensor:
+        raise SycamError(f"expression {node} is a {node.type}; a weight expression must be a Vec or a Map")
+    out = Path(args.output)
+    if args.format == "torchscript":
+        save_torchscript(node, out)
+    else:
+        example = Terminals.random(node.terminals(), n=2, k=args.channels, hw=args.hw)
+        save_export(node, out, example)
+    print(f"wrote {out} ({args.format}): forward({', '.join(node.terminals())}) -> {node.type} weights")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"check": _cmd_check, "enumerate": _cmd_enumerate, "compile": _cmd_compile}
+    try:
+        handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("sycam-dsl: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (SycamError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"sycam-dsl: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+"""Bottom-up enumeration (the SyCAM paper's Algorithm 1) with pruning.
+
+For each size ``s = 1, 2, ...`` and each non-terminal, every production is applied to the bank:
+a production with fixed size ``f`` and holes ``H1..Hm`` combines, for every way of splitting
+``s - f`` into ``m`` positive parts, every term of ``H1`` of the first part size with every term of
+``H2`` of the second, and so on. Order is deterministic: sizes ascending, non-terminals in file
+order (a non-terminal reached by a unit production ``E -> T`` after ``T``), productions in file
+order, splits lexicographic, children in bank order.
+
+Each new combination is (1) canonicalized with sympy (``Canonicalizer``): a form seen before in
+the same non-terminal is dropped without computing anything; (2) evaluated on the equivalence
+subset with one batched tensor operation per production node on its children's stored values;
+(3) dropped if its value fingerprint was seen before in the same non-terminal (observational
+equivalence keeps the first, i.e. smallest, term). Survivors enter the bank; those of the start
+non-terminal are yielded at once, so a consumer starts before a size is finished.
+
+With both prunings off the enumerator still drops syntactic duplicates (an ambiguous grammar can
+derive one term twice), so it yields each term of the grammar exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, NamedTuple
+
+import torch
+
+from ..canonicalize import Canonicalizer
+from ..equivalence.observational import DEFAULT_MANTISSA_BITS, ValueIndex, fingerprints
+from ..evaluate.evaluator import evaluate_with
+from ..evaluate.terminals import Terminals
+from ..lang.ast import CONST, HOLE, Node, fill
+from ..lang.types import Type
+from ..parse.grammar import Grammar, NonTerminal, Production
+
+
+class Candidate(NamedTuple):
+    """A yielded term with its value on the equivalence subset and its position in the stream."""
+
+    term: Node
+    value: torch.Tensor
+    index: int
+
+
+@dataclass
+class SizeStats:
+    generated: int = 0
+    duplicates: int = 0
+    canonical: int = 0
+    equivalent: int = 0
+    kept: int = 0
+    yielded: int = 0
+
+
+@dataclass
+class EnumerationStats:
+    """Counts per size (over all non-terminals) and totals; ``seconds`` is time spent enumerating."""
+
+    per_size: dict[int, SizeStats] = field(default_factory=dict)
+    seconds: float = 0.0
+    sympy_calls: int = 0
+
+    def size(self, s: int) -> SizeStats:
+        return self.per_size.setdefault(s, SizeStats())
+
+    def total(self) -> SizeStats:
+        t = SizeStats()
+        for s in self.per_size.values():
+            for f in vars(t):
+                setattr(t, f, getattr(t, f) + getattr(s, f))
+        return t
+
+    def as_dict(self) -> dict:
+        return {"per_size": {s: vars(v) for s, v in sorted(self.per_size.items())},
+                "total": vars(self.total()), "seconds": self.seconds, "sympy_calls": self.sympy_calls}
+
+    def table(self) -> str:
+        rows = ["size  generated  duplicate  canonical  equivalent   kept  yielded"]
+        for s, v in sorted(self.per_size.items()) + [("all", self.total())]:
+            rows.append(f"{s!s:>4}  {v.generated:9d}  {v.duplicates:9d}  {v.canonical:9d}  {v.equivalent:10d}"
+                        f"  {v.kept:5d}  {v.yielded:7d}")
+        return "\n".join(rows)
+
+
+class _Bucket:
+    """The kept terms of one non-terminal and size, with their canonical ids and values.
+
+    Values are ``[M, ...]`` once the size is finished (``values``); while it fills they are kept
+    as a list of row tensors (``rows``). Int buckets hold Python ints instead."""
+
+    __slots__ = ("terms", "canon", "rows", "values", "ints")
+
+    def __init__(self) -> None:
+        self.terms: list[Node] = []
+        self.canon: list[int] = []
+        self.rows: list[torch.Tensor] = []
+        self.values: torch.Tensor | None = None
+        self.ints: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    def gather(self, index: list[int]) -> torch.Tensor:
+        if self.values is None:
+            return torch.stack([self.rows[i] for i in index])
+        return self.values.index_select(0, torch.as_tensor(index, device=self.values.device))
+
+    def finish(self, keep_values: bool) -> None:
+        if self.rows and keep_values:
+            self.values = torch.stack(self.rows)
+        self.rows = []
+
+
+class _NTState:
+    def __init__(self, nt: NonTerminal, mantissa_bits: int) -> None:
+        self.nt = nt
+        self.buckets: dict[int, _Bucket] = {}
+        # canonical id -> the first term with that form (None until built, when nobody asks for it)
+        self.canon_seen: dict[int, Node | None] = {}
+        self.syntax_seen: set[Node] = set()
+        self.values_seen = ValueIndex(mantissa_bits)
+        # (production, size) -> entries of the child bucket a unit production has consumed
+        self.unit_done: dict[tuple[Production, int], int] = {}
+
+    def bucket(self, size: int) -> _Bucket:
+        b = self.buckets.get(size)
+        if b is None:
+            b = self.buckets[size] = _Bucket()
+        return b
+
+
+def compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
+    """Ways to write ``total`` as ``parts`` positive integers, in lexicographic order."""
+    if parts == 0:
+        if total == 0:
+            yield ()
+        return
+    if parts == 1:
+        if total >= 1:
+            yield (total,)
+        return
+    for first in range(1, total - parts + 2):
+        for rest in compositions(total - first, parts - 1):
+            yield (first,) + rest
+
+
+class Enumerator:
+    """Streams the start non-terminal's terms of ``grammar``, smallest first.
+
+    ``terminals`` are the terminal values on the equivalence subset (``[N, K]`` / ``[N, K, h, w]``).
+    ``max_size`` bounds term size (node count); ``canonicalize`` and ``equivalence`` switch the two
+    prunings; ``chunk`` is how many combinations are evaluated in one batched operation.
+    ``on_prune(nonterminal, term, reason, earlier)``, if given, is called for every dropped term with
+    the reason (``"duplicate"``, ``"canonical"`` or ``"equivalent"``) and the earlier kept term of the
+    same non-terminal that it duplicates.
+    ``stats`` is updated as terms stream."""
+
+    def __init__(self, grammar: Grammar, terminals: Terminals, max_size: int, *, canonicalize: bool = True,
+                 equivalence: bool = True, mantissa_bits: int = DEFAULT_MANTISSA_BITS, chunk: int = 64,
+                 on_prune: Callable[[str, Node, str, Node], None] | None = None) -> None:
+        missing = [n for n in grammar.inputs if n not in terminals]
+        if missing:
+            raise ValueError(f"no values for terminal(s) {', '.join(missing)} of grammar {grammar.source}")
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self.grammar = grammar
+        self.terminals = terminals
+        self.max_size = max_size
+        self.canonicalize = canonicalize
+        self.equivalence = equivalence
+        self.mantissa_bits = mantissa_bits
+        self.chunk = chunk
+        self.on_prune = on_prune
+        self.stats = EnumerationStats()
+        self.canon = Canonicalizer()
+        self._states = {name: _NTState(nt, mantissa_bits) for name, nt in grammar.nonterminals.items()}
+        self._order = _unit_order(grammar)
+        self._yielded = 0
+        hw = terminals.hw
+        self._map_shape = (terminals.n, terminals.k) + (hw if hw else (1, 1))
+
+    def __iter__(self) -> Iterator[Node]:
+        return (c.term for c in self.candidates())
+
+    def candidates(self) -> Iterator[Candidate]:
+        """Yield the start non-terminal's surviving terms with their values, as they are found."""
+        start = self.grammar.start.name
+        for size in range(1, self.max_size + 1):
+            t0 = time.perf_counter()
+            for name in self._order:
+                st = self._states[name]
+                for prod in st.nt.productions:
+                    for kept in self._apply(st, prod, size):
+                        if name == start:
+                            self.stats.size(size).yielded += 1
+                            cand = Candidate(kept[0], kept[1], self._yielded)
+                            self._yielded += 1
+                            self.stats.seconds += time.perf_counter() - t0
+                            yield cand
+                            t0 = time.perf_counter()
+            # Unit productions of a cycle (E -> T, T -> E) may need another pass at the same size.
+            changed = True
+            while changed:
+                changed = False
+                for name in self._order:
+                    st = self._states[name]
+                    for prod in st.nt.productions:
+                        if prod.template.kind == HOLE:
+                            for kept in self._apply(st, prod, size):
+                                changed = True
+                                if name == start:
+                                    self.stats.size(size).yielded += 1
+                                    cand = Candidate(kept[0], kept[1], self._yielded)
+                                    self._yielded += 1
+                                    self.stats.seconds += time.perf_counter() - t0
+                                    yield cand
+                                    t0 = time.perf_counter()
+            for st in self._states.values():
+                if size in st.buckets:
+                    st.buckets[size].finish(keep_values=size < self.max_size)
+            self.stats.seconds += time.perf_counter() - t0
+            self.stats.sympy_calls = self.canon.sympy_calls
+
+    # -- one production at one size -------------------------------------------------------------
+
+    def _apply(self, st: _NTState, prod: Production, size: int) -> Iterator[tuple[Node, torch.Tensor]]:
+        holes = prod.holes
+        rest = size - prod.fixed_size
+        if not holes:
+            if rest == 0:
+                yield from self._process(st, prod, size, [()], [])
+            return
+        for split in compositions(rest, len(holes)):
+            buckets = []
+            for h, s in zip(holes, split):
+                b = self._states[h.head].buckets.get(s)
+                if not b:
+                    break
+                buckets.append(b)
+            else:
+                if prod.template.kind == HOLE:
+                    # A unit production reads a bucket that may still be filling at this size:
+                    # take only the entries this production has not seen yet.
+                    b = buckets[0]
+                    done = st.unit_done.get((prod, size), 0)
+                    st.unit_done[(prod, size)] = len(b)
+                    combos = [(i,) for i in range(done, len(b))]
+                    for lo in range(0, len(combos), self.chunk):
+                        yield from self._process(st, prod, size, combos[lo:lo + self.chunk], buckets)
+                    continue
+                it = itertools.product(*(range(len(b)) for b in buckets))
+                while True:
+                    combos = list(itertools.islice(it, self.chunk))
+                    if not combos:
+                        break
+                    yield from self._process(st, prod, size, combos, buckets)
+
+    def _process(self, st: _NTState, prod: Production, size: int, combos: list[tuple[int, ...]],
+                 buckets: list[_Bucket]) -> Iterator[tuple[Node, torch.Tensor]]:
+        stats = self.stats.size(size)
+        stats.generated += len(combos)
+        tmpl = prod.template
+        # (1) canonicalization, or syntactic de-duplication when it is off
+        watch = self.on_prune is not None
+        canonical_prunes: list[tuple[Node, int]] = []  # reported once the chunk's survivors are settled
+        survivors: list[tuple[tuple[int, ...], int, Node | None]] = []
+        for combo in combos:
+            node = fill(tmpl, tuple(b.terms[i] for b, i in zip(buckets, combo))) if watch else None
+            if self.canonicalize:
+                cid = self.canon.combine(tmpl, tuple(b.canon[i] for b, i in zip(buckets, combo)))
+                if cid in st.canon_seen:
+                    stats.canonical += 1
+                    if watch:
+                        canonical_prunes.append((node, cid))
+                    continue
+                st.canon_seen[cid] = node
+            else:
+                cid = -1
+                if node is None:
+                    node = fill(tmpl, tuple(b.terms[i] for b, i in zip(buckets, combo)))
+                if node in st.syntax_seen:
+                    stats.duplicates += 1
+                    if watch:
+                        self.on_prune(st.nt.name, node, "duplicate", node)
+                    continue
+                st.syntax_seen.add(node)
+            survivors.append((combo, cid, node))
+        if not survivors:
+            self._report(st, canonical_prunes)
+            return
+        # (2) one batched evaluation of the production over all surviving combinations
+        values = self._evaluate(tmpl, [c for c, _, _ in survivors], buckets, st.nt.type)
+        # (3) observational equivalence
+        keys = fingerprints(values, self.mantissa_bits) if self.equivalence and values is not None else None
+        out = st.bucket(size)
+        for j, (combo, cid, node) in enumerate(survivors):
+            if node is None:
+                node = fill(tmpl, tuple(b.terms[i] for b, i in zip(buckets, combo)))
+            if keys is not None:
+                earlier = st.values_seen.add(keys[j], node)
+                if earlier is not None:
+                    stats.equivalent += 1
+                    if watch:
+                        st.canon_seen[cid] = earlier
+                        self.on_prune(st.nt.name, node, "equivalent", earlier)
+                    continue
+            out.terms.append(node)
+            out.canon.append(cid)
+            stats.kept += 1
+            if values is None:
+                out.ints.append(_int_value(node))
+                continue
+            row = values[j]
+            out.rows.append(row)
+            yield node, row
+        self._report(st, canonical_prunes)
+
+    def _report(self, st: _NTState, canonical_prunes: list[tuple[Node, int]]) -> None:
+        for node, cid in canonical_prunes:
+            self.on_prune(st.nt.name, node, "canonical", st.canon_seen[cid])
+
+    def _evaluate(self, tmpl: Node, combos: list[tuple[int, ...]], buckets: list[_Bucket],
+                  nt_type: Type) -> torch.Tensor | None:
+        """Values ``[B, ...]`` of the template on each combination (None for an Int non-terminal)."""
+        if nt_type == Type.INT:
+            return None
+        holes = tmpl.holes()
+        int_holes = [j for j, h in enumerate(holes) if h.type == Type.INT]
+        if int_holes:
+            # Int operands (topk's k, pow's n) are Python ints: evaluate each group of equal ints together.
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for r, combo in enumerate(combos):
+                groups.setdefault(tuple(buckets[j].ints[combo[j]] for j in int_holes), []).append(r)
+            parts, order = [], []
+            for ints, rows in groups.items():
+                parts.append(self._evaluate_group(tmpl, [combos[r] for r in rows], buckets, nt_type,
+                                                  dict(zip(int_holes, ints))))
+                order.extend(rows)
+            out = torch.cat(parts)
+            inverse = torch.empty(len(order), dtype=torch.long)
+            inverse[torch.as_tensor(order)] = torch.arange(len(order))
+            return out.index_select(0, inverse.to(out.device))
+        return self._evaluate_group(tmpl, combos, buckets, nt_type, {})
+
+    def _evaluate_group(self, tmpl: Node, combos: list[tuple[int, ...]], buckets: list[_Bucket], nt_type: Type,
+                        ints: dict[int, int]) -> torch.Tensor:
+        terms = self.terminals
+        b_count = len(combos)
+        hole_vals: list[torch.Tensor | int] = []
+        for j, b in enumerate(buckets):
+            # Int holes come grouped by value; the evaluator turns an int in a tensor position into a constant.
+            hole_vals.append(ints[j] if j in ints else b.gather([c[j] for c in combos]))
+        it = iter(hole_vals)
+
+        def leaf(n: Node):
+            if n.kind == HOLE:
+                return next(it)
+            return terms[n.head]
+
+        v = evaluate_with(tmpl, leaf, terms.dtype, terms.device)
+        return _batch_shape(v, b_count, nt_type, self._map_shape)
+
+
+def _int_value(node: Node) -> int:
+    if node.kind != CONST:
+        raise ValueError(f"an Int non-terminal derived a non-literal {node}")
+    return int(node.head)
+
+
+def _batch_shape(v: torch.Tensor, b: int, t: Type, map_shape: tuple[int, ...]) -> torch.Tensor:
+    """Broadcast a value to its type's full batched shape ``[B, ...]``, so rows stack and hash alike."""
+    n, k = map_shape[:2]
+    full = {Type.REAL: (b, 1, 1), Type.VEC: (b, n, k), Type.MAP: (b,) + map_shape}[t]
+    if tuple(v.shape) != full:
+        v = torch.broadcast_to(v, full).contiguous()
+    return v
+
+
+def _unit_order(grammar: Grammar) -> list[str]:
+    """Non-terminals in file order, except that ``T`` comes before ``E`` when ``E -> T``."""
+    names = list(grammar.nonterminals)
+    deps = {n: [p.template.head for p in grammar.nonterminals[n].productions if p.template.kind == HOLE]
+            for n in names}
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(n: str) -> None:
+        if n in order or n in visiting:
+            return
+        visiting.add(n)
+        for d in deps[n]:
+            visit(d)
+        visiting.discard(n)
+        order.append(n)
+
+    for n in names:
+        visit(n)
+    return order

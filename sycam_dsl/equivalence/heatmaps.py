@@ -1,0 +1,39 @@
+"""Heatmap-level equivalence (SPEC section 5): candidates whose normalized heatmaps agree on the
+equivalence subset are scored once. ``grads`` and ``(+ grads grads)`` differ as weights but give
+the same heatmap, because min-max normalization ignores a positive factor.
+
+Heatmaps are compared at the target layer's resolution: the upsampled heatmap is a fixed function
+of it, so agreement there implies agreement after upsampling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..evaluate.saliency import minmax_normalize, saliency
+from ..lang.types import Type
+from .observational import DEFAULT_MANTISSA_BITS, ValueIndex, fingerprints
+
+
+def normalized_saliency(weights: torch.Tensor, acts: torch.Tensor, weight_type: Type) -> torch.Tensor:
+    """Min-max normalized ``ReLU(sum_k W_k A_k)``: ``[..., N, h, w]`` for weights ``[..., N, K(, h, w)]``."""
+    return minmax_normalize(saliency(weights, acts, weight_type))
+
+
+class HeatmapIndex:
+    """Remembers the normalized heatmaps already scored; ``seen`` tells whether one is new."""
+
+    def __init__(self, acts: torch.Tensor, weight_type: Type, mantissa_bits: int = DEFAULT_MANTISSA_BITS) -> None:
+        """``acts``: activations ``[N, K, h, w]`` of the equivalence subset; ``weight_type``: Vec or Map."""
+        self.acts = acts
+        self.weight_type = weight_type
+        self._index = ValueIndex(mantissa_bits)
+
+    def check(self, weights: torch.Tensor, term: object) -> object | None:
+        """Record ``term`` (weights ``[N, K]`` or ``[N, K, h, w]``, as ``weight_type``); returns the earlier term with the
+        same normalized heatmaps, or None when this heatmap is new."""
+        key = fingerprints(normalized_saliency(weights, self.acts, self.weight_type).unsqueeze(0), self._index.mantissa_bits)[0]
+        return self._index.add(key, term)
+
+    def __len__(self) -> int:
+        return len(self._index)

@@ -1,0 +1,27 @@
+"""The CAM template (SPEC section 1): weights and activations to saliency maps."""
+
+from __future__ import annotations
+
+import torch
+
+from ..lang.types import Type
+
+
+def saliency(weights: torch.Tensor, acts: torch.Tensor, weight_type: Type) -> torch.Tensor:
+    """``S = ReLU(sum_k W_k * A_k)``.
+
+    ``weights``: a Vec ``[..., N, K]`` (one weight per channel) or a Map ``[..., N, K, h, w]`` /
+    ``[..., N, K, 1, 1]`` (per position); ``acts``: ``[N, K, h, w]``. Returns ``[..., N, h, w]``."""
+    if weight_type == Type.VEC:
+        weights = weights.unsqueeze(-1).unsqueeze(-1)
+    return torch.relu((weights * acts).sum(dim=-3))
+
+
+def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalize each map ``[..., h, w]`` to ``[0, 1]``; a constant map becomes all zeros."""
+    flat = maps.flatten(-2)
+    lo = flat.amin(dim=-1, keepdim=True)
+    span = flat.amax(dim=-1, keepdim=True) - lo
+    out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                      torch.zeros_like(flat))
+    return out.reshape(maps.shape)
