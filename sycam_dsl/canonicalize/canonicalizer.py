@@ -8,6 +8,11 @@ folding numbers) is then the only rewriting, and each of its rules holds for our
 float semantics: ``x - x = 0``, ``x + x = 2*x``, ``x * x = x**2``, ``2*(x + y) = 2*x + 2*y``.
 Nothing identifies ``x * inv(x)`` with 1, which protected division would break at ``x = 0``.
 
+Inside a ``Canonicalizer`` an uninterpreted application is replaced by an atom, a symbol named
+by the function and its arguments' canonical ids (``relu[12]``): that is exactly the identity an
+uninterpreted function has, and sympy sorts, hashes and compares plain symbols far faster than
+nested applications, so forms stay flat sums of products of atoms.
+
 Forms are interned: each distinct form gets an integer id, and ``combine`` memoizes
 ``(production, children's ids) -> id`` (children sorted for a commutative operator over two holes),
 so the enumerator pays for sympy at most once per distinct combination.
@@ -15,19 +20,23 @@ so the enumerator pays for sympy at most once per distinct combination.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import sympy
 
 from ..lang.ast import CONST, HOLE, OP, VAR, Node
-from ..lang.operators import OPERATORS
+from ..lang.operators import OPERATORS, uninterpreted
 
 
-def to_sympy(node: Node, holes: list[sympy.Expr] | None = None) -> sympy.Expr:
-    """The sympy form of ``node``; ``holes`` gives the forms of its holes, left to right."""
+def to_sympy(node: Node, holes: list[sympy.Expr] | None = None,
+             functions: Callable[..., sympy.Expr] = uninterpreted) -> sympy.Expr:
+    """The sympy form of ``node``; ``holes`` gives the forms of its holes, left to right;
+    ``functions(name, *args)`` builds each uninterpreted application."""
     it = iter(holes or ())
 
     def go(n: Node) -> sympy.Expr:
         if n.kind == OP:
-            return OPERATORS[n.head].sympy(*(go(a) for a in n.args))
+            return OPERATORS[n.head].sympy(functions, *(go(a) for a in n.args))
         if n.kind == VAR:
             return sympy.Symbol(n.head)
         if n.kind == CONST:
@@ -47,6 +56,7 @@ class Canonicalizer:
         self.forms: list[sympy.Expr] = []
         self._memo: dict[tuple, int] = {}
         self._commutative: dict[Node, bool] = {}
+        self._atoms: dict[tuple, sympy.Symbol] = {}
         self.sympy_calls = 0
 
     def _intern(self, expr: sympy.Expr) -> int:
@@ -71,9 +81,17 @@ class Canonicalizer:
         cid = self._memo.get(key)
         if cid is None:
             self.sympy_calls += 1
-            cid = self._intern(to_sympy(template, [self.forms[i] for i in child_ids]))
+            cid = self._intern(to_sympy(template, [self.forms[i] for i in child_ids], self._atom))
             self._memo[key] = cid
         return cid
+
+    def _atom(self, name: str, *args: sympy.Expr) -> sympy.Symbol:
+        """An uninterpreted application as a symbol named by the function and its arguments' ids."""
+        key = (name,) + tuple(self._intern(a) for a in args)
+        atom = self._atoms.get(key)
+        if atom is None:
+            atom = self._atoms[key] = sympy.Symbol(f"{key[0]}[{','.join(map(str, key[1:]))}]")
+        return atom
 
     def form(self, cid: int) -> sympy.Expr:
         return self.forms[cid]

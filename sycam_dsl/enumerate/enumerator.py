@@ -87,30 +87,40 @@ class EnumerationStats:
 class _Bucket:
     """The kept terms of one non-terminal and size, with their canonical ids and values.
 
-    Values are ``[M, ...]`` once the size is finished (``values``); while it fills they are kept
-    as a list of row tensors (``rows``). Int buckets hold Python ints instead."""
+    While the size fills, values are kept as compact per-chunk tensors (``parts``; only kept rows,
+    so a chunk's pruned rows are freed at once); ``finish`` concatenates them into ``values``
+    ``[M, ...]``. Int buckets hold Python ints instead."""
 
-    __slots__ = ("terms", "canon", "rows", "values", "ints")
+    __slots__ = ("terms", "canon", "parts", "where", "values", "ints")
 
     def __init__(self) -> None:
         self.terms: list[Node] = []
         self.canon: list[int] = []
-        self.rows: list[torch.Tensor] = []
+        self.parts: list[torch.Tensor] = []
+        self.where: list[tuple[int, int]] = []  # term -> (part, row) while filling
         self.values: torch.Tensor | None = None
         self.ints: list[int] = []
 
     def __len__(self) -> int:
         return len(self.terms)
 
+    def add_part(self, values: torch.Tensor, rows: list[int]) -> None:
+        """Store ``values[rows]`` for the terms just appended (in that order)."""
+        part = values if len(rows) == values.shape[0] else values.index_select(
+            0, torch.as_tensor(rows, device=values.device))
+        p = len(self.parts)
+        self.parts.append(part)
+        self.where.extend((p, r) for r in range(len(rows)))
+
     def gather(self, index: list[int]) -> torch.Tensor:
         if self.values is None:
-            return torch.stack([self.rows[i] for i in index])
+            return torch.stack([self.parts[p][r] for p, r in (self.where[i] for i in index)])
         return self.values.index_select(0, torch.as_tensor(index, device=self.values.device))
 
     def finish(self, keep_values: bool) -> None:
-        if self.rows and keep_values:
-            self.values = torch.stack(self.rows)
-        self.rows = []
+        if self.parts and keep_values:
+            self.values = torch.cat(self.parts)
+        self.parts, self.where = [], []
 
 
 class _NTState:
@@ -177,6 +187,8 @@ class Enumerator:
         self.canon = Canonicalizer()
         self._states = {name: _NTState(nt, mantissa_bits) for name, nt in grammar.nonterminals.items()}
         self._order = _unit_order(grammar)
+        self._unit_targets = {p.template.head for nt in grammar.nonterminals.values() for p in nt.productions
+                              if p.template.kind == HOLE}
         self._yielded = 0
         hw = terminals.hw
         self._map_shape = (terminals.n, terminals.k) + (hw if hw else (1, 1))
@@ -295,6 +307,7 @@ class Enumerator:
         # (3) observational equivalence
         keys = fingerprints(values, self.mantissa_bits) if self.equivalence and values is not None else None
         out = st.bucket(size)
+        new_rows: list[int] = []
         for j, (combo, cid, node) in enumerate(survivors):
             if node is None:
                 node = fill(tmpl, tuple(b.terms[i] for b, i in zip(buckets, combo)))
@@ -312,9 +325,12 @@ class Enumerator:
             if values is None:
                 out.ints.append(_int_value(node))
                 continue
-            row = values[j]
-            out.rows.append(row)
-            yield node, row
+            new_rows.append(j)
+            yield node, values[j]
+        if new_rows and (size < self.max_size or st.nt.name in self._unit_targets):
+            # Kept for bigger terms, or for a unit production reading this size. Otherwise the
+            # chunk is freed, which keeps memory flat while the largest size streams.
+            out.add_part(values, new_rows)
         self._report(st, canonical_prunes)
 
     def _report(self, st: _NTState, canonical_prunes: list[tuple[Node, int]]) -> None:

@@ -50,9 +50,19 @@ def _norm_map(self, m: Tensor) -> Tensor:
     return m / self._protect(m.abs().amax(dim=[-3, -2, -1], keepdim=True))
 '''
 
-# sympy functions standing for operators that are not plain arithmetic: no rewrite rule is known
-# to sympy for them, so canonicalization can only identify them when their arguments agree.
-_F = {name: sympy.Function(name) for name in ("relu", "abs", "sqrt", "topk", "gap", "norm", "inv")}
+# Operators that are not plain arithmetic are sympy *uninterpreted* functions: no rewrite rule is
+# known for them, so canonicalization identifies two applications only when their arguments agree.
+# Each ``Operator.sympy`` builds them through its first argument ``f(name, *args)``, so a caller can
+# choose how an application is represented (see ``canonicalize``).
+_FUNCTIONS: dict[str, sympy.FunctionClass] = {}
+
+
+def uninterpreted(name: str, *args: sympy.Expr) -> sympy.Expr:
+    """The plain sympy application ``name(*args)`` of an uninterpreted function."""
+    fn = _FUNCTIONS.get(name)
+    if fn is None:
+        fn = _FUNCTIONS[name] = sympy.Function(name)
+    return fn(*args)
 
 _ANY = (Type.INT, Type.REAL, Type.VEC, Type.MAP)
 _TENSORS = (Type.VEC, Type.MAP)
@@ -113,35 +123,35 @@ def _bcast_type(e: Type) -> Type | None:
 
 OPERATORS: dict[str, Operator] = {op.name: op for op in [
     Operator("+", 2, _elementwise, "two operands of any type", "{0} + {1}",
-             lambda a, b: a + b, elementwise=True, commutative=True, doc="sum"),
+             lambda f, a, b: a + b, elementwise=True, commutative=True, doc="sum"),
     Operator("-", 2, _elementwise, "two operands of any type", "{0} - {1}",
-             lambda a, b: a - b, elementwise=True, doc="difference"),
+             lambda f, a, b: a - b, elementwise=True, doc="difference"),
     Operator("*", 2, _elementwise, "two operands of any type", "{0} * {1}",
-             lambda a, b: a * b, elementwise=True, commutative=True, doc="product"),
+             lambda f, a, b: a * b, elementwise=True, commutative=True, doc="product"),
     Operator("/", 2, _elementwise, "two operands of any type", "self._pdiv({0}, {1})",
-             lambda a, b: a * _F["inv"](b), elementwise=True, doc="protected division"),
+             lambda f, a, b: a * f("inv", b), elementwise=True, doc="protected division"),
     Operator("neg", 1, _same_nonint, "one operand", "torch.neg({0})",
-             lambda a: -a, elementwise=True, doc="negation"),
+             lambda f, a: -a, elementwise=True, doc="negation"),
     Operator("relu", 1, _same_nonint, "one operand", "torch.relu({0})",
-             lambda a: _F["relu"](a), elementwise=True, doc="max(e, 0)"),
+             lambda f, a: f("relu", a), elementwise=True, doc="max(e, 0)"),
     Operator("abs", 1, _same_nonint, "one operand", "torch.abs({0})",
-             lambda a: _F["abs"](a), elementwise=True, doc="|e|"),
+             lambda f, a: f("abs", a), elementwise=True, doc="|e|"),
     Operator("sq", 1, _same_nonint, "one operand", "{0} * {0}",
-             lambda a: a ** 2, elementwise=True, doc="e * e"),
+             lambda f, a: a ** 2, elementwise=True, doc="e * e"),
     Operator("sqrt", 1, _same_nonint, "one operand", "torch.sqrt(torch.abs({0}))",
-             lambda a: _F["sqrt"](a), elementwise=True, doc="sqrt(|e|)"),
+             lambda f, a: f("sqrt", a), elementwise=True, doc="sqrt(|e|)"),
     Operator("pow", 2, _pow_type, "an operand and a positive Int literal", "torch.pow({0}, {1})",
-             lambda a, n: a ** n, int_params=(1,), doc="e ** n, n a positive integer"),
+             lambda f, a, n: a ** n, int_params=(1,), doc="e ** n, n a positive integer"),
     Operator("topk", 2, _topk_type, "a Vec and a positive Int literal", "self._topk({0}, {1})",
-             lambda v, k: _F["topk"](v, k), int_params=(1,), doc="keep the k largest channels"),
+             lambda f, v, k: f("topk", v, k), int_params=(1,), doc="keep the k largest channels"),
     Operator("gap", 1, _gap_type, "a Map", "{0}.mean(dim=[-2, -1])",
-             lambda m: _F["gap"](m), doc="mean over h, w (Map -> Vec)"),
+             lambda f, m: f("gap", m), doc="mean over h, w (Map -> Vec)"),
     Operator("norm", 1, _norm_type, "a Vec or a Map",
              {Type.VEC: "self._norm_vec({0})", Type.MAP: "self._norm_map({0})"},
-             lambda e: _F["norm"](e), doc="e / max|e| per image, protected"),
+             lambda f, e: f("norm", e), doc="e / max|e| per image, protected"),
     # Broadcasting commutes with every operator, so bcast is the identity for canonicalization.
     Operator("bcast", 1, _bcast_type, "a Vec", "{0}.unsqueeze(-1).unsqueeze(-1)",
-             lambda v: v, doc="Vec -> Map, constant over h, w"),
+             lambda f, v: v, doc="Vec -> Map, constant over h, w"),
 ]}
 
 
