@@ -148,3 +148,12 @@ def test_canonicalization_is_sound_on_zeros_negatives_and_ties(seed):
             scale = ref.abs().max().clamp_min(1.0)
             assert torch.allclose(v, ref, rtol=1e-9, atol=1e-9 * float(scale)), (group[0], other)
     assert pairs > 50, "the grammar should produce many terms with equal canonical forms"
+    # The enumerator's own canonical ids (memoized, flattened, with atoms) must be as sound.
+    events = []
+    for _ in Enumerator(g, fit, 4, equivalence=False,
+                        on_prune=lambda nt, t, why, earlier: events.append((t, earlier))):
+        pass
+    assert len(events) > 50
+    for t, earlier in events:
+        a, b = evaluate(t, inputs), evaluate(earlier, inputs)
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max().clamp_min(1.0))), (t, earlier)

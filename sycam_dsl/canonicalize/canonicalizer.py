@@ -15,7 +15,11 @@ nested applications, so forms stay flat sums of products of atoms.
 
 Forms are interned: each distinct form gets an integer id, and ``combine`` memoizes
 ``(production, children's ids) -> id`` (children sorted for a commutative operator over two holes),
-so the enumerator pays for sympy at most once per distinct combination.
+so the enumerator pays for sympy at most once per distinct combination. A second memo catches
+re-associations without calling sympy: when a production's form is ``a + b``, ``a - b`` or
+``a * b`` of its two holes (found by translating it once on placeholder symbols), sympy's result
+depends only on the multiset of the flattened arguments (``Add.make_args``), so
+``(+ a (+ b c))`` reuses the id that ``(+ (+ a b) c)`` computed.
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ class Canonicalizer:
         self._memo: dict[tuple, int] = {}
         self._commutative: dict[Node, bool] = {}
         self._atoms: dict[tuple, sympy.Symbol] = {}
+        self._flat: dict[tuple, int] = {}
+        self._flat_kind: dict[Node, str | None] = {}
+        self._neg: dict[int, tuple] = {}
+        self.flat = True  # the re-association memo; off only to measure what it saves
         self.sympy_calls = 0
 
     def _intern(self, expr: sympy.Expr) -> int:
@@ -80,10 +88,31 @@ class Canonicalizer:
         key = (template, tuple(sorted(child_ids)) if sym else child_ids)
         cid = self._memo.get(key)
         if cid is None:
-            self.sympy_calls += 1
-            cid = self._intern(to_sympy(template, [self.forms[i] for i in child_ids], self._atom))
+            flat = self._flat_key(template, child_ids) if self.flat else None
+            cid = self._flat.get(flat) if flat is not None else None
+            if cid is None:
+                self.sympy_calls += 1
+                cid = self._intern(to_sympy(template, [self.forms[i] for i in child_ids], self._atom))
+                if flat is not None:
+                    self._flat[flat] = cid
             self._memo[key] = cid
         return cid
+
+    def _flat_key(self, template: Node, child_ids: tuple[int, ...]) -> tuple | None:
+        kind = self._flat_kind.get(template, "?")
+        if kind == "?":
+            kind = self._flat_kind[template] = _flat_kind(template)
+        if kind is None:
+            return None
+        a, b = child_ids
+        if kind == "*":
+            args = sympy.Mul.make_args(self.forms[a]) + sympy.Mul.make_args(self.forms[b])
+            return ("*",) + tuple(sorted(args, key=hash))
+        neg = self._neg.get(b) if kind == "-" else None
+        if kind == "-" and neg is None:
+            neg = self._neg[b] = sympy.Add.make_args(-self.forms[b])
+        args = sympy.Add.make_args(self.forms[a]) + (neg if kind == "-" else sympy.Add.make_args(self.forms[b]))
+        return ("+",) + tuple(sorted(args, key=hash))
 
     def _atom(self, name: str, *args: sympy.Expr) -> sympy.Symbol:
         """An uninterpreted application as a symbol named by the function and its arguments' ids."""
@@ -95,3 +124,12 @@ class Canonicalizer:
 
     def form(self, cid: int) -> sympy.Expr:
         return self.forms[cid]
+
+
+def _flat_kind(template: Node) -> str | None:
+    """"+", "-" or "*" when the template's form is that sympy operation of its two holes."""
+    if template.kind != OP or len(template.args) != 2 or any(a.kind != HOLE for a in template.args):
+        return None
+    x, y = sympy.Dummy(), sympy.Dummy()
+    e = to_sympy(template, [x, y])
+    return "+" if e == x + y else "-" if e == x - y else "*" if e == x * y else None
