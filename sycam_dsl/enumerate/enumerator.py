@@ -201,34 +201,27 @@ class Enumerator:
         start = self.grammar.start.name
         for size in range(1, self.max_size + 1):
             t0 = time.perf_counter()
-            for name in self._order:
-                st = self._states[name]
-                for prod in st.nt.productions:
-                    for kept in self._apply(st, prod, size):
-                        if name == start:
-                            self.stats.size(size).yielded += 1
-                            cand = Candidate(kept[0], kept[1], self._yielded)
-                            self._yielded += 1
-                            self.stats.seconds += time.perf_counter() - t0
-                            yield cand
-                            t0 = time.perf_counter()
-            # Unit productions of a cycle (E -> T, T -> E) may need another pass at the same size.
-            changed = True
-            while changed:
-                changed = False
+            units_only = False
+            # After the full pass, unit productions of a cycle (E -> T, T -> E) may find terms that
+            # appeared later in the same size: repeat them until nothing new comes.
+            while True:
+                found = False
                 for name in self._order:
                     st = self._states[name]
                     for prod in st.nt.productions:
-                        if prod.template.kind == HOLE:
-                            for kept in self._apply(st, prod, size):
-                                changed = True
-                                if name == start:
-                                    self.stats.size(size).yielded += 1
-                                    cand = Candidate(kept[0], kept[1], self._yielded)
-                                    self._yielded += 1
-                                    self.stats.seconds += time.perf_counter() - t0
-                                    yield cand
-                                    t0 = time.perf_counter()
+                        if units_only and prod.template.kind != HOLE:
+                            continue
+                        for term, value in self._apply(st, prod, size):
+                            found = True
+                            if name == start:
+                                self.stats.size(size).yielded += 1
+                                self._yielded += 1
+                                self.stats.seconds += time.perf_counter() - t0
+                                yield Candidate(term, value, self._yielded - 1)
+                                t0 = time.perf_counter()
+                if not found:
+                    break
+                units_only = True
             for st in self._states.values():
                 if size in st.buckets:
                     st.buckets[size].finish(keep_values=size < self.max_size)
