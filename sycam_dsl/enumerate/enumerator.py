@@ -113,8 +113,17 @@ class _Bucket:
         self.where.extend((p, r) for r in range(len(rows)))
 
     def gather(self, index: list[int]) -> torch.Tensor:
+        """Rows ``index`` as ``[B, ...]``, or ``[1, ...]`` when they are all one row (it broadcasts).
+
+        Combinations come in lexicographic order, so within a chunk the first child's index is
+        mostly constant and the last one's a run: both are views, not copies."""
         if self.values is None:
             return torch.stack([self.parts[p][r] for p, r in (self.where[i] for i in index)])
+        first, last = index[0], index[-1]
+        if first == last and all(i == first for i in index):
+            return self.values[first:first + 1]
+        if last - first == len(index) - 1 and all(i == first + j for j, i in enumerate(index)):
+            return self.values[first:last + 1]
         return self.values.index_select(0, torch.as_tensor(index, device=self.values.device))
 
     def finish(self, keep_values: bool) -> None:
