@@ -35,10 +35,17 @@ def _hw(text: str) -> tuple[int, int]:
     return h, w
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (the full usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sycam-dsl", description=__doc__.splitlines()[0])
+    p = _Parser(prog="sycam-dsl", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     c = sub.add_parser("check", help="parse and type-check a grammar file",
                        description="Parse and type-check a grammar file and print a short summary.")

@@ -20,6 +20,7 @@ derive one term twice), so it yields each term of the grammar exactly once.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -87,49 +88,56 @@ class EnumerationStats:
 class _Bucket:
     """The kept terms of one non-terminal and size, with their canonical ids and values.
 
-    While the size fills, values are kept as compact per-chunk tensors (``parts``; only kept rows,
-    so a chunk's pruned rows are freed at once); ``finish`` concatenates them into ``values``
-    ``[M, ...]``. Int buckets hold Python ints instead."""
+    Values live in compact per-chunk tensors (``parts``: only the kept rows of each evaluated
+    chunk, so pruned rows are freed at once); ``starts[p]`` is the index of part ``p``'s first
+    term. They are never concatenated: that would copy the whole bank once more. Int buckets hold
+    Python ints instead."""
 
-    __slots__ = ("terms", "canon", "parts", "where", "values", "ints")
+    __slots__ = ("terms", "canon", "parts", "starts", "ints")
 
     def __init__(self) -> None:
         self.terms: list[Node] = []
         self.canon: list[int] = []
         self.parts: list[torch.Tensor] = []
-        self.where: list[tuple[int, int]] = []  # term -> (part, row) while filling
-        self.values: torch.Tensor | None = None
+        self.starts: list[int] = []
         self.ints: list[int] = []
 
     def __len__(self) -> int:
         return len(self.terms)
 
-    def add_part(self, values: torch.Tensor, rows: list[int]) -> None:
-        """Store ``values[rows]`` for the terms just appended (in that order)."""
+    def add_part(self, values: torch.Tensor, rows: list[int], first: int) -> None:
+        """Store ``values[rows]`` as the values of terms ``first, first + 1, ...``."""
         part = values if len(rows) == values.shape[0] else values.index_select(
             0, torch.as_tensor(rows, device=values.device))
-        p = len(self.parts)
         self.parts.append(part)
-        self.where.extend((p, r) for r in range(len(rows)))
+        self.starts.append(first)
 
     def gather(self, index: list[int]) -> torch.Tensor:
         """Rows ``index`` as ``[B, ...]``, or ``[1, ...]`` when they are all one row (it broadcasts).
 
         Combinations come in lexicographic order, so within a chunk the first child's index is
-        mostly constant and the last one's a run: both are views, not copies."""
-        if self.values is None:
-            return torch.stack([self.parts[p][r] for p, r in (self.where[i] for i in index)])
-        first, last = index[0], index[-1]
-        if first == last and all(i == first for i in index):
-            return self.values[first:first + 1]
-        if last - first == len(index) - 1 and all(i == first + j for j, i in enumerate(index)):
-            return self.values[first:last + 1]
-        return self.values.index_select(0, torch.as_tensor(index, device=self.values.device))
+        mostly constant and the last one's a run: a constant is one row, a run inside one part is a
+        view, and anything else is one copy of the rows, segment by segment."""
+        first = index[0]
+        if all(i == first for i in index):
+            p = bisect.bisect_right(self.starts, first) - 1
+            return self.parts[p][first - self.starts[p]:first - self.starts[p] + 1]
+        segments: list[list[int]] = []  # [part, lo, hi) runs of consecutive rows
+        p, lo, hi = -1, 0, 0
+        for i in index:
+            if p < 0 or not lo <= i - self.starts[p] < hi:
+                p = bisect.bisect_right(self.starts, i) - 1
+                lo, hi = 0, self.parts[p].shape[0]
+            r = i - self.starts[p]
+            if segments and segments[-1][0] == p and segments[-1][2] == r:
+                segments[-1][2] += 1
+            else:
+                segments.append([p, r, r + 1])
+        views = [self.parts[q][a:b] for q, a, b in segments]
+        return views[0] if len(views) == 1 else torch.cat(views)
 
-    def finish(self, keep_values: bool) -> None:
-        if self.parts and keep_values:
-            self.values = torch.cat(self.parts)
-        self.parts, self.where = [], []
+    def drop_values(self) -> None:
+        self.parts, self.starts = [], []
 
 
 class _NTState:
@@ -231,9 +239,10 @@ class Enumerator:
                 if not found:
                     break
                 units_only = True
-            for st in self._states.values():
-                if size in st.buckets:
-                    st.buckets[size].finish(keep_values=size < self.max_size)
+            if size == self.max_size:
+                for st in self._states.values():
+                    if size in st.buckets:
+                        st.buckets[size].drop_values()
             self.stats.seconds += time.perf_counter() - t0
             self.stats.sympy_calls = self.canon.sympy_calls
 
@@ -332,7 +341,7 @@ class Enumerator:
         if new_rows and (size < self.max_size or st.nt.name in self._unit_targets):
             # Kept for bigger terms, or for a unit production reading this size. Otherwise the
             # chunk is freed, which keeps memory flat while the largest size streams.
-            out.add_part(values, new_rows)
+            out.add_part(values, new_rows, len(out.terms) - len(new_rows))
         self._report(st, canonical_prunes)
 
     def _report(self, st: _NTState, canonical_prunes: list[tuple[Node, int]]) -> None:
