@@ -73,8 +73,11 @@ def _check_parens(text: str, source: str) -> None:
                     raise GrammarError("unexpected ')' with no '(' to close", tok.line, tok.column, source)
                 stack.pop()
     except lark.exceptions.UnexpectedCharacters as e:
-        bad = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
-        hint = " (a number must be followed by a space or a parenthesis)" if bad.isdigit() or bad in ".+-" else ""
+        pos = e.pos_in_stream
+        bad = text[pos] if 0 <= pos < len(text) else "?"
+        nxt = text[pos + 1] if pos + 1 < len(text) else ""
+        starts_number = bad in "0123456789" or (bad in ".+-" and nxt != "" and nxt in "0123456789")
+        hint = " (a number must be followed by a space or a parenthesis)" if starts_number else ""
         raise GrammarError(f"unexpected character {bad!r}{hint}", e.line, e.column, source) from None
     if stack:
         tok = stack[-1]
@@ -87,8 +90,12 @@ def _check_number(tok: lark.Token, source: str) -> None:
         v = SAtom(str(tok), True, tok.line, tok.column).value
     except ValueError:
         raise GrammarError(f"number {str(tok)[:20]}... is too long", tok.line, tok.column, source) from None
-    if isinstance(v, float) and not math.isfinite(v):
-        raise GrammarError(f"number {tok} is out of the range of a float", tok.line, tok.column, source)
+    try:
+        finite = math.isfinite(float(v))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise GrammarError(f"number {str(tok)[:20]} is out of the range of a float", tok.line, tok.column, source)
 
 
 def _convert(node: lark.Tree | lark.Token) -> SExpr:

@@ -48,6 +48,9 @@ def build(sx: SExpr, resolve: Resolver, source: str) -> Node:
     head, *rest = sx.items
     if not isinstance(head, SAtom) or head.is_number:
         raise GrammarError("expected an operator name after '('", head.line, head.column, source)
+    if head.text in ("Constant", "Variable"):
+        raise GrammarError(f"({head.text} TYPE) stands for whole productions and cannot be an operand",
+                           head.line, head.column, source)
     op = OPERATORS.get(head.text)
     if op is None:
         raise GrammarError(f"unknown operator {head.text!r} (known: {' '.join(OPERATORS)})",

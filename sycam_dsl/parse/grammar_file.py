@@ -7,6 +7,7 @@ constant pools (``:real-constants (0.5 1.0)``, ``:int-constants (1 5)``), and ``
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +21,8 @@ from ..lang.types import Type, parse_type
 from .grammar import DEFAULT_INT_CONSTANTS, DEFAULT_REAL_CONSTANTS, Grammar, NonTerminal, Production
 
 _IGNORED = {"set-logic", "check-synth"}
+#: Int literals parameterize topk and pow; larger values would only overflow.
+_MAX_INT = 2 ** 31 - 1
 _SYNTH = {"synth-cam", "synth-fun"}
 
 
@@ -45,8 +48,10 @@ class _Ctx:
         if not isinstance(sx, SAtom) or sx.is_number:
             raise self.err(f"expected a type ({names})", sx)
         t = parse_type(sx.text)
-        if t is None or t not in allowed:
-            raise self.err(f"unknown type {sx.text!r} here (expected {names})", sx)
+        if t is None:
+            raise self.err(f"unknown type {sx.text!r} (expected {names})", sx)
+        if t not in allowed:
+            raise self.err(f"type {t} is not allowed here (expected {names})", sx)
         return t
 
 
@@ -55,7 +60,7 @@ def load_grammar(path: str | Path, real_constants: Sequence[float] | None = None
     """Read and check the grammar file at ``path``."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise GrammarError(f"cannot read grammar file: {e}", source=str(p)) from None
     return parse_grammar(text, str(p), real_constants, int_constants)
@@ -84,9 +89,16 @@ def parse_grammar(text: str, source: str = "<string>", real_constants: Sequence[
     if synth is None:
         raise GrammarError("no synth-cam declaration found", 1, 1, source)
     if real_constants is not None:
-        pools[Type.REAL] = tuple(float(c) for c in real_constants)
+        reals = tuple(float(c) for c in real_constants)
+        if not all(math.isfinite(c) for c in reals):
+            raise GrammarError(f"real constants must be finite numbers, got {list(real_constants)}", source=source)
+        pools[Type.REAL] = reals
     if int_constants is not None:
-        pools[Type.INT] = tuple(int(c) for c in int_constants)
+        ints = tuple(int(c) for c in int_constants)
+        if not all(1 <= c <= _MAX_INT for c in ints):
+            raise GrammarError(f"Int constants must be integers from 1 to {_MAX_INT}, got {list(int_constants)}",
+                               source=source)
+        pools[Type.INT] = ints
     return _synth(ctx, synth, pools)
 
 
@@ -102,8 +114,8 @@ def _set_option(ctx: _Ctx, cmd: SList, pools: dict[Type, tuple]) -> None:
     for v in values.items:
         if not isinstance(v, SAtom) or not v.is_number:
             raise ctx.err("expected a number", v)
-        if kinds[key] == Type.INT and (not isinstance(v.value, int) or v.value < 1):
-            raise ctx.err("Int constants must be positive integers", v)
+        if kinds[key] == Type.INT and (not isinstance(v.value, int) or not 1 <= v.value <= _MAX_INT):
+            raise ctx.err(f"Int constants must be integers from 1 to {_MAX_INT}", v)
         nums.append(float(v.value) if kinds[key] == Type.REAL else v.value)
     pools[kinds[key]] = tuple(nums)
 
@@ -155,7 +167,10 @@ def _synth(ctx: _Ctx, cmd: SList, pools: dict[Type, tuple]) -> Grammar:
                 raise ctx.err(f"non-terminal {nt!r} is declared but has no rule", d)
 
     nts: dict[str, NonTerminal] = {}
-    for nt, (t, r) in heads.items():
+    # SyGuS: the start symbol is the first declared non-terminal when there are declarations.
+    order = list(declared) if declared is not None else list(heads)
+    for nt in order:
+        t, r = heads[nt]
         prods = _productions(ctx, nt, t, ctx.slist(r.items[2], "a list of productions"), inputs, heads, pools)
         nts[nt] = NonTerminal(nt, t, prods, r.line, r.column)
     start = next(iter(nts.values()))
@@ -206,6 +221,9 @@ def _productions(ctx: _Ctx, nt: str, t: Type, body: SList, inputs: dict[str, Typ
                 raise ctx.err(f"production of type {tmpl.type} in non-terminal {nt!r} of type {t}", sx)
             if t == Type.REAL and tmpl.type == Type.INT:
                 tmpl = const(float(tmpl.head)) if tmpl.kind == "const" else tmpl
+            if t == Type.INT and not (tmpl.kind == "const" and 1 <= tmpl.head <= _MAX_INT):
+                raise ctx.err(f"an Int non-terminal's productions must be integers from 1 to {_MAX_INT} "
+                              "(they parameterize topk and pow)", sx)
             if tmpl not in seen:
                 seen.add(tmpl)
                 out.append(Production(tmpl, sx.line, sx.column))

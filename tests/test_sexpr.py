@@ -1,0 +1,175 @@
+"""The expression printer and parser (``sycam_dsl.lang.sexpr``): round trip and located errors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sycam_dsl.errors import GrammarError
+from sycam_dsl.lang.ast import CONST, Node, apply, const, var
+from sycam_dsl.lang.operators import OPERATORS
+from sycam_dsl.lang.sexpr import parse_expr, to_sexpr
+from sycam_dsl.lang.terminals import TERMINALS, terminal_types
+from sycam_dsl.lang.types import Type
+
+TERMS = terminal_types()
+
+# --------------------------------------------------------------------------- random well-typed nodes
+
+SPECIAL_REALS = [0.1, 1e-20, -3.5, 1e300, -1e300, 0.0, 1.0, 2.5e-7, 5e-324, 1.7976931348623157e308]
+
+_LEAVES: dict[Type, st.SearchStrategy[Node]] = {
+    Type.VEC: st.sampled_from([var(n, t) for n, (t, _) in TERMINALS.items() if t == Type.VEC]),
+    Type.MAP: st.sampled_from([var(n, t) for n, (t, _) in TERMINALS.items() if t == Type.MAP]),
+    Type.REAL: st.one_of(st.sampled_from(SPECIAL_REALS),
+                         st.floats(allow_nan=False, allow_infinity=False)).map(const),
+    Type.INT: st.integers(min_value=-10**30, max_value=10**30).map(const),
+}
+_POSITIVE_INT = st.one_of(st.sampled_from([1, 2, 5, 10]), st.integers(min_value=1, max_value=10**12)).map(const)
+
+# result type -> [(operator, operand types)] for every operand-type combination the table accepts
+_SIGNATURES: dict[Type, list[tuple]] = {t: [] for t in Type}
+for _op in OPERATORS.values():
+    for _args in itertools.product(list(Type), repeat=_op.arity):
+        if any(_args[i] != Type.INT for i in _op.int_params):
+            continue
+        _r = _op.result(*_args)
+        if _r is not None:
+            _SIGNATURES[_r].append((_op, _args))
+
+
+def test_every_operator_has_a_signature():
+    covered = {op.name for sigs in _SIGNATURES.values() for op, _ in sigs}
+    assert covered == set(OPERATORS)
+
+
+@lru_cache(maxsize=None)
+def typed_nodes(t: Type, depth: int) -> st.SearchStrategy[Node]:
+    """Well-typed nodes of type ``t`` at most ``depth`` operators deep."""
+    if depth == 0 or not _SIGNATURES[t]:
+        return _LEAVES[t]
+
+    def operand(op, i, at):
+        return _POSITIVE_INT if i in op.int_params else typed_nodes(at, depth - 1)
+
+    branches = [st.tuples(*(operand(op, i, at) for i, at in enumerate(args)))
+                  .map(lambda a, op=op, t=t: apply(op.name, a, t))
+                for op, args in _SIGNATURES[t]]
+    return st.one_of(_LEAVES[t], st.one_of(branches))
+
+
+any_node = st.sampled_from(list(Type)).flatmap(lambda t: typed_nodes(t, 4))
+
+
+@settings(max_examples=200, deadline=None)
+@given(any_node)
+def test_printer_parser_round_trip(t):
+    text = to_sexpr(t)
+    back = parse_expr(text, TERMS)
+    assert back == t
+    assert back.type == t.type
+    assert to_sexpr(back) == text
+    # literal values survive exactly, float vs int included
+    for a, b in zip(t.walk(), back.walk()):
+        if a.kind == CONST:
+            assert type(a.head) is type(b.head) and (a.head == b.head or math.isnan(a.head))
+
+
+@settings(max_examples=100, deadline=None)
+@given(any_node, st.sampled_from([" ", "\n", "\t", "  ; comment\n"]))
+def test_round_trip_ignores_layout(t, sep):
+    text = to_sexpr(t).replace(" ", sep)
+    assert parse_expr(sep + text + sep, TERMS) == t
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.1, "0.1"), (1e-20, "1e-20"), (-3.5, "-3.5"), (1e300, "1e+300"), (3, "3"), (-7, "-7"), (2.0, "2.0"),
+])
+def test_literal_text(value, text):
+    assert to_sexpr(const(value)) == text
+    back = parse_expr(text, TERMS)
+    assert back == const(value) and type(back.head) is type(value)
+
+
+def test_printer_examples():
+    e = parse_expr("(bcast  (/ (gap (* A G))\n (gap A)))", TERMS)
+    assert to_sexpr(e) == "(bcast (/ (gap (* A G)) (gap A)))" and e.type == Type.MAP
+    assert parse_expr("(topk grads 5)", TERMS).type == Type.VEC
+    assert parse_expr("(+ 1 2)", TERMS).type == Type.REAL
+    assert parse_expr("(* grads G)", TERMS).type == Type.MAP
+
+
+def test_non_finite_literals_cannot_be_printed():
+    with pytest.raises(ValueError):
+        to_sexpr(const(math.inf))
+
+
+# --------------------------------------------------------------------------- expression errors
+
+
+def expr_error(text: str, source: str = "e.txt") -> GrammarError:
+    with pytest.raises(GrammarError) as info:
+        parse_expr(text, TERMS, source)
+    return info.value
+
+
+def test_two_expressions():
+    e = expr_error("grads pgrads")
+    assert str(e).startswith("e.txt:1:7: ") and "expected one expression, found more" in e.message
+    e = expr_error("(relu grads)\n\n  (gap G)")
+    assert str(e).startswith("e.txt:3:3: ")
+
+
+def test_no_expression():
+    for text in ("", "   \n", "; just a comment\n"):
+        e = expr_error(text)
+        assert str(e).startswith("e.txt:1:1: ") and "found none" in e.message
+
+
+def test_default_source_name():
+    with pytest.raises(GrammarError) as info:
+        parse_expr("", TERMS)
+    assert str(info.value).startswith("<expression>:1:1: ")
+
+
+def test_unknown_terminal():
+    e = expr_error("(relu\n  (+ grads foo))")
+    assert str(e).startswith("e.txt:2:12: ")
+    assert "unknown terminal 'foo'" in e.message and "grads" in e.message
+
+
+def test_terminal_outside_the_given_set():
+    with pytest.raises(GrammarError) as info:
+        parse_expr("(+ grads cic)", {"grads": Type.VEC}, "e.txt")
+    assert str(info.value).startswith("e.txt:1:10: unknown terminal 'cic' (known: grads)")
+
+
+def test_expression_errors_are_located():
+    cases = [
+        ("(exp grads)", "1:2", "unknown operator 'exp'"),
+        ("(relu grads cic)", "1:2", "'relu' takes 1 operand, got 2"),
+        ("(gap grads)", "1:2", "'gap' expects a Map"),
+        ("(topk grads 0)", "1:13", "positive Int"),
+        ("(topk grads 1.5)", "1:13", "must be an Int"),
+        ("(relu ())", "1:7", "empty list"),
+        ("((relu) grads)", "1:2", "expected an operator name"),
+        ("(3 grads)", "1:2", "expected an operator name"),
+        ("(relu grads))", "1:13", "unexpected ')'"),
+        ("\n(relu (abs grads)", "2:1", "never closed"),
+        ("(relu 1x)", "1:7", "unexpected character '1'"),
+    ]
+    for text, where, msg in cases:
+        e = expr_error(text)
+        assert str(e).startswith(f"e.txt:{where}: "), (text, str(e))
+        assert msg in e.message, (text, str(e))
+
+
+def test_overflowing_real_literal_is_a_located_error():
+    # was read as inf, giving a node that cannot be printed
+    e = expr_error("(* grads\n   1e400)")
+    assert str(e).startswith("e.txt:2:4: ") and "1e400" in e.message and "range" in e.message
