@@ -140,8 +140,11 @@ def _cmd_compile(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .allocator import keep_freed_memory
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()
     handlers = {"check": _cmd_check, "enumerate": _cmd_enumerate, "compile": _cmd_compile}
     try:
         handlers[args.command](args)

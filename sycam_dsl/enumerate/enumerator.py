@@ -136,6 +136,13 @@ class _Bucket:
         views = [self.parts[q][a:b] for q, a, b in segments]
         return views[0] if len(views) == 1 else torch.cat(views)
 
+    def runs(self, longest: int) -> Iterator[tuple[int, int]]:
+        """``[lo, hi)`` ranges covering all terms, none longer than ``longest`` or crossing a part."""
+        ends = self.starts[1:] + [self.starts[-1] + self.parts[-1].shape[0]]
+        for lo, end in zip(self.starts, ends):
+            for a in range(lo, end, longest):
+                yield a, min(a + longest, end)
+
     def drop_values(self) -> None:
         self.parts, self.starts = [], []
 
@@ -273,12 +280,31 @@ class Enumerator:
                     for lo in range(0, len(combos), self.chunk):
                         yield from self._process(st, prod, size, combos[lo:lo + self.chunk], buckets)
                     continue
-                it = itertools.product(*(range(len(b)) for b in buckets))
-                while True:
-                    combos = list(itertools.islice(it, self.chunk))
-                    if not combos:
-                        break
+                for combos in self._chunks(buckets):
                     yield from self._process(st, prod, size, combos, buckets)
+
+    def _chunks(self, buckets: list[_Bucket]) -> Iterator[list[tuple[int, ...]]]:
+        """All index combinations of ``buckets`` in chunks, in a fixed order.
+
+        When one bucket is large, it varies fastest, in runs that stay inside one of its stored
+        parts, and every other child is fixed within a chunk: then each child's values are a view
+        (one row that broadcasts, or a slice), never a copy. Otherwise: lexicographic order."""
+        sizes = [len(b) for b in buckets]
+        big = max(range(len(buckets)), key=lambda j: sizes[j])
+        if sizes[big] >= self.chunk // 4 and buckets[big].parts:
+            others = [range(n) for j, n in enumerate(sizes) if j != big]
+            runs = list(buckets[big].runs(self.chunk))
+            for outer in itertools.product(*others):
+                head, tail = outer[:big], outer[big:]
+                for lo, hi in runs:
+                    yield [head + (i,) + tail for i in range(lo, hi)]
+            return
+        it = itertools.product(*(range(n) for n in sizes))
+        while True:
+            combos = list(itertools.islice(it, self.chunk))
+            if not combos:
+                return
+            yield combos
 
     def _process(self, st: _NTState, prod: Production, size: int, combos: list[tuple[int, ...]],
                  buckets: list[_Bucket]) -> Iterator[tuple[Node, torch.Tensor]]:
