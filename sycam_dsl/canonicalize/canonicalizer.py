@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Callable
 
 import sympy
+from sympy.core.function import UndefinedFunction
 
 from ..lang.ast import CONST, HOLE, OP, VAR, Node
 from ..lang.operators import OPERATORS, uninterpreted
@@ -62,8 +63,8 @@ class Canonicalizer:
         self._commutative: dict[Node, bool] = {}
         self._atoms: dict[tuple, sympy.Symbol] = {}
         self._flat: dict[tuple, int] = {}
-        self._flat_kind: dict[Node, str | None] = {}
-        self._neg: dict[int, tuple] = {}
+        self._flat_kind: dict[Node, tuple[str, str, str] | None] = {}
+        self._derived: dict[tuple[str, int], sympy.Expr] = {}
         self.flat = True  # the re-association memo; off only to measure what it saves
         self.sympy_calls = 0
 
@@ -104,15 +105,20 @@ class Canonicalizer:
             kind = self._flat_kind[template] = _flat_kind(template)
         if kind is None:
             return None
-        a, b = child_ids
-        if kind == "*":
-            args = sympy.Mul.make_args(self.forms[a]) + sympy.Mul.make_args(self.forms[b])
-            return ("*",) + tuple(sorted(args, key=hash))
-        neg = self._neg.get(b) if kind == "-" else None
-        if kind == "-" and neg is None:
-            neg = self._neg[b] = sympy.Add.make_args(-self.forms[b])
-        args = sympy.Add.make_args(self.forms[a]) + (neg if kind == "-" else sympy.Add.make_args(self.forms[b]))
-        return ("+",) + tuple(sorted(args, key=hash))
+        op, left, right = kind
+        split = sympy.Add.make_args if op == "+" else sympy.Mul.make_args
+        args = split(self._transformed(left, child_ids[0])) + split(self._transformed(right, child_ids[1]))
+        return (op,) + tuple(sorted(args, key=hash))
+
+    def _transformed(self, how: str, cid: int) -> sympy.Expr:
+        """A child's form as it enters its parent: itself, negated, or inside function ``how``."""
+        if how == "":
+            return self.forms[cid]
+        key = (how, cid)
+        e = self._derived.get(key)
+        if e is None:
+            e = self._derived[key] = -self.forms[cid] if how == "-" else self._atom(how, self.forms[cid])
+        return e
 
     def _atom(self, name: str, *args: sympy.Expr) -> sympy.Symbol:
         """An uninterpreted application as a symbol named by the function and its arguments' ids."""
@@ -126,10 +132,35 @@ class Canonicalizer:
         return self.forms[cid]
 
 
-def _flat_kind(template: Node) -> str | None:
-    """"+", "-" or "*" when the template's form is that sympy operation of its two holes."""
+def _flat_kind(template: Node) -> tuple[str, str, str] | None:
+    """How a production over two holes combines them, when it is sympy's ``Add`` or ``Mul`` of the
+    two children each taken as is (``""``), negated (``"-"``) or inside one uninterpreted function
+    (its name): ``(+ a b)`` is ``("+", "", "")``, ``(- a b)`` is ``("+", "", "-")``, ``(/ a b)`` is
+    ``("*", "", "inv")``. Found by translating the production once on placeholder symbols."""
     if template.kind != OP or len(template.args) != 2 or any(a.kind != HOLE for a in template.args):
         return None
     x, y = sympy.Dummy(), sympy.Dummy()
     e = to_sympy(template, [x, y])
-    return "+" if e == x + y else "-" if e == x - y else "*" if e == x * y else None
+    for op, cls in (("+", sympy.Add), ("*", sympy.Mul)):
+        args = cls.make_args(e)
+        if len(args) != 2:
+            continue
+        left = next((w for a in args if (w := _way(a, x)) is not None), None)
+        right = next((w for a in args if (w := _way(a, y)) is not None), None)
+        if left is not None and right is not None and cls(_apply_way(left, x), _apply_way(right, y)) == e:
+            return op, left, right
+    return None
+
+
+def _way(arg: sympy.Expr, v: sympy.Dummy) -> str | None:
+    if arg == v:
+        return ""
+    if arg == -v:
+        return "-"
+    if isinstance(arg.func, UndefinedFunction) and arg.args == (v,):
+        return arg.func.__name__
+    return None
+
+
+def _apply_way(how: str, v: sympy.Expr) -> sympy.Expr:
+    return v if how == "" else -v if how == "-" else uninterpreted(how, v)
