@@ -3,7 +3,10 @@ equivalence subset are scored once. ``grads`` and ``(+ grads grads)`` differ as 
 the same heatmap, because min-max normalization ignores a positive factor.
 
 Heatmaps are compared at the target layer's resolution: the upsampled heatmap is a fixed function
-of it, so agreement there implies agreement after upsampling.
+of it, so agreement there implies agreement after upsampling. Normalized heatmaps live on
+``[0, 1]``, so they are compared on an absolute grid: two agree when every position rounds to the
+same multiple of ``2**-grid_bits`` (default 10, about 1e-3). A relative tolerance would not do:
+near 0 the float noise of two equal heatmaps computed differently is large relative to the value.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import torch
 
 from ..evaluate.saliency import minmax_normalize, saliency
 from ..lang.types import Type
-from .observational import DEFAULT_MANTISSA_BITS, ValueIndex, fingerprints
+from .observational import ValueIndex, fingerprints
+
+DEFAULT_GRID_BITS = 10
 
 
 def normalized_saliency(weights: torch.Tensor, acts: torch.Tensor, weight_type: Type) -> torch.Tensor:
@@ -23,16 +28,19 @@ def normalized_saliency(weights: torch.Tensor, acts: torch.Tensor, weight_type: 
 class HeatmapIndex:
     """Remembers the normalized heatmaps already scored; ``seen`` tells whether one is new."""
 
-    def __init__(self, acts: torch.Tensor, weight_type: Type, mantissa_bits: int = DEFAULT_MANTISSA_BITS) -> None:
+    def __init__(self, acts: torch.Tensor, weight_type: Type, grid_bits: int = DEFAULT_GRID_BITS) -> None:
         """``acts``: activations ``[N, K, h, w]`` of the equivalence subset; ``weight_type``: Vec or Map."""
         self.acts = acts
         self.weight_type = weight_type
-        self._index = ValueIndex(mantissa_bits)
+        self.scale = float(2 ** grid_bits)
+        self._index = ValueIndex()
 
     def check(self, weights: torch.Tensor, term: object) -> object | None:
         """Record ``term`` (weights ``[N, K]`` or ``[N, K, h, w]``, as ``weight_type``); returns the earlier term with the
         same normalized heatmaps, or None when this heatmap is new."""
-        key = fingerprints(normalized_saliency(weights, self.acts, self.weight_type).unsqueeze(0), self._index.mantissa_bits)[0]
+        h = normalized_saliency(weights, self.acts, self.weight_type)
+        # grid steps are integers below 2**grid_bits: exact as floats, so fingerprints compare them exactly
+        key = fingerprints(torch.round(h * self.scale).unsqueeze(0))[0]
         return self._index.add(key, term)
 
     def __len__(self) -> int:
