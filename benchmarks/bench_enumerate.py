@@ -50,7 +50,10 @@ def main() -> None:
     print(en.stats.table())
     print(f"enumerated {total.generated} terms ({total.yielded} candidates) in {dt:.2f} s wall, {cpu:.2f} s CPU: "
           f"{total.generated / cpu:,.0f} terms per CPU second ({total.generated / dt:,.0f} per wall second)")
-    print(f"sympy calls: {en.canon.sympy_calls} ({en.canon.sympy_calls / total.generated:.2f} per term)")
+    st = en.stats
+    print(f"canonicalization: {st.canonical_seconds:.2f} s of {st.seconds:.2f} s enumerating "
+          f"({st.canonical_seconds / st.seconds:.0%}); sympy calls: {en.canon.sympy_calls} "
+          f"({en.canon.sympy_calls / total.generated:.2f} per term)")
     per_term = cpu / total.generated
 
     # Baseline: canonical forms built from scratch for a sample of the same (largest) terms.

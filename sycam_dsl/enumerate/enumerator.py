@@ -61,6 +61,7 @@ class EnumerationStats:
 
     per_size: dict[int, SizeStats] = field(default_factory=dict)
     seconds: float = 0.0
+    canonical_seconds: float = 0.0  # of ``seconds``, spent in canonicalization (step 1)
     sympy_calls: int = 0
 
     def size(self, s: int) -> SizeStats:
@@ -75,7 +76,8 @@ class EnumerationStats:
 
     def as_dict(self) -> dict:
         return {"per_size": {s: vars(v) for s, v in sorted(self.per_size.items())},
-                "total": vars(self.total()), "seconds": self.seconds, "sympy_calls": self.sympy_calls}
+                "total": vars(self.total()), "seconds": self.seconds,
+                "canonical_seconds": self.canonical_seconds, "sympy_calls": self.sympy_calls}
 
     def table(self) -> str:
         rows = ["size  generated  duplicate  canonical  equivalent   kept  yielded"]
@@ -312,6 +314,7 @@ class Enumerator:
         stats.generated += len(combos)
         tmpl = prod.template
         # (1) canonicalization, or syntactic de-duplication when it is off
+        t_canon = time.perf_counter()
         watch = self.on_prune is not None
         canonical_prunes: list[tuple[Node, int]] = []  # reported once the chunk's survivors are settled
         survivors: list[tuple[tuple[int, ...], int, Node | None]] = []
@@ -336,6 +339,7 @@ class Enumerator:
                     continue
                 st.syntax_seen.add(node)
             survivors.append((combo, cid, node))
+        self.stats.canonical_seconds += time.perf_counter() - t_canon
         if not survivors:
             self._report(st, canonical_prunes)
             return
