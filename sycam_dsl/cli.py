@@ -1,4 +1,4 @@
-"""The ``sycam-dsl`` command line: check, enumerate, compile.
+"""The ``sycam-dsl`` command line: check, enumerate, compile, terminals, eval, explain.
 
 Every expected error prints as one line ``sycam-dsl: error: ...`` with exit code 2; ``--debug``
 shows the traceback instead.
@@ -43,7 +43,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sycam-dsl", description=__doc__.splitlines()[0])
+    p = _Parser(prog="sycam-dsl", description="Synthesize class activation mapping (CAM) methods from a "
+                "grammar of weight expressions.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -75,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchscript (default): a .pt for torch.jit.load; export: a .pt2 for torch.export.load")
     k.add_argument("--channels", type=_positive, default=64, help="K for the export format's example input")
     k.add_argument("--hw", type=_hw, default=(7, 7), help="h x w for the export format's example input")
+
+    from .cam.commands import register as register_terminals
+    from .metrics.commands import register as register_metrics
+    register_terminals(sub)
+    register_metrics(sub)
     return p
 
 
@@ -105,7 +111,8 @@ def _cmd_enumerate(args: argparse.Namespace) -> None:
           f"({total.generated / max(dt, 1e-9):.0f} terms/s)")
 
 
-def _read_expression(text: str) -> str:
+def read_expression(text: str) -> str:
+    """The expression text itself, or the contents of a .sexp/.txt file or a result .json file."""
     p = Path(text)
     if not text.lstrip().startswith("(") and p.suffix in (".sexp", ".txt", ".json") and p.is_file():
         content = p.read_text()
@@ -127,7 +134,7 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     from .parse import load_grammar
 
     types = dict(load_grammar(args.grammar).inputs) if args.grammar else terminal_types()
-    node = parse_expr(_read_expression(args.expression), types)
+    node = parse_expr(read_expression(args.expression), types)
     if not node.type.is_tensor:
         raise SycamError(f"expression {node} is a {node.type}; a weight expression must be a Vec or a Map")
     out = Path(args.output)
@@ -147,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()
     handlers = {"check": _cmd_check, "enumerate": _cmd_enumerate, "compile": _cmd_compile}
     try:
-        handlers[args.command](args)
+        (getattr(args, "handler", None) or handlers[args.command])(args)
     except KeyboardInterrupt:
         print("sycam-dsl: interrupted", file=sys.stderr)
         return 130

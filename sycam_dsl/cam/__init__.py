@@ -1,0 +1,1 @@
+"""The CAM engine: models, images, terminals and heatmaps."""

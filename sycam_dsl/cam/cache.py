@@ -1,0 +1,135 @@
+"""An on-disk cache of computed terminals, so a second run on the same inputs loads them.
+
+The key hashes everything the values depend on: the model's architecture and weights (every
+state-dict tensor's bytes), the layer path, the input size, the image tensor's bytes, the targets,
+the terminal names and the sycam-dsl version. Files live in ``cache_dir`` (default
+``$SYCAM_DSL_CACHE`` or ``~/.cache/sycam-dsl``) as ``terminals-<key>.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..evaluate.terminals import Terminals
+from .layer_split import layer_access
+from .layers import kind
+from .models import LoadedModel, resolve_device
+from .terminals import DEFAULT_CHUNK_SIZE, TerminalInfo, check_names, compute_terminals
+
+log = logging.getLogger(__name__)
+
+_FORMAT = 1
+_INFO_TENSORS = ("acts", "logits", "targets", "z_c", "y_c", "masked_logits", "ablated_logits")
+
+
+def default_cache_dir() -> Path:
+    """``$SYCAM_DSL_CACHE``, else ``~/.cache/sycam-dsl``."""
+    env = os.environ.get("SYCAM_DSL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sycam-dsl"
+
+
+def _update_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    t = t.detach()
+    h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+    flat = t.cpu().contiguous().reshape(-1)
+    try:
+        h.update(flat.view(torch.uint8).numpy())
+    except (RuntimeError, TypeError):  # dtypes that cannot be viewed as bytes (quantized, ...)
+        h.update(repr(flat.tolist()).encode())
+
+
+def model_digest(module: nn.Module) -> str:
+    """A hash of ``module``'s architecture (class and repr) and of every state-dict tensor's bytes."""
+    h = hashlib.sha256()
+    h.update(f"{kind(module)}\n{module!r}\n".encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            _update_tensor(h, t)
+    return h.hexdigest()
+
+
+def terminals_key(module: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor | None,
+                  names: Sequence[str]) -> str:
+    """The cache key of ``compute_terminals`` on these inputs (``layer``: the canonical layer path)."""
+    h = hashlib.sha256()
+    h.update(f"sycam-dsl {__version__} format {_FORMAT}\n".encode())
+    h.update(model_digest(module).encode())
+    h.update(f"\nlayer {layer}\nsize {tuple(images.shape[2:])}\nnames {','.join(sorted(names))}\n".encode())
+    _update_tensor(h, images)
+    if targets is None:
+        h.update(b"targets predicted")
+    else:
+        _update_tensor(h, torch.as_tensor(targets).long())
+    return h.hexdigest()[:40]
+
+
+def _save(path: Path, key: str, terminals: Terminals, info: TerminalInfo) -> None:
+    payload = {
+        "format": _FORMAT, "key": key, "version": __version__,
+        "terminals": {n: v.detach().cpu() for n, v in terminals.items()},
+        "info": {"layer": info.layer, "abl_method": info.abl_method,
+                 **{f: (None if getattr(info, f) is None else getattr(info, f).detach().cpu()) for f in _INFO_TENSORS}},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # atomic, so a concurrent reader never sees half a file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(path: Path, key: str, names: list[str], device: torch.device) -> tuple[Terminals, TerminalInfo] | None:
+    try:
+        data = torch.load(path, map_location=device, weights_only=True)
+        if data.get("format") != _FORMAT or data.get("key") != key or set(data["terminals"]) != set(names):
+            return None
+        terms = Terminals({n: data["terminals"][n] for n in names})
+        info = TerminalInfo(data["info"]["layer"], **{f: data["info"][f] for f in _INFO_TENSORS},
+                            abl_method=data["info"]["abl_method"], from_cache=True)
+        return terms, info
+    except Exception as e:  # a corrupt or foreign file: recompute and overwrite it
+        log.warning("ignoring unreadable terminal cache file %s (%s)", path, e)
+        return None
+
+
+def compute_terminals_cached(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
+                             targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
+                             chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True, ablation: str = "auto",
+                             cache_dir: str | Path | None = None,
+                             refresh: bool = False) -> tuple[Terminals, TerminalInfo]:
+    """``compute_terminals`` through the on-disk cache: a hit loads the values without running the
+    model (``info.from_cache`` is True); ``refresh`` recomputes and overwrites. A cache folder that
+    cannot be written only logs a warning."""
+    names = check_names(names)
+    dev = resolve_device(device)
+    module = model.module if isinstance(model, LoadedModel) else model
+    if isinstance(model, LoadedModel) and layer is None:
+        layer = model.target_layer
+    layer_name = layer_access(module, layer).name
+    key = terminals_key(module, layer_name, images, targets, names)
+    path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = path / f"terminals-{key}.pt"
+    if not refresh and path.is_file():
+        hit = _load(path, key, names, dev)
+        if hit is not None:
+            log.info("terminals loaded from cache %s", path)
+            return hit
+    terms, info = compute_terminals(model, layer, images, targets, names, dev, chunk_size, progress, ablation)
+    try:
+        _save(path, key, terms, info)
+    except OSError as e:
+        log.warning("could not write the terminal cache %s (%s); set SYCAM_DSL_CACHE to a writable folder", path, e)
+    return terms, info

@@ -1,0 +1,21 @@
+"""The CAM engine's error types; each message says what to change."""
+
+from __future__ import annotations
+
+from ..errors import SycamError
+
+
+class ModelError(SycamError):
+    """A model spec, weights file or device that cannot be used."""
+
+
+class LayerError(SycamError):
+    """A target layer that does not exist or cannot be read."""
+
+
+class ImageError(SycamError):
+    """An image or mask folder or file that cannot be loaded."""
+
+
+class TerminalError(SycamError):
+    """Terminals that cannot be computed (bad targets, NaN or Inf values, ...)."""

@@ -1,0 +1,145 @@
+"""Loading an image folder (flat, or one subfolder per class) and its optional ground-truth masks.
+
+Each image is resized so its shorter side is ``size`` (bilinear, antialiased) and center-cropped to
+``size x size``; a mask gets the same geometry with nearest-neighbour resizing, so pixels stay aligned.
+Order is deterministic: sorted by relative path (class folder, then file name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from .errors import ImageError
+from .models import IMAGENET, Normalization
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError)
+
+
+@dataclass
+class ImageSet:
+    """``images`` ``[N, 3, size, size]`` (normalized), ``files`` relative paths in the same order,
+    ``labels`` ``[N]`` indices into ``classes`` when the folder has one subfolder per class,
+    ``masks`` ``[N, size, size]`` bool when a masks folder was given."""
+
+    images: torch.Tensor
+    files: list[str]
+    root: Path
+    labels: torch.Tensor | None = None
+    classes: list[str] | None = None
+    masks: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def _listing(folder: Path) -> tuple[list[Path], list[str] | None, list[int] | None]:
+    """(image paths, class names or None, labels or None), sorted."""
+    if not folder.is_dir():
+        raise ImageError(f"image folder {str(folder)!r} does not exist or is not a folder")
+    entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    dirs = [p for p in entries if p.is_dir()]
+    if files and dirs:
+        raise ImageError(f"{str(folder)!r} has both image files ({files[0].name}, ...) and subfolders ({dirs[0].name}, "
+                         f"...); put every image in a class subfolder, or none")
+    if not dirs:
+        if not files:
+            raise ImageError(f"no images in {str(folder)!r} (looked for {', '.join(IMAGE_SUFFIXES)})")
+        return files, None, None
+    paths, labels = [], []
+    for label, d in enumerate(dirs):
+        found = sorted((p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name)
+        if not found:
+            raise ImageError(f"class folder {str(d)!r} has no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+        paths += found
+        labels += [label] * len(found)
+    return paths, [d.name for d in dirs], labels
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except _READ_ERRORS as e:
+        raise ImageError(f"cannot read {what} {str(path)!r}: {e}") from None
+
+
+def _geometry(t: torch.Tensor, size: int, interpolation: InterpolationMode) -> torch.Tensor:
+    """Shorter side to ``size``, then a centered ``size x size`` crop; ``t`` ``[C, H, W]``."""
+    t = TF.resize(t, [size], interpolation=interpolation, antialias=interpolation != InterpolationMode.NEAREST_EXACT)
+    return TF.center_crop(t, [size, size])
+
+
+def _mask_path(masks: Path, rel: Path) -> Path | None:
+    for candidate in (masks / rel.with_suffix(".png"), masks / (rel.stem + ".png")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _binary(im: Image.Image) -> np.ndarray:
+    """A pixel is in the mask when its value is at least half the mask's maximum (so 0/1 and
+    0/255 masks both work, and an anti-aliased edge splits at the middle)."""
+    arr = np.asarray(im if im.mode in ("1", "L", "P", "I", "I;16") else im.convert("L"))
+    if arr.dtype == bool:
+        return arr
+    return arr >= max(1, int(arr.max())) / 2
+
+
+def load_images(folder: str | Path, size: int = 224, normalize: Normalization | Sequence | None = IMAGENET,
+                masks: str | Path | None = None) -> ImageSet:
+    """Load every image of ``folder`` as ``[N, 3, size, size]``, normalized with ``normalize``
+    (a ``Normalization``, a ``(mean, std)`` pair, or None for ``[0, 1]`` pixels).
+
+    ``masks``: a folder with one binary PNG per image, same stem (``masks/<class>/<stem>.png`` or
+    ``masks/<stem>.png``), of the image's size."""
+    if size < 1:
+        raise ImageError(f"image size must be a positive integer, got {size}")
+    if normalize is not None and not isinstance(normalize, Normalization):
+        mean, std = normalize
+        normalize = Normalization(tuple(mean), tuple(std))
+    root = Path(folder)
+    paths, classes, labels = _listing(root)
+    mask_root = Path(masks) if masks is not None else None
+    if mask_root is not None and not mask_root.is_dir():
+        raise ImageError(f"mask folder {str(mask_root)!r} does not exist or is not a folder")
+    images, mask_list = [], []
+    for path in paths:
+        im = _open(path, "image")
+        t = TF.pil_to_tensor(im.convert("RGB"))
+        images.append(_geometry(t, size, InterpolationMode.BILINEAR))
+        if mask_root is None:
+            continue
+        rel = path.relative_to(root)
+        mpath = _mask_path(mask_root, rel)
+        if mpath is None:
+            raise ImageError(f"no mask for image {str(path)!r}: expected {str(mask_root / rel.with_suffix('.png'))!r}"
+                             f" or {str(mask_root / (rel.stem + '.png'))!r}")
+        m = _open(mpath, "mask")
+        if m.size != im.size:
+            raise ImageError(f"mask {str(mpath)!r} is {m.size[0]}x{m.size[1]} but image {str(path)!r} is "
+                             f"{im.size[0]}x{im.size[1]} (width x height); they must match")
+        mt = torch.from_numpy(_binary(m).astype(np.uint8))[None]
+        mask_list.append(_geometry(mt, size, InterpolationMode.NEAREST_EXACT)[0].bool())
+    x = torch.stack(images).float() / 255
+    if normalize is not None:
+        x = normalize(x)
+    return ImageSet(
+        images=x,
+        files=[p.relative_to(root).as_posix() for p in paths],
+        root=root,
+        labels=torch.tensor(labels, dtype=torch.long) if labels is not None else None,
+        classes=classes,
+        masks=torch.stack(mask_list) if mask_list else None,
+    )

@@ -1,0 +1,303 @@
+"""Reading a target layer's activations, and running the rest of the model from given activations.
+
+``LayerAccess.forward(x)`` gives the layer's activations ``A`` ``[n, K, h, w]`` (a leaf that requires
+grad when grad mode is on, so ``dz/dA`` is one ``torch.autograd.grad`` away) and the logits
+``[n, C]``. ``tail_runner`` gives the logits from (ablated) activations:
+
+- ``fx``: the model split by ``torch.fx`` into ``head`` (input -> layer output) and ``tail`` (layer
+  output -> logits), so ablations run only the layers after the target layer; values computed before
+  the layer that the tail also reads (skip connections) are carried along per image;
+- ``hook``: the fallback, a forward hook that replaces the layer's output (reruns the layers before it);
+- ``script``: a TorchScript module's ``forward_head`` (timm's ``forward_features`` / ``forward_head``
+  layout), since TorchScript modules run no Python hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import fx, nn
+
+from .errors import LayerError
+from .layers import kind, resolve_layer
+
+log = logging.getLogger(__name__)
+
+
+class SplitError(LayerError):
+    """The model cannot be split at the layer with ``torch.fx``."""
+
+
+@contextmanager
+def forward_hook(module: nn.Module, fn: Callable) -> Iterator[None]:
+    """``fn`` as a forward hook on ``module`` for the ``with`` block; removed on any exit."""
+    handle = module.register_forward_hook(fn)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _logits(out: object, where: str) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        what = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise LayerError(f"{where} must return logits [N, C], got {what}; wrap the model so that forward "
+                         f"returns the class logits")
+    return out
+
+
+class LayerAccess:
+    """Activations of one layer of ``model`` plus the logits, in one forward pass."""
+
+    name: str
+    model: nn.Module
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``[n, 3, H, W]`` -> (``A`` ``[n, K, h, w]``, logits ``[n, C]``)."""
+        raise NotImplementedError
+
+
+class HookAccess(LayerAccess):
+    """A forward hook on the layer; the hook gives downstream layers a copy of the output, so an
+    in-place op after the layer cannot change ``A`` (nor break autograd on the leaf)."""
+
+    def __init__(self, model: nn.Module, name: str, layer: nn.Module) -> None:
+        self.model, self.name, self.layer = model, name, layer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        grad = torch.is_grad_enabled()
+
+        def capture(module: nn.Module, inputs: object, out: object) -> torch.Tensor | None:
+            if not isinstance(out, torch.Tensor) or out.dim() != 4:
+                what = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+                raise LayerError(f"layer {self.name!r} ({kind(module)}) outputs {what}, not activations "
+                                 f"[N, K, h, w]; choose a convolutional layer")
+            if captured:
+                raise LayerError(f"layer {self.name!r} ({kind(module)}) runs more than once per forward pass "
+                                 f"(a shared module); choose a layer that runs once, e.g. its parent block")
+            leaf = out.detach().clone().requires_grad_(grad)
+            captured.append(leaf)
+            return leaf.clone() if grad else None
+
+        with forward_hook(self.layer, capture):
+            logits = _logits(self.model(x), "the model")
+        if not captured:
+            raise LayerError(f"layer {self.name!r} did not run during the forward pass; choose a layer that "
+                             f"the model's forward calls")
+        return captured[0], logits
+
+    def tail(self, acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The logits with the layer's output replaced by ``acts`` ``[B, K, h, w]`` (``x`` ``[B, 3, H, W]``
+        is run through the layers before it again)."""
+
+        def replace(module: nn.Module, inputs: object, out: object) -> torch.Tensor:
+            if not isinstance(out, torch.Tensor) or out.shape != acts.shape:
+                raise LayerError(f"layer {self.name!r} gave shape {list(getattr(out, 'shape', []))} where the "
+                                 f"replacement activations have {list(acts.shape)}")
+            return acts
+
+        with forward_hook(self.layer, replace):
+            return _logits(self.model(x), "the model")
+
+
+class ScriptAccess(LayerAccess):
+    """A TorchScript module with ``forward_features(x) -> A`` and ``forward_head(A) -> logits``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.name = model, "forward_features"
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        acts = self.model.forward_features(x)
+        if not isinstance(acts, torch.Tensor) or acts.dim() != 4:
+            raise LayerError("forward_features of the TorchScript module must return activations [N, K, h, w]")
+        leaf = acts.detach().clone().requires_grad_(torch.is_grad_enabled())
+        return leaf, _logits(self.model.forward_head(leaf.clone()), "forward_head")
+
+    def tail(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        return _logits(self.model.forward_head(acts), "forward_head")
+
+
+def layer_access(model: nn.Module, layer: str | None) -> LayerAccess:
+    """How to read ``layer`` (dotted path, None for the default) of ``model``."""
+    if isinstance(model, torch.jit.ScriptModule):
+        if layer in (None, "forward_features") and hasattr(model, "forward_features") \
+                and hasattr(model, "forward_head"):
+            return ScriptAccess(model)
+        raise LayerError(
+            f"cannot read layer {layer or '(default)'!r} inside a TorchScript module: TorchScript runs no Python "
+            f"hooks. Save a module whose forward is forward_head(forward_features(x)) (timm's layout; the target "
+            f"layer is forward_features' output), or load the Python model with --model package.module:function")
+    name, module = resolve_layer(model, layer)
+    return HookAccess(model, name, module)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.fx split
+
+
+class _LeafTracer(fx.Tracer):
+    """Traces through everything but the target layer, which stays one ``call_module`` node."""
+
+    def __init__(self, layer: str) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname == self.layer or super().is_leaf_module(m, qualname)
+
+
+@dataclass
+class LayerSplit:
+    """``model(x) == tail(head(x))``. When the layers after the target layer also read values computed
+    before it (``carried``: skip connections around the layer, or the input itself), ``head`` returns
+    ``(A, *carried)`` and ``tail`` takes ``(A, *carried)``; every carried value must be a per-image
+    tensor ``[n, ...]`` so that it can follow its image into the ablation rows."""
+
+    layer: str
+    head: fx.GraphModule
+    tail: fx.GraphModule
+    carried: tuple[str, ...]
+
+    @property
+    def needs_input(self) -> bool:
+        """Whether ``head`` passes the input itself on to ``tail``."""
+        return bool(self.carried) and self.carried[-1] == "<input>"
+
+    def run_head(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``x`` ``[n, 3, H, W]`` -> (``A`` ``[n, K, h, w]``, carried values ``[n, ...]``)."""
+        out = self.head(x)
+        if not self.carried:
+            return out, []
+        acts, *rest = out
+        for name, v in zip(self.carried, rest):
+            if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != x.shape[0]:
+                what = f"shape {list(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+                raise SplitError(f"the layers after {self.layer!r} read {name!r} ({what}), computed before it, "
+                                 f"which is not a per-image tensor [n, ...]")
+        return acts, rest
+
+    def run_tail(self, acts: torch.Tensor, carried: list[torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, C]`` from activations ``[B, K, h, w]`` and the rows' carried values."""
+        return _logits(self.tail(acts, *carried), "the model")
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+    return seen
+
+
+def split_model(model: nn.Module, layer: str) -> LayerSplit:
+    """Split ``model`` at the module ``layer`` with ``torch.fx`` into ``head`` (input -> layer output,
+    plus carried values) and ``tail`` (layer output -> logits). ``SplitError`` when the model cannot be
+    traced, takes more than one input, or calls the layer other than once."""
+    tracer = _LeafTracer(layer)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, ... on dynamic code
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SplitError(f"torch.fx cannot trace {kind(model)}: {first}") from None
+    root = fx.GraphModule(tracer.root, graph)
+    nodes = list(graph.nodes)
+    hits = [n for n in nodes if n.op == "call_module" and n.target == layer]
+    if len(hits) != 1:
+        why = "is not called as a module" if not hits else f"is called {len(hits)} times"
+        raise SplitError(f"layer {layer!r} {why} in the traced graph")
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise SplitError(f"forward takes {len(placeholders)} inputs; the split handles one")
+    layer_node, x_node = hits[0], placeholders[0]
+    head_nodes = _ancestors(layer_node)
+
+    # Values from before the layer that the tail reads: parameters are copied into the tail, the
+    # rest (skip connections, the input) are carried, the input last.
+    carried: list[fx.Node] = []
+    for n in nodes:
+        if n in head_nodes:
+            continue
+        for inp in n.all_input_nodes:
+            if inp in head_nodes and inp is not layer_node and inp.op != "get_attr" and inp not in carried:
+                carried.append(inp)
+    if x_node in carried:
+        carried.remove(x_node)
+        carried.append(x_node)
+
+    head = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in nodes:
+        if n in head_nodes:
+            env[n] = head.node_copy(n, lambda a: env[a])
+    head.output((env[layer_node], *(env[c] for c in carried)) if carried else env[layer_node])
+
+    tail = fx.Graph()
+    tenv: dict[fx.Node, fx.Node] = {layer_node: tail.placeholder("acts")}
+    for c in carried:
+        tenv[c] = tail.placeholder(f"carried_{c.name}")
+
+    def arg(a: fx.Node) -> fx.Node:
+        if a not in tenv and a.op == "get_attr":
+            tenv[a] = tail.node_copy(a, lambda b: tenv[b])
+        return tenv[a]
+
+    for n in nodes:
+        if n.op == "output":
+            tail.output(fx.node.map_arg(n.args[0], arg))
+        elif n not in head_nodes and n.op != "placeholder":
+            tenv[n] = tail.node_copy(n, arg)
+    names = tuple("<input>" if c is x_node else c.name for c in carried)
+    return LayerSplit(layer, fx.GraphModule(root, head), fx.GraphModule(root, tail), names)
+
+
+class TailRunner:
+    """Logits from (ablated) activations, by ``method``: ``fx``, ``hook`` or ``script``.
+
+    ``carry(x)`` gives what each image's rows need besides their activations (once per image group);
+    ``runner(acts, carried_rows)`` the logits ``[B, C]``."""
+
+    def __init__(self, method: str, access: LayerAccess, split: LayerSplit | None = None) -> None:
+        self.method, self.access, self.split = method, access, split
+
+    def carry(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.split is not None:
+            return self.split.run_head(x)[1] if self.split.carried else []
+        if isinstance(self.access, HookAccess):
+            return [x]  # the hook reruns the whole model from the input
+        return []
+
+    def __call__(self, acts: torch.Tensor, carried: list[torch.Tensor]) -> torch.Tensor:
+        if self.split is not None:
+            return self.split.run_tail(acts, carried)
+        return self.access.tail(acts, carried[0] if carried else None)
+
+
+def tail_runner(access: LayerAccess, method: str = "auto") -> TailRunner:
+    """The fastest way to rerun the model from ``access``'s layer: ``auto`` tries the fx split and
+    falls back to the hook (with a log line); ``fx`` or ``hook`` force one."""
+    if method not in ("auto", "fx", "hook"):
+        raise LayerError(f"unknown ablation method {method!r}; use auto, fx or hook")
+    if isinstance(access, ScriptAccess):
+        return TailRunner("script", access)
+    assert isinstance(access, HookAccess)
+    if method in ("auto", "fx"):
+        try:
+            return TailRunner("fx", access, split_model(access.model, access.name))
+        except SplitError as e:
+            if method == "fx":
+                raise
+            fallback_warning(access.name, str(e))
+    return TailRunner("hook", access)
+
+
+def fallback_warning(layer: str, reason: str) -> None:
+    log.warning("abl: %s; falling back to a forward hook that reruns the layers before %r for every "
+                "ablated channel (slower)", reason, layer)

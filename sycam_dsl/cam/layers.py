@@ -1,0 +1,128 @@
+"""Target layers: default choices (SPEC section 1) and dotted module paths to modules."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import torch
+from torch import nn
+
+from .errors import LayerError
+
+#: Class names of layers whose output is a sensible CAM target (for the "did you mean" list).
+_CONV_LIKE = re.compile(r"conv|relu|block|bottleneck|layer|stage", re.IGNORECASE)
+
+
+def kind(module: nn.Module) -> str:
+    """The class name of ``module``; for a TorchScript module, the class it was scripted from."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return getattr(module, "original_name", type(module).__name__)
+    return type(module).__name__
+
+
+def _features_layer(model: nn.Module) -> str | None:
+    """VGG / AlexNet layout: the last ReLU of ``features`` before its final max-pool.
+
+    Counted from the module, not hard-coded, so VGG16 gives ``features.29`` and VGG19
+    ``features.35`` (512 x 14 x 14 at 224 px)."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Module) or kind(features) != "Sequential":
+        return None
+    children = list(features.named_children())
+    # Only the VGG layout ends ``features`` with the pool; DenseNet's max-pool is its stem's.
+    if not children or "MaxPool" not in kind(children[-1][1]):
+        return None
+    for name, child in reversed(children[:-1]):
+        if "ReLU" in kind(child):
+            return f"features.{name}"
+    return None
+
+
+def default_layer(model: nn.Module) -> str | None:
+    """The default target layer path of ``model``, or None when there is no known default.
+
+    ResNet-like models (``layer4`` and ``fc``): ``layer4``; VGG-like models: the last ReLU of
+    ``features`` before the final max-pool; EfficientNet-Lite (efficientnet-lite-pytorch): ``_bn1``,
+    the head's batch norm, since the package calls one shared ReLU6 module for the stem and the head
+    and so no module outputs the activated head features."""
+    names = dict(model.named_children())
+    if "layer4" in names and "fc" in names:
+        return "layer4"
+    if "features" in names and "classifier" in names:
+        found = _features_layer(model)
+        if found:
+            return found
+    if kind(model) == "EfficientNet" and "_bn1" in names and "_blocks" in names:
+        return "_bn1"
+    return None
+
+
+def _parse_path(path: str) -> list[str]:
+    """``features[-1].conv`` and ``model.features.29`` style paths as a list of parts."""
+    text = re.sub(r"\[\s*(-?\d+)\s*\]", r".\1", path.strip())
+    return [p for p in text.split(".") if p != ""]
+
+
+def _walk(model: nn.Module, parts: list[str]) -> tuple[str, nn.Module] | None:
+    module = model
+    canonical = []
+    for part in parts:
+        children = module._modules
+        if part in children and children[part] is not None:
+            module = children[part]
+            canonical.append(part)
+            continue
+        if re.fullmatch(r"-?\d+", part) and children:
+            keys = [k for k, v in children.items() if v is not None]
+            i = int(part)
+            if -len(keys) <= i < len(keys):
+                key = keys[i]
+                module = children[key]
+                canonical.append(key)
+                continue
+        return None
+    return ".".join(canonical), module
+
+
+def _candidates(model: nn.Module, path: str) -> str:
+    names = [n for n, _ in model.named_modules() if n]
+    close = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
+    conv = [n for n, m in model.named_modules() if n and _CONV_LIKE.search(kind(m))][-5:]
+    parts = []
+    if close:
+        parts.append("close names: " + ", ".join(close))
+    if conv:
+        parts.append("last conv-like layers: " + ", ".join(conv))
+    tops = [n for n, _ in model.named_children()]
+    if tops:
+        parts.append("top-level modules: " + ", ".join(tops[:12]) + (" ..." if len(tops) > 12 else ""))
+    return "; ".join(parts)
+
+
+def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
+    """The module at dotted path ``path`` in ``model`` and its canonical name.
+
+    ``path`` may index containers (``features.29``, ``features[-1]``, ``features.-1``) and may
+    start with ``model.``; None means the model's default layer (``default_layer``). A ``LoadedModel``
+    may be passed for ``model`` and then supplies its own default. Raises ``LayerError`` listing close
+    candidate names and the last conv-like layers when nothing matches."""
+    from .models import LoadedModel  # models imports this module
+
+    if isinstance(model, LoadedModel):
+        path = path if path is not None else model.target_layer
+        model = model.module
+    if path is None:
+        path = default_layer(model)
+        if path is None:
+            raise LayerError(f"no default target layer for {kind(model)}; name one with --layer PATH "
+                             f"({_candidates(model, '')})")
+    parts = _parse_path(path)
+    if not parts:
+        raise LayerError(f"empty layer path {path!r}; name a module such as {_candidates(model, path)}")
+    found = _walk(model, parts)
+    if found is None and parts[0] == "model" and len(parts) > 1:
+        found = _walk(model, parts[1:])
+    if found is None:
+        raise LayerError(f"no layer {path!r} in {kind(model)}; {_candidates(model, path)}")
+    return found

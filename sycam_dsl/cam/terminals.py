@@ -1,0 +1,272 @@
+"""Computing the terminals of SPEC section 2 for a model, a target layer and a batch of images.
+
+One forward and backward pass per image batch gives ``A``, ``G``, ``grads``, ``pgrads`` and ``acts``;
+``cic`` (ScoreCAM) runs the model on masked copies of each image, ``abl`` (AblationCAM) reruns only the
+layers after the target layer (``layer_split``) on activations with one channel zeroed. Both go through
+(image, channel) rows ``chunk_size`` at a time, so memory stays bounded for any ``K``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..evaluate.saliency import minmax_normalize
+from ..evaluate.terminals import Terminals
+from ..lang.terminals import TERMINALS
+from .errors import LayerError, TerminalError
+from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, layer_access, tail_runner
+from .models import LoadedModel, resolve_device
+from .progress import progress as progress_bar
+
+#: Terminals that need the backward pass.
+_GRAD_NAMES = frozenset({"grads", "pgrads", "G"})
+DEFAULT_CHUNK_SIZE = 32
+
+
+@dataclass
+class TerminalInfo:
+    """What was computed besides the terminals, for the heatmaps and metrics.
+
+    ``acts`` ``[N, K, h, w]`` (always), ``logits`` ``[N, C]``, ``targets`` ``[N]`` (the predicted class
+    unless given), ``z_c`` / ``y_c`` ``[N]`` the target's logit and softmax score; ``masked_logits``
+    ``[N, K]`` ``z_c(x * M_k)`` when ``cic`` was computed (ScoreCAM variants that softmax over
+    channels use it); ``ablated_logits`` ``[N, K]`` ``z_c^(k)`` when ``abl`` was, by ``abl_method``."""
+
+    layer: str
+    acts: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    z_c: torch.Tensor
+    y_c: torch.Tensor
+    masked_logits: torch.Tensor | None = None
+    ablated_logits: torch.Tensor | None = None
+    abl_method: str | None = None
+    from_cache: bool = False
+
+
+def check_names(names: Sequence[str]) -> list[str]:
+    """``names`` without duplicates, each a known terminal."""
+    if isinstance(names, str):
+        names = [n for n in names.replace(",", " ").split() if n]
+    out: list[str] = []
+    for n in names:
+        if n not in TERMINALS:
+            raise TerminalError(f"unknown terminal {n!r}; known: {', '.join(TERMINALS)}")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise TerminalError(f"no terminals asked for; choose from {', '.join(TERMINALS)}")
+    return out
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the ``with`` block; every submodule's own mode is restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def _rows(n: int, k: int, chunk: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """All (image, channel) pairs, image-major, as index tensors of at most ``chunk`` rows."""
+    total = n * k
+    for s in range(0, total, chunk):
+        r = torch.arange(s, min(s + chunk, total), device=device)
+        yield r // k, r % k
+
+
+def _check_targets(targets: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
+    if targets is None:
+        return None
+    t = torch.as_tensor(targets)
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 1 or t.shape[0] != n:
+        raise TerminalError(f"targets must be class indices [N] = [{n}] (long), got {t.dtype} of shape {list(t.shape)}")
+    return t.to(device=device, dtype=torch.long)
+
+
+def _gradient_pass(access: LayerAccess, x: torch.Tensor, targets: torch.Tensor | None, names: list[str],
+                   chunk: int, show: bool) -> dict[str, torch.Tensor]:
+    """``A``, logits, targets and the gradient terminals, ``chunk`` images per forward + backward."""
+    need_grad = bool(_GRAD_NAMES & set(names))
+    parts: dict[str, list[torch.Tensor]] = {}
+    bar = progress_bar(x.shape[0], "terminals: gradients", show)
+    try:
+        for s in range(0, x.shape[0], chunk):
+            with torch.set_grad_enabled(need_grad):
+                acts, logits = access.forward(x[s:s + chunk])
+                n_classes = logits.shape[1]
+                t = logits.argmax(dim=1) if targets is None else targets[s:s + chunk]
+                if targets is not None and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+                    bad = int(((t < 0) | (t >= n_classes)).nonzero()[0]) + s
+                    raise TerminalError(f"target class {int(targets[bad])} of image {bad} is out of range: the "
+                                        f"model has {n_classes} classes")
+                out = {"A": acts.detach(), "logits": logits.detach(), "targets": t}
+                if need_grad:
+                    z = logits.gather(1, t[:, None]).sum()
+                    (g,) = torch.autograd.grad(z, acts, allow_unused=True)
+                    if g is None:
+                        raise LayerError(f"the logits do not depend on layer {access.name!r}; choose a layer "
+                                         f"on the path to the output")
+                    out["grads"], out["pgrads"] = g.mean(dim=(2, 3)), torch.relu(g).mean(dim=(2, 3))
+                    if "G" in names:  # [N, K, h, w] kept only when asked for
+                        out["G"] = g
+            for key, v in out.items():
+                parts.setdefault(key, []).append(v)
+            bar.update(acts.shape[0])
+    finally:
+        bar.close()
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def channel_masks(acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """ScoreCAM masks ``M = minmax(upsample(A))``: ``[B, h, w]`` -> ``[B, H, W]`` in ``[0, 1]``
+    (bilinear, ``align_corners=False``; a constant map gives an all-zero mask)."""
+    up = F.interpolate(acts[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return minmax_normalize(up)
+
+
+def _target_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``z_c``, ``y_c``) ``[B]`` of ``logits`` ``[B, C]``."""
+    idx = targets[:, None]
+    return logits.gather(1, idx)[:, 0], torch.softmax(logits, dim=1).gather(1, idx)[:, 0]
+
+
+@torch.no_grad()
+def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.Tensor, chunk: int,
+         show: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``cic`` ``[N, K]``, ``z_c(x * M_k)`` ``[N, K]``); the baseline ``x_b = 0`` is one forward pass,
+    since every image shares it."""
+    n, k = acts.shape[:2]
+    size = (x.shape[2], x.shape[3])
+    base = torch.softmax(model(torch.zeros_like(x[:1])), dim=1)[0]
+    masked_z = torch.empty(n, k, dtype=x.dtype, device=x.device)
+    masked_y = torch.empty_like(masked_z)
+    bar = progress_bar(n * k, "terminals: cic", show)
+    try:
+        for img, ch in _rows(n, k, chunk, x.device):
+            masked = x[img].mul_(channel_masks(acts[img, ch], size)[:, None])  # x[img] is a copy
+            z, y = _target_scores(model(masked), targets[img])
+            masked_z[img, ch], masked_y[img, ch] = z, y
+            bar.update(img.shape[0])
+    finally:
+        bar.close()
+    return masked_y - base[targets][:, None], masked_z
+
+
+def _check_tail(runner: TailRunner, x: torch.Tensor, acts: torch.Tensor, logits: torch.Tensor) -> None:
+    """Raise ``SplitError`` unless ``runner`` reproduces ``logits`` from unablated activations: fx
+    tracing can bake in Python-side decisions that do not hold for these inputs."""
+    got = runner(acts.clone(), runner.carry(x))
+    tol = 1e-3 * max(1.0, float(logits.abs().max()))
+    if got.shape != logits.shape or not torch.allclose(got, logits, rtol=1e-3, atol=tol):
+        diff = float((got - logits).abs().max()) if got.shape == logits.shape else float("inf")
+        raise SplitError(f"rerunning the model from layer {runner.access.name!r} ({runner.method}) does not "
+                         f"reproduce its logits (max difference {diff:.3g})")
+
+
+@torch.no_grad()
+def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+         chunk: int, method: str, show: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(``abl`` ``[N, K]``, ``z_c^(k)`` ``[N, K]``, method used). Images go in groups of
+    ``chunk // K`` (at least one), so values carried around the layer are computed once per group."""
+    n, k = acts.shape[:2]
+    group = max(1, chunk // k)
+    runner = tail_runner(access, method)
+    try:
+        _check_tail(runner, x[:group], acts[:group], logits[:group])
+    except SplitError as e:
+        if runner.method != "fx" or method != "auto":
+            raise
+        fallback_warning(access.name, str(e))
+        runner = tail_runner(access, "hook")
+    z_c = logits.gather(1, targets[:, None])[:, 0]
+    ablated = torch.empty(n, k, dtype=x.dtype, device=x.device)
+    bar = progress_bar(n * k, f"terminals: abl ({runner.method})", show)
+    try:
+        for s in range(0, n, group):
+            xs, a_s, ts = x[s:s + group], acts[s:s + group], targets[s:s + group]
+            carried = runner.carry(xs)
+            for img, ch in _rows(xs.shape[0], k, chunk, x.device):
+                a = a_s[img]  # a copy (advanced indexing), safe to ablate in place
+                a[torch.arange(img.shape[0], device=a.device), ch] = 0
+                out = runner(a, [c[img] for c in carried])
+                ablated[s + img, ch] = out.gather(1, ts[img][:, None])[:, 0]
+                bar.update(img.shape[0])
+    finally:
+        bar.close()
+    return (z_c[:, None] - ablated) / z_c[:, None], ablated, runner.method
+
+
+def _check_finite(values: dict[str, torch.Tensor], names: list[str], z_c: torch.Tensor) -> None:
+    for name in names:
+        v = values[name]
+        bad = ~torch.isfinite(v.reshape(v.shape[0], -1)).all(dim=1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            hint = "check the model weights and the input images"
+            if name == "abl" and float(z_c[i]) == 0:
+                hint = "the target logit z_c is 0 for that image, so (z_c - z_c^(k)) / z_c is undefined"
+            raise TerminalError(f"terminal {name!r} has NaN or Inf values for image {i}: {hint}")
+
+
+def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
+                      targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
+                      chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True,
+                      ablation: str = "auto") -> tuple[Terminals, TerminalInfo]:
+    """The terminals ``names`` of ``model`` at ``layer`` for ``images``.
+
+    ``images``: ``[N, 3, H, W]``, normalized as the model expects; ``targets``: ``[N]`` class indices,
+    None for the predicted class; ``layer``: dotted module path, None for the model's default.
+    ``chunk_size``: the most images, masked images (``cic``) or ablated activation copies (``abl``)
+    per forward pass. ``ablation``: ``auto`` (fx split, hook fallback), ``fx`` or ``hook``.
+    The model is moved to ``device`` and run in eval mode; its modes are restored and its hooks removed
+    on every exit. Vec terminals are ``[N, K]``, Map terminals ``[N, K, h, w]``, on ``device``."""
+    names = check_names(names)
+    if chunk_size < 1:
+        raise TerminalError(f"chunk_size must be a positive integer, got {chunk_size}")
+    dev = resolve_device(device)
+    module = model.module if isinstance(model, LoadedModel) else model
+    if isinstance(model, LoadedModel) and layer is None:
+        layer = model.target_layer
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] < 1:
+        what = f"shape {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TerminalError(f"images must be a tensor [N, 3, H, W] with N >= 1, got {what}")
+    access = layer_access(module, layer)
+    module.to(dev)
+    x = images.to(device=dev, dtype=_dtype(module))
+    t = _check_targets(targets, x.shape[0], dev)
+    with eval_mode(module):
+        base = _gradient_pass(access, x, t, names, chunk_size, progress)
+        acts, logits, t = base["A"], base["logits"], base["targets"]
+        z_c, y_c = _target_scores(logits, t)
+        values = {"A": acts, "acts": acts.mean(dim=(2, 3))}
+        values.update({k: base[k] for k in ("G", "grads", "pgrads") if k in base})
+        info = TerminalInfo(access.name, acts, logits, t, z_c, y_c)
+        if not bool(torch.isfinite(logits).all()):
+            i = int((~torch.isfinite(logits)).any(dim=1).nonzero()[0])
+            raise TerminalError(f"the model's logits have NaN or Inf values for image {i}; check the model weights "
+                                f"and the input images")
+        if "cic" in names:
+            values["cic"], info.masked_logits = _cic(access.model, x, acts, t, chunk_size, progress)
+        if "abl" in names:
+            values["abl"], info.ablated_logits, info.abl_method = _abl(access, x, acts, logits, t, chunk_size,
+                                                                       ablation, progress)
+    _check_finite(values, names, z_c)
+    return Terminals({n: values[n] for n in names}), info

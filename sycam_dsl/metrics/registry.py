@@ -1,0 +1,189 @@
+"""Metrics by name: the built-in ones and any a user registers from Python.
+
+A metric is a function ``fn(inputs: MetricInputs, **options) -> Tensor`` of per-image scores
+``[N]`` (or ``[C, N]`` when ``inputs.heatmaps`` is ``[C, N, H, W]`` and the metric is
+``batched``) plus a direction. Register your own without editing the package::
+
+    from sycam_dsl.metrics import register_metric
+
+    def centre_mass(inputs):                       # inputs.heatmaps: [N, H, W]
+        h = inputs.heatmaps
+        return h[..., 8:-8, 8:-8].sum(dim=(-2, -1)) / h.sum(dim=(-2, -1)).clamp_min(1e-12)
+
+    register_metric("centre_mass", centre_mass, higher_is_better=True)
+
+A metric that is not ``batched`` gets one candidate's ``[N, H, W]`` heatmaps at a time.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from .errors import MetricError
+from .scoring import Device
+
+MetricFn = Callable[..., torch.Tensor]
+
+
+@dataclass
+class MetricInputs:
+    """What a metric may look at, for ``N`` images.
+
+    ``images`` ``[N, 3, H, W]`` in the model's normalized input space; ``targets`` ``[N]`` class
+    indices; ``heatmaps`` ``H`` ``[N, H, W]`` or ``[C, N, H, W]`` in ``[0, 1]``; ``saliency`` ``S``
+    at the target layer's resolution ``[N, h, w]`` / ``[C, N, h, w]``; ``masks`` ``[N, H, W]`` bool.
+    ``cache`` holds values that do not depend on the heatmaps (such as ``y_c(x)``), shared by the
+    copies ``with_heatmaps`` makes, so scoring many candidates computes them once."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    heatmaps: torch.Tensor | None = None
+    saliency: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+    model: nn.Module | None = None
+    device: Device = "cpu"
+    batch_size: int = 64
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def with_heatmaps(self, heatmaps: torch.Tensor, saliency: torch.Tensor | None = None) -> "MetricInputs":
+        """The same images, model and cache with another candidate's ``H`` (and ``S``)."""
+        return replace(self, heatmaps=heatmaps, saliency=saliency)
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """Per-image scores ``[N]`` (``[C, N]`` for batched candidates) and their mean over images."""
+
+    name: str
+    per_image: torch.Tensor
+    higher_is_better: bool
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean over images: a 0-dim tensor, or ``[C]`` for batched candidates."""
+        return self.per_image.mean(dim=-1)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric: ``fn(inputs, **options)`` gives per-image scores; ``higher_is_better`` its
+    direction. ``needs_*`` say which ``MetricInputs`` fields must be set."""
+
+    name: str
+    fn: MetricFn
+    higher_is_better: bool
+    needs_model: bool = False
+    needs_masks: bool = False
+    needs_saliency: bool = False
+    batched: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        """Keyword options ``fn`` accepts besides ``inputs``."""
+        params = list(inspect.signature(self.fn).parameters.values())[1:]
+        return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+    def with_options(self, **options: Any) -> "Metric":
+        """This metric with ``options`` bound (e.g. ``steps=10`` for deletion)."""
+        unknown = sorted(set(options) - set(self.option_names))
+        if unknown:
+            known = ", ".join(self.option_names) or "none"
+            raise MetricError(f"metric {self.name!r} has no option {', '.join(unknown)} (options: {known})")
+        return replace(self, options={**self.options, **options})
+
+    def better(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Where score ``a`` is strictly better than ``b`` (element-wise bool)."""
+        return a > b if self.higher_is_better else a < b
+
+    def __call__(self, inputs: MetricInputs) -> MetricResult:
+        """Score ``inputs.heatmaps``; per-image scores ``[N]`` or ``[C, N]``."""
+        self._check(inputs)
+        h = inputs.heatmaps
+        if h.dim() == 4 and not self.batched:
+            s = inputs.saliency
+            parts = [self._score(inputs.with_heatmaps(h[c], None if s is None else s[c]))
+                     for c in range(h.shape[0])]
+            scores = torch.stack(parts)
+        else:
+            scores = self._score(inputs)
+        return MetricResult(self.name, scores, self.higher_is_better)
+
+    def _score(self, inputs: MetricInputs) -> torch.Tensor:
+        scores = torch.as_tensor(self.fn(inputs, **self.options))
+        want = tuple(inputs.heatmaps.shape[:-2])
+        if tuple(scores.shape) != want:
+            raise MetricError(f"metric {self.name!r} returned scores of shape {list(scores.shape)}; "
+                              f"expected one score per image, {list(want)}")
+        return scores
+
+    def _check(self, inputs: MetricInputs) -> None:
+        missing = [what for what, need, have in [
+            ("heatmaps", True, inputs.heatmaps),
+            ("model", self.needs_model, inputs.model),
+            ("masks (give --masks DIR)", self.needs_masks, inputs.masks),
+            ("saliency (S at layer resolution)", self.needs_saliency, inputs.saliency),
+        ] if need and have is None]
+        if missing:
+            raise MetricError(f"metric {self.name!r} needs {', '.join(missing)}")
+        h = inputs.heatmaps
+        if h.dim() not in (3, 4) or h.shape[-3] != inputs.images.shape[0]:
+            raise MetricError(f"heatmaps must be [N, H, W] or [C, N, H, W] with N = "
+                              f"{inputs.images.shape[0]} images, got {list(h.shape)}")
+
+
+_REGISTRY: dict[str, Metric] = {}
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def register_metric(name: str, fn: MetricFn, higher_is_better: bool, *, needs_model: bool = False,
+                    needs_masks: bool = False, needs_saliency: bool = False, batched: bool = False,
+                    doc: str = "", replace_existing: bool = False) -> Metric:
+    """Make ``fn(inputs: MetricInputs, **options) -> [N]`` scores available as ``name``.
+
+    Names are case-insensitive and ``-`` equals ``_``. Registering a taken name raises
+    ``MetricError`` unless ``replace_existing``."""
+    key = _key(name)
+    if not key:
+        raise MetricError("a metric needs a non-empty name")
+    if not callable(fn):
+        raise MetricError(f"metric {name!r}: fn must be callable, got {type(fn).__name__}")
+    if key in _REGISTRY and not replace_existing:
+        raise MetricError(f"metric {key!r} is already registered; pass replace_existing=True to replace it")
+    metric = Metric(key, fn, bool(higher_is_better), needs_model, needs_masks, needs_saliency, batched,
+                    doc=doc or (inspect.getdoc(fn) or "").split("\n")[0])
+    _REGISTRY[key] = metric
+    return metric
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a registered metric (no error if it is not there)."""
+    _REGISTRY.pop(_key(name), None)
+
+
+def get_metric(name: str, **options: Any) -> Metric:
+    """The metric registered as ``name``, with ``options`` bound."""
+    metric = _REGISTRY.get(_key(name))
+    if metric is None:
+        raise MetricError(f"unknown metric {name!r} (known: {', '.join(known_metrics())}); "
+                          f"add one with sycam_dsl.metrics.register_metric")
+    return metric.with_options(**options) if options else metric
+
+
+def known_metrics() -> list[str]:
+    """Names of the registered metrics, sorted."""
+    return sorted(_REGISTRY)
