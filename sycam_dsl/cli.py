@@ -12,27 +12,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .cli_args import positive_int, height_width
 from .errors import SycamError
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(p) for p in text.lower().split("x"))
-        if h < 1 or w < 1:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 7x7, got {text!r}") from None
-    return h, w
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,12 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Enumerate candidates bottom-up with canonicalization and observational "
                                    "equivalence on seeded random terminal values; print them and the counts.")
     e.add_argument("grammar", help="grammar file (.sy)")
-    e.add_argument("--max-size", type=_positive, required=True, help="largest term size (node count)")
-    e.add_argument("--limit", type=_positive, help="stop after this many candidates")
+    e.add_argument("--max-size", type=positive_int, required=True, help="largest term size (node count)")
+    e.add_argument("--limit", type=positive_int, help="stop after this many candidates")
     e.add_argument("--seed", type=int, default=0, help="seed of the random terminal values (default 0)")
-    e.add_argument("--images", type=_positive, default=10, help="N, images in the equivalence subset (default 10)")
-    e.add_argument("--channels", type=_positive, default=64, help="K, channels (default 64)")
-    e.add_argument("--hw", type=_hw, default=(7, 7), help="h x w of Map terminals (default 7x7)")
+    e.add_argument("--images", type=positive_int, default=10, help="N, images in the equivalence subset (default 10)")
+    e.add_argument("--channels", type=positive_int, default=64, help="K, channels (default 64)")
+    e.add_argument("--hw", type=height_width, default=(7, 7), help="h x w of Map terminals (default 7x7)")
     e.add_argument("--no-canonicalize", action="store_true", help="turn sympy canonicalization off")
     e.add_argument("--no-equivalence", action="store_true", help="turn observational equivalence off")
     e.add_argument("--quiet", action="store_true", help="print only the counts")
@@ -74,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("-o", "--output", required=True, help="output file (.pt for torchscript, .pt2 for export)")
     k.add_argument("--format", choices=("torchscript", "export"), default="torchscript",
                    help="torchscript (default): a .pt for torch.jit.load; export: a .pt2 for torch.export.load")
-    k.add_argument("--channels", type=_positive, default=64, help="K for the export format's example input")
-    k.add_argument("--hw", type=_hw, default=(7, 7), help="h x w for the export format's example input")
+    k.add_argument("--channels", type=positive_int, default=64, help="K for the export format's example input")
+    k.add_argument("--hw", type=height_width, default=(7, 7), help="h x w for the export format's example input")
 
     from .cam.commands import register as register_terminals
     from .metrics.commands import register as register_metrics

@@ -12,20 +12,11 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..cli_args import positive_int
 from ..errors import SycamError
 from ..lang.terminals import TERMINALS
 
 DEFAULT_NAMES = "grads,pgrads,cic,abl"
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def _names(text: str) -> list[str]:
@@ -54,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                    "default, e.g. layer4 for ResNets)")
     p.add_argument("--images", required=True, metavar="DIR",
                    help="folder of images, or of one subfolder of images per class")
-    p.add_argument("--size", type=_positive, metavar="PX",
+    p.add_argument("--size", type=positive_int, metavar="PX",
                    help="images are resized (shorter side) and center-cropped to PX x PX (default: the model's "
                         "input size, 224 for most)")
     p.add_argument("--names", type=_names, default=_names(DEFAULT_NAMES), metavar="LIST",
@@ -63,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="target class: the model's prediction (default), or the class-folder index (when the "
                         "folder's classes are the model's class indices in order)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--chunk-size", type=_positive, default=32, metavar="N",
+    p.add_argument("--chunk-size", type=positive_int, default=32, metavar="N",
                    help="most images / masked images / ablated copies per forward pass (default 32)")
     p.add_argument("--ablation", choices=("auto", "fx", "hook"), default="auto",
                    help="abl: fx split (rerun only the layers after the target), hook (rerun everything), or "

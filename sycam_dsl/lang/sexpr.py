@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 from ..errors import GrammarError
 from .ast import CONST, HOLE, VAR, Node, apply, const, var
 from .operators import OPERATORS
-from .reader import SAtom, SExpr, SList, read
+from .reader import SAtom, SExpr, read
 from .types import Type
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..baselines import BASELINE_EXPRESSIONS, baselines
+from ..cli_args import positive_int
 from ..errors import SycamError
 from ..lang.ast import Node
 from .errors import MetricError
@@ -29,16 +30,6 @@ from .registry import Metric, MetricResult, known_metrics
 if TYPE_CHECKING:
     from ..evaluate import Terminals
     from .registry import MetricInputs
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def _baseline_names(text: str) -> list[str]:
@@ -59,13 +50,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "file, or a factory package.module:function returning an nn.Module")
     p.add_argument("--weights", metavar="FILE", help="state-dict file; random:SEED for seeded random weights")
     p.add_argument("--layer", metavar="PATH", help="target layer's dotted module path (default: the model's default)")
-    p.add_argument("--size", type=_positive, metavar="PX", help="input size (default: the model's, 224 for most)")
+    p.add_argument("--size", type=positive_int, metavar="PX", help="input size (default: the model's, 224 for most)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--batch-size", type=_positive, default=64, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                    help="images per forward pass when scoring (default 64)")
-    p.add_argument("--chunk-size", type=_positive, default=32, metavar="N",
+    p.add_argument("--chunk-size", type=positive_int, default=32, metavar="N",
                    help="images / masked copies per forward pass when computing terminals (default 32)")
-    p.add_argument("--steps", type=_positive, metavar="P",
+    p.add_argument("--steps", type=positive_int, metavar="P",
                    help="deletion / insertion steps, at most the layer's h*w cells (default: all cells)")
     p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA, metavar="PX",
                    help=f"deletion / insertion: Gaussian blur sigma of x~ in pixels (default {DEFAULT_BLUR_SIGMA:g})")
