@@ -44,6 +44,7 @@ BASELINE_EXPRESSIONS: dict[str, str] = {
     "XGradCAM": "(/ (gap (* A G)) (gap A))",
     "HiResCAM": "G",
     "LayerCAM": "(relu G)",
+    "ScoreCAM-softmax": "(softmax mlogits)",  # grad-cam's ScoreCAM variant
 }
 
 #: The baselines SPEC section 7 reports beside a search's result.

@@ -74,7 +74,7 @@ def test_heatmap_shape_errors():
 
 def test_baselines_are_parsed_expressions_with_the_right_types():
     want = {"GradCAM": Type.VEC, "GradCAM++": Type.VEC, "ScoreCAM": Type.VEC, "AblationCAM": Type.VEC,
-            "XGradCAM": Type.VEC, "HiResCAM": Type.MAP, "LayerCAM": Type.MAP}
+            "XGradCAM": Type.VEC, "HiResCAM": Type.MAP, "LayerCAM": Type.MAP, "ScoreCAM-softmax": Type.VEC}
     assert [b.name for b in baselines()] == list(want)
     for b in baselines():
         assert b.node == parse_expr(BASELINE_EXPRESSIONS[b.name], terminal_types())
@@ -86,7 +86,7 @@ def test_baselines_are_parsed_expressions_with_the_right_types():
 
 
 def test_baseline_heatmaps_go_through_evaluate():
-    terms = Terminals.random(["grads", "pgrads", "cic", "abl", "G", "A"], n=3, k=8, hw=(4, 4))
+    terms = Terminals.random(["grads", "pgrads", "cic", "abl", "mlogits", "G", "A"], n=3, k=8, hw=(4, 4))
     acts = terms["A"].abs()
     for b in baselines():
         w = evaluate(b.node, terms)
@@ -95,6 +95,7 @@ def test_baseline_heatmaps_go_through_evaluate():
     G, A = terms["G"], terms["A"]
     torch.testing.assert_close(baseline("XGradCAM").weights(terms), (A * G).sum((2, 3)) / A.sum((2, 3)))
     torch.testing.assert_close(baseline("LayerCAM").weights(terms), G.relu())
+    torch.testing.assert_close(baseline("ScoreCAM-softmax").weights(terms), terms["mlogits"].softmax(dim=1))
 
 
 # ---- agreement with grad-cam -------------------------------------------------------------------------
@@ -235,7 +236,8 @@ def test_engine_terminals_agree_with_gradcam(tiny):
     case = (model, layer, images, terms, info.acts, info.targets)
     _check(case, ["GradCAM", "XGradCAM", "HiResCAM", "LayerCAM", "AblationCAM"])
     _check_gradcampp(case)
-    # grad-cam's ScoreCAM from the engine's masked logits (its masks use align_corners=False)
-    w = torch.softmax(info.masked_logits, dim=1)
-    ours = baseline("ScoreCAM").heatmaps(Terminals({"cic": w, "A": info.acts}), info.acts, (32, 32))
-    assert_agree(ours, gradcam_heatmaps("ScoreCAM", model, layer, images, info.targets), "ScoreCAM (engine)")
+    # grad-cam's ScoreCAM variant as an expression of our grammar, (softmax mlogits), on the
+    # engine's terminals (its masks use align_corners=False, grad-cam's True)
+    terms, info = compute(model, "features.4", images, None, ["mlogits", "A"], progress=False)
+    ours = baseline("ScoreCAM-softmax").heatmaps(terms, info.acts, (32, 32))
+    assert_agree(ours, gradcam_heatmaps("ScoreCAM", model, layer, images, info.targets), "ScoreCAM (grad-cam variant)")

@@ -263,8 +263,9 @@ def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images:
             i = int((~torch.isfinite(logits)).any(dim=1).nonzero()[0])
             raise TerminalError(f"the model's logits have NaN or Inf values for image {i}; check the model weights "
                                 f"and the input images")
-        if "cic" in names:
+        if "cic" in names or "mlogits" in names:
             values["cic"], info.masked_logits = _cic(access.model, x, acts, t, chunk_size, progress)
+            values["mlogits"] = info.masked_logits
         if "abl" in names:
             values["abl"], info.ablated_logits, info.abl_method = _abl(access, x, acts, logits, t, chunk_size,
                                                                        ablation, progress)

@@ -15,6 +15,7 @@ Semantics (SPEC section 3), per image (reductions never cross images):
 * ``(topk v k)``: keeps the ``k`` largest entries of each image's Vec (over channels), zero elsewhere.
 * ``gap``: Map -> Vec, mean over ``h, w``.
 * ``norm``: ``e / max|e|`` over each image's channels (and positions for a Map), protected as ``/``.
+* ``softmax``: softmax of each image's Vec over its channels (grad-cam's ScoreCAM normalization).
 * ``bcast``: Vec -> Map, the same weight at every position (so a Map grammar can hold Vec weights,
   such as XGradCAM's). Its value is ``[..., N, K, 1, 1]``, broadcastable to the Map's ``h, w``.
 """
@@ -117,6 +118,10 @@ def _gap_type(e: Type) -> Type | None:
     return Type.VEC if e == Type.MAP else None
 
 
+def _vec_type(e: Type) -> Type | None:
+    return Type.VEC if e == Type.VEC else None
+
+
 def _bcast_type(e: Type) -> Type | None:
     return Type.MAP if e == Type.VEC else None
 
@@ -149,6 +154,8 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in [
     Operator("norm", 1, _norm_type, "a Vec or a Map",
              {Type.VEC: "self._norm_vec({0})", Type.MAP: "self._norm_map({0})"},
              lambda f, e: f("norm", e), doc="e / max|e| per image, protected"),
+    Operator("softmax", 1, _vec_type, "a Vec", "torch.softmax({0}, dim=-1)",
+             lambda f, v: f("softmax", v), doc="softmax over each image's channels"),
     # Broadcasting commutes with every operator, so bcast is the identity for canonicalization.
     Operator("bcast", 1, _bcast_type, "a Vec", "{0}.unsqueeze(-1).unsqueeze(-1)",
              lambda f, v: v, doc="Vec -> Map, constant over h, w"),

@@ -10,6 +10,8 @@ TERMINALS: dict[str, tuple[Type, str]] = {
     "pgrads": (Type.VEC, "mean over h,w of ReLU(dz_c/dA_k) (GradCAM++, positive-gradient form)"),
     "cic": (Type.VEC, "ScoreCAM channel-wise increase of confidence"),
     "abl": (Type.VEC, "AblationCAM score (z_c - z_c^(k)) / z_c"),
+    "mlogits": (Type.VEC, "z_c(x * M_k), the target logit of each ScoreCAM-masked image "
+                          "(grad-cam's ScoreCAM weights are (softmax mlogits))"),
     "acts": (Type.VEC, "mean over h,w of A_k"),
     "G": (Type.MAP, "gradient maps dz_c/dA [K, h, w]"),
     "A": (Type.MAP, "activations A [K, h, w]"),
