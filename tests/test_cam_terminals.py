@@ -262,6 +262,27 @@ def test_cic_matches_direct_loop():
     assert info.masked_logits.shape == (3, 5)
 
 
+def test_cic_of_dead_channels_costs_no_forward_pass_and_stays_exact():
+    model, x = tiny_net(), _images(3)
+    with torch.no_grad():  # channels 1 and 3 of the target layer are dead: constant maps, all-zero masks
+        conv = model.block[0]
+        conv.weight[[1, 3]] = 0.0
+        conv.bias[[1, 3]] = -1.0
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].shape[0]))
+    try:
+        terms, info = _compute(model, x, names=["cic", "mlogits"], chunk_size=4)
+    finally:
+        handle.remove()
+    ref = ref_cic(model, model.block, x, info.targets)
+    torch.testing.assert_close(terms["cic"], ref)
+    assert torch.all(terms["cic"][:, [1, 3]] == 0)
+    live = 3 * 5 - 3 * 2
+    # one gradient pass, one baseline pass, then only the live (image, channel) pairs
+    assert sum(seen) == 3 + 1 + live
+    torch.testing.assert_close(terms["mlogits"], info.masked_logits)
+
+
 def test_cic_targets_change_the_scores():
     model, x = tiny_net(), _images(2)
     t = torch.tensor([1, 2])

@@ -152,22 +152,31 @@ def _target_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
 def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.Tensor, chunk: int,
          show: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(``cic`` ``[N, K]``, ``z_c(x * M_k)`` ``[N, K]``); the baseline ``x_b = 0`` is one forward pass,
-    since every image shares it."""
+    since every image shares it.
+
+    A channel whose activation map is constant (a dead ReLU channel, common at deep layers) has an
+    all-zero mask, so its masked image *is* the baseline: its scores are the baseline's, exactly,
+    and it costs no forward pass."""
     n, k = acts.shape[:2]
     size = (x.shape[2], x.shape[3])
-    base = torch.softmax(model(torch.zeros_like(x[:1])), dim=1)[0]
-    masked_z = torch.empty(n, k, dtype=x.dtype, device=x.device)
-    masked_y = torch.empty_like(masked_z)
+    base_logits = model(torch.zeros_like(x[:1]))
+    base_z, base_y = _target_scores(base_logits.expand(n, -1), targets)
+    masked_z = base_z[:, None].repeat(1, k)
+    masked_y = base_y[:, None].repeat(1, k)
+    flat = acts.flatten(2)
+    live = (flat.amax(dim=2) > flat.amin(dim=2)).nonzero()  # [M, 2] (image, channel) with a real mask
     bar = progress_bar(n * k, "terminals: cic", show)
+    bar.update(n * k - live.shape[0])
     try:
-        for img, ch in _rows(n, k, chunk, x.device):
+        for start in range(0, live.shape[0], chunk):
+            img, ch = live[start:start + chunk].unbind(1)
             masked = x[img].mul_(channel_masks(acts[img, ch], size)[:, None])  # x[img] is a copy
             z, y = _target_scores(model(masked), targets[img])
             masked_z[img, ch], masked_y[img, ch] = z, y
             bar.update(img.shape[0])
     finally:
         bar.close()
-    return masked_y - base[targets][:, None], masked_z
+    return masked_y - base_y[:, None], masked_z
 
 
 def _check_tail(runner: TailRunner, x: torch.Tensor, acts: torch.Tensor, logits: torch.Tensor) -> None:
