@@ -283,6 +283,24 @@ def test_cic_of_dead_channels_costs_no_forward_pass_and_stays_exact():
     torch.testing.assert_close(terms["mlogits"], info.masked_logits)
 
 
+class _FlattensItsInput(nn.Module):
+    """A model that calls .view() on its input, which channels-last input cannot take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.view(x.shape[0], -1)  # raises for a channels-last batch
+        return self.net(x)
+
+
+def test_cic_falls_back_to_contiguous_input_for_models_that_need_it():
+    model, x = _FlattensItsInput(), _images(2)
+    terms, info = _compute(model, x, names=["cic"], layer="net.block", chunk_size=4)
+    torch.testing.assert_close(terms["cic"], ref_cic(model, model.net.block, x, info.targets))
+
+
 def test_cic_targets_change_the_scores():
     model, x = tiny_net(), _images(2)
     t = torch.tensor([1, 2])

@@ -167,11 +167,22 @@ def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.T
     live = (flat.amax(dim=2) > flat.amin(dim=2)).nonzero()  # [M, 2] (image, channel) with a real mask
     bar = progress_bar(n * k, "terminals: cic", show)
     bar.update(n * k - live.shape[0])
+    # Convolutions run about 1.4x faster on channels-last input here (oneDNN); a model that cannot
+    # take it (a .view() on its input, say) gets contiguous input for the whole run instead.
+    layout = torch.channels_last if x.dim() == 4 else torch.contiguous_format
     try:
         for start in range(0, live.shape[0], chunk):
             img, ch = live[start:start + chunk].unbind(1)
             masked = x[img].mul_(channel_masks(acts[img, ch], size)[:, None])  # x[img] is a copy
-            z, y = _target_scores(model(masked), targets[img])
+            try:
+                out = model(masked.contiguous(memory_format=layout))
+            except RuntimeError as e:
+                layout_error = any(w in str(e) for w in ("stride", "contiguous", "view"))
+                if layout == torch.contiguous_format or start > 0 or not layout_error:
+                    raise
+                layout = torch.contiguous_format
+                out = model(masked)
+            z, y = _target_scores(out, targets[img])
             masked_z[img, ch], masked_y[img, ch] = z, y
             bar.update(img.shape[0])
     finally:
