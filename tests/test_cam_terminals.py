@@ -25,7 +25,7 @@ from sycam_dsl.cam.errors import ImageError, LayerError, ModelError, TerminalErr
 from sycam_dsl.cam.images import load_images
 from sycam_dsl.cam.layer_split import split_model, tail_runner, HookAccess
 from sycam_dsl.cam.layers import default_layer
-from sycam_dsl.cam.models import EFFICIENTNET_LITE, IMAGENET, Normalization, load_model, resolve_layer
+from sycam_dsl.cam.models import EFFICIENTNET_LITE, IMAGENET, load_model, resolve_layer
 from sycam_dsl.cam.terminals import compute_terminals
 from sycam_dsl.errors import SycamError
 
