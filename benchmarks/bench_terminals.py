@@ -27,14 +27,13 @@ import torch.nn.functional as F
 
 from sycam_dsl.cam.models import load_model, resolve_layer
 from sycam_dsl.cam.terminals import compute_terminals
-from sycam_dsl.evaluate.saliency import minmax_normalize
+from sycam_dsl.cam.heatmaps import heatmaps as cam_heatmaps
+from sycam_dsl.lang.types import Type
 
 
 def heatmaps(weights: torch.Tensor, acts: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """``[N, K]`` weights, ``[N, K, h, w]`` activations -> ``[N, H, W]`` maps in ``[0, 1]``."""
-    s = torch.relu((weights[:, :, None, None] * acts).sum(dim=1))
-    up = F.interpolate(s[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return minmax_normalize(up).cpu().numpy()
+    return cam_heatmaps(weights, acts, Type.VEC, size).cpu().numpy()
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

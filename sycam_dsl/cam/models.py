@@ -8,12 +8,13 @@ tests and demos.
 from __future__ import annotations
 
 import difflib
+from contextlib import contextmanager
 import importlib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -290,3 +291,15 @@ def load_model(spec: str, weights: str | None = None, device: str | torch.device
     if source == "torchscript" and hasattr(module, "forward_features") and hasattr(module, "forward_head"):
         layer = "forward_features"
     return LoadedModel(module, name, layer, normalize, size, source, details)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the ``with`` block; every submodule's own mode is restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training

@@ -8,7 +8,6 @@ layers after the target layer (``layer_split``) on activations with one channel 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -21,7 +20,7 @@ from ..evaluate.terminals import Terminals
 from ..lang.terminals import TERMINALS
 from .errors import LayerError, TerminalError
 from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, layer_access, tail_runner
-from .models import LoadedModel, resolve_device
+from .models import LoadedModel, eval_mode, resolve_device
 from .progress import progress as progress_bar
 
 #: Terminals that need the backward pass.
@@ -63,18 +62,6 @@ def check_names(names: Sequence[str]) -> list[str]:
     if not out:
         raise TerminalError(f"no terminals asked for; choose from {', '.join(TERMINALS)}")
     return out
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode for the ``with`` block; every submodule's own mode is restored after."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _dtype(module: nn.Module) -> torch.dtype:

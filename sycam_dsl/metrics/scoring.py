@@ -7,26 +7,15 @@ mode (restored afterwards) and without autograd, so a batch's composition cannot
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 
+from ..cam.models import eval_mode
 from .errors import MetricError
 
 Device = str | torch.device
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block, its previous mode restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def check_inputs(images: torch.Tensor, targets: torch.Tensor) -> None:
