@@ -1,4 +1,4 @@
-"""The ``sycam-dsl`` command line: check, enumerate, compile, terminals, eval, explain.
+"""The ``sycam-dsl`` command line: check, enumerate, compile, terminals, eval, explain, synth.
 
 Every expected error prints as one line ``sycam-dsl: error: ...`` with exit code 2; ``--debug``
 shows the traceback instead.
@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cam.commands import register as register_terminals
     from .metrics.commands import register as register_metrics
+    from .synthesize.commands import register as register_synth
     register_terminals(sub)
     register_metrics(sub)
+    register_synth(sub)
     return p
 
 
@@ -135,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()
     handlers = {"check": _cmd_check, "enumerate": _cmd_enumerate, "compile": _cmd_compile}
     try:
-        (getattr(args, "handler", None) or handlers[args.command])(args)
+        code = (getattr(args, "handler", None) or handlers[args.command])(args)
     except KeyboardInterrupt:
         print("sycam-dsl: interrupted", file=sys.stderr)
         return 130
@@ -146,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"sycam-dsl: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -11,10 +11,15 @@ tensors the expression uses, batched ``[N, K]`` / ``[N, K, h, w]``):
   The future-proof path. One entry per file (``forward`` or ``saliency``). All of ``N``, ``K``,
   ``h``, ``w`` are exported dynamic; should a future operator need a fixed size, that dimension is
   specialized to the example's size, so pass an ``example`` with the real ``K, h, w``.
+
+Per-class results (class-based decomposition) compile to one TorchScript module that dispatches
+on the model's predicted class (``save_dispatch``): ``forward(classes, ...)`` and
+``saliency(activations, classes, ...)``; see ``dispatch``.
 """
 
+from .dispatch import compile_dispatch, generate_dispatch_source, save_dispatch
 from .export import export_program, python_module, save_export
 from .torchscript import CompileError, compile_torchscript, generate_source, save_torchscript, signature
 
-__all__ = ["CompileError", "compile_torchscript", "export_program", "generate_source", "python_module",
-           "save_export", "save_torchscript", "signature"]
+__all__ = ["CompileError", "compile_dispatch", "compile_torchscript", "export_program", "generate_dispatch_source",
+           "generate_source", "python_module", "save_dispatch", "save_export", "save_torchscript", "signature"]

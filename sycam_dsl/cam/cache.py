@@ -37,7 +37,8 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "sycam-dsl"
 
 
-def _update_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
+def update_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    """Feed a tensor (shape, dtype and bytes) into the hash ``h``."""
     t = t.detach()
     h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
     flat = t.cpu().contiguous().reshape(-1)
@@ -54,7 +55,7 @@ def model_digest(module: nn.Module) -> str:
     for name, t in module.state_dict().items():
         h.update(name.encode())
         if isinstance(t, torch.Tensor):
-            _update_tensor(h, t)
+            update_digest(h, t)
     return h.hexdigest()
 
 
@@ -65,11 +66,11 @@ def terminals_key(module: nn.Module, layer: str, images: torch.Tensor, targets: 
     h.update(f"sycam-dsl {__version__} format {_FORMAT}\n".encode())
     h.update(model_digest(module).encode())
     h.update(f"\nlayer {layer}\nsize {tuple(images.shape[2:])}\nnames {','.join(sorted(names))}\n".encode())
-    _update_tensor(h, images)
+    update_digest(h, images)
     if targets is None:
         h.update(b"targets predicted")
     else:
-        _update_tensor(h, torch.as_tensor(targets).long())
+        update_digest(h, torch.as_tensor(targets).long())
     return h.hexdigest()[:40]
 
 

@@ -15,11 +15,14 @@ ALPHA = 0.5
 MIN_WIDTH = 320
 
 
-def _jet(h: np.ndarray) -> np.ndarray:
+def jet(h: np.ndarray) -> np.ndarray:
     """The jet colormap of ``[H, W]`` values in ``[0, 1]``: ``[H, W, 3]`` in ``[0, 1]``."""
     def ramp(x: np.ndarray) -> np.ndarray:
         return np.clip(1.5 - np.abs(4 * h - x), 0, 1)
     return np.stack([ramp(3), ramp(2), ramp(1)], axis=-1)
+
+
+_jet = jet  # the former private name
 
 
 def save_overlay(image: torch.Tensor, heatmap: torch.Tensor, caption: list[str], out: str | Path) -> str:

@@ -44,10 +44,13 @@ def _baseline_names(text: str) -> list[str]:
     return [by_key[n.lower()] for n in names]
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="NAME|FILE|module:fn",
-                   help="a torchvision classifier name (resnet50, vgg16, ...), efficientnet_lite0, a TorchScript "
-                        "file, or a factory package.module:function returning an nn.Module")
+def model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """The options that choose a model, its layer and how terminals and metrics run (shared by
+    ``eval``, ``explain`` and ``synth``)."""
+    p.add_argument("--model", required=required, metavar="NAME|FILE|module:fn",
+                   help="a torchvision classifier name (resnet50, vgg16, ...), efficientnet_lite0, bundled (the "
+                        "small CNN of the built-in benchmark), a TorchScript file, or a factory "
+                        "package.module:function returning an nn.Module")
     p.add_argument("--weights", metavar="FILE", help="state-dict file; random:SEED for seeded random weights")
     p.add_argument("--layer", metavar="PATH", help="target layer's dotted module path (default: the model's default)")
     p.add_argument("--size", type=positive_int, metavar="PX", help="input size (default: the model's, 224 for most)")
@@ -74,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "image folder; print the mean score of each and the share of images on which it is best.")
     e.add_argument("expressions", nargs="*", metavar="EXPR",
                    help="weight expressions such as '(relu (+ grads cic))', or files holding one")
-    _model_args(e)
+    model_args(e)
     e.add_argument("--images", required=True, metavar="DIR", help="folder of images, or of one subfolder per class")
     e.add_argument("--masks", metavar="DIR", help="folder of binary PNG masks, one per image (gt_overlap, sch)")
     e.add_argument("--metric", default="deletion", metavar="NAME[,NAME...]",
@@ -93,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compute one weight expression's heatmap for one image and save it overlaid on the image, "
                     "with a colour bar and a caption naming the expression, the class and its score.")
     x.add_argument("expression", metavar="EXPR", help="a weight expression, or a file holding one")
-    _model_args(x)
+    model_args(x)
     x.add_argument("--image", required=True, metavar="FILE", help="the image")
     x.add_argument("--target", type=int, metavar="CLASS", help="class index to explain (default: the prediction)")
     x.add_argument("--metric", help="also report this metric's score for the image (e.g. deletion)")
@@ -113,7 +116,8 @@ def _parse_method(text: str) -> tuple[str, Node]:
     return src, node
 
 
-def _metric(name: str, args: argparse.Namespace) -> Metric:
+def metric_from_args(name: str, args: argparse.Namespace) -> Metric:
+    """The metric ``name`` with the ``--steps`` / ``--blur-sigma`` options it takes."""
     from . import get_metric
 
     metric = get_metric(name)
@@ -137,27 +141,23 @@ def score_methods(methods: dict[str, tuple[str, Node]], metrics: list[Metric], i
     """Per-image scores: metric name -> method name -> ``MetricResult``, for methods given as
     name -> (expression text, AST). Each method's heatmaps are computed once for all metrics, and
     ``inputs.cache`` keeps what the metrics share (``y_c(x)``, ``x~``)."""
-    from ..cam.heatmaps import layer_saliency, normalize_upsampled
-    from ..evaluate import evaluate
+    from .expression import score_expression
 
-    size = tuple(inputs.images.shape[-2:])
     results: dict[str, dict[str, MetricResult]] = {m.name: {} for m in metrics}
     for name, (_, node) in methods.items():
-        s = layer_saliency(evaluate(node, terms), acts, node.type)
-        candidate = inputs.with_heatmaps(normalize_upsampled(s, size), s)
-        for m in metrics:
-            results[m.name][name] = m(candidate)
+        for metric_name, result in score_expression(node, metrics, inputs, terms, acts).items():
+            results[metric_name][name] = result
     return results
 
 
 def _metrics(text: str, args: argparse.Namespace) -> list[Metric]:
     """The metrics of a comma-separated list; Increase in Confidence joins Average Drop (SPEC 6)."""
-    metrics = [_metric(n, args) for n in text.split(",") if n.strip()]
+    metrics = [metric_from_args(n, args) for n in text.split(",") if n.strip()]
     if not metrics:
         raise MetricError(f"no metric named in {text!r}")
     names = [m.name for m in metrics]
     if "average_drop" in names and "increase_in_confidence" not in names:
-        metrics.append(_metric("increase_in_confidence", args))
+        metrics.append(metric_from_args("increase_in_confidence", args))
     return metrics
 
 
@@ -231,28 +231,26 @@ def _class_name(model, c: int, n_classes: int) -> str | None:
 
 def run_explain(args: argparse.Namespace) -> None:
     """Handler of ``sycam-dsl explain``."""
-    from ..cam.heatmaps import layer_saliency, normalize_upsampled
     from ..cam.models import load_model
     from ..cam.overlay import save_overlay
-    from ..evaluate import evaluate
+    from .expression import expression_inputs
     from .registry import MetricInputs
 
     text, node = _parse_method(args.expression)
-    metric = _metric(args.metric, args) if args.metric else None
+    metric = metric_from_args(args.metric, args) if args.metric else None
     if metric is not None and metric.needs_masks:
         raise MetricError(f"explain cannot score {metric.name!r}: it needs an object mask; use sycam-dsl eval --masks")
     model = load_model(args.model, args.weights, args.device)
     x = _load_one(args.image, args.size or model.input_size, model.normalize)
     targets = torch.tensor([args.target]) if args.target is not None else None
     terms, info = _terminals(model, x, targets, sorted(node.terminals()), args)
-    s = layer_saliency(evaluate(node, terms), info.acts, node.type)
-    h = normalize_upsampled(s, tuple(x.shape[-2:]))
+    inputs = MetricInputs(x, info.targets, model=model.module, device=args.device, batch_size=args.batch_size)
+    h = expression_inputs(node, inputs, terms, info.acts).heatmaps
     c, n_classes = int(info.targets[0]), info.logits.shape[1]
     label = _class_name(model, c, n_classes)
     caption = [f"{text}", f"class {c}{f' ({label})' if label else ''}: score y_c = {float(info.y_c[0]):.4f}"
                f"  ({model.name}, layer {info.layer})"]
     if metric is not None:
-        inputs = MetricInputs(x, info.targets, model=model.module, device=args.device, batch_size=args.batch_size)
         res = score_methods({"expr": (text, node)}, [metric], inputs, terms, info.acts)[metric.name]["expr"]
         caption.append(f"{metric.name} = {float(res.per_image[0]):.4f} "
                        f"({'higher' if metric.higher_is_better else 'lower'} is better)")

@@ -54,6 +54,13 @@ class MetricInputs:
         """The same images, model and cache with another candidate's ``H`` (and ``S``)."""
         return replace(self, heatmaps=heatmaps, saliency=saliency)
 
+    def subset(self, index: torch.Tensor) -> "MetricInputs":
+        """The inputs of the images at ``index`` (``[n]`` long), with a fresh cache of their own."""
+        idx = index.to(self.images.device)
+        pick = (lambda t: None if t is None else t.index_select(0, index.to(t.device)))
+        return replace(self, images=self.images.index_select(0, idx), targets=pick(self.targets),
+                       heatmaps=None, saliency=None, masks=pick(self.masks), cache={})
+
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
         if key not in self.cache:
             self.cache[key] = compute()

@@ -1,0 +1,28 @@
+"""Scoring one weight expression: its heatmaps on a set of images, then the metrics.
+
+The one place where an expression becomes ``MetricInputs`` (``eval``, ``explain`` and the search
+all go through it), so every command scores an expression the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..cam.heatmaps import layer_saliency, normalize_upsampled
+from ..evaluate import Terminals, evaluate
+from ..lang.ast import Node
+from .registry import Metric, MetricInputs, MetricResult
+
+
+def expression_inputs(node: Node, inputs: MetricInputs, terms: Terminals, acts: torch.Tensor) -> MetricInputs:
+    """``inputs`` with the heatmaps ``H`` ``[N, H, W]`` and saliency ``S`` ``[N, h, w]`` of ``node``,
+    for terminals and activations ``acts`` ``[N, K, h, w]`` of the same ``N`` images."""
+    s = layer_saliency(evaluate(node, terms), acts, node.type)
+    return inputs.with_heatmaps(normalize_upsampled(s, tuple(inputs.images.shape[-2:])), s)
+
+
+def score_expression(node: Node, metrics: list[Metric], inputs: MetricInputs, terms: Terminals,
+                     acts: torch.Tensor) -> dict[str, MetricResult]:
+    """Per-image scores of ``node`` on each metric (metric name -> result); the heatmaps are computed once."""
+    candidate = expression_inputs(node, inputs, terms, acts)
+    return {m.name: m(candidate) for m in metrics}

@@ -1,0 +1,273 @@
+"""``synthesize``: the Python API of ``sycam-dsl synth``.
+
+    from sycam_dsl import synthesize
+    result = synthesize("resnet50", images="photos/", weights="resnet50.pth", metric="deletion",
+                        metric_options={"steps": 10}, grammar="g2", budget=600, out_dir="runs/r50")
+    print(result.table())          # SyCAM against GradCAM, GradCAM++, ScoreCAM and AblationCAM
+    cam = result.compile()         # a TorchScript module computing the weights W
+
+The pipeline: load the model and images, compute the terminals (cached on disk), run the search
+(one, or one per predicted class), score the result and the baselines on every evaluation image,
+then write the output folder (``result.json``, ``cam.pt``, ``report.md``, the heatmap grid and the
+score plot; see ``outputs.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..baselines import SEARCH_BASELINES, baseline
+from ..cam.images import ImageSet, load_images
+from ..cam.models import LoadedModel, Normalization, load_model
+from ..errors import SycamError
+from ..lang.ast import Node
+from ..lang.sexpr import to_sexpr
+from ..metrics import get_metric
+from ..metrics.compare import Row
+from ..metrics.registry import Metric, MetricInputs
+from ..parse import load_grammar
+from ..parse.grammar import Grammar
+from .dispatch import Dispatch
+from .evaluation import evaluate_methods
+from .per_class import DEFAULT_MIN_CLASS_IMAGES, dispatch_of, search_per_class
+from .problem import Problem
+from .search import DEFAULT_MAX_SIZE, Budget, Search, SearchConfig, SearchOutcome
+from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
+
+#: The grammars shipped in the repository's ``grammars/`` folder, usable by name (``g1``, ``g2``, ``maps``).
+GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "grammars"
+SYCAM = "SyCAM"
+
+
+def resolve_grammar(grammar: str | Path | Grammar) -> Grammar:
+    """A ``Grammar``, a grammar file, or the name of a bundled grammar (``g2`` = ``grammars/g2.sy``)."""
+    if isinstance(grammar, Grammar):
+        return grammar
+    path = Path(grammar)
+    if path.is_file():
+        return load_grammar(path)
+    bundled = GRAMMAR_DIR / f"{grammar}.sy"
+    if bundled.is_file():
+        return load_grammar(bundled)
+    names = sorted(p.stem for p in GRAMMAR_DIR.glob("*.sy")) if GRAMMAR_DIR.is_dir() else []
+    raise SycamError(f"grammar {str(grammar)!r} is neither a file nor a bundled grammar"
+                     + (f" ({', '.join(names)})" if names else ""))
+
+
+def resolve_metric(metric: str | Metric, options: dict[str, Any] | None) -> Metric:
+    m = get_metric(metric) if isinstance(metric, str) else metric
+    return m.with_options(**options) if options else m
+
+
+def as_budget(budget: Budget | float | int | None) -> Budget:
+    """A ``Budget``; a number is seconds; None is the default of 10 minutes."""
+    if budget is None:
+        return Budget(seconds=600.0)
+    if isinstance(budget, Budget):
+        return budget
+    return Budget(seconds=float(budget))
+
+
+@dataclass
+class Result:
+    """What ``synthesize`` returns (and ``result.json`` holds, as ``data``).
+
+    ``best``: the synthesized expression (for a per-class result, the fallback); ``dispatch``: the
+    per-class expressions when ``per_class``; ``tables``: one comparison table per report metric
+    (SyCAM and the baselines on every evaluation image); ``out_dir``: where the files were written."""
+
+    best: Node | None
+    dispatch: Dispatch | None
+    tables: list[tuple[Metric, list[Row]]]
+    data: dict[str, Any]
+    out_dir: Path | None = None
+    outcomes: list[SearchOutcome] = field(default_factory=list)
+
+    @property
+    def expression(self) -> str | None:
+        return None if self.best is None else to_sexpr(self.best)
+
+    def table(self) -> str:
+        """The comparison tables as text."""
+        from ..metrics.compare import format_table
+
+        n = self.data["images"]["evaluated"]
+        return "\n\n".join(format_table(rows, m, n) for m, rows in self.tables)
+
+    def compile(self) -> torch.jit.ScriptModule:
+        """The TorchScript module of the result (a class dispatch for a per-class result)."""
+        if self.best is None:
+            raise SycamError("the search scored no candidate, so there is nothing to compile")
+        if self.dispatch is not None:
+            from ..backend.dispatch import compile_dispatch
+            return compile_dispatch(self.dispatch.per_class, self.dispatch.fallback)
+        from ..backend import compile_torchscript
+        return compile_torchscript(self.best)
+
+
+@dataclass
+class Data:
+    """Images ready for the model: ``images`` ``[N, 3, H, W]`` normalized, optional ``labels`` ``[N]``,
+    ``masks`` ``[N, H, W]`` bool, ``files`` names for reports, ``classes`` label names."""
+
+    images: torch.Tensor
+    files: list[str]
+    labels: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+    classes: list[str] | None = None
+    source: str = "<tensor>"
+
+
+def _model(model: LoadedModel | nn.Module | str, weights: str | None, device: str) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load_model(model, weights, device)
+    if isinstance(model, nn.Module):
+        from ..cam.layers import default_layer
+        return LoadedModel(model.to(device).eval(), type(model).__name__, default_layer(model),
+                           Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), source="module")
+    raise SycamError(f"model must be a name, a LoadedModel or an nn.Module, got {type(model).__name__}")
+
+
+def _data(images: ImageSet | torch.Tensor | str | Path, masks: torch.Tensor | str | Path | None,
+          labels: torch.Tensor | None, model: LoadedModel, size: int | None) -> Data:
+    if isinstance(images, (str, Path)):
+        mask_dir = masks if isinstance(masks, (str, Path)) else None
+        images = load_images(images, size=size or model.input_size, normalize=model.normalize, masks=mask_dir)
+    if isinstance(images, ImageSet):
+        data = Data(images.images, images.files, images.labels, images.masks, images.classes, str(images.root))
+    elif isinstance(images, torch.Tensor):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise SycamError(f"images must be a tensor [N, 3, H, W], got shape {list(images.shape)}")
+        data = Data(images, [f"image {i}" for i in range(images.shape[0])])
+    else:
+        raise SycamError(f"images must be a folder, an ImageSet or a tensor [N, 3, H, W], got {type(images).__name__}")
+    if isinstance(masks, torch.Tensor):
+        data.masks = masks.bool()
+    if labels is not None:
+        data.labels = torch.as_tensor(labels).long()
+    n, hw = data.images.shape[0], tuple(data.images.shape[-2:])
+    if data.masks is not None and tuple(data.masks.shape) != (n, *hw):
+        raise SycamError(f"masks must be [N, H, W] = {[n, *hw]}, one per image, got {list(data.masks.shape)}")
+    if data.labels is not None and tuple(data.labels.shape) != (n,):
+        raise SycamError(f"labels must be [N] = [{n}], got {list(data.labels.shape)}")
+    return data
+
+
+def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
+                  targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int = 64,
+                  chunk_size: int = 32, cache_dir: str | Path | None = None, use_cache: bool = True,
+                  progress: bool = True) -> tuple[Problem, str]:
+    """Compute the terminals ``names`` (through the disk cache) and wrap everything a search scores
+    on into a ``Problem``; returns it with the target layer's name."""
+    from ..cam.terminals import compute_terminals
+
+    common = dict(device=device, chunk_size=chunk_size, progress=progress)
+    if use_cache:
+        from ..cam.cache import compute_terminals_cached
+        terms, info = compute_terminals_cached(model, layer, data.images, targets, list(names),
+                                               cache_dir=cache_dir, **common)
+    else:
+        terms, info = compute_terminals(model, layer, data.images, targets, list(names), **common)
+    dev = terms.device
+    inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
+                          masks=None if data.masks is None else data.masks.to(dev), model=model.module,
+                          device=dev, batch_size=batch_size)
+    classes = data.labels if data.labels is not None else info.targets
+    problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
+                      torch.arange(data.images.shape[0]))
+    return problem, info.layer
+
+
+def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
+               images: ImageSet | torch.Tensor | str | Path | None = None, *,
+               metric: str | Metric = "deletion", metric_options: dict[str, Any] | None = None,
+               grammar: str | Path | Grammar = "g2", budget: Budget | float | None = None,
+               per_class: bool = False, out_dir: str | Path | None = None, resume: bool = True,
+               weights: str | None = None, masks: torch.Tensor | str | Path | None = None,
+               labels: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+               size: int | None = None, device: str = "cpu", seed: int = 0,
+               level_sizes: Sequence[int | None] = DEFAULT_LEVEL_SIZES,
+               equivalence_size: int = DEFAULT_EQUIVALENCE_SIZE, max_size: int = DEFAULT_MAX_SIZE,
+               report_metrics: Sequence[str | Metric] | None = None, report_images: int = 4,
+               batch_size: int = 64, chunk_size: int = 32, cache_dir: str | Path | None = None,
+               use_cache: bool = True, min_class_images: int = DEFAULT_MIN_CLASS_IMAGES,
+               progress: bool = True, settings: dict[str, Any] | None = None) -> Result:
+    """Search ``grammar`` for the weight expression that scores best on ``metric`` for ``model`` at
+    ``layer`` (None: the model's default) on ``images``, and write the results to ``out_dir``.
+
+    ``model``: a name for ``load_model`` (with ``weights``), a ``LoadedModel`` or an ``nn.Module``
+    (taking images as given). ``images``: a folder, an ``ImageSet`` or a tensor ``[N, 3, H, W]``
+    normalized for the model; ``masks`` ``[N, H, W]`` (or a folder) for ground-truth metrics;
+    ``labels`` ``[N]`` stratify the subsets (default: the predicted classes); ``targets`` ``[N]``
+    the classes explained (default: the predicted ones). ``budget``: a ``Budget`` or seconds.
+    ``per_class``: one search per predicted class, compiled into one dispatching module.
+    ``report_metrics``: the metrics of the final tables (default: ``metric``). An ``out_dir`` that
+    holds a checkpoint of the same search is resumed unless ``resume`` is False."""
+    from .outputs import write_outputs
+
+    t_start = time.perf_counter()
+    if images is None:
+        raise SycamError("give images: a folder, an ImageSet or a tensor [N, 3, H, W]")
+    loaded = _model(model, weights, device)
+    gram = resolve_grammar(grammar)
+    search_metric = resolve_metric(metric, metric_options)
+    shown = [search_metric] + [resolve_metric(m, metric_options if isinstance(m, str) and m == search_metric.name
+                                              else None) for m in (report_metrics or []) if m != search_metric.name]
+    data = _data(images, masks, labels, loaded, size)
+    for m in shown:
+        if m.needs_masks and data.masks is None:
+            raise SycamError(f"metric {m.name!r} compares heatmaps with object masks: give masks")
+    names = list(dict.fromkeys(list(gram.inputs) + [t for b in SEARCH_BASELINES for t in baseline(b).terminals]))
+    out = Path(out_dir) if out_dir is not None else None
+    t0 = time.perf_counter()
+    problem, layer_name = build_problem(loaded, layer, data, names, targets, device, batch_size, chunk_size,
+                                        cache_dir, use_cache, progress)
+    terminal_seconds = time.perf_counter() - t0
+    config = SearchConfig(search_metric, as_budget(budget), tuple(level_sizes), equivalence_size, seed, max_size)
+
+    t0 = time.perf_counter()
+    dispatch, searches = None, []
+    if per_class:
+        searches, stopped_by = search_per_class(problem, gram, config, out, progress, resume, min_class_images)
+        outcomes = [s.outcome for s in searches]
+        dispatch = dispatch_of(searches, config, problem)
+        best = dispatch.fallback if dispatch is not None else None
+        eval_problem = problem
+    else:
+        search = Search(problem, gram, config, out, progress)
+        outcome = search.run(resume=resume)
+        outcomes, stopped_by, best = [outcome], outcome.stopped_by, outcome.best
+        eval_problem = problem.subset(outcome.subsets.level(len(outcome.subsets.level_sizes) - 1))
+    search_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    methods = {b: (baseline(b).expression, baseline(b).node) for b in SEARCH_BASELINES}
+    if dispatch is not None:
+        methods[SYCAM] = ("per-class dispatch", dispatch)
+    elif best is not None:
+        methods[SYCAM] = (to_sexpr(best), best)
+    tables = evaluate_methods(methods, shown, eval_problem)
+    eval_seconds = time.perf_counter() - t0
+
+    result = Result(best, dispatch, tables, {}, out, outcomes)
+    timings = {"terminals_s": terminal_seconds, "search_s": search_seconds, "evaluation_s": eval_seconds}
+    run_settings = {
+        "model": loaded.name, "model_source": loaded.source, "weights": weights, "layer": layer_name,
+        "images": data.source, "size": int(data.images.shape[-1]), "metric": search_metric.name,
+        "metric_options": dict(search_metric.options), "grammar": gram.source, "budget_seconds": config.budget.seconds,
+        "budget_candidates": config.budget.candidates, "per_class": per_class, "seed": seed,
+        "level_sizes": [s for s in level_sizes], "equivalence_size": equivalence_size, "max_size": max_size,
+        "report_metrics": [m.name for m in shown], "device": str(device), "batch_size": batch_size,
+        "chunk_size": chunk_size, "min_class_images": min_class_images, **(settings or {}),
+    }
+    write_outputs(result, loaded, data, problem, eval_problem, gram, searches, stopped_by, run_settings, timings,
+                  t_start, report_images)
+    return result

@@ -1,0 +1,151 @@
+"""The ``sycam-dsl synth`` subcommand.
+
+With no ``--model`` and no ``--images`` it runs the built-in benchmark: the bundled small CNN on
+images the package generates (with exact object masks), a one-minute search, and the comparison on
+Deletion, Insertion, Average Drop and SCH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+from pathlib import Path
+
+from ..cli_args import positive_int
+from ..errors import SycamError
+from ..metrics.commands import metric_from_args, model_args
+from ..metrics.registry import known_metrics
+from .state import CHECKPOINT_NAME
+from .subsets import parse_level_sizes
+
+#: The built-in benchmark's settings (what ``sycam-dsl synth`` runs with no model and no images).
+BUNDLED = {"images": 200, "time": 60.0, "metric": "deletion", "steps": 10,
+           "report_metrics": "deletion,insertion,average_drop,sch", "levels": "50,100,all"}
+DEFAULT_TIME = 600.0
+
+
+def _level_sizes(text: str):
+    try:
+        return parse_level_sizes(text)
+    except SycamError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {v}")
+    return v
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``synth``; its handler is ``args.handler``."""
+    s = subparsers.add_parser(
+        "synth", help="search a grammar for the CAM weight expression that scores best on a metric",
+        description="Search a grammar of weight expressions for the one that scores best on a metric for a model "
+                    "and images, compare it with GradCAM, GradCAM++, ScoreCAM and AblationCAM, and write "
+                    "result.json, cam.pt (TorchScript), report.md and pictures to the output folder. With no --model "
+                    "and no --images it runs the built-in benchmark (a small CNN on generated images).")
+    model_args(s, required=False)
+    s.add_argument("--images", metavar="DIR", help="folder of images, or of one subfolder per class")
+    s.add_argument("--masks", metavar="DIR", help="folder of binary PNG masks, one per image (gt_overlap, sch)")
+    s.add_argument("--targets", choices=("predicted", "labels"), default="predicted",
+                   help="class explained: the prediction (default) or the class-folder index")
+    s.add_argument("--metric", metavar="NAME", help=f"the metric to optimize (default deletion; known: "
+                                                    f"{', '.join(known_metrics())})")
+    s.add_argument("--grammar", default="g2", metavar="FILE|NAME",
+                   help="grammar file, or a bundled grammar: g1, g2 (default), maps")
+    s.add_argument("--time", type=_seconds, metavar="SECONDS",
+                   help=f"search time budget (default {DEFAULT_TIME:g} s; {BUNDLED['time']:g} s for the built-in "
+                        f"benchmark)")
+    s.add_argument("--candidates", type=positive_int, metavar="N", help="stop after N enumerated candidates")
+    s.add_argument("--max-size", type=positive_int, default=12, metavar="N", help="largest expression size (default 12)")
+    s.add_argument("--per-class", action="store_true", help="one search per predicted class, dispatched by class")
+    s.add_argument("--levels", type=_level_sizes, metavar="I3,I2,I1",
+                   help="oracle level sizes, smallest first (default 100,1000,all; 50,100,all for the benchmark)")
+    s.add_argument("--equivalence-images", type=positive_int, default=10, metavar="N",
+                   help="images of the observational-equivalence subset (default 10)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the image subsets (default 0)")
+    s.add_argument("--report-metrics", metavar="LIST", help="metrics of the final comparison tables, comma-separated "
+                                                            "(default: the search metric; all four for the benchmark)")
+    s.add_argument("--report-images", type=int, default=4, metavar="N", help="rows of the heatmap grid (default 4)")
+    s.add_argument("--bundled-images", type=positive_int, default=BUNDLED["images"], metavar="N",
+                   help=f"images of the built-in benchmark (default {BUNDLED['images']})")
+    s.add_argument("-o", "--out", metavar="DIR", help="output folder (default runs/synth-<date>-<time>)")
+    s.add_argument("--resume", action="store_true", help="continue the search whose checkpoint is in --out")
+    s.set_defaults(handler=run_synth)
+
+
+def _data(args: argparse.Namespace):
+    """(model, images-or-ImageSet, masks, labels, settings note) from the arguments or the benchmark."""
+    if args.model is None and args.images is None:
+        from ..bundled import bundled_images, load_bundled_model
+        data = bundled_images(args.bundled_images)
+        return load_bundled_model(args.device), data, data.masks, None, True
+    if args.model is None or args.images is None:
+        raise SycamError("give both --model and --images, or neither (to run the built-in benchmark)")
+    from ..cam.images import load_images
+    from ..cam.models import load_model
+    model = load_model(args.model, args.weights, args.device)
+    data = load_images(args.images, size=args.size or model.input_size, normalize=model.normalize, masks=args.masks)
+    return model, data, data.masks, None, False
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """Handler of ``sycam-dsl synth``."""
+    from .api import as_budget, synthesize
+    from .search import Budget
+
+    model, data, masks, labels, bundled = _data(args)
+    metric_name = args.metric or BUNDLED["metric"]
+    if bundled and args.steps is None and metric_name in ("deletion", "insertion"):
+        args.steps = BUNDLED["steps"]
+    metric = metric_from_args(metric_name, args)
+    report = args.report_metrics or (BUNDLED["report_metrics"] if bundled else metric.name)
+    report_metrics = [metric] + [metric_from_args(n.strip(), args) for n in report.split(",")
+                                 if n.strip() and n.strip().replace("-", "_").lower() != metric.name]
+    out = Path(args.out) if args.out else Path("runs") / f"synth-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    if (out / CHECKPOINT_NAME).is_file() and not args.resume:
+        raise SycamError(f"{out} holds the checkpoint of an earlier search: pass --resume to continue it, "
+                         f"or choose another --out folder")
+    if args.resume and not (out / CHECKPOINT_NAME).is_file() and not (out / "classes").is_dir():
+        raise SycamError(f"--resume: no checkpoint in {out} (give the --out folder of the search to continue)")
+    seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_TIME)
+    levels = args.levels or (_level_sizes(BUNDLED["levels"]) if bundled else None)
+    targets = None
+    if args.targets == "labels":
+        if data.labels is None:
+            raise SycamError(f"--targets labels needs one subfolder per class in {args.images!r}")
+        targets = data.labels
+    kwargs = {} if levels is None else {"level_sizes": levels}
+    result = synthesize(model, args.layer, data, metric=metric, grammar=args.grammar,
+                        budget=Budget(seconds, args.candidates), per_class=args.per_class, out_dir=out,
+                        resume=args.resume, masks=masks, labels=labels, targets=targets, device=args.device,
+                        seed=args.seed, equivalence_size=args.equivalence_images, max_size=args.max_size,
+                        report_metrics=report_metrics, report_images=args.report_images,
+                        batch_size=args.batch_size, chunk_size=args.chunk_size, cache_dir=args.cache_dir,
+                        use_cache=not args.no_cache, progress=not args.quiet,
+                        settings={"bundled_benchmark": bundled}, **kwargs)
+    d = result.data
+    if result.dispatch is not None:
+        print("per-class result:")
+        for c, text in result.dispatch.describe().items():
+            print(f"  {c}: {text}")
+    else:
+        print(f"best expression: {result.expression}")
+    print()
+    print(result.table())
+    print()
+    c = d["counts"]
+    print(f"{c['considered']} candidates in {d['timings']['search_s']:.1f} s ({d['stopped_by']}); "
+          f"{d['images']['total']} images; total {d['timings']['total_s']:.1f} s")
+    print(f"wrote {out}/: " + ", ".join(v if isinstance(v, str) else ", ".join(v) for v in d["files"].values()))
+    if d["stopped_by"] == "interrupted":
+        print(f"sycam-dsl: interrupted; the results so far are in {out}; continue with --resume -o {out}",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,43 @@
+"""Scoring finished methods (baselines, the synthesized expression, a per-class dispatch) on every
+image of the evaluation set, for the result's comparison tables."""
+
+from __future__ import annotations
+
+import torch
+
+from ..lang.ast import Node
+from ..metrics.compare import Row, compare
+from ..metrics.expression import score_expression
+from ..metrics.registry import Metric, MetricResult
+from .dispatch import Dispatch
+from .problem import Problem
+
+Method = Node | Dispatch
+
+
+def method_scores(method: Method, metrics: list[Metric], problem: Problem) -> dict[str, torch.Tensor]:
+    """Per-image scores ``[N]`` (CPU float64) of ``method`` on each metric; a dispatch scores each image
+    with the expression of its predicted class."""
+    if isinstance(method, Node):
+        res = score_expression(method, metrics, problem.inputs, problem.terminals, problem.acts)
+        return {name: r.per_image.detach().to("cpu", torch.float64) for name, r in res.items()}
+    out = {m.name: torch.full((problem.n,), float("nan"), dtype=torch.float64) for m in metrics}
+    for node, idx in method.groups(problem.targets).items():
+        part = problem.subset(idx)
+        for name, scores in method_scores(node, metrics, part).items():
+            out[name][idx] = scores
+    return out
+
+
+def evaluate_methods(methods: dict[str, tuple[str, Method]], metrics: list[Metric],
+                     problem: Problem) -> list[tuple[Metric, list[Row]]]:
+    """One comparison table per metric: each method's mean and share of images where it is best.
+
+    ``methods``: name -> (expression text shown in the table, method)."""
+    scores = {name: method_scores(method, metrics, problem) for name, (_, method) in methods.items()}
+    texts = {name: text for name, (text, _) in methods.items()}
+    tables = []
+    for m in metrics:
+        results = {name: MetricResult(m.name, scores[name][m.name], m.higher_is_better) for name in methods}
+        tables.append((m, compare(results, texts, m)))
+    return tables

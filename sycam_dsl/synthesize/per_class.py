@@ -1,0 +1,82 @@
+"""Class-based decomposition (SPEC section 7): one search per predicted class on that class's
+images, then a dispatch with a fallback for classes that have no expression of their own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..errors import SycamError
+from ..lang.ast import Node
+from ..parse.grammar import Grammar
+from .dispatch import Dispatch
+from .evaluation import method_scores
+from .problem import Problem
+from .search import Budget, Search, SearchConfig, SearchOutcome
+
+#: A class needs this many images to get a search of its own (one image cannot show "half the images").
+DEFAULT_MIN_CLASS_IMAGES = 2
+
+
+@dataclass
+class ClassSearch:
+    """The search of one class: ``index`` the class's image positions in the problem."""
+
+    cls: int
+    index: torch.Tensor
+    outcome: SearchOutcome
+
+
+def class_folder(out_dir: Path, c: int) -> Path:
+    return out_dir / "classes" / f"class-{c}"
+
+
+def search_per_class(problem: Problem, grammar: Grammar, config: SearchConfig, out_dir: Path | None,
+                     progress: bool = True, resume: bool = True,
+                     min_images: int = DEFAULT_MIN_CLASS_IMAGES) -> tuple[list[ClassSearch], str]:
+    """Run one search per predicted class with at least ``min_images`` images, in class order.
+
+    The time budget is shared equally by the classes searched; the candidate budget applies to each.
+    Returns the searches and why the last one stopped (``interrupted`` stops the remaining classes)."""
+    classes = [c for c in torch.unique(problem.targets.cpu()).tolist()
+               if int((problem.targets.cpu() == c).sum()) >= min_images]
+    if not classes:
+        raise SycamError(f"--per-class needs a predicted class with at least {min_images} images; "
+                         f"none has (give more images, or search without --per-class)")
+    seconds = config.budget.seconds
+    share = replace(config, budget=Budget(seconds / len(classes) if seconds is not None else None,
+                                          config.budget.candidates))
+    done: list[ClassSearch] = []
+    stopped_by = "exhausted"
+    for c in classes:
+        idx = (problem.targets.cpu() == c).nonzero().flatten()
+        folder = class_folder(out_dir, c) if out_dir is not None else None
+        search = Search(problem.subset(idx), grammar, share, folder, progress, label=f" class {c}")
+        outcome = search.run(resume=resume)
+        done.append(ClassSearch(c, idx, outcome))
+        stopped_by = outcome.stopped_by
+        if stopped_by == "interrupted":
+            break
+    return done, stopped_by
+
+
+def choose_fallback(candidates: list[Node], config: SearchConfig, problem: Problem) -> Node:
+    """The candidate with the best mean score on all of ``problem``'s images (ties: the smallest)."""
+    metric = config.metric
+    best, best_mean = None, None
+    for node in sorted(set(candidates), key=lambda n: (n.size, str(n))):
+        mean = float(method_scores(node, [metric], problem)[metric.name].mean())
+        if best is None or (mean > best_mean if metric.higher_is_better else mean < best_mean):
+            best, best_mean = node, mean
+    return best
+
+
+def dispatch_of(searches: list[ClassSearch], config: SearchConfig, problem: Problem) -> Dispatch | None:
+    """The per-class result: each class's incumbent, and as fallback the class winner that scores best
+    on all images. None when no class search scored a candidate."""
+    per_class = {s.cls: s.outcome.best for s in searches if s.outcome.best is not None}
+    if not per_class:
+        return None
+    return Dispatch(per_class, choose_fallback(list(per_class.values()), config, problem))

@@ -1,0 +1,77 @@
+"""``report.md``: the search's result for people, written from ``result.json``'s data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}"
+
+
+def comparison_table(evaluation: dict[str, Any]) -> list[str]:
+    """One metric's table: method, mean, share of images where it is best, expression."""
+    direction = "higher" if evaluation["higher_is_better"] else "lower"
+    means = [m["mean"] for m in evaluation["methods"]]
+    best = max(means) if evaluation["higher_is_better"] else min(means)
+    lines = [f"**{evaluation['metric']}** ({direction} is better)", "",
+             "| method | mean | best on | expression |", "|---|---:|---:|---|"]
+    for m in evaluation["methods"]:
+        mean = _fmt(m["mean"])
+        lines.append(f"| {m['name']} | {'**' + mean + '**' if m['mean'] == best else mean} | "
+                     f"{100 * m['best_share']:.1f}% | `{m['expression']}` |")
+    return lines + [""]
+
+
+def markdown_report(d: dict[str, Any]) -> str:
+    """The report of a result dict (``result.json``)."""
+    s, metric = d["settings"], d["metric"]
+    opts = ", ".join(f"{k}={v}" for k, v in metric["options"].items())
+    lines = ["# sycam-dsl synthesis report", "",
+             f"- model: `{s['model']}`, layer `{s['layer']}`, {s['size']} px, device {s['device']}",
+             f"- images: {d['images']['total']} from `{d['images']['source']}` "
+             f"({d['images']['evaluated']} in the evaluation set)",
+             f"- metric: **{metric['name']}**{f' ({opts})' if opts else ''}, "
+             f"{'higher' if metric['higher_is_better'] else 'lower'} is better",
+             f"- grammar: `{d['grammar']['source']}`; budget: "
+             f"{s['budget_seconds'] if s['budget_seconds'] is not None else 'no'} s, "
+             f"{s['budget_candidates'] if s['budget_candidates'] is not None else 'no'} candidate limit; "
+             f"stopped by: {d['stopped_by']}", ""]
+    if d["per_class"] is not None:
+        lines += ["## Result: one expression per predicted class", "", "| class | images | expression | score |",
+                  "|---|---:|---|---:|"]
+        for c, part in d["per_class"]["classes"].items():
+            score = part["level_scores"].get("I1") if part["level_scores"] else None
+            lines.append(f"| {c} | {part['images']} | `{part['expression']}` | "
+                         f"{_fmt(score) if score is not None else '-'} |")
+        lines += ["", f"Fallback for other classes: `{d['per_class']['fallback']}`", ""]
+    else:
+        lines += ["## Result", "", f"`{d['expression']}` ({d['type']})", ""]
+        if d["level_scores"]:
+            lines.append("Mean score per level: " + ", ".join(
+                f"{k} ({lv['size']} images) {_fmt(v)}" for (k, v), lv in zip(d["level_scores"].items(), d["levels"])))
+            lines.append("")
+    lines += ["## SyCAM against the baselines", ""]
+    for ev in d["evaluation"]:
+        lines += comparison_table(ev)
+    files = d.get("files", {})
+    if "grid" in files:
+        lines += ["## Heatmaps", "", f"![heatmaps]({files['grid']})", ""]
+    if files.get("plots"):
+        lines += ["## Incumbent's score over time", ""] + [f"![score]({p})" for p in files["plots"]] + [""]
+    if d["history"]:
+        lines += ["## Incumbents", "", "| seconds | candidate | score | expression |", "|---:|---:|---:|---|"]
+        for h in d["history"]:
+            prefix = f"class {h['class']}: " if "class" in h else ""
+            lines.append(f"| {h['seconds']:.1f} | {h['candidate']} | {_fmt(h['score'])} | {prefix}`{h['expression']}` |")
+        lines.append("")
+    c, t = d["counts"], d["timings"]
+    lines += ["## Counts and timings", "",
+              f"- enumerated terms: {c['enumerated']}; removed as duplicates {c['duplicates']}, by canonicalization "
+              f"{c['canonical_pruned']}, by observational equivalence {c['equivalence_pruned']}",
+              f"- candidates considered: {c['considered']}; same heatmaps as an earlier one {c['heatmap_equivalent']}; "
+              f"invalid (NaN/Inf) {c['invalid']}; accepted as incumbent {c['accepted']}",
+              "- scored / rejected per level: " + ", ".join(
+                  f"{k} {c['scored'].get(k, 0)}/{c['rejected'].get(k, 0)}" for k in c["scored"]),
+              "- seconds: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in t.items()), ""]
+    return "\n".join(lines)
