@@ -109,6 +109,23 @@ def read_expression(text: str) -> str:
     return text
 
 
+def _per_class_result(text: str) -> dict | None:
+    """``{"classes": {class: expression}, "fallback": expression}`` when ``text`` names the
+    result.json of a per-class search, else None."""
+    p = Path(text)
+    if p.suffix != ".json" or not p.is_file():
+        return None
+    import json
+    try:
+        data = json.loads(p.read_text())
+    except ValueError:
+        return None
+    pc = data.get("per_class") if isinstance(data, dict) else None
+    if not pc:
+        return None
+    return {"classes": {c: part["expression"] for c, part in pc["classes"].items()}, "fallback": pc["fallback"]}
+
+
 def _cmd_compile(args: argparse.Namespace) -> None:
     from .backend import save_export, save_torchscript
     from .evaluate import Terminals
@@ -117,6 +134,16 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     from .parse import load_grammar
 
     types = dict(load_grammar(args.grammar).inputs) if args.grammar else terminal_types()
+    per_class = _per_class_result(args.expression)
+    if per_class is not None:
+        if args.format != "torchscript":
+            raise SycamError("a per-class result compiles to TorchScript only (drop --format export)")
+        from .backend.dispatch import save_dispatch
+        classes = {int(c): parse_expr(text, types) for c, text in per_class["classes"].items() if text}
+        save_dispatch(classes, parse_expr(per_class["fallback"], types), args.output)
+        print(f"wrote {args.output} (torchscript): forward(classes, terminals...) dispatching {len(classes)} "
+              f"class expressions, fallback {per_class['fallback']}")
+        return
     node = parse_expr(read_expression(args.expression), types)
     if not node.type.is_tensor:
         raise SycamError(f"expression {node} is a {node.type}; a weight expression must be a Vec or a Map")

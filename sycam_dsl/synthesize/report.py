@@ -33,10 +33,10 @@ def markdown_report(d: dict[str, Any]) -> str:
              f"({d['images']['evaluated']} in the evaluation set)",
              f"- metric: **{metric['name']}**{f' ({opts})' if opts else ''}, "
              f"{'higher' if metric['higher_is_better'] else 'lower'} is better",
-             f"- grammar: `{d['grammar']['source']}`; budget: "
-             f"{s['budget_seconds'] if s['budget_seconds'] is not None else 'no'} s, "
-             f"{s['budget_candidates'] if s['budget_candidates'] is not None else 'no'} candidate limit; "
-             f"stopped by: {d['stopped_by']}", ""]
+             f"- grammar: `{d['grammar']['source']}`; budget: " + ", ".join(
+                 [f"{s['budget_seconds']:g} s"] * (s['budget_seconds'] is not None)
+                 + [f"{s['budget_candidates']} candidates"] * (s['budget_candidates'] is not None) or ["none"])
+             + f"; stopped by: {d['stopped_by']}", ""]
     if d["per_class"] is not None:
         lines += ["## Result: one expression per predicted class", "", "| class | images | expression | score |",
                   "|---|---:|---|---:|"]
