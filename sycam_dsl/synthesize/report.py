@@ -9,6 +9,15 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}"
 
 
+def _budget(settings: dict[str, Any]) -> str:
+    parts = []
+    if settings["budget_seconds"] is not None:
+        parts.append(f"{settings['budget_seconds']:g} s")
+    if settings["budget_candidates"] is not None:
+        parts.append(f"{settings['budget_candidates']} candidates")
+    return ", ".join(parts) or "none"
+
+
 def comparison_table(evaluation: dict[str, Any]) -> list[str]:
     """One metric's table: method, mean, share of images where it is best, expression."""
     direction = "higher" if evaluation["higher_is_better"] else "lower"
@@ -33,10 +42,7 @@ def markdown_report(d: dict[str, Any]) -> str:
              f"({d['images']['evaluated']} in the evaluation set)",
              f"- metric: **{metric['name']}**{f' ({opts})' if opts else ''}, "
              f"{'higher' if metric['higher_is_better'] else 'lower'} is better",
-             f"- grammar: `{d['grammar']['source']}`; budget: " + ", ".join(
-                 [f"{s['budget_seconds']:g} s"] * (s['budget_seconds'] is not None)
-                 + [f"{s['budget_candidates']} candidates"] * (s['budget_candidates'] is not None) or ["none"])
-             + f"; stopped by: {d['stopped_by']}", ""]
+             f"- grammar: `{d['grammar']['source']}`; budget: {_budget(s)}; stopped by: {d['stopped_by']}", ""]
     if d["per_class"] is not None:
         lines += ["## Result: one expression per predicted class", "", "| class | images | expression | score |",
                   "|---|---:|---|---:|"]
