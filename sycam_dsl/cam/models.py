@@ -260,11 +260,14 @@ def load_model(spec: str, weights: str | None = None, device: str | torch.device
     ``spec``: a torchvision classifier name (``resnet50``, ``vgg16``, ...: any of
     ``torchvision.models.list_models(module=torchvision.models)``), ``efficientnet_lite0`` (optional
     ``efficientnet`` extra), a TorchScript file, or a Python factory ``package.module:function``
-    (called with no arguments, returns an ``nn.Module``).
+    (called with no arguments, returns an ``nn.Module``), or ``bundled`` (the packaged SmallCNN).
     ``weights``: a state-dict file, ``random:SEED`` (seeded random init), or None (TorchScript files,
     factories that load their own weights, efficientnet_lite0's packaged weights)."""
     dev = resolve_device(device)
     spec = spec.strip()
+    if spec.lower() == "bundled":  # the package's own small CNN for its synthetic shapes benchmark
+        from ..bundled.model import load_bundled_model
+        return load_bundled_model(dev, weights)
     path = Path(spec)
     details: dict[str, Any] = {}
     normalize, size = IMAGENET, 224

@@ -15,7 +15,7 @@ score plot; see ``outputs.py``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -219,8 +219,11 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     loaded = _model(model, weights, device)
     gram = resolve_grammar(grammar)
     search_metric = resolve_metric(metric, metric_options)
-    shown = [search_metric] + [resolve_metric(m, metric_options if isinstance(m, str) and m == search_metric.name
-                                              else None) for m in (report_metrics or []) if m != search_metric.name]
+    shown = [search_metric]
+    for m in report_metrics or []:
+        m = resolve_metric(m, None)
+        if m.name not in {s.name for s in shown}:
+            shown.append(m)
     data = _data(images, masks, labels, loaded, size)
     for m in shown:
         if m.needs_masks and data.masks is None:

@@ -97,7 +97,7 @@ def _data(args: argparse.Namespace):
 
 def run_synth(args: argparse.Namespace) -> int:
     """Handler of ``sycam-dsl synth``."""
-    from .api import as_budget, synthesize
+    from .api import synthesize
     from .search import Budget
 
     model, data, masks, labels, bundled = _data(args)
