@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sycam_dsl.synthesize import Budget, Result, synthesize
+from sycam_dsl.synthesis import Budget, Result, synthesize
 
 
 def parser(description: str, default_time: float) -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def search(args: argparse.Namespace, model: Any, data: Any, name: str, **kw: Any) -> Result:
     """One search written to ``<out>/<name>``; keyword arguments go to ``synthesize``."""
-    from sycam_dsl.synthesize import parse_level_sizes
+    from sycam_dsl.synthesis import parse_level_sizes
 
     out = Path(args.out or f"runs/{Path(__import__('sys').argv[0]).stem}") / name
     print(f"\n== {name} -> {out}")

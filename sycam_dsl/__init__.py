@@ -1,3 +1,14 @@
-"""sycam-dsl: synthesize class activation mapping methods from a grammar and a metric."""
+"""sycam-dsl: synthesize class activation mapping methods from a grammar and a metric.
+
+``from sycam_dsl import synthesize`` gives the search's Python API (``sycam_dsl.synthesis``),
+imported on first use so that ``import sycam_dsl`` stays light.
+"""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "synthesize":
+        from .synthesis.api import synthesize
+        return synthesize
+    raise AttributeError(f"module 'sycam_dsl' has no attribute {name!r}")

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cam.commands import register as register_terminals
     from .metrics.commands import register as register_metrics
-    from .synthesize.commands import register as register_synth
+    from .synthesis.commands import register as register_synth
     register_terminals(sub)
     register_metrics(sub)
     register_synth(sub)

@@ -13,9 +13,9 @@ from sycam_dsl.lang.terminals import terminal_types
 from sycam_dsl.metrics import MetricInputs, get_metric
 from sycam_dsl.evaluate import Terminals
 from sycam_dsl.parse import parse_grammar
-from sycam_dsl.synthesize import Budget, Problem, Search, SearchConfig, judge, make_subsets
-from sycam_dsl.synthesize.evaluation import method_scores
-from sycam_dsl.synthesize.per_class import dispatch_of, search_per_class
+from sycam_dsl.synthesis import Budget, Problem, Search, SearchConfig, judge, make_subsets
+from sycam_dsl.synthesis.evaluation import method_scores
+from sycam_dsl.synthesis.per_class import dispatch_of, search_per_class
 
 GRAMMAR = parse_grammar("""
 (synth-cam weights ((grads Vec) (pgrads Vec) (cic Vec) (abl Vec)) Vec

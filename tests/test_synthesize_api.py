@@ -16,10 +16,10 @@ from PIL import Image
 
 from sycam_dsl.cli import main
 from sycam_dsl.evaluate import evaluate
-from sycam_dsl.synthesize import Budget, synthesize
+from sycam_dsl.synthesis import Budget, synthesize
 from tests.cam_reference import TinyCNN
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "sycam_dsl" / "synthesize" / "result.schema.json")
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "sycam_dsl" / "synthesis" / "result.schema.json")
                     .read_text())
 
 
