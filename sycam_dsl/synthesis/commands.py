@@ -60,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--grammar", default="g2", metavar="FILE|NAME",
                    help="grammar file, or a bundled grammar: g1, g2 (default), maps")
     s.add_argument("--time", type=_seconds, metavar="SECONDS",
-                   help=f"search time budget (default {DEFAULT_TIME:g} s; {BUNDLED['time']:g} s for the built-in "
-                        f"benchmark)")
+                   help=f"search time budget, counted over every run of a resumed search (default {DEFAULT_TIME:g} s; "
+                        f"{BUNDLED['time']:g} s for the built-in benchmark)")
     s.add_argument("--candidates", type=positive_int, metavar="N", help="stop after N enumerated candidates")
     s.add_argument("--max-size", type=positive_int, default=12, metavar="N", help="largest expression size (default 12)")
     s.add_argument("--per-class", action="store_true", help="one search per predicted class, dispatched by class")
@@ -141,7 +141,8 @@ def run_synth(args: argparse.Namespace) -> int:
     print(result.table())
     print()
     c = d["counts"]
-    print(f"{c['considered']} candidates in {d['timings']['search_s']:.1f} s ({d['stopped_by']}); "
+    seconds = sum(o.seconds for o in result.outcomes)  # over every run of a resumed search
+    print(f"{c['considered']} candidates in {seconds:.1f} s of search ({d['stopped_by']}); "
           f"{d['images']['total']} images; total {d['timings']['total_s']:.1f} s")
     print(f"wrote {out}/: " + ", ".join(v if isinstance(v, str) else ", ".join(v) for v in d["files"].values()))
     if d["stopped_by"] == "interrupted":
