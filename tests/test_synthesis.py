@@ -255,3 +255,10 @@ def test_subsets_nest_and_balance_classes():
 def test_expression_parse_round_trip_of_incumbent():
     node = parse_expr("(- cic abl)", terminal_types())
     assert to_sexpr(node) == "(- cic abl)"
+
+
+def test_a_tiny_time_budget_still_scores_a_first_candidate():
+    cfg = SearchConfig(SCH, Budget(seconds=1e-6), level_sizes=(6, 12, None), equivalence_size=6, max_size=9)
+    out = Search(planted(), GRAMMAR, cfg, progress=False).run()
+    assert out.stopped_by == "time" and out.best is not None
+    assert out.state.counts.accepted == 1 and out.state.counts.scored["I1"] == 1

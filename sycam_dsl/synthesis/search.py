@@ -7,7 +7,8 @@ scores are reused by the next, so no image is scored twice for a candidate. Fail
 the candidate; passing ``I1`` makes it the incumbent.
 
 The search stops when the grammar is exhausted, the time or candidate budget ends, or on Ctrl-C;
-it then returns the incumbent. With an output folder it writes ``checkpoint.json`` there every
+it then returns the incumbent. Time is checked between candidates and between levels, and only once
+there is an incumbent, so even a tiny time budget returns a scored expression. With an output folder it writes ``checkpoint.json`` there every
 ``checkpoint_seconds`` and when it stops; a search started on the same folder resumes: the
 enumerator replays the candidates already processed (checking their heatmaps, not scoring them)
 and carries on from the first unprocessed one.
@@ -209,7 +210,8 @@ class Search:
                 if budget.candidates is not None and cand.index >= budget.candidates:
                     stopped_by = "candidates"
                     break
-                if budget.seconds is not None and elapsed() >= budget.seconds:
+                # the first incumbent is always found, however small the time budget
+                if budget.seconds is not None and state.incumbent is not None and elapsed() >= budget.seconds:
                     stopped_by = "time"
                     break
                 earlier = index.check(cand.value, cand.term)
@@ -275,7 +277,7 @@ class Search:
         try:
             for j, name in enumerate(self.level_names):
                 budget = self.config.budget.seconds
-                if j and budget is not None and elapsed() >= budget:
+                if j and inc is not None and budget is not None and elapsed() >= budget:
                     raise _OutOfTime
                 scores = self.score_block(node, j)
                 if scores is None:
