@@ -73,20 +73,21 @@ def test_search_finds_the_planted_expression():
 
 
 class ScriptedSearch(Search):
-    """``score_block`` answers from a table (expression -> per-image scores on I1) and logs its calls."""
+    """``score_part`` answers from a table (expression -> per-image scores by image) and logs calls."""
 
     def __init__(self, *args, table: dict[str, list[float]], **kw) -> None:
         super().__init__(*args, **kw)
         self.table = table
-        self.calls: list[tuple[str, int]] = []
+        self.calls: list[tuple[str, int, int]] = []
 
-    def score_block(self, node, j):
-        text = to_sexpr(node)
-        self.calls.append((text, j))
-        scores = torch.tensor(self.table.get(text, [0.0] * self.problem.n), dtype=torch.float64)
-        ordered = scores[self.subsets.order]  # table rows are images; blocks follow the seeded order
-        start = self.subsets.level_sizes[j - 1] if j else 0
-        return ordered[start:self.subsets.level_sizes[j]]
+    def score_part(self, nodes, j, c):
+        part = self._parts[j][c]
+        out = []
+        for node in nodes:
+            text = to_sexpr(node)
+            self.calls.append((text, j, c))
+            out.append(torch.tensor(self.table.get(text, [0.0] * self.problem.n), dtype=torch.float64)[part.index])
+        return out
 
 
 def test_oracle_rejects_at_the_first_level_a_candidate_that_loses_on_most_images():
@@ -101,7 +102,8 @@ def test_oracle_rejects_at_the_first_level_a_candidate_that_loses_on_most_images
     table = {"grads": [1.0] * n, "pgrads": pgrads, "cic": [2.0] * n}
     s = ScriptedSearch(problem, GRAMMAR, config(candidates=4, baselines=()), progress=False, table=table)
     out = s.run()
-    assert ("pgrads", 0) in s.calls and ("pgrads", 1) not in s.calls
+    levels = {j for text, j, _ in s.calls if text == "pgrads"}
+    assert levels == {0}
     assert out.state.counts.rejected["I3"] >= 1
     assert to_sexpr(out.best) == "cic"
     assert [h["expression"] for h in out.state.history] == ["grads", "cic"]
@@ -141,25 +143,25 @@ def test_exhausting_the_grammar_stops_the_search():
 
 
 class InterruptedSearch(ScriptedSearch):
-    """Real scores, but Ctrl-C arrives at the ``at``-th first-level scoring."""
+    """Real scores, but Ctrl-C arrives at the ``at``-th scoring call on the first chunk of ``I3``."""
 
     def __init__(self, *args, at: int, **kw) -> None:
         super().__init__(*args, table={}, **kw)
         self.at = at
         self.first_level = 0
 
-    def score_block(self, node, j):
-        if j == 0 and self.first_level == self.at:
+    def score_part(self, nodes, j, c):
+        if j == 0 and c == 0 and self.first_level == self.at:  # between candidates: nothing half-scored
             raise KeyboardInterrupt
-        self.first_level += j == 0
-        self.calls.append((to_sexpr(node), j))
-        return Search.score_block(self, node, j)
+        self.first_level += j == 0 and c == 0
+        self.calls += [(to_sexpr(n), j, c) for n in nodes]
+        return Search.score_part(self, nodes, j, c)
 
 
 class CountingSearch(ScriptedSearch):
-    def score_block(self, node, j):
-        self.calls.append((to_sexpr(node), j))
-        return Search.score_block(self, node, j)
+    def score_part(self, nodes, j, c):
+        self.calls += [(to_sexpr(n), j, c) for n in nodes]
+        return Search.score_part(self, nodes, j, c)
 
 
 def _summary(out):
@@ -169,23 +171,29 @@ def _summary(out):
             out.state.baselines)
 
 
-def test_resume_after_an_interrupt_gives_the_uninterrupted_result_and_scores_nothing_twice(tmp_path):
+@pytest.mark.parametrize("batch", [1, 8])
+def test_resume_after_an_interrupt_gives_the_uninterrupted_result_and_scores_nothing_twice(tmp_path, batch):
     problem = planted(seed=3)
-    full = CountingSearch(problem, GRAMMAR, config(candidates=120), tmp_path / "a", progress=False, table={})
+    cfg = config(candidates=120, batch=batch, image_chunk=2)
+    full = CountingSearch(problem, GRAMMAR, cfg, tmp_path / "a", progress=False, table={})
     expected = full.run()
     assert expected.stopped_by == "candidates"
 
-    first = InterruptedSearch(problem, GRAMMAR, config(candidates=120), tmp_path / "b", progress=False, at=30)
+    first = InterruptedSearch(problem, GRAMMAR, cfg, tmp_path / "b", progress=False, at=30 if batch == 1 else 6)
     stopped = first.run()
     assert stopped.stopped_by == "interrupted"
     saved = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
     assert 0 < saved["state"]["next_candidate"] < 120
 
-    second = CountingSearch(problem, GRAMMAR, config(candidates=120), tmp_path / "b", progress=False, table={})
+    second = CountingSearch(problem, GRAMMAR, cfg, tmp_path / "b", progress=False, table={})
     resumed = second.run(resume=True)
     assert _summary(resumed) == _summary(expected)
-    # every (candidate, level) scored once over the two runs, exactly as in the uninterrupted one
-    assert sorted(first.calls + second.calls) == sorted(full.calls)
+    if batch == 1:
+        # every (candidate, level, chunk) scored once over the two runs, as in the uninterrupted one
+        assert sorted(first.calls + second.calls) == sorted(full.calls)
+    else:
+        # only the batch the interrupt cut short is scored again
+        assert len(first.calls) + len(second.calls) - len(full.calls) <= batch * len(first._parts[0])
 
 
 def test_a_bigger_budget_continues_a_finished_search(tmp_path):

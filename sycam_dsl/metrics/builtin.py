@@ -10,9 +10,11 @@ import torch
 
 from .average_drop import average_drop, increase_in_confidence
 from .overlap import gt_overlap, sch
-from .perturbation import DEFAULT_BLUR_SIGMA, blurred, deletion, insertion
+from .memo import memoized_curve
+from .perturbation import (DEFAULT_BLUR_SIGMA, blurred, deletion_from_curve, insertion_from_curve,
+                           perturbation_curve)
 from .registry import MetricInputs, register_metric
-from .scoring import class_scores
+from .scoring import class_scores, safe_denominator
 
 
 def _base(inputs: MetricInputs) -> torch.Tensor:
@@ -40,21 +42,57 @@ def _increase(inputs: MetricInputs) -> torch.Tensor:
                                   inputs.device, inputs.batch_size, _base(inputs))
 
 
+def _curve(inputs: MetricInputs, steps: int | None, blur_sigma: float, insert: bool) -> torch.Tensor:
+    """``y_c`` after each step, ``[..., N, P]``: through ``inputs.memo`` when there is one."""
+    blur = _blurred(inputs, blur_sigma)
+    p = _steps(inputs, steps)
+    if inputs.memo is None:
+        return perturbation_curve(inputs.model, inputs.images, inputs.targets, inputs.saliency, p, insert,
+                                  inputs.device, inputs.batch_size, blur_sigma, blur)
+    kind = f"{'insertion' if insert else 'deletion'}:sigma={float(blur_sigma)!r}"
+    return memoized_curve(inputs.model, inputs.images, inputs.targets, inputs.saliency, p, insert, blur,
+                          inputs.image_ids, inputs.memo, kind, inputs.device, inputs.batch_size)
+
+
+def _blurred_scores(inputs: MetricInputs, blur_sigma: float) -> torch.Tensor:
+    return inputs.cached(f"blurred_scores:{blur_sigma}", lambda: class_scores(
+        inputs.model, _blurred(inputs, blur_sigma), inputs.targets, inputs.device, inputs.batch_size))
+
+
 def _deletion(inputs: MetricInputs, steps: int | None = None,
               blur_sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor:
     """Deletion: mean relative score drop as the top-ranked cells are blurred (steps: all cells)."""
-    return deletion(inputs.model, inputs.images, inputs.targets, inputs.saliency, _steps(inputs, steps),
-                    inputs.device, inputs.batch_size, blur_sigma, _base(inputs), _blurred(inputs, blur_sigma))
+    return deletion_from_curve(_curve(inputs, steps, blur_sigma, False), _base(inputs))
 
 
 def _insertion(inputs: MetricInputs, steps: int | None = None,
                blur_sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor:
     """Insertion: mean relative score gain as the top-ranked cells are pasted into the blur."""
-    blur = _blurred(inputs, blur_sigma)
-    start = inputs.cached(f"blurred_scores:{blur_sigma}", lambda: class_scores(
-        inputs.model, blur, inputs.targets, inputs.device, inputs.batch_size))
-    return insertion(inputs.model, inputs.images, inputs.targets, inputs.saliency, _steps(inputs, steps),
-                     inputs.device, inputs.batch_size, blur_sigma, _base(inputs), start, blur)
+    return insertion_from_curve(_curve(inputs, steps, blur_sigma, True), _base(inputs),
+                                _blurred_scores(inputs, blur_sigma))
+
+
+# Bounds that hold for every heatmap (softmax scores lie in [0, 1]), loosened by SLACK so that float
+# rounding in the metric can never step outside them; the oracle uses them to stop early.
+SLACK = 1e-6
+
+
+def _deletion_bounds(inputs: MetricInputs, steps: int | None = None, blur_sigma: float = DEFAULT_BLUR_SIGMA):
+    base = safe_denominator(_base(inputs)).double()
+    return (base - 1) / base - SLACK, torch.full_like(base, 1 + SLACK)
+
+
+def _insertion_bounds(inputs: MetricInputs, steps: int | None = None, blur_sigma: float = DEFAULT_BLUR_SIGMA):
+    base = safe_denominator(_base(inputs)).double()
+    start = _blurred_scores(inputs, blur_sigma).double()
+    return -start / base - SLACK, (1 - start) / base + SLACK
+
+
+def _fixed_bounds(low: float, high: float):
+    def bounds(inputs: MetricInputs, **_) -> tuple[torch.Tensor, torch.Tensor]:
+        n = inputs.images.shape[0]
+        return torch.full((n,), low - SLACK, dtype=torch.float64), torch.full((n,), high + SLACK, dtype=torch.float64)
+    return bounds
 
 
 def _gt_overlap(inputs: MetricInputs) -> torch.Tensor:
@@ -69,11 +107,11 @@ def _sch(inputs: MetricInputs) -> torch.Tensor:
 
 def register_builtins() -> None:
     for name, fn, higher, kw in [
-        ("average_drop", _average_drop, False, {"needs_model": True}),
-        ("increase_in_confidence", _increase, True, {"needs_model": True}),
-        ("deletion", _deletion, True, {"needs_model": True, "needs_saliency": True}),
-        ("insertion", _insertion, True, {"needs_model": True, "needs_saliency": True}),
-        ("gt_overlap", _gt_overlap, True, {"needs_masks": True}),
-        ("sch", _sch, True, {"needs_masks": True}),
+        ("average_drop", _average_drop, False, {"needs_model": True, "bounds": _fixed_bounds(0, 100)}),
+        ("increase_in_confidence", _increase, True, {"needs_model": True, "bounds": _fixed_bounds(0, 100)}),
+        ("deletion", _deletion, True, {"needs_model": True, "needs_saliency": True, "bounds": _deletion_bounds}),
+        ("insertion", _insertion, True, {"needs_model": True, "needs_saliency": True, "bounds": _insertion_bounds}),
+        ("gt_overlap", _gt_overlap, True, {"needs_masks": True, "bounds": _fixed_bounds(0, 1)}),
+        ("sch", _sch, True, {"needs_masks": True, "bounds": _fixed_bounds(0, 1)}),
     ]:
         register_metric(name, fn, higher, batched=True, replace_existing=True, **kw)

@@ -25,6 +25,7 @@ are built per batch and go through the model ``batch_size`` at a time.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -82,6 +83,32 @@ def _check(images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor, 
                           f"(each step perturbs one more cell), got {steps}")
 
 
+def perturbed_builder(images: torch.Tensor, blurred_images: torch.Tensor, ranks: torch.Tensor, steps: int,
+                      insert: bool, rows: torch.Tensor | None = None,
+                      step: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``build(idx)`` for ``scores_of``: the perturbed images of a list of (ranking row, step) pairs.
+
+    ``ranks`` ``[R, h, w]`` cell ranks (``cell_ranks``; row ``r`` belongs to image ``r % N``). Without
+    ``rows``/``step`` the list is every pair in order (``idx = r * P + p - 1``); with them, pair ``i``
+    is ``(rows[i], step[i])`` (steps counted from 1)."""
+    n, _, H, W = images.shape
+    start, paste = (blurred_images, images) if insert else (images, blurred_images)
+    flat = ranks.reshape(ranks.shape[0], -1).to(images.device)
+    cells = pixel_cells(tuple(ranks.shape[-2:]), (H, W), images.device).flatten()
+    if rows is not None:
+        rows, step = rows.to(images.device), step.to(images.device)
+
+    def build(idx: torch.Tensor) -> torch.Tensor:
+        idx = idx.to(images.device)
+        r, p = (idx // steps, idx % steps + 1) if rows is None else (rows[idx], step[idx])
+        img = r % n
+        covered = flat[r] < p[:, None]                  # [B, h*w]: the p top-ranked cells
+        mask = covered.gather(1, cells.expand(len(idx), -1)).view(-1, 1, H, W)
+        return torch.where(mask, paste[img], start[img])
+
+    return build
+
+
 def perturbation_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
                        steps: int, insert: bool, device: Device = "cpu", batch_size: int = 64,
                        blur_sigma: float = DEFAULT_BLUR_SIGMA,
@@ -91,26 +118,22 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, targets: torch.Te
     Deletion (``insert=False``) perturbs ``x`` towards ``x~``; insertion perturbs ``x~`` towards
     ``x``. ``blurred_images``: ``x~`` ``[N, C, H, W]`` if already computed."""
     _check(images, targets, saliency, steps)
-    n, _, H, W = images.shape
+    n = images.shape[0]
+    blur = checked_blur(images, blurred_images, blur_sigma)
+    ranks = cell_ranks(saliency).reshape(-1, *saliency.shape[-2:])
+    build = perturbed_builder(images, blur, ranks, steps, insert)
+    rows_targets = targets.repeat_interleave(steps).repeat(ranks.shape[0] // n)
+    scores = scores_of(model, build, rows_targets, device, batch_size)
+    return scores.reshape(*saliency.shape[:-2], steps)
+
+
+def checked_blur(images: torch.Tensor, blurred_images: torch.Tensor | None, blur_sigma: float) -> torch.Tensor:
+    """``x~``: ``blurred_images`` when given (checked against the images' shape), else computed."""
     blur = blurred(images, blur_sigma) if blurred_images is None else blurred_images.to(images.device)
     if blur.shape != images.shape:
         raise MetricError(f"blurred_images must have the images' shape {list(images.shape)}, "
                           f"got {list(blur.shape)}")
-    start, paste = (blur, images) if insert else (images, blur)
-    ranks = cell_ranks(saliency).reshape(-1, saliency.shape[-2] * saliency.shape[-1]).to(images.device)
-    cells = pixel_cells(tuple(saliency.shape[-2:]), (H, W), images.device)
-
-    def build(rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(images.device)
-        r, p = rows // steps, rows % steps + 1          # candidate-image row, step 1..P
-        img = r % n
-        covered = ranks[r] < p[:, None]                 # [B, h*w]: the p top-ranked cells
-        mask = covered.gather(1, cells.flatten().expand(len(rows), -1)).view(-1, 1, H, W)
-        return torch.where(mask, paste[img], start[img])
-
-    rows_targets = targets.repeat_interleave(steps).repeat(ranks.shape[0] // n)
-    scores = scores_of(model, build, rows_targets, device, batch_size)
-    return scores.reshape(*saliency.shape[:-2], steps)
+    return blur
 
 
 def deletion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
@@ -125,7 +148,17 @@ def deletion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, sali
                                blurred_images)
     base = class_scores(model, images, targets, device, batch_size) if base_scores is None \
         else base_scores.to(device)
+    return deletion_from_curve(curve, base)
+
+
+def deletion_from_curve(curve: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """Deletion ``[..., N]`` from ``y_c(x^p)`` ``[..., N, P]`` and ``y_c(x)`` ``[N]``."""
     return ((base[:, None] - curve) / safe_denominator(base)[:, None]).mean(dim=-1)
+
+
+def insertion_from_curve(curve: torch.Tensor, base: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Insertion ``[..., N]`` from ``y_c(x~^p)`` ``[..., N, P]``, ``y_c(x)`` and ``y_c(x~)`` ``[N]``."""
+    return ((curve - start[:, None]) / safe_denominator(base)[:, None]).mean(dim=-1)
 
 
 def insertion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
@@ -141,4 +174,4 @@ def insertion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, sal
         else base_scores.to(device)
     start = class_scores(model, blur, targets, device, batch_size) if blurred_scores is None \
         else blurred_scores.to(device)
-    return ((curve - start[:, None]) / safe_denominator(base)[:, None]).mean(dim=-1)
+    return insertion_from_curve(curve, base, start)

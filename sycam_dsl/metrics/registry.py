@@ -28,6 +28,7 @@ from .errors import MetricError
 from .scoring import Device
 
 MetricFn = Callable[..., torch.Tensor]
+BoundsFn = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
 
 
 @dataclass
@@ -38,7 +39,9 @@ class MetricInputs:
     indices; ``heatmaps`` ``H`` ``[N, H, W]`` or ``[C, N, H, W]`` in ``[0, 1]``; ``saliency`` ``S``
     at the target layer's resolution ``[N, h, w]`` / ``[C, N, h, w]``; ``masks`` ``[N, H, W]`` bool.
     ``cache`` holds values that do not depend on the heatmaps (such as ``y_c(x)``), shared by the
-    copies ``with_heatmaps`` makes, so scoring many candidates computes them once."""
+    copies ``with_heatmaps`` makes, so scoring many candidates computes them once. ``image_ids``
+    ``[N]`` name the images across subsets (default ``0..N-1``); ``memo``, a
+    ``metrics.memo.ScoreCache`` shared by every subset, memoizes Deletion / Insertion scores."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -49,6 +52,12 @@ class MetricInputs:
     device: Device = "cpu"
     batch_size: int = 64
     cache: dict[str, Any] = field(default_factory=dict)
+    image_ids: torch.Tensor | None = None
+    memo: Any = None
+
+    def __post_init__(self) -> None:
+        if self.image_ids is None:
+            self.image_ids = torch.arange(self.images.shape[0])
 
     def with_heatmaps(self, heatmaps: torch.Tensor, saliency: torch.Tensor | None = None) -> "MetricInputs":
         """The same images, model and cache with another candidate's ``H`` (and ``S``)."""
@@ -59,7 +68,8 @@ class MetricInputs:
         idx = index.to(self.images.device)
         pick = (lambda t: None if t is None else t.index_select(0, index.to(t.device)))
         return replace(self, images=self.images.index_select(0, idx), targets=pick(self.targets),
-                       heatmaps=None, saliency=None, masks=pick(self.masks), cache={})
+                       heatmaps=None, saliency=None, masks=pick(self.masks), cache={},
+                       image_ids=self.image_ids.index_select(0, index.to(self.image_ids.device).long()))
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
         if key not in self.cache:
@@ -95,6 +105,12 @@ class Metric:
     batched: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
+    bounds: BoundsFn | None = None
+
+    def score_bounds(self, inputs: MetricInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The lowest and highest score each image can get, ``([N], [N])``, or None when unknown
+        (the oracle then stops a losing candidate early only by counting images)."""
+        return None if self.bounds is None else self.bounds(inputs, **self.options)
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -159,11 +175,12 @@ def _key(name: str) -> str:
 
 def register_metric(name: str, fn: MetricFn, higher_is_better: bool, *, needs_model: bool = False,
                     needs_masks: bool = False, needs_saliency: bool = False, batched: bool = False,
-                    doc: str = "", replace_existing: bool = False) -> Metric:
+                    doc: str = "", replace_existing: bool = False, bounds: BoundsFn | None = None) -> Metric:
     """Make ``fn(inputs: MetricInputs, **options) -> [N]`` scores available as ``name``.
 
     Names are case-insensitive and ``-`` equals ``_``. Registering a taken name raises
-    ``MetricError`` unless ``replace_existing``."""
+    ``MetricError`` unless ``replace_existing``. ``bounds(inputs, **options) -> (low [N], high [N])``,
+    if given, must hold for every heatmap (the search uses it to stop scoring hopeless candidates)."""
     key = _key(name)
     if not key:
         raise MetricError("a metric needs a non-empty name")
@@ -172,7 +189,7 @@ def register_metric(name: str, fn: MetricFn, higher_is_better: bool, *, needs_mo
     if key in _REGISTRY and not replace_existing:
         raise MetricError(f"metric {key!r} is already registered; pass replace_existing=True to replace it")
     metric = Metric(key, fn, bool(higher_is_better), needs_model, needs_masks, needs_saliency, batched,
-                    doc=doc or (inspect.getdoc(fn) or "").split("\n")[0])
+                    doc=doc or (inspect.getdoc(fn) or "").split("\n")[0], bounds=bounds)
     _REGISTRY[key] = metric
     return metric
 

@@ -30,6 +30,7 @@ from ..lang.ast import Node
 from ..lang.sexpr import to_sexpr
 from ..metrics import get_metric
 from ..metrics.compare import Row
+from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import Metric, MetricInputs
 from ..parse import load_grammar
 from ..parse.grammar import Grammar
@@ -37,7 +38,8 @@ from .dispatch import Dispatch
 from .evaluation import evaluate_methods
 from .per_class import DEFAULT_MIN_CLASS_IMAGES, dispatch_of, search_per_class
 from .problem import Problem
-from .search import DEFAULT_MAX_SIZE, Budget, Search, SearchConfig, SearchOutcome
+from .search import (DEFAULT_BATCH, DEFAULT_IMAGE_CHUNK, DEFAULT_MAX_SIZE, Budget, Search, SearchConfig,
+                     SearchOutcome)
 from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
 
 #: The grammars shipped in the repository's ``grammars/`` folder, usable by name (``g1``, ``g2``, ``maps``).
@@ -164,9 +166,10 @@ def _data(images: ImageSet | torch.Tensor | str | Path, masks: torch.Tensor | st
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
                   targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int = 64,
                   chunk_size: int = 32, cache_dir: str | Path | None = None, use_cache: bool = True,
-                  progress: bool = True) -> tuple[Problem, str]:
+                  progress: bool = True, memo_mb: float = DEFAULT_MAX_MB) -> tuple[Problem, str]:
     """Compute the terminals ``names`` (through the disk cache) and wrap everything a search scores
-    on into a ``Problem``; returns it with the target layer's name."""
+    on into a ``Problem``; returns it with the target layer's name. ``memo_mb``: size of the cache of
+    Deletion / Insertion forward passes shared by every subset (0: none)."""
     from ..cam.terminals import compute_terminals
 
     common = dict(device=device, chunk_size=chunk_size, progress=progress)
@@ -179,7 +182,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     dev = terms.device
     inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
                           masks=None if data.masks is None else data.masks.to(dev), model=model.module,
-                          device=dev, batch_size=batch_size)
+                          device=dev, batch_size=batch_size, memo=ScoreCache(memo_mb) if memo_mb > 0 else None)
     classes = data.labels if data.labels is not None else info.targets
     problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
                       torch.arange(data.images.shape[0]))
@@ -190,7 +193,7 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
                images: ImageSet | torch.Tensor | str | Path | None = None, *,
                metric: str | Metric = "deletion", metric_options: dict[str, Any] | None = None,
                grammar: str | Path | Grammar = "g2", budget: Budget | float | None = None,
-               per_class: bool = False, out_dir: str | Path | None = None, resume: bool = True,
+               per_class: bool = False, out_dir: str | Path | None = None, resume: bool = False,
                weights: str | None = None, masks: torch.Tensor | str | Path | None = None,
                labels: torch.Tensor | None = None, targets: torch.Tensor | None = None,
                size: int | None = None, device: str = "cpu", seed: int = 0,
@@ -199,6 +202,8 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
                report_metrics: Sequence[str | Metric] | None = None, report_images: int = 4,
                batch_size: int = 64, chunk_size: int = 32, cache_dir: str | Path | None = None,
                use_cache: bool = True, min_class_images: int = DEFAULT_MIN_CLASS_IMAGES,
+               memo_mb: float = DEFAULT_MAX_MB, candidate_batch: int = DEFAULT_BATCH,
+               image_chunk: int | None = DEFAULT_IMAGE_CHUNK, early_stop: bool = True,
                progress: bool = True, settings: dict[str, Any] | None = None) -> Result:
     """Search ``grammar`` for the weight expression that scores best on ``metric`` for ``model`` at
     ``layer`` (None: the model's default) on ``images``, and write the results to ``out_dir``.
@@ -210,7 +215,11 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     the classes explained (default: the predicted ones). ``budget``: a ``Budget`` or seconds.
     ``per_class``: one search per predicted class, compiled into one dispatching module.
     ``report_metrics``: the metrics of the final tables (default: ``metric``). An ``out_dir`` that
-    holds a checkpoint of the same search is resumed unless ``resume`` is False."""
+    holds a checkpoint of the same search is resumed when ``resume`` is True.
+
+    The evaluation engine (none of it changes the result): ``memo_mb`` MB of memoized Deletion /
+    Insertion forward passes (0: off), ``candidate_batch`` candidates scored together on ``I3``,
+    levels scored ``image_chunk`` images at a time with ``early_stop`` of hopeless candidates."""
     from .outputs import write_outputs
 
     t_start = time.perf_counter()
@@ -232,9 +241,10 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     out = Path(out_dir) if out_dir is not None else None
     t0 = time.perf_counter()
     problem, layer_name = build_problem(loaded, layer, data, names, targets, device, batch_size, chunk_size,
-                                        cache_dir, use_cache, progress)
+                                        cache_dir, use_cache, progress, memo_mb)
     terminal_seconds = time.perf_counter() - t0
-    config = SearchConfig(search_metric, as_budget(budget), tuple(level_sizes), equivalence_size, seed, max_size)
+    config = SearchConfig(search_metric, as_budget(budget), tuple(level_sizes), equivalence_size, seed, max_size,
+                          batch=candidate_batch, image_chunk=image_chunk, early_stop=early_stop)
 
     t0 = time.perf_counter()
     dispatch, searches = None, []
@@ -269,7 +279,9 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
         "budget_candidates": config.budget.candidates, "per_class": per_class, "seed": seed,
         "level_sizes": [s for s in level_sizes], "equivalence_size": equivalence_size, "max_size": max_size,
         "report_metrics": [m.name for m in shown], "device": str(device), "batch_size": batch_size,
-        "chunk_size": chunk_size, "min_class_images": min_class_images, **(settings or {}),
+        "chunk_size": chunk_size, "min_class_images": min_class_images, "memo_mb": memo_mb,
+        "candidate_batch": candidate_batch, "image_chunk": image_chunk, "early_stop": early_stop,
+        **(settings or {}),
     }
     write_outputs(result, loaded, data, problem, eval_problem, gram, searches, stopped_by, run_settings, timings,
                   t_start, report_images)

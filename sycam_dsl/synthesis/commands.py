@@ -75,6 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--report-images", type=int, default=4, metavar="N", help="rows of the heatmap grid (default 4)")
     s.add_argument("--bundled-images", type=positive_int, default=BUNDLED["images"], metavar="N",
                    help=f"images of the built-in benchmark (default {BUNDLED['images']})")
+    s.add_argument("--memo-mb", type=float, default=256.0, metavar="MB",
+                   help="memory for memoized Deletion / Insertion forward passes (default 256; 0: off)")
+    s.add_argument("--plain-engine", action="store_true",
+                   help="score candidates one at a time with no memo and no early stopping (same result, slower; "
+                        "for comparisons)")
     s.add_argument("-o", "--out", metavar="DIR", help="output folder (default runs/synth-<date>-<time>)")
     s.add_argument("--resume", action="store_true", help="continue the search whose checkpoint is in --out")
     s.set_defaults(handler=run_synth)
@@ -122,6 +127,10 @@ def run_synth(args: argparse.Namespace) -> int:
             raise SycamError(f"--targets labels needs one subfolder per class in {args.images!r}")
         targets = data.labels
     kwargs = {} if levels is None else {"level_sizes": levels}
+    if args.plain_engine:
+        kwargs.update(memo_mb=0, candidate_batch=1, image_chunk=None, early_stop=False)
+    else:
+        kwargs.update(memo_mb=args.memo_mb)
     result = synthesize(model, args.layer, data, metric=metric, grammar=args.grammar,
                         budget=Budget(seconds, args.candidates), per_class=args.per_class, out_dir=out,
                         resume=args.resume, masks=masks, labels=labels, targets=targets, device=args.device,

@@ -60,6 +60,17 @@ def _counts(outcomes: list[SearchOutcome]) -> dict[str, Any]:
     return out
 
 
+def _engine(problem: Problem) -> dict[str, Any]:
+    """The memoized Deletion / Insertion cache's statistics (search and final tables together)."""
+    memo = problem.inputs.memo
+    if memo is None:
+        return {"memo": None}
+    st = memo.stats
+    return {"memo": {"hits": st.hits, "misses": st.misses, "deduplicated": st.deduplicated,
+                     "evictions": st.evictions, "hit_rate": st.hit_rate, "entries": len(memo),
+                     "megabytes": memo.bytes / 2**20, "max_megabytes": memo.max_bytes / 2**20}}
+
+
 def _search_part(o: SearchOutcome) -> dict[str, Any]:
     """The fields one search contributes (per class for a per-class result)."""
     return {"expression": to_sexpr(o.best) if o.best is not None else None,
@@ -101,6 +112,7 @@ def result_data(result: Result, data: Data, problem: Problem, eval_problem: Prob
                     "enumeration_s": sum(o.enumeration.get("seconds", 0.0) for o in outcomes),
                     "scoring_s": sum(o.state.scoring_seconds for o in outcomes)},
         "images": {"total": problem.n, "evaluated": eval_problem.n, "source": data.source},
+        "engine": _engine(problem),
         "settings": settings,
         "versions": versions(),
         "files": {},

@@ -79,5 +79,11 @@ def markdown_report(d: dict[str, Any]) -> str:
               f"invalid (NaN/Inf) {c['invalid']}; accepted as incumbent {c['accepted']}",
               "- scored / rejected per level: " + ", ".join(
                   f"{k} {c['scored'].get(k, 0)}/{c['rejected'].get(k, 0)}" for k in c["scored"]),
-              "- seconds: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in t.items()), ""]
+              "- seconds: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in t.items())]
+    memo = d.get("engine", {}).get("memo")
+    if memo and memo["hits"] + memo["misses"] + memo["deduplicated"]:
+        lines.append(f"- Deletion/Insertion cache: {100 * memo['hit_rate']:.1f}% of "
+                     f"{memo['hits'] + memo['misses'] + memo['deduplicated']} perturbed images needed no forward "
+                     f"pass; {memo['entries']} entries, {memo['megabytes']:.1f} MB")
+    lines.append("")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +27,25 @@ import torch
 
 from ..baselines import SEARCH_BASELINES, baseline
 from ..enumerate import Enumerator
+from ..cam.heatmaps import layer_saliency, normalize_upsampled
 from ..equivalence.heatmaps import HeatmapIndex
+from ..evaluate import evaluate
 from ..errors import SycamError
 from ..lang.ast import Node
 from ..lang.sexpr import parse_expr, to_sexpr
-from ..metrics.expression import expression_inputs
 from ..metrics.registry import Metric
 from ..parse.grammar import Grammar
-from .oracle import judge
+from .oracle import hopeless, judge
 from .problem import Problem
 from .state import Incumbent, SearchState, load_checkpoint, save_checkpoint
 from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES, Subsets, make_subsets
 
 DEFAULT_MAX_SIZE = 12
 DEFAULT_CHECKPOINT_SECONDS = 30.0
+DEFAULT_BATCH = 32
+DEFAULT_IMAGE_CHUNK = 25
+#: Bound on the elements of one batched heatmap tensor ``[C, n, H, W]`` (256 MiB in float32).
+MAX_HEATMAP_ELEMENTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,12 @@ class Budget:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Settings of one search; ``metric`` carries its options (e.g. ``steps``)."""
+    """Settings of one search; ``metric`` carries its options (e.g. ``steps``).
+
+    The evaluation engine: ``batch`` candidates are scored together on ``I3`` (one metric call on
+    ``[C, n, H, W]`` heatmaps); levels are scored ``image_chunk`` images at a time and, with
+    ``early_stop``, a candidate stops being scored as soon as it cannot pass the level. None of
+    these change which candidate wins (``batch=1, early_stop=False`` is the plain oracle)."""
 
     metric: Metric
     budget: Budget = Budget(seconds=600.0)
@@ -70,6 +80,9 @@ class SearchConfig:
     max_size: int = DEFAULT_MAX_SIZE
     baselines: tuple[str, ...] = SEARCH_BASELINES
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
+    batch: int = DEFAULT_BATCH
+    image_chunk: int | None = DEFAULT_IMAGE_CHUNK
+    early_stop: bool = True
 
 
 @dataclass
@@ -137,6 +150,10 @@ def grammar_digest(grammar: Grammar) -> str:
     return hashlib.sha256("\n".join(grammar.summary().splitlines()[1:]).encode()).hexdigest()[:16]
 
 
+class _Stop(Exception):
+    """The time budget ended in the middle of a batch."""
+
+
 class Search:
     """One oracle-guided search of ``grammar`` on ``problem`` (see the module docstring)."""
 
@@ -148,30 +165,74 @@ class Search:
         missing = [n for n in grammar.inputs if n not in problem.terminals]
         if missing:
             raise SycamError(f"the problem has no values for terminal(s) {', '.join(missing)} of {grammar.source}")
+        if config.batch < 1 or (config.image_chunk is not None and config.image_chunk < 1):
+            raise SycamError("batch and image_chunk must be positive")
         self.problem, self.grammar, self.config = problem, grammar, config
         self.metric = config.metric
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.subsets = make_subsets(problem.n, config.level_sizes, config.seed, problem.classes,
                                     config.equivalence_size)
         self.level_names = self.subsets.names
-        self._blocks = [problem.subset(self.subsets.block(j)) for j in range(len(self.subsets.level_sizes))]
+        self._parts = [self._split(self.subsets.block(j)) for j in range(len(self.subsets.level_sizes))]
+        self._best_bounds: list[list[float] | None] | None = None
         self._display = _Display(progress, label, self.metric.name)
+
+    def _split(self, block: torch.Tensor) -> list[Problem]:
+        """The block's images in chunks of ``image_chunk`` (one chunk when None)."""
+        size = self.config.image_chunk or max(1, len(block))
+        return [self.problem.subset(block[i:i + size]) for i in range(0, len(block), size)]
 
     # -- scoring ----------------------------------------------------------------------------------
 
+    def score_part(self, nodes: list[Node], j: int, c: int) -> list[torch.Tensor | None]:
+        """Per-image scores (CPU float64) of each candidate on chunk ``c`` of level block ``j``, None for
+        a candidate whose heatmaps have NaN or Inf values. Candidates are scored together, in groups
+        that keep the ``[C, n, H, W]`` heatmaps under ``MAX_HEATMAP_ELEMENTS``."""
+        part = self._parts[j][c]
+        size = tuple(part.inputs.images.shape[-2:])
+        per = part.n * size[0] * size[1]
+        group = max(1, MAX_HEATMAP_ELEMENTS // max(1, per))
+        out: list[torch.Tensor | None] = []
+        for g in range(0, len(nodes), group):
+            weights = torch.broadcast_tensors(*[evaluate(n, part.terminals) for n in nodes[g:g + group]])
+            s = layer_saliency(torch.stack(weights), part.acts, self.grammar.start.type)
+            finite = torch.isfinite(s).flatten(1).all(dim=1).tolist()
+            ok = [k for k, f in enumerate(finite) if f]
+            scores = iter(())
+            if ok:
+                s_ok = s[ok] if len(ok) < len(finite) else s
+                candidate = part.inputs.with_heatmaps(normalize_upsampled(s_ok, size), s_ok)
+                scores = iter(self.metric(candidate).per_image.detach().to("cpu", torch.float64))
+            out += [next(scores) if f else None for f in finite]
+        return out
+
     def score_block(self, node: Node, j: int) -> torch.Tensor | None:
-        """Per-image scores ``[n_j]`` (CPU float64) of ``node`` on level block ``j``; None when its
-        heatmaps have NaN or Inf values."""
-        b = self._blocks[j]
-        candidate = expression_inputs(node, b.inputs, b.terminals, b.acts)
-        if not bool(torch.isfinite(candidate.saliency).all()):
-            return None
-        return self.metric(candidate).per_image.detach().to("cpu", torch.float64)
+        """Per-image scores ``[n_j]`` of one candidate on level block ``j``; None if invalid."""
+        parts = [self.score_part([node], j, c)[0] for c in range(len(self._parts[j]))]
+        return None if any(p is None for p in parts) else torch.cat(parts)
 
     def score_all(self, node: Node) -> torch.Tensor | None:
         """Per-image scores on ``I1`` (all blocks, in ``subsets`` order)."""
-        parts = [self.score_block(node, j) for j in range(len(self._blocks))]
+        parts = [self.score_block(node, j) for j in range(len(self._parts))]
         return None if any(p is None for p in parts) else torch.cat(parts)
+
+    def _best_rest(self, j: int, c: int) -> float | None:
+        """The sum of the best scores the images after chunk ``c`` of block ``j`` could get (None when
+        the metric has no bounds)."""
+        if self._best_bounds is None:
+            self._best_bounds = []
+            for parts in self._parts:
+                sums = []
+                for part in parts:
+                    b = self.metric.score_bounds(part.inputs)
+                    if b is None:
+                        sums = None
+                        break
+                    best = b[1] if self.metric.higher_is_better else b[0]
+                    sums.append(float(best.double().sum()))
+                self._best_bounds.append(sums)
+        sums = self._best_bounds[j]
+        return None if sums is None else sum(sums[c + 1:])
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -194,9 +255,8 @@ class Search:
             state.counts.scored.setdefault(name, 0)
             state.counts.rejected.setdefault(name, 0)
         t0 = time.perf_counter()
-        elapsed = lambda: state.seconds + (time.perf_counter() - t0)  # noqa: E731
-        last_checkpoint = time.monotonic()
-        start_index = state.next_candidate
+        self._clock = (state.seconds, t0, state.next_candidate)
+        self._last_checkpoint = time.monotonic()
         stopped_by = "exhausted"
         enum = None
         try:
@@ -206,48 +266,104 @@ class Search:
             index = HeatmapIndex(self.problem.acts.index_select(0, eq.to(self.problem.acts.device)),
                                  self.grammar.start.type)
             budget = self.config.budget
+            pending: list[tuple[Node, int, object]] = []
             for cand in enum.candidates():
                 if budget.candidates is not None and cand.index >= budget.candidates:
                     stopped_by = "candidates"
                     break
                 # the first incumbent is always found, however small the time budget
-                if budget.seconds is not None and state.incumbent is not None and elapsed() >= budget.seconds:
+                if budget.seconds is not None and state.incumbent is not None and self._elapsed(state) >= budget.seconds:
                     stopped_by = "time"
+                    pending = []
                     break
                 earlier = index.check(cand.value, cand.term)
                 if cand.index < state.next_candidate:
                     continue  # processed before the checkpoint: replayed for the heatmap index only
-                self._consider(cand.term, cand.index, earlier, state, elapsed)
-                state.next_candidate = cand.index + 1
-                run_seconds = time.perf_counter() - t0
-                self._display.show(state, elapsed(), (state.next_candidate - start_index) / max(run_seconds, 1e-9))
-                if self.out_dir is not None and time.monotonic() - last_checkpoint >= self.config.checkpoint_seconds:
-                    self._checkpoint(fingerprint, state, elapsed())
-                    last_checkpoint = time.monotonic()
-        except _OutOfTime:
+                pending.append((cand.term, cand.index, earlier))
+                if len(pending) >= self.config.batch:
+                    self._process(pending, state, fingerprint)
+                    pending = []
+            self._process(pending, state, fingerprint)
+        except _Stop:
             stopped_by = "time"
         except KeyboardInterrupt:
             stopped_by = "interrupted"
-        total = elapsed()
-        self._display.show(state, total, (state.next_candidate - start_index) / max(time.perf_counter() - t0, 1e-9),
-                           force=True)
+        total = self._elapsed(state)
+        self._show(state, force=True)
         self._display.close()
         state.seconds = total
         if self.out_dir is not None:
-            self._checkpoint(fingerprint, state, total)
+            save_checkpoint(self.out_dir, fingerprint, state)
         best = None
         if state.incumbent is not None:
             best = parse_expr(state.incumbent.expression, self.grammar.inputs, source="<incumbent>")
         return SearchOutcome(best, state, self.subsets, stopped_by,
                              enum.stats.as_dict() if enum is not None else {}, total, self.level_names)
 
-    def _checkpoint(self, fingerprint: dict[str, Any], state: SearchState, seconds: float) -> None:
-        saved = state.seconds
-        state.seconds = seconds
-        try:
-            save_checkpoint(self.out_dir, fingerprint, state)
-        finally:
-            state.seconds = saved
+    def _elapsed(self, state: SearchState) -> float:
+        before, t0, _ = self._clock
+        return before + (time.perf_counter() - t0)
+
+    def _show(self, state: SearchState, force: bool = False) -> None:
+        before, t0, start_index = self._clock
+        run_seconds = max(time.perf_counter() - t0, 1e-9)
+        self._display.show(state, self._elapsed(state), (state.next_candidate - start_index) / run_seconds, force)
+
+    def _out_of_time(self, state: SearchState) -> bool:
+        budget = self.config.budget.seconds
+        return budget is not None and state.incumbent is not None and self._elapsed(state) >= budget
+
+    def _process(self, pending: list[tuple[Node, int, object]], state: SearchState,
+                 fingerprint: dict[str, Any]) -> None:
+        """Judge a batch of candidates in stream order; their ``I3`` scores are computed together."""
+        if not pending:
+            return
+        prefetched = self._prefetch([node for node, _, earlier in pending if earlier is None], state)
+        for node, index, earlier in pending:
+            if self._out_of_time(state):
+                raise _Stop
+            if earlier is not None:
+                state.counts.considered += 1
+                state.counts.heatmap_equivalent += 1
+            else:
+                self._consider(node, index, state, prefetched.pop(0))
+            state.next_candidate = index + 1
+            self._show(state)
+            if self.out_dir is not None and time.monotonic() - self._last_checkpoint >= self.config.checkpoint_seconds:
+                save_checkpoint(self.out_dir, fingerprint, replace(state, seconds=self._elapsed(state)))
+                self._last_checkpoint = time.monotonic()
+
+    def _prefetch(self, nodes: list[Node], state: SearchState) -> list[list[torch.Tensor | None]]:
+        """Each candidate's scores on the chunks of ``I3``, computed a chunk at a time for all the
+        candidates still in the running against the current incumbent (a chunk list stops early
+        for a hopeless candidate; ``_consider`` redoes the check and goes on if the incumbent changed)."""
+        out: list[list[torch.Tensor | None]] = [[] for _ in nodes]
+        if len(nodes) <= 1:
+            return out
+        alive = list(range(len(nodes)))
+        inc = state.incumbent
+        for c in range(len(self._parts[0])):
+            if not alive:
+                break
+            t = time.perf_counter()
+            scores = self.score_part([nodes[k] for k in alive], 0, c)
+            state.scoring_seconds += time.perf_counter() - t
+            still = []
+            for k, s in zip(alive, scores):
+                out[k].append(s)
+                if s is not None and not (inc is not None and self._hopeless(torch.cat(out[k]), inc, 0, c)):
+                    still.append(k)
+            alive = still
+        return out
+
+    def _hopeless(self, scored: torch.Tensor, inc: Incumbent, j: int, c: int) -> bool:
+        """After chunk ``c`` of block ``j``: can the candidate, with level-``j`` scores ``scored`` so far,
+        no longer pass level ``j`` against ``inc``?"""
+        if not self.config.early_stop or c == len(self._parts[j]) - 1:
+            return False
+        level = torch.tensor(sum(inc.blocks[:j + 1], []), dtype=torch.float64)
+        return hopeless(scored, level[:len(scored)], len(level), float(level.mean()), self.metric.higher_is_better,
+                        self._best_rest(j, c))
 
     def _score_baselines(self, state: SearchState) -> None:
         for name in self.config.baselines:
@@ -262,28 +378,38 @@ class Search:
                 raise SycamError(f"baseline {name} ({b.expression}) gives NaN or Inf heatmaps on these images")
             state.baselines[name] = scores.tolist()
 
-    def _consider(self, node: Node, index: int, earlier: object, state: SearchState, elapsed) -> None:
-        """Score one candidate level by level and update ``state``. Counts change only once the
-        candidate is done, so one cut short (time, Ctrl-C) leaves no trace and is redone on resume."""
+    def _consider(self, node: Node, index: int, state: SearchState,
+                  prefetched: list[torch.Tensor | None] | None = None) -> None:
+        """Score one candidate level by level (chunk by chunk, stopping once it cannot pass) and update
+        ``state``. Counts change only once the candidate is done, so one cut short (time, Ctrl-C)
+        leaves no trace and is redone on resume."""
         counts = state.counts
-        if earlier is not None:
-            counts.considered += 1
-            counts.heatmap_equivalent += 1
-            return
         inc = state.incumbent
         blocks: list[torch.Tensor] = []
         t_score = time.perf_counter()
-        outcome = "accepted"
+        outcome, levels_scored = "accepted", 0
         try:
-            for j, name in enumerate(self.level_names):
-                budget = self.config.budget.seconds
-                if j and inc is not None and budget is not None and elapsed() >= budget:
-                    raise _OutOfTime
-                scores = self.score_block(node, j)
-                if scores is None:
-                    outcome = "invalid"
+            for j in range(len(self.level_names)):
+                if j and self._out_of_time(state):
+                    raise _Stop
+                levels_scored = j + 1
+                before = torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
+                chunks: list[torch.Tensor] = []
+                for c in range(len(self._parts[j])):
+                    if j == 0 and prefetched and c < len(prefetched):
+                        s = prefetched[c]
+                    else:
+                        s = self.score_part([node], j, c)[0]
+                    if s is None:
+                        outcome = "invalid"
+                        break
+                    chunks.append(s)
+                    if inc is not None and self._hopeless(torch.cat([before, *chunks]), inc, j, c):
+                        outcome = "rejected"
+                        break
+                if outcome != "accepted":
                     break
-                blocks.append(scores)
+                blocks.append(torch.cat(chunks))
                 if inc is None:
                     continue
                 verdict = judge(torch.cat(blocks), torch.tensor(sum(inc.blocks[:j + 1], []), dtype=torch.float64),
@@ -294,15 +420,15 @@ class Search:
         finally:
             state.scoring_seconds += time.perf_counter() - t_score
         counts.considered += 1
-        for name in self.level_names[:len(blocks)]:
+        for name in self.level_names[:levels_scored]:
             counts.scored[name] += 1
         if outcome == "invalid":
             counts.invalid += 1
         elif outcome == "rejected":
-            counts.rejected[self.level_names[len(blocks) - 1]] += 1
+            counts.rejected[self.level_names[levels_scored - 1]] += 1
         else:
             text = to_sexpr(node)
-            state.incumbent = Incumbent(text, [b.tolist() for b in blocks], elapsed(), index)
+            state.incumbent = Incumbent(text, [b.tolist() for b in blocks], self._elapsed(state), index)
             counts.accepted += 1
             state.history.append({"expression": text, "score": float(torch.cat(blocks).mean()),
-                                  "seconds": elapsed(), "candidate": index})
+                                  "seconds": self._elapsed(state), "candidate": index})

@@ -1,0 +1,159 @@
+"""The fast evaluation engine: memoized Deletion / Insertion equal the plain computation, the score
+cache stays within its bound, batched candidates score as one at a time, and early stopping in the
+oracle never changes which candidate wins."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings, strategies as st
+
+from sycam_dsl.lang.sexpr import to_sexpr
+from sycam_dsl.metrics import MetricInputs, get_metric
+from sycam_dsl.metrics.memo import ScoreCache, memoized_curve
+from sycam_dsl.metrics.perturbation import blurred, perturbation_curve
+from sycam_dsl.synthesis import Budget, Problem, Search, SearchConfig
+from sycam_dsl.synthesis.api import build_problem, Data, _model
+from tests.cam_reference import TinyCNN
+from tests.test_synthesis import GRAMMAR, SCH, planted
+
+MODEL = TinyCNN(classes=3).eval()
+IMAGES = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+TARGETS = torch.tensor([0, 1, 2, 0, 1, 2])
+BLUR = blurred(IMAGES, 10.0)
+
+
+class Counter(torch.nn.Module):
+    """The model, counting the images it is run on."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += x.shape[0]
+        return self.model(x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), candidates=st.integers(1, 3), steps=st.integers(1, 16),
+       insert=st.booleans(), levels=st.integers(2, 6))
+def test_memoized_curve_equals_the_plain_one(seed, candidates, steps, insert, levels):
+    g = torch.Generator().manual_seed(seed)
+    # few distinct values: many ties, and candidates that share top-p cell sets
+    s = torch.randint(0, levels, (candidates, 6, 4, 4), generator=g).float()
+    cache = ScoreCache(1.0)
+    ids = torch.arange(6)
+    plain = perturbation_curve(MODEL, IMAGES, TARGETS, s, steps, insert, blurred_images=BLUR)
+    memo = memoized_curve(MODEL, IMAGES, TARGETS, s, steps, insert, BLUR, ids, cache, "k")
+    again = memoized_curve(MODEL, IMAGES, TARGETS, s.flip(0), steps, insert, BLUR, ids, cache, "k")
+    assert memo.shape == plain.shape
+    assert torch.allclose(memo, plain, atol=1e-6, rtol=0)
+    assert torch.allclose(again, plain.flip(0), atol=1e-6, rtol=0)
+
+
+def test_second_candidate_with_the_same_rankings_costs_no_forward_pass():
+    counting = Counter(MODEL)
+    cache = ScoreCache(1.0)
+    ids = torch.arange(6)
+    s = torch.rand(6, 4, 4, generator=torch.Generator().manual_seed(1))
+    memoized_curve(counting, IMAGES, TARGETS, s, 10, False, BLUR, ids, cache, "del")
+    assert counting.images == 60 and cache.stats.misses == 60
+    memoized_curve(counting, IMAGES, TARGETS, 2 * s + 1, 10, False, BLUR, ids, cache, "del")  # same order
+    assert counting.images == 60 and cache.stats.hits == 60
+    memoized_curve(counting, IMAGES, TARGETS, s, 10, True, BLUR, ids, cache, "ins")  # insertion: new keys
+    assert counting.images == 120
+
+
+def test_builtin_metrics_use_the_cache_and_give_the_same_scores():
+    s = torch.rand(2, 6, 4, 4, generator=torch.Generator().manual_seed(2))
+    from sycam_dsl.cam.heatmaps import normalize_upsampled
+    h = normalize_upsampled(s, (32, 32))
+    for name in ("deletion", "insertion"):
+        metric = get_metric(name, steps=8)
+        plain = MetricInputs(IMAGES, TARGETS, model=MODEL).with_heatmaps(h, s)
+        cache = ScoreCache(1.0)
+        memo = MetricInputs(IMAGES, TARGETS, model=MODEL, memo=cache).with_heatmaps(h, s)
+        a, b = metric(plain).per_image, metric(memo).per_image
+        assert torch.allclose(a, b, atol=1e-6) and cache.stats.misses > 0
+        low, high = metric.score_bounds(memo)
+        assert bool((low <= b).all() and (b <= high).all())
+        # a subset shares the cache under the same image ids: all hits
+        sub = memo.subset(torch.tensor([4, 1]))
+        hits = cache.stats.hits
+        c = metric(sub.with_heatmaps(h[:, [4, 1]], s[:, [4, 1]])).per_image
+        assert torch.allclose(c, b[:, [4, 1]], atol=1e-6) and cache.stats.hits == hits + 2 * 2 * 8
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.binary(min_size=0, max_size=40)), min_size=1, max_size=300),
+       st.floats(0.001, 0.02))
+def test_the_cache_never_exceeds_its_bound(entries, mb):
+    cache = ScoreCache(mb)
+    for i, (img, cells) in enumerate(entries):
+        cache.put(("k", img, 0, cells), float(i))
+        assert cache.bytes <= cache.max_bytes
+        assert cache.bytes == sum(cache.entry_bytes(k) for k in cache._data)
+    last = ("k", entries[-1][0], 0, entries[-1][1])
+    if cache.entry_bytes(last) <= cache.max_bytes:  # the newest entry is never the one evicted
+        assert cache.get(last) == float(len(entries) - 1)
+
+
+def test_lru_keeps_the_recently_used_entries():
+    cache = ScoreCache(3 * (240 + 1) / 2**20)  # room for three one-byte entries
+    for i in range(3):
+        cache.put(("k", i, 0, b"x"), float(i))
+    assert cache.get(("k", 0, 0, b"x")) == 0.0        # 0 is now the most recent
+    cache.put(("k", 3, 0, b"x"), 3.0)                 # evicts 1, the least recent
+    assert cache.get(("k", 1, 0, b"x")) is None and cache.get(("k", 0, 0, b"x")) == 0.0
+    assert len(cache) == 3 and cache.stats.evictions == 1
+
+
+def _tiny_problem(n: int = 16) -> Problem:
+    torch.manual_seed(0)
+    model = TinyCNN(classes=3)
+    x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    data = Data(x, [str(i) for i in range(n)])
+    problem, _ = build_problem(_model(model, None, "cpu"), "features", data, ["grads", "pgrads", "cic", "abl"],
+                               use_cache=False, progress=False)
+    return problem
+
+
+def _history(out):
+    return [(h["expression"], h["candidate"]) for h in out.state.history], to_sexpr(out.best)
+
+
+def test_batched_candidates_score_as_one_at_a_time():
+    problem = _tiny_problem()
+    cfg = SearchConfig(get_metric("deletion", steps=5), Budget(candidates=1), level_sizes=(8, None),
+                       equivalence_size=4, image_chunk=3)
+    search = Search(problem, GRAMMAR, cfg, progress=False)
+    from sycam_dsl.lang.sexpr import parse_expr
+    nodes = [parse_expr(t, GRAMMAR.inputs) for t in ("grads", "(relu cic)", "(- abl pgrads)", "(* cic cic)")]
+    together = search.score_part(nodes, 0, 1)
+    for node, s in zip(nodes, together):
+        assert torch.allclose(search.score_part([node], 0, 1)[0], s, atol=1e-6)
+
+
+def test_early_stopping_and_batching_never_change_the_winner():
+    plain = dict(batch=1, image_chunk=None, early_stop=False)
+    for problem, metric, levels, chunk in [(planted(seed=7), SCH, (6, 12, None), 3),
+                                           (_tiny_problem(), get_metric("deletion", steps=5), (8, 12, None), 2)]:
+        runs = []
+        for engine in (plain, dict(batch=8, image_chunk=chunk, early_stop=True)):
+            cfg = SearchConfig(metric, Budget(candidates=80), level_sizes=levels, equivalence_size=4,
+                               max_size=5, **engine)
+            s = Search(problem, GRAMMAR, cfg, progress=False)
+            calls = []
+            original = s.score_part
+
+            def counted(nodes, j, c, original=original, calls=calls, s=s):
+                calls.append(len(nodes) * s._parts[j][c].n)
+                return original(nodes, j, c)
+
+            s.score_part = counted
+            runs.append((s.run(), sum(calls)))
+        (a, work_a), (b, work_b) = runs
+        assert _history(a) == _history(b)
+        assert a.level_means == b.level_means or all(
+            abs(a.level_means[k] - b.level_means[k]) < 1e-9 for k in a.level_means)
+        assert work_b < work_a  # early stopping skipped some (candidate, image) scores
