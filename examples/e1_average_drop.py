@@ -1,7 +1,7 @@
 """E1 of the paper: Average Drop with grammar G1, then G2.
 
-G1 (gradient terminals) should rediscover the GradCAM++ form (``pgrads``, or an expression scoring
-as well); G2 (adding ScoreCAM and AblationCAM terminals) should do at least as well as ScoreCAM.
+G1 (gradient terminals) should rediscover the positive-gradient GradCAM++ form (``pgrads``, or an
+expression scoring as well); G2 (adding ScoreCAM and AblationCAM terminals) should do at least as well as ScoreCAM.
 
     python examples/e1_average_drop.py                       # built-in benchmark
     python examples/e1_average_drop.py --model resnet50 --weights r50.pth --images photos/

@@ -46,6 +46,7 @@ def planted(n: int = 24, k: int = 6, hw: int = 6, seed: int = 0, plant: tuple[st
     values = {t: torch.randn(n, k, generator=g) for t in ("grads", "pgrads", "cic", "abl")}
     values[plant[0]] = onehot + noise
     values[plant[1]] = noise
+    values["A"], values["G"] = acts, torch.randn(n, k, hw, hw, generator=g)  # for the GradCAM++ baseline
     targets = targets if targets is not None else torch.zeros(n, dtype=torch.long)
     inputs = MetricInputs(torch.zeros(n, 3, hw, hw), targets, masks=mask)
     return Problem(Terminals(values), acts, inputs, targets.clone(), torch.arange(n))

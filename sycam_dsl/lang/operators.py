@@ -13,7 +13,8 @@ Semantics (SPEC section 3), per image (reductions never cross images):
   (0 counts as positive), so ``x / 0 = x * 1e8`` and nothing is ever NaN or Inf by division.
 * ``sqrt e`` is ``sqrt(|e|)``; ``sq e`` is ``e * e``; ``(pow e n)`` for an integer ``n >= 1``.
 * ``(topk v k)``: keeps the ``k`` largest entries of each image's Vec (over channels), zero elsewhere.
-* ``gap``: Map -> Vec, mean over ``h, w``.
+* ``gap``: Map -> Vec, mean over ``h, w``; ``gsum``: Map -> Vec, sum over ``h, w`` (GradCAM++'s
+  ``sum_ij A_k``, which depends on the layer's size).
 * ``norm``: ``e / max|e|`` over each image's channels (and positions for a Map), protected as ``/``.
 * ``softmax``: softmax of each image's Vec over its channels (grad-cam's ScoreCAM normalization).
 * ``bcast``: Vec -> Map, the same weight at every position (so a Map grammar can hold Vec weights,
@@ -151,6 +152,8 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in [
              lambda f, v, k: f("topk", v, k), int_params=(1,), doc="keep the k largest channels"),
     Operator("gap", 1, _gap_type, "a Map", "{0}.mean(dim=[-2, -1])",
              lambda f, m: f("gap", m), doc="mean over h, w (Map -> Vec)"),
+    Operator("gsum", 1, _gap_type, "a Map", "{0}.sum(dim=[-2, -1])",
+             lambda f, m: f("gsum", m), doc="sum over h, w (Map -> Vec)"),
     Operator("norm", 1, _norm_type, "a Vec or a Map",
              {Type.VEC: "self._norm_vec({0})", Type.MAP: "self._norm_map({0})"},
              lambda f, e: f("norm", e), doc="e / max|e| per image, protected"),
