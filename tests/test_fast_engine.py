@@ -157,3 +157,52 @@ def test_early_stopping_and_batching_never_change_the_winner():
         assert a.level_means == b.level_means or all(
             abs(a.level_means[k] - b.level_means[k]) < 1e-9 for k in a.level_means)
         assert work_b < work_a  # early stopping skipped some (candidate, image) scores
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), hw=st.sampled_from([(4, 4), (7, 7), (8, 6)]),
+       size=st.sampled_from([(32, 32), (31, 45), (64, 64)]), levels=st.integers(2, 50))
+def test_overlap_metrics_from_saliency_equal_the_heatmap_path(seed, hw, size, levels):
+    """SCH and ground-truth overlap computed from S alone (what the search does) equal the same
+    metrics on the full-resolution heatmaps, ties and constant maps included."""
+    from sycam_dsl.cam.heatmaps import normalize_upsampled
+    g = torch.Generator().manual_seed(seed)
+    n = 5
+    s = torch.relu(torch.randint(-levels, levels, (3, n, *hw), generator=g).float())  # ties, zeros
+    s[0, 0] = 0                                                                            # a constant map
+    masks = torch.rand(n, *size, generator=g) < torch.rand(n, 1, 1, generator=g).clamp(0.05, 0.95)
+    masks[:, 0, 0] = True                                                                  # never empty
+    inputs = MetricInputs(torch.zeros(n, 3, *size), torch.zeros(n, dtype=torch.long), masks=masks)
+    h = normalize_upsampled(s, size)
+    for name, tol in (("gt_overlap", 0.0), ("sch", 1e-6)):
+        metric = get_metric(name)
+        full = metric(inputs.with_heatmaps(h, s)).per_image
+        fast = metric(inputs.with_heatmaps(None, s)).per_image
+        assert torch.allclose(full, fast, atol=tol, rtol=0), name
+
+
+@settings(max_examples=30, deadline=None)
+@given(hw=st.tuples(st.integers(1, 9), st.integers(1, 9)), size=st.tuples(st.integers(1, 70), st.integers(1, 70)),
+       seed=st.integers(0, 1000))
+def test_matrix_upsampling_is_bilinear_interpolation(hw, size, seed):
+    import torch.nn.functional as F
+    from sycam_dsl.cam.upsampling import Upsampler
+    s = torch.randn(3, *hw, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ref = F.interpolate(s[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    up = Upsampler(hw, size, dtype=torch.float64)
+    assert torch.allclose(up.full(s), ref, atol=1e-12)
+    lo, hi = up.extremes(s)
+    assert torch.allclose(lo, ref.flatten(1).amin(1), atol=1e-12)
+    assert torch.allclose(hi, ref.flatten(1).amax(1), atol=1e-12)
+
+
+def test_saliency_does_not_depend_on_how_many_candidates_share_the_call():
+    from sycam_dsl.evaluate.saliency import saliency
+    from sycam_dsl.lang.types import Type
+    g = torch.Generator().manual_seed(3)
+    acts = torch.rand(10, 64, 8, 8, generator=g)
+    w = torch.randn(50, 10, 64, generator=g)
+    together = saliency(w, acts, Type.VEC)
+    alone = torch.stack([saliency(w[c], acts, Type.VEC) for c in range(50)])
+    assert torch.equal(together, alone)
+    assert torch.allclose(together, torch.relu((w[..., None, None] * acts).sum(dim=-3)), atol=1e-5)

@@ -12,6 +12,17 @@ def saliency(weights: torch.Tensor, acts: torch.Tensor, weight_type: Type) -> to
 
     ``weights``: a Vec ``[..., N, K]`` (one weight per channel) or a Map ``[..., N, K, h, w]`` /
     ``[..., N, K, 1, 1]`` (per position); ``acts``: ``[N, K, h, w]``. Returns ``[..., N, h, w]``."""
+    if weight_type == Type.VEC and acts.dim() == 4 and tuple(weights.shape[-2:]) == tuple(acts.shape[:2]):
+        # one batched matrix product per image over all leading (candidate) dimensions: the
+        # broadcast product [..., N, K, h, w] would be far larger than its result. It accumulates in
+        # float64 so that S does not depend on how many candidates share the call (the matrix
+        # kernel's blocking changes the rounding; float64 keeps that far below float32's precision).
+        n, k, h, w = acts.shape
+        lead = weights.shape[:-2]
+        dtype = torch.promote_types(weights.dtype, acts.dtype)
+        wt = weights.reshape(-1, n, k).transpose(0, 1).double()              # [N, C, K]
+        s = torch.bmm(wt, acts.reshape(n, k, h * w).double())                # [N, C, h*w]
+        return torch.relu(s.transpose(0, 1).reshape(*lead, n, h, w)).to(dtype)
     if weight_type == Type.VEC:
         weights = weights.unsqueeze(-1).unsqueeze(-1)
     return torch.relu((weights * acts).sum(dim=-3))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 
 from .average_drop import average_drop, increase_in_confidence
-from .overlap import gt_overlap, sch
+from .overlap import gt_overlap, gt_overlap_from_saliency, sch, sch_from_saliency
 from .memo import memoized_curve
 from .perturbation import (DEFAULT_BLUR_SIGMA, blurred, deletion_from_curve, insertion_from_curve,
                            perturbation_curve)
 from .registry import MetricInputs, register_metric
 from .scoring import class_scores, safe_denominator
+from ..cam.upsampling import Upsampler
 
 
 def _base(inputs: MetricInputs) -> torch.Tensor:
@@ -97,21 +98,31 @@ def _fixed_bounds(low: float, high: float):
 
 def _gt_overlap(inputs: MetricInputs) -> torch.Tensor:
     """Ground-truth overlap: share of the |M| highest pixels of H inside the mask M."""
-    return gt_overlap(inputs.heatmaps, inputs.masks)
+    if inputs.heatmaps is not None:
+        return gt_overlap(inputs.heatmaps, inputs.masks)
+    return gt_overlap_from_saliency(inputs.saliency, inputs.masks, tuple(inputs.images.shape[-2:]))
 
 
 def _sch(inputs: MetricInputs) -> torch.Tensor:
     """SCH: sum of H inside the mask over the sum of H."""
-    return sch(inputs.heatmaps, inputs.masks)
+    if inputs.heatmaps is not None:
+        return sch(inputs.heatmaps, inputs.masks)
+    s = inputs.saliency
+    up = inputs.cached(f"upsampler:{tuple(s.shape[-2:])}", lambda: Upsampler(
+        tuple(s.shape[-2:]), tuple(inputs.images.shape[-2:]), s.device, torch.float64))
+    return sch_from_saliency(s, inputs.masks, up)
 
 
 def register_builtins() -> None:
     for name, fn, higher, kw in [
         ("average_drop", _average_drop, False, {"needs_model": True, "bounds": _fixed_bounds(0, 100)}),
         ("increase_in_confidence", _increase, True, {"needs_model": True, "bounds": _fixed_bounds(0, 100)}),
-        ("deletion", _deletion, True, {"needs_model": True, "needs_saliency": True, "bounds": _deletion_bounds}),
-        ("insertion", _insertion, True, {"needs_model": True, "needs_saliency": True, "bounds": _insertion_bounds}),
-        ("gt_overlap", _gt_overlap, True, {"needs_masks": True, "bounds": _fixed_bounds(0, 1)}),
-        ("sch", _sch, True, {"needs_masks": True, "bounds": _fixed_bounds(0, 1)}),
+        ("deletion", _deletion, True, {"needs_model": True, "needs_saliency": True, "bounds": _deletion_bounds,
+                                       "needs_heatmaps": False}),
+        ("insertion", _insertion, True, {"needs_model": True, "needs_saliency": True, "bounds": _insertion_bounds,
+                                         "needs_heatmaps": False}),
+        ("gt_overlap", _gt_overlap, True, {"needs_masks": True, "bounds": _fixed_bounds(0, 1),
+                                           "needs_heatmaps": False}),
+        ("sch", _sch, True, {"needs_masks": True, "bounds": _fixed_bounds(0, 1), "needs_heatmaps": False}),
     ]:
         register_metric(name, fn, higher, batched=True, replace_existing=True, **kw)

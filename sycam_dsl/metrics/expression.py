@@ -14,15 +14,18 @@ from ..lang.ast import Node
 from .registry import Metric, MetricInputs, MetricResult
 
 
-def expression_inputs(node: Node, inputs: MetricInputs, terms: Terminals, acts: torch.Tensor) -> MetricInputs:
-    """``inputs`` with the heatmaps ``H`` ``[N, H, W]`` and saliency ``S`` ``[N, h, w]`` of ``node``,
-    for terminals and activations ``acts`` ``[N, K, h, w]`` of the same ``N`` images."""
+def expression_inputs(node: Node, inputs: MetricInputs, terms: Terminals, acts: torch.Tensor,
+                      heatmaps: bool = True) -> MetricInputs:
+    """``inputs`` with the heatmaps ``H`` ``[N, H, W]`` (unless ``heatmaps`` is False) and saliency
+    ``S`` ``[N, h, w]`` of ``node``, for terminals and activations ``acts`` ``[N, K, h, w]`` of the
+    same ``N`` images."""
     s = layer_saliency(evaluate(node, terms), acts, node.type)
-    return inputs.with_heatmaps(normalize_upsampled(s, tuple(inputs.images.shape[-2:])), s)
+    return inputs.with_heatmaps(normalize_upsampled(s, tuple(inputs.images.shape[-2:])) if heatmaps else None, s)
 
 
 def score_expression(node: Node, metrics: list[Metric], inputs: MetricInputs, terms: Terminals,
                      acts: torch.Tensor) -> dict[str, MetricResult]:
-    """Per-image scores of ``node`` on each metric (metric name -> result); the heatmaps are computed once."""
-    candidate = expression_inputs(node, inputs, terms, acts)
+    """Per-image scores of ``node`` on each metric (metric name -> result); the heatmaps are computed
+    once, and only when a metric needs them (the others score from ``S``, as in the search)."""
+    candidate = expression_inputs(node, inputs, terms, acts, any(m.needs_heatmaps for m in metrics))
     return {m.name: m(candidate) for m in metrics}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .errors import MetricError
+from ..cam.upsampling import Upsampler
 
 #: Heatmaps sorted at once by ``gt_overlap`` (bounds the sort's memory: ~16 bytes per pixel).
 DEFAULT_CHUNK = 64
@@ -59,3 +60,48 @@ def sch(heatmaps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     inside = (heatmaps * masks).sum(dim=(-2, -1))
     return torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),
                        torch.zeros_like(total))
+
+
+def sch_from_saliency(saliency: torch.Tensor, masks: torch.Tensor, up: Upsampler) -> torch.Tensor:
+    """SCH of the heatmaps of layer-resolution saliency ``S`` ``[..., N, h, w]``, without building them:
+    with ``U`` the upsampling, ``H = (U - lo) / (hi - lo)``, so
+    ``SCH = (sum_M U - |M| lo) / (sum U - H W lo)`` (0 for a constant map). Computed in float64;
+    equal to ``sch(heatmaps, masks)`` up to float rounding."""
+    s = saliency.double()
+    m = masks.to(s.device)
+    proj = up.project(m).double()
+    inside = (s * proj).sum(dim=(-2, -1))
+    total = (s * up.total().double()).sum(dim=(-2, -1))
+    lo, hi = up.extremes(s)
+    area = m.flatten(1).sum(dim=1).double()
+    den = total - up.pixels * lo
+    ok = (hi > lo) & (den > 0)
+    out = torch.where(ok, (inside - area * lo) / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+    return out.to(saliency.dtype)
+
+
+def gt_overlap_from_saliency(saliency: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Ground-truth overlap of the heatmaps of ``S`` ``[..., N, h, w]``: the same heatmaps as the
+    heatmap path (``normalize_upsampled``), built one image at a time for all candidates (small,
+    cache-friendly tensors), and the ``|M|`` highest pixels found with ``kthvalue`` (linear time)
+    instead of a sort; ties at the threshold are taken in row-major order, as the stable sort of
+    ``gt_overlap`` takes them, so the scores are equal."""
+    from ..cam.heatmaps import normalize_upsampled
+
+    m = masks.to(saliency.device)
+    n = m.shape[0]
+    area = m.flatten(1).sum(dim=1)
+    if bool((area == 0).any()):
+        i = int((area == 0).nonzero()[0])
+        raise MetricError(f"the mask of image {i} is empty; ground-truth overlap needs at least one "
+                          f"mask pixel per image")
+    flat_s = saliency.reshape(-1, n, *saliency.shape[-2:])
+    out = torch.empty(flat_s.shape[0], n, dtype=saliency.dtype, device=saliency.device)
+    for i, k in enumerate(area.tolist()):
+        h = normalize_upsampled(flat_s[:, i], size).flatten(1)             # [C, H*W]
+        v = torch.kthvalue(h, h.shape[1] - k + 1, dim=1).values[:, None]   # the k-th largest value
+        above = h > v
+        ties = h == v
+        take = ties & (ties.cumsum(dim=1) <= (k - above.sum(dim=1, keepdim=True)))
+        out[:, i] = ((above | take) & m[i].flatten()).sum(dim=1).to(saliency.dtype) / k
+    return out.reshape(saliency.shape[:-2])

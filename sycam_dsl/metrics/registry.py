@@ -106,6 +106,7 @@ class Metric:
     options: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
     bounds: BoundsFn | None = None
+    needs_heatmaps: bool = True
 
     def score_bounds(self, inputs: MetricInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The lowest and highest score each image can get, ``([N], [N])``, or None when unknown
@@ -131,13 +132,14 @@ class Metric:
         return a > b if self.higher_is_better else a < b
 
     def __call__(self, inputs: MetricInputs) -> MetricResult:
-        """Score ``inputs.heatmaps``; per-image scores ``[N]`` or ``[C, N]``."""
+        """Score ``inputs.heatmaps`` (or only ``inputs.saliency``, for a metric that does not
+        ``needs_heatmaps``); per-image scores ``[N]`` or ``[C, N]``."""
         self._check(inputs)
-        h = inputs.heatmaps
-        if h.dim() == 4 and not self.batched:
-            s = inputs.saliency
-            parts = [self._score(inputs.with_heatmaps(h[c], None if s is None else s[c]))
-                     for c in range(h.shape[0])]
+        h, s = inputs.heatmaps, inputs.saliency
+        ref = h if h is not None else s
+        if ref.dim() == 4 and not self.batched:
+            pick = (lambda t, c: None if t is None else t[c])  # noqa: E731
+            parts = [self._score(inputs.with_heatmaps(pick(h, c), pick(s, c))) for c in range(ref.shape[0])]
             scores = torch.stack(parts)
         else:
             scores = self._score(inputs)
@@ -145,7 +147,8 @@ class Metric:
 
     def _score(self, inputs: MetricInputs) -> torch.Tensor:
         scores = torch.as_tensor(self.fn(inputs, **self.options))
-        want = tuple(inputs.heatmaps.shape[:-2])
+        ref = inputs.heatmaps if inputs.heatmaps is not None else inputs.saliency
+        want = tuple(ref.shape[:-2])
         if tuple(scores.shape) != want:
             raise MetricError(f"metric {self.name!r} returned scores of shape {list(scores.shape)}; "
                               f"expected one score per image, {list(want)}")
@@ -153,17 +156,17 @@ class Metric:
 
     def _check(self, inputs: MetricInputs) -> None:
         missing = [what for what, need, have in [
-            ("heatmaps", True, inputs.heatmaps),
+            ("heatmaps", self.needs_heatmaps or inputs.saliency is None, inputs.heatmaps),
             ("model", self.needs_model, inputs.model),
             ("masks (give --masks DIR)", self.needs_masks, inputs.masks),
             ("saliency (S at layer resolution)", self.needs_saliency, inputs.saliency),
         ] if need and have is None]
         if missing:
             raise MetricError(f"metric {self.name!r} needs {', '.join(missing)}")
-        h = inputs.heatmaps
-        if h.dim() not in (3, 4) or h.shape[-3] != inputs.images.shape[0]:
-            raise MetricError(f"heatmaps must be [N, H, W] or [C, N, H, W] with N = "
-                              f"{inputs.images.shape[0]} images, got {list(h.shape)}")
+        for what, t in (("heatmaps", inputs.heatmaps), ("saliency", inputs.saliency)):
+            if t is not None and (t.dim() not in (3, 4) or t.shape[-3] != inputs.images.shape[0]):
+                raise MetricError(f"{what} must be [N, h, w] or [C, N, h, w] with N = "
+                                  f"{inputs.images.shape[0]} images, got {list(t.shape)}")
 
 
 _REGISTRY: dict[str, Metric] = {}
@@ -175,12 +178,15 @@ def _key(name: str) -> str:
 
 def register_metric(name: str, fn: MetricFn, higher_is_better: bool, *, needs_model: bool = False,
                     needs_masks: bool = False, needs_saliency: bool = False, batched: bool = False,
-                    doc: str = "", replace_existing: bool = False, bounds: BoundsFn | None = None) -> Metric:
+                    doc: str = "", replace_existing: bool = False, bounds: BoundsFn | None = None,
+                    needs_heatmaps: bool = True) -> Metric:
     """Make ``fn(inputs: MetricInputs, **options) -> [N]`` scores available as ``name``.
 
     Names are case-insensitive and ``-`` equals ``_``. Registering a taken name raises
     ``MetricError`` unless ``replace_existing``. ``bounds(inputs, **options) -> (low [N], high [N])``,
-    if given, must hold for every heatmap (the search uses it to stop scoring hopeless candidates)."""
+    if given, must hold for every heatmap (the search uses it to stop scoring hopeless candidates).
+    ``needs_heatmaps=False``: ``fn`` can score from ``inputs.saliency`` alone when ``inputs.heatmaps``
+    is None, and the search then skips building full-resolution heatmaps."""
     key = _key(name)
     if not key:
         raise MetricError("a metric needs a non-empty name")
@@ -189,7 +195,8 @@ def register_metric(name: str, fn: MetricFn, higher_is_better: bool, *, needs_mo
     if key in _REGISTRY and not replace_existing:
         raise MetricError(f"metric {key!r} is already registered; pass replace_existing=True to replace it")
     metric = Metric(key, fn, bool(higher_is_better), needs_model, needs_masks, needs_saliency, batched,
-                    doc=doc or (inspect.getdoc(fn) or "").split("\n")[0], bounds=bounds)
+                    doc=doc or (inspect.getdoc(fn) or "").split("\n")[0], bounds=bounds,
+                    needs_heatmaps=needs_heatmaps)
     _REGISTRY[key] = metric
     return metric
 

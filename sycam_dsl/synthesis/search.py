@@ -190,7 +190,8 @@ class Search:
         that keep the ``[C, n, H, W]`` heatmaps under ``MAX_HEATMAP_ELEMENTS``."""
         part = self._parts[j][c]
         size = tuple(part.inputs.images.shape[-2:])
-        per = part.n * size[0] * size[1]
+        full = self.metric.needs_heatmaps  # else the metric works from S alone: no [C, n, H, W] tensor
+        per = part.n * (size[0] * size[1] if full else part.acts.numel() // max(1, part.n))
         group = max(1, MAX_HEATMAP_ELEMENTS // max(1, per))
         out: list[torch.Tensor | None] = []
         for g in range(0, len(nodes), group):
@@ -201,7 +202,7 @@ class Search:
             scores = iter(())
             if ok:
                 s_ok = s[ok] if len(ok) < len(finite) else s
-                candidate = part.inputs.with_heatmaps(normalize_upsampled(s_ok, size), s_ok)
+                candidate = part.inputs.with_heatmaps(normalize_upsampled(s_ok, size) if full else None, s_ok)
                 scores = iter(self.metric(candidate).per_image.detach().to("cpu", torch.float64))
             out += [next(scores) if f else None for f in finite]
         return out
