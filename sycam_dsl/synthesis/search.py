@@ -117,26 +117,31 @@ class _OutOfTime(Exception):
 
 
 class _Display:
-    """One status line on stderr, rewritten at most four times a second."""
+    """One status line on stderr, rewritten at most four times a second on a terminal; in a log
+    (stderr not a terminal) a new line every ``LOG_SECONDS``."""
+
+    LOG_SECONDS = 15.0
 
     def __init__(self, enabled: bool, label: str, metric: str) -> None:
         self.enabled, self.label, self.metric = enabled, label, metric
-        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0 if self.tty else time.monotonic()
 
     def show(self, state: SearchState, elapsed: float, rate: float, force: bool = False) -> None:
         now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < 0.25):
+        if not self.enabled or (not force and now - self.last < (0.25 if self.tty else self.LOG_SECONDS)):
             return
         self.last = now
         inc = state.incumbent
         best = "none yet" if inc is None else \
             f"{_short(inc.expression)} {self.metric} {sum(sum(b) for b in inc.blocks) / sum(map(len, inc.blocks)):.4f}"
-        sys.stderr.write(f"\r\033[Ksearch{self.label}: {elapsed:6.1f} s | {state.next_candidate} candidates "
-                         f"({rate:.1f}/s) | best: {best}")
+        line = (f"search{self.label}: {elapsed:6.1f} s | {state.next_candidate} candidates ({rate:.1f}/s) | "
+                f"best: {best}")
+        sys.stderr.write(f"\r\033[K{line}" if self.tty else f"{line}\n")
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tty:
             sys.stderr.write("\n")
             sys.stderr.flush()
 
