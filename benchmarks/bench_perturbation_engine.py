@@ -24,24 +24,13 @@ import torch
 from _bundled import bundled_problem, first_candidates
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.metrics.memo import ScoreCache
+from sycam_dsl.metrics.scoring import ForwardCounter
 from sycam_dsl.synthesis import Budget, Search, SearchConfig, resolve_grammar
-
-
-class Counter(torch.nn.Module):
-    """Counts the images the model runs on."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model, self.images = model, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.images += x.shape[0]
-        return self.model(x)
 
 
 def scores(problem, nodes, metric, batch: int) -> tuple[torch.Tensor, int, float, float]:
     """Per-image scores ``[C, N]`` of every candidate, forward passes, wall and CPU seconds."""
-    counter = Counter(problem.inputs.model)
+    counter = ForwardCounter(problem.inputs.model)
     problem.inputs.model = counter
     cfg = SearchConfig(metric, Budget(candidates=1), level_sizes=(None,), image_chunk=None, baselines=())
     search = Search(problem, resolve_grammar("g2"), cfg, progress=False)

@@ -11,6 +11,7 @@ from sycam_dsl.lang.sexpr import to_sexpr
 from sycam_dsl.metrics import MetricInputs, get_metric
 from sycam_dsl.metrics.memo import ScoreCache, memoized_curve
 from sycam_dsl.metrics.perturbation import blurred, perturbation_curve
+from sycam_dsl.metrics.scoring import ForwardCounter
 from sycam_dsl.synthesis import Budget, Problem, Search, SearchConfig
 from sycam_dsl.synthesis.api import build_problem, Data, _model
 from tests.cam_reference import TinyCNN
@@ -20,18 +21,6 @@ MODEL = TinyCNN(classes=3).eval()
 IMAGES = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 TARGETS = torch.tensor([0, 1, 2, 0, 1, 2])
 BLUR = blurred(IMAGES, 10.0)
-
-
-class Counter(torch.nn.Module):
-    """The model, counting the images it is run on."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model, self.images = model, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.images += x.shape[0]
-        return self.model(x)
 
 
 @settings(max_examples=25, deadline=None)
@@ -52,7 +41,7 @@ def test_memoized_curve_equals_the_plain_one(seed, candidates, steps, insert, le
 
 
 def test_second_candidate_with_the_same_rankings_costs_no_forward_pass():
-    counting = Counter(MODEL)
+    counting = ForwardCounter(MODEL)
     cache = ScoreCache(1.0)
     ids = torch.arange(6)
     s = torch.rand(6, 4, 4, generator=torch.Generator().manual_seed(1))

@@ -34,15 +34,21 @@ def check_masks(heatmaps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return masks.to(heatmaps.device)
 
 
-def gt_overlap(heatmaps: torch.Tensor, masks: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """Share of the ``|M|`` highest pixels of each heatmap inside its mask: ``[..., N]``."""
-    masks = check_masks(heatmaps, masks)
-    n = masks.shape[0]
+def mask_areas(masks: torch.Tensor) -> torch.Tensor:
+    """``|M|`` of each mask ``[N, H, W]`` -> ``[N]``; an empty mask is an error (no top pixels to take)."""
     m = masks.flatten(1).sum(dim=1)
     if bool((m == 0).any()):
         i = int((m == 0).nonzero()[0])
         raise MetricError(f"the mask of image {i} is empty; ground-truth overlap needs at least one "
                           f"mask pixel per image")
+    return m
+
+
+def gt_overlap(heatmaps: torch.Tensor, masks: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Share of the ``|M|`` highest pixels of each heatmap inside its mask: ``[..., N]``."""
+    masks = check_masks(heatmaps, masks)
+    n = masks.shape[0]
+    m = mask_areas(masks)
     flat = heatmaps.reshape(-1, n, masks.shape[1] * masks.shape[2])
     inside = masks.flatten(1)
     out = []
@@ -90,11 +96,7 @@ def gt_overlap_from_saliency(saliency: torch.Tensor, masks: torch.Tensor, size: 
 
     m = masks.to(saliency.device)
     n = m.shape[0]
-    area = m.flatten(1).sum(dim=1)
-    if bool((area == 0).any()):
-        i = int((area == 0).nonzero()[0])
-        raise MetricError(f"the mask of image {i} is empty; ground-truth overlap needs at least one "
-                          f"mask pixel per image")
+    area = mask_areas(m)
     flat_s = saliency.reshape(-1, n, *saliency.shape[-2:])
     out = torch.empty(flat_s.shape[0], n, dtype=saliency.dtype, device=saliency.device)
     for i, k in enumerate(area.tolist()):
