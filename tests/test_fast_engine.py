@@ -75,7 +75,7 @@ def test_builtin_metrics_use_the_cache_and_give_the_same_scores():
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 50), st.binary(min_size=0, max_size=40)), min_size=1, max_size=300),
-       st.floats(0.001, 0.02))
+       st.floats(0.0005, 0.005))   # room for 2 to 21 entries: evictions happen
 def test_the_cache_never_exceeds_its_bound(entries, mb):
     cache = ScoreCache(mb)
     for i, (img, cells) in enumerate(entries):
@@ -95,6 +95,7 @@ def test_lru_keeps_the_recently_used_entries():
     cache.put(("k", 3, 0, b"x"), 3.0)                 # evicts 1, the least recent
     assert cache.get(("k", 1, 0, b"x")) is None and cache.get(("k", 0, 0, b"x")) == 0.0
     assert len(cache) == 3 and cache.stats.evictions == 1
+    assert cache.bytes == 3 * cache.entry_bytes(("k", 0, 0, b"x"))
 
 
 def _tiny_problem(n: int = 16) -> Problem:

@@ -13,7 +13,10 @@ from sycam_dsl.lang.terminals import terminal_types
 from sycam_dsl.metrics import MetricInputs, get_metric
 from sycam_dsl.evaluate import Terminals
 from sycam_dsl.parse import parse_grammar
+from hypothesis import given, settings, strategies as st
+
 from sycam_dsl.synthesis import Budget, Problem, Search, SearchConfig, judge, make_subsets
+from sycam_dsl.synthesis.oracle import hopeless
 from sycam_dsl.synthesis.evaluation import method_scores
 from sycam_dsl.synthesis.per_class import dispatch_of, search_per_class
 
@@ -271,3 +274,24 @@ def test_a_tiny_time_budget_still_scores_a_first_candidate():
     out = Search(planted(), GRAMMAR, cfg, progress=False).run()
     assert out.stopped_by == "time" and out.best is not None
     assert out.state.counts.accepted == 1 and out.state.counts.scored["I1"] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 0.99)), min_size=1, max_size=30), st.booleans(),
+       st.data())
+def test_hopeless_is_never_wrong(pairs, higher, data):
+    """Early stopping is sound: whenever ``hopeless`` gives up on a prefix, even the best possible
+    scores on the remaining images (the bound, which beats the incumbent on each of them) fail."""
+    c = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
+    i = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
+    if not higher:  # mirror: lower is better, scores in [-1, 0], best bound -1
+        c, i = -c, -i
+    n = len(pairs)
+    s = data.draw(st.integers(0, n))
+    best = 1.0 if higher else -1.0
+    if hopeless(c[:s], i[:s], n, float(i.mean()), higher, best_rest=best * (n - s)):
+        completed = torch.cat([c[:s], torch.full((n - s,), best, dtype=torch.float64)])
+        assert not judge(completed, i, higher).passed
+    if hopeless(c[:s], i[:s], n, float(i.mean()), higher):  # no bounds: counting images only
+        completed = torch.cat([c[:s], torch.full((n - s,), 1e9 if higher else -1e9, dtype=torch.float64)])
+        assert not judge(completed, i, higher).passed

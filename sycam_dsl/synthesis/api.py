@@ -236,7 +236,7 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     data = _data(images, masks, labels, loaded, size)
     for m in shown:
         if m.needs_masks and data.masks is None:
-            raise SycamError(f"metric {m.name!r} compares heatmaps with object masks: give masks")
+            raise SycamError(f"metric {m.name!r} compares heatmaps with object masks: give masks (--masks DIR)")
     names = list(dict.fromkeys(list(gram.inputs) + [t for b in SEARCH_BASELINES for t in baseline(b).terminals]))
     out = Path(out_dir) if out_dir is not None else None
     t0 = time.perf_counter()

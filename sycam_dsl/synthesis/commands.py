@@ -86,18 +86,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _data(args: argparse.Namespace):
-    """(model, images-or-ImageSet, masks, labels, settings note) from the arguments or the benchmark."""
+    """(model, ImageSet with its masks, whether it is the built-in benchmark) from the arguments."""
     if args.model is None and args.images is None:
         from ..bundled import bundled_images, load_bundled_model
-        data = bundled_images(args.bundled_images)
-        return load_bundled_model(args.device), data, data.masks, None, True
+        return load_bundled_model(args.device), bundled_images(args.bundled_images), True
     if args.model is None or args.images is None:
         raise SycamError("give both --model and --images, or neither (to run the built-in benchmark)")
     from ..cam.images import load_images
     from ..cam.models import load_model
     model = load_model(args.model, args.weights, args.device)
     data = load_images(args.images, size=args.size or model.input_size, normalize=model.normalize, masks=args.masks)
-    return model, data, data.masks, None, False
+    return model, data, False
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -105,7 +104,7 @@ def run_synth(args: argparse.Namespace) -> int:
     from .api import synthesize
     from .search import Budget
 
-    model, data, masks, labels, bundled = _data(args)
+    model, data, bundled = _data(args)
     metric_name = args.metric or BUNDLED["metric"]
     if bundled and args.steps is None and metric_name in ("deletion", "insertion"):
         args.steps = BUNDLED["steps"]
@@ -133,7 +132,7 @@ def run_synth(args: argparse.Namespace) -> int:
         kwargs.update(memo_mb=args.memo_mb)
     result = synthesize(model, args.layer, data, metric=metric, grammar=args.grammar,
                         budget=Budget(seconds, args.candidates), per_class=args.per_class, out_dir=out,
-                        resume=args.resume, masks=masks, labels=labels, targets=targets, device=args.device,
+                        resume=args.resume, targets=targets, device=args.device,
                         seed=args.seed, equivalence_size=args.equivalence_images, max_size=args.max_size,
                         report_metrics=report_metrics, report_images=args.report_images,
                         batch_size=args.batch_size, chunk_size=args.chunk_size, cache_dir=args.cache_dir,

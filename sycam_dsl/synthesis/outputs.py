@@ -13,8 +13,7 @@ import torch
 
 from .. import __version__
 from ..baselines import SEARCH_BASELINES, baseline
-from ..cam.heatmaps import normalize_upsampled, layer_saliency
-from ..evaluate import evaluate
+from ..metrics.expression import expression_inputs
 from ..lang.sexpr import to_sexpr
 from .state import write_json
 
@@ -141,21 +140,17 @@ def _grid(result: Result, model: LoadedModel, data: Data, problem: Problem, n_ro
     rows = order[:n_rows]
     part = problem.subset(rows)
     size = tuple(part.inputs.images.shape[-2:])
-    columns = {}
-    methods = {b: baseline(b).node for b in SEARCH_BASELINES}
-    for name, node in methods.items():
-        columns[name] = normalize_upsampled(layer_saliency(evaluate(node, part.terminals), part.acts, node.type), size)
-    if result.best is not None:
-        if result.dispatch is not None:
-            h = torch.zeros(part.n, *size, device=part.acts.device)
-            for node, idx in result.dispatch.groups(part.targets).items():
-                sub = part.subset(idx)
-                s = layer_saliency(evaluate(node, sub.terminals), sub.acts, node.type)
-                h[idx.to(h.device)] = normalize_upsampled(s, size)
-            columns["SyCAM (per class)"] = h
-        else:
-            columns["SyCAM"] = normalize_upsampled(layer_saliency(evaluate(result.best, part.terminals), part.acts,
-                                                                  result.best.type), size)
+    def heatmaps_of(node, p: Problem) -> torch.Tensor:
+        return expression_inputs(node, p.inputs, p.terminals, p.acts).heatmaps
+
+    columns = {b: heatmaps_of(baseline(b).node, part) for b in SEARCH_BASELINES}
+    if result.dispatch is not None:
+        h = torch.zeros(part.n, *size, device=part.acts.device)
+        for node, idx in result.dispatch.groups(part.targets).items():
+            h[idx.to(h.device)] = heatmaps_of(node, part.subset(idx))
+        columns["SyCAM (per class)"] = h
+    elif result.best is not None:
+        columns["SyCAM"] = heatmaps_of(result.best, part)
     pixels = model.normalize.inverse(part.inputs.images.detach().cpu().float())
     lo = pixels.amin(dim=(1, 2, 3), keepdim=True)
     hi = pixels.amax(dim=(1, 2, 3), keepdim=True)

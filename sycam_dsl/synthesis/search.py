@@ -112,10 +112,6 @@ class SearchOutcome:
         return out
 
 
-class _OutOfTime(Exception):
-    pass
-
-
 class _Display:
     """One status line on stderr, rewritten at most four times a second on a terminal; in a log
     (stderr not a terminal) a new line every ``LOG_SECONDS``."""
@@ -180,6 +176,8 @@ class Search:
         self.level_names = self.subsets.names
         self._parts = [self._split(self.subsets.block(j)) for j in range(len(self.subsets.level_sizes))]
         self._best_bounds: list[list[float] | None] | None = None
+        self._levels_of: Incumbent | None = None
+        self._levels: dict[int, tuple[torch.Tensor, float]] = {}
         self._display = _Display(progress, label, self.metric.name)
 
     def _split(self, block: torch.Tensor) -> list[Problem]:
@@ -367,9 +365,19 @@ class Search:
         no longer pass level ``j`` against ``inc``?"""
         if not self.config.early_stop or c == len(self._parts[j]) - 1:
             return False
-        level = torch.tensor(sum(inc.blocks[:j + 1], []), dtype=torch.float64)
-        return hopeless(scored, level[:len(scored)], len(level), float(level.mean()), self.metric.higher_is_better,
+        level, mean = self._incumbent_level(inc, j)
+        return hopeless(scored, level[:len(scored)], len(level), mean, self.metric.higher_is_better,
                         self._best_rest(j, c))
+
+    def _incumbent_level(self, inc: Incumbent, j: int) -> tuple[torch.Tensor, float]:
+        """The incumbent's per-image scores on level ``j`` ``[n_j]`` (float64) and their mean, built once
+        per incumbent rather than once per check."""
+        if self._levels_of is not inc:
+            self._levels_of, self._levels = inc, {}
+        if j not in self._levels:
+            level = torch.tensor(sum(inc.blocks[:j + 1], []), dtype=torch.float64)
+            self._levels[j] = (level, float(level.mean()))
+        return self._levels[j]
 
     def _score_baselines(self, state: SearchState) -> None:
         for name in self.config.baselines:
@@ -418,8 +426,7 @@ class Search:
                 blocks.append(torch.cat(chunks))
                 if inc is None:
                     continue
-                verdict = judge(torch.cat(blocks), torch.tensor(sum(inc.blocks[:j + 1], []), dtype=torch.float64),
-                                self.metric.higher_is_better)
+                verdict = judge(torch.cat(blocks), self._incumbent_level(inc, j)[0], self.metric.higher_is_better)
                 if not verdict.passed:
                     outcome = "rejected"
                     break
