@@ -34,8 +34,10 @@ EPS = 1e-8
 
 HELPERS_SRC = '''
 def _protect(self, b: Tensor) -> Tensor:
-    # sign(b) * max(|b|, 1e-8), with b + 0.0 so that -0.0 counts as positive zero
-    return torch.copysign(b.abs().clamp_min(1e-8), b + 0.0)
+    # sign(b) * max(|b|, 1e-8), where -0.0 counts as positive zero; a comparison, not copysign(.., b + 0.0),
+    # because TorchScript's peephole pass folds b + 0.0 into b (torch 2.14), which flips the sign of -0.0
+    m = b.abs().clamp_min(1e-8)
+    return torch.where(b < 0, -m, m)
 
 def _pdiv(self, a: Tensor, b: Tensor) -> Tensor:
     return a / self._protect(b)
