@@ -7,7 +7,6 @@ torchvision's resnet18 with seeded random weights on 64 x 64 images.
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from sycam_dsl.cam import cache as cache_mod
-from sycam_dsl.cam import commands
+from sycam_dsl.cli import build_parser
 from sycam_dsl.cam.cache import compute_terminals_cached
 from sycam_dsl.cam.errors import ImageError, LayerError, ModelError, TerminalError
 from sycam_dsl.cam.images import load_images
@@ -820,10 +819,7 @@ def test_mask_errors(tmp_path):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="sycam-dsl")
-    sub = parser.add_subparsers(dest="command", required=True)
-    commands.register(sub)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.handler(args)
 
 

@@ -340,12 +340,9 @@ def test_builtin_directions():
 # ---- eval / explain commands ---------------------------------------------------------------------
 
 def _cli(argv: list[str]) -> None:
-    import argparse
+    from sycam_dsl.cli import build_parser
 
-    from sycam_dsl.metrics.commands import register
-    p = argparse.ArgumentParser(prog="sycam-dsl")
-    register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.handler(args)
 
 

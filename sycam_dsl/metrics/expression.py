@@ -29,3 +29,15 @@ def score_expression(node: Node, metrics: list[Metric], inputs: MetricInputs, te
     once, and only when a metric needs them (the others score from ``S``, as in the search)."""
     candidate = expression_inputs(node, inputs, terms, acts, any(m.needs_heatmaps for m in metrics))
     return {m.name: m(candidate) for m in metrics}
+
+
+def score_methods(methods: dict[str, tuple[str, Node]], metrics: list[Metric], inputs: MetricInputs,
+                  terms: Terminals, acts: torch.Tensor) -> dict[str, dict[str, MetricResult]]:
+    """Per-image scores: metric name -> method name -> ``MetricResult``, for methods given as
+    name -> (expression text, AST). Each method's heatmaps are computed once for all metrics, and
+    ``inputs.cache`` keeps what the metrics share (``y_c(x)``, ``x~``)."""
+    results: dict[str, dict[str, MetricResult]] = {m.name: {} for m in metrics}
+    for name, (_, node) in methods.items():
+        for metric_name, result in score_expression(node, metrics, inputs, terms, acts).items():
+            results[metric_name][name] = result
+    return results

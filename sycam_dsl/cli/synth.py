@@ -1,4 +1,4 @@
-"""The ``sycam-dsl synth`` subcommand.
+"""``sycam-dsl synth``: the search.
 
 With no ``--model`` and no ``--images`` it runs the built-in benchmark: the bundled small CNN on
 images the package generates (with exact object masks), a one-minute search, and the comparison on
@@ -12,12 +12,14 @@ import datetime as _dt
 import sys
 from pathlib import Path
 
-from ..cli_args import positive_int
 from ..errors import SycamError
-from ..metrics.commands import metric_from_args, model_args
+from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import known_metrics
-from .state import CHECKPOINT_NAME
-from .subsets import parse_level_sizes
+from ..synthesis.search import DEFAULT_MAX_SIZE
+from ..synthesis.state import CHECKPOINT_NAME
+from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
+from .options import (IMAGES_HELP, MASKS_HELP, add_model_options, add_scoring_options, add_targets,
+                      metric_from_args, positive_int, targets_from)
 
 #: The built-in benchmark's settings (what ``sycam-dsl synth`` runs with no model and no images).
 BUNDLED = {"images": 200, "time": 60.0, "metric": "deletion", "steps": 10,
@@ -43,18 +45,17 @@ def _seconds(text: str) -> float:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``synth``; its handler is ``args.handler``."""
     s = subparsers.add_parser(
         "synth", help="search a grammar for the CAM weight expression that scores best on a metric",
         description="Search a grammar of weight expressions for the one that scores best on a metric for a model "
                     "and images, compare it with GradCAM, GradCAM++, ScoreCAM and AblationCAM, and write "
                     "result.json, cam.pt (TorchScript), report.md and pictures to the output folder. With no --model "
                     "and no --images it runs the built-in benchmark (a small CNN on generated images).")
-    model_args(s, required=False)
-    s.add_argument("--images", metavar="DIR", help="folder of images, or of one subfolder per class")
-    s.add_argument("--masks", metavar="DIR", help="folder of binary PNG masks, one per image (gt_overlap, sch)")
-    s.add_argument("--targets", choices=("predicted", "labels"), default="predicted",
-                   help="class explained: the prediction (default) or the class-folder index")
+    add_model_options(s, required=False)
+    add_scoring_options(s)
+    s.add_argument("--images", metavar="DIR", help=IMAGES_HELP)
+    s.add_argument("--masks", metavar="DIR", help=MASKS_HELP)
+    add_targets(s)
     s.add_argument("--metric", metavar="NAME", help=f"the metric to optimize (default deletion; known: "
                                                     f"{', '.join(known_metrics())})")
     s.add_argument("--grammar", default="g2", metavar="FILE|NAME",
@@ -63,26 +64,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"search time budget, counted over every run of a resumed search (default {DEFAULT_TIME:g} s; "
                         f"{BUNDLED['time']:g} s for the built-in benchmark)")
     s.add_argument("--candidates", type=positive_int, metavar="N", help="stop after N enumerated candidates")
-    s.add_argument("--max-size", type=positive_int, default=12, metavar="N", help="largest expression size (default 12)")
+    s.add_argument("--max-size", type=positive_int, default=DEFAULT_MAX_SIZE, metavar="N",
+                   help=f"largest expression size (default {DEFAULT_MAX_SIZE})")
     s.add_argument("--per-class", action="store_true", help="one search per predicted class, dispatched by class")
     s.add_argument("--levels", type=_level_sizes, metavar="I3,I2,I1",
                    help="oracle level sizes, smallest first (default 100,1000,all; 50,100,all for the benchmark)")
-    s.add_argument("--equivalence-images", type=positive_int, default=10, metavar="N",
-                   help="images of the observational-equivalence subset (default 10)")
+    s.add_argument("--equivalence-images", type=positive_int, default=DEFAULT_EQUIVALENCE_SIZE, metavar="N",
+                   help=f"images of the observational-equivalence subset (default {DEFAULT_EQUIVALENCE_SIZE})")
     s.add_argument("--seed", type=int, default=0, help="seed of the image subsets (default 0)")
     s.add_argument("--report-metrics", metavar="LIST", help="metrics of the final comparison tables, comma-separated "
                                                             "(default: the search metric; all four for the benchmark)")
     s.add_argument("--report-images", type=int, default=4, metavar="N", help="rows of the heatmap grid (default 4)")
     s.add_argument("--bundled-images", type=positive_int, default=BUNDLED["images"], metavar="N",
                    help=f"images of the built-in benchmark (default {BUNDLED['images']})")
-    s.add_argument("--memo-mb", type=float, default=256.0, metavar="MB",
-                   help="memory for memoized Deletion / Insertion forward passes (default 256; 0: off)")
+    s.add_argument("--memo-mb", type=float, default=DEFAULT_MAX_MB, metavar="MB",
+                   help=f"memory for memoized Deletion / Insertion forward passes (default {DEFAULT_MAX_MB:g}; 0: off)")
     s.add_argument("--plain-engine", action="store_true",
                    help="score candidates one at a time with no memo and no early stopping (same result, slower; "
                         "for comparisons)")
     s.add_argument("-o", "--out", metavar="DIR", help="output folder (default runs/synth-<date>-<time>)")
     s.add_argument("--resume", action="store_true", help="continue the search whose checkpoint is in --out")
-    s.set_defaults(handler=run_synth)
+    s.set_defaults(handler=run)
 
 
 def _data(args: argparse.Namespace):
@@ -99,10 +101,9 @@ def _data(args: argparse.Namespace):
     return model, data, False
 
 
-def run_synth(args: argparse.Namespace) -> int:
-    """Handler of ``sycam-dsl synth``."""
-    from .api import synthesize
-    from .search import Budget
+def run(args: argparse.Namespace) -> int:
+    """Run the search, print the result and the tables; 130 when interrupted."""
+    from ..synthesis import Budget, synthesize
 
     model, data, bundled = _data(args)
     metric_name = args.metric or BUNDLED["metric"]
@@ -120,11 +121,7 @@ def run_synth(args: argparse.Namespace) -> int:
         raise SycamError(f"--resume: no checkpoint in {out} (give the --out folder of the search to continue)")
     seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_TIME)
     levels = args.levels or (_level_sizes(BUNDLED["levels"]) if bundled else None)
-    targets = None
-    if args.targets == "labels":
-        if data.labels is None:
-            raise SycamError(f"--targets labels needs one subfolder per class in {args.images!r}")
-        targets = data.labels
+    targets = targets_from(args, data.labels)
     kwargs = {} if levels is None else {"level_sizes": levels}
     if args.plain_engine:
         kwargs.update(memo_mb=0, candidate_batch=1, image_chunk=None, early_stop=False)

@@ -1,0 +1,67 @@
+"""``sycam-dsl compile``: an expression (or a per-class result.json) to a TorchScript / torch.export file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import SycamError
+from .options import height_width, positive_int, weight_expression
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    k = subparsers.add_parser("compile", help="compile an expression to a TorchScript (or torch.export) file",
+                              description="Compile an expression into a file that torch.jit.load (or "
+                                          "torch.export.load) runs without sycam-dsl installed.")
+    k.add_argument("expression", help="an expression such as '(relu (+ grads cic))', or a file holding one")
+    k.add_argument("--grammar", help="grammar file whose inputs type the expression's terminals")
+    k.add_argument("-o", "--output", required=True, help="output file (.pt for torchscript, .pt2 for export)")
+    k.add_argument("--format", choices=("torchscript", "export"), default="torchscript",
+                   help="torchscript (default): a .pt for torch.jit.load; export: a .pt2 for torch.export.load")
+    k.add_argument("--channels", type=positive_int, default=64, help="K for the export format's example input")
+    k.add_argument("--hw", type=height_width, default=(7, 7), help="h x w for the export format's example input")
+    k.set_defaults(handler=run)
+
+
+def per_class_result(text: str) -> dict | None:
+    """``{"classes": {class: expression}, "fallback": expression}`` when ``text`` names the
+    result.json of a per-class search, else None."""
+    p = Path(text)
+    if p.suffix != ".json" or not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+    except ValueError:
+        return None
+    pc = data.get("per_class") if isinstance(data, dict) else None
+    if not pc:
+        return None
+    return {"classes": {c: part["expression"] for c, part in pc["classes"].items()}, "fallback": pc["fallback"]}
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..backend import save_dispatch, save_export, save_torchscript
+    from ..evaluate import Terminals
+    from ..lang.sexpr import parse_expr
+    from ..lang.terminals import terminal_types
+    from ..parse import load_grammar
+
+    types = dict(load_grammar(args.grammar).inputs) if args.grammar else terminal_types()
+    per_class = per_class_result(args.expression)
+    if per_class is not None:
+        if args.format != "torchscript":
+            raise SycamError("a per-class result compiles to TorchScript only (drop --format export)")
+        classes = {int(c): parse_expr(text, types) for c, text in per_class["classes"].items() if text}
+        save_dispatch(classes, parse_expr(per_class["fallback"], types), args.output)
+        print(f"wrote {args.output} (torchscript): forward(classes, terminals...) dispatching {len(classes)} "
+              f"class expressions, fallback {per_class['fallback']}")
+        return
+    _, node = weight_expression(args.expression, types)
+    out = Path(args.output)
+    if args.format == "torchscript":
+        save_torchscript(node, out)
+    else:
+        example = Terminals.random(node.terminals(), n=2, k=args.channels, hw=args.hw)
+        save_export(node, out, example)
+    print(f"wrote {out} ({args.format}): forward({', '.join(node.terminals())}) -> {node.type} weights")

@@ -1,0 +1,96 @@
+"""``sycam-dsl eval``: score the baselines and given expressions on metrics over an image folder.
+
+Prints a table per metric (mean score, share of images on which each method is best), optionally
+also as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from ..baselines import BASELINE_EXPRESSIONS
+from ..errors import SycamError
+from ..metrics.registry import known_metrics
+from .options import (IMAGES_HELP, MASKS_HELP, add_model_options, add_scoring_options, add_targets,
+                      compute_terminals_from, metrics_from_args, targets_from, weight_expression)
+
+
+def _baseline_names(text: str) -> list[str]:
+    if text.strip().lower() == "none":
+        return []
+    by_key = {k.lower(): k for k in BASELINE_EXPRESSIONS}
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n.lower() not in by_key]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown baseline(s) {', '.join(unknown)}; choose from "
+                                         f"{', '.join(BASELINE_EXPRESSIONS)} (or none)")
+    return [by_key[n.lower()] for n in names]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    e = subparsers.add_parser(
+        "eval", help="score baselines and expressions on metrics over an image folder",
+        description="Score the baseline CAM methods and the given weight expressions on metrics over an "
+                    "image folder; print the mean score of each and the share of images on which it is best.")
+    e.add_argument("expressions", nargs="*", metavar="EXPR",
+                   help="weight expressions such as '(relu (+ grads cic))', or files holding one")
+    add_model_options(e)
+    add_scoring_options(e)
+    e.add_argument("--images", required=True, metavar="DIR", help=IMAGES_HELP)
+    e.add_argument("--masks", metavar="DIR", help=MASKS_HELP)
+    e.add_argument("--metric", default="deletion", metavar="NAME[,NAME...]",
+                   help=f"metric names, comma-separated (default deletion; known: {', '.join(known_metrics())}, "
+                        f"and any registered in Python); average_drop brings increase_in_confidence with it")
+    e.add_argument("--baselines", type=_baseline_names, default=list(BASELINE_EXPRESSIONS), metavar="LIST",
+                   help=f"comma-separated baselines to score, or none (default all: "
+                        f"{','.join(BASELINE_EXPRESSIONS)})")
+    add_targets(e)
+    e.add_argument("--json", metavar="FILE", help="also write the results (per-image scores included) as JSON")
+    e.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Score every method on every metric and print (and optionally write) the tables."""
+    from ..baselines import baselines
+    from ..cam.images import load_images
+    from ..cam.models import load_model
+    from ..metrics.compare import compare, format_table
+    from ..metrics.errors import MetricError
+    from ..metrics.expression import score_methods
+    from ..metrics.registry import MetricInputs
+
+    methods = {b.name: (b.expression, b.node) for b in baselines(args.baselines)}
+    for i, text in enumerate(args.expressions, 1):
+        methods[f"expr {i}"] = weight_expression(text)
+    if not methods:
+        raise SycamError("nothing to score: give expressions, or leave --baselines at its default")
+    metrics = metrics_from_args(args.metric, args)
+    for metric in metrics:
+        if metric.needs_masks and args.masks is None:
+            raise MetricError(f"metric {metric.name!r} compares heatmaps with object masks: give --masks DIR")
+    model = load_model(args.model, args.weights, args.device)
+    data = load_images(args.images, size=args.size or model.input_size, normalize=model.normalize,
+                       masks=args.masks)
+    targets = targets_from(args, data.labels)
+    names = sorted({t for _, node in methods.values() for t in node.terminals()})
+    terms, info = compute_terminals_from(args, model, data.images, targets, names)
+    inputs = MetricInputs(data.images, info.targets, masks=data.masks, model=model.module, device=args.device,
+                          batch_size=args.batch_size)
+    results = score_methods(methods, metrics, inputs, terms, info.acts)
+    expressions = {n: e for n, (e, _) in methods.items()}
+    tables = [(m, compare(results[m.name], expressions, m)) for m in metrics]
+    print("\n\n".join(format_table(rows, m, len(data)) for m, rows in tables))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "model": model.name, "weights": args.weights, "layer": info.layer, "size": int(data.images.shape[-1]),
+            "files": data.files, "targets": info.targets.tolist(),
+            "metrics": [{"metric": m.name, "higher_is_better": m.higher_is_better, "options": dict(m.options),
+                         "methods": [asdict(r) for r in rows]} for m, rows in tables],
+        }, indent=2))
+        print(f"wrote {out}", file=sys.stderr)

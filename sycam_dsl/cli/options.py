@@ -1,0 +1,178 @@
+"""Options and argument types shared by the ``sycam-dsl`` commands, and what they turn into.
+
+Each option is defined once here (its flag, default and help text); a command adds the groups it
+takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import SycamError
+from ..cam.terminals import DEFAULT_CHUNK_SIZE
+from ..metrics.perturbation import DEFAULT_BLUR_SIGMA
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..lang.ast import Node
+    from ..metrics.registry import Metric
+
+#: Defaults shared by several commands.
+DEFAULT_DEVICE = "cpu"
+DEFAULT_BATCH_SIZE = 64
+
+MODEL_HELP = ("a torchvision classifier name (resnet50, vgg16, ...), efficientnet_lite0, bundled (the small CNN of "
+              "the built-in benchmark), a TorchScript file, or a factory package.module:function returning an "
+              "nn.Module")
+WEIGHTS_HELP = ("state-dict file (torch.save(model.state_dict(), FILE)); random:SEED for seeded random weights "
+                "(demos and tests)")
+IMAGES_HELP = "folder of images, or of one subfolder of images per class"
+MASKS_HELP = "folder of binary PNG masks, one per image (gt_overlap, sch)"
+CACHE_HELP = "terminal cache folder (default $SYCAM_DSL_CACHE or ~/.cache/sycam-dsl)"
+
+
+# -- argument types ---------------------------------------------------------------------------------
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def height_width(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(p) for p in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 7x7, got {text!r}") from None
+    return h, w
+
+
+# -- option groups ----------------------------------------------------------------------------------
+
+def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--model``, ``--weights``, ``--layer``, ``--size``, ``--device``."""
+    p.add_argument("--model", required=required, metavar="NAME|FILE|module:fn", help=MODEL_HELP)
+    p.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
+    p.add_argument("--layer", metavar="PATH", help="target layer's dotted module path (default: the model's "
+                                                   "default, e.g. layer4 for ResNets)")
+    p.add_argument("--size", type=positive_int, metavar="PX",
+                   help="images are resized (shorter side) and center-cropped to PX x PX (default: the model's "
+                        "input size, 224 for most)")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
+
+
+def add_chunk_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE, metavar="N",
+                   help=f"images / masked images / ablated copies per forward pass when computing terminals "
+                        f"(default {DEFAULT_CHUNK_SIZE})")
+
+
+def add_cache_options(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir``, ``--no-cache``."""
+    p.add_argument("--cache-dir", metavar="DIR", help=CACHE_HELP)
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the terminal cache")
+
+
+def add_targets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--targets", choices=("predicted", "labels"), default="predicted",
+                   help="target class: the model's prediction (default), or the class-folder index (when the "
+                        "folder's classes are the model's class indices in order)")
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_scoring_options(p: argparse.ArgumentParser) -> None:
+    """The model options and how terminals and metrics run (``eval``, ``explain`` and ``synth``)."""
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"images per forward pass when scoring (default {DEFAULT_BATCH_SIZE})")
+    add_chunk_size(p)
+    p.add_argument("--steps", type=positive_int, metavar="P",
+                   help="deletion / insertion steps, at most the layer's h*w cells (default: all cells)")
+    p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA, metavar="PX",
+                   help=f"deletion / insertion: Gaussian blur sigma of x~ in pixels (default {DEFAULT_BLUR_SIGMA:g})")
+    add_cache_options(p)
+    add_quiet(p)
+
+
+# -- what the options turn into ---------------------------------------------------------------------
+
+def targets_from(args: argparse.Namespace, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The classes to explain: None for the predictions, the folder labels for ``--targets labels``."""
+    if args.targets != "labels":
+        return None
+    if labels is None:
+        raise SycamError(f"--targets labels needs one subfolder per class in {args.images!r}")
+    return labels
+
+
+def compute_terminals_from(args: argparse.Namespace, model: Any, images: torch.Tensor,
+                           targets: torch.Tensor | None, names: list[str], **extra: Any) -> tuple[Any, Any]:
+    """Terminals ``names`` of ``images`` ``[N, 3, H, W]`` through the disk cache unless ``--no-cache``;
+    returns ``(Terminals, TerminalInfo)``."""
+    from ..cam.cache import compute_terminals_cached
+    from ..cam.terminals import compute_terminals
+
+    common = dict(device=args.device, chunk_size=args.chunk_size, progress=not args.quiet, **extra)
+    if args.no_cache:
+        return compute_terminals(model, args.layer, images, targets, names, **common)
+    return compute_terminals_cached(model, args.layer, images, targets, names, cache_dir=args.cache_dir, **common)
+
+
+def read_expression(text: str) -> str:
+    """The expression text itself, or the contents of a .sexp/.txt file or a result .json file."""
+    p = Path(text)
+    if not text.lstrip().startswith("(") and p.suffix in (".sexp", ".txt", ".json") and p.is_file():
+        content = p.read_text()
+        if p.suffix == ".json":
+            try:
+                return json.loads(content)["expression"]
+            except (ValueError, KeyError, TypeError):
+                raise SycamError(f"{p}: expected a JSON object with an 'expression' field") from None
+        return content
+    return text
+
+
+def weight_expression(text: str, types: dict | None = None) -> tuple[str, Node]:
+    """``(source text, AST)`` of a weight expression given as text or a file; it must be a Vec or a Map."""
+    from ..lang.sexpr import parse_expr
+    from ..lang.terminals import terminal_types
+
+    src = read_expression(text).strip()
+    node = parse_expr(src, types if types is not None else terminal_types())
+    if not node.type.is_tensor:
+        raise SycamError(f"expression {src} is a {node.type}; a weight expression must be a Vec or a Map")
+    return src, node
+
+
+def metric_from_args(name: str, args: argparse.Namespace) -> Metric:
+    """The metric ``name`` with the ``--steps`` / ``--blur-sigma`` options it takes."""
+    from ..metrics import get_metric
+
+    metric = get_metric(name)
+    options = {"steps": args.steps, "blur_sigma": args.blur_sigma}
+    return metric.with_options(**{k: v for k, v in options.items() if k in metric.option_names and v is not None})
+
+
+def metrics_from_args(text: str, args: argparse.Namespace) -> list[Metric]:
+    """The metrics of a comma-separated list; Increase in Confidence joins Average Drop (SPEC 6)."""
+    from ..metrics.errors import MetricError
+
+    metrics = [metric_from_args(n, args) for n in text.split(",") if n.strip()]
+    if not metrics:
+        raise MetricError(f"no metric named in {text!r}")
+    names = [m.name for m in metrics]
+    if "average_drop" in names and "increase_in_confidence" not in names:
+        metrics.append(metric_from_args("increase_in_confidence", args))
+    return metrics
