@@ -101,14 +101,10 @@ def test_baseline_heatmaps_go_through_evaluate():
 
 # ---- agreement with grad-cam -------------------------------------------------------------------------
 
-gradcam = pytest.importorskip("pytorch_grad_cam", reason="grad-cam is not installed (pip install grad-cam); "
-                                                          "the agreement tests need it")
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-
+#: our method name -> grad-cam's class name
 GRADCAM_CLASSES = {
-    "GradCAM": gradcam.GradCAM, "XGradCAM": gradcam.XGradCAM, "HiResCAM": gradcam.HiResCAM,
-    "LayerCAM": gradcam.LayerCAM, "AblationCAM": gradcam.AblationCAM, "ScoreCAM": gradcam.ScoreCAM,
-    "GradCAM++": gradcam.GradCAMPlusPlus,
+    "GradCAM": "GradCAM", "XGradCAM": "XGradCAM", "HiResCAM": "HiResCAM", "LayerCAM": "LayerCAM",
+    "AblationCAM": "AblationCAM", "ScoreCAM": "ScoreCAM", "GradCAM++": "GradCAMPlusPlus",
 }
 MIN_CORRELATION = 0.99
 
@@ -124,7 +120,12 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def gradcam_heatmaps(method: str, model, layer, images, targets) -> torch.Tensor:
     """grad-cam's ``[N, H, W]`` heatmaps (upsampled with cv2 and min-max scaled)."""
-    cam = GRADCAM_CLASSES[method](model=model, target_layers=[layer])
+    # imported here, so that only the tests comparing with grad-cam skip when it is missing
+    gradcam = pytest.importorskip("pytorch_grad_cam", reason="grad-cam is not installed (pip install grad-cam); "
+                                                             "the agreement tests need it")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = getattr(gradcam, GRADCAM_CLASSES[method])(model=model, target_layers=[layer])
     if hasattr(cam, "batch_size"):
         cam.batch_size = 64                     # ScoreCAM / AblationCAM: masked copies per forward pass
     try:
@@ -217,8 +218,8 @@ def test_resnet18_layer3_agrees_with_gradcam(resnet18_layer3):
 
 def test_engine_terminals_agree_with_gradcam(tiny):
     """The same comparison on terminals from ``sycam_dsl.cam.terminals.compute_terminals``."""
-    compute = pytest.importorskip("sycam_dsl.cam.terminals", reason="the CAM engine's terminals are not "
-                                                                    "there yet").compute_terminals
+    from sycam_dsl.cam.terminals import compute_terminals as compute
+
     model, layer, images, _, _, _ = tiny
     terms, info = compute(model, "features.4", images, None, ["grads", "abl", "cic", "G", "A"], progress=False)
     case = (model, layer, images, terms, info.acts, info.targets)

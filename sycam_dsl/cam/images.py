@@ -7,6 +7,7 @@ Order is deterministic: sorted by relative path (class folder, then file name).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +23,12 @@ from .models import IMAGENET, Normalization
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError)
+#: PIL modes of 8-bit channels, which ``convert("RGB")`` maps exactly.
+_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+                              "LAB", "HSV"})
+#: 16-bit integer modes (PNG and TIFF grayscale); ``"I"`` is 32-bit, as Pillow opens some 16-bit files.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +82,40 @@ def _open(path: Path, what: str) -> Image.Image:
         raise ImageError(f"cannot read {what} {str(path)!r}: {e}") from None
 
 
+def _pixels(im: Image.Image, path: Path) -> torch.Tensor:
+    """``[3, H, W]`` pixels in ``[0, 1]`` (float32) of an image of any supported mode.
+
+    8-bit modes go through ``convert("RGB")``; 16-bit grayscale is scaled by 65535 and float
+    grayscale (``F``, e.g. TIFF) is taken as ``[0, 1]``, ``[0, 255]`` or ``[0, 65535]`` by its range
+    (``convert("RGB")`` would clip both to white or black). Anything else is refused."""
+    if im.mode in _EIGHT_BIT_MODES:
+        return TF.pil_to_tensor(im.convert("RGB"))
+    arr = np.asarray(im)
+    if im.mode in _SIXTEEN_BIT_MODES:
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ImageError(f"image {str(path)!r} ({im.mode}) has values outside 0..65535; save it as an 8- or "
+                             f"16-bit image")
+        gray = arr.astype(np.float32) / 65535
+    elif im.mode == "F":
+        if not np.isfinite(arr).all():
+            raise ImageError(f"image {str(path)!r} (float) has NaN or infinite pixels")
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        scale = next((s for s in (1.0, 255.0, 65535.0) if lo >= 0 and hi <= s), None)
+        if scale is None:
+            raise ImageError(f"image {str(path)!r} (float) has values in [{lo:g}, {hi:g}]; scale it to [0, 1] "
+                             f"or save it as an 8- or 16-bit image")
+        gray = arr.astype(np.float32) / scale
+    else:
+        raise ImageError(f"image {str(path)!r} has PIL mode {im.mode!r}, which sycam-dsl does not read; save it "
+                         f"as an 8-bit RGB or grayscale image")
+    return torch.from_numpy(np.ascontiguousarray(gray))[None].expand(3, -1, -1).clone()
+
+
+def _as_unit(t: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[0, 255]`` or float ``[0, 1]`` pixels as float32 ``[0, 1]``."""
+    return t.float() / 255 if t.dtype == torch.uint8 else t.float()
+
+
 def _geometry(t: torch.Tensor, size: int, interpolation: InterpolationMode) -> torch.Tensor:
     """Shorter side to ``size``, then a centered ``size x size`` crop; ``t`` ``[C, H, W]``."""
     t = TF.resize(t, [size], interpolation=interpolation, antialias=interpolation != InterpolationMode.NEAREST_EXACT)
@@ -117,8 +158,11 @@ def load_images(folder: str | Path, size: int = 224, normalize: Normalization | 
     images, mask_list = [], []
     for path in paths:
         im = _open(path, "image")
-        t = TF.pil_to_tensor(im.convert("RGB"))
-        images.append(_geometry(t, size, InterpolationMode.BILINEAR))
+        t = _geometry(_pixels(im, path), size, InterpolationMode.BILINEAR)
+        images.append(_as_unit(t).clamp(0, 1) if t.is_floating_point() else _as_unit(t))
+        if images[-1].numel() and float(images[-1].amax()) == float(images[-1].amin()):
+            log.warning("image %s is constant (every pixel %.4g): its heatmaps will be blank", path,
+                        float(images[-1].amax()))
         if mask_root is None:
             continue
         rel = path.relative_to(root)
@@ -132,7 +176,7 @@ def load_images(folder: str | Path, size: int = 224, normalize: Normalization | 
                              f"{im.size[0]}x{im.size[1]} (width x height); they must match")
         mt = torch.from_numpy(_binary(m).astype(np.uint8))[None]
         mask_list.append(_geometry(mt, size, InterpolationMode.NEAREST_EXACT)[0].bool())
-    x = torch.stack(images).float() / 255
+    x = torch.stack(images)
     if normalize is not None:
         x = normalize(x)
     return ImageSet(
