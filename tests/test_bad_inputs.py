@@ -5,6 +5,12 @@ subprocess and check exit code 2 and exactly one line on stderr."""
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +18,8 @@ from PIL import Image
 
 from sycam_dsl.cam.errors import ImageError
 from sycam_dsl.cam.images import load_images
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- images of every PIL mode: scaled, or refused with one line -------------------------------------
@@ -59,3 +67,63 @@ def test_a_constant_image_is_named_in_a_warning(tmp_path, caplog):
     Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(tmp_path / "flat.png")
     load_images(tmp_path, size=8)
     assert any("flat.png is constant" in r.getMessage() for r in caplog.records)
+
+
+# -- the command line: exit 2 and exactly one line on stderr ----------------------------------------
+
+def _cli(*args: str, cwd=None) -> tuple[int, list[str], str]:
+    """``sycam-dsl ARGS`` in a subprocess: (exit code, stderr lines, stdout)."""
+    proc = subprocess.run([sys.executable, "-m", "sycam_dsl.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=600)
+    return proc.returncode, proc.stderr.strip().splitlines(), proc.stdout
+
+
+def _one_line(args: list[str], pattern: str, cwd=None) -> None:
+    code, err, _ = _cli(*args, cwd=cwd)
+    assert code == 2, (code, err)
+    assert len(err) == 1, err
+    assert re.search(pattern, err[0]), err[0]
+
+
+@pytest.fixture(scope="module")
+def null_result(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("null")
+    (folder / "single.json").write_text(json.dumps({"expression": None}))
+    (folder / "per_class.json").write_text(json.dumps({"expression": None, "per_class": {
+        "fallback": None, "classes": {"0": {"expression": None}}}}))
+    return folder
+
+
+@pytest.mark.parametrize("case", ["folder", "unwritable", "null", "null per-class"])
+def test_compile_outputs_and_inputs_are_checked_first(tmp_path, null_result, case):
+    out = str(tmp_path / "cam.pt")
+    args, pattern = {
+        "folder": (["compile", "(relu grads)", "-o", str(tmp_path)], "is a folder"),
+        "unwritable": (["compile", "(relu grads)", "-o", "/proc/sycam-cam.pt"], "cannot write"),
+        "null": (["compile", str(null_result / "single.json"), "-o", out], "holds no expression"),
+        "null per-class": (["compile", str(null_result / "per_class.json"), "-o", out], "holds no expression"),
+    }[case]
+    _one_line(args, pattern)
+    assert not (tmp_path / "cam.pt").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--blur-sigma", "inf"), ("--blur-sigma", "0"), ("--memo-mb", "-1"),
+                                           ("--report-images", "-1")])
+def test_synth_refuses_bad_numbers(option, value):
+    _one_line(["synth", option, value], f"argument {option}")
+
+
+def test_explain_checks_its_output_and_image_before_loading_anything(tmp_path):
+    _one_line(["explain", "(relu grads)", "--model", "bundled", "--image", str(tmp_path), "-o",
+               str(tmp_path / "x.xyz")], r"must end in \.png or \.jpg or \.jpeg")
+    _one_line(["explain", "(relu grads)", "--model", "bundled", "--image", str(tmp_path), "-o",
+               str(tmp_path / "x.png")], "is a folder; give one image file")
+
+
+def test_a_metric_named_twice_gives_one_table(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    code, err, out = _cli("eval", "--model", "tests.cam_reference:TinyCNN", "--weights", "random:0", "--layer",
+                          "features.4", "--size", "32", "--no-cache", "--quiet", "--images", str(tmp_path),
+                          "--baselines", "GradCAM", "--metric", "deletion,deletion")
+    assert code == 0, err
+    assert out.count("deletion") == 1, out

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import SycamError
-from .options import height_width, positive_int, weight_expression
+from .options import height_width, output_file, positive_int, weight_expression
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,11 +47,14 @@ def run(args: argparse.Namespace) -> None:
     from ..lang.terminals import terminal_types
     from ..parse import load_grammar
 
+    output_file(args.output)
     types = dict(load_grammar(args.grammar).inputs) if args.grammar else terminal_types()
     per_class = per_class_result(args.expression)
     if per_class is not None:
         if args.format != "torchscript":
             raise SycamError("a per-class result compiles to TorchScript only (drop --format export)")
+        if not isinstance(per_class["fallback"], str):
+            raise SycamError(f"{args.expression} holds no expression (its search scored no candidate)")
         classes = {int(c): parse_expr(text, types) for c, text in per_class["classes"].items() if text}
         save_dispatch(classes, parse_expr(per_class["fallback"], types), args.output)
         print(f"wrote {args.output} (torchscript): forward(classes, terminals...) dispatching {len(classes)} "

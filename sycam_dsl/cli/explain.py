@@ -8,7 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .options import add_model_options, add_scoring_options, compute_terminals_from, metric_from_args, weight_expression
+from .options import (add_model_options, add_scoring_options, compute_terminals_from, metric_from_args, output_file,
+                      weight_expression)
+
+#: What both drawing backends (matplotlib, PIL) write.
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +36,8 @@ def _load_one(path: str, size: int, normalize: Any):
     from ..cam.images import load_images
 
     src = Path(path)
+    if src.is_dir():
+        raise ImageError(f"image {path!r} is a folder; give one image file (sycam-dsl eval takes folders)")
     if not src.is_file():
         raise ImageError(f"image {path!r} does not exist")
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,6 +66,7 @@ def run(args: argparse.Namespace) -> None:
     from ..metrics.expression import expression_inputs, score_methods
     from ..metrics.registry import MetricInputs
 
+    output_file(args.output, OUTPUT_SUFFIXES)
     text, node = weight_expression(args.expression)
     metric = metric_from_args(args.metric, args) if args.metric else None
     if metric is not None and metric.needs_masks:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,37 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (``inf`` and ``nan`` are refused here rather than deep in a metric)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
+    return v
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v}")
     return v
 
 
@@ -100,7 +132,7 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
     add_chunk_size(p)
     p.add_argument("--steps", type=positive_int, metavar="P",
                    help="deletion / insertion steps, at most the layer's h*w cells (default: all cells)")
-    p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA, metavar="PX",
+    p.add_argument("--blur-sigma", type=positive_float, default=DEFAULT_BLUR_SIGMA, metavar="PX",
                    help=f"deletion / insertion: Gaussian blur sigma of x~ in pixels (default {DEFAULT_BLUR_SIGMA:g})")
     add_cache_options(p)
     add_quiet(p)
@@ -130,6 +162,31 @@ def compute_terminals_from(args: argparse.Namespace, model: Any, images: torch.T
     return compute_terminals_cached(model, args.layer, images, targets, names, cache_dir=args.cache_dir, **common)
 
 
+def output_file(path: str, suffixes: tuple[str, ...] | None = None) -> Path:
+    """``path`` checked before any work: not a folder, a known suffix (when ``suffixes``), and a
+    writable folder (created if missing)."""
+    out = Path(path)
+    if out.is_dir():
+        example = out / ("out" + (suffixes[0] if suffixes else ""))
+        raise SycamError(f"output {path!r} is a folder; give a file name such as {str(example)!r}")
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        raise SycamError(f"output {path!r} must end in {' or '.join(suffixes)}")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SycamError(f"cannot create the folder {str(parent)!r} for {path!r}: {e.strerror or e}") from None
+    existed = out.exists()
+    try:  # a real open, which also catches what permission bits do not (read-only mounts, /proc)
+        with open(out, "ab"):
+            pass
+    except OSError as e:
+        raise SycamError(f"cannot write {path!r}: {e.strerror or e}") from None
+    if not existed:
+        out.unlink()
+    return out
+
+
 def read_expression(text: str) -> str:
     """The expression text itself, or the contents of a .sexp/.txt file or a result .json file."""
     p = Path(text)
@@ -137,9 +194,12 @@ def read_expression(text: str) -> str:
         content = p.read_text()
         if p.suffix == ".json":
             try:
-                return json.loads(content)["expression"]
+                expression = json.loads(content)["expression"]
             except (ValueError, KeyError, TypeError):
                 raise SycamError(f"{p}: expected a JSON object with an 'expression' field") from None
+            if not isinstance(expression, str):
+                raise SycamError(f"{p} holds no expression (its search scored no candidate)")
+            return expression
         return content
     return text
 
@@ -169,7 +229,12 @@ def metrics_from_args(text: str, args: argparse.Namespace) -> list[Metric]:
     """The metrics of a comma-separated list; Increase in Confidence joins Average Drop (SPEC 6)."""
     from ..metrics.errors import MetricError
 
-    metrics = [metric_from_args(n, args) for n in text.split(",") if n.strip()]
+    metrics = []
+    for n in text.split(","):
+        if n.strip():
+            metric = metric_from_args(n, args)
+            if metric.name not in {m.name for m in metrics}:  # deletion,deletion: one table
+                metrics.append(metric)
     if not metrics:
         raise MetricError(f"no metric named in {text!r}")
     names = [m.name for m in metrics]

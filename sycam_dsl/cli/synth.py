@@ -19,7 +19,8 @@ from ..synthesis.search import DEFAULT_MAX_SIZE
 from ..synthesis.state import CHECKPOINT_NAME
 from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
 from .options import (IMAGES_HELP, MASKS_HELP, add_model_options, add_scoring_options, add_targets,
-                      metric_from_args, positive_int, targets_from)
+                      metric_from_args, nonnegative_float, nonnegative_int, positive_int,
+                      targets_from)
 
 #: The built-in benchmark's settings (what ``sycam-dsl synth`` runs with no model and no images).
 BUNDLED = {"images": 200, "time": 60.0, "metric": "deletion", "steps": 10,
@@ -74,10 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the image subsets (default 0)")
     s.add_argument("--report-metrics", metavar="LIST", help="metrics of the final comparison tables, comma-separated "
                                                             "(default: the search metric; all four for the benchmark)")
-    s.add_argument("--report-images", type=int, default=4, metavar="N", help="rows of the heatmap grid (default 4)")
+    s.add_argument("--report-images", type=nonnegative_int, default=4, metavar="N", help="rows of the heatmap grid (default 4)")
     s.add_argument("--bundled-images", type=positive_int, default=BUNDLED["images"], metavar="N",
                    help=f"images of the built-in benchmark (default {BUNDLED['images']})")
-    s.add_argument("--memo-mb", type=float, default=DEFAULT_MAX_MB, metavar="MB",
+    s.add_argument("--memo-mb", type=nonnegative_float, default=DEFAULT_MAX_MB, metavar="MB",
                    help=f"memory for memoized Deletion / Insertion forward passes (default {DEFAULT_MAX_MB:g}; 0: off)")
     s.add_argument("--plain-engine", action="store_true",
                    help="score candidates one at a time with no memo and no early stopping (same result, slower; "

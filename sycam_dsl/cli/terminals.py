@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import __version__
 from ..lang.terminals import TERMINALS
 from .options import (IMAGES_HELP, add_cache_options, add_chunk_size, add_model_options, add_targets,
-                      compute_terminals_from, targets_from)
+                      compute_terminals_from, output_file, targets_from)
 
 DEFAULT_NAMES = "grads,pgrads,cic,abl"
 
@@ -66,12 +66,12 @@ def run(args: argparse.Namespace) -> None:
     from ..cam.images import load_images
     from ..cam.models import load_model
 
+    out = output_file(args.output)
     t0 = time.perf_counter()
     model = load_model(args.model, args.weights, args.device)
     images = load_images(args.images, size=args.size or model.input_size, normalize=model.normalize)
     targets = targets_from(args, images.labels)
     terms, info = compute_terminals_from(args, model, images.images, targets, args.names, ablation=args.ablation)
-    out = Path(args.output)
     _save_atomic({
         "terminals": {n: v.detach().cpu() for n, v in terms.items()},
         "acts": info.acts.detach().cpu(),
