@@ -127,3 +127,14 @@ def test_a_metric_named_twice_gives_one_table(tmp_path):
                           "--baselines", "GradCAM", "--metric", "deletion,deletion")
     assert code == 0, err
     assert out.count("deletion") == 1, out
+
+
+# -- start-up: --help and check never import torch ---------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["--help"], ["check", "grammars/g2.sy"], ["synth", "--help"]])
+def test_light_commands_do_not_import_torch(argv):
+    code = ("import sys\nfrom sycam_dsl.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')" % argv)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300).stdout
+    heavy = argv[0] == "synth"  # a command's own --help may import what its options need
+    assert out.strip().splitlines()[-1] == ("TORCH" if heavy else "NO TORCH")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    c = subparsers.add_parser("check", help="parse and type-check a grammar file",
-                              description="Parse and type-check a grammar file and print a short summary.")
+def configure(c: argparse.ArgumentParser) -> None:
+    c.description = ("Parse and type-check a grammar file and print a short summary.")
     c.add_argument("grammar", help="grammar file (.sy)")
     c.set_defaults(handler=run)
 

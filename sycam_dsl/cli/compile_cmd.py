@@ -10,9 +10,8 @@ from ..errors import SycamError
 from .options import height_width, output_file, positive_int, weight_expression
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    k = subparsers.add_parser("compile", help="compile an expression to a TorchScript (or torch.export) file",
-                              description="Compile an expression into a file that torch.jit.load (or "
+def configure(k: argparse.ArgumentParser) -> None:
+    k.description = ("Compile an expression into a file that torch.jit.load (or "
                                           "torch.export.load) runs without sycam-dsl installed.")
     k.add_argument("expression", help="an expression such as '(relu (+ grads cic))', or a file holding one")
     k.add_argument("--grammar", help="grammar file whose inputs type the expression's terminals")

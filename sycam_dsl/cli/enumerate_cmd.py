@@ -8,9 +8,8 @@ import time
 from .options import height_width, positive_int
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    e = subparsers.add_parser("enumerate", help="list a grammar's candidate expressions, smallest first",
-                              description="Enumerate candidates bottom-up with canonicalization and observational "
+def configure(e: argparse.ArgumentParser) -> None:
+    e.description = ("Enumerate candidates bottom-up with canonicalization and observational "
                                           "equivalence on seeded random terminal values; print them and the counts.")
     e.add_argument("grammar", help="grammar file (.sy)")
     e.add_argument("--max-size", type=positive_int, required=True, help="largest term size (node count)")

@@ -31,10 +31,8 @@ def _baseline_names(text: str) -> list[str]:
     return [by_key[n.lower()] for n in names]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    e = subparsers.add_parser(
-        "eval", help="score baselines and expressions on metrics over an image folder",
-        description="Score the baseline CAM methods and the given weight expressions on metrics over an "
+def configure(e: argparse.ArgumentParser) -> None:
+    e.description = ("Score the baseline CAM methods and the given weight expressions on metrics over an "
                     "image folder; print the mean score of each and the share of images on which it is best.")
     e.add_argument("expressions", nargs="*", metavar="EXPR",
                    help="weight expressions such as '(relu (+ grads cic))', or files holding one")

@@ -15,10 +15,8 @@ from .options import (add_model_options, add_scoring_options, compute_terminals_
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    x = subparsers.add_parser(
-        "explain", help="draw an expression's heatmap over an image",
-        description="Compute one weight expression's heatmap for one image and save it overlaid on the image, "
+def configure(x: argparse.ArgumentParser) -> None:
+    x.description = ("Compute one weight expression's heatmap for one image and save it overlaid on the image, "
                     "with a colour bar and a caption naming the expression, the class and its score.")
     x.add_argument("expression", metavar="EXPR", help="a weight expression, or a file holding one")
     add_model_options(x)

@@ -7,15 +7,24 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Sequence
 
 from ..errors import SycamError
-from . import check, compile_cmd, enumerate_cmd, eval_cmd, explain, synth, terminals
 
-#: The commands in the order ``--help`` lists them; each module has ``register(subparsers)``, which
-#: sets ``handler`` on the parsed arguments.
-COMMANDS = (check, enumerate_cmd, compile_cmd, terminals, eval_cmd, explain, synth)
+#: command -> (its module in this package, its line in ``--help``), in the order ``--help`` lists
+#: them. A module's ``configure(parser)`` adds the command's options and sets ``handler``; only the
+#: command being run is configured, so that ``--help`` and ``check`` never import torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("check", "parse and type-check a grammar file"),
+    "enumerate": ("enumerate_cmd", "list a grammar's candidate expressions, smallest first"),
+    "compile": ("compile_cmd", "compile an expression to a TorchScript (or torch.export) file"),
+    "terminals": ("terminals", "compute a model's terminal values (grads, cic, abl, ...) on an image folder"),
+    "eval": ("eval_cmd", "score baselines and expressions on metrics over an image folder"),
+    "explain": ("explain", "draw an expression's heatmap over an image"),
+    "synth": ("synth", "search a grammar for the CAM weight expression that scores best on a metric"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,14 +34,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``sycam-dsl`` parser; ``parse_args(argv).handler(args)`` runs a command."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``sycam-dsl`` parser; ``parse_args(argv).handler(args)`` runs a command. With ``argv``,
+    only the command it names is configured (the others show in ``--help`` but take no options)."""
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     p = _Parser(prog="sycam-dsl", description="Synthesize class activation mapping (CAM) methods from a "
                 "grammar of weight expressions.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for command in COMMANDS:
-        command.register(sub)
+    for name, (module, help_line) in COMMANDS.items():
+        parser = sub.add_parser(name, help=help_line)
+        if chosen is None or chosen == name:
+            importlib.import_module(f"{__package__}.{module}").configure(parser)
     return p
 
 
@@ -40,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     from ..allocator import keep_freed_memory
 
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     keep_freed_memory()
     try:

@@ -45,10 +45,8 @@ def _seconds(text: str) -> float:
     return v
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    s = subparsers.add_parser(
-        "synth", help="search a grammar for the CAM weight expression that scores best on a metric",
-        description="Search a grammar of weight expressions for the one that scores best on a metric for a model "
+def configure(s: argparse.ArgumentParser) -> None:
+    s.description = ("Search a grammar of weight expressions for the one that scores best on a metric for a model "
                     "and images, compare it with GradCAM, GradCAM++, ScoreCAM and AblationCAM, and write "
                     "result.json, cam.pt (TorchScript), report.md and pictures to the output folder. With no --model "
                     "and no --images it runs the built-in benchmark (a small CNN on generated images).")

@@ -26,10 +26,8 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "terminals", help="compute a model's terminal values (grads, cic, abl, ...) on an image folder",
-        description="Compute the terminals of a classifier's target layer on an image folder and save them "
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = ("Compute the terminals of a classifier's target layer on an image folder and save them "
                     "as a .pt file (torch.save of a dict of tensors and metadata). Results are cached on disk "
                     "($SYCAM_DSL_CACHE, default ~/.cache/sycam-dsl). Nothing is downloaded.")
     add_model_options(p)
