@@ -123,7 +123,7 @@ def _params(seed: int, i: int, size: int) -> _Params:
     corner = int(rng.integers(0, 8))
     colour = _colour(rng, corner)
     background = _background(rng, size)
-    distractors = []
+    distractors: list[tuple] = []
     for _ in range(int(rng.integers(*_DISTRACTORS))):
         d_colour = _colour(rng, (corner + int(rng.integers(1, 8))) % 8)
         p0 = (_between(rng, 0, size), _between(rng, 0, size))

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     held, _, held_labels = render(HELD_OUT_SIZE, HELD_OUT_SEED, INPUT_SIZE)
     held_acc = accuracy(model, _to_input(held), torch.from_numpy(held_labels))
     ev = bundled_images(200, EVAL_SEED)
+    assert ev.labels is not None  # bundled images are always labelled
     eval_acc = accuracy(model, ev.images, ev.labels)
     print(f"train accuracy {train_acc:.4f} ({args.train_size} images, seed {args.seed}); held-out accuracy "
           f"{held_acc:.4f} ({HELD_OUT_SIZE} images, seed {HELD_OUT_SEED}); eval split {eval_acc:.4f} "

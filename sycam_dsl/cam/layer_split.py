@@ -15,9 +15,9 @@ grad when grad mode is on, so ``dz/dA`` is one ``torch.autograd.grad`` away) and
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import fx, nn
@@ -60,6 +60,10 @@ class LayerAccess:
         """``x`` ``[n, 3, H, W]`` -> (``A`` ``[n, K, h, w]``, logits ``[n, C]``)."""
         raise NotImplementedError
 
+    def tail(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits from the layer's activations ``acts`` (``x``: the images, for an access that needs them)."""
+        raise NotImplementedError
+
 
 class HookAccess(LayerAccess):
     """A forward hook on the layer; the hook gives downstream layers a copy of the output, so an
@@ -91,9 +95,10 @@ class HookAccess(LayerAccess):
                              f"the model's forward calls")
         return captured[0], logits
 
-    def tail(self, acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def tail(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """The logits with the layer's output replaced by ``acts`` ``[B, K, h, w]`` (``x`` ``[B, 3, H, W]``
         is run through the layers before it again)."""
+        assert x is not None  # the hook reruns the whole model, so it needs the images
 
         def replace(module: nn.Module, inputs: object, out: object) -> torch.Tensor:
             if not isinstance(out, torch.Tensor) or out.shape != acts.shape:
@@ -108,7 +113,9 @@ class HookAccess(LayerAccess):
 class ScriptAccess(LayerAccess):
     """A TorchScript module with ``forward_features(x) -> A`` and ``forward_head(A) -> logits``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    model: torch.jit.ScriptModule  # its methods are attributes that nn.Module's typing cannot see
+
+    def __init__(self, model: torch.jit.ScriptModule) -> None:
         self.model, self.name = model, "forward_features"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

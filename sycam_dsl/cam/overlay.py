@@ -17,7 +17,7 @@ MIN_WIDTH = 320
 
 def jet(h: np.ndarray) -> np.ndarray:
     """The jet colormap of ``[H, W]`` values in ``[0, 1]``: ``[H, W, 3]`` in ``[0, 1]``."""
-    def ramp(x: np.ndarray) -> np.ndarray:
+    def ramp(x: float) -> np.ndarray:
         return np.clip(1.5 - np.abs(4 * h - x), 0, 1)
     return np.stack([ramp(3), ramp(2), ramp(1)], axis=-1)
 
@@ -60,7 +60,8 @@ def _save_pil(img: np.ndarray, h: np.ndarray, caption: list[str], out: Path) -> 
     picture = Image.fromarray((blend * 255).round().astype(np.uint8))
     if picture.width < MIN_WIDTH:  # small inputs (e.g. 32 px) would leave no room for the caption
         f = -(-MIN_WIDTH // picture.width)
-        picture = picture.resize((picture.width * f, picture.height * f), Image.NEAREST)
+        # Pillow sets Image.NEAREST at import, unseen by its type hints; Image.Resampling needs Pillow >= 9.1.
+        picture = picture.resize((picture.width * f, picture.height * f), Image.NEAREST)  # type: ignore[attr-defined]
     bar_h = 12
     ramp = _jet(np.linspace(0, 1, picture.width)[None].repeat(bar_h, 0))
     bar = Image.fromarray((ramp * 255).round().astype(np.uint8))

@@ -24,7 +24,8 @@ depends only on the multiset of the flattened arguments (``Add.make_args``), so
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import sympy
 from sympy.core.function import UndefinedFunction
@@ -40,8 +41,8 @@ def to_sympy(node: Node, holes: list[sympy.Expr] | None = None,
     it = iter(holes or ())
 
     def go(n: Node) -> sympy.Expr:
-        if n.kind == OP:
-            return OPERATORS[n.head].sympy(functions, *(go(a) for a in n.args))
+        if n.kind == OP:  # an operator node's head is the operator's name
+            return OPERATORS[cast(str, n.head)].sympy(functions, *(go(a) for a in n.args))
         if n.kind == VAR:
             return sympy.Symbol(n.head)
         if n.kind == CONST:
@@ -84,7 +85,7 @@ class Canonicalizer:
         sym = self._commutative.get(template)
         if sym is None:
             sym = self._commutative[template] = (
-                template.kind == OP and OPERATORS[template.head].commutative
+                template.kind == OP and OPERATORS[cast(str, template.head)].commutative  # head: the op's name
                 and all(a.kind == HOLE for a in template.args))
         key = (template, tuple(sorted(child_ids)) if sym else child_ids)
         cid = self._memo.get(key)
@@ -101,7 +102,7 @@ class Canonicalizer:
 
     def _flat_key(self, template: Node, child_ids: tuple[int, ...]) -> tuple | None:
         kind = self._flat_kind.get(template, "?")
-        if kind == "?":
+        if isinstance(kind, str):  # the "?" default: not looked at yet
             kind = self._flat_kind[template] = _flat_kind(template)
         if kind is None:
             return None

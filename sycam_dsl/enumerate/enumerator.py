@@ -23,8 +23,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 
@@ -42,7 +43,8 @@ class Candidate(NamedTuple):
 
     term: Node
     value: torch.Tensor
-    index: int
+    # Shadows tuple.index on purpose (callers read ``cand.index``); mypy rejects any NamedTuple field so named.
+    index: int  # type: ignore[assignment]
 
 
 @dataclass
@@ -267,7 +269,7 @@ class Enumerator:
         for split in compositions(rest, len(holes)):
             buckets = []
             for h, s in zip(holes, split):
-                b = self._states[h.head].buckets.get(s)
+                b = self._states[cast(str, h.head)].buckets.get(s)  # a hole's head names its non-terminal
                 if not b:
                     break
                 buckets.append(b)
@@ -278,7 +280,7 @@ class Enumerator:
                     b = buckets[0]
                     done = st.unit_done.get((prod, size), 0)
                     st.unit_done[(prod, size)] = len(b)
-                    combos = [(i,) for i in range(done, len(b))]
+                    combos: list[tuple[int, ...]] = [(i,) for i in range(done, len(b))]
                     for lo in range(0, len(combos), self.chunk):
                         yield from self._process(st, prod, size, combos[lo:lo + self.chunk], buckets)
                     continue
@@ -325,6 +327,7 @@ class Enumerator:
                 if cid in st.canon_seen:
                     stats.canonical += 1
                     if watch:
+                        assert node is not None  # built above whenever on_prune watches
                         canonical_prunes.append((node, cid))
                     continue
                 st.canon_seen[cid] = node
@@ -335,6 +338,7 @@ class Enumerator:
                 if node in st.syntax_seen:
                     stats.duplicates += 1
                     if watch:
+                        assert self.on_prune is not None  # watch says so
                         self.on_prune(st.nt.name, node, "duplicate", node)
                     continue
                 st.syntax_seen.add(node)
@@ -353,10 +357,12 @@ class Enumerator:
             if node is None:
                 node = fill(tmpl, tuple(b.terms[i] for b, i in zip(buckets, combo)))
             if keys is not None:
-                earlier = st.values_seen.add(keys[j], node)
+                # ValueIndex stores objects; the only ones added to this non-terminal's index are its terms.
+                earlier = cast("Node | None", st.values_seen.add(keys[j], node))
                 if earlier is not None:
                     stats.equivalent += 1
                     if watch:
+                        assert self.on_prune is not None  # watch says so
                         st.canon_seen[cid] = earlier
                         self.on_prune(st.nt.name, node, "equivalent", earlier)
                     continue
@@ -371,12 +377,16 @@ class Enumerator:
         if new_rows and (size < self.max_size or st.nt.name in self._unit_targets):
             # Kept for bigger terms, or for a unit production reading this size. Otherwise the
             # chunk is freed, which keeps memory flat while the largest size streams.
+            assert values is not None  # rows are only kept for tensor values (an Int non-terminal's are None)
             out.add_part(values, new_rows, len(out.terms) - len(new_rows))
         self._report(st, canonical_prunes)
 
     def _report(self, st: _NTState, canonical_prunes: list[tuple[Node, int]]) -> None:
         for node, cid in canonical_prunes:
-            self.on_prune(st.nt.name, node, "canonical", st.canon_seen[cid])
+            # Only collected while on_prune watches, and then every canonical id seen maps to a term.
+            earlier = st.canon_seen[cid]
+            assert self.on_prune is not None and earlier is not None
+            self.on_prune(st.nt.name, node, "canonical", earlier)
 
     def _evaluate(self, tmpl: Node, combos: list[tuple[int, ...]], buckets: list[_Bucket],
                   nt_type: Type) -> torch.Tensor | None:
@@ -414,9 +424,10 @@ class Enumerator:
         def leaf(n: Node):
             if n.kind == HOLE:
                 return next(it)
-            return terms[n.head]
+            return terms[cast(str, n.head)]  # the other leaves are terminals, named by their head
 
-        v = evaluate_with(tmpl, leaf, terms.dtype, terms.device)
+        # A non-Int template evaluates to a tensor: the evaluator turns an int hole into a constant tensor.
+        v = cast(torch.Tensor, evaluate_with(tmpl, leaf, terms.dtype, terms.device))
         return _batch_shape(v, b_count, nt_type, self._map_shape)
 
 
@@ -438,7 +449,8 @@ def _batch_shape(v: torch.Tensor, b: int, t: Type, map_shape: tuple[int, ...]) -
 def _unit_order(grammar: Grammar) -> list[str]:
     """Non-terminals in file order, except that ``T`` comes before ``E`` when ``E -> T``."""
     names = list(grammar.nonterminals)
-    deps = {n: [p.template.head for p in grammar.nonterminals[n].productions if p.template.kind == HOLE]
+    # A hole's head is the name of its non-terminal.
+    deps = {n: [cast(str, p.template.head) for p in grammar.nonterminals[n].productions if p.template.kind == HOLE]
             for n in names}
     order: list[str] = []
     visiting: set[str] = set()

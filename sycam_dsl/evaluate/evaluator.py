@@ -7,8 +7,9 @@ Values follow ``lang.types``: Vec ``[..., N, K]``, Map ``[..., N, K, h, w]`` (``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
+from typing import cast
 
 import torch
 
@@ -35,7 +36,7 @@ def evaluate_with(node: Node, leaf: Callable[[Node], Value], dtype: torch.dtype,
                   device: torch.device) -> Value:
     """Evaluate ``node``; ``leaf`` gives the value of each terminal and hole."""
     if node.kind == OP:
-        op = OPERATORS[node.head]
+        op = OPERATORS[cast(str, node.head)]  # an operator node's head is the operator's name
         args = []
         for i, a in enumerate(node.args):
             if i in op.int_params:
@@ -44,7 +45,7 @@ def evaluate_with(node: Node, leaf: Callable[[Node], Value], dtype: torch.dtype,
                 args.append(evaluate_with(a, leaf, dtype, device))
         return python_impl(op, node.type, tuple(a.type for a in node.args))(*args)
     if node.kind == CONST:
-        return _const_tensor(node.head, dtype, device)
+        return _const_tensor(cast(float, node.head), dtype, device)  # a literal's head is its int or float
     if node.kind in (VAR, HOLE):
         v = leaf(node)
         if isinstance(v, int) and node.type != Type.INT:
@@ -58,4 +59,6 @@ def evaluate(node: Node, terminals: Terminals) -> torch.Tensor:
     ``[N, K, 1, 1]`` when constant over positions) for a Map."""
     if node.holes():
         raise ValueError(f"cannot evaluate a production template with holes: {node}")
-    return evaluate_with(node, lambda n: terminals[n.head], terminals.dtype, terminals.device)
+    # Without holes every leaf is a terminal (named by its head), whose value is a tensor; so is the result.
+    return cast(torch.Tensor, evaluate_with(node, lambda n: terminals[cast(str, n.head)], terminals.dtype,
+                                            terminals.device))

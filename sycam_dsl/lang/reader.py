@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import cast
 
 import lark
 
@@ -35,7 +36,7 @@ class SAtom:
 
 @dataclass(frozen=True)
 class SList:
-    items: tuple["SAtom | SList", ...]
+    items: tuple[SAtom | SList, ...]
     line: int
     column: int
     end_line: int
@@ -73,7 +74,8 @@ def _check_parens(text: str, source: str) -> None:
                     raise GrammarError("unexpected ')' with no '(' to close", tok.line, tok.column, source)
                 stack.pop()
     except lark.exceptions.UnexpectedCharacters as e:
-        pos = e.pos_in_stream
+        # Lark declares pos_in_stream as None on the base class; UnexpectedCharacters sets the lexer's int position.
+        pos = cast(int, e.pos_in_stream)
         bad = text[pos] if 0 <= pos < len(text) else "?"
         nxt = text[pos + 1] if pos + 1 < len(text) else ""
         starts_number = bad in "0123456789" or (bad in ".+-" and nxt != "" and nxt in "0123456789")
@@ -87,7 +89,7 @@ def _check_parens(text: str, source: str) -> None:
 def _check_number(tok: lark.Token, source: str) -> None:
     """A literal must be a finite float or an int of sensible length."""
     try:
-        v = SAtom(str(tok), True, tok.line, tok.column).value
+        v = SAtom(str(tok), True, *_where(tok)).value
     except ValueError:
         raise GrammarError(f"number {str(tok)[:20]}... is too long", tok.line, tok.column, source) from None
     try:
@@ -98,11 +100,18 @@ def _check_number(tok: lark.Token, source: str) -> None:
         raise GrammarError(f"number {str(tok)[:20]} is out of the range of a float", tok.line, tok.column, source)
 
 
+def _where(tok: lark.Token) -> tuple[int, int]:
+    """A lexed token's line and column: Lark types them Optional, but its lexer always sets them."""
+    assert tok.line is not None and tok.column is not None
+    return tok.line, tok.column
+
+
 def _convert(node: lark.Tree | lark.Token) -> SExpr:
     if isinstance(node, lark.Token):
-        return SAtom(str(node), node.type == "NUMBER", node.line, node.column)
+        return SAtom(str(node), node.type == "NUMBER", *_where(node))
     lpar, *items, rpar = node.children
-    return SList(tuple(_convert(c) for c in items), lpar.line, lpar.column, rpar.line, rpar.column)
+    assert isinstance(lpar, lark.Token) and isinstance(rpar, lark.Token)  # a list's LPAR and RPAR
+    return SList(tuple(_convert(c) for c in items), *_where(lpar), *_where(rpar))
 
 
 def read(text: str, source: str = "<string>") -> list[SExpr]:

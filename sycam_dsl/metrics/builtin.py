@@ -18,8 +18,13 @@ from .scoring import class_scores, safe_denominator
 from ..cam.upsampling import Upsampler
 
 
+# Metric._check gives each metric the fields its registration (below) says it needs: the asserts rely on that.
+
+
 def _base(inputs: MetricInputs) -> torch.Tensor:
-    return inputs.cached("scores", lambda: class_scores(inputs.model, inputs.images, inputs.targets,
+    model = inputs.model
+    assert model is not None  # only metrics registered with needs_model compare against y_c(x)
+    return inputs.cached("scores", lambda: class_scores(model, inputs.images, inputs.targets,
                                                         inputs.device, inputs.batch_size))
 
 
@@ -28,17 +33,20 @@ def _blurred(inputs: MetricInputs, sigma: float) -> torch.Tensor:
 
 
 def _steps(inputs: MetricInputs, steps: int | None) -> int:
+    assert inputs.saliency is not None  # deletion and insertion need saliency
     return steps if steps is not None else inputs.saliency.shape[-2] * inputs.saliency.shape[-1]
 
 
 def _average_drop(inputs: MetricInputs) -> torch.Tensor:
     """Average Drop %: 100 * max(0, y_c(x) - y_c(x * H)) / y_c(x)."""
+    assert inputs.model is not None and inputs.heatmaps is not None
     return average_drop(inputs.model, inputs.images, inputs.targets, inputs.heatmaps, inputs.device,
                         inputs.batch_size, _base(inputs))
 
 
 def _increase(inputs: MetricInputs) -> torch.Tensor:
     """Increase in Confidence %: 100 where y_c(x * H) > y_c(x)."""
+    assert inputs.model is not None and inputs.heatmaps is not None
     return increase_in_confidence(inputs.model, inputs.images, inputs.targets, inputs.heatmaps,
                                   inputs.device, inputs.batch_size, _base(inputs))
 
@@ -47,6 +55,8 @@ def _curve(inputs: MetricInputs, steps: int | None, blur_sigma: float, insert: b
     """``y_c`` after each step, ``[..., N, P]``: through ``inputs.memo`` when there is one."""
     blur = _blurred(inputs, blur_sigma)
     p = _steps(inputs, steps)
+    # image_ids: set by MetricInputs.__post_init__.
+    assert inputs.model is not None and inputs.saliency is not None and inputs.image_ids is not None
     if inputs.memo is None:
         return perturbation_curve(inputs.model, inputs.images, inputs.targets, inputs.saliency, p, insert,
                                   inputs.device, inputs.batch_size, blur_sigma, blur)
@@ -56,8 +66,10 @@ def _curve(inputs: MetricInputs, steps: int | None, blur_sigma: float, insert: b
 
 
 def _blurred_scores(inputs: MetricInputs, blur_sigma: float) -> torch.Tensor:
+    model = inputs.model
+    assert model is not None  # insertion needs the model
     return inputs.cached(f"blurred_scores:{blur_sigma}", lambda: class_scores(
-        inputs.model, _blurred(inputs, blur_sigma), inputs.targets, inputs.device, inputs.batch_size))
+        model, _blurred(inputs, blur_sigma), inputs.targets, inputs.device, inputs.batch_size))
 
 
 def _deletion(inputs: MetricInputs, steps: int | None = None,
@@ -98,18 +110,22 @@ def _fixed_bounds(low: float, high: float):
 
 def _gt_overlap(inputs: MetricInputs) -> torch.Tensor:
     """Ground-truth overlap: share of the |M| highest pixels of H inside the mask M."""
+    assert inputs.masks is not None
     if inputs.heatmaps is not None:
         return gt_overlap(inputs.heatmaps, inputs.masks)
-    return gt_overlap_from_saliency(inputs.saliency, inputs.masks, tuple(inputs.images.shape[-2:]))
+    assert inputs.saliency is not None  # without heatmaps, saliency is there
+    return gt_overlap_from_saliency(inputs.saliency, inputs.masks, (inputs.images.shape[-2], inputs.images.shape[-1]))
 
 
 def _sch(inputs: MetricInputs) -> torch.Tensor:
     """SCH: sum of H inside the mask over the sum of H."""
+    assert inputs.masks is not None
     if inputs.heatmaps is not None:
         return sch(inputs.heatmaps, inputs.masks)
     s = inputs.saliency
+    assert s is not None  # without heatmaps, saliency is there
     up = inputs.cached(f"upsampler:{tuple(s.shape[-2:])}", lambda: Upsampler(
-        tuple(s.shape[-2:]), tuple(inputs.images.shape[-2:]), s.device, torch.float64))
+        (s.shape[-2], s.shape[-1]), (inputs.images.shape[-2], inputs.images.shape[-1]), s.device, torch.float64))
     return sch_from_saliency(s, inputs.masks, up)
 
 

@@ -25,7 +25,8 @@ are built per batch and go through the model ``batch_size`` at a time.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def blur_kernel_size(sigma: float, size: tuple[int, int]) -> int:
 
 def blurred(images: torch.Tensor, sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor:
     """``x~``: ``images`` ``[N, C, H, W]`` under a deterministic Gaussian blur (see module doc)."""
-    k = blur_kernel_size(sigma, tuple(images.shape[-2:]))
+    k = blur_kernel_size(sigma, (images.shape[-2], images.shape[-1]))
     return gaussian_blur(images, kernel_size=[k, k], sigma=[float(sigma), float(sigma)])
 
 
@@ -94,13 +95,15 @@ def perturbed_builder(images: torch.Tensor, blurred_images: torch.Tensor, ranks:
     n, _, H, W = images.shape
     start, paste = (blurred_images, images) if insert else (images, blurred_images)
     flat = ranks.reshape(ranks.shape[0], -1).to(images.device)
-    cells = pixel_cells(tuple(ranks.shape[-2:]), (H, W), images.device).flatten()
+    cells = pixel_cells((ranks.shape[-2], ranks.shape[-1]), (H, W), images.device).flatten()
     if rows is not None:
+        assert step is not None  # rows and step are given together
         rows, step = rows.to(images.device), step.to(images.device)
 
     def build(idx: torch.Tensor) -> torch.Tensor:
         idx = idx.to(images.device)
-        r, p = (idx // steps, idx % steps + 1) if rows is None else (rows[idx], step[idx])
+        # With rows there is a step (checked above); mypy cannot tie the two Optionals together.
+        r, p = (idx // steps, idx % steps + 1) if rows is None else (rows[idx], cast(torch.Tensor, step)[idx])
         img = r % n
         covered = flat[r] < p[:, None]                  # [B, h*w]: the p top-ranked cells
         mask = covered.gather(1, cells.expand(len(idx), -1)).view(-1, 1, H, W)

@@ -18,8 +18,9 @@ A metric that is not ``batched`` gets one candidate's ``[N, H, W]`` heatmaps at 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,15 +60,17 @@ class MetricInputs:
         if self.image_ids is None:
             self.image_ids = torch.arange(self.images.shape[0])
 
-    def with_heatmaps(self, heatmaps: torch.Tensor, saliency: torch.Tensor | None = None) -> "MetricInputs":
+    def with_heatmaps(self, heatmaps: torch.Tensor | None, saliency: torch.Tensor | None = None) -> MetricInputs:
         """The same images, model and cache with another candidate's ``H`` (and ``S``)."""
         return replace(self, heatmaps=heatmaps, saliency=saliency)
 
-    def subset(self, index: torch.Tensor) -> "MetricInputs":
+    def subset(self, index: torch.Tensor) -> MetricInputs:
         """The inputs of the images at ``index`` (``[n]`` long), with a fresh cache of their own."""
         idx = index.to(self.images.device)
         pick = (lambda t: None if t is None else t.index_select(0, index.to(t.device)))
-        return replace(self, images=self.images.index_select(0, idx), targets=pick(self.targets),
+        assert self.image_ids is not None  # set by __post_init__
+        return replace(self, images=self.images.index_select(0, idx),
+                       targets=self.targets.index_select(0, index.to(self.targets.device)),
                        heatmaps=None, saliency=None, masks=pick(self.masks), cache={},
                        image_ids=self.image_ids.index_select(0, index.to(self.image_ids.device).long()))
 
@@ -119,7 +122,7 @@ class Metric:
         params = list(inspect.signature(self.fn).parameters.values())[1:]
         return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
-    def with_options(self, **options: Any) -> "Metric":
+    def with_options(self, **options: Any) -> Metric:
         """This metric with ``options`` bound (e.g. ``steps=10`` for deletion)."""
         unknown = sorted(set(options) - set(self.option_names))
         if unknown:
@@ -137,6 +140,7 @@ class Metric:
         self._check(inputs)
         h, s = inputs.heatmaps, inputs.saliency
         ref = h if h is not None else s
+        assert ref is not None  # _check: heatmaps, or saliency for a metric that can do without them
         if ref.dim() == 4 and not self.batched:
             pick = (lambda t, c: None if t is None else t[c])  # noqa: E731
             parts = [self._score(inputs.with_heatmaps(pick(h, c), pick(s, c))) for c in range(ref.shape[0])]
@@ -148,6 +152,7 @@ class Metric:
     def _score(self, inputs: MetricInputs) -> torch.Tensor:
         scores = torch.as_tensor(self.fn(inputs, **self.options))
         ref = inputs.heatmaps if inputs.heatmaps is not None else inputs.saliency
+        assert ref is not None  # __call__ checked the inputs
         want = tuple(ref.shape[:-2])
         if tuple(scores.shape) != want:
             raise MetricError(f"metric {self.name!r} returned scores of shape {list(scores.shape)}; "

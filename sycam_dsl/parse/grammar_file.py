@@ -8,8 +8,9 @@ constant pools (``:real-constants (0.5 1.0)``, ``:int-constants (1 5)``), and ``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import cast
 
 from ..errors import GrammarError
 from ..lang.ast import Node, const, hole, var
@@ -123,6 +124,7 @@ def _set_option(ctx: _Ctx, cmd: SList, pools: dict[Type, tuple]) -> None:
 def _synth(ctx: _Ctx, cmd: SList, pools: dict[Type, tuple]) -> Grammar:
     items = cmd.items
     if len(items) not in (5, 6):
+        assert isinstance(items[0], SAtom)  # parse_grammar read the command name with ctx.symbol
         raise ctx.err(f"{items[0].text} expects: name, (inputs), output type, [(non-terminal "
                       f"declarations),] (rules); got {len(items) - 1} parts", cmd)
     name = ctx.symbol(items[1], "the function name")
@@ -221,7 +223,8 @@ def _productions(ctx: _Ctx, nt: str, t: Type, body: SList, inputs: dict[str, Typ
                 raise ctx.err(f"production of type {tmpl.type} in non-terminal {nt!r} of type {t}", sx)
             if t == Type.REAL and tmpl.type == Type.INT:
                 tmpl = const(float(tmpl.head)) if tmpl.kind == "const" else tmpl
-            if t == Type.INT and not (tmpl.kind == "const" and 1 <= tmpl.head <= _MAX_INT):
+            # A literal's head is its number.
+            if t == Type.INT and not (tmpl.kind == "const" and 1 <= cast(float, tmpl.head) <= _MAX_INT):
                 raise ctx.err(f"an Int non-terminal's productions must be integers from 1 to {_MAX_INT} "
                               "(they parameterize topk and pow)", sx)
             if tmpl not in seen:
@@ -260,8 +263,9 @@ def _check_reachable(ctx: _Ctx, nts: dict[str, NonTerminal], heads: dict[str, tu
         for p in nts[todo.pop()].productions:
             for h in p.holes:
                 if h.head not in reached:
-                    reached.add(h.head)
-                    todo.append(h.head)
+                    name = cast(str, h.head)  # a hole's head is its non-terminal's name
+                    reached.add(name)
+                    todo.append(name)
     for nt in nts:
         if nt not in reached:
             raise ctx.err(f"non-terminal {nt!r} is unreachable from the start symbol {start!r}",
