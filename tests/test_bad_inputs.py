@@ -138,3 +138,32 @@ def test_light_commands_do_not_import_torch(argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300).stdout
     heavy = argv[0] == "synth"  # a command's own --help may import what its options need
     assert out.strip().splitlines()[-1] == ("TORCH" if heavy else "NO TORCH")
+
+
+# -- masks ---------------------------------------------------------------------------------------------
+
+def _mask_folder(tmp_path, mask: np.ndarray | None):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "msk").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / "a.png")
+    if mask is not None:
+        Image.fromarray(mask).save(tmp_path / "msk" / "a.png")
+    return tmp_path / "img", tmp_path / "msk"
+
+
+def test_a_missing_mask_names_its_path_once(tmp_path):
+    img, msk = _mask_folder(tmp_path, None)
+    with pytest.raises(ImageError) as e:
+        load_images(img, size=16, masks=msk)
+    assert str(e.value).count(str(msk / "a.png")) == 1, str(e.value)
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.zeros((32, 32), np.uint8), "is empty"),
+    (np.pad(np.full((1, 1), 255, np.uint8), ((0, 31), (0, 31))), "no object pixel left at 8x8"),
+])
+def test_an_empty_mask_is_refused_by_file_name(tmp_path, mask, message):
+    img, msk = _mask_folder(tmp_path, mask)
+    with pytest.raises(ImageError, match=message) as e:
+        load_images(img, size=8, masks=msk)
+    assert str(msk / "a.png") in str(e.value)

@@ -168,14 +168,22 @@ def load_images(folder: str | Path, size: int = 224, normalize: Normalization | 
         rel = path.relative_to(root)
         mpath = _mask_path(mask_root, rel)
         if mpath is None:
-            raise ImageError(f"no mask for image {str(path)!r}: expected {str(mask_root / rel.with_suffix('.png'))!r}"
-                             f" or {str(mask_root / (rel.stem + '.png'))!r}")
+            candidates = (mask_root / rel.with_suffix(".png"), mask_root / (rel.stem + ".png"))
+            expected = dict.fromkeys(str(c) for c in candidates)  # one name when there is no class folder
+            raise ImageError(f"no mask for image {str(path)!r}: expected {' or '.join(repr(e) for e in expected)}")
         m = _open(mpath, "mask")
         if m.size != im.size:
             raise ImageError(f"mask {str(mpath)!r} is {m.size[0]}x{m.size[1]} but image {str(path)!r} is "
                              f"{im.size[0]}x{im.size[1]} (width x height); they must match")
-        mt = torch.from_numpy(_binary(m).astype(np.uint8))[None]
+        binary = _binary(m)
+        if not binary.any():
+            raise ImageError(f"mask {str(mpath)!r} is empty (no object pixel): ground-truth metrics are undefined "
+                             f"for image {str(path)!r}; fix the mask or leave the image out")
+        mt = torch.from_numpy(binary.astype(np.uint8))[None]
         mask_list.append(_geometry(mt, size, InterpolationMode.NEAREST_EXACT)[0].bool())
+        if not bool(mask_list[-1].any()):
+            raise ImageError(f"mask {str(mpath)!r} has no object pixel left at {size}x{size} (its object is too "
+                             f"small or outside the center crop); use a larger --size or leave the image out")
     x = torch.stack(images)
     if normalize is not None:
         x = normalize(x)
