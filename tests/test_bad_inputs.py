@@ -167,3 +167,56 @@ def test_an_empty_mask_is_refused_by_file_name(tmp_path, mask, message):
     with pytest.raises(ImageError, match=message) as e:
         load_images(img, size=8, masks=msk)
     assert str(msk / "a.png") in str(e.value)
+
+
+# -- methods whose scores mean nothing are named, per method ------------------------------------------
+
+TINY = ["--model", "tests.cam_reference:TinyCNN", "--weights", "random:0", "--layer", "features.4", "--size", "32",
+        "--no-cache", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photo")
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+            folder / f"p{i}.png")
+    return folder
+
+
+def test_explain_says_when_weights_are_not_finite(photo, tmp_path):
+    code, err, out = _cli("explain", "(sq (* grads 1e38))", *TINY, "--image", str(photo / "p0.png"),
+                          "--metric", "deletion", "-o", str(tmp_path / "x.png"))
+    assert code == 0, err
+    assert [line for line in err if "warning" in line] == [
+        "sycam-dsl: warning: the expression: weights are NaN or Inf on 1 of 1 images (their heatmaps are blank)"]
+
+
+def test_eval_names_the_method_with_blank_heatmaps_and_the_cause(photo):
+    code, err, out = _cli("eval", "(neg (abs grads))", *TINY, "--images", str(photo), "--baselines", "GradCAM")
+    assert code == 0, err
+    warnings = [line for line in err if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "sycam-dsl: warning: expr 1: constant (blank) heatmaps on 3 of 3 images; "), warnings
+
+
+def test_score_problems_name_the_metric_and_the_count():
+    from sycam_dsl.metrics.diagnostics import score_problems
+    from sycam_dsl.metrics.registry import MetricResult
+
+    ok = MetricResult("deletion", torch.tensor([0.1, 0.2]), True)
+    bad = MetricResult("deletion", torch.tensor([0.1, float("nan")]), True)
+    assert score_problems("GradCAM", {"deletion": ok}) == []
+    assert score_problems("GradCAM", {"deletion": bad})[0].startswith("GradCAM: deletion is NaN or Inf on 1 of 2 images")
+
+
+def test_a_pre_activation_layer_is_named_as_the_cause():
+    from sycam_dsl.evaluate import Terminals
+    from sycam_dsl.lang.sexpr import parse_expr
+    from sycam_dsl.lang.terminals import terminal_types
+    from sycam_dsl.metrics.diagnostics import weight_problems
+
+    acts = -torch.rand(4, 3, 5, 5)            # every activation negative, as before a ReLU
+    terms = Terminals({"grads": torch.rand(4, 3)})
+    lines = weight_problems("ScoreCAM", parse_expr("grads", terminal_types()), terms, acts)
+    assert len(lines) == 1 and "pre-activation (100% of its activations are negative)" in lines[0]

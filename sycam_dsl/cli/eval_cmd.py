@@ -16,7 +16,7 @@ from ..baselines import BASELINE_EXPRESSIONS
 from ..errors import SycamError
 from ..metrics.registry import known_metrics
 from .options import (IMAGES_HELP, MASKS_HELP, add_model_options, add_scoring_options, add_targets,
-                      compute_terminals_from, metrics_from_args, targets_from, weight_expression)
+                      compute_terminals_from, metrics_from_args, targets_from, warn, weight_expression)
 
 
 def _baseline_names(text: str) -> list[str]:
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> None:
     from ..cam.images import load_images
     from ..cam.models import load_model
     from ..metrics.compare import compare, format_table
+    from ..metrics.diagnostics import score_problems, weight_problems
     from ..metrics.errors import MetricError
     from ..metrics.expression import score_methods
     from ..metrics.registry import MetricInputs
@@ -79,6 +80,9 @@ def run(args: argparse.Namespace) -> None:
     inputs = MetricInputs(data.images, info.targets, masks=data.masks, model=model.module, device=args.device,
                           batch_size=args.batch_size)
     results = score_methods(methods, metrics, inputs, terms, info.acts)
+    for name, (_, node) in methods.items():
+        warn(weight_problems(name, node, terms, info.acts)
+             + score_problems(name, {m.name: results[m.name][name] for m in metrics}))
     expressions = {n: e for n, (e, _) in methods.items()}
     tables = [(m, compare(results[m.name], expressions, m)) for m in metrics]
     print("\n\n".join(format_table(rows, m, len(data)) for m, rows in tables))

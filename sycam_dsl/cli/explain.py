@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .options import (add_model_options, add_scoring_options, compute_terminals_from, metric_from_args, output_file,
-                      weight_expression)
+                      warn, weight_expression)
 
 #: What both drawing backends (matplotlib, PIL) write.
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> None:
 
     from ..cam.models import load_model
     from ..cam.overlay import save_overlay
+    from ..metrics.diagnostics import score_problems, weight_problems
     from ..metrics.errors import MetricError
     from ..metrics.expression import expression_inputs, score_methods
     from ..metrics.registry import MetricInputs
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> None:
     terms, info = compute_terminals_from(args, model, x, targets, sorted(node.terminals()))
     inputs = MetricInputs(x, info.targets, model=model.module, device=args.device, batch_size=args.batch_size)
     h = expression_inputs(node, inputs, terms, info.acts).heatmaps
+    problems = weight_problems("the expression", node, terms, info.acts)
     c, n_classes = int(info.targets[0]), info.logits.shape[1]
     label = _class_name(model, c, n_classes)
     caption = [f"{text}", f"class {c}{f' ({label})' if label else ''}: score y_c = {float(info.y_c[0]):.4f}"
@@ -83,5 +85,7 @@ def run(args: argparse.Namespace) -> None:
         res = score_methods({"expr": (text, node)}, [metric], inputs, terms, info.acts)[metric.name]["expr"]
         caption.append(f"{metric.name} = {float(res.per_image[0]):.4f} "
                        f"({'higher' if metric.higher_is_better else 'lower'} is better)")
+        problems += score_problems("the expression", {metric.name: res})
+    warn(problems)
     backend = save_overlay(model.normalize.inverse(x[0].cpu()), h[0], caption, args.output)
     print(f"wrote {args.output} ({backend}): " + "; ".join(caption))

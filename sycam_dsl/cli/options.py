@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -185,6 +186,12 @@ def output_file(path: str, suffixes: tuple[str, ...] | None = None) -> Path:
     if not existed:
         out.unlink()
     return out
+
+
+def warn(lines: list[str]) -> None:
+    """Each line on stderr as ``sycam-dsl: warning: ...``."""
+    for line in lines:
+        print(f"sycam-dsl: warning: {line}", file=sys.stderr)
 
 
 def read_expression(text: str) -> str:
