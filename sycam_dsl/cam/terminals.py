@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluate.saliency import minmax_normalize
+from ..template.saliency import minmax_normalize
 from ..evaluate.terminals import Terminals
 from ..lang.terminals import TERMINALS
 from .errors import LayerError, TerminalError

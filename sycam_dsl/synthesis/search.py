@@ -27,7 +27,7 @@ import torch
 
 from ..baselines import SEARCH_BASELINES, baseline
 from ..enumerate import Enumerator
-from ..cam.heatmaps import layer_saliency, normalize_upsampled
+from ..template.heatmaps import layer_saliency, normalize_upsampled
 from ..equivalence.heatmaps import HeatmapIndex
 from ..evaluate import evaluate
 from ..errors import SycamError
