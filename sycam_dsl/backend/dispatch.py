@@ -43,8 +43,8 @@ from ..lang.ast import Node
 from ..lang.operators import HELPERS_SRC, lift_source
 from ..lang.terminals import TERMINALS
 from ..lang.types import Type
-from .torchscript import (_SHAPES, CompileError, _class_ids, _Codegen, _input_checks, _text, quiet_deprecations,
-                          signature)
+from .torchscript import (_SHAPES, CompileError, _class_ids, _Codegen, _input_checks, _text, signature)
+from ..util.warnings import quiet_deprecations
 
 __all__ = ["compile_dispatch", "generate_dispatch_source", "save_dispatch"]
 

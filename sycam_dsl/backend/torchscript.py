@@ -21,13 +21,11 @@ float32 value converted (literals themselves are exact).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import keyword
 import math
 import os
-import warnings
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
@@ -38,9 +36,9 @@ from ..lang.operators import HELPERS_SRC, OPERATORS, lift_source
 from ..lang.sexpr import to_sexpr
 from ..lang.terminals import TERMINALS
 from ..lang.types import Type
+from ..util.warnings import quiet_deprecations
 
-__all__ = ["CompileError", "compile_torchscript", "generate_source", "quiet_deprecations",
-           "save_torchscript", "signature"]
+__all__ = ["CompileError", "compile_torchscript", "generate_source", "save_torchscript", "signature"]
 
 _SHAPES = {Type.VEC: "[N, K]", Type.MAP: "[N, K, h, w]"}
 _RANKS = {Type.VEC: 2, Type.MAP: 4}
@@ -52,19 +50,6 @@ _class_ids = itertools.count()
 
 class CompileError(SycamError, ValueError):
     """An expression that cannot be compiled (holes, a missing input, a non-tensor result)."""
-
-
-@contextlib.contextmanager
-def quiet_deprecations() -> Iterator[None]:
-    """Silence PyTorch's deprecation notices for TorchScript / torch.export inside the block.
-
-    PyTorch deprecates TorchScript; the notices are about PyTorch's plans, not about anything a
-    sycam-dsl user did, so our own calls should not print them. Other warnings pass through."""
-    pattern = r"(?s).*(torch\.jit|torchscript|torch\.export)"
-    with warnings.catch_warnings():
-        for category in (FutureWarning, DeprecationWarning):
-            warnings.filterwarnings("ignore", message=pattern, category=category)
-        yield
 
 
 def signature(node: Node, inputs: Sequence[str] | None = None) -> list[tuple[str, Type]]:

@@ -20,7 +20,8 @@ from ..evaluate.terminals import Terminals
 from ..lang.terminals import TERMINALS
 from .errors import LayerError, TerminalError
 from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, layer_access, tail_runner
-from .models import LoadedModel, eval_mode, resolve_device
+from ..util.modes import eval_mode
+from .models import LoadedModel, resolve_device
 from .progress import progress as progress_bar
 
 #: Terminals that need the backward pass.
