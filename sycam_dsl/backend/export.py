@@ -27,7 +27,8 @@ from ..lang.ast import Node
 from ..lang.operators import HELPERS_SRC
 from ..lang.types import Type
 from ..util.warnings import quiet_deprecations
-from .torchscript import generate_source, signature
+from .codegen import signature
+from .torchscript import generate_source
 
 __all__ = ["export_program", "python_module", "save_export"]
 
