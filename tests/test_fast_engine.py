@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings, strategies as st
 
-from sycam_dsl.lang.sexpr import to_sexpr
+from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.metrics import MetricInputs, get_metric
 from sycam_dsl.metrics.memo import ScoreCache, memoized_curve
 from sycam_dsl.metrics.perturbation import blurred, perturbation_curve

@@ -16,9 +16,8 @@ import torch
 
 from ..errors import SycamError
 from ..evaluate.evaluator import evaluate_with
-from ..lang.ast import CONST, HOLE, OP, VAR, Node
+from ..lang.ast import CONST, HOLE, OP, VAR, Node, to_sexpr
 from ..lang.operators import OPERATORS, lift_source
-from ..lang.sexpr import to_sexpr
 from ..lang.terminals import TERMINALS
 from ..lang.types import Type
 

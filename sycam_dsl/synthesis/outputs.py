@@ -14,7 +14,7 @@ import torch
 from .. import __version__
 from ..baselines import SEARCH_BASELINES, baseline
 from ..metrics.expression import expression_inputs
-from ..lang.sexpr import to_sexpr
+from ..lang.ast import to_sexpr
 from ..util.files import atomic_write_json as write_json
 
 if TYPE_CHECKING:
