@@ -1,7 +1,7 @@
 """The classic CAM methods as expressions of the weight language (SPEC section 3).
 
 Each baseline is parsed with ``parse_expr`` over all terminals and evaluated by the same engine as
-any synthesized candidate (``evaluate`` then ``cam.heatmaps``), so there is no separate code path
+any synthesized candidate (``evaluate`` then ``template.heatmaps``), so there is no separate code path
 to drift from the search's:
 
 ==============  =============================================================================  ======
@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import torch
 
-from .cam.heatmaps import heatmaps, layer_saliency
+from .template.heatmaps import heatmaps, layer_saliency
 from .errors import SycamError
 from .evaluate import Terminals, evaluate
 from .lang.ast import Node

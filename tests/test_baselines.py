@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 
 from sycam_dsl.baselines import BASELINE_EXPRESSIONS, SEARCH_BASELINES, baseline, baselines
-from sycam_dsl.cam.heatmaps import heatmaps, layer_saliency, upsample
+from sycam_dsl.template import heatmaps, layer_saliency, upsample
 from sycam_dsl.errors import ShapeError, SycamError
 from sycam_dsl.evaluate import Terminals, evaluate
 from sycam_dsl.lang.sexpr import parse_expr

@@ -14,7 +14,8 @@ from sycam_dsl.canonicalize import to_sympy
 from sycam_dsl.enumerate import Enumerator
 from sycam_dsl.errors import GrammarError
 from sycam_dsl.evaluate import Terminals, evaluate
-from sycam_dsl.lang.sexpr import parse_expr, to_sexpr
+from sycam_dsl.lang.ast import to_sexpr
+from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.parse import parse_grammar
 
 from .helpers import brute_force_terms, derivable

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings, strategies as st
 
-from sycam_dsl.lang.sexpr import to_sexpr
+from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.metrics import MetricInputs, get_metric
 from sycam_dsl.metrics.memo import ScoreCache, memoized_curve
 from sycam_dsl.metrics.perturbation import blurred, perturbation_curve
@@ -55,7 +55,7 @@ def test_second_candidate_with_the_same_rankings_costs_no_forward_pass():
 
 def test_builtin_metrics_use_the_cache_and_give_the_same_scores():
     s = torch.rand(2, 6, 4, 4, generator=torch.Generator().manual_seed(2))
-    from sycam_dsl.cam.heatmaps import normalize_upsampled
+    from sycam_dsl.template.heatmaps import normalize_upsampled
     h = normalize_upsampled(s, (32, 32))
     for name in ("deletion", "insertion"):
         metric = get_metric(name, steps=8)
@@ -155,7 +155,7 @@ def test_early_stopping_and_batching_never_change_the_winner():
 def test_overlap_metrics_from_saliency_equal_the_heatmap_path(seed, hw, size, levels):
     """SCH and ground-truth overlap computed from S alone (what the search does) equal the same
     metrics on the full-resolution heatmaps, ties and constant maps included."""
-    from sycam_dsl.cam.heatmaps import normalize_upsampled
+    from sycam_dsl.template.heatmaps import normalize_upsampled
     g = torch.Generator().manual_seed(seed)
     n = 5
     s = torch.relu(torch.randint(-levels, levels, (3, n, *hw), generator=g).float())  # ties, zeros
@@ -176,7 +176,7 @@ def test_overlap_metrics_from_saliency_equal_the_heatmap_path(seed, hw, size, le
        seed=st.integers(0, 1000))
 def test_matrix_upsampling_is_bilinear_interpolation(hw, size, seed):
     import torch.nn.functional as F
-    from sycam_dsl.cam.upsampling import Upsampler
+    from sycam_dsl.template.upsampling import Upsampler
     s = torch.randn(3, *hw, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     ref = F.interpolate(s[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     up = Upsampler(hw, size, dtype=torch.float64)
@@ -187,7 +187,7 @@ def test_matrix_upsampling_is_bilinear_interpolation(hw, size, seed):
 
 
 def test_saliency_does_not_depend_on_how_many_candidates_share_the_call():
-    from sycam_dsl.evaluate.saliency import saliency
+    from sycam_dsl.template.saliency import saliency
     from sycam_dsl.lang.types import Type
     g = torch.Generator().manual_seed(3)
     acts = torch.rand(10, 64, 8, 8, generator=g)

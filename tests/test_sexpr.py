@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sycam_dsl.errors import GrammarError
-from sycam_dsl.lang.ast import CONST, Node, apply, const, var
+from sycam_dsl.lang.ast import CONST, Node, apply, const, to_sexpr, var
 from sycam_dsl.lang.operators import OPERATORS
-from sycam_dsl.lang.sexpr import parse_expr, to_sexpr
+from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.lang.terminals import TERMINALS, terminal_types
 from sycam_dsl.lang.types import Type
 

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from sycam_dsl.lang.sexpr import parse_expr, to_sexpr
+from sycam_dsl.lang.ast import to_sexpr
+from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.lang.terminals import terminal_types
 from sycam_dsl.metrics import MetricInputs, get_metric
 from sycam_dsl.evaluate import Terminals

@@ -17,9 +17,10 @@ on the model's predicted class (``save_dispatch``): ``forward(classes, ...)`` an
 ``saliency(activations, classes, ...)``; see ``dispatch``.
 """
 
+from .codegen import CompileError, signature
 from .dispatch import compile_dispatch, generate_dispatch_source, save_dispatch
 from .export import export_program, python_module, save_export
-from .torchscript import CompileError, compile_torchscript, generate_source, save_torchscript, signature
+from .torchscript import compile_torchscript, generate_source, save_torchscript
 
 __all__ = ["CompileError", "compile_dispatch", "compile_torchscript", "export_program", "generate_dispatch_source",
            "generate_source", "python_module", "save_dispatch", "save_export", "save_torchscript", "signature"]

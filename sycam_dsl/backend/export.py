@@ -26,7 +26,9 @@ from torch import nn
 from ..lang.ast import Node
 from ..lang.operators import HELPERS_SRC
 from ..lang.types import Type
-from .torchscript import generate_source, quiet_deprecations, signature
+from ..util.warnings import quiet_deprecations
+from .codegen import signature
+from .torchscript import generate_source
 
 __all__ = ["export_program", "python_module", "save_export"]
 

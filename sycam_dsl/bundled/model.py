@@ -7,7 +7,6 @@ then global average pooling and a linear head to ``len(CLASSES)`` logits.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 
 from ..cam.errors import ModelError
 from ..cam.models import LoadedModel, Normalization, _apply_state_dict, _read_state_dict, resolve_device
+from ..util.digests import file_sha256
 from .shapes import CLASSES
 
 #: Module path of the CAM target layer: the last block's ReLU, output ``[N, 64, 8, 8]``.
@@ -52,10 +52,6 @@ class SmallCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_bundled_model(device: str | torch.device = "cpu", weights: str | Path | None = None) -> LoadedModel:
     """The bundled SmallCNN in eval mode on ``device``, from ``weights`` (default: the packaged file)."""
     dev = resolve_device(device)
@@ -68,6 +64,6 @@ def load_bundled_model(device: str | torch.device = "cpu", weights: str | Path |
                          f"`python -m sycam_dsl.bundled.train --out {str(path)}` (about 2 minutes on a CPU)")
     module = SmallCNN()
     _apply_state_dict(module, _read_state_dict(path), repr(str(path)))
-    details = {"weights": str(path), "sha256": _sha256(path), "classes": list(CLASSES)}
+    details = {"weights": str(path), "sha256": file_sha256(path), "classes": list(CLASSES)}
     return LoadedModel(module.to(dev).eval(), "bundled-small-cnn", TARGET_LAYER, NORMALIZATION, INPUT_SIZE,
                        "bundled", details)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +19,8 @@ from torch import nn
 
 from .. import __version__
 from ..evaluate.terminals import Terminals
+from ..util.digests import update_digest
+from ..util.files import atomic_torch_save
 from .layer_split import layer_access
 from .layers import kind
 from .models import LoadedModel, resolve_device
@@ -35,17 +36,6 @@ def default_cache_dir() -> Path:
     """``$SYCAM_DSL_CACHE``, else ``~/.cache/sycam-dsl``."""
     env = os.environ.get("SYCAM_DSL_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "sycam-dsl"
-
-
-def update_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
-    """Feed a tensor (shape, dtype and bytes) into the hash ``h``."""
-    t = t.detach()
-    h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
-    flat = t.cpu().contiguous().reshape(-1)
-    try:
-        h.update(flat.view(torch.uint8).numpy())
-    except (RuntimeError, TypeError):  # dtypes that cannot be viewed as bytes (quantized, ...)
-        h.update(repr(flat.tolist()).encode())
 
 
 def model_digest(module: nn.Module) -> str:
@@ -81,15 +71,7 @@ def _save(path: Path, key: str, terminals: Terminals, info: TerminalInfo) -> Non
         "info": {"layer": info.layer, "abl_method": info.abl_method,
                  **{f: (None if getattr(info, f) is None else getattr(info, f).detach().cpu()) for f in _INFO_TENSORS}},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # atomic, so a concurrent reader never sees half a file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_torch_save(payload, path)  # a concurrent reader never sees half a file
 
 
 def _load(path: Path, key: str, names: list[str], device: torch.device) -> tuple[Terminals, TerminalInfo] | None:

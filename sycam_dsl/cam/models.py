@@ -8,17 +8,17 @@ tests and demos.
 from __future__ import annotations
 
 import difflib
-from contextlib import contextmanager
 import importlib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..util.warnings import quiet_deprecations
 from .errors import ModelError
 from .layers import default_layer, resolve_layer
 
@@ -211,7 +211,6 @@ def _build_efficientnet_lite0(weights: str | None) -> tuple[nn.Module, dict[str,
 
 
 def _load_torchscript(path: Path, weights: str | None) -> nn.Module:
-    from ..backend.torchscript import quiet_deprecations
     try:
         with quiet_deprecations():
             module = torch.jit.load(str(path), map_location="cpu")
@@ -294,15 +293,3 @@ def load_model(spec: str, weights: str | None = None, device: str | torch.device
     if source == "torchscript" and hasattr(module, "forward_features") and hasattr(module, "forward_head"):
         layer = "forward_features"
     return LoadedModel(module, name, layer, normalize, size, source, details)
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode for the ``with`` block; every submodule's own mode is restored after."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training

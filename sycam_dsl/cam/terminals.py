@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluate.saliency import minmax_normalize
+from ..template.saliency import minmax_normalize
 from ..evaluate.terminals import Terminals
 from ..lang.terminals import TERMINALS
 from .errors import LayerError, TerminalError
 from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, layer_access, tail_runner
-from .models import LoadedModel, eval_mode, resolve_device
+from ..util.modes import eval_mode
+from .models import LoadedModel, resolve_device
 from .progress import progress as progress_bar
 
 #: Terminals that need the backward pass.

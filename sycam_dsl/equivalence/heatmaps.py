@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from ..evaluate.saliency import minmax_normalize, saliency
 from ..lang.types import Type
+from ..template.saliency import normalized_saliency
 from .observational import ValueIndex, fingerprints
 
 DEFAULT_GRID_BITS = 10
-
-
-def normalized_saliency(weights: torch.Tensor, acts: torch.Tensor, weight_type: Type) -> torch.Tensor:
-    """Min-max normalized ``ReLU(sum_k W_k A_k)``: ``[..., N, h, w]`` for weights ``[..., N, K(, h, w)]``."""
-    return minmax_normalize(saliency(weights, acts, weight_type))
 
 
 class HeatmapIndex:

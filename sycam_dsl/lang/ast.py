@@ -3,10 +3,12 @@
 A node is a terminal (``var``), a literal (``const``), an operator application (``op``) or,
 inside grammar productions only, a hole standing for a non-terminal (``hole``).
 Hash and size are computed once at construction, so nodes are cheap dictionary keys.
+``to_sexpr`` prints a node as s-expression text (``sexpr.parse_expr`` reads it back).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 from .types import Type
@@ -44,11 +46,9 @@ class Node:
         object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
-        from .sexpr import to_sexpr
         return f"Node({to_sexpr(self)!r}: {self.type})"
 
     def __str__(self) -> str:
-        from .sexpr import to_sexpr
         return to_sexpr(self)
 
     def walk(self) -> Iterator["Node"]:
@@ -103,3 +103,20 @@ def fill(template: Node, children: tuple[Node, ...]) -> Node:
     if next(it, None) is not None:
         raise ValueError("more children than holes")
     return out
+
+
+def to_sexpr(node: Node) -> str:
+    """The s-expression text of ``node`` (holes print as their non-terminal's name)."""
+    if node.kind == CONST:
+        return _number_text(node.head)
+    if node.kind in (VAR, HOLE):
+        return str(node.head)
+    return "(" + " ".join([str(node.head)] + [to_sexpr(a) for a in node.args]) + ")"
+
+
+def _number_text(v: int | float) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if not math.isfinite(v):
+        raise ValueError(f"literal {v} cannot be written as text")
+    return repr(float(v))  # shortest text that reads back to the same float, always with '.' or 'e'

@@ -1,35 +1,17 @@
-"""Expressions as s-expression text: the printer, and the typed builder shared with grammar files.
+"""Expressions from s-expression text: the typed builder shared with grammar files.
 
-``to_sexpr`` and ``parse_expr`` round-trip: ``parse_expr(to_sexpr(t), ...) == t``.
+``parse_expr`` inverts the printer ``ast.to_sexpr``: ``parse_expr(to_sexpr(t), ...) == t``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Mapping
 
 from ..errors import GrammarError
-from .ast import CONST, HOLE, VAR, Node, apply, const, var
+from .ast import CONST, Node, apply, const, var
 from .operators import OPERATORS
 from .reader import SAtom, SExpr, read
 from .types import Type
-
-
-def to_sexpr(node: Node) -> str:
-    """The s-expression text of ``node`` (holes print as their non-terminal's name)."""
-    if node.kind == CONST:
-        return _number_text(node.head)
-    if node.kind in (VAR, HOLE):
-        return str(node.head)
-    return "(" + " ".join([str(node.head)] + [to_sexpr(a) for a in node.args]) + ")"
-
-
-def _number_text(v: int | float) -> str:
-    if isinstance(v, int):
-        return str(v)
-    if not math.isfinite(v):
-        raise ValueError(f"literal {v} cannot be written as text")
-    return repr(float(v))  # shortest text that reads back to the same float, always with '.' or 'e'
 
 
 Resolver = Callable[[SAtom], Node]

@@ -15,7 +15,7 @@ from .perturbation import (DEFAULT_BLUR_SIGMA, blurred, deletion_from_curve, ins
                            perturbation_curve)
 from .registry import MetricInputs, register_metric
 from .scoring import class_scores, safe_denominator
-from ..cam.upsampling import Upsampler
+from ..template.upsampling import Upsampler
 
 
 # Metric._check gives each metric the fields its registration (below) says it needs: the asserts rely on that.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..cam.heatmaps import layer_saliency, normalize_upsampled
+from ..template.heatmaps import layer_saliency, normalize_upsampled
 from ..evaluate import Terminals, evaluate
 from ..lang.ast import Node
 from .registry import Metric, MetricInputs, MetricResult

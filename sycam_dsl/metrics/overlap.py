@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from .errors import MetricError
-from ..cam.upsampling import Upsampler
+from ..template.heatmaps import normalize_upsampled
+from ..template.upsampling import Upsampler
 
 #: Heatmaps sorted at once by ``gt_overlap`` (bounds the sort's memory: ~16 bytes per pixel).
 DEFAULT_CHUNK = 64
@@ -92,8 +93,6 @@ def gt_overlap_from_saliency(saliency: torch.Tensor, masks: torch.Tensor, size: 
     cache-friendly tensors), and the ``|M|`` highest pixels found with ``kthvalue`` (linear time)
     instead of a sort; ties at the threshold are taken in row-major order, as the stable sort of
     ``gt_overlap`` takes them, so the scores are equal."""
-    from ..cam.heatmaps import normalize_upsampled
-
     m = masks.to(saliency.device)
     n = m.shape[0]
     area = mask_areas(m)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..cam.models import eval_mode
+from ..util.modes import eval_mode
 from .errors import MetricError
 
 Device = str | torch.device

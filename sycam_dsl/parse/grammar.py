@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..lang.ast import Node
-from ..lang.sexpr import to_sexpr
+from ..lang.ast import Node, to_sexpr
 from ..lang.types import Type
 
 DEFAULT_REAL_CONSTANTS: tuple[float, ...] = (0.5, 1.0, 2.0)

@@ -26,8 +26,7 @@ from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
 from ..cam.models import LoadedModel, Normalization, load_model
 from ..errors import SycamError
-from ..lang.ast import Node
-from ..lang.sexpr import to_sexpr
+from ..lang.ast import Node, to_sexpr
 from ..metrics import get_metric
 from ..metrics.compare import Row
 from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache

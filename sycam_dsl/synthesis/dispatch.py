@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lang.ast import Node
-from ..lang.sexpr import to_sexpr
+from ..lang.ast import Node, to_sexpr
 
 
 @dataclass(frozen=True)

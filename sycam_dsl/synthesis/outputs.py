@@ -14,8 +14,8 @@ import torch
 from .. import __version__
 from ..baselines import SEARCH_BASELINES, baseline
 from ..metrics.expression import expression_inputs
-from ..lang.sexpr import to_sexpr
-from .state import write_json
+from ..lang.ast import to_sexpr
+from ..util.files import atomic_write_json as write_json
 
 if TYPE_CHECKING:
     from ..cam.models import LoadedModel

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..cam.cache import update_digest
+from ..util.digests import update_digest
 from ..evaluate import Terminals
 from ..metrics.registry import MetricInputs
 

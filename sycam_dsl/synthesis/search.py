@@ -27,12 +27,12 @@ import torch
 
 from ..baselines import SEARCH_BASELINES, baseline
 from ..enumerate import Enumerator
-from ..cam.heatmaps import layer_saliency, normalize_upsampled
+from ..template.heatmaps import layer_saliency, normalize_upsampled
 from ..equivalence.heatmaps import HeatmapIndex
 from ..evaluate import evaluate
 from ..errors import SycamError
-from ..lang.ast import Node
-from ..lang.sexpr import parse_expr, to_sexpr
+from ..lang.ast import Node, to_sexpr
+from ..lang.sexpr import parse_expr
 from ..metrics.registry import Metric
 from ..parse.grammar import Grammar
 from .oracle import hopeless, judge

@@ -9,12 +9,12 @@ compares candidates against bit-identical incumbent scores and scores nothing tw
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import SycamError
+from ..util.files import atomic_write_json as write_json
 
 CHECKPOINT_NAME = "checkpoint.json"
 _FORMAT = "sycam-dsl/checkpoint/1"
@@ -64,14 +64,6 @@ class SearchState:
                            scoring_seconds=float(d.get("scoring_seconds", 0.0)),
                            incumbent=Incumbent(**inc) if inc else None, history=list(d["history"]),
                            counts=Counts(**d["counts"]), baselines=dict(d["baselines"]))
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` atomically: an interrupt never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def save_checkpoint(folder: Path, fingerprint: dict[str, Any], state: SearchState) -> Path:

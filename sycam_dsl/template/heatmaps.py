@@ -9,14 +9,12 @@ inside ``saliency`` stays under ``max_elements``.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from ..errors import ShapeError
-from ..evaluate.saliency import minmax_normalize, saliency
 from ..lang.types import Type
-from .upsampling import Upsampler
+from .saliency import minmax_normalize, saliency
+from .upsampling import upsample
 
 #: Default bound on the elements of one chunk's weight-times-activation product (256 MiB in float32).
 MAX_ELEMENTS = 1 << 26
@@ -66,22 +64,6 @@ def layer_saliency(weights: torch.Tensor, acts: torch.Tensor, weight_type: Type,
              for c in _chunks(weights, weight_type, acts.numel(), max_elements)]
     lead = _lead(weights, weight_type)
     return torch.cat(parts).reshape(*lead, *acts.shape[:1], *acts.shape[2:])
-
-
-@lru_cache(maxsize=16)
-def _upsampler(layer_hw: tuple[int, int], size: tuple[int, int], device: torch.device,
-               dtype: torch.dtype) -> Upsampler:
-    return Upsampler(layer_hw, size, device, dtype)
-
-
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling (``align_corners=False``, as ``F.interpolate``) of ``[..., h, w]`` maps to
-    ``[..., H, W]``, as two small matrix products (``cam.upsampling``): several times faster than
-    ``F.interpolate`` on the CPU, equal to it up to float rounding, and the one upsampling every
-    heatmap and metric uses."""
-    if not maps.is_floating_point():
-        maps = maps.float()
-    return _upsampler(tuple(maps.shape[-2:]), tuple(size), maps.device, maps.dtype).full(maps)
 
 
 def normalize_upsampled(s: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -63,3 +63,19 @@ class Upsampler:
     def total(self) -> torch.Tensor:
         """``[h, w]`` with ``<S, total> = sum U(S)``."""
         return self.ly.sum(dim=0)[:, None] * self.lx.sum(dim=0)[None, :]
+
+
+@lru_cache(maxsize=16)
+def _upsampler(layer_hw: tuple[int, int], size: tuple[int, int], device: torch.device,
+               dtype: torch.dtype) -> Upsampler:
+    return Upsampler(layer_hw, size, device, dtype)
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling (``align_corners=False``, as ``F.interpolate``) of ``[..., h, w]`` maps to
+    ``[..., H, W]``, as two small matrix products (``Upsampler``): several times faster than
+    ``F.interpolate`` on the CPU, equal to it up to float rounding, and the one upsampling every
+    heatmap and metric uses."""
+    if not maps.is_floating_point():
+        maps = maps.float()
+    return _upsampler(tuple(maps.shape[-2:]), tuple(size), maps.device, maps.dtype).full(maps)

@@ -1,4 +1,5 @@
-"""The CAM template (SPEC section 1): weights and activations to saliency maps."""
+"""The CAM template (SPEC section 1): weights and activations to saliency maps ``S``, and min-max
+normalization."""
 
 from __future__ import annotations
 
@@ -36,3 +37,8 @@ def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
     out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)),
                       torch.zeros_like(flat))
     return out.reshape(maps.shape)
+
+
+def normalized_saliency(weights: torch.Tensor, acts: torch.Tensor, weight_type: Type) -> torch.Tensor:
+    """Min-max normalized ``ReLU(sum_k W_k A_k)``: ``[..., N, h, w]`` for weights ``[..., N, K(, h, w)]``."""
+    return minmax_normalize(saliency(weights, acts, weight_type))
