@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from .. import __version__
 from ..lang.terminals import TERMINALS
+from ..util.files import atomic_torch_save
 from .options import (IMAGES_HELP, add_cache_options, add_chunk_size, add_model_options, add_targets,
                       compute_terminals_from, output_file, targets_from)
 
@@ -45,20 +43,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=run)
 
 
-def _save_atomic(obj: dict, out: Path) -> None:
-    import torch
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name, suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def run(args: argparse.Namespace) -> None:
     """Compute, save, and print one line saying what was written."""
     from ..cam.images import load_images
@@ -70,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     images = load_images(args.images, size=args.size or model.input_size, normalize=model.normalize)
     targets = targets_from(args, images.labels)
     terms, info = compute_terminals_from(args, model, images.images, targets, args.names, ablation=args.ablation)
-    _save_atomic({
+    atomic_torch_save({
         "terminals": {n: v.detach().cpu() for n, v in terms.items()},
         "acts": info.acts.detach().cpu(),
         "logits": info.logits.detach().cpu(),

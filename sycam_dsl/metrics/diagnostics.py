@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..cam.heatmaps import layer_saliency
+from ..template import layer_saliency
 from ..evaluate import Terminals, evaluate
 from ..lang.ast import Node
 from .registry import MetricResult
