@@ -4,9 +4,12 @@ files it writes. ``synthesize`` is the entry point; ``Search`` runs one search o
 from .api import Result, build_problem, resolve_grammar, synthesize
 from .dispatch import Dispatch
 from .oracle import Verdict, judge
+from .config import Budget, SearchConfig
 from .problem import Problem
-from .search import Budget, Search, SearchConfig, SearchOutcome
+from .scorer import LocalScorer, Scorer
+from .search import Search, SearchOutcome
 from .subsets import Subsets, make_subsets, parse_level_sizes
 
-__all__ = ["Budget", "Dispatch", "Problem", "Result", "Search", "SearchConfig", "SearchOutcome", "Subsets",
+__all__ = ["Budget", "Dispatch", "LocalScorer", "Problem", "Result", "Scorer", "Search", "SearchConfig",
+           "SearchOutcome", "Subsets",
            "Verdict", "build_problem", "judge", "make_subsets", "parse_level_sizes", "resolve_grammar", "synthesize"]

@@ -38,8 +38,8 @@ from .dispatch import Dispatch
 from .evaluation import evaluate_methods
 from .per_class import DEFAULT_MIN_CLASS_IMAGES, dispatch_of, search_per_class
 from .problem import Problem
-from .search import (DEFAULT_BATCH, DEFAULT_IMAGE_CHUNK, DEFAULT_MAX_SIZE, Budget, Search, SearchConfig,
-                     SearchOutcome)
+from .config import DEFAULT_BATCH, DEFAULT_IMAGE_CHUNK, DEFAULT_MAX_SIZE, Budget, SearchConfig
+from .search import Search, SearchOutcome
 from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
 
 #: The grammars shipped in the repository's ``grammars/`` folder, usable by name (``g1``, ``g2``, ``maps``).

@@ -102,7 +102,7 @@ def _data(args: argparse.Namespace):
 def run_synth(args: argparse.Namespace) -> int:
     """Handler of ``sycam-dsl synth``."""
     from .api import synthesize
-    from .search import Budget
+    from .config import Budget
 
     model, data, bundled = _data(args)
     metric_name = args.metric or BUNDLED["metric"]
