@@ -13,7 +13,8 @@ from sycam_dsl.metrics.memo import ScoreCache, memoized_curve
 from sycam_dsl.metrics.perturbation import blurred, perturbation_curve
 from sycam_dsl.metrics.scoring import ForwardCounter
 from sycam_dsl.synthesis import Budget, Problem, Search, SearchConfig
-from sycam_dsl.synthesis.api import build_problem, Data, _model
+from sycam_dsl.synthesis.api import build_problem, loaded_model
+from sycam_dsl.synthesis.problem import Data
 from tests.cam_reference import TinyCNN
 from tests.test_synthesis import GRAMMAR, SCH, CountingScorer, planted, scripted
 
@@ -103,7 +104,7 @@ def _tiny_problem(n: int = 16) -> Problem:
     model = TinyCNN(classes=3)
     x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     data = Data(x, [str(i) for i in range(n)])
-    problem, _ = build_problem(_model(model, None, "cpu"), "features", data, ["grads", "pgrads", "cic", "abl", "G", "A"],
+    problem, _ = build_problem(loaded_model(model, None, "cpu"), "features", data, ["grads", "pgrads", "cic", "abl", "G", "A"],
                                use_cache=False, progress=False)
     return problem
 

@@ -102,7 +102,7 @@ def _data(args: argparse.Namespace):
 def run_synth(args: argparse.Namespace) -> int:
     """Handler of ``sycam-dsl synth``."""
     from .api import synthesize
-    from .config import Budget
+    from .config import Budget, DataOptions, OutputOptions, SearchOptions
 
     model, data, bundled = _data(args)
     metric_name = args.metric or BUNDLED["metric"]
@@ -125,19 +125,20 @@ def run_synth(args: argparse.Namespace) -> int:
         if data.labels is None:
             raise SycamError(f"--targets labels needs one subfolder per class in {args.images!r}")
         targets = data.labels
-    kwargs = {} if levels is None else {"level_sizes": levels}
+    engine = {} if levels is None else {"level_sizes": levels}
     if args.plain_engine:
-        kwargs.update(memo_mb=0, candidate_batch=1, image_chunk=None, early_stop=False)
+        engine.update(memo_mb=0, candidate_batch=1, image_chunk=None, early_stop=False)
     else:
-        kwargs.update(memo_mb=args.memo_mb)
+        engine.update(memo_mb=args.memo_mb)
     result = synthesize(model, args.layer, data, metric=metric, grammar=args.grammar,
                         budget=Budget(seconds, args.candidates), per_class=args.per_class, out_dir=out,
-                        resume=args.resume, targets=targets, device=args.device,
-                        seed=args.seed, equivalence_size=args.equivalence_images, max_size=args.max_size,
-                        report_metrics=report_metrics, report_images=args.report_images,
-                        batch_size=args.batch_size, chunk_size=args.chunk_size, cache_dir=args.cache_dir,
-                        use_cache=not args.no_cache, progress=not args.quiet,
-                        settings={"bundled_benchmark": bundled}, **kwargs)
+                        resume=args.resume, device=args.device,
+                        data=DataOptions(targets=targets, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                                         cache_dir=args.cache_dir, use_cache=not args.no_cache),
+                        search=SearchOptions(seed=args.seed, equivalence_size=args.equivalence_images,
+                                             max_size=args.max_size, **engine),
+                        output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
+                                             progress=not args.quiet, settings={"bundled_benchmark": bundled}))
     d = result.data
     if result.dispatch is not None:
         print("per-class result:")
