@@ -104,8 +104,8 @@ def _tiny_problem(n: int = 16) -> Problem:
     model = TinyCNN(classes=3)
     x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     data = Data(x, [str(i) for i in range(n)])
-    problem, _ = build_problem(loaded_model(model, None, "cpu"), "features", data, ["grads", "pgrads", "cic", "abl", "G", "A"],
-                               use_cache=False, progress=False)
+    problem, _ = build_problem(loaded_model(model, None, "cpu"), "features", data,
+                               ["grads", "pgrads", "cic", "abl", "G", "A"], use_cache=False, progress=False)
     return problem
 
 

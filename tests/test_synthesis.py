@@ -100,7 +100,8 @@ class ScriptedScorer:
         for node in nodes:
             text = to_sexpr(node)
             self.calls.append((text, j, c))
-            out.append(torch.tensor(self.table.get(text, [0.0] * self.inner.problem.n), dtype=torch.float64)[part.index])
+            scores = torch.tensor(self.table.get(text, [0.0] * self.inner.problem.n), dtype=torch.float64)
+            out.append(scores[part.index])
         return out
 
 
@@ -221,7 +222,8 @@ def test_resume_after_an_interrupt_gives_the_uninterrupted_result_and_scores_not
         assert sorted(first_calls.calls + second_calls.calls) == sorted(full_calls.calls)
     else:
         # only the batch the interrupt cut short is scored again
-        assert len(first_calls.calls) + len(second_calls.calls) - len(full_calls.calls) <= batch * first.scorer.chunks(0)
+        again = len(first_calls.calls) + len(second_calls.calls) - len(full_calls.calls)
+        assert again <= batch * first.scorer.chunks(0)
 
 
 def test_a_bigger_budget_continues_a_finished_search(tmp_path):

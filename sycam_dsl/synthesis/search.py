@@ -187,10 +187,12 @@ class Search:
 
     def _status_text(self, state: SearchState, rate: float) -> str:
         inc = state.incumbent
-        best = "none yet" if inc is None else \
-            f"{_short(inc.expression)} {self.metric.name} {sum(sum(b) for b in inc.blocks) / sum(map(len, inc.blocks)):.4f}"
-        return (f"search{self.label}: {self._elapsed(state):6.1f} s | {state.next_candidate} candidates ({rate:.1f}/s) | "
-                f"best: {best}")
+        best = "none yet"
+        if inc is not None:
+            mean = sum(sum(b) for b in inc.blocks) / sum(map(len, inc.blocks))
+            best = f"{_short(inc.expression)} {self.metric.name} {mean:.4f}"
+        return (f"search{self.label}: {self._elapsed(state):6.1f} s | {state.next_candidate} candidates "
+                f"({rate:.1f}/s) | best: {best}")
 
     def _out_of_time(self, state: SearchState) -> bool:
         budget = self.config.budget.seconds
