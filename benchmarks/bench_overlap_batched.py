@@ -1,5 +1,5 @@
 """Ground-truth overlap and SCH: the evaluation engine (candidates scored together by
-``Search.score_part``: batched saliency, and the metric computed from ``S`` -- SCH from masked sums
+``LocalScorer.score``: batched saliency, and the metric computed from ``S`` -- SCH from masked sums
 at layer resolution, ground-truth overlap with ``kthvalue`` instead of a sort) against one candidate
 at a time through the plain path (full-resolution heatmaps, then ``sch`` / ``gt_overlap``, as
 ``sycam-dsl eval`` scores an expression), on the same candidates and images, in one run. Also shows
@@ -25,7 +25,7 @@ from sycam_dsl.synthesis import Budget, Search, SearchConfig, resolve_grammar
 def engine(search: Search, nodes, batch: int) -> torch.Tensor:
     out = []
     for i in range(0, len(nodes), batch):
-        out += search.score_part(nodes[i:i + batch], 0, 0)
+        out += search.scorer.score(nodes[i:i + batch], 0, 0)
     return torch.stack(out)
 
 

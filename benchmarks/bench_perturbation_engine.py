@@ -34,12 +34,12 @@ def scores(problem, nodes, metric, batch: int) -> tuple[torch.Tensor, int, float
     problem.inputs.model = counter
     cfg = SearchConfig(metric, Budget(candidates=1), level_sizes=(None,), image_chunk=None, baselines=())
     search = Search(problem, resolve_grammar("g2"), cfg, progress=False)
-    search.score_part(nodes[:1], 0, 0)  # y_c(x), x~ and y_c(x~): shared by both engines, not timed
+    search.scorer.score(nodes[:1], 0, 0)  # y_c(x), x~ and y_c(x~): shared by both engines, not timed
     counter.images = 0
     w, c = time.perf_counter(), time.process_time()
     out = []
     for i in range(0, len(nodes), batch):
-        out += search.score_part(nodes[i:i + batch], 0, 0)
+        out += search.scorer.score(nodes[i:i + batch], 0, 0)
     wall, cpu = time.perf_counter() - w, time.process_time() - c
     order = torch.argsort(search.subsets.order)  # back to image order
     return torch.stack([s[order] for s in out]), counter.images, wall, cpu

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sycam_dsl.synthesis import Budget, Result, synthesize
+from sycam_dsl.synthesis import Budget, Result, SearchOptions, synthesize
 
 
 def parser(description: str, default_time: float) -> argparse.ArgumentParser:
@@ -43,14 +43,14 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     return model, load_images(args.images, size=model.input_size, normalize=model.normalize, masks=args.masks)
 
 
-def search(args: argparse.Namespace, model: Any, data: Any, name: str, **kw: Any) -> Result:
+def search(args: argparse.Namespace, model: Any, images: Any, name: str, **kw: Any) -> Result:
     """One search written to ``<out>/<name>``; keyword arguments go to ``synthesize``."""
     from sycam_dsl.synthesis import parse_level_sizes
 
     out = Path(args.out or f"runs/{Path(__import__('sys').argv[0]).stem}") / name
     print(f"\n== {name} -> {out}")
-    return synthesize(model, args.layer, data, budget=Budget(seconds=args.time), out_dir=out, device=args.device,
-                      level_sizes=parse_level_sizes(args.levels), **kw)
+    return synthesize(model, args.layer, images, budget=Budget(seconds=args.time), out_dir=out, device=args.device,
+                      search=SearchOptions(level_sizes=parse_level_sizes(args.levels)), **kw)
 
 
 def summary(rows: list[tuple[str, Result]]) -> str:

@@ -9,6 +9,7 @@ The built-in benchmark's images come with exact masks; with your own images give
 from __future__ import annotations
 
 from _experiment import load, parser, search, summary
+from sycam_dsl.synthesis import DataOptions, OutputOptions
 
 
 def main() -> None:
@@ -18,8 +19,8 @@ def main() -> None:
         raise SystemExit("E3 needs object masks: give --masks DIR")
     rows = []
     for metric in ("gt_overlap", "sch"):
-        r = search(args, model, data, metric, metric=metric, grammar="g2", masks=data.masks,
-                   report_metrics=["gt_overlap", "sch"])
+        r = search(args, model, data, metric, metric=metric, grammar="g2", data=DataOptions(masks=data.masks),
+                   output=OutputOptions(report_metrics=["gt_overlap", "sch"]))
         print(r.table())
         rows.append((metric, r))
     print("\nE3 summary (higher is better)\n" + summary(rows))

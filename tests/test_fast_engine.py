@@ -13,9 +13,10 @@ from sycam_dsl.metrics.memo import ScoreCache, memoized_curve
 from sycam_dsl.metrics.perturbation import blurred, perturbation_curve
 from sycam_dsl.metrics.scoring import ForwardCounter
 from sycam_dsl.synthesis import Budget, Problem, Search, SearchConfig
-from sycam_dsl.synthesis.api import build_problem, Data, _model
+from sycam_dsl.synthesis.api import build_problem, loaded_model
+from sycam_dsl.synthesis.problem import Data
 from tests.cam_reference import TinyCNN
-from tests.test_synthesis import GRAMMAR, SCH, planted
+from tests.test_synthesis import GRAMMAR, SCH, CountingScorer, planted, scripted
 
 MODEL = TinyCNN(classes=3).eval()
 IMAGES = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -103,8 +104,8 @@ def _tiny_problem(n: int = 16) -> Problem:
     model = TinyCNN(classes=3)
     x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     data = Data(x, [str(i) for i in range(n)])
-    problem, _ = build_problem(_model(model, None, "cpu"), "features", data, ["grads", "pgrads", "cic", "abl", "G", "A"],
-                               use_cache=False, progress=False)
+    problem, _ = build_problem(loaded_model(model, None, "cpu"), "features", data,
+                               ["grads", "pgrads", "cic", "abl", "G", "A"], use_cache=False, progress=False)
     return problem
 
 
@@ -119,9 +120,9 @@ def test_batched_candidates_score_as_one_at_a_time():
     search = Search(problem, GRAMMAR, cfg, progress=False)
     from sycam_dsl.lang.sexpr import parse_expr
     nodes = [parse_expr(t, GRAMMAR.inputs) for t in ("grads", "(relu cic)", "(- abl pgrads)", "(* cic cic)")]
-    together = search.score_part(nodes, 0, 1)
+    together = search.scorer.score(nodes, 0, 1)
     for node, s in zip(nodes, together):
-        assert torch.allclose(search.score_part([node], 0, 1)[0], s, atol=1e-6)
+        assert torch.allclose(search.scorer.score([node], 0, 1)[0], s, atol=1e-6)
 
 
 def test_early_stopping_and_batching_never_change_the_winner():
@@ -132,16 +133,8 @@ def test_early_stopping_and_batching_never_change_the_winner():
         for engine in (plain, dict(batch=8, image_chunk=chunk, early_stop=True)):
             cfg = SearchConfig(metric, Budget(candidates=80), level_sizes=levels, equivalence_size=4,
                                max_size=5, **engine)
-            s = Search(problem, GRAMMAR, cfg, progress=False)
-            calls = []
-            original = s.score_part
-
-            def counted(nodes, j, c, original=original, calls=calls, s=s):
-                calls.append(len(nodes) * s._parts[j][c].n)
-                return original(nodes, j, c)
-
-            s.score_part = counted
-            runs.append((s.run(), sum(calls)))
+            s, counted = scripted(Search(problem, GRAMMAR, cfg, progress=False), CountingScorer)
+            runs.append((s.run(), counted.work))
         (a, work_a), (b, work_b) = runs
         assert _history(a) == _history(b)
         assert a.level_means == b.level_means or all(

@@ -16,7 +16,7 @@ from sycam_dsl.evaluate import Terminals
 from sycam_dsl.parse import parse_grammar
 from hypothesis import given, settings, strategies as st
 
-from sycam_dsl.synthesis import Budget, Problem, Search, SearchConfig, judge, make_subsets
+from sycam_dsl.synthesis import Budget, LocalScorer, Problem, Search, SearchConfig, judge, make_subsets
 from sycam_dsl.synthesis.oracle import hopeless
 from sycam_dsl.synthesis.evaluation import method_scores
 from sycam_dsl.synthesis.per_class import dispatch_of, search_per_class
@@ -77,22 +77,39 @@ def test_search_finds_the_planted_expression():
     assert out.state.counts.accepted == len(history)
 
 
-class ScriptedSearch(Search):
-    """``score_part`` answers from a table (expression -> per-image scores by image) and logs calls."""
+class ScriptedScorer:
+    """A fake scorer: answers from a table (expression -> per-image scores by image) on the chunks of
+    the search's own ``LocalScorer`` (whose bounds it keeps), and logs calls."""
 
-    def __init__(self, *args, table: dict[str, list[float]], **kw) -> None:
-        super().__init__(*args, **kw)
-        self.table = table
+    def __init__(self, inner: LocalScorer, table: dict[str, list[float]]) -> None:
+        self.inner, self.table = inner, table
+        self.levels = inner.levels
         self.calls: list[tuple[str, int, int]] = []
 
-    def score_part(self, nodes, j, c):
-        part = self._parts[j][c]
+    def chunks(self, level):
+        return self.inner.chunks(level)
+
+    def chunk_size(self, level, chunk):
+        return self.inner.chunk_size(level, chunk)
+
+    def best_rest(self, level, chunk):
+        return self.inner.best_rest(level, chunk)
+
+    def score(self, nodes, j, c):
+        part = self.inner.part(j, c)
         out = []
         for node in nodes:
             text = to_sexpr(node)
             self.calls.append((text, j, c))
-            out.append(torch.tensor(self.table.get(text, [0.0] * self.problem.n), dtype=torch.float64)[part.index])
+            scores = torch.tensor(self.table.get(text, [0.0] * self.inner.problem.n), dtype=torch.float64)
+            out.append(scores[part.index])
         return out
+
+
+def scripted(search: Search, make, *args, **kw):
+    """``search`` with its scorer wrapped in ``make(scorer, ...)``; returns both."""
+    search.scorer = make(search.scorer, *args, **kw)
+    return search, search.scorer
 
 
 def test_oracle_rejects_at_the_first_level_a_candidate_that_loses_on_most_images():
@@ -105,9 +122,10 @@ def test_oracle_rejects_at_the_first_level_a_candidate_that_loses_on_most_images
     for i in order[:12].tolist()[::4] + order[12:].tolist()[::4]:
         pgrads[i] = 10.0
     table = {"grads": [1.0] * n, "pgrads": pgrads, "cic": [2.0] * n}
-    s = ScriptedSearch(problem, GRAMMAR, config(candidates=4, baselines=()), progress=False, table=table)
+    s, scorer = scripted(Search(problem, GRAMMAR, config(candidates=4, baselines=()), progress=False),
+                         ScriptedScorer, table)
     out = s.run()
-    levels = {j for text, j, _ in s.calls if text == "pgrads"}
+    levels = {j for text, j, _ in scorer.calls if text == "pgrads"}
     assert levels == {0}
     assert out.state.counts.rejected["I3"] >= 1
     assert to_sexpr(out.best) == "cic"
@@ -147,26 +165,32 @@ def test_exhausting_the_grammar_stops_the_search():
     assert out.stopped_by == "exhausted"
 
 
-class InterruptedSearch(ScriptedSearch):
+class CountingScorer(ScriptedScorer):
+    """Real scores; logs calls and counts the (candidate, image) scores computed in ``work``."""
+
+    def __init__(self, inner: LocalScorer) -> None:
+        super().__init__(inner, table={})
+        self.work = 0
+
+    def score(self, nodes, j, c):
+        self.calls += [(to_sexpr(n), j, c) for n in nodes]
+        self.work += len(nodes) * self.inner.chunk_size(j, c)
+        return self.inner.score(nodes, j, c)
+
+
+class InterruptedScorer(CountingScorer):
     """Real scores, but Ctrl-C arrives at the ``at``-th scoring call on the first chunk of ``I3``."""
 
-    def __init__(self, *args, at: int, **kw) -> None:
-        super().__init__(*args, table={}, **kw)
+    def __init__(self, inner: LocalScorer, at: int) -> None:
+        super().__init__(inner)
         self.at = at
         self.first_level = 0
 
-    def score_part(self, nodes, j, c):
+    def score(self, nodes, j, c):
         if j == 0 and c == 0 and self.first_level == self.at:  # between candidates: nothing half-scored
             raise KeyboardInterrupt
         self.first_level += j == 0 and c == 0
-        self.calls += [(to_sexpr(n), j, c) for n in nodes]
-        return Search.score_part(self, nodes, j, c)
-
-
-class CountingSearch(ScriptedSearch):
-    def score_part(self, nodes, j, c):
-        self.calls += [(to_sexpr(n), j, c) for n in nodes]
-        return Search.score_part(self, nodes, j, c)
+        return super().score(nodes, j, c)
 
 
 def _summary(out):
@@ -180,25 +204,27 @@ def _summary(out):
 def test_resume_after_an_interrupt_gives_the_uninterrupted_result_and_scores_nothing_twice(tmp_path, batch):
     problem = planted(seed=3)
     cfg = config(candidates=120, batch=batch, image_chunk=2)
-    full = CountingSearch(problem, GRAMMAR, cfg, tmp_path / "a", progress=False, table={})
+    full, full_calls = scripted(Search(problem, GRAMMAR, cfg, tmp_path / "a", progress=False), CountingScorer)
     expected = full.run()
     assert expected.stopped_by == "candidates"
 
-    first = InterruptedSearch(problem, GRAMMAR, cfg, tmp_path / "b", progress=False, at=30 if batch == 1 else 6)
+    first, first_calls = scripted(Search(problem, GRAMMAR, cfg, tmp_path / "b", progress=False), InterruptedScorer,
+                                  at=30 if batch == 1 else 6)
     stopped = first.run()
     assert stopped.stopped_by == "interrupted"
     saved = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
     assert 0 < saved["state"]["next_candidate"] < 120
 
-    second = CountingSearch(problem, GRAMMAR, cfg, tmp_path / "b", progress=False, table={})
+    second, second_calls = scripted(Search(problem, GRAMMAR, cfg, tmp_path / "b", progress=False), CountingScorer)
     resumed = second.run(resume=True)
     assert _summary(resumed) == _summary(expected)
     if batch == 1:
         # every (candidate, level, chunk) scored once over the two runs, as in the uninterrupted one
-        assert sorted(first.calls + second.calls) == sorted(full.calls)
+        assert sorted(first_calls.calls + second_calls.calls) == sorted(full_calls.calls)
     else:
         # only the batch the interrupt cut short is scored again
-        assert len(first.calls) + len(second.calls) - len(full.calls) <= batch * len(first._parts[0])
+        again = len(first_calls.calls) + len(second_calls.calls) - len(full_calls.calls)
+        assert again <= batch * first.scorer.chunks(0)
 
 
 def test_a_bigger_budget_continues_a_finished_search(tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from sycam_dsl.cli import main
 from sycam_dsl.evaluate import evaluate
-from sycam_dsl.synthesis import Budget, synthesize
+from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
 from tests.cam_reference import TinyCNN
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "sycam_dsl" / "synthesis" / "result.schema.json")
@@ -36,11 +36,14 @@ def data(n: int = 16, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torc
     return x, masks
 
 
-def run(tmp_path: Path, **kw):
+def run(tmp_path: Path, report_images: int = 3, **kw):
     x, masks = data()
-    args = dict(metric="deletion", metric_options={"steps": 4}, report_metrics=["insertion", "average_drop", "sch"],
-                budget=Budget(candidates=12), level_sizes=(4, 8, None), equivalence_size=4, masks=masks,
-                out_dir=tmp_path / "run", use_cache=False, progress=False, report_images=3)
+    args = dict(metric="deletion", metric_options={"steps": 4}, budget=Budget(candidates=12),
+                data=DataOptions(masks=masks, use_cache=False),
+                search=SearchOptions(level_sizes=(4, 8, None), equivalence_size=4),
+                output=OutputOptions(report_metrics=["insertion", "average_drop", "sch"], progress=False,
+                                     report_images=report_images),
+                out_dir=tmp_path / "run")
     args.update(kw)
     return synthesize(tiny_model(), "features", x, **args), x
 
@@ -83,10 +86,10 @@ def test_broken_result_fails_the_schema(tmp_path):
 
 def test_per_class_result_compiles_to_a_dispatch(tmp_path):
     x, masks = data(24)
-    result = synthesize(tiny_model(), "features", x, metric="sch", masks=masks, per_class=True,
-                        budget=Budget(candidates=6), level_sizes=(2, 4, None), equivalence_size=2,
-                        out_dir=tmp_path / "pc", use_cache=False, progress=False, report_images=2,
-                        min_class_images=2)
+    result = synthesize(tiny_model(), "features", x, metric="sch", per_class=True, budget=Budget(candidates=6),
+                        data=DataOptions(masks=masks, use_cache=False),
+                        search=SearchOptions(level_sizes=(2, 4, None), equivalence_size=2, min_class_images=2),
+                        output=OutputOptions(progress=False, report_images=2), out_dir=tmp_path / "pc")
     d = json.loads((tmp_path / "pc" / "result.json").read_text())
     jsonschema.validate(d, SCHEMA)
     assert d["per_class"] is not None and d["expression"] == d["per_class"]["fallback"]

@@ -21,8 +21,8 @@ from ..lang.terminals import TERMINALS
 from .errors import LayerError, TerminalError
 from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, layer_access, tail_runner
 from ..util.modes import eval_mode
+from ..util.progress import progress as progress_bar
 from .models import LoadedModel, resolve_device
-from .progress import progress as progress_bar
 
 #: Terminals that need the backward pass.
 _GRAD_NAMES = frozenset({"grads", "pgrads", "G"})

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import known_metrics
-from ..synthesis.search import DEFAULT_MAX_SIZE
+from ..synthesis.config import DEFAULT_MAX_SIZE
 from ..synthesis.state import CHECKPOINT_NAME
 from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
 from .options import (IMAGES_HELP, MASKS_HELP, add_model_options, add_scoring_options, add_targets,
@@ -102,7 +102,7 @@ def _data(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run the search, print the result and the tables; 130 when interrupted."""
-    from ..synthesis import Budget, synthesize
+    from ..synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
 
     model, data, bundled = _data(args)
     metric_name = args.metric or BUNDLED["metric"]
@@ -121,19 +121,20 @@ def run(args: argparse.Namespace) -> int:
     seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_TIME)
     levels = args.levels or (_level_sizes(BUNDLED["levels"]) if bundled else None)
     targets = targets_from(args, data.labels)
-    kwargs = {} if levels is None else {"level_sizes": levels}
+    engine = {} if levels is None else {"level_sizes": levels}
     if args.plain_engine:
-        kwargs.update(memo_mb=0, candidate_batch=1, image_chunk=None, early_stop=False)
+        engine.update(memo_mb=0, candidate_batch=1, image_chunk=None, early_stop=False)
     else:
-        kwargs.update(memo_mb=args.memo_mb)
+        engine.update(memo_mb=args.memo_mb)
     result = synthesize(model, args.layer, data, metric=metric, grammar=args.grammar,
                         budget=Budget(seconds, args.candidates), per_class=args.per_class, out_dir=out,
-                        resume=args.resume, targets=targets, device=args.device,
-                        seed=args.seed, equivalence_size=args.equivalence_images, max_size=args.max_size,
-                        report_metrics=report_metrics, report_images=args.report_images,
-                        batch_size=args.batch_size, chunk_size=args.chunk_size, cache_dir=args.cache_dir,
-                        use_cache=not args.no_cache, progress=not args.quiet,
-                        settings={"bundled_benchmark": bundled}, **kwargs)
+                        resume=args.resume, device=args.device,
+                        data=DataOptions(targets=targets, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                                         cache_dir=args.cache_dir, use_cache=not args.no_cache),
+                        search=SearchOptions(seed=args.seed, equivalence_size=args.equivalence_images,
+                                             max_size=args.max_size, **engine),
+                        output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
+                                             progress=not args.quiet, settings={"bundled_benchmark": bundled}))
     d = result.data
     if result.dispatch is not None:
         print("per-class result:")

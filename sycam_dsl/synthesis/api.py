@@ -15,7 +15,6 @@ score plot; see ``outputs.py``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,20 +25,19 @@ from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
 from ..cam.models import LoadedModel, Normalization, load_model
 from ..errors import SycamError
-from ..lang.ast import Node, to_sexpr
+from ..lang.ast import to_sexpr
 from ..metrics import get_metric
-from ..metrics.compare import Row
 from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import Metric, MetricInputs
 from ..parse import load_grammar
 from ..parse.grammar import Grammar
-from .dispatch import Dispatch
+from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .evaluation import evaluate_methods
-from .per_class import DEFAULT_MIN_CLASS_IMAGES, dispatch_of, search_per_class
-from .problem import Problem
-from .search import (DEFAULT_BATCH, DEFAULT_IMAGE_CHUNK, DEFAULT_MAX_SIZE, Budget, Search, SearchConfig,
-                     SearchOutcome)
-from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
+from .outputs import write_outputs
+from .per_class import dispatch_of, search_per_class
+from .problem import Data, Problem
+from .result import Result, RunRecord
+from .search import Search
 
 #: The grammars shipped in the repository's ``grammars/`` folder, usable by name (``g1``, ``g2``, ``maps``).
 GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "grammars"
@@ -75,57 +73,9 @@ def as_budget(budget: Budget | float | int | None) -> Budget:
     return Budget(seconds=float(budget))
 
 
-@dataclass
-class Result:
-    """What ``synthesize`` returns (and ``result.json`` holds, as ``data``).
-
-    ``best``: the synthesized expression (for a per-class result, the fallback); ``dispatch``: the
-    per-class expressions when ``per_class``; ``tables``: one comparison table per report metric
-    (SyCAM and the baselines on every evaluation image); ``out_dir``: where the files were written."""
-
-    best: Node | None
-    dispatch: Dispatch | None
-    tables: list[tuple[Metric, list[Row]]]
-    data: dict[str, Any]
-    out_dir: Path | None = None
-    outcomes: list[SearchOutcome] = field(default_factory=list)
-
-    @property
-    def expression(self) -> str | None:
-        return None if self.best is None else to_sexpr(self.best)
-
-    def table(self) -> str:
-        """The comparison tables as text."""
-        from ..metrics.compare import format_table
-
-        n = self.data["images"]["evaluated"]
-        return "\n\n".join(format_table(rows, m, n) for m, rows in self.tables)
-
-    def compile(self) -> torch.jit.ScriptModule:
-        """The TorchScript module of the result (a class dispatch for a per-class result)."""
-        if self.best is None:
-            raise SycamError("the search scored no candidate, so there is nothing to compile")
-        if self.dispatch is not None:
-            from ..backend.dispatch import compile_dispatch
-            return compile_dispatch(self.dispatch.per_class, self.dispatch.fallback)
-        from ..backend import compile_torchscript
-        return compile_torchscript(self.best)
-
-
-@dataclass
-class Data:
-    """Images ready for the model: ``images`` ``[N, 3, H, W]`` normalized, optional ``labels`` ``[N]``,
-    ``masks`` ``[N, H, W]`` bool, ``files`` names for reports, ``classes`` label names."""
-
-    images: torch.Tensor
-    files: list[str]
-    labels: torch.Tensor | None = None
-    masks: torch.Tensor | None = None
-    classes: list[str] | None = None
-    source: str = "<tensor>"
-
-
-def _model(model: LoadedModel | nn.Module | str, weights: str | None, device: str) -> LoadedModel:
+def loaded_model(model: LoadedModel | nn.Module | str, weights: str | None, device: str) -> LoadedModel:
+    """``model`` as a ``LoadedModel``: a name for ``load_model`` (with ``weights``), a ``LoadedModel``
+    as it is, or an ``nn.Module`` moved to ``device`` (taking images as given, its default layer)."""
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, str):
@@ -193,69 +143,59 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
                metric: str | Metric = "deletion", metric_options: dict[str, Any] | None = None,
                grammar: str | Path | Grammar = "g2", budget: Budget | float | None = None,
                per_class: bool = False, out_dir: str | Path | None = None, resume: bool = False,
-               weights: str | None = None, masks: torch.Tensor | str | Path | None = None,
-               labels: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-               size: int | None = None, device: str = "cpu", seed: int = 0,
-               level_sizes: Sequence[int | None] = DEFAULT_LEVEL_SIZES,
-               equivalence_size: int = DEFAULT_EQUIVALENCE_SIZE, max_size: int = DEFAULT_MAX_SIZE,
-               report_metrics: Sequence[str | Metric] | None = None, report_images: int = 4,
-               batch_size: int = 64, chunk_size: int = 32, cache_dir: str | Path | None = None,
-               use_cache: bool = True, min_class_images: int = DEFAULT_MIN_CLASS_IMAGES,
-               memo_mb: float = DEFAULT_MAX_MB, candidate_batch: int = DEFAULT_BATCH,
-               image_chunk: int | None = DEFAULT_IMAGE_CHUNK, early_stop: bool = True,
-               progress: bool = True, settings: dict[str, Any] | None = None) -> Result:
+               weights: str | None = None, device: str = "cpu", data: DataOptions = DataOptions(),
+               search: SearchOptions = SearchOptions(), output: OutputOptions = OutputOptions()) -> Result:
     """Search ``grammar`` for the weight expression that scores best on ``metric`` for ``model`` at
     ``layer`` (None: the model's default) on ``images``, and write the results to ``out_dir``.
 
     ``model``: a name for ``load_model`` (with ``weights``), a ``LoadedModel`` or an ``nn.Module``
     (taking images as given). ``images``: a folder, an ``ImageSet`` or a tensor ``[N, 3, H, W]``
-    normalized for the model; ``masks`` ``[N, H, W]`` (or a folder) for ground-truth metrics;
-    ``labels`` ``[N]`` stratify the subsets (default: the predicted classes); ``targets`` ``[N]``
-    the classes explained (default: the predicted ones). ``budget``: a ``Budget`` or seconds.
-    ``per_class``: one search per predicted class, compiled into one dispatching module.
-    ``report_metrics``: the metrics of the final tables (default: ``metric``). An ``out_dir`` that
-    holds a checkpoint of the same search is resumed when ``resume`` is True.
+    normalized for the model. ``metric_options``: the metric's options (e.g. ``{"steps": 10}``).
+    ``budget``: a ``Budget`` or seconds. ``per_class``: one search per predicted class, compiled
+    into one dispatching module. An ``out_dir`` that holds a checkpoint of the same search is
+    resumed when ``resume`` is True.
 
-    The evaluation engine (none of it changes the result): ``memo_mb`` MB of memoized Deletion /
-    Insertion forward passes (0: off), ``candidate_batch`` candidates scored together on ``I3``,
-    levels scored ``image_chunk`` images at a time with ``early_stop`` of hopeless candidates."""
-    from .outputs import write_outputs
-
+    The rest comes in groups: ``data`` (masks, labels, targets, image size, batch sizes, the
+    terminal cache; ``DataOptions``), ``search`` (subsets, expression size, the evaluation engine;
+    ``SearchOptions``) and ``output`` (report metrics and images, progress, extra settings;
+    ``OutputOptions``)."""
     t_start = time.perf_counter()
     if images is None:
         raise SycamError("give images: a folder, an ImageSet or a tensor [N, 3, H, W]")
-    loaded = _model(model, weights, device)
+    loaded = loaded_model(model, weights, device)
     gram = resolve_grammar(grammar)
     search_metric = resolve_metric(metric, metric_options)
     shown = [search_metric]
-    for m in report_metrics or []:
+    for m in output.report_metrics or []:
         m = resolve_metric(m, None)
         if m.name not in {s.name for s in shown}:
             shown.append(m)
-    data = _data(images, masks, labels, loaded, size)
+    images_data = _data(images, data.masks, data.labels, loaded, data.size)
     for m in shown:
-        if m.needs_masks and data.masks is None:
+        if m.needs_masks and images_data.masks is None:
             raise SycamError(f"metric {m.name!r} compares heatmaps with object masks: give masks (--masks DIR)")
     names = list(dict.fromkeys(list(gram.inputs) + [t for b in SEARCH_BASELINES for t in baseline(b).terminals]))
     out = Path(out_dir) if out_dir is not None else None
     t0 = time.perf_counter()
-    problem, layer_name = build_problem(loaded, layer, data, names, targets, device, batch_size, chunk_size,
-                                        cache_dir, use_cache, progress, memo_mb)
+    problem, layer_name = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
+                                        data.chunk_size, data.cache_dir, data.use_cache, output.progress,
+                                        search.memo_mb)
     terminal_seconds = time.perf_counter() - t0
-    config = SearchConfig(search_metric, as_budget(budget), tuple(level_sizes), equivalence_size, seed, max_size,
-                          batch=candidate_batch, image_chunk=image_chunk, early_stop=early_stop)
+    config = SearchConfig(search_metric, as_budget(budget), tuple(search.level_sizes), search.equivalence_size,
+                          search.seed, search.max_size, batch=search.candidate_batch, image_chunk=search.image_chunk,
+                          early_stop=search.early_stop)
 
     t0 = time.perf_counter()
     dispatch, searches = None, []
     if per_class:
-        searches, stopped_by = search_per_class(problem, gram, config, out, progress, resume, min_class_images)
+        searches, stopped_by = search_per_class(problem, gram, config, out, output.progress, resume,
+                                                search.min_class_images)
         outcomes = [s.outcome for s in searches]
         dispatch = dispatch_of(searches, config, problem)
         best = dispatch.fallback if dispatch is not None else None
         eval_problem = problem
     else:
-        search = Search(problem, gram, config, out, progress)
-        outcome = search.run(resume=resume)
+        outcome = Search(problem, gram, config, out, output.progress).run(resume=resume)
         outcomes, stopped_by, best = [outcome], outcome.stopped_by, outcome.best
         eval_problem = problem.subset(outcome.subsets.level(len(outcome.subsets.level_sizes) - 1))
     search_seconds = time.perf_counter() - t0
@@ -273,15 +213,15 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     timings = {"terminals_s": terminal_seconds, "search_s": search_seconds, "evaluation_s": eval_seconds}
     run_settings = {
         "model": loaded.name, "model_source": loaded.source, "weights": weights, "layer": layer_name,
-        "images": data.source, "size": int(data.images.shape[-1]), "metric": search_metric.name,
+        "images": images_data.source, "size": int(images_data.images.shape[-1]), "metric": search_metric.name,
         "metric_options": dict(search_metric.options), "grammar": gram.source, "budget_seconds": config.budget.seconds,
-        "budget_candidates": config.budget.candidates, "per_class": per_class, "seed": seed,
-        "level_sizes": [s for s in level_sizes], "equivalence_size": equivalence_size, "max_size": max_size,
-        "report_metrics": [m.name for m in shown], "device": str(device), "batch_size": batch_size,
-        "chunk_size": chunk_size, "min_class_images": min_class_images, "memo_mb": memo_mb,
-        "candidate_batch": candidate_batch, "image_chunk": image_chunk, "early_stop": early_stop,
-        **(settings or {}),
+        "budget_candidates": config.budget.candidates, "per_class": per_class, "seed": search.seed,
+        "level_sizes": [s for s in search.level_sizes], "equivalence_size": search.equivalence_size,
+        "max_size": search.max_size, "report_metrics": [m.name for m in shown], "device": str(device),
+        "batch_size": data.batch_size, "chunk_size": data.chunk_size, "min_class_images": search.min_class_images,
+        "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
+        "early_stop": search.early_stop, **(output.settings or {}),
     }
-    write_outputs(result, loaded, data, problem, eval_problem, gram, searches, stopped_by, run_settings, timings,
-                  t_start, report_images)
+    write_outputs(RunRecord(result, loaded, images_data, problem, eval_problem, gram, searches, stopped_by,
+                            run_settings, timings, t_start, output.report_images))
     return result

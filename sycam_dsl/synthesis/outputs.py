@@ -1,127 +1,24 @@
 """The output folder of a search: ``result.json``, ``cam.pt``, ``report.md``, ``heatmaps.png`` and
-``score.png`` (see ``result.schema.json`` for the JSON's fields)."""
+``score.png`` (see ``result.schema.json`` for the JSON's fields), written from one ``RunRecord``."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from .. import __version__
 from ..baselines import SEARCH_BASELINES, baseline
+from ..cam.models import LoadedModel
 from ..metrics.expression import expression_inputs
-from ..lang.ast import to_sexpr
 from ..util.files import atomic_write_json as write_json
+from .per_class import ClassSearch
+from .problem import Data, Problem
+from .result import Result, RunRecord, result_data
 
-if TYPE_CHECKING:
-    from ..cam.models import LoadedModel
-    from ..parse.grammar import Grammar
-    from .api import Data, Result
-    from .per_class import ClassSearch
-    from .problem import Problem
-    from .search import SearchOutcome
-
-SCHEMA_ID = "sycam-dsl/result/1"
 FILES = {"result": "result.json", "cam": "cam.pt", "report": "report.md", "grid": "heatmaps.png",
          "plot": "score.png", "checkpoint": "checkpoint.json"}
-
-
-def versions() -> dict[str, str]:
-    import lark
-    import numpy
-    import sympy
-    import torchvision
-    return {"sycam_dsl": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "sympy": sympy.__version__, "lark": lark.__version__,
-            "numpy": numpy.__version__, "platform": platform.platform()}
-
-
-def _counts(outcomes: list[SearchOutcome]) -> dict[str, Any]:
-    out: dict[str, Any] = {"enumerated": 0, "duplicates": 0, "canonical_pruned": 0, "equivalence_pruned": 0,
-                           "considered": 0, "heatmap_equivalent": 0, "invalid": 0, "scored": {}, "rejected": {},
-                           "accepted": 0}
-    for o in outcomes:
-        total = o.enumeration.get("total", {})
-        out["enumerated"] += total.get("generated", 0)
-        out["duplicates"] += total.get("duplicates", 0)
-        out["canonical_pruned"] += total.get("canonical", 0)
-        out["equivalence_pruned"] += total.get("equivalent", 0)
-        c = o.state.counts
-        for key in ("considered", "heatmap_equivalent", "invalid", "accepted"):
-            out[key] += getattr(c, key)
-        for key in ("scored", "rejected"):
-            for level, v in getattr(c, key).items():
-                out[key][level] = out[key].get(level, 0) + v
-    return out
-
-
-def _engine(problem: Problem) -> dict[str, Any]:
-    """The memoized Deletion / Insertion cache's statistics (search and final tables together)."""
-    memo = problem.inputs.memo
-    if memo is None:
-        return {"memo": None}
-    st = memo.stats
-    return {"memo": {"hits": st.hits, "misses": st.misses, "deduplicated": st.deduplicated,
-                     "evictions": st.evictions, "hit_rate": st.hit_rate, "entries": len(memo),
-                     "megabytes": memo.bytes / 2**20, "max_megabytes": memo.max_bytes / 2**20}}
-
-
-def _search_part(o: SearchOutcome) -> dict[str, Any]:
-    """The fields one search contributes (per class for a per-class result)."""
-    return {"expression": to_sexpr(o.best) if o.best is not None else None,
-            "level_scores": o.level_means,
-            "levels": [{"name": n, "size": s} for n, s in zip(o.level_names, o.subsets.level_sizes)],
-            "history": list(o.state.history), "stopped_by": o.stopped_by, "seconds": o.seconds,
-            "counts": _counts([o])}
-
-
-def result_data(result: Result, data: Data, problem: Problem, eval_problem: Problem, grammar: Grammar,
-                searches: list[ClassSearch], stopped_by: str, settings: dict[str, Any],
-                timings: dict[str, float]) -> dict[str, Any]:
-    """The content of ``result.json``."""
-    tables = result.tables
-    metric, rows = tables[0]
-    by_name = {r.name: r for r in rows}
-    outcomes = result.outcomes
-    single = outcomes[0] if result.dispatch is None and outcomes else None
-    d: dict[str, Any] = {
-        "schema": SCHEMA_ID,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "expression": result.expression,
-        "type": str(result.best.type) if result.best is not None else None,
-        "metric": {"name": metric.name, "options": dict(metric.options), "higher_is_better": metric.higher_is_better},
-        "grammar": {"source": grammar.source, "inputs": list(grammar.inputs), "start": grammar.start.name},
-        "stopped_by": stopped_by,
-        "level_scores": single.level_means if single else None,
-        "levels": _search_part(single)["levels"] if single else None,
-        "history": list(single.state.history) if single else
-        [dict(h, **{"class": s.cls}) for s in searches for h in s.outcome.state.history],
-        "per_class": None,
-        "baselines": [{"name": b, "expression": baseline(b).expression, "score": by_name[b].mean}
-                      for b in SEARCH_BASELINES if b in by_name],
-        "evaluation": [{"metric": m.name, "options": dict(m.options), "higher_is_better": m.higher_is_better,
-                        "methods": [{"name": r.name, "expression": r.expression, "mean": r.mean,
-                                     "best_share": r.best_share} for r in rs]} for m, rs in tables],
-        "counts": _counts(outcomes),
-        "timings": {**timings,
-                    "enumeration_s": sum(o.enumeration.get("seconds", 0.0) for o in outcomes),
-                    "scoring_s": sum(o.state.scoring_seconds for o in outcomes)},
-        "images": {"total": problem.n, "evaluated": eval_problem.n, "source": data.source},
-        "engine": _engine(problem),
-        "settings": settings,
-        "versions": versions(),
-        "files": {},
-    }
-    if result.dispatch is not None:
-        d["per_class"] = {
-            "fallback": to_sexpr(result.dispatch.fallback),
-            "classes": {str(s.cls): {**_search_part(s.outcome), "images": int(s.index.numel())} for s in searches},
-        }
-    return d
 
 
 def _row_labels(data: Data, problem: Problem, rows: torch.Tensor) -> list[str]:
@@ -179,13 +76,12 @@ def _plot(result: Result, searches: list[ClassSearch], folder: Path) -> list[str
     return written
 
 
-def write_outputs(result: Result, model: LoadedModel, data: Data, problem: Problem, eval_problem: Problem,
-                  grammar: Grammar, searches: list[ClassSearch], stopped_by: str, settings: dict[str, Any],
-                  timings: dict[str, float], t_start: float, report_images: int) -> None:
-    """Fill ``result.data``; with ``result.out_dir``, write the files there too."""
+def write_outputs(record: RunRecord) -> None:
+    """Fill ``record.result.data``; with ``record.result.out_dir``, write the files there too."""
     from .report import markdown_report
 
-    result.data = result_data(result, data, problem, eval_problem, grammar, searches, stopped_by, settings, timings)
+    result = record.result
+    result.data = result_data(record)
     folder = result.out_dir
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -198,14 +94,14 @@ def write_outputs(result: Result, model: LoadedModel, data: Data, problem: Probl
                 from ..backend import save_torchscript
                 save_torchscript(result.best, folder / FILES["cam"])
             files["cam"] = FILES["cam"]
-        if report_images > 0:
-            _grid(result, model, data, problem, report_images, folder / FILES["grid"])
+        if record.report_images > 0:
+            _grid(result, record.model, record.data, record.problem, record.report_images, folder / FILES["grid"])
             files["grid"] = FILES["grid"]
-        files["plots"] = _plot(result, searches, folder)
+        files["plots"] = _plot(result, record.searches, folder)
         files["report"] = FILES["report"]
         files["result"] = FILES["result"]
         result.data["files"] = files
-    result.data["timings"]["total_s"] = time.perf_counter() - t_start
+    result.data["timings"]["total_s"] = time.perf_counter() - record.t_start
     if folder is not None:
         (folder / FILES["report"]).write_text(markdown_report(result.data))
         write_json(folder / FILES["result"], result.data)

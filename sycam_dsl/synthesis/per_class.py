@@ -14,10 +14,8 @@ from ..parse.grammar import Grammar
 from .dispatch import Dispatch
 from .evaluation import method_scores
 from .problem import Problem
-from .search import Budget, Search, SearchConfig, SearchOutcome
-
-#: A class needs this many images to get a search of its own (one image cannot show "half the images").
-DEFAULT_MIN_CLASS_IMAGES = 2
+from .config import DEFAULT_MIN_CLASS_IMAGES, Budget, SearchConfig
+from .search import Search, SearchOutcome
 
 
 @dataclass

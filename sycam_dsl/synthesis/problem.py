@@ -1,7 +1,8 @@
 """What a search scores candidates on: the terminals, activations and metric inputs of N images.
 
-A ``Problem`` is plain data built once (terminals are the expensive part, and cached on disk);
-``subset`` gives the problem of some of the images (a level block, or one class's images).
+A ``Problem`` is plain data built once (terminals are the expensive part, and cached on disk) from
+the ``Data`` (images, labels, masks) it was computed on; ``subset`` gives the problem of some of the
+images (a level block, or one class's images).
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ import torch
 from ..util.digests import update_digest
 from ..evaluate import Terminals
 from ..metrics.registry import MetricInputs
+
+
+@dataclass
+class Data:
+    """Images ready for the model: ``images`` ``[N, 3, H, W]`` normalized, optional ``labels`` ``[N]``,
+    ``masks`` ``[N, H, W]`` bool, ``files`` names for reports, ``classes`` label names."""
+
+    images: torch.Tensor
+    files: list[str]
+    labels: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+    classes: list[str] | None = None
+    source: str = "<tensor>"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ and carries on from the first unprocessed one.
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,65 +24,20 @@ from typing import Any
 
 import torch
 
-from ..baselines import SEARCH_BASELINES, baseline
+from ..baselines import baseline
 from ..enumerate import Enumerator
-from ..template.heatmaps import layer_saliency, normalize_upsampled
 from ..equivalence.heatmaps import HeatmapIndex
-from ..evaluate import evaluate
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..lang.sexpr import parse_expr
-from ..metrics.registry import Metric
 from ..parse.grammar import Grammar
+from ..util.progress import StatusLine
+from .config import SearchConfig
 from .oracle import hopeless, judge
 from .problem import Problem
+from .scorer import LocalScorer, Scorer, score_levels
 from .state import Incumbent, SearchState, load_checkpoint, save_checkpoint
-from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES, Subsets, make_subsets
-
-DEFAULT_MAX_SIZE = 12
-DEFAULT_CHECKPOINT_SECONDS = 30.0
-DEFAULT_BATCH = 32
-DEFAULT_IMAGE_CHUNK = 25
-#: Bound on the elements of one batched heatmap tensor ``[C, n, H, W]`` (256 MiB in float32).
-MAX_HEATMAP_ELEMENTS = 1 << 26
-
-
-@dataclass(frozen=True)
-class Budget:
-    """When to stop: after ``seconds`` of search time and/or ``candidates`` enumerated candidates
-    (None: no bound). The grammar's end (up to ``max_size``) always stops the search."""
-
-    seconds: float | None = None
-    candidates: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.seconds is not None and self.seconds <= 0:
-            raise SycamError(f"a time budget must be positive, got {self.seconds} s")
-        if self.candidates is not None and self.candidates < 1:
-            raise SycamError(f"a candidate budget must be at least 1, got {self.candidates}")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Settings of one search; ``metric`` carries its options (e.g. ``steps``).
-
-    The evaluation engine: ``batch`` candidates are scored together on ``I3`` (one metric call on
-    ``[C, n, H, W]`` heatmaps); levels are scored ``image_chunk`` images at a time and, with
-    ``early_stop``, a candidate stops being scored as soon as it cannot pass the level. None of
-    these change which candidate wins (``batch=1, early_stop=False`` is the plain oracle)."""
-
-    metric: Metric
-    budget: Budget = Budget(seconds=600.0)
-    level_sizes: tuple[int | None, ...] = DEFAULT_LEVEL_SIZES
-    equivalence_size: int = DEFAULT_EQUIVALENCE_SIZE
-    seed: int = 0
-    max_size: int = DEFAULT_MAX_SIZE
-    baselines: tuple[str, ...] = SEARCH_BASELINES
-    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
-    batch: int = DEFAULT_BATCH
-    image_chunk: int | None = DEFAULT_IMAGE_CHUNK
-    early_stop: bool = True
-
+from .subsets import Subsets, make_subsets
 
 @dataclass
 class SearchOutcome:
@@ -112,36 +66,6 @@ class SearchOutcome:
         return out
 
 
-class _Display:
-    """One status line on stderr, rewritten at most four times a second on a terminal; in a log
-    (stderr not a terminal) a new line every ``LOG_SECONDS``."""
-
-    LOG_SECONDS = 15.0
-
-    def __init__(self, enabled: bool, label: str, metric: str) -> None:
-        self.enabled, self.label, self.metric = enabled, label, metric
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0 if self.tty else time.monotonic()
-
-    def show(self, state: SearchState, elapsed: float, rate: float, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < (0.25 if self.tty else self.LOG_SECONDS)):
-            return
-        self.last = now
-        inc = state.incumbent
-        best = "none yet" if inc is None else \
-            f"{_short(inc.expression)} {self.metric} {sum(sum(b) for b in inc.blocks) / sum(map(len, inc.blocks)):.4f}"
-        line = (f"search{self.label}: {elapsed:6.1f} s | {state.next_candidate} candidates ({rate:.1f}/s) | "
-                f"best: {best}")
-        sys.stderr.write(f"\r\033[K{line}" if self.tty else f"{line}\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def _short(text: str, width: int = 48) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
@@ -156,10 +80,14 @@ class _Stop(Exception):
 
 
 class Search:
-    """One oracle-guided search of ``grammar`` on ``problem`` (see the module docstring)."""
+    """One oracle-guided search of ``grammar`` on ``problem`` (see the module docstring).
+
+    ``scorer`` scores candidates on the chunks of the level blocks of ``self.subsets`` (the subsets
+    ``make_subsets`` gives for ``problem`` and ``config``; default: a ``LocalScorer`` on ``problem``);
+    ``label`` names the search on the status line."""
 
     def __init__(self, problem: Problem, grammar: Grammar, config: SearchConfig, out_dir: str | Path | None = None,
-                 progress: bool = True, label: str = "") -> None:
+                 progress: bool = True, label: str = "", scorer: Scorer | None = None) -> None:
         if grammar.start.type not in (grammar.start.type.VEC, grammar.start.type.MAP):
             raise SycamError(f"{grammar.source}: the start symbol must be a Vec or a Map weight, "
                              f"got {grammar.start.type}")
@@ -174,69 +102,12 @@ class Search:
         self.subsets = make_subsets(problem.n, config.level_sizes, config.seed, problem.classes,
                                     config.equivalence_size)
         self.level_names = self.subsets.names
-        self._parts = [self._split(self.subsets.block(j)) for j in range(len(self.subsets.level_sizes))]
-        self._best_bounds: list[list[float] | None] | None = None
+        self.scorer: Scorer = scorer if scorer is not None else LocalScorer(
+            problem, self.subsets, self.metric, grammar.start.type, config.image_chunk)
         self._levels_of: Incumbent | None = None
         self._levels: dict[int, tuple[torch.Tensor, float]] = {}
-        self._display = _Display(progress, label, self.metric.name)
-
-    def _split(self, block: torch.Tensor) -> list[Problem]:
-        """The block's images in chunks of ``image_chunk`` (one chunk when None)."""
-        size = self.config.image_chunk or max(1, len(block))
-        return [self.problem.subset(block[i:i + size]) for i in range(0, len(block), size)]
-
-    # -- scoring ----------------------------------------------------------------------------------
-
-    def score_part(self, nodes: list[Node], j: int, c: int) -> list[torch.Tensor | None]:
-        """Per-image scores (CPU float64) of each candidate on chunk ``c`` of level block ``j``, None for
-        a candidate whose heatmaps have NaN or Inf values. Candidates are scored together, in groups
-        that keep the ``[C, n, H, W]`` heatmaps under ``MAX_HEATMAP_ELEMENTS``."""
-        part = self._parts[j][c]
-        size = tuple(part.inputs.images.shape[-2:])
-        full = self.metric.needs_heatmaps  # else the metric works from S alone: no [C, n, H, W] tensor
-        per = part.n * (size[0] * size[1] if full else part.acts.numel() // max(1, part.n))
-        group = max(1, MAX_HEATMAP_ELEMENTS // max(1, per))
-        out: list[torch.Tensor | None] = []
-        for g in range(0, len(nodes), group):
-            weights = torch.broadcast_tensors(*[evaluate(n, part.terminals) for n in nodes[g:g + group]])
-            s = layer_saliency(torch.stack(weights), part.acts, self.grammar.start.type)
-            finite = torch.isfinite(s).flatten(1).all(dim=1).tolist()
-            ok = [k for k, f in enumerate(finite) if f]
-            scores = iter(())
-            if ok:
-                s_ok = s[ok] if len(ok) < len(finite) else s
-                candidate = part.inputs.with_heatmaps(normalize_upsampled(s_ok, size) if full else None, s_ok)
-                scores = iter(self.metric(candidate).per_image.detach().to("cpu", torch.float64))
-            out += [next(scores) if f else None for f in finite]
-        return out
-
-    def score_block(self, node: Node, j: int) -> torch.Tensor | None:
-        """Per-image scores ``[n_j]`` of one candidate on level block ``j``; None if invalid."""
-        parts = [self.score_part([node], j, c)[0] for c in range(len(self._parts[j]))]
-        return None if any(p is None for p in parts) else torch.cat(parts)
-
-    def score_all(self, node: Node) -> torch.Tensor | None:
-        """Per-image scores on ``I1`` (all blocks, in ``subsets`` order)."""
-        parts = [self.score_block(node, j) for j in range(len(self._parts))]
-        return None if any(p is None for p in parts) else torch.cat(parts)
-
-    def _best_rest(self, j: int, c: int) -> float | None:
-        """The sum of the best scores the images after chunk ``c`` of block ``j`` could get (None when
-        the metric has no bounds)."""
-        if self._best_bounds is None:
-            self._best_bounds = []
-            for parts in self._parts:
-                sums = []
-                for part in parts:
-                    b = self.metric.score_bounds(part.inputs)
-                    if b is None:
-                        sums = None
-                        break
-                    best = b[1] if self.metric.higher_is_better else b[0]
-                    sums.append(float(best.double().sum()))
-                self._best_bounds.append(sums)
-        sums = self._best_bounds[j]
-        return None if sums is None else sum(sums[c + 1:])
+        self.label = label
+        self._status = StatusLine(progress)
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -294,7 +165,7 @@ class Search:
             stopped_by = "interrupted"
         total = self._elapsed(state)
         self._show(state, force=True)
-        self._display.close()
+        self._status.close()
         state.seconds = total
         if self.out_dir is not None:
             save_checkpoint(self.out_dir, fingerprint, state)
@@ -311,7 +182,17 @@ class Search:
     def _show(self, state: SearchState, force: bool = False) -> None:
         before, t0, start_index = self._clock
         run_seconds = max(time.perf_counter() - t0, 1e-9)
-        self._display.show(state, self._elapsed(state), (state.next_candidate - start_index) / run_seconds, force)
+        rate = (state.next_candidate - start_index) / run_seconds
+        self._status.show(lambda: self._status_text(state, rate), force)
+
+    def _status_text(self, state: SearchState, rate: float) -> str:
+        inc = state.incumbent
+        best = "none yet"
+        if inc is not None:
+            mean = sum(sum(b) for b in inc.blocks) / sum(map(len, inc.blocks))
+            best = f"{_short(inc.expression)} {self.metric.name} {mean:.4f}"
+        return (f"search{self.label}: {self._elapsed(state):6.1f} s | {state.next_candidate} candidates "
+                f"({rate:.1f}/s) | best: {best}")
 
     def _out_of_time(self, state: SearchState) -> bool:
         budget = self.config.budget.seconds
@@ -346,11 +227,11 @@ class Search:
             return out
         alive = list(range(len(nodes)))
         inc = state.incumbent
-        for c in range(len(self._parts[0])):
+        for c in range(self.scorer.chunks(0)):
             if not alive:
                 break
             t = time.perf_counter()
-            scores = self.score_part([nodes[k] for k in alive], 0, c)
+            scores = self.scorer.score([nodes[k] for k in alive], 0, c)
             state.scoring_seconds += time.perf_counter() - t
             still = []
             for k, s in zip(alive, scores):
@@ -363,11 +244,11 @@ class Search:
     def _hopeless(self, scored: torch.Tensor, inc: Incumbent, j: int, c: int) -> bool:
         """After chunk ``c`` of block ``j``: can the candidate, with level-``j`` scores ``scored`` so far,
         no longer pass level ``j`` against ``inc``?"""
-        if not self.config.early_stop or c == len(self._parts[j]) - 1:
+        if not self.config.early_stop or c == self.scorer.chunks(j) - 1:
             return False
         level, mean = self._incumbent_level(inc, j)
         return hopeless(scored, level[:len(scored)], len(level), mean, self.metric.higher_is_better,
-                        self._best_rest(j, c))
+                        self.scorer.best_rest(j, c))
 
     def _incumbent_level(self, inc: Incumbent, j: int) -> tuple[torch.Tensor, float]:
         """The incumbent's per-image scores on level ``j`` ``[n_j]`` (float64) and their mean, built once
@@ -387,7 +268,7 @@ class Search:
             missing = [t for t in b.terminals if t not in self.problem.terminals]
             if missing:
                 raise SycamError(f"baseline {name} needs terminal(s) {', '.join(missing)}, which the problem lacks")
-            scores = self.score_all(b.node)
+            scores = score_levels(self.scorer, b.node)
             if scores is None:
                 raise SycamError(f"baseline {name} ({b.expression}) gives NaN or Inf heatmaps on these images")
             state.baselines[name] = scores.tolist()
@@ -409,11 +290,11 @@ class Search:
                 levels_scored = j + 1
                 before = torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
                 chunks: list[torch.Tensor] = []
-                for c in range(len(self._parts[j])):
+                for c in range(self.scorer.chunks(j)):
                     if j == 0 and prefetched and c < len(prefetched):
                         s = prefetched[c]
                     else:
-                        s = self.score_part([node], j, c)[0]
+                        s = self.scorer.score([node], j, c)[0]
                     if s is None:
                         outcome = "invalid"
                         break

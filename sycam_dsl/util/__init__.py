@@ -1,4 +1,5 @@
-"""Small shared utilities: atomic file writes, digests, module modes and warning filters.
+"""Small shared utilities: atomic file writes, digests, module modes, warning filters and progress
+display (a progress bar and the search's status line).
 
 ``util`` imports nothing else from sycam_dsl."""
 

@@ -1,0 +1,115 @@
+"""The settings of a synthesis run: the budget and configuration of one search (``Budget``,
+``SearchConfig``), and the option groups of ``synthesize`` (``DataOptions``, ``SearchOptions``,
+``OutputOptions``) with their defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..baselines import SEARCH_BASELINES
+from ..errors import SycamError
+from ..metrics.memo import DEFAULT_MAX_MB
+from ..metrics.registry import Metric
+from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
+
+DEFAULT_MAX_SIZE = 12
+DEFAULT_CHECKPOINT_SECONDS = 30.0
+DEFAULT_BATCH = 32
+DEFAULT_IMAGE_CHUNK = 25
+#: A class needs this many images to get a search of its own (one image cannot show "half the images").
+DEFAULT_MIN_CLASS_IMAGES = 2
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When to stop: after ``seconds`` of search time and/or ``candidates`` enumerated candidates
+    (None: no bound). The grammar's end (up to ``max_size``) always stops the search."""
+
+    seconds: float | None = None
+    candidates: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.seconds is not None and self.seconds <= 0:
+            raise SycamError(f"a time budget must be positive, got {self.seconds} s")
+        if self.candidates is not None and self.candidates < 1:
+            raise SycamError(f"a candidate budget must be at least 1, got {self.candidates}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of one search; ``metric`` carries its options (e.g. ``steps``).
+
+    The evaluation engine: ``batch`` candidates are scored together on ``I3`` (one metric call on
+    ``[C, n, H, W]`` heatmaps); levels are scored ``image_chunk`` images at a time and, with
+    ``early_stop``, a candidate stops being scored as soon as it cannot pass the level. None of
+    these change which candidate wins (``batch=1, early_stop=False`` is the plain oracle)."""
+
+    metric: Metric
+    budget: Budget = Budget(seconds=600.0)
+    level_sizes: tuple[int | None, ...] = DEFAULT_LEVEL_SIZES
+    equivalence_size: int = DEFAULT_EQUIVALENCE_SIZE
+    seed: int = 0
+    max_size: int = DEFAULT_MAX_SIZE
+    baselines: tuple[str, ...] = SEARCH_BASELINES
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
+    batch: int = DEFAULT_BATCH
+    image_chunk: int | None = DEFAULT_IMAGE_CHUNK
+    early_stop: bool = True
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How ``synthesize`` reads the images and computes the terminals.
+
+    ``masks`` ``[N, H, W]`` (or a folder) for ground-truth metrics; ``labels`` ``[N]`` stratify the
+    subsets (default: the predicted classes); ``targets`` ``[N]`` the classes explained (default:
+    the predicted ones); ``size`` the side images are resized to (default: the model's input size);
+    ``batch_size`` images per forward pass of the metrics, ``chunk_size`` per terminal computation;
+    terminals are cached on disk in ``cache_dir`` unless ``use_cache`` is False."""
+
+    masks: torch.Tensor | str | Path | None = None
+    labels: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    size: int | None = None
+    batch_size: int = 64
+    chunk_size: int = 32
+    cache_dir: str | Path | None = None
+    use_cache: bool = True
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How ``synthesize`` searches: the oracle's image subsets (``seed``, ``level_sizes`` smallest
+    first with None for all, ``equivalence_size``), the largest expression ``max_size``, and with
+    ``per_class`` the fewest images a class needs for a search of its own (``min_class_images``).
+
+    The evaluation engine (none of it changes the result): ``memo_mb`` MB of memoized Deletion /
+    Insertion forward passes (0: off), ``candidate_batch`` candidates scored together on ``I3``,
+    levels scored ``image_chunk`` images at a time with ``early_stop`` of hopeless candidates."""
+
+    seed: int = 0
+    level_sizes: Sequence[int | None] = DEFAULT_LEVEL_SIZES
+    equivalence_size: int = DEFAULT_EQUIVALENCE_SIZE
+    max_size: int = DEFAULT_MAX_SIZE
+    min_class_images: int = DEFAULT_MIN_CLASS_IMAGES
+    memo_mb: float = DEFAULT_MAX_MB
+    candidate_batch: int = DEFAULT_BATCH
+    image_chunk: int | None = DEFAULT_IMAGE_CHUNK
+    early_stop: bool = True
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What ``synthesize`` reports: ``report_metrics`` the metrics of the final tables (default: the
+    search metric, which always comes first), ``report_images`` rows of the heatmap grid (0: none),
+    ``progress`` bars and the search's status line on stderr, and ``settings`` extra entries for
+    ``result.json``'s ``settings``."""
+
+    report_metrics: Sequence[str | Metric] | None = None
+    report_images: int = 4
+    progress: bool = True
+    settings: Mapping[str, Any] | None = None

@@ -1,0 +1,181 @@
+"""What a synthesis run gives: the ``Result`` that ``synthesize`` returns, the ``RunRecord`` of
+everything the output folder is written from, and the content of ``result.json`` (``result_data``;
+see ``result.schema.json`` for its fields)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..baselines import SEARCH_BASELINES, baseline
+from ..cam.models import LoadedModel
+from ..errors import SycamError
+from ..lang.ast import Node, to_sexpr
+from ..metrics.compare import Row
+from ..metrics.registry import Metric
+from ..parse.grammar import Grammar
+from .dispatch import Dispatch
+from .per_class import ClassSearch
+from .problem import Data, Problem
+from .search import SearchOutcome
+
+SCHEMA_ID = "sycam-dsl/result/1"
+
+
+@dataclass
+class Result:
+    """What ``synthesize`` returns (and ``result.json`` holds, as ``data``).
+
+    ``best``: the synthesized expression (for a per-class result, the fallback); ``dispatch``: the
+    per-class expressions when ``per_class``; ``tables``: one comparison table per report metric
+    (SyCAM and the baselines on every evaluation image); ``out_dir``: where the files were written."""
+
+    best: Node | None
+    dispatch: Dispatch | None
+    tables: list[tuple[Metric, list[Row]]]
+    data: dict[str, Any]
+    out_dir: Path | None = None
+    outcomes: list[SearchOutcome] = field(default_factory=list)
+
+    @property
+    def expression(self) -> str | None:
+        return None if self.best is None else to_sexpr(self.best)
+
+    def table(self) -> str:
+        """The comparison tables as text."""
+        from ..metrics.compare import format_table
+
+        n = self.data["images"]["evaluated"]
+        return "\n\n".join(format_table(rows, m, n) for m, rows in self.tables)
+
+    def compile(self) -> torch.jit.ScriptModule:
+        """The TorchScript module of the result (a class dispatch for a per-class result)."""
+        if self.best is None:
+            raise SycamError("the search scored no candidate, so there is nothing to compile")
+        if self.dispatch is not None:
+            from ..backend.dispatch import compile_dispatch
+            return compile_dispatch(self.dispatch.per_class, self.dispatch.fallback)
+        from ..backend import compile_torchscript
+        return compile_torchscript(self.best)
+
+
+@dataclass
+class RunRecord:
+    """Everything the output folder of one run is written from: the ``result``; the ``model``, the
+    ``data`` and the ``problem`` searched (``eval_problem``: the images of the final tables);
+    the ``grammar``; the per-class ``searches`` (empty for one search) and why the search stopped
+    (``stopped_by``); ``settings`` and ``timings`` for ``result.json``; ``t_start`` the run's
+    ``time.perf_counter()`` start; ``report_images`` rows of the heatmap grid."""
+
+    result: Result
+    model: LoadedModel
+    data: Data
+    problem: Problem
+    eval_problem: Problem
+    grammar: Grammar
+    searches: list[ClassSearch]
+    stopped_by: str
+    settings: dict[str, Any]
+    timings: dict[str, float]
+    t_start: float
+    report_images: int
+
+
+def versions() -> dict[str, str]:
+    import lark
+    import numpy
+    import sympy
+    import torchvision
+    return {"sycam_dsl": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "sympy": sympy.__version__, "lark": lark.__version__,
+            "numpy": numpy.__version__, "platform": platform.platform()}
+
+
+def _counts(outcomes: list[SearchOutcome]) -> dict[str, Any]:
+    out: dict[str, Any] = {"enumerated": 0, "duplicates": 0, "canonical_pruned": 0, "equivalence_pruned": 0,
+                           "considered": 0, "heatmap_equivalent": 0, "invalid": 0, "scored": {}, "rejected": {},
+                           "accepted": 0}
+    for o in outcomes:
+        total = o.enumeration.get("total", {})
+        out["enumerated"] += total.get("generated", 0)
+        out["duplicates"] += total.get("duplicates", 0)
+        out["canonical_pruned"] += total.get("canonical", 0)
+        out["equivalence_pruned"] += total.get("equivalent", 0)
+        c = o.state.counts
+        for key in ("considered", "heatmap_equivalent", "invalid", "accepted"):
+            out[key] += getattr(c, key)
+        for key in ("scored", "rejected"):
+            for level, v in getattr(c, key).items():
+                out[key][level] = out[key].get(level, 0) + v
+    return out
+
+
+def _engine(problem: Problem) -> dict[str, Any]:
+    """The memoized Deletion / Insertion cache's statistics (search and final tables together)."""
+    memo = problem.inputs.memo
+    if memo is None:
+        return {"memo": None}
+    st = memo.stats
+    return {"memo": {"hits": st.hits, "misses": st.misses, "deduplicated": st.deduplicated,
+                     "evictions": st.evictions, "hit_rate": st.hit_rate, "entries": len(memo),
+                     "megabytes": memo.bytes / 2**20, "max_megabytes": memo.max_bytes / 2**20}}
+
+
+def _search_part(o: SearchOutcome) -> dict[str, Any]:
+    """The fields one search contributes (per class for a per-class result)."""
+    return {"expression": to_sexpr(o.best) if o.best is not None else None,
+            "level_scores": o.level_means,
+            "levels": [{"name": n, "size": s} for n, s in zip(o.level_names, o.subsets.level_sizes)],
+            "history": list(o.state.history), "stopped_by": o.stopped_by, "seconds": o.seconds,
+            "counts": _counts([o])}
+
+
+def result_data(record: RunRecord) -> dict[str, Any]:
+    """The content of ``result.json`` (its ``files`` empty and ``timings`` without the total: what
+    writing the output folder adds)."""
+    result, grammar, searches = record.result, record.grammar, record.searches
+    tables = result.tables
+    metric, rows = tables[0]
+    by_name = {r.name: r for r in rows}
+    outcomes = result.outcomes
+    single = outcomes[0] if result.dispatch is None and outcomes else None
+    d: dict[str, Any] = {
+        "schema": SCHEMA_ID,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "expression": result.expression,
+        "type": str(result.best.type) if result.best is not None else None,
+        "metric": {"name": metric.name, "options": dict(metric.options), "higher_is_better": metric.higher_is_better},
+        "grammar": {"source": grammar.source, "inputs": list(grammar.inputs), "start": grammar.start.name},
+        "stopped_by": record.stopped_by,
+        "level_scores": single.level_means if single else None,
+        "levels": _search_part(single)["levels"] if single else None,
+        "history": list(single.state.history) if single else
+        [dict(h, **{"class": s.cls}) for s in searches for h in s.outcome.state.history],
+        "per_class": None,
+        "baselines": [{"name": b, "expression": baseline(b).expression, "score": by_name[b].mean}
+                      for b in SEARCH_BASELINES if b in by_name],
+        "evaluation": [{"metric": m.name, "options": dict(m.options), "higher_is_better": m.higher_is_better,
+                        "methods": [{"name": r.name, "expression": r.expression, "mean": r.mean,
+                                     "best_share": r.best_share} for r in rs]} for m, rs in tables],
+        "counts": _counts(outcomes),
+        "timings": {**record.timings,
+                    "enumeration_s": sum(o.enumeration.get("seconds", 0.0) for o in outcomes),
+                    "scoring_s": sum(o.state.scoring_seconds for o in outcomes)},
+        "images": {"total": record.problem.n, "evaluated": record.eval_problem.n, "source": record.data.source},
+        "engine": _engine(record.problem),
+        "settings": record.settings,
+        "versions": versions(),
+        "files": {},
+    }
+    if result.dispatch is not None:
+        d["per_class"] = {
+            "fallback": to_sexpr(result.dispatch.fallback),
+            "classes": {str(s.cls): {**_search_part(s.outcome), "images": int(s.index.numel())} for s in searches},
+        }
+    return d
