@@ -18,7 +18,7 @@ from ..lang.ast import to_sexpr
 from ..util.files import atomic_write_json as write_json
 
 if TYPE_CHECKING:
-    from ..cam.models import LoadedModel
+    from ..models.loaded import LoadedModel
     from ..parse.grammar import Grammar
     from .api import Data, Result
     from .per_class import ClassSearch
