@@ -38,7 +38,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.model is None or args.images is None:
         raise SystemExit("give both --model and --images, or neither (built-in benchmark)")
     from sycam_dsl.cam.images import load_images
-    from sycam_dsl.cam.models import load_model
+    from sycam_dsl.models import load_model
     model = load_model(args.model, args.weights, args.device)
     return model, load_images(args.images, size=model.input_size, normalize=model.normalize, masks=args.masks)
 

@@ -11,13 +11,12 @@ import torch
 
 from sycam_dsl.bundled import (CLASSES, EVAL_SEED, TARGET_LAYER, SmallCNN, bundled_images, load_bundled_model,
                                write_bundled)
-from sycam_dsl.bundled import model as model_mod
-from sycam_dsl.bundled.model import NORMALIZATION, WEIGHTS_PATH
+from sycam_dsl.models import small_cnn as model_mod
+from sycam_dsl.models.small_cnn import NORMALIZATION, WEIGHTS_PATH
 from sycam_dsl.bundled.shapes import render
 from sycam_dsl.bundled.train import main as train_main
-from sycam_dsl.cam.errors import ModelError
 from sycam_dsl.cam.images import load_images
-from sycam_dsl.cam.models import load_model, resolve_layer
+from sycam_dsl.models import ModelError, load_model, resolve_layer
 from sycam_dsl.cam.terminals import compute_terminals
 
 #: sha256 of ``render(8, 0)`` (images, masks, labels bytes): changes only if the renderer changes,

@@ -371,7 +371,7 @@ def test_eval_command_table_and_json(image_folder, capsys):
     import json
 
     from sycam_dsl.cam.images import load_images
-    from sycam_dsl.cam.models import load_model
+    from sycam_dsl.models import load_model
 
     from .cam_reference import reference_terminals
 

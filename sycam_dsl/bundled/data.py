@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from ..cam.images import ImageSet
-from .model import INPUT_SIZE, NORMALIZATION
-from .shapes import CLASSES, render
+from ..models.small_cnn import CLASSES, INPUT_SIZE, NORMALIZATION
+from .shapes import render
 
 #: Seed of the evaluation split (the training script uses other seeds).
 EVAL_SEED = 0

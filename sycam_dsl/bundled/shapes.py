@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Class names, sorted so that the class-folder order of ``load_images`` gives the same labels.
-CLASSES = ("circle", "cross", "square", "triangle")
+from ..models.small_cnn import CLASSES
 
 _AREA = (0.10, 0.24)             # object area as a share of the image
 _CROSS_WIDTH = 0.36              # a cross arm's half-width over its half-length

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import EVAL_SEED, bundled_images
-from .model import INPUT_SIZE, NORMALIZATION, WEIGHTS_PATH, SmallCNN
+from ..models.small_cnn import INPUT_SIZE, NORMALIZATION, WEIGHTS_PATH, SmallCNN
 from .shapes import render
 
 TRAIN_SEED = 1000

@@ -22,8 +22,9 @@ from ..evaluate.terminals import Terminals
 from ..util.digests import update_digest
 from ..util.files import atomic_torch_save
 from .layer_split import layer_access
-from .layers import kind
-from .models import LoadedModel, resolve_device
+from ..models.devices import resolve_device
+from ..models.layers import kind
+from ..models.loaded import LoadedModel
 from .terminals import DEFAULT_CHUNK_SIZE, TerminalInfo, check_names, compute_terminals
 
 log = logging.getLogger(__name__)

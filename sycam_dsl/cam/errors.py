@@ -5,14 +5,6 @@ from __future__ import annotations
 from ..errors import SycamError
 
 
-class ModelError(SycamError):
-    """A model spec, weights file or device that cannot be used."""
-
-
-class LayerError(SycamError):
-    """A target layer that does not exist or cannot be read."""
-
-
 class ImageError(SycamError):
     """An image or mask folder or file that cannot be loaded."""
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from .errors import LayerError
-from .layers import kind, resolve_layer
+from ..models.errors import LayerError
+from ..models.layers import kind, resolve_layer
 
 log = logging.getLogger(__name__)
 

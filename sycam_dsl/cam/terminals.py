@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..template.saliency import minmax_normalize
 from ..evaluate.terminals import Terminals
 from ..lang.terminals import TERMINALS
-from .errors import LayerError, TerminalError
-from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, layer_access, tail_runner
+from ..models.devices import resolve_device
+from ..models.errors import LayerError
+from ..models.loaded import LoadedModel
+from ..template.saliency import minmax_normalize
 from ..util.modes import eval_mode
 from ..util.progress import progress as progress_bar
-from .models import LoadedModel, resolve_device
+from .errors import TerminalError
+from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, layer_access, tail_runner
 
 #: Terminals that need the backward pass.
 _GRAD_NAMES = frozenset({"grads", "pgrads", "G"})

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> None:
     """Score every method on every metric and print (and optionally write) the tables."""
     from ..baselines import baselines
     from ..cam.images import load_images
-    from ..cam.models import load_model
+    from ..models import load_model
     from ..metrics.compare import compare, format_table
     from ..metrics.diagnostics import score_problems, weight_problems
     from ..metrics.errors import MetricError

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> None:
     """Draw the heatmap and print one line saying what was written."""
     import torch
 
-    from ..cam.models import load_model
+    from ..models import load_model
     from ..cam.overlay import save_overlay
     from ..metrics.diagnostics import score_problems, weight_problems
     from ..metrics.errors import MetricError

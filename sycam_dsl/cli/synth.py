@@ -94,7 +94,7 @@ def _data(args: argparse.Namespace):
     if args.model is None or args.images is None:
         raise SycamError("give both --model and --images, or neither (to run the built-in benchmark)")
     from ..cam.images import load_images
-    from ..cam.models import load_model
+    from ..models import load_model
     model = load_model(args.model, args.weights, args.device)
     data = load_images(args.images, size=args.size or model.input_size, normalize=model.normalize, masks=args.masks)
     return model, data, False

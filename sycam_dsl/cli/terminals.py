@@ -46,7 +46,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Compute, save, and print one line saying what was written."""
     from ..cam.images import load_images
-    from ..cam.models import load_model
+    from ..models import load_model
 
     out = output_file(args.output)
     t0 = time.perf_counter()

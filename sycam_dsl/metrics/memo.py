@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import MetricError
-from .perturbation import _check, cell_ranks, perturbed_builder
+from .perturbation import cell_ranks, check_curve_inputs, perturbed_builder
 from .scoring import Device, scores_of
 
 #: Estimated bytes per cache entry besides the packed cell set: the key tuple, its bytes object,
@@ -104,7 +104,7 @@ def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     saliency ``[..., N, h, w]``; ``image_ids`` ``[N]`` name the images in the cache and ``kind``
     the perturbation (it must include everything the perturbed image depends on besides the
     image, its target and the cell set, e.g. ``"deletion:sigma=10"``)."""
-    _check(images, targets, saliency, steps)
+    check_curve_inputs(images, targets, saliency, steps)
     n = images.shape[0]
     if image_ids.shape != (n,):
         raise MetricError(f"image_ids must be [{n}], one per image, got {list(image_ids.shape)}")

@@ -70,7 +70,9 @@ def pixel_cells(layer_hw: tuple[int, int], size: tuple[int, int], device: Device
     return rows[:, None] * w + cols[None, :]
 
 
-def _check(images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor, steps: int) -> None:
+def check_curve_inputs(images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor, steps: int) -> None:
+    """Check images ``[N, 3, H, W]``, targets ``[N]``, saliency ``S`` ``[..., N, h, w]`` and ``steps`` of a
+    Deletion / Insertion curve; raises ``MetricError`` naming what is wrong."""
     check_inputs(images, targets)
     n, _, H, W = images.shape
     if saliency.dim() < 3 or saliency.shape[-3] != n:
@@ -120,7 +122,7 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, targets: torch.Te
 
     Deletion (``insert=False``) perturbs ``x`` towards ``x~``; insertion perturbs ``x~`` towards
     ``x``. ``blurred_images``: ``x~`` ``[N, C, H, W]`` if already computed."""
-    _check(images, targets, saliency, steps)
+    check_curve_inputs(images, targets, saliency, steps)
     n = images.shape[0]
     blur = checked_blur(images, blurred_images, blur_sigma)
     ranks = cell_ranks(saliency).reshape(-1, *saliency.shape[-2:])

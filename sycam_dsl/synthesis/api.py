@@ -23,7 +23,7 @@ from torch import nn
 
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
-from ..cam.models import LoadedModel, Normalization, load_model
+from ..models import LoadedModel, Normalization, load_model
 from ..errors import SycamError
 from ..lang.ast import to_sexpr
 from ..metrics import get_metric
@@ -81,7 +81,7 @@ def loaded_model(model: LoadedModel | nn.Module | str, weights: str | None, devi
     if isinstance(model, str):
         return load_model(model, weights, device)
     if isinstance(model, nn.Module):
-        from ..cam.layers import default_layer
+        from ..models.layers import default_layer
         return LoadedModel(model.to(device).eval(), type(model).__name__, default_layer(model),
                            Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), source="module")
     raise SycamError(f"model must be a name, a LoadedModel or an nn.Module, got {type(model).__name__}")

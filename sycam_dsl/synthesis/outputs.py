@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..baselines import SEARCH_BASELINES, baseline
-from ..cam.models import LoadedModel
+from ..models import LoadedModel
 from ..metrics.expression import expression_inputs
 from ..util.files import atomic_write_json as write_json
 from .per_class import ClassSearch

@@ -14,7 +14,7 @@ import torch
 
 from .. import __version__
 from ..baselines import SEARCH_BASELINES, baseline
-from ..cam.models import LoadedModel
+from ..models import LoadedModel
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..metrics.compare import Row

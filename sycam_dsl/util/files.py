@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """Create ``path``'s folder, call ``write(tmp)`` on a temporary file in it, then move that file
     to ``path``; the temporary file is removed if ``write`` fails."""
     path = Path(path)

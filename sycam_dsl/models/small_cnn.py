@@ -12,10 +12,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..cam.errors import ModelError
-from ..cam.models import LoadedModel, Normalization, _apply_state_dict, _read_state_dict, resolve_device
 from ..util.digests import file_sha256
-from .shapes import CLASSES
+from .devices import resolve_device
+from .errors import ModelError
+from .loaded import LoadedModel, Normalization
+from .weights import apply_state_dict, read_state_dict
+
+#: Class names of the synthetic shapes (``sycam_dsl.bundled``), sorted so that the class-folder order of
+#: ``load_images`` gives the same labels.
+CLASSES = ("circle", "cross", "square", "triangle")
 
 #: Module path of the CAM target layer: the last block's ReLU, output ``[N, 64, 8, 8]``.
 TARGET_LAYER = "features.14"
@@ -63,7 +68,7 @@ def load_bundled_model(device: str | torch.device = "cpu", weights: str | Path |
         raise ModelError(f"the bundled model's weights file {str(path)!r} is missing; create it with "
                          f"`python -m sycam_dsl.bundled.train --out {str(path)}` (about 2 minutes on a CPU)")
     module = SmallCNN()
-    _apply_state_dict(module, _read_state_dict(path), repr(str(path)))
+    apply_state_dict(module, read_state_dict(path), repr(str(path)))
     details = {"weights": str(path), "sha256": file_sha256(path), "classes": list(CLASSES)}
     return LoadedModel(module.to(dev).eval(), "bundled-small-cnn", TARGET_LAYER, NORMALIZATION, INPUT_SIZE,
                        "bundled", details)

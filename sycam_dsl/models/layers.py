@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .errors import LayerError
+from .loaded import LoadedModel
 
 #: Class names of layers whose output is a sensible CAM target (for the "did you mean" list).
 _CONV_LIKE = re.compile(r"conv|relu|block|bottleneck|layer|stage", re.IGNORECASE)
@@ -107,8 +108,6 @@ def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
     start with ``model.``; None means the model's default layer (``default_layer``). A ``LoadedModel``
     may be passed for ``model`` and then supplies its own default. Raises ``LayerError`` listing close
     candidate names and the last conv-like layers when nothing matches."""
-    from .models import LoadedModel  # models imports this module
-
     if isinstance(model, LoadedModel):
         path = path if path is not None else model.target_layer
         model = model.module

@@ -1,0 +1,13 @@
+"""The model loader's error types; each message says what to change."""
+
+from __future__ import annotations
+
+from ..errors import SycamError
+
+
+class ModelError(SycamError):
+    """A model spec, weights file or device that cannot be used."""
+
+
+class LayerError(SycamError):
+    """A target layer that does not exist or cannot be read."""
