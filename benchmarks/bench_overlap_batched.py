@@ -15,8 +15,8 @@ import argparse
 import time
 
 import torch
-
 from _bundled import bundled_problem, first_candidates
+
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.metrics.expression import expression_inputs
 from sycam_dsl.synthesis import Budget, Search, SearchConfig, resolve_grammar

@@ -20,8 +20,8 @@ import argparse
 import time
 
 import torch
-
 from _bundled import bundled_problem, first_candidates
+
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.metrics.memo import ScoreCache
 from sycam_dsl.metrics.scoring import ForwardCounter

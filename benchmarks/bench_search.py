@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _bundled import bundled_problem
+
 from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.synthesis import Budget, Search, SearchConfig, resolve_grammar

@@ -9,6 +9,7 @@ The built-in benchmark's images come with exact masks; with your own images give
 from __future__ import annotations
 
 from _experiment import load, parser, search, summary
+
 from sycam_dsl.synthesis import DataOptions, OutputOptions
 
 

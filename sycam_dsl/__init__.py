@@ -4,7 +4,9 @@
 imported on first use so that ``import sycam_dsl`` stays light.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "synthesize"]
 
 
 def __getattr__(name: str):

@@ -30,16 +30,16 @@ GradCAM++ is the alpha form.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
-from .template.heatmaps import heatmaps, layer_saliency
 from .errors import SycamError
 from .evaluate import Terminals, evaluate
 from .lang.ast import Node
 from .lang.sexpr import parse_expr
 from .lang.terminals import terminal_types
+from .template.heatmaps import heatmaps, layer_saliency
 
 #: name -> expression text, in the order tables list them.
 BASELINE_EXPRESSIONS: dict[str, str] = {
@@ -84,7 +84,7 @@ class Baseline:
         return heatmaps(self.weights(terminals), acts, self.node.type, size)
 
 
-@lru_cache(maxsize=None)
+@cache
 def baseline(name: str) -> Baseline:
     """The baseline called ``name`` (case-insensitive, e.g. ``gradcam++``)."""
     by_key = {k.lower(): k for k in BASELINE_EXPRESSIONS}

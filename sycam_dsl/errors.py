@@ -23,7 +23,7 @@ class GrammarError(SycamError):
             return f"{self.source}: {self.message}"
         return f"{self.source}:{self.line}:{self.column}: {self.message}"
 
-    def with_source(self, source: str) -> "GrammarError":
+    def with_source(self, source: str) -> GrammarError:
         return GrammarError(self.message, self.line, self.column, source)
 
 

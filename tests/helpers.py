@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
+from functools import cache
 
 from sycam_dsl.lang.ast import HOLE, Node, fill
 from sycam_dsl.parse.grammar import Grammar
@@ -12,7 +12,7 @@ from sycam_dsl.parse.grammar import Grammar
 def brute_force_terms(grammar: Grammar, max_size: int) -> dict[str, dict[int, set[Node]]]:
     """All terms of each non-terminal by size, by top-down expansion (no pruning, no bank)."""
 
-    @lru_cache(maxsize=None)
+    @cache
     def terms(nt: str, size: int, depth: int = 0) -> frozenset[Node]:
         out: set[Node] = set()
         if depth > 2 * len(grammar.nonterminals) + 2:  # unit-production cycles add nothing new
@@ -49,7 +49,7 @@ def _splits(total: int, parts: int):
 def derivable(grammar: Grammar, nt: str, term: Node) -> bool:
     """Whether ``term`` can be derived from non-terminal ``nt`` (independent recursive matcher)."""
 
-    @lru_cache(maxsize=None)
+    @cache
     def from_nt(name: str, t: Node, depth: int) -> bool:
         if depth > 3 * len(grammar.nonterminals) + t.size * 4:
             return False

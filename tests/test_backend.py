@@ -15,15 +15,22 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sycam_dsl.backend import (CompileError, compile_torchscript, export_program, generate_source, python_module,
-                               save_export, save_torchscript)
+from sycam_dsl.backend import (
+    CompileError,
+    compile_torchscript,
+    export_program,
+    generate_source,
+    python_module,
+    save_export,
+    save_torchscript,
+)
 from sycam_dsl.evaluate import Terminals, evaluate
-from sycam_dsl.template.saliency import saliency
 from sycam_dsl.lang.ast import Node, apply, const, hole, var
 from sycam_dsl.lang.operators import OPERATORS, Operator
 from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.lang.terminals import terminal_types
 from sycam_dsl.lang.types import Type
+from sycam_dsl.template.saliency import saliency
 
 VECS = ("grads", "pgrads", "cic", "abl")
 MAPS = ("G", "A")

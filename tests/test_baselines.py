@@ -10,12 +10,12 @@ import torch.nn.functional as F
 import torchvision
 
 from sycam_dsl.baselines import BASELINE_EXPRESSIONS, SEARCH_BASELINES, baseline, baselines
-from sycam_dsl.template import heatmaps, layer_saliency, upsample
 from sycam_dsl.errors import ShapeError, SycamError
 from sycam_dsl.evaluate import Terminals, evaluate
 from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.lang.terminals import terminal_types
 from sycam_dsl.lang.types import Type
+from sycam_dsl.template import heatmaps, layer_saliency, upsample
 
 from .cam_reference import TinyCNN, gradcam_scorecam_weights, reference_terminals
 

@@ -9,15 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from sycam_dsl.bundled import (CLASSES, EVAL_SEED, TARGET_LAYER, SmallCNN, bundled_images, load_bundled_model,
-                               write_bundled)
+from sycam_dsl.bundled import (
+    CLASSES,
+    EVAL_SEED,
+    TARGET_LAYER,
+    SmallCNN,
+    bundled_images,
+    load_bundled_model,
+    write_bundled,
+)
+from sycam_dsl.bundled.shapes import render
+from sycam_dsl.cam.images import load_images
+from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.cli import main as cli_main
+from sycam_dsl.models import ModelError, load_model, resolve_layer
 from sycam_dsl.models import small_cnn as model_mod
 from sycam_dsl.models.small_cnn import NORMALIZATION, WEIGHTS_PATH
-from sycam_dsl.bundled.shapes import render
-from sycam_dsl.bundled.train import main as train_main
-from sycam_dsl.cam.images import load_images
-from sycam_dsl.models import ModelError, load_model, resolve_layer
-from sycam_dsl.cam.terminals import compute_terminals
 
 #: sha256 of ``render(8, 0)`` (images, masks, labels bytes): changes only if the renderer changes,
 #: on any platform; the shipped weights were trained on this renderer, so retrain when it does.
@@ -161,7 +168,7 @@ def test_model_architecture():
 
 
 def test_shipped_weights_file():
-    assert WEIGHTS_PATH.is_file(), "run python -m sycam_dsl.bundled.train"
+    assert WEIGHTS_PATH.is_file(), "run sycam-dsl train-bundled"
     assert WEIGHTS_PATH.stat().st_size < 1_000_000
 
 
@@ -194,10 +201,10 @@ def test_terminals_on_bundled_model(eval_set, bundled):
 
 
 def test_missing_weights_error(tmp_path, monkeypatch):
-    with pytest.raises(ModelError, match=r"missing.*python -m sycam_dsl\.bundled\.train"):
+    with pytest.raises(ModelError, match=r"missing.*sycam-dsl train-bundled"):
         load_bundled_model(weights=tmp_path / "nope.pt")
     monkeypatch.setattr(model_mod, "WEIGHTS_PATH", tmp_path / "gone.pt")
-    with pytest.raises(ModelError, match=r"gone\.pt.*python -m sycam_dsl\.bundled\.train"):
+    with pytest.raises(ModelError, match=r"gone\.pt.*sycam-dsl train-bundled"):
         load_model("bundled")
     with pytest.raises(ModelError, match="random:SEED"):
         load_model("bundled", weights="random:0")
@@ -207,7 +214,7 @@ def test_train_cli_smoke(tmp_path, capsys):
     out = tmp_path / "w.pt"
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:  # main sets process-wide torch state; give it back to the other tests
-        assert train_main(["--out", str(out), "--epochs", "1", "--train-size", "64"]) == 0
+        assert cli_main(["train-bundled", "--out", str(out), "--epochs", "1", "--train-size", "64"]) == 0
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)

@@ -18,14 +18,22 @@ from PIL import Image
 from torch import nn
 
 from sycam_dsl.cam import cache as cache_mod
-from sycam_dsl.cli import build_parser
 from sycam_dsl.cam.cache import compute_terminals_cached
 from sycam_dsl.cam.errors import ImageError, TerminalError
 from sycam_dsl.cam.images import load_images
-from sycam_dsl.cam.layer_split import split_model, tail_runner, HookAccess
-from sycam_dsl.models import EFFICIENTNET_LITE, IMAGENET, LayerError, ModelError, default_layer, load_model, resolve_layer
+from sycam_dsl.cam.layer_split import HookAccess, split_model, tail_runner
 from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.cli import build_parser
 from sycam_dsl.errors import SycamError
+from sycam_dsl.models import (
+    EFFICIENTNET_LITE,
+    IMAGENET,
+    LayerError,
+    ModelError,
+    default_layer,
+    load_model,
+    resolve_layer,
+)
 
 ALL = ["grads", "pgrads", "cic", "abl", "acts", "G", "A"]
 

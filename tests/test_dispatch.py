@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import pytest
 import torch

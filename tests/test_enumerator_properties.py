@@ -8,7 +8,8 @@ yielded before it; (d) canonicalization is sound on inputs with zeros, negatives
 from __future__ import annotations
 
 import torch
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from sycam_dsl.canonicalize import to_sympy
 from sycam_dsl.enumerate import Enumerator

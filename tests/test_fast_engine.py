@@ -5,7 +5,8 @@ oracle never changes which candidate wins."""
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.metrics import MetricInputs, get_metric
@@ -169,6 +170,7 @@ def test_overlap_metrics_from_saliency_equal_the_heatmap_path(seed, hw, size, le
        seed=st.integers(0, 1000))
 def test_matrix_upsampling_is_bilinear_interpolation(hw, size, seed):
     import torch.nn.functional as F
+
     from sycam_dsl.template.upsampling import Upsampler
     s = torch.randn(3, *hw, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     ref = F.interpolate(s[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
@@ -180,8 +182,8 @@ def test_matrix_upsampling_is_bilinear_interpolation(hw, size, seed):
 
 
 def test_saliency_does_not_depend_on_how_many_candidates_share_the_call():
-    from sycam_dsl.template.saliency import saliency
     from sycam_dsl.lang.types import Type
+    from sycam_dsl.template.saliency import saliency
     g = torch.Generator().manual_seed(3)
     acts = torch.rand(10, 64, 8, 8, generator=g)
     w = torch.randn(50, 10, 64, generator=g)

@@ -8,9 +8,25 @@ import pytest
 import torch
 from torch import nn
 
-from sycam_dsl.metrics import (Metric, MetricError, MetricInputs, MetricResult, average_drop, blurred, cell_ranks,
-                               deletion, get_metric, gt_overlap, increase_in_confidence, insertion, known_metrics,
-                               perturbation_curve, register_metric, sch, unregister_metric)
+from sycam_dsl.metrics import (
+    Metric,
+    MetricError,
+    MetricInputs,
+    MetricResult,
+    average_drop,
+    blurred,
+    cell_ranks,
+    deletion,
+    get_metric,
+    gt_overlap,
+    increase_in_confidence,
+    insertion,
+    known_metrics,
+    perturbation_curve,
+    register_metric,
+    sch,
+    unregister_metric,
+)
 from sycam_dsl.metrics.perturbation import blur_kernel_size, pixel_cells
 from sycam_dsl.metrics.scoring import class_scores
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from hypothesis import given, settings
@@ -48,7 +48,7 @@ def test_every_operator_has_a_signature():
     assert covered == set(OPERATORS)
 
 
-@lru_cache(maxsize=None)
+@cache
 def typed_nodes(t: Type, depth: int) -> st.SearchStrategy[Node]:
     """Well-typed nodes of type ``t`` at most ``depth`` operators deep."""
     if depth == 0 or not _SIGNATURES[t]:

@@ -7,18 +7,18 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sycam_dsl.evaluate import Terminals
 from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.lang.terminals import terminal_types
 from sycam_dsl.metrics import MetricInputs, get_metric
-from sycam_dsl.evaluate import Terminals
 from sycam_dsl.parse import parse_grammar
-from hypothesis import given, settings, strategies as st
-
 from sycam_dsl.synthesis import Budget, LocalScorer, Problem, Search, SearchConfig, judge, make_subsets
-from sycam_dsl.synthesis.oracle import hopeless
 from sycam_dsl.synthesis.evaluation import method_scores
+from sycam_dsl.synthesis.oracle import hopeless
 from sycam_dsl.synthesis.per_class import dispatch_of, search_per_class
 
 GRAMMAR = parse_grammar("""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import keyword
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -35,7 +35,7 @@ import operator
 import os
 import re
 import textwrap
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -44,7 +44,7 @@ from ..lang.operators import HELPERS_SRC, lift_source
 from ..lang.terminals import TERMINALS
 from ..lang.types import Type
 from ..util.warnings import quiet_deprecations
-from .codegen import SHAPES, CompileError, Codegen, class_ids, expression_text, input_checks, signature
+from .codegen import SHAPES, Codegen, CompileError, class_ids, expression_text, input_checks, signature
 
 __all__ = ["compile_dispatch", "generate_dispatch_source", "save_dispatch"]
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import itertools
 import linecache
 import os
-from typing import Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import nn

@@ -22,7 +22,7 @@ float32 value converted (literals themselves are exact).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -1,8 +1,15 @@
 """The bundled benchmark: synthetic shapes with exact masks and a small CNN trained on them."""
 
+from ..models.small_cnn import (
+                                CLASSES,
+                                INPUT_SIZE,
+                                NORMALIZATION,
+                                TARGET_LAYER,
+                                WEIGHTS_PATH,
+                                SmallCNN,
+                                load_bundled_model,
+)
 from .data import EVAL_SEED, bundled_images, write_bundled
-from ..models.small_cnn import (CLASSES, INPUT_SIZE, NORMALIZATION, TARGET_LAYER, WEIGHTS_PATH, SmallCNN,
-                                load_bundled_model)
 from .shapes import render
 
 __all__ = ["CLASSES", "EVAL_SEED", "INPUT_SIZE", "NORMALIZATION", "TARGET_LAYER", "WEIGHTS_PATH", "SmallCNN",

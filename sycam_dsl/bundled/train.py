@@ -1,13 +1,13 @@
 """Train the bundled SmallCNN on synthetic shapes and save its state dict.
 
-    python -m sycam_dsl.bundled.train [--out PATH] [--epochs E] [--train-size N] [--seed S] [--threads T]
+    sycam-dsl train-bundled [--out PATH] [--epochs E] [--train-size N] [--seed S] [--threads T]
 
 Deterministic on a CPU: fixed seeds, ``torch.use_deterministic_algorithms(True)`` and a fixed thread
 count (default 2; a different count can change float summation order, hence the last digits of the
 weights, but not the accuracy). Training images use seed ``--seed`` (default 1000), the held-out
 check seed 2000, and the evaluation split ``EVAL_SEED`` (0) is reported as well; none overlap.
 
-Shipped ``small_cnn.pt`` (248 KiB): made with ``python -m sycam_dsl.bundled.train`` (defaults: 6 epochs,
+Shipped ``small_cnn.pt`` (248 KiB): made with ``sycam-dsl train-bundled`` (defaults: 6 epochs,
 6000 training images, batch 64, AdamW + one-cycle schedule, 2 threads). Training took 31-33 s on an idle
 2-core CPU (about 45 s with rendering and checks; up to ~130 s when the cores are shared); train accuracy
 0.9998, held-out 0.9990 (1000 images, seed 2000), evaluation split 1.0000 (200 images, seed 0). A rerun
@@ -16,7 +16,6 @@ gave bit-identical tensors.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -24,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import EVAL_SEED, bundled_images
+from ..errors import SycamError
 from ..models.small_cnn import INPUT_SIZE, NORMALIZATION, WEIGHTS_PATH, SmallCNN
+from .data import EVAL_SEED, bundled_images
 from .shapes import render
 
 TRAIN_SEED = 1000
@@ -81,36 +81,28 @@ def train(epochs: int = 6, train_size: int = 6000, seed: int = TRAIN_SEED, batch
     return model.eval()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sycam_dsl.bundled.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="where to save the state dict")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--train-size", type=int, default=6000)
-    parser.add_argument("--seed", type=int, default=TRAIN_SEED, help="training images and initialization")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed for reproducibility)")
-    args = parser.parse_args(argv)
-    if args.seed in (HELD_OUT_SEED, EVAL_SEED):
-        parser.error(f"--seed must differ from the held-out seeds {HELD_OUT_SEED} and {EVAL_SEED}")
-    torch.set_num_threads(args.threads)
+def train_and_save(out: Path = WEIGHTS_PATH, epochs: int = 6, train_size: int = 6000, seed: int = TRAIN_SEED,
+                   threads: int = 2) -> list[str]:
+    """Train deterministically, report the accuracies, save the state dict to ``out``; returns the
+    report's lines (``sycam-dsl train-bundled`` prints them)."""
+    if seed in (HELD_OUT_SEED, EVAL_SEED):
+        raise SycamError(f"--seed must differ from the held-out seeds {HELD_OUT_SEED} and {EVAL_SEED}")
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
-    model = train(args.epochs, args.train_size, args.seed)
+    model = train(epochs, train_size, seed)
     seconds = time.perf_counter() - start
-    images, _, labels = render(args.train_size, args.seed, INPUT_SIZE)
+    images, _, labels = render(train_size, seed, INPUT_SIZE)
     train_acc = accuracy(model, _to_input(images), torch.from_numpy(labels))
     held, _, held_labels = render(HELD_OUT_SIZE, HELD_OUT_SEED, INPUT_SIZE)
     held_acc = accuracy(model, _to_input(held), torch.from_numpy(held_labels))
     ev = bundled_images(200, EVAL_SEED)
     assert ev.labels is not None  # bundled images are always labelled
     eval_acc = accuracy(model, ev.images, ev.labels)
-    print(f"train accuracy {train_acc:.4f} ({args.train_size} images, seed {args.seed}); held-out accuracy "
-          f"{held_acc:.4f} ({HELD_OUT_SIZE} images, seed {HELD_OUT_SEED}); eval split {eval_acc:.4f} "
-          f"(200 images, seed {EVAL_SEED}); training took {seconds:.0f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out)
-    print(f"saved {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    return [f"train accuracy {train_acc:.4f} ({train_size} images, seed {seed}); held-out accuracy "
+            f"{held_acc:.4f} ({HELD_OUT_SIZE} images, seed {HELD_OUT_SEED}); eval split {eval_acc:.4f} "
+            f"(200 images, seed {EVAL_SEED}); training took {seconds:.0f} s",
+            f"saved {out} ({out.stat().st_size / 1024:.0f} KiB)"]

@@ -11,20 +11,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from .. import __version__
 from ..evaluate.terminals import Terminals
-from ..util.digests import update_digest
-from ..util.files import atomic_torch_save
-from .layer_split import layer_access
 from ..models.devices import resolve_device
 from ..models.layers import kind
 from ..models.loaded import LoadedModel
+from ..util.digests import update_digest
+from ..util.files import atomic_torch_save
+from ..version import __version__
+from .layer_split import layer_access
 from .terminals import DEFAULT_CHUNK_SIZE, TerminalInfo, check_names, compute_terminals
 
 log = logging.getLogger(__name__)

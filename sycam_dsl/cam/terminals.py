@@ -8,8 +8,8 @@ layers after the target layer (``layer_split``) on activations with one channel 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F

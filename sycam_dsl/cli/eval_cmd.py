@@ -15,8 +15,18 @@ from pathlib import Path
 from ..baselines import BASELINE_EXPRESSIONS
 from ..errors import SycamError
 from ..metrics.registry import known_metrics
-from .options import (IMAGES_HELP, MASKS_HELP, add_model_options, add_scoring_options, add_targets,
-                      compute_terminals_from, metrics_from_args, targets_from, warn, weight_expression)
+from .options import (
+    IMAGES_HELP,
+    MASKS_HELP,
+    add_model_options,
+    add_scoring_options,
+    add_targets,
+    compute_terminals_from,
+    metrics_from_args,
+    targets_from,
+    warn,
+    weight_expression,
+)
 
 
 def _baseline_names(text: str) -> list[str]:
@@ -55,12 +65,12 @@ def run(args: argparse.Namespace) -> None:
     """Score every method on every metric and print (and optionally write) the tables."""
     from ..baselines import baselines
     from ..cam.images import load_images
-    from ..models import load_model
     from ..metrics.compare import compare, format_table
     from ..metrics.diagnostics import score_problems, weight_problems
     from ..metrics.errors import MetricError
     from ..metrics.expression import score_methods
     from ..metrics.registry import MetricInputs
+    from ..models import load_model
 
     methods = {b.name: (b.expression, b.node) for b in baselines(args.baselines)}
     for i, text in enumerate(args.expressions, 1):

@@ -8,8 +8,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .options import (add_model_options, add_scoring_options, compute_terminals_from, metric_from_args, output_file,
-                      warn, weight_expression)
+from .options import (
+    add_model_options,
+    add_scoring_options,
+    compute_terminals_from,
+    metric_from_args,
+    output_file,
+    warn,
+    weight_expression,
+)
 
 #: What both drawing backends (matplotlib, PIL) write.
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -58,12 +65,12 @@ def run(args: argparse.Namespace) -> None:
     """Draw the heatmap and print one line saying what was written."""
     import torch
 
-    from ..models import load_model
     from ..cam.overlay import save_overlay
     from ..metrics.diagnostics import score_problems, weight_problems
     from ..metrics.errors import MetricError
     from ..metrics.expression import expression_inputs, score_methods
     from ..metrics.registry import MetricInputs
+    from ..models import load_model
 
     output_file(args.output, OUTPUT_SUFFIXES)
     text, node = weight_expression(args.expression)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import SycamError
 
@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval_cmd", "score baselines and expressions on metrics over an image folder"),
     "explain": ("explain", "draw an expression's heatmap over an image"),
     "synth": ("synth", "search a grammar for the CAM weight expression that scores best on a metric"),
+    "train-bundled": ("train_bundled", "retrain the built-in benchmark's small CNN (reproduces its shipped weights)"),
 }
 
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SycamError
 from ..cam.terminals import DEFAULT_CHUNK_SIZE
+from ..errors import SycamError
 from ..metrics.perturbation import DEFAULT_BLUR_SIGMA
 
 if TYPE_CHECKING:

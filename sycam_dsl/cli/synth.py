@@ -18,9 +18,18 @@ from ..metrics.registry import known_metrics
 from ..synthesis.config import DEFAULT_MAX_SIZE
 from ..synthesis.state import CHECKPOINT_NAME
 from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
-from .options import (IMAGES_HELP, MASKS_HELP, add_model_options, add_scoring_options, add_targets,
-                      metric_from_args, nonnegative_float, nonnegative_int, positive_int,
-                      targets_from)
+from .options import (
+    IMAGES_HELP,
+    MASKS_HELP,
+    add_model_options,
+    add_scoring_options,
+    add_targets,
+    metric_from_args,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    targets_from,
+)
 
 #: The built-in benchmark's settings (what ``sycam-dsl synth`` runs with no model and no images).
 BUNDLED = {"images": 200, "time": 60.0, "metric": "deletion", "steps": 10,

@@ -6,11 +6,19 @@ import argparse
 import sys
 import time
 
-from .. import __version__
 from ..lang.terminals import TERMINALS
 from ..util.files import atomic_torch_save
-from .options import (IMAGES_HELP, add_cache_options, add_chunk_size, add_model_options, add_targets,
-                      compute_terminals_from, output_file, targets_from)
+from ..version import __version__
+from .options import (
+    IMAGES_HELP,
+    add_cache_options,
+    add_chunk_size,
+    add_model_options,
+    add_targets,
+    compute_terminals_from,
+    output_file,
+    targets_from,
+)
 
 DEFAULT_NAMES = "grads,pgrads,cic,abl"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
@@ -93,12 +93,12 @@ class Terminals(Mapping[str, torch.Tensor]):
     def dtype(self) -> torch.dtype:
         return self._ref.dtype
 
-    def subset(self, index: Sequence[int] | torch.Tensor) -> "Terminals":
+    def subset(self, index: Sequence[int] | torch.Tensor) -> Terminals:
         """The same terminals for the images at ``index``."""
         idx = torch.as_tensor(index, dtype=torch.long, device=self.device)
         return Terminals({n: v.index_select(0, idx) for n, v in self._values.items()})
 
-    def to(self, device: str | torch.device) -> "Terminals":
+    def to(self, device: str | torch.device) -> Terminals:
         return Terminals({n: v.to(device) for n, v in self._values.items()})
 
     def check_finite(self) -> None:
@@ -111,7 +111,7 @@ class Terminals(Mapping[str, torch.Tensor]):
 
     @staticmethod
     def random(names: Sequence[str], n: int = 10, k: int = 64, hw: tuple[int, int] = (7, 7), seed: int = 0,
-               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Terminals":
+               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Terminals:
         """Seeded stand-in values for ``names``: standard normal, shaped by each terminal's type.
 
         Each terminal draws from its own generator (seed and name), so adding a terminal does not

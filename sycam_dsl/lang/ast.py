@@ -9,7 +9,7 @@ Hash and size are computed once at construction, so nodes are cheap dictionary k
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 from .types import Type
 
@@ -21,7 +21,7 @@ class Node:
 
     __slots__ = ("kind", "head", "args", "type", "size", "_hash")
 
-    def __init__(self, kind: str, head: str | int | float, args: tuple["Node", ...], type: Type) -> None:
+    def __init__(self, kind: str, head: str | int | float, args: tuple[Node, ...], type: Type) -> None:
         self.kind = kind
         self.head = head
         self.args = args
@@ -51,7 +51,7 @@ class Node:
     def __str__(self) -> str:
         return to_sexpr(self)
 
-    def walk(self) -> Iterator["Node"]:
+    def walk(self) -> Iterator[Node]:
         """All nodes, pre-order."""
         yield self
         for a in self.args:
@@ -65,7 +65,7 @@ class Node:
                 seen.setdefault(n.head, None)
         return list(seen)
 
-    def holes(self) -> list["Node"]:
+    def holes(self) -> list[Node]:
         """Hole nodes, left to right (the order in which a production's children are filled)."""
         return [n for n in self.walk() if n.kind == HOLE]
 

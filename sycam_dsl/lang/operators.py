@@ -23,8 +23,8 @@ Semantics (SPEC section 3), per image (reductions never cross images):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import sympy
 

@@ -5,14 +5,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from ..errors import GrammarError
 from .ast import CONST, Node, apply, const, var
 from .operators import OPERATORS
 from .reader import SAtom, SExpr, read
 from .types import Type
-
 
 Resolver = Callable[[SAtom], Node]
 

@@ -9,8 +9,7 @@ from .builtin import register_builtins
 from .errors import MetricError
 from .overlap import gt_overlap, sch
 from .perturbation import DEFAULT_BLUR_SIGMA, blurred, cell_ranks, deletion, insertion, perturbation_curve
-from .registry import (Metric, MetricInputs, MetricResult, get_metric, known_metrics, register_metric,
-                       unregister_metric)
+from .registry import Metric, MetricInputs, MetricResult, get_metric, known_metrics, register_metric, unregister_metric
 from .scoring import class_scores
 
 register_builtins()

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from ..template.upsampling import Upsampler
 from .average_drop import average_drop, increase_in_confidence
-from .overlap import gt_overlap, gt_overlap_from_saliency, sch, sch_from_saliency
 from .memo import memoized_curve
-from .perturbation import (DEFAULT_BLUR_SIGMA, blurred, deletion_from_curve, insertion_from_curve,
-                           perturbation_curve)
+from .overlap import gt_overlap, gt_overlap_from_saliency, sch, sch_from_saliency
+from .perturbation import DEFAULT_BLUR_SIGMA, blurred, deletion_from_curve, insertion_from_curve, perturbation_curve
 from .registry import MetricInputs, register_metric
 from .scoring import class_scores, safe_denominator
-from ..template.upsampling import Upsampler
-
 
 # Metric._check gives each metric the fields its registration (below) says it needs: the asserts rely on that.
 

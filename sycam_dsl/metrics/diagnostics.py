@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from ..template import layer_saliency
 from ..evaluate import Terminals, evaluate
 from ..lang.ast import Node
+from ..template import layer_saliency
 from .registry import MetricResult
 
 #: A method whose heatmaps are constant on more than this share of images is flagged.

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from ..template.heatmaps import layer_saliency, normalize_upsampled
 from ..evaluate import Terminals, evaluate
 from ..lang.ast import Node
+from ..template.heatmaps import layer_saliency, normalize_upsampled
 from .registry import Metric, MetricInputs, MetricResult
 
 

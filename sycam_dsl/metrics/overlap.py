@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import MetricError
 from ..template.heatmaps import normalize_upsampled
 from ..template.upsampling import Upsampler
+from .errors import MetricError
 
 #: Heatmaps sorted at once by ``gt_overlap`` (bounds the sort's memory: ~16 bytes per pixel).
 DEFAULT_CHUNK = 64

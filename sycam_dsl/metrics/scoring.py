@@ -7,7 +7,7 @@ mode (restored afterwards) and without autograd, so a batch's composition cannot
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -17,8 +17,8 @@ order is: ``bundled``, ``efficientnet_lite0``, a TorchScript file, a missing mod
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -27,7 +27,7 @@ TARGET_LAYER = "features.14"
 #: Inputs are ``[0, 1]`` pixels mapped to ``[-1, 1]``.
 NORMALIZATION = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 INPUT_SIZE = 64
-#: The packaged state dict, written by ``python -m sycam_dsl.bundled.train``.
+#: The packaged state dict, written by ``sycam-dsl train-bundled``.
 WEIGHTS_PATH = Path(__file__).resolve().parent / "small_cnn.pt"
 _WIDTHS = (16, 32, 64, 64)
 
@@ -66,7 +66,7 @@ def load_bundled_model(device: str | torch.device = "cpu", weights: str | Path |
     path = Path(weights) if weights is not None else WEIGHTS_PATH
     if not path.is_file():
         raise ModelError(f"the bundled model's weights file {str(path)!r} is missing; create it with "
-                         f"`python -m sycam_dsl.bundled.train --out {str(path)}` (about 2 minutes on a CPU)")
+                         f"`sycam-dsl train-bundled --out {str(path)}` (about 2 minutes on a CPU)")
     module = SmallCNN()
     apply_state_dict(module, read_state_dict(path), repr(str(path)))
     details = {"weights": str(path), "sha256": file_sha256(path), "classes": list(CLASSES)}

@@ -15,20 +15,21 @@ score plot; see ``outputs.py``).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
-from ..models import LoadedModel, Normalization, load_model
 from ..errors import SycamError
 from ..lang.ast import to_sexpr
 from ..metrics import get_metric
 from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import Metric, MetricInputs
+from ..models import LoadedModel, Normalization, load_model
 from ..parse import load_grammar
 from ..parse.grammar import Grammar
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions

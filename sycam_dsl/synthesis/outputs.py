@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from ..baselines import SEARCH_BASELINES, baseline
-from ..models import LoadedModel
 from ..metrics.expression import expression_inputs
+from ..models import LoadedModel
 from ..util.files import atomic_write_json as write_json
 from .per_class import ClassSearch
 from .problem import Data, Problem

@@ -11,10 +11,10 @@ import torch
 from ..errors import SycamError
 from ..lang.ast import Node
 from ..parse.grammar import Grammar
+from .config import DEFAULT_MIN_CLASS_IMAGES, Budget, SearchConfig
 from .dispatch import Dispatch
 from .evaluation import method_scores
 from .problem import Problem
-from .config import DEFAULT_MIN_CLASS_IMAGES, Budget, SearchConfig
 from .search import Search, SearchOutcome
 
 

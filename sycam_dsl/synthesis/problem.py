@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..util.digests import update_digest
 from ..evaluate import Terminals
 from ..metrics.registry import MetricInputs
+from ..util.digests import update_digest
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Problem:
         """The class each image is explained for, ``[N]``."""
         return self.inputs.targets
 
-    def subset(self, index: torch.Tensor) -> "Problem":
+    def subset(self, index: torch.Tensor) -> Problem:
         """The problem of the images at ``index`` (``[n]`` long, positions in this problem)."""
         index = index.detach().cpu().long()
         return replace(self, terminals=self.terminals.subset(index),

@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..baselines import SEARCH_BASELINES, baseline
-from ..models import LoadedModel
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..metrics.compare import Row
 from ..metrics.registry import Metric
+from ..models import LoadedModel
 from ..parse.grammar import Grammar
+from ..version import __version__
 from .dispatch import Dispatch
 from .per_class import ClassSearch
 from .problem import Data, Problem
@@ -147,7 +147,7 @@ def result_data(record: RunRecord) -> dict[str, Any]:
     single = outcomes[0] if result.dispatch is None and outcomes else None
     d: dict[str, Any] = {
         "schema": SCHEMA_ID,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "expression": result.expression,
         "type": str(result.best.type) if result.best is not None else None,
         "metric": {"name": metric.name, "options": dict(metric.options), "higher_is_better": metric.higher_is_better},

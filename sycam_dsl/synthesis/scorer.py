@@ -13,11 +13,11 @@ from typing import Protocol
 
 import torch
 
-from ..template import layer_saliency, normalize_upsampled
 from ..evaluate import evaluate
 from ..lang.ast import Node
 from ..lang.types import Type
 from ..metrics.registry import Metric
+from ..template import layer_saliency, normalize_upsampled
 from .problem import Problem
 from .subsets import Subsets
 

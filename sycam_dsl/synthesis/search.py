@@ -39,6 +39,7 @@ from .scorer import LocalScorer, Scorer, score_levels
 from .state import Incumbent, SearchState, load_checkpoint, save_checkpoint
 from .subsets import Subsets, make_subsets
 
+
 @dataclass
 class SearchOutcome:
     """What one search returns: the incumbent (None if nothing could be scored) and how it got there.

@@ -58,7 +58,7 @@ class SearchState:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "SearchState":
+    def from_dict(d: dict[str, Any]) -> SearchState:
         inc = d.get("incumbent")
         return SearchState(next_candidate=int(d["next_candidate"]), seconds=float(d["seconds"]),
                            scoring_seconds=float(d.get("scoring_seconds", 0.0)),

@@ -7,8 +7,8 @@ so every prefix is as balanced over classes as it can be and the subsets nest by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 
-def update_digest(h: "hashlib._Hash", t: torch.Tensor) -> None:
+def update_digest(h: hashlib._Hash, t: torch.Tensor) -> None:
     """Feed a tensor (shape, dtype and bytes) into the hash ``h``."""
     t = t.detach()
     h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())

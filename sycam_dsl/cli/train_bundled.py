@@ -1,0 +1,32 @@
+"""``sycam-dsl train-bundled``: retrain the built-in benchmark's SmallCNN (reproduces the shipped weights)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import positive_int
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from ..bundled.train import TRAIN_SEED
+    from ..models.small_cnn import WEIGHTS_PATH
+
+    p.description = ("Train the bundled SmallCNN on generated shapes, deterministically on a CPU, report its "
+                     "accuracies and save its state dict (the shipped weights were made with the defaults).")
+    p.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="where to save the state dict (default: the "
+                                                                  "package's weights file)")
+    p.add_argument("--epochs", type=positive_int, default=6, help="epochs (default 6)")
+    p.add_argument("--train-size", type=positive_int, default=6000, help="training images (default 6000)")
+    p.add_argument("--seed", type=int, default=TRAIN_SEED, help=f"training images and initialization "
+                                                               f"(default {TRAIN_SEED})")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads, fixed for reproducibility "
+                                                                   "(default 2)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..bundled.train import train_and_save
+
+    for line in train_and_save(args.out, args.epochs, args.train_size, args.seed, args.threads):
+        print(line)
