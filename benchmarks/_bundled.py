@@ -17,8 +17,8 @@ def bundled_problem(n: int, device: str = "cpu", memo_mb: float = 0) -> Problem:
     model = load_bundled_model(device)
     data = bundled_images(n)
     problem, _ = build_problem(model, None, Data(data.images, data.files, data.labels, data.masks, data.classes),
-                               ["grads", "pgrads", "cic", "abl", "G", "A"], device=device, use_cache=False, progress=False,
-                               memo_mb=memo_mb)
+                               ["grads", "pgrads", "cic", "abl", "G", "A"], device=device, use_cache=False,
+                               progress=False, memo_mb=memo_mb)
     return problem
 
 

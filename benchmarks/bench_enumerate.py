@@ -1,7 +1,8 @@
 """Enumerator throughput: g2.sy up to size 7 on seeded terminal values [10, 2048], one CPU thread.
 
 Prints terms per CPU second (process time of this single-threaded run, so other jobs on the
-machine inflate it less than wall time) through canonicalization and observational equivalence, the counts per size, and,
+machine inflate it less than wall time) through canonicalization and observational equivalence, the counts per
+size, and,
 as a baseline measured in the same run, the cost of canonicalizing the same terms from scratch
 (``to_sympy`` of the whole term, what the incremental memoized build replaces).
 

@@ -60,9 +60,10 @@ def main() -> None:
         cfg = SearchConfig(metric, Budget(candidates=1), level_sizes=(None,), image_chunk=None, baselines=())
         search = Search(problem, resolve_grammar("g2"), cfg, progress=False)
         order = torch.argsort(search.subsets.order)  # the engine's images follow the search's order
-        runs = {"plain, one at a time": lambda: plain(problem, metric, nodes),
-                "engine, one at a time": lambda: engine(search, nodes, 1)[:, order],
-                f"engine, batches of {args.batch}": lambda: engine(search, nodes, args.batch)[:, order]}
+        runs = {"plain, one at a time": lambda metric=metric: plain(problem, metric, nodes),
+                "engine, one at a time": lambda search=search, order=order: engine(search, nodes, 1)[:, order],
+                f"engine, batches of {args.batch}":
+                    lambda search=search, order=order: engine(search, nodes, args.batch)[:, order]}
         best = {}
         for _ in range(args.repeat):
             for label, fn in runs.items():

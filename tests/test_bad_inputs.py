@@ -133,8 +133,8 @@ def test_a_metric_named_twice_gives_one_table(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--help"], ["check", "grammars/g2.sy"], ["synth", "--help"]])
 def test_light_commands_do_not_import_torch(argv):
-    code = ("import sys\nfrom sycam_dsl.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')" % argv)
+    code = (f"import sys\nfrom sycam_dsl.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300).stdout
     heavy = argv[0] == "synth"  # a command's own --help may import what its options need
     assert out.strip().splitlines()[-1] == ("TORCH" if heavy else "NO TORCH")

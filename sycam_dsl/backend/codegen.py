@@ -130,7 +130,8 @@ class Codegen:
         for i, a in enumerate(node.args):
             if i in op.int_params:
                 if a.kind != CONST or not isinstance(a.head, int):
-                    raise CompileError(f"operand {i + 1} of {op.name!r} must be an Int literal, got {expression_text(a)}")
+                    raise CompileError(f"operand {i + 1} of {op.name!r} must be an Int literal, "
+                                       f"got {expression_text(a)}")
                 operands.append(str(int(a.head)))
             else:
                 src = self.value(a)

@@ -279,7 +279,7 @@ def _class_index(key: object) -> int:
     if isinstance(key, bool):
         raise CompileError(f"class keys must be non-negative integers, got {key!r}")
     try:
-        c = operator.index(key)
+        c = operator.index(key)  # type: ignore[arg-type]  # any object: TypeError below says what is wrong
     except TypeError:
         raise CompileError(f"class keys must be non-negative integers, got {key!r}") from None
     if c < 0:

@@ -95,7 +95,7 @@ def _pixels(im: Image.Image, path: Path) -> torch.Tensor:
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ImageError(f"image {str(path)!r} ({im.mode}) has values outside 0..65535; save it as an 8- or "
                              f"16-bit image")
-        gray = arr.astype(np.float32) / 65535
+        gray: np.ndarray = arr.astype(np.float32) / 65535
     elif im.mode == "F":
         if not np.isfinite(arr).all():
             raise ImageError(f"image {str(path)!r} (float) has NaN or infinite pixels")

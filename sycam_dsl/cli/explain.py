@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> None:
     terms, info = compute_terminals_from(args, model, x, targets, sorted(node.terminals()))
     inputs = MetricInputs(x, info.targets, model=model.module, device=args.device, batch_size=args.batch_size)
     h = expression_inputs(node, inputs, terms, info.acts).heatmaps
+    assert h is not None  # expression_inputs computes heatmaps unless told not to
     problems = weight_problems("the expression", node, terms, info.acts)
     c, n_classes = int(info.targets[0]), info.logits.shape[1]
     label = _class_name(model, c, n_classes)

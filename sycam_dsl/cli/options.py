@@ -236,7 +236,7 @@ def metrics_from_args(text: str, args: argparse.Namespace) -> list[Metric]:
     """The metrics of a comma-separated list; Increase in Confidence joins Average Drop (SPEC 6)."""
     from ..metrics.errors import MetricError
 
-    metrics = []
+    metrics: list[Metric] = []
     for n in text.split(","):
         if n.strip():
             metric = metric_from_args(n, args)

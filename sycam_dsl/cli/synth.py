@@ -11,6 +11,7 @@ import argparse
 import datetime as _dt
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
@@ -32,7 +33,7 @@ from .options import (
 )
 
 #: The built-in benchmark's settings (what ``sycam-dsl synth`` runs with no model and no images).
-BUNDLED = {"images": 200, "time": 60.0, "metric": "deletion", "steps": 10,
+BUNDLED: dict[str, Any] = {"images": 200, "time": 60.0, "metric": "deletion", "steps": 10,
            "report_metrics": "deletion,insertion,average_drop,sch", "levels": "50,100,all"}
 DEFAULT_TIME = 600.0
 
@@ -82,7 +83,8 @@ def configure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the image subsets (default 0)")
     s.add_argument("--report-metrics", metavar="LIST", help="metrics of the final comparison tables, comma-separated "
                                                             "(default: the search metric; all four for the benchmark)")
-    s.add_argument("--report-images", type=nonnegative_int, default=4, metavar="N", help="rows of the heatmap grid (default 4)")
+    s.add_argument("--report-images", type=nonnegative_int, default=4, metavar="N",
+                   help="rows of the heatmap grid (default 4)")
     s.add_argument("--bundled-images", type=positive_int, default=BUNDLED["images"], metavar="N",
                    help=f"images of the built-in benchmark (default {BUNDLED['images']})")
     s.add_argument("--memo-mb", type=nonnegative_float, default=DEFAULT_MAX_MB, metavar="MB",

@@ -31,7 +31,8 @@ class HeatmapIndex:
         self._index = ValueIndex()
 
     def check(self, weights: torch.Tensor, term: object) -> object | None:
-        """Record ``term`` (weights ``[N, K]`` or ``[N, K, h, w]``, as ``weight_type``); returns the earlier term with the
+        """Record ``term`` (weights ``[N, K]`` or ``[N, K, h, w]``, as ``weight_type``); returns the earlier term
+        with the
         same normalized heatmaps, or None when this heatmap is new."""
         h = normalized_saliency(weights, self.acts, self.weight_type)
         # grid steps are integers below 2**grid_bits: exact as floats, so fingerprints compare them exactly

@@ -113,7 +113,7 @@ def _load_factory(spec: str, weights: str | None) -> nn.Module:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise ModelError(f"cannot import {mod_name!r} for model factory {spec!r} ({e}); is it on PYTHONPATH?") from None
-    fn = mod
+    fn: Any = mod
     for attr in fn_name.split("."):
         fn = getattr(fn, attr, None)
         if fn is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from typing import cast
 
 import torch
 from torch import nn
@@ -66,12 +67,13 @@ def _parse_path(path: str) -> list[str]:
 
 
 def _walk(model: nn.Module, parts: list[str]) -> tuple[str, nn.Module] | None:
-    module = model
+    module: nn.Module = model
     canonical = []
     for part in parts:
         children = module._modules
-        if part in children and children[part] is not None:
-            module = children[part]
+        child = children.get(part)
+        if child is not None:
+            module = child
             canonical.append(part)
             continue
         if re.fullmatch(r"-?\d+", part) and children:
@@ -79,7 +81,7 @@ def _walk(model: nn.Module, parts: list[str]) -> tuple[str, nn.Module] | None:
             i = int(part)
             if -len(keys) <= i < len(keys):
                 key = keys[i]
-                module = children[key]
+                module = cast(nn.Module, children[key])  # keys holds only the non-None children
                 canonical.append(key)
                 continue
         return None

@@ -67,7 +67,8 @@ def apply_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
               if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", shapes)):
+        groups = (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", shapes))
+        for label, items in groups:
             if items:
                 parts.append(f"{len(items)} {label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
         raise ModelError(f"weights {source} do not fit the model: {'; '.join(parts)}")

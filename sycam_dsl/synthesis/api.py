@@ -33,9 +33,10 @@ from ..models import LoadedModel, Normalization, load_model
 from ..parse import load_grammar
 from ..parse.grammar import Grammar
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
-from .evaluation import evaluate_methods
+from .dispatch import Dispatch
+from .evaluation import Method, evaluate_methods
 from .outputs import write_outputs
-from .per_class import dispatch_of, search_per_class
+from .per_class import ClassSearch, dispatch_of, search_per_class
 from .problem import Data, Problem
 from .result import Result, RunRecord
 from .search import Search
@@ -122,13 +123,13 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     Deletion / Insertion forward passes shared by every subset (0: none)."""
     from ..cam.terminals import compute_terminals
 
-    common = dict(device=device, chunk_size=chunk_size, progress=progress)
     if use_cache:
         from ..cam.cache import compute_terminals_cached
-        terms, info = compute_terminals_cached(model, layer, data.images, targets, list(names),
-                                               cache_dir=cache_dir, **common)
+        terms, info = compute_terminals_cached(model, layer, data.images, targets, list(names), device=device,
+                                               chunk_size=chunk_size, progress=progress, cache_dir=cache_dir)
     else:
-        terms, info = compute_terminals(model, layer, data.images, targets, list(names), **common)
+        terms, info = compute_terminals(model, layer, data.images, targets, list(names), device=device,
+                                        chunk_size=chunk_size, progress=progress)
     dev = terms.device
     inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
                           masks=None if data.masks is None else data.masks.to(dev), model=model.module,
@@ -187,7 +188,8 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
                           early_stop=search.early_stop)
 
     t0 = time.perf_counter()
-    dispatch, searches = None, []
+    dispatch: Dispatch | None = None
+    searches: list[ClassSearch] = []
     if per_class:
         searches, stopped_by = search_per_class(problem, gram, config, out, output.progress, resume,
                                                 search.min_class_images)
@@ -202,7 +204,8 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     search_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    methods = {b: (baseline(b).expression, baseline(b).node) for b in SEARCH_BASELINES}
+    methods: dict[str, tuple[str, Method]] = {b: (baseline(b).expression, baseline(b).node)
+                                              for b in SEARCH_BASELINES}
     if dispatch is not None:
         methods[SYCAM] = ("per-class dispatch", dispatch)
     elif best is not None:

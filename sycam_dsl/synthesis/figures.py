@@ -157,7 +157,7 @@ def save_heatmap_grid(images: torch.Tensor, columns: Mapping[str, torch.Tensor],
             x0 = label_w + PAD + j * (cell_w + PAD)
             picture = Image.fromarray(_to_uint8(cell))
             if scale > 1:
-                picture = picture.resize((cell_w, cell_h), Image.NEAREST)
+                picture = picture.resize((cell_w, cell_h), Image.NEAREST)  # type: ignore[attr-defined]  # Pillow 9 has no Image.Resampling
             canvas.paste(picture, (x0, y0))
         if labels:
             lines = labels[i]

@@ -38,7 +38,9 @@ def _grid(result: Result, model: LoadedModel, data: Data, problem: Problem, n_ro
     part = problem.subset(rows)
     size = tuple(part.inputs.images.shape[-2:])
     def heatmaps_of(node, p: Problem) -> torch.Tensor:
-        return expression_inputs(node, p.inputs, p.terminals, p.acts).heatmaps
+        h = expression_inputs(node, p.inputs, p.terminals, p.acts).heatmaps
+        assert h is not None  # expression_inputs computes heatmaps unless told not to
+        return h
 
     columns = {b: heatmaps_of(baseline(b).node, part) for b in SEARCH_BASELINES}
     if result.dispatch is not None:

@@ -63,11 +63,13 @@ def search_per_class(problem: Problem, grammar: Grammar, config: SearchConfig, o
 def choose_fallback(candidates: list[Node], config: SearchConfig, problem: Problem) -> Node:
     """The candidate with the best mean score on all of ``problem``'s images (ties: the smallest)."""
     metric = config.metric
-    best, best_mean = None, None
+    best: Node | None = None
+    best_mean = 0.0
     for node in sorted(set(candidates), key=lambda n: (n.size, str(n))):
         mean = float(method_scores(node, [metric], problem)[metric.name].mean())
         if best is None or (mean > best_mean if metric.higher_is_better else mean < best_mean):
             best, best_mean = node, mean
+    assert best is not None, "choose_fallback needs at least one candidate"
     return best
 
 

@@ -69,7 +69,8 @@ def markdown_report(d: dict[str, Any]) -> str:
         lines += ["## Incumbents", "", "| seconds | candidate | score | expression |", "|---:|---:|---:|---|"]
         for h in d["history"]:
             prefix = f"class {h['class']}: " if "class" in h else ""
-            lines.append(f"| {h['seconds']:.1f} | {h['candidate']} | {_fmt(h['score'])} | {prefix}`{h['expression']}` |")
+            lines.append(f"| {h['seconds']:.1f} | {h['candidate']} | {_fmt(h['score'])} | "
+                         f"{prefix}`{h['expression']}` |")
         lines.append("")
     c, t = d["counts"], d["timings"]
     lines += ["## Counts and timings", "",

@@ -56,7 +56,8 @@ def score_levels(scorer: Scorer, node: Node) -> torch.Tensor | None:
     """One candidate's per-image scores on every level block ``[N]`` (``I1`` in ``Subsets`` order);
     None if invalid."""
     parts = [scorer.score([node], j, c)[0] for j in range(scorer.levels) for c in range(scorer.chunks(j))]
-    return None if any(p is None for p in parts) else torch.cat(parts)
+    scored = [p for p in parts if p is not None]
+    return torch.cat(scored) if len(scored) == len(parts) else None
 
 
 class LocalScorer:
@@ -119,14 +120,14 @@ class LocalScorer:
         if self._best_bounds is None:
             self._best_bounds = []
             for parts in self._parts:
-                sums = []
+                sums: list[float] | None = []
                 for part in parts:
                     b = self.metric.score_bounds(part.inputs)
                     if b is None:
                         sums = None
                         break
                     best = b[1] if self.metric.higher_is_better else b[0]
-                    sums.append(float(best.double().sum()))
+                    sums.append(float(best.double().sum()))  # type: ignore[union-attr]  # None only after break
                 self._best_bounds.append(sums)
         sums = self._best_bounds[level]
         return None if sums is None else sum(sums[chunk + 1:])

@@ -8,9 +8,9 @@ the candidate; passing ``I1`` makes it the incumbent.
 
 The search stops when the grammar is exhausted, the time or candidate budget ends, or on Ctrl-C;
 it then returns the incumbent. Time is checked between candidates and between levels, and only once
-there is an incumbent, so even a tiny time budget returns a scored expression. With an output folder it writes ``checkpoint.json`` there every
-``checkpoint_seconds`` and when it stops; a search started on the same folder resumes: the
-enumerator replays the candidates already processed (checking their heatmaps, not scoring them)
+there is an incumbent, so even a tiny time budget returns a scored expression. With an output
+folder it writes ``checkpoint.json`` there every ``checkpoint_seconds`` and when it stops; a
+search started on the same folder resumes: the enumerator replays the candidates already processed (checking their heatmaps, not scoring them)
 and carries on from the first unprocessed one.
 """
 
@@ -148,7 +148,8 @@ class Search:
                     stopped_by = "candidates"
                     break
                 # the first incumbent is always found, however small the time budget
-                if budget.seconds is not None and state.incumbent is not None and self._elapsed(state) >= budget.seconds:
+                if (budget.seconds is not None and state.incumbent is not None
+                        and self._elapsed(state) >= budget.seconds):
                     stopped_by = "time"
                     pending = []
                     break
@@ -237,7 +238,8 @@ class Search:
             still = []
             for k, s in zip(alive, scores):
                 out[k].append(s)
-                if s is not None and not (inc is not None and self._hopeless(torch.cat(out[k]), inc, 0, c)):
+                if s is not None and not (inc is not None and self._hopeless(
+                        torch.cat([p for p in out[k] if p is not None]), inc, 0, c)):
                     still.append(k)
             alive = still
         return out

@@ -9,6 +9,8 @@ inside ``saliency`` stays under ``max_elements``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..errors import ShapeError
@@ -66,13 +68,13 @@ def layer_saliency(weights: torch.Tensor, acts: torch.Tensor, weight_type: Type,
     return torch.cat(parts).reshape(*lead, *acts.shape[:1], *acts.shape[2:])
 
 
-def normalize_upsampled(s: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def normalize_upsampled(s: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """The heatmaps ``H`` of layer-resolution saliency ``S`` ``[..., N, h, w]``: ``[..., N, H, W]``
     in ``[0, 1]``."""
     return minmax_normalize(upsample(s, size))
 
 
-def heatmaps(weights: torch.Tensor, acts: torch.Tensor, weight_type: Type, size: tuple[int, int],
+def heatmaps(weights: torch.Tensor, acts: torch.Tensor, weight_type: Type, size: Sequence[int],
              max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
     """Heatmaps ``H`` of the input size ``(H, W)``, in ``[0, 1]`` per image.
 

@@ -16,6 +16,7 @@ and extremes: ``O(h w)`` work per image instead of ``O(H W)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
@@ -38,7 +39,7 @@ def _weights(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
 class Upsampler:
     """``U`` from ``(h, w)`` to ``(H, W)`` as matrices, on ``device`` in ``dtype``."""
 
-    def __init__(self, layer_hw: tuple[int, int], size: tuple[int, int], device: torch.device | str = "cpu",
+    def __init__(self, layer_hw: tuple[int, int], size: Sequence[int], device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
         (h, w), (H, W) = layer_hw, size
         ly, ry = _weights(h, H)
@@ -66,12 +67,12 @@ class Upsampler:
 
 
 @lru_cache(maxsize=16)
-def _upsampler(layer_hw: tuple[int, int], size: tuple[int, int], device: torch.device,
+def _upsampler(layer_hw: tuple[int, int], size: Sequence[int], device: torch.device,
                dtype: torch.dtype) -> Upsampler:
     return Upsampler(layer_hw, size, device, dtype)
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear upsampling (``align_corners=False``, as ``F.interpolate``) of ``[..., h, w]`` maps to
     ``[..., H, W]``, as two small matrix products (``Upsampler``): several times faster than
     ``F.interpolate`` on the CPU, equal to it up to float rounding, and the one upsampling every

@@ -14,7 +14,7 @@ def update_digest(h: hashlib._Hash, t: torch.Tensor) -> None:
     h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
     flat = t.cpu().contiguous().reshape(-1)
     try:
-        h.update(flat.view(torch.uint8).numpy())
+        h.update(flat.view(torch.uint8).numpy().tobytes())
     except (RuntimeError, TypeError):  # dtypes that cannot be viewed as bytes (quantized, ...)
         h.update(repr(flat.tolist()).encode())
 
