@@ -9,9 +9,10 @@ import torch
 from sycam_dsl.enumerate import Enumerator
 from sycam_dsl.equivalence import HeatmapIndex
 from sycam_dsl.evaluate import Terminals, evaluate
+from sycam_dsl.lang.ast import varies_over_positions
 from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.lang.types import Type
-from sycam_dsl.parse import load_grammar
+from sycam_dsl.parse import load_grammar, parse_grammar
 
 GRAMMARS = Path(__file__).resolve().parents[1] / "grammars"
 
@@ -36,7 +37,9 @@ def test_g2_counts_are_consistent_and_deterministic():
         en = Enumerator(g, terms, 5)
         runs.append([str(t) for t in en])
         total = en.stats.total()
-        assert total.generated == total.duplicates + total.canonical + total.equivalent + total.kept
+        assert total.generated == (total.undefined + total.duplicates + total.canonical + total.equivalent
+                                   + total.kept)
+        assert total.undefined == 0  # g2 has no gsum
         assert total.yielded == len(runs[-1])
         assert total.canonical > 0 and total.equivalent > 0
     assert runs[0] == runs[1]
@@ -68,3 +71,23 @@ def test_heatmap_index_merges_positive_multiples_only():
     assert maps.check(terms["A"], "A") is None
     assert maps.check(terms["A"] * 3.0, "(* 3.0 A)") == "A"
     assert len(index) == 3 and len(maps) == 1
+
+
+def test_sums_of_position_free_maps_are_never_enumerated():
+    """gsum of a position-free Map is not a term: dropped and counted as undefined; the rest agree
+    with evaluate after broadcasting (h, w > 1, where the sum and one position differ)."""
+    g = parse_grammar("""(synth-cam w ((A Map) (grads Vec)) Vec
+      ((V Vec (grads (gsum M) (gap M))) (M Map (A (bcast V) (* M M)))))""")
+    terms = Terminals.random(list(g.inputs), n=2, k=4, hw=(3, 4), seed=0)
+    en = Enumerator(g, terms, 6)
+    cands = list(en.candidates())
+    texts = [str(c.term) for c in cands]
+    assert "(gsum A)" in texts and "(gsum (* A (bcast grads)))" in texts
+    assert "(gsum (bcast grads))" not in texts and "(gsum (bcast (gsum A)))" not in texts
+    assert all(varies_over_positions(n.args[0]) for c in cands for n in c.term.walk() if n.head == "gsum")
+    total = en.stats.total()
+    assert total.undefined > 0 and "undefined" in en.stats.table() and en.stats.as_dict()["total"]["undefined"]
+    assert total.generated == (total.undefined + total.duplicates + total.canonical + total.equivalent
+                               + total.kept)
+    for c in cands:
+        assert torch.allclose(c.value, evaluate(c.term, terms).expand_as(c.value), rtol=1e-5, atol=1e-6), c.term

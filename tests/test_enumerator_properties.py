@@ -2,7 +2,9 @@
 
 (a) every enumerated term type-checks and is derivable; (b) with pruning off, exactly the
 grammar's terms up to size n, each once, smallest first; (c) every pruned term equals a term
-yielded before it; (d) canonicalization is sound on inputs with zeros, negatives and ties.
+yielded before it; (d) canonicalization is sound on inputs with zeros, negatives and ties;
+(e) on Map grammars, the enumerator's value of every candidate equals ``evaluate``'s and the
+compiled TorchScript module's, and no candidate sums a position-free Map (``gsum``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from sycam_dsl.backend import compile_torchscript, signature
 from sycam_dsl.canonicalize import to_sympy
 from sycam_dsl.enumerate import Enumerator
 from sycam_dsl.errors import GrammarError
@@ -20,6 +23,7 @@ from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.parse import parse_grammar
 
 from .helpers import brute_force_terms, derivable
+from .test_backend import assert_agree
 
 VEC_TERMINALS = ["grads", "pgrads", "cic", "abl"]
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -159,3 +163,68 @@ def test_canonicalization_is_sound_on_zeros_negatives_and_ties(seed):
     for t, earlier in events:
         a, b = evaluate(t, inputs), evaluate(earlier, inputs)
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max().clamp_min(1.0))), (t, earlier)
+
+
+# --------------------------------------------------------------------------------------------- (e) Map grammars
+
+MAP_TERMINALS = ["A", "G"]
+#: h, w > 1, so that a sum over positions differs from the value at one position.
+MAP_HW = (3, 4)
+
+
+@st.composite
+def map_grammars(draw) -> str:
+    """Grammar text: a Map non-terminal M and a Vec one V over Map and Vec terminals, with
+    bcast, gap, gsum, norm and softmax; the start is M or V."""
+    maps = draw(st.lists(st.sampled_from(MAP_TERMINALS), min_size=1, max_size=2, unique=True))
+    vecs = draw(st.lists(st.sampled_from(VEC_TERMINALS), min_size=0, max_size=2, unique=True))
+    m_prods = set(maps)
+    v_prods = set(vecs) or {"(gap M)"}
+    for _ in range(draw(st.integers(1, 5))):
+        m_prods.add(draw(st.sampled_from(["(bcast V)", "(+ M M)", "(* M M)", "(- M V)", "(relu M)", "(norm M)",
+                                          "(* M (bcast V))", "(sq M)"])))
+    for _ in range(draw(st.integers(1, 5))):
+        v_prods.add(draw(st.sampled_from(["(gap M)", "(gsum M)", "(gsum M)", "(norm V)", "(softmax V)",
+                                          "(+ V V)", "(/ V V)", "(gsum (* M M))",
+                                          "(relu V)"])))
+    rules = [f"(M Map ({' '.join(sorted(m_prods))}))", f"(V Vec ({' '.join(sorted(v_prods))}))"]
+    if draw(st.booleans()):
+        rules.reverse()
+    start_type = rules[0].split()[1]
+    params = " ".join([f"({t} Map)" for t in maps] + [f"({t} Vec)" for t in vecs])
+    return f"(synth-cam w ({params}) {start_type} ({' '.join(rules)}))"
+
+
+def _has_position_free_gsum(term) -> bool:
+    """Whether a gsum in ``term`` sums a Map with no Map terminal reached through Map-typed nodes
+    (an independent restatement of the rule in ``sycam_dsl.lang.operators``)."""
+    def varies(n) -> bool:
+        return n.type.value == "Map" and (n.kind == "var" or any(varies(a) for a in n.args))
+    return any(n.kind == "op" and n.head == "gsum" and not varies(n.args[0]) for n in term.walk())
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(map_grammars(), st.integers(2, 5), st.integers(0, 3))
+def test_map_values_agree_between_enumerator_evaluator_and_torchscript(text, max_size, seed):
+    g = _grammar(text)
+    terms = Terminals.random(list(g.inputs), n=2, k=5, hw=MAP_HW, seed=seed)
+    compiled = 0
+    for cand in Enumerator(g, terms, max_size).candidates():
+        t = cand.term
+        expected = evaluate(t, terms)
+        _agree(t, "enumerator", cand.value, expected.expand_as(cand.value))
+        assert not _has_position_free_gsum(t), f"{t} sums a position-free Map"
+        # Compiling is slow: check the terms that reduce over or broadcast to positions, a few per grammar.
+        if compiled < 8 and any(n.kind == "op" and n.head in ("gsum", "bcast", "norm") for n in t.walk()):
+            compiled += 1
+            module = compile_torchscript(t)
+            out = module(*(terms[name] for name, _ in signature(t)))
+            _agree(t, "TorchScript", out.expand_as(cand.value), expected.expand_as(cand.value))
+
+
+def _agree(term, what: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """``assert_agree``, naming the term whose values differ."""
+    try:
+        assert_agree(actual, expected)
+    except AssertionError as e:
+        raise AssertionError(f"{what} and evaluate differ on {term}") from e

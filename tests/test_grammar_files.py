@@ -410,3 +410,17 @@ def test_known_type_in_the_wrong_place_is_not_called_unknown():
     with pytest.raises(GrammarError) as info:
         parse_grammar("(synth-cam w ((grads Int)) Vec ((E Vec (grads))))", "f.sy")
     assert "not allowed here" in str(info.value) and "unknown" not in str(info.value)
+
+
+def test_gsum_of_a_position_free_map_in_a_production_is_a_located_error():
+    text = "(synth-cam w ((grads Vec) (A Map)) Vec\n  ((E Vec (grads (gsum A) (+ E (gsum (bcast grads)))))))"
+    assert_error(text, "2:33", "'gsum' sums a Map over its positions", "same at every position", "layer's size")
+    # a Vec hole under bcast can never vary either
+    text = "(synth-cam w ((grads Vec) (A Map)) Vec\n  ((E Vec (grads (gsum A) (gsum (bcast E))))))"
+    assert_error(text, "2:28", "'gsum' sums a Map over its positions")
+
+
+def test_gsum_over_a_map_nonterminal_loads():
+    # M may hold a position-free Map, (bcast E): the enumerator drops those sums, the grammar is fine
+    g = parse_grammar("(synth-cam w ((grads Vec) (A Map)) Vec ((E Vec (grads (gsum M))) (M Map (A (bcast E)))))")
+    assert [str(p) for p in g.nonterminals["E"].productions] == ["grads", "(gsum M)"]

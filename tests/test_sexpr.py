@@ -7,11 +7,12 @@ import math
 from functools import cache
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sycam_dsl.errors import GrammarError
-from sycam_dsl.lang.ast import CONST, Node, apply, const, to_sexpr, var
+from sycam_dsl.lang.ast import CONST, Node, apply, const, to_sexpr, var, varies_over_positions
 from sycam_dsl.lang.operators import OPERATORS
 from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.lang.terminals import TERMINALS, terminal_types
@@ -55,7 +56,11 @@ def typed_nodes(t: Type, depth: int) -> st.SearchStrategy[Node]:
         return _LEAVES[t]
 
     def operand(op, i, at):
-        return _POSITIVE_INT if i in op.int_params else typed_nodes(at, depth - 1)
+        if i in op.int_params:
+            return _POSITIVE_INT
+        if op.name == "gsum":  # the language sums only Maps that vary over positions
+            return typed_nodes(at, depth - 1).filter(varies_over_positions)
+        return typed_nodes(at, depth - 1)
 
     branches = [st.tuples(*(operand(op, i, at) for i, at in enumerate(args)))
                   .map(lambda a, op=op, t=t: apply(op.name, a, t))
@@ -173,3 +178,38 @@ def test_overflowing_real_literal_is_a_located_error():
     # was read as inf, giving a node that cannot be printed
     e = expr_error("(* grads\n   1e400)")
     assert str(e).startswith("e.txt:2:4: ") and "1e400" in e.message and "range" in e.message
+
+
+POSITION_FREE = "'gsum' sums a Map over its positions, but this operand is the same at every position"
+
+
+@pytest.mark.parametrize("text, where", [
+    ("(gsum (bcast grads))", (1, 2)),
+    ("(+ grads\n   (gsum (bcast (gsum A))))", (2, 5)),
+    ("(gsum (bcast (gap A)))", (1, 2)),  # A is reached only through a Vec: the same at every position
+    ("(gsum (* (bcast grads) 2.0))", (1, 2)),
+])
+def test_gsum_of_a_position_free_map_is_a_located_error(text, where):
+    with pytest.raises(GrammarError) as e:
+        parse_expr(text, TERMS)
+    assert (e.value.line, e.value.column) == where
+    assert e.value.message.startswith(POSITION_FREE)
+    assert "layer's size" in e.value.message and "gap" in e.value.message
+    assert str(e.value).startswith(f"<expression>:{where[0]}:{where[1]}: ")
+
+
+@pytest.mark.parametrize("text", ["(gsum A)", "(gsum (* A (bcast grads)))", "(gsum (norm (+ G (bcast cic))))",
+                                  "(gap (bcast grads))", "(bcast (gsum A))"])
+def test_gsum_of_a_varying_map_parses_and_evaluates_as_before(text):
+    from sycam_dsl.evaluate import Terminals, evaluate
+    node = parse_expr(text, TERMS)
+    assert to_sexpr(node) == text
+    t = Terminals.random(["A", "G", "grads", "cic"], n=2, k=3, hw=(3, 4), seed=0)
+    a, g, grads, cic = t["A"], t["G"], t["grads"], t["cic"]
+    m = (g + cic[..., None, None])
+    expected = {"(gsum A)": a.sum(dim=(-2, -1)),
+                "(gsum (* A (bcast grads)))": (a * grads[..., None, None]).sum(dim=(-2, -1)),
+                "(gsum (norm (+ G (bcast cic))))": (m / m.abs().amax(dim=(-3, -2, -1), keepdim=True)).sum(dim=(-2, -1)),
+                "(gap (bcast grads))": grads,
+                "(bcast (gsum A))": a.sum(dim=(-2, -1))[..., None, None]}[text]
+    assert torch.allclose(evaluate(node, t), expected, rtol=1e-5, atol=1e-6)

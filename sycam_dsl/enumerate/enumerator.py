@@ -16,6 +16,11 @@ non-terminal are yielded at once, so a consumer starts before a size is finished
 
 With both prunings off the enumerator still drops syntactic duplicates (an ambiguous grammar can
 derive one term twice), so it yields each term of the grammar exactly once.
+
+Before step (1), a combination that sums a position-free Map (a ``gsum`` whose operand does not
+vary over positions: the rule in ``lang.operators``) is dropped as ``undefined``: it is not a term
+of the language. Map values are stored materialized to ``[N, K, h, w]`` (fingerprints need equal
+shapes); under that rule they equal ``evaluate``'s values after broadcasting.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from ..canonicalize import Canonicalizer
 from ..equivalence.observational import DEFAULT_MANTISSA_BITS, ValueIndex, fingerprints
 from ..evaluate.evaluator import evaluate_with
 from ..evaluate.terminals import Terminals
-from ..lang.ast import CONST, HOLE, Node, fill
+from ..lang.ast import CONST, HOLE, OP, Node, fill, varies_over_positions
 from ..lang.types import Type
 from ..parse.grammar import Grammar, NonTerminal, Production
 
@@ -50,6 +55,7 @@ class Candidate(NamedTuple):
 @dataclass
 class SizeStats:
     generated: int = 0
+    undefined: int = 0  # sums of a position-free Map (gsum's rule), dropped before canonicalization
     duplicates: int = 0
     canonical: int = 0
     equivalent: int = 0
@@ -82,10 +88,10 @@ class EnumerationStats:
                 "canonical_seconds": self.canonical_seconds, "sympy_calls": self.sympy_calls}
 
     def table(self) -> str:
-        rows = ["size  generated  duplicate  canonical  equivalent   kept  yielded"]
+        rows = ["size  generated  undefined  duplicate  canonical  equivalent   kept  yielded"]
         for s, v in sorted(self.per_size.items()) + [("all", self.total())]:
-            rows.append(f"{s!s:>4}  {v.generated:9d}  {v.duplicates:9d}  {v.canonical:9d}  {v.equivalent:10d}"
-                        f"  {v.kept:5d}  {v.yielded:7d}")
+            rows.append(f"{s!s:>4}  {v.generated:9d}  {v.undefined:9d}  {v.duplicates:9d}  {v.canonical:9d}"
+                        f"  {v.equivalent:10d}  {v.kept:5d}  {v.yielded:7d}")
         return "\n".join(rows)
 
 
@@ -95,9 +101,10 @@ class _Bucket:
     Values live in compact per-chunk tensors (``parts``: only the kept rows of each evaluated
     chunk, so pruned rows are freed at once); ``starts[p]`` is the index of part ``p``'s first
     term. They are never concatenated: that would copy the whole bank once more. Int buckets hold
-    Python ints instead."""
+    Python ints instead. ``varies[i]`` says whether Map term ``i`` varies over positions (kept only
+    when the grammar has a ``gsum``, the one operator that asks)."""
 
-    __slots__ = ("terms", "canon", "parts", "starts", "ints")
+    __slots__ = ("terms", "canon", "parts", "starts", "ints", "varies")
 
     def __init__(self) -> None:
         self.terms: list[Node] = []
@@ -105,6 +112,7 @@ class _Bucket:
         self.parts: list[torch.Tensor] = []
         self.starts: list[int] = []
         self.ints: list[int] = []
+        self.varies: list[bool] = []
 
     def __len__(self) -> int:
         return len(self.terms)
@@ -169,6 +177,38 @@ class _NTState:
         return b
 
 
+class _Positions(NamedTuple):
+    """How a production's terms depend on positions, from its template (the rule of ``gsum``).
+
+    ``guards``: for each ``gsum`` of the template whose operand does not vary by itself, the Map
+    holes through which it may vary; a combination is defined only if, for every guard, one of
+    those holes holds a varying term. ``varies`` / ``holes``: the same for the template's root, to
+    set the ``varies`` flag of a new Map term."""
+
+    guards: tuple[tuple[int, ...], ...]
+    varies: bool
+    holes: tuple[int, ...]
+
+
+def _positions(tmpl: Node) -> _Positions:
+    guards: list[tuple[int, ...]] = []
+    count = 0
+
+    def map_holes(n: Node) -> list[int]:
+        """Indices (in fill order) of the Map holes reached from ``n`` through Map-typed nodes only."""
+        nonlocal count
+        if n.kind == HOLE:
+            count += 1
+            return [count - 1] if n.type == Type.MAP else []
+        found = [map_holes(a) for a in n.args]  # every child, so the hole count stays in fill order
+        if n.kind == OP and n.head == "gsum" and not varies_over_positions(n.args[0]):
+            guards.append(tuple(found[0]))
+        return [h for f in found for h in f] if n.type == Type.MAP else []
+
+    holes = map_holes(tmpl)
+    return _Positions(tuple(guards), varies_over_positions(tmpl), tuple(holes))
+
+
 def compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
     """Ways to write ``total`` as ``parts`` positive integers, in lexicographic order."""
     if parts == 0:
@@ -192,7 +232,8 @@ class Enumerator:
     prunings; ``chunk`` is how many combinations are evaluated in one batched operation.
     ``on_prune(nonterminal, term, reason, earlier)``, if given, is called for every dropped term with
     the reason (``"duplicate"``, ``"canonical"`` or ``"equivalent"``) and the earlier kept term of the
-    same non-terminal that it duplicates.
+    same non-terminal that it duplicates. Undefined combinations (a ``gsum`` of a position-free Map)
+    duplicate nothing: they are only counted, in ``stats`` (``undefined``).
     ``stats`` is updated as terms stream."""
 
     def __init__(self, grammar: Grammar, terminals: Terminals, max_size: int, *, canonicalize: bool = True,
@@ -218,6 +259,11 @@ class Enumerator:
         self._unit_targets = {p.template.head for nt in grammar.nonterminals.values() for p in nt.productions
                               if p.template.kind == HOLE}
         self._yielded = 0
+        # Positions matter only to gsum: a grammar without one skips the flags and the filter.
+        prods = [p for nt in grammar.nonterminals.values() for p in nt.productions]
+        self._positions: dict[Production, _Positions] | None = None
+        if any(n.kind == OP and n.head == "gsum" for p in prods for n in p.template.walk()):
+            self._positions = {p: _positions(p.template) for p in prods}
         hw = terminals.hw
         self._map_shape = (terminals.n, terminals.k) + (hw if hw else (1, 1))
 
@@ -315,6 +361,12 @@ class Enumerator:
         stats = self.stats.size(size)
         stats.generated += len(combos)
         tmpl = prod.template
+        pos = self._positions[prod] if self._positions is not None else None
+        if pos is not None and pos.guards:
+            # (0) the rule of gsum: drop sums of a position-free Map before they claim a canonical form
+            defined = [c for c in combos if all(any(buckets[h].varies[c[h]] for h in g) for g in pos.guards)]
+            stats.undefined += len(combos) - len(defined)
+            combos = defined
         # (1) canonicalization, or syntactic de-duplication when it is off
         t_canon = time.perf_counter()
         watch = self.on_prune is not None
@@ -368,6 +420,8 @@ class Enumerator:
                     continue
             out.terms.append(node)
             out.canon.append(cid)
+            if pos is not None and st.nt.type == Type.MAP:
+                out.varies.append(pos.varies or any(buckets[h].varies[combo[h]] for h in pos.holes))
             stats.kept += 1
             if values is None:
                 out.ints.append(_int_value(node))

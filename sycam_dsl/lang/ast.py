@@ -105,6 +105,18 @@ def fill(template: Node, children: tuple[Node, ...]) -> Node:
     return out
 
 
+def varies_over_positions(node: Node, holes_vary: bool = False) -> bool:
+    """Whether ``node`` is a Map that can differ between positions (the rule for ``gsum``, see
+    ``operators``): a Map terminal reached through Map-typed nodes only. A Vec on the way, as in
+    ``(bcast (gap A))``, is the same at every position. With ``holes_vary`` a Map hole counts as
+    varying: a production template may vary once its holes are filled."""
+    if node.type != Type.MAP:
+        return False
+    if node.kind == VAR or (node.kind == HOLE and holes_vary):
+        return True
+    return any(varies_over_positions(a, holes_vary) for a in node.args)
+
+
 def to_sexpr(node: Node) -> str:
     """The s-expression text of ``node`` (holes print as their non-terminal's name)."""
     if node.kind == CONST:

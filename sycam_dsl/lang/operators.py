@@ -19,6 +19,14 @@ Semantics (SPEC section 3), per image (reductions never cross images):
 * ``softmax``: softmax of each image's Vec over its channels (grad-cam's ScoreCAM normalization).
 * ``bcast``: Vec -> Map, the same weight at every position (so a Map grammar can hold Vec weights,
   such as XGradCAM's). Its value is ``[..., N, K, 1, 1]``, broadcastable to the Map's ``h, w``.
+
+A Map's value is defined up to broadcasting over positions: ``[..., 1, 1]`` and its copy at every
+position are the same value, and every operator but ``gsum`` gives the same result on both.
+Hence the one rule of ``gsum``: **its operand must vary over positions**, that is, reach a Map
+terminal (``A``, ``G``) through Map-typed nodes only (``ast.varies_over_positions``). A
+position-free Map, built from ``bcast``, Vec terminals and constants (``(gsum (bcast grads))``,
+``(gsum (bcast (gap A)))``), would sum to the layer's size times its value, so it is not a term of
+the language: the parser and grammar files reject it and the enumerator never derives it.
 """
 
 from __future__ import annotations

@@ -8,12 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ..errors import GrammarError
-from .ast import CONST, Node, apply, const, var
+from .ast import CONST, Node, apply, const, var, varies_over_positions
 from .operators import OPERATORS
 from .reader import SAtom, SExpr, read
 from .types import Type
 
 Resolver = Callable[[SAtom], Node]
+
+POSITION_FREE_GSUM = ("'gsum' sums a Map over its positions, but this operand is the same at every position "
+                      "(no Map terminal such as A or G reaches it other than through a Vec), so its sum would "
+                      "depend on the layer's size; use the operand itself, or gap")
 
 
 def build(sx: SExpr, resolve: Resolver, source: str) -> Node:
@@ -53,6 +57,9 @@ def build(sx: SExpr, resolve: Resolver, source: str) -> Node:
         got = ", ".join(str(a.type) for a in args)
         raise GrammarError(f"type mismatch: {op.name!r} expects {op.expects}, got ({got})",
                            head.line, head.column, source)
+    if op.name == "gsum" and not varies_over_positions(args[0], holes_vary=True):
+        # The rule of gsum (see ``operators``); a Map hole may still vary once the enumerator fills it.
+        raise GrammarError(POSITION_FREE_GSUM, head.line, head.column, source)
     return apply(op.name, args, result)
 
 
