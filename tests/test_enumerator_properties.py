@@ -37,7 +37,7 @@ def small_grammars(draw) -> str:
     use_real = draw(st.booleans())
     inputs = draw(st.lists(st.sampled_from(VEC_TERMINALS), min_size=1, max_size=3, unique=True))
     rules = []
-    for i, nt in enumerate(nts):
+    for nt in nts:
         prods = set()
         # every non-terminal gets a leaf so the grammar is productive
         prods.add(draw(st.sampled_from(inputs)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import cast
 
 from .types import Type
 
@@ -26,7 +27,7 @@ class Node:
         self.head = head
         self.args = args
         self.type = type
-        self.size = (0 if kind == HOLE else 1) + sum(a.size for a in args)
+        self.size: int = (0 if kind == HOLE else 1) + sum(a.size for a in args)
         self._hash = hash((kind, head, args, type))
 
     def __hash__(self) -> int:
@@ -62,7 +63,7 @@ class Node:
         seen: dict[str, None] = {}
         for n in self.walk():
             if n.kind == VAR:
-                seen.setdefault(n.head, None)
+                seen.setdefault(str(n.head), None)  # a terminal's head is its name
         return list(seen)
 
     def holes(self) -> list[Node]:
@@ -120,7 +121,7 @@ def varies_over_positions(node: Node, holes_vary: bool = False) -> bool:
 def to_sexpr(node: Node) -> str:
     """The s-expression text of ``node`` (holes print as their non-terminal's name)."""
     if node.kind == CONST:
-        return _number_text(node.head)
+        return _number_text(cast(float, node.head))  # a literal's head is its number
     if node.kind in (VAR, HOLE):
         return str(node.head)
     return "(" + " ".join([str(node.head)] + [to_sexpr(a) for a in node.args]) + ")"

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import cast
 
 from ..errors import GrammarError
 from .ast import CONST, Node, apply, const, var, varies_over_positions
@@ -49,7 +50,7 @@ def build(sx: SExpr, resolve: Resolver, source: str) -> Node:
         if a.type != Type.INT:
             raise GrammarError(f"operand {i + 1} of {op.name!r} must be an Int, got {a.type}",
                                at.line, at.column, source)
-        if a.kind == CONST and a.head < 1:
+        if a.kind == CONST and cast(int, a.head) < 1:  # an Int literal's head is its int
             raise GrammarError(f"operand {i + 1} of {op.name!r} must be a positive Int, got {a.head}",
                                at.line, at.column, source)
     result = op.result(*(a.type for a in args))

@@ -10,8 +10,8 @@ The search stops when the grammar is exhausted, the time or candidate budget end
 it then returns the incumbent. Time is checked between candidates and between levels, and only once
 there is an incumbent, so even a tiny time budget returns a scored expression. With an output
 folder it writes ``checkpoint.json`` there every ``checkpoint_seconds`` and when it stops; a
-search started on the same folder resumes: the enumerator replays the candidates already processed (checking their heatmaps, not scoring them)
-and carries on from the first unprocessed one.
+search started on the same folder resumes: the enumerator replays the candidates already processed
+(checking their heatmaps, not scoring them) and carries on from the first unprocessed one.
 """
 
 from __future__ import annotations
