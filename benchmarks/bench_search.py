@@ -17,7 +17,7 @@ from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.synthesis import Budget, Search, SearchConfig, resolve_grammar
 
-ENGINES = {"plain": dict(batch=1, image_chunk=None, early_stop=False, memo_mb=0),
+ENGINES = {"plain": dict(candidate_batch=1, image_chunk=None, early_stop=False, memo_mb=0),
            "engine": dict(memo_mb=256.0)}
 
 

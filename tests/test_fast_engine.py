@@ -127,11 +127,11 @@ def test_batched_candidates_score_as_one_at_a_time():
 
 
 def test_early_stopping_and_batching_never_change_the_winner():
-    plain = dict(batch=1, image_chunk=None, early_stop=False)
+    plain = dict(candidate_batch=1, image_chunk=None, early_stop=False)
     for problem, metric, levels, chunk in [(planted(seed=7), SCH, (6, 12, None), 3),
                                            (_tiny_problem(), get_metric("deletion", steps=5), (8, 12, None), 2)]:
         runs = []
-        for engine in (plain, dict(batch=8, image_chunk=chunk, early_stop=True)):
+        for engine in (plain, dict(candidate_batch=8, image_chunk=chunk, early_stop=True)):
             cfg = SearchConfig(metric, Budget(candidates=80), level_sizes=levels, equivalence_size=4,
                                max_size=5, **engine)
             s, counted = scripted(Search(problem, GRAMMAR, cfg, progress=False), CountingScorer)

@@ -144,24 +144,56 @@ def test_rules_without_declarations_are_accepted():
 # --------------------------------------------------------------------------- syntax errors
 
 
-def test_unexpected_character():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads # E))))\n"
-    assert_error(text, "2:18", "unexpected character '#'")
+#: A grammar with a Real constant non-terminal, for the constant-pool options.
+POOL = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec) (C Real))\n  ((E Vec (grads (* C E)))\n   (C Real ((Constant Real)))))"
 
-
-def test_number_glued_to_a_symbol_is_an_unexpected_character():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (topk E 5x)))))\n"
-    assert_error(text, "2:26", "unexpected character '5'", "followed by a space or a parenthesis")
-
-
-def test_stray_closing_paren():
-    text = "(set-logic ALL)\n(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads)))))\n(check-synth)\n"
+#: Grammar texts that must fail to load: (text, LINE:COL of the error, parts of its message).
+ERROR_CASES = [
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads # E))))\n', '2:18', ("unexpected character '#'",), id='unexpected_character'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (topk E 5x)))))\n', '2:26', ("unexpected character '5'", 'followed by a space or a parenthesis'), id='number_glued_to_a_symbol_is_an_unexpected_character'),
     # line 3: "  ((E Vec (grads)))))": the 5th ')' (column 21) closes nothing
-    assert_error(text, "3:21", "unexpected ')'", "no '('")
+    pytest.param('(set-logic ALL)\n(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads)))))\n(check-synth)\n', '3:21', ("unexpected ')'", "no '('"), id='stray_closing_paren'),
+    pytest.param('(set-logic ALL))', '1:16', ("unexpected ')'",), id='stray_closing_paren_on_first_line'),
+    # line 2 "  ((E Vec (grads (relu E)))": the '(' at column 3 (the rule list) stays open
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (relu E)))\n', '2:3', ('never closed', "expected ')'"), id='missing_paren_inside_a_line'),
+    pytest.param('', '1:1', ('no synth-cam',), id='empty_file_has_no_synth_cam-1'),
+    pytest.param('; only a comment\n\n', '1:1', ('no synth-cam',), id='empty_file_has_no_synth_cam-2'),
+    pytest.param('(synth-cam w ((grads Vec) (foo Vec)) Vec\n  ((E Vec (grads))))', '1:28', ("unknown terminal 'foo'", 'known:', 'grads', 'pgrads', 'G'), id='unknown_terminal_in_inputs'),
+    pytest.param('(synth-cam w ((grads Vec)\n              (G Vec)) Vec\n  ((E Vec (grads))))', '2:18', ("terminal 'G' has type Map, not Vec",), id='input_with_the_wrong_type'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads cic))))', '2:18', ("terminal 'cic' is not an input", '(cic Vec)'), id='terminal_used_but_not_an_input'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (exp E)))))', '2:19', ("unknown operator 'exp'", 'relu', 'topk'), id='unknown_operator'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (relu E E)))))', '2:19', ("'relu' takes 1 operand, got 2",), id='wrong_arity-1'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (+ E)))))', '2:19', ("'+' takes 2 operands, got 1",), id='wrong_arity-2'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (gap E)))))', '2:19', ('type mismatch', "'gap' expects a Map", 'got (Vec)'), id='type_mismatch_gap_on_a_vec'),
+    pytest.param('(synth-cam w ((grads Vec) (G Map)) Vec\n  ((E Vec (grads G))))', '2:18', ('production of type Map', "'E' of type Vec"), id='type_mismatch_map_production_in_a_vec_nonterminal'),
+    pytest.param('(synth-cam w ((G Map)) Vec\n  ((M Map (G))))', '2:7', ("start non-terminal 'M' has type Map", 'returns Vec'), id='type_mismatch_start_nonterminal_against_output'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (topk E 0)))))', '2:26', ("operand 2 of 'topk' must be a positive Int, got 0",), id='int_param_not_positive-1'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (pow E -2)))))', '2:25', ('must be a positive Int, got -2',), id='int_param_not_positive-2'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (topk E 2.5)))))', '2:26', ("operand 2 of 'topk' must be an Int, got Real",), id='int_param_not_an_int-1'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (pow E E)))))', '2:25', ("operand 2 of 'pow' must be an Int, got Vec",), id='int_param_not_an_int-2'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (relu F)))))', '2:24', ("unknown terminal or non-terminal 'F'", 'non-terminals: E'), id='undefined_nonterminal'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec) (F Vec))\n  ((E Vec (grads))))', '2:12', ("non-terminal 'F' is declared but has no rule",), id='declared_but_no_rule'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec))\n  ((E Vec (grads F))\n   (F Vec (grads))))', '4:5', ("non-terminal 'F' has a rule but is not declared",), id='rule_but_not_declared'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec) (F Vec))\n  ((E Vec (grads))\n   (F Vec (grads (relu F)))))', '4:5', ("non-terminal 'F' is unreachable from the start symbol 'E'",), id='unreachable_nonterminal'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec\n  ((E Vec) (F Vec))\n  ((E Vec (grads (+ E F)))\n   (F Vec ((relu F) (neg F)))))', '4:5', ("non-terminal 'F' derives no finite term",), id='nonterminal_deriving_no_finite_term'),
+    pytest.param('(set-logic ALL)\n(check-synth)\n', '1:1', ('no synth-cam declaration',), id='no_synth_cam'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec ((E Vec (grads))))\n' + '; again\n' + '(synth-cam w ((grads Vec)) Vec ((E Vec (grads))))\n', '3:1', ('a second synth-cam', 'one function'), id='two_synth_cam-1'),
+    pytest.param('(synth-cam w ((grads Vec)) Vec ((E Vec (grads))))\n' + '  ' + '(synth-cam w ((grads Vec)) Vec ((E Vec (grads))))\n'.replace('synth-cam', 'synth-fun'), '2:3', ('a second synth-fun',), id='two_synth_cam-2'),
+    pytest.param('(set-logic ALL)\n(declare-var x Vec)\n(synth-cam w ((grads Vec)) Vec ((E Vec (grads))))', '2:2', ("unknown command 'declare-var'", 'synth-cam', 'set-option'), id='unknown_command'),
+    pytest.param('\n  synth-cam', '2:3', ('expected a command in parentheses',), id='top_level_atom_is_not_a_command'),
+    pytest.param('(set-option :colour (1 2))\n' + POOL, '1:13', ("unknown option ':colour'", ':real-constants'), id='set_option_errors_are_located-1'),
+    pytest.param('(set-option :real-constants (0.5 x))\n' + POOL, '1:34', ('expected a number',), id='set_option_errors_are_located-2'),
+    pytest.param('(set-option :int-constants (2 0))\n' + POOL, '1:31', ('integers from 1',), id='set_option_errors_are_located-3'),
+    pytest.param('(set-option :real-constants ())\n' + POOL, '5:13', ('Real constant pool is empty',), id='set_option_errors_are_located-4'),
+    # a Vec hole under bcast can never vary either
+    pytest.param('(synth-cam w ((grads Vec) (A Map)) Vec\n  ((E Vec (grads (gsum A) (+ E (gsum (bcast grads)))))))', '2:33', ("'gsum' sums a Map over its positions", 'same at every position', "layer's size"), id='gsum_of_a_position_free_map_in_a_production_is_a_located_error-1'),
+    pytest.param('(synth-cam w ((grads Vec) (A Map)) Vec\n  ((E Vec (grads (gsum A) (gsum (bcast E))))))', '2:28', ("'gsum' sums a Map over its positions",), id='gsum_of_a_position_free_map_in_a_production_is_a_located_error-2'),
+]
 
 
-def test_stray_closing_paren_on_first_line():
-    assert_error("(set-logic ALL))", "1:16", "unexpected ')'")
+@pytest.mark.parametrize("text, where, expected", ERROR_CASES)
+def test_grammar_errors_are_located(text: str, where: str, expected: tuple[str, ...]):
+    assert_error(text, where, *expected)
 
 
 def test_missing_paren_reported_at_the_unclosed_paren_not_at_end_of_file():
@@ -174,130 +206,13 @@ def test_missing_paren_reported_at_the_unclosed_paren_not_at_end_of_file():
     assert e.line != text.count("\n") + 1
 
 
-def test_missing_paren_inside_a_line():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (relu E)))\n"
-    # line 2 "  ((E Vec (grads (relu E)))": the '(' at column 3 (the rule list) stays open
-    assert_error(text, "2:3", "never closed", "expected ')'")
-
-
-def test_empty_file_has_no_synth_cam():
-    assert_error("", "1:1", "no synth-cam")
-    assert_error("; only a comment\n\n", "1:1", "no synth-cam")
-
-
 # --------------------------------------------------------------------------- terminals and operators
-
-
-def test_unknown_terminal_in_inputs():
-    text = "(synth-cam w ((grads Vec) (foo Vec)) Vec\n  ((E Vec (grads))))"
-    assert_error(text, "1:28", "unknown terminal 'foo'", "known:", "grads", "pgrads", "G")
-
-
-def test_input_with_the_wrong_type():
-    text = "(synth-cam w ((grads Vec)\n              (G Vec)) Vec\n  ((E Vec (grads))))"
-    assert_error(text, "2:18", "terminal 'G' has type Map, not Vec")
-
-
-def test_terminal_used_but_not_an_input():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads cic))))"
-    assert_error(text, "2:18", "terminal 'cic' is not an input", "(cic Vec)")
-
-
-def test_unknown_operator():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (exp E)))))"
-    assert_error(text, "2:19", "unknown operator 'exp'", "relu", "topk")
-
-
-def test_wrong_arity():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (relu E E)))))"
-    assert_error(text, "2:19", "'relu' takes 1 operand, got 2")
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (+ E)))))"
-    assert_error(text, "2:19", "'+' takes 2 operands, got 1")
-
-
-def test_type_mismatch_gap_on_a_vec():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (gap E)))))"
-    assert_error(text, "2:19", "type mismatch", "'gap' expects a Map", "got (Vec)")
-
-
-def test_type_mismatch_map_production_in_a_vec_nonterminal():
-    text = "(synth-cam w ((grads Vec) (G Map)) Vec\n  ((E Vec (grads G))))"
-    assert_error(text, "2:18", "production of type Map", "'E' of type Vec")
-
-
-def test_type_mismatch_start_nonterminal_against_output():
-    text = "(synth-cam w ((G Map)) Vec\n  ((M Map (G))))"
-    assert_error(text, "2:7", "start non-terminal 'M' has type Map", "returns Vec")
-
-
-def test_int_param_not_positive():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (topk E 0)))))"
-    assert_error(text, "2:26", "operand 2 of 'topk' must be a positive Int, got 0")
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (pow E -2)))))"
-    assert_error(text, "2:25", "must be a positive Int, got -2")
-
-
-def test_int_param_not_an_int():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (topk E 2.5)))))"
-    assert_error(text, "2:26", "operand 2 of 'topk' must be an Int, got Real")
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (pow E E)))))"
-    assert_error(text, "2:25", "operand 2 of 'pow' must be an Int, got Vec")
 
 
 # --------------------------------------------------------------------------- non-terminals
 
 
-def test_undefined_nonterminal():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (relu F)))))"
-    assert_error(text, "2:24", "unknown terminal or non-terminal 'F'", "non-terminals: E")
-
-
-def test_declared_but_no_rule():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec) (F Vec))\n  ((E Vec (grads))))"
-    assert_error(text, "2:12", "non-terminal 'F' is declared but has no rule")
-
-
-def test_rule_but_not_declared():
-    text = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec))\n  ((E Vec (grads F))\n   (F Vec (grads))))"
-    assert_error(text, "4:5", "non-terminal 'F' has a rule but is not declared")
-
-
-def test_unreachable_nonterminal():
-    text = ("(synth-cam w ((grads Vec)) Vec\n"
-            "  ((E Vec) (F Vec))\n"
-            "  ((E Vec (grads))\n"
-            "   (F Vec (grads (relu F)))))")
-    assert_error(text, "4:5", "non-terminal 'F' is unreachable from the start symbol 'E'")
-
-
-def test_nonterminal_deriving_no_finite_term():
-    text = ("(synth-cam w ((grads Vec)) Vec\n"
-            "  ((E Vec) (F Vec))\n"
-            "  ((E Vec (grads (+ E F)))\n"
-            "   (F Vec ((relu F) (neg F)))))")
-    assert_error(text, "4:5", "non-terminal 'F' derives no finite term")
-
-
 # --------------------------------------------------------------------------- commands
-
-
-def test_no_synth_cam():
-    assert_error("(set-logic ALL)\n(check-synth)\n", "1:1", "no synth-cam declaration")
-
-
-def test_two_synth_cam():
-    one = "(synth-cam w ((grads Vec)) Vec ((E Vec (grads))))\n"
-    assert_error(one + "; again\n" + one, "3:1", "a second synth-cam", "one function")
-    assert_error(one + "  " + one.replace("synth-cam", "synth-fun"), "2:3", "a second synth-fun")
-
-
-def test_unknown_command():
-    text = "(set-logic ALL)\n(declare-var x Vec)\n(synth-cam w ((grads Vec)) Vec ((E Vec (grads))))"
-    assert_error(text, "2:2", "unknown command 'declare-var'", "synth-cam", "set-option")
-
-
-def test_top_level_atom_is_not_a_command():
-    assert_error("\n  synth-cam", "2:3", "expected a command in parentheses")
 
 
 def test_synth_fun_is_a_synonym_of_synth_cam():
@@ -311,7 +226,6 @@ def test_synth_fun_is_a_synonym_of_synth_cam():
 
 # --------------------------------------------------------------------------- constant pools
 
-POOL = "(synth-cam w ((grads Vec)) Vec\n  ((E Vec) (C Real))\n  ((E Vec (grads (* C E)))\n   (C Real ((Constant Real)))))"
 
 
 def consts(g: Grammar, nt: str = "C") -> list:
@@ -336,13 +250,6 @@ def test_explicit_real_constants_argument_overrides_the_file():
     g = parse_grammar("(set-option :real-constants (0.25 4.0))\n" + POOL, "f.sy", real_constants=[8.0])
     assert consts(g) == [8.0]
     assert consts(parse_grammar(POOL, "f.sy", real_constants=(1.5, 2.5))) == [1.5, 2.5]
-
-
-def test_set_option_errors_are_located():
-    assert_error("(set-option :colour (1 2))\n" + POOL, "1:13", "unknown option ':colour'", ":real-constants")
-    assert_error("(set-option :real-constants (0.5 x))\n" + POOL, "1:34", "expected a number")
-    assert_error("(set-option :int-constants (2 0))\n" + POOL, "1:31", "integers from 1")
-    assert_error("(set-option :real-constants ())\n" + POOL, "5:13", "Real constant pool is empty")
 
 
 # --------------------------------------------------------------------------- load_grammar
@@ -410,14 +317,6 @@ def test_known_type_in_the_wrong_place_is_not_called_unknown():
     with pytest.raises(GrammarError) as info:
         parse_grammar("(synth-cam w ((grads Int)) Vec ((E Vec (grads))))", "f.sy")
     assert "not allowed here" in str(info.value) and "unknown" not in str(info.value)
-
-
-def test_gsum_of_a_position_free_map_in_a_production_is_a_located_error():
-    text = "(synth-cam w ((grads Vec) (A Map)) Vec\n  ((E Vec (grads (gsum A) (+ E (gsum (bcast grads)))))))"
-    assert_error(text, "2:33", "'gsum' sums a Map over its positions", "same at every position", "layer's size")
-    # a Vec hole under bcast can never vary either
-    text = "(synth-cam w ((grads Vec) (A Map)) Vec\n  ((E Vec (grads (gsum A) (gsum (bcast E))))))"
-    assert_error(text, "2:28", "'gsum' sums a Map over its positions")
 
 
 def test_gsum_over_a_map_nonterminal_loads():

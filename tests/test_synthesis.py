@@ -203,7 +203,7 @@ def _summary(out):
 @pytest.mark.parametrize("batch", [1, 8])
 def test_resume_after_an_interrupt_gives_the_uninterrupted_result_and_scores_nothing_twice(tmp_path, batch):
     problem = planted(seed=3)
-    cfg = config(candidates=120, batch=batch, image_chunk=2)
+    cfg = config(candidates=120, candidate_batch=batch, image_chunk=2)
     full, full_calls = scripted(Search(problem, GRAMMAR, cfg, tmp_path / "a", progress=False), CountingScorer)
     expected = full.run()
     assert expected.stopped_by == "candidates"

@@ -8,7 +8,7 @@ constant pools (``:real-constants (0.5 1.0)``, ``:int-constants (1 5)``), and ``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -121,6 +121,19 @@ def _set_option(ctx: _Ctx, cmd: SList, pools: dict[Type, tuple]) -> None:
     pools[kinds[key]] = tuple(nums)
 
 
+def _named_entry(ctx: _Ctx, item: SExpr, length: int, what: str, shape: str, seen: Mapping[str, object],
+                 again: str) -> tuple[SList, str]:
+    """A declaration or rule ``(NAME ...)`` of ``length`` items and its non-terminal name, which must
+    not be in ``seen`` (else "non-terminal NAME <again>")."""
+    entry = ctx.slist(item, what)
+    if len(entry.items) != length:
+        raise ctx.err(shape, entry)
+    nt = ctx.symbol(entry.items[0], "a non-terminal name")
+    if nt in seen:
+        raise ctx.err(f"non-terminal {nt!r} {again}", entry.items[0])
+    return entry, nt
+
+
 def _synth(ctx: _Ctx, cmd: SList, pools: dict[Type, tuple]) -> Grammar:
     items = cmd.items
     if len(items) not in (5, 6):
@@ -133,26 +146,18 @@ def _synth(ctx: _Ctx, cmd: SList, pools: dict[Type, tuple]) -> Grammar:
     declared: dict[str, tuple[Type, SExpr]] | None = None
     if len(items) == 6:
         declared = {}
-        for d in ctx.slist(items[4], "a list of non-terminal declarations such as ((E Vec))").items:
-            d = ctx.slist(d, "a non-terminal declaration such as (E Vec)")
-            if len(d.items) != 2:
-                raise ctx.err("a non-terminal declaration is (NAME TYPE)", d)
-            nt = ctx.symbol(d.items[0], "a non-terminal name")
-            if nt in declared:
-                raise ctx.err(f"non-terminal {nt!r} is declared twice", d.items[0])
+        for item in ctx.slist(items[4], "a list of non-terminal declarations such as ((E Vec))").items:
+            d, nt = _named_entry(ctx, item, 2, "a non-terminal declaration such as (E Vec)",
+                                 "a non-terminal declaration is (NAME TYPE)", declared, "is declared twice")
             declared[nt] = (ctx.type(d.items[1], tuple(Type)), d)
     rules = ctx.slist(items[-1], "a list of rules such as ((E Vec (grads (+ E E))))")
     if not rules.items:
         raise ctx.err("the grammar has no rules", rules)
 
     heads: dict[str, tuple[Type, SList]] = {}
-    for r in rules.items:
-        r = ctx.slist(r, "a rule such as (E Vec (productions ...))")
-        if len(r.items) != 3:
-            raise ctx.err("a rule is (NAME TYPE (PRODUCTIONS ...))", r)
-        nt = ctx.symbol(r.items[0], "a non-terminal name")
-        if nt in heads:
-            raise ctx.err(f"non-terminal {nt!r} has two rules", r.items[0])
+    for item in rules.items:
+        r, nt = _named_entry(ctx, item, 3, "a rule such as (E Vec (productions ...))",
+                             "a rule is (NAME TYPE (PRODUCTIONS ...))", heads, "has two rules")
         if nt in inputs or nt in OPERATORS:
             raise ctx.err(f"non-terminal {nt!r} clashes with an input or operator of the same name", r.items[0])
         t = ctx.type(r.items[1], tuple(Type))
@@ -164,9 +169,9 @@ def _synth(ctx: _Ctx, cmd: SList, pools: dict[Type, tuple]) -> Grammar:
                               r.items[1])
         heads[nt] = (t, r)
     if declared is not None:
-        for nt, (_, d) in declared.items():
+        for nt, (_, declaration) in declared.items():
             if nt not in heads:
-                raise ctx.err(f"non-terminal {nt!r} is declared but has no rule", d)
+                raise ctx.err(f"non-terminal {nt!r} is declared but has no rule", declaration)
 
     nts: dict[str, NonTerminal] = {}
     # SyGuS: the start symbol is the first declared non-terminal when there are declarations.

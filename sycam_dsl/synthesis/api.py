@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +184,8 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
                                         data.chunk_size, data.cache_dir, data.use_cache, output.progress,
                                         search.memo_mb)
     terminal_seconds = time.perf_counter() - t0
-    config = SearchConfig(search_metric, as_budget(budget), tuple(search.level_sizes), search.equivalence_size,
-                          search.seed, search.max_size, batch=search.candidate_batch, image_chunk=search.image_chunk,
-                          early_stop=search.early_stop)
+    options = {f.name: getattr(search, f.name) for f in fields(SearchOptions)}
+    config = SearchConfig(search_metric, as_budget(budget), **{**options, "level_sizes": tuple(search.level_sizes)})
 
     t0 = time.perf_counter()
     dispatch: Dispatch | None = None

@@ -41,28 +41,6 @@ class Budget:
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    """Settings of one search; ``metric`` carries its options (e.g. ``steps``).
-
-    The evaluation engine: ``batch`` candidates are scored together on ``I3`` (one metric call on
-    ``[C, n, H, W]`` heatmaps); levels are scored ``image_chunk`` images at a time and, with
-    ``early_stop``, a candidate stops being scored as soon as it cannot pass the level. None of
-    these change which candidate wins (``batch=1, early_stop=False`` is the plain oracle)."""
-
-    metric: Metric
-    budget: Budget = Budget(seconds=600.0)
-    level_sizes: tuple[int | None, ...] = DEFAULT_LEVEL_SIZES
-    equivalence_size: int = DEFAULT_EQUIVALENCE_SIZE
-    seed: int = 0
-    max_size: int = DEFAULT_MAX_SIZE
-    baselines: tuple[str, ...] = SEARCH_BASELINES
-    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
-    batch: int = DEFAULT_BATCH
-    image_chunk: int | None = DEFAULT_IMAGE_CHUNK
-    early_stop: bool = True
-
-
-@dataclass(frozen=True)
 class DataOptions:
     """How ``synthesize`` reads the images and computes the terminals.
 
@@ -82,7 +60,7 @@ class DataOptions:
     use_cache: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchOptions:
     """How ``synthesize`` searches: the oracle's image subsets (``seed``, ``level_sizes`` smallest
     first with None for all, ``equivalence_size``), the largest expression ``max_size``, and with
@@ -101,6 +79,21 @@ class SearchOptions:
     candidate_batch: int = DEFAULT_BATCH
     image_chunk: int | None = DEFAULT_IMAGE_CHUNK
     early_stop: bool = True
+
+
+@dataclass(frozen=True)
+class SearchConfig(SearchOptions):
+    """Settings of one search: the ``SearchOptions`` (keywords) and the ``metric`` to optimize, which
+    carries its options (e.g. ``steps``), the ``budget``, the ``baselines`` scored first and how
+    often a checkpoint is written.
+
+    None of the engine's settings change which candidate wins (``candidate_batch=1,
+    early_stop=False`` is the plain oracle)."""
+
+    metric: Metric
+    budget: Budget = Budget(seconds=600.0)
+    baselines: tuple[str, ...] = SEARCH_BASELINES
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
 
 
 @dataclass(frozen=True)

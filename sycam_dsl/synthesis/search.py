@@ -95,7 +95,7 @@ class Search:
         missing = [n for n in grammar.inputs if n not in problem.terminals]
         if missing:
             raise SycamError(f"the problem has no values for terminal(s) {', '.join(missing)} of {grammar.source}")
-        if config.batch < 1 or (config.image_chunk is not None and config.image_chunk < 1):
+        if config.candidate_batch < 1 or (config.image_chunk is not None and config.image_chunk < 1):
             raise SycamError("batch and image_chunk must be positive")
         self.problem, self.grammar, self.config = problem, grammar, config
         self.metric = config.metric
@@ -157,7 +157,7 @@ class Search:
                 if cand.index < state.next_candidate:
                     continue  # processed before the checkpoint: replayed for the heatmap index only
                 pending.append((cand.term, cand.index, earlier))
-                if len(pending) >= self.config.batch:
+                if len(pending) >= self.config.candidate_batch:
                     self._process(pending, state, fingerprint)
                     pending = []
             self._process(pending, state, fingerprint)
