@@ -7,10 +7,10 @@ import argparse
 
 def configure(c: argparse.ArgumentParser) -> None:
     c.description = ("Parse and type-check a grammar file and print a short summary.")
-    c.add_argument("grammar", help="grammar file (.sy)")
+    c.add_argument("grammar", help="grammar file (.sy), or a bundled grammar: g1, g2, maps")
     c.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..parse import load_grammar
-    print(load_grammar(args.grammar).summary())
+    from ..parse import resolve_grammar
+    print(resolve_grammar(args.grammar).summary())

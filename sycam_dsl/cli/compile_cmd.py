@@ -14,7 +14,8 @@ def configure(k: argparse.ArgumentParser) -> None:
     k.description = ("Compile an expression into a file that torch.jit.load (or "
                                           "torch.export.load) runs without sycam-dsl installed.")
     k.add_argument("expression", help="an expression such as '(relu (+ grads cic))', or a file holding one")
-    k.add_argument("--grammar", help="grammar file whose inputs type the expression's terminals")
+    k.add_argument("--grammar", help="grammar file, or a bundled grammar name (g2), whose inputs type the "
+                                      "expression's terminals")
     k.add_argument("-o", "--output", required=True, help="output file (.pt for torchscript, .pt2 for export)")
     k.add_argument("--format", choices=("torchscript", "export"), default="torchscript",
                    help="torchscript (default): a .pt for torch.jit.load; export: a .pt2 for torch.export.load")
@@ -44,10 +45,10 @@ def run(args: argparse.Namespace) -> None:
     from ..evaluate import Terminals
     from ..lang.sexpr import parse_expr
     from ..lang.terminals import terminal_types
-    from ..parse import load_grammar
+    from ..parse import resolve_grammar
 
     output_file(args.output)
-    types = dict(load_grammar(args.grammar).inputs) if args.grammar else terminal_types()
+    types = dict(resolve_grammar(args.grammar).inputs) if args.grammar else terminal_types()
     per_class = per_class_result(args.expression)
     if per_class is not None:
         if args.format != "torchscript":

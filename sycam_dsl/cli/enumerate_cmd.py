@@ -11,7 +11,7 @@ from .options import height_width, positive_int
 def configure(e: argparse.ArgumentParser) -> None:
     e.description = ("Enumerate candidates bottom-up with canonicalization and observational "
                                           "equivalence on seeded random terminal values; print them and the counts.")
-    e.add_argument("grammar", help="grammar file (.sy)")
+    e.add_argument("grammar", help="grammar file (.sy), or a bundled grammar: g1, g2, maps")
     e.add_argument("--max-size", type=positive_int, required=True, help="largest term size (node count)")
     e.add_argument("--limit", type=positive_int, help="stop after this many candidates")
     e.add_argument("--seed", type=int, default=0, help="seed of the random terminal values (default 0)")
@@ -27,9 +27,9 @@ def configure(e: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..enumerate import Enumerator
     from ..evaluate import Terminals
-    from ..parse import load_grammar
+    from ..parse import resolve_grammar
 
-    g = load_grammar(args.grammar)
+    g = resolve_grammar(args.grammar)
     terms = Terminals.random(list(g.inputs), n=args.images, k=args.channels, hw=args.hw, seed=args.seed)
     en = Enumerator(g, terms, args.max_size, canonicalize=not args.no_canonicalize,
                     equivalence=not args.no_equivalence)

@@ -1,7 +1,8 @@
 """Synthesis (SPEC section 7): the oracle-guided search over a grammar, per class if asked, and the
 files it writes. ``synthesize`` is the entry point; ``Search`` runs one search on a ``Problem``."""
 
-from .api import build_problem, resolve_grammar, synthesize
+from ..parse import resolve_grammar
+from .api import build_problem, synthesize
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .dispatch import Dispatch
 from .oracle import Verdict, judge

@@ -31,7 +31,7 @@ from ..metrics import get_metric
 from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import Metric, MetricInputs
 from ..models import LoadedModel, Normalization, load_model
-from ..parse import load_grammar
+from ..parse import resolve_grammar
 from ..parse.grammar import Grammar
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .dispatch import Dispatch
@@ -42,24 +42,7 @@ from .problem import Data, Problem
 from .result import Result, RunRecord
 from .search import Search
 
-#: The grammars shipped in the repository's ``grammars/`` folder, usable by name (``g1``, ``g2``, ``maps``).
-GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "grammars"
 SYCAM = "SyCAM"
-
-
-def resolve_grammar(grammar: str | Path | Grammar) -> Grammar:
-    """A ``Grammar``, a grammar file, or the name of a bundled grammar (``g2`` = ``grammars/g2.sy``)."""
-    if isinstance(grammar, Grammar):
-        return grammar
-    path = Path(grammar)
-    if path.is_file():
-        return load_grammar(path)
-    bundled = GRAMMAR_DIR / f"{grammar}.sy"
-    if bundled.is_file():
-        return load_grammar(bundled)
-    names = sorted(p.stem for p in GRAMMAR_DIR.glob("*.sy")) if GRAMMAR_DIR.is_dir() else []
-    raise SycamError(f"grammar {str(grammar)!r} is neither a file nor a bundled grammar"
-                     + (f" ({', '.join(names)})" if names else ""))
 
 
 def resolve_metric(metric: str | Metric, options: dict[str, Any] | None) -> Metric:
