@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..cam.terminals import DEFAULT_CHUNK_SIZE
 from ..errors import SycamError
 from ..metrics.perturbation import DEFAULT_BLUR_SIGMA
+from ..metrics.scoring import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
     import torch
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 #: Defaults shared by several commands.
 DEFAULT_DEVICE = "cpu"
-DEFAULT_BATCH_SIZE = 64
 
 MODEL_HELP = ("a torchvision classifier name (resnet50, vgg16, ...), efficientnet_lite0, bundled (the small CNN of "
               "the built-in benchmark), a TorchScript file, or a factory package.module:function returning an "

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .errors import MetricError
-from .scoring import Device, check_inputs, class_scores, safe_denominator, scores_of
+from .scoring import DEFAULT_BATCH_SIZE, Device, check_inputs, class_scores, safe_denominator, scores_of
 
 
 def check_heatmaps(heatmaps: torch.Tensor, images: torch.Tensor) -> None:
@@ -24,7 +24,7 @@ def check_heatmaps(heatmaps: torch.Tensor, images: torch.Tensor) -> None:
 
 
 def masked_scores(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, heatmaps: torch.Tensor,
-                  device: Device = "cpu", batch_size: int = 64) -> torch.Tensor:
+                  device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
     """``y_c(x * H)`` for heatmaps ``[..., N, H, W]``: ``[..., N]`` on ``device``."""
     check_inputs(images, targets)
     check_heatmaps(heatmaps, images)
@@ -48,7 +48,7 @@ def _both(model, images, targets, heatmaps, device, batch_size, base_scores):
 
 
 def average_drop(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, heatmaps: torch.Tensor,
-                 device: Device = "cpu", batch_size: int = 64,
+                 device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
                  base_scores: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image drop ``100 * max(0, y_c(x) - y_c(x * H)) / y_c(x)``, ``[..., N]`` (lower is
     better; the mean over images is Average Drop %). ``base_scores``: ``y_c(x)`` ``[N]`` if known."""
@@ -57,7 +57,7 @@ def average_drop(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, 
 
 
 def increase_in_confidence(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                           heatmaps: torch.Tensor, device: Device = "cpu", batch_size: int = 64,
+                           heatmaps: torch.Tensor, device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
                            base_scores: torch.Tensor | None = None) -> torch.Tensor:
     """Per image 100 where ``y_c(x * H) > y_c(x)``, else 0, ``[..., N]`` (higher is better; the
     mean is the percentage of images whose score rises)."""

@@ -25,7 +25,7 @@ from torch import nn
 
 from .errors import MetricError
 from .perturbation import cell_ranks, check_curve_inputs, perturbed_builder
-from .scoring import Device, scores_of
+from .scoring import DEFAULT_BATCH_SIZE, Device, scores_of
 
 #: Estimated bytes per cache entry besides the packed cell set: the key tuple, its bytes object,
 #: the float and the ordered dict's node (measured with tracemalloc on CPython 3.11: ~230).
@@ -99,7 +99,8 @@ def step_cell_sets(ranks: torch.Tensor, steps: int) -> np.ndarray:
 
 def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
                    steps: int, insert: bool, blurred_images: torch.Tensor, image_ids: torch.Tensor,
-                   cache: ScoreCache, kind: str, device: Device = "cpu", batch_size: int = 64) -> torch.Tensor:
+                   cache: ScoreCache, kind: str, device: Device = "cpu",
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
     """``perturbation_curve`` through ``cache``: ``y_c`` after each step, ``[..., N, P]``, for
     saliency ``[..., N, h, w]``; ``image_ids`` ``[N]`` name the images in the cache and ``kind``
     the perturbation (it must include everything the perturbed image depends on besides the

@@ -33,7 +33,7 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from .errors import MetricError
-from .scoring import Device, check_inputs, class_scores, safe_denominator, scores_of
+from .scoring import DEFAULT_BATCH_SIZE, Device, check_inputs, class_scores, safe_denominator, scores_of
 
 DEFAULT_BLUR_SIGMA = 10.0
 
@@ -115,7 +115,7 @@ def perturbed_builder(images: torch.Tensor, blurred_images: torch.Tensor, ranks:
 
 
 def perturbation_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
-                       steps: int, insert: bool, device: Device = "cpu", batch_size: int = 64,
+                       steps: int, insert: bool, device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
                        blur_sigma: float = DEFAULT_BLUR_SIGMA,
                        blurred_images: torch.Tensor | None = None) -> torch.Tensor:
     """``y_c`` after each step ``p = 1..P``: ``[..., N, P]`` for saliency ``[..., N, h, w]``.
@@ -142,7 +142,8 @@ def checked_blur(images: torch.Tensor, blurred_images: torch.Tensor | None, blur
 
 
 def deletion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
-             steps: int, device: Device = "cpu", batch_size: int = 64, blur_sigma: float = DEFAULT_BLUR_SIGMA,
+             steps: int, device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
+             blur_sigma: float = DEFAULT_BLUR_SIGMA,
              base_scores: torch.Tensor | None = None, blurred_images: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image Deletion score ``[..., N]`` (higher is better).
 
@@ -167,7 +168,8 @@ def insertion_from_curve(curve: torch.Tensor, base: torch.Tensor, start: torch.T
 
 
 def insertion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
-              steps: int, device: Device = "cpu", batch_size: int = 64, blur_sigma: float = DEFAULT_BLUR_SIGMA,
+              steps: int, device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
+              blur_sigma: float = DEFAULT_BLUR_SIGMA,
               base_scores: torch.Tensor | None = None, blurred_scores: torch.Tensor | None = None,
               blurred_images: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image Insertion score ``[..., N]`` (higher is better); arguments as ``deletion``, plus

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import MetricError
-from .scoring import Device
+from .scoring import DEFAULT_BATCH_SIZE, Device
 
 MetricFn = Callable[..., torch.Tensor]
 BoundsFn = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
@@ -51,7 +51,7 @@ class MetricInputs:
     masks: torch.Tensor | None = None
     model: nn.Module | None = None
     device: Device = "cpu"
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     cache: dict[str, Any] = field(default_factory=dict)
     image_ids: torch.Tensor | None = None
     memo: Any = None

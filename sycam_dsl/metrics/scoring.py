@@ -15,6 +15,9 @@ from torch import nn
 from ..util.modes import eval_mode
 from .errors import MetricError
 
+#: Images (or perturbed copies) per forward pass when a metric runs the model.
+DEFAULT_BATCH_SIZE = 64
+
 Device = str | torch.device
 
 
@@ -30,7 +33,7 @@ def check_inputs(images: torch.Tensor, targets: torch.Tensor) -> None:
 
 
 def scores_of(model: nn.Module, build: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
-              device: Device = "cpu", batch_size: int = 64) -> torch.Tensor:
+              device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
     """Softmax score of ``targets[r]`` for each row ``r`` of ``M = len(targets)`` rows.
 
     ``build(rows)`` gets a ``[B]`` long tensor of row indices (on ``device``) and returns the
@@ -66,7 +69,7 @@ def _check_device(model: nn.Module, device: torch.device) -> None:
 
 
 def class_scores(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, device: Device = "cpu",
-                 batch_size: int = 64) -> torch.Tensor:
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
     """``y_c(x)``: softmax score of each image's target class, ``[N]`` on ``device``."""
     check_inputs(images, targets)
     return scores_of(model, lambda rows: images[rows.to(images.device)], targets, device, batch_size)

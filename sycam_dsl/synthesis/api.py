@@ -25,11 +25,13 @@ from torch import nn
 
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
+from ..cam.terminals import DEFAULT_CHUNK_SIZE
 from ..errors import SycamError
 from ..lang.ast import to_sexpr
 from ..metrics import get_metric
 from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import Metric, MetricInputs
+from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models import LoadedModel, Normalization, load_model
 from ..parse import resolve_grammar
 from ..parse.grammar import Grammar
@@ -99,8 +101,8 @@ def _data(images: ImageSet | torch.Tensor | str | Path, masks: torch.Tensor | st
 
 
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
-                  targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int = 64,
-                  chunk_size: int = 32, cache_dir: str | Path | None = None, use_cache: bool = True,
+                  targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None, use_cache: bool = True,
                   progress: bool = True, memo_mb: float = DEFAULT_MAX_MB) -> tuple[Problem, str]:
     """Compute the terminals ``names`` (through the disk cache) and wrap everything a search scores
     on into a ``Problem``; returns it with the target layer's name. ``memo_mb``: size of the cache of

@@ -12,9 +12,11 @@ from typing import Any
 import torch
 
 from ..baselines import SEARCH_BASELINES
+from ..cam.terminals import DEFAULT_CHUNK_SIZE
 from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import Metric
+from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
 
 DEFAULT_MAX_SIZE = 12
@@ -54,8 +56,8 @@ class DataOptions:
     labels: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     size: int | None = None
-    batch_size: int = 64
-    chunk_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     cache_dir: str | Path | None = None
     use_cache: bool = True
 
