@@ -220,3 +220,27 @@ def test_a_pre_activation_layer_is_named_as_the_cause():
     terms = Terminals({"grads": torch.rand(4, 3)})
     lines = weight_problems("ScoreCAM", parse_expr("grads", terminal_types()), terms, acts)
     assert len(lines) == 1 and "pre-activation (100% of its activations are negative)" in lines[0]
+
+
+# -- literals out of the tensors' range are refused where they are written ---------------------------
+
+@pytest.mark.parametrize("text, where, message", [
+    ("(* grads 1e39)", "1:10", "out of the range of a float32"),
+    ("(* grads -3.5e38)", "1:10", "out of the range of a float32"),
+    ("(topk grads 9223372036854775808)", "1:13", "does not fit in 64 bits"),
+])
+def test_literals_out_of_range_are_located_errors(text, where, message):
+    from sycam_dsl.errors import GrammarError
+    from sycam_dsl.lang.sexpr import parse_expr
+    from sycam_dsl.lang.terminals import terminal_types
+
+    with pytest.raises(GrammarError, match=message) as e:
+        parse_expr(text, terminal_types())
+    assert f"{e.value.line}:{e.value.column}" == where
+
+
+def test_a_literal_out_of_range_in_a_grammar_file_is_one_located_line(tmp_path):
+    (tmp_path / "big.sy").write_text("(synth-cam w ((grads Vec)) Vec\n  ((E Vec (grads (* E 1e39)))))\n")
+    _one_line(["enumerate", str(tmp_path / "big.sy"), "--max-size", "3"], r"big\.sy:2:23: number 1e39 is out of the range")
+    _one_line(["explain", "(* grads 1e39)", "--model", "bundled", "--image", "x.png", "-o", str(tmp_path / "x.png")],
+              r"<expression>:1:10: number 1e39 is out of the range")

@@ -329,7 +329,7 @@ def test_unbalanced_parens_are_located_at_a_paren(name, data):
 # --------------------------------------------------------------------------- limits (crashes found while writing these tests)
 
 # Before the reader had limits these raised RecursionError / ValueError instead of a GrammarError.
-LIMIT_MESSAGE = re.compile(r"^(number .+ (is too long|is out of the range of a float)"
+LIMIT_MESSAGE = re.compile(r"^(number .+ (is too long|is out of the range of a float32.*)|integer .+ does not fit in 64 bits"
                            r"|parentheses nested deeper than \d+ levels)$", re.S)
 
 

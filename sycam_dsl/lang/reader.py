@@ -86,18 +86,29 @@ def _check_parens(text: str, source: str) -> None:
         raise GrammarError("this '(' is never closed: expected ')'", tok.line, tok.column, source)
 
 
+#: Literals become float32 tensors and (TorchScript) int64 values: their ranges.
+FLOAT32_MAX = 3.4028234663852886e38
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
 def _check_number(tok: lark.Token, source: str) -> None:
-    """A literal must be a finite float or an int of sensible length."""
+    """A literal must be a float within float32's range or an int within int64's, so that the
+    enumerator, the evaluator and the compiled code all hold the same value."""
     try:
         v = SAtom(str(tok), True, *_where(tok)).value
     except ValueError:
         raise GrammarError(f"number {str(tok)[:20]}... is too long", tok.line, tok.column, source) from None
+    if isinstance(v, int):
+        if not INT64_MIN <= v <= INT64_MAX:
+            raise GrammarError(f"integer {str(tok)[:20]} does not fit in 64 bits", tok.line, tok.column, source)
+        return
     try:
-        finite = math.isfinite(float(v))
+        finite = math.isfinite(float(v)) and abs(float(v)) <= FLOAT32_MAX
     except OverflowError:
         finite = False
     if not finite:
-        raise GrammarError(f"number {str(tok)[:20]} is out of the range of a float", tok.line, tok.column, source)
+        raise GrammarError(f"number {str(tok)[:20]} is out of the range of a float32 (at most {FLOAT32_MAX:.4g} in "
+                           f"magnitude)", tok.line, tok.column, source)
 
 
 def _where(tok: lark.Token) -> tuple[int, int]:
