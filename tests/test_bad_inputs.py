@@ -244,3 +244,8 @@ def test_a_literal_out_of_range_in_a_grammar_file_is_one_located_line(tmp_path):
     _one_line(["enumerate", str(tmp_path / "big.sy"), "--max-size", "3"], r"big\.sy:2:23: number 1e39 is out of the range")
     _one_line(["explain", "(* grads 1e39)", "--model", "bundled", "--image", "x.png", "-o", str(tmp_path / "x.png")],
               r"<expression>:1:10: number 1e39 is out of the range")
+
+
+@pytest.mark.parametrize("levels", ["50,20,all", "50,50,all", "all,50", "20,all,all"])
+def test_levels_that_do_not_increase_are_refused_before_any_work(levels):
+    _one_line(["synth", "--levels", levels], "argument --levels: level sizes must increase")

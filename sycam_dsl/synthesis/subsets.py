@@ -101,4 +101,8 @@ def parse_level_sizes(text: str) -> tuple[int | None, ...]:
         else:
             raise SycamError(f"level sizes are positive integers or 'all', comma-separated (e.g. 100,1000,all); "
                              f"got {text!r}")
+    given = [n for n in out if n is not None]
+    if None in out[:-1] or any(a >= b for a, b in zip(given, given[1:])):
+        raise SycamError(f"level sizes must increase from the first level scored to the last, with 'all' only "
+                         f"last (e.g. 100,1000,all); got {text!r}")
     return tuple(out)
