@@ -249,3 +249,20 @@ def test_a_literal_out_of_range_in_a_grammar_file_is_one_located_line(tmp_path):
 @pytest.mark.parametrize("levels", ["50,20,all", "50,50,all", "all,50", "20,all,all"])
 def test_levels_that_do_not_increase_are_refused_before_any_work(levels):
     _one_line(["synth", "--levels", levels], "argument --levels: level sizes must increase")
+
+
+def test_synth_reports_a_method_with_blank_heatmaps(tmp_path):
+    from sycam_dsl import synthesize
+    from sycam_dsl.bundled import bundled_images, load_bundled_model
+    from sycam_dsl.synthesis import OutputOptions, SearchOptions
+
+    grammar = tmp_path / "negative.sy"
+    grammar.write_text("(synth-cam w ((grads Vec)) Vec ((E Vec ((neg (abs grads))))))\n")
+    result = synthesize(load_bundled_model(), None, bundled_images(12), grammar=grammar, budget=60,
+                        out_dir=tmp_path / "run", search=SearchOptions(level_sizes=(6, None), equivalence_size=4),
+                        output=OutputOptions(report_images=0, progress=False))
+    assert result.expression == "(neg (abs grads))"
+    sycam = [w for w in result.data["warnings"] if w.startswith("SyCAM:")]
+    assert sycam == ["SyCAM: constant (blank) heatmaps on 12 of 12 images; its weights are all zero or negative "
+                     "on these images"], result.data["warnings"]
+    assert "## Warnings" in (tmp_path / "run" / "report.md").read_text()

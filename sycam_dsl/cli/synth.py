@@ -30,6 +30,7 @@ from .options import (
     nonnegative_int,
     positive_int,
     targets_from,
+    warn,
 )
 
 #: The built-in benchmark's settings (what ``sycam-dsl synth`` runs with no model and no images).
@@ -147,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
                         output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
                                              progress=not args.quiet, settings={"bundled_benchmark": bundled}))
     d = result.data
+    warn(d.get("warnings", []))
     if result.dispatch is not None:
         print("per-class result:")
         for c, text in result.dispatch.describe().items():

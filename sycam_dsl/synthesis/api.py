@@ -41,10 +41,8 @@ from .evaluation import Method, evaluate_methods
 from .outputs import write_outputs
 from .per_class import ClassSearch, dispatch_of, search_per_class
 from .problem import Data, Problem
-from .result import Result, RunRecord
+from .result import SYCAM, Result, RunRecord
 from .search import Search
-
-SYCAM = "SyCAM"
 
 
 def resolve_metric(metric: str | Metric, options: dict[str, Any] | None) -> Metric:

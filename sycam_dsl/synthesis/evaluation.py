@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ..lang.ast import Node
+from ..lang.ast import Node, to_sexpr
 from ..metrics.compare import Row, compare
+from ..metrics.diagnostics import weight_problems
 from ..metrics.expression import score_expression
 from ..metrics.registry import Metric, MetricResult
 from .dispatch import Dispatch
@@ -41,3 +42,18 @@ def evaluate_methods(methods: dict[str, tuple[str, Method]], metrics: list[Metri
         results = {name: MetricResult(m.name, scores[name][m.name], m.higher_is_better) for name in methods}
         tables.append((m, compare(results, texts, m)))
     return tables
+
+
+def method_warnings(methods: dict[str, Method], problem: Problem) -> list[str]:
+    """One line per method whose weights are NaN/Inf or whose heatmaps are blank on many of
+    ``problem``'s images, with the likely cause (``metrics.diagnostics``); a dispatch is checked per
+    class expression on its own images."""
+    lines = []
+    for name, method in methods.items():
+        if isinstance(method, Node):
+            lines += weight_problems(name, method, problem.terminals, problem.acts)
+            continue
+        for node, idx in method.groups(problem.targets).items():
+            part = problem.subset(idx)
+            lines += weight_problems(f"{name} {to_sexpr(node)}", node, part.terminals, part.acts)
+    return lines

@@ -57,6 +57,8 @@ def markdown_report(d: dict[str, Any]) -> str:
             lines.append("Mean score per level: " + ", ".join(
                 f"{k} ({lv['size']} images) {_fmt(v)}" for (k, v), lv in zip(d["level_scores"].items(), d["levels"])))
             lines.append("")
+    if d.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in d["warnings"]] + [""]
     lines += ["## SyCAM against the baselines", ""]
     for ev in d["evaluation"]:
         lines += comparison_table(ev)

@@ -21,10 +21,13 @@ from ..models import LoadedModel
 from ..parse.grammar import Grammar
 from ..version import __version__
 from .dispatch import Dispatch
+from .evaluation import Method, method_warnings
 from .per_class import ClassSearch
 from .problem import Data, Problem
 from .search import SearchOutcome
 
+#: The synthesized method's name in the tables.
+SYCAM = "SyCAM"
 SCHEMA_ID = "sycam-dsl/result/1"
 
 
@@ -136,6 +139,16 @@ def _search_part(o: SearchOutcome) -> dict[str, Any]:
             "counts": _counts([o])}
 
 
+def _warnings(record: RunRecord) -> list[str]:
+    """Methods of the final tables whose heatmaps mean little (``evaluation.method_warnings``)."""
+    r = record.result
+    methods: dict[str, Method] = {b: baseline(b).node for b in SEARCH_BASELINES}
+    sycam = r.dispatch if r.dispatch is not None else r.best
+    if sycam is not None:
+        methods[SYCAM] = sycam
+    return method_warnings(methods, record.eval_problem)
+
+
 def result_data(record: RunRecord) -> dict[str, Any]:
     """The content of ``result.json`` (its ``files`` empty and ``timings`` without the total: what
     writing the output folder adds)."""
@@ -169,6 +182,7 @@ def result_data(record: RunRecord) -> dict[str, Any]:
                     "scoring_s": sum(o.state.scoring_seconds for o in outcomes)},
         "images": {"total": record.problem.n, "evaluated": record.eval_problem.n, "source": record.data.source},
         "engine": _engine(record.problem),
+        "warnings": _warnings(record),
         "settings": record.settings,
         "versions": versions(),
         "files": {},
