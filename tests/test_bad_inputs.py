@@ -266,3 +266,14 @@ def test_synth_reports_a_method_with_blank_heatmaps(tmp_path):
     assert sycam == ["SyCAM: constant (blank) heatmaps on 12 of 12 images; its weights are all zero or negative "
                      "on these images"], result.data["warnings"]
     assert "## Warnings" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_search_that_scores_nothing_exits_2_with_one_line(tmp_path):
+    grammar = tmp_path / "infinite.sy"  # every candidate's heatmaps are Inf: nothing can be scored
+    grammar.write_text("(synth-cam w ((grads Vec)) Vec ((E Vec ((* (/ grads 0.0) 1e38)))))\n")
+    code, err, out = _cli("synth", "--grammar", str(grammar), "--bundled-images", "12", "--levels", "6,all",
+                          "--equivalence-images", "4", "--report-images", "0", "--quiet", "-o", str(tmp_path / "run"))
+    assert code == 2, (err, out)
+    errors = [line for line in err if "error" in line]
+    assert len(errors) == 1 and "the search scored no candidate (1 invalid of 1 considered" in errors[0], err
+    assert "best expression" not in out

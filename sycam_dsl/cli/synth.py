@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         print("per-class result:")
         for c, text in result.dispatch.describe().items():
             print(f"  {c}: {text}")
-    else:
+    elif result.best is not None:
         print(f"best expression: {result.expression}")
     print()
     print(result.table())
@@ -167,4 +167,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"sycam-dsl: interrupted; the results so far are in {out}; continue with --resume -o {out}",
               file=sys.stderr)
         return 130
+    if result.best is None:
+        # the tables above hold only the baselines: say so as an error, not a result
+        print(f"sycam-dsl: error: the search scored no candidate ({d['counts']['invalid']} invalid of "
+              f"{c['considered']} considered, stopped by {d['stopped_by']}); the baselines' tables are in "
+              f"{out}/report.md", file=sys.stderr)
+        return 2
     return 0
