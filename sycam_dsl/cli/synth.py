@@ -17,7 +17,6 @@ from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import known_metrics
 from ..synthesis.config import DEFAULT_MAX_SIZE
-from ..synthesis.state import CHECKPOINT_NAME
 from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
 from .options import (
     IMAGES_HELP,
@@ -113,7 +112,27 @@ def _data(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the search, print the result and the tables; 130 when interrupted."""
+    """Run the search, print the result and the tables; 130 when interrupted (Ctrl-C or SIGTERM)."""
+    from ..synthesis.outputs import claim_output_folder
+    from ..synthesis.per_class import check_resume_kind, checkpoint_kind
+
+    out = Path(args.out) if args.out else Path("runs") / f"synth-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    if args.resume and not out.is_dir():
+        raise SycamError(f"--resume: no checkpoint in {out} (give the --out folder of the search to continue)")
+    # locked before the checks, so that a folder another run is writing to is named as such
+    with claim_output_folder(out):
+        kind = checkpoint_kind(out)
+        if kind is not None and not args.resume:
+            raise SycamError(f"{out} holds the checkpoint of an earlier search: pass --resume to continue it, "
+                             f"or choose another --out folder")
+        if args.resume and kind is None:
+            raise SycamError(f"--resume: no checkpoint in {out} (give the --out folder of the search to continue)")
+        if args.resume:
+            check_resume_kind(out, args.per_class)
+        return _search(args, out)
+
+
+def _search(args: argparse.Namespace, out: Path) -> int:
     from ..synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
 
     model, data, bundled = _data(args)
@@ -124,12 +143,6 @@ def run(args: argparse.Namespace) -> int:
     report = args.report_metrics or (BUNDLED["report_metrics"] if bundled else metric.name)
     report_metrics = [metric] + [metric_from_args(n.strip(), args) for n in report.split(",")
                                  if n.strip() and n.strip().replace("-", "_").lower() != metric.name]
-    out = Path(args.out) if args.out else Path("runs") / f"synth-{_dt.datetime.now():%Y%m%d-%H%M%S}"
-    if (out / CHECKPOINT_NAME).is_file() and not args.resume:
-        raise SycamError(f"{out} holds the checkpoint of an earlier search: pass --resume to continue it, "
-                         f"or choose another --out folder")
-    if args.resume and not (out / CHECKPOINT_NAME).is_file() and not (out / "classes").is_dir():
-        raise SycamError(f"--resume: no checkpoint in {out} (give the --out folder of the search to continue)")
     seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_TIME)
     levels = args.levels or (_level_sizes(BUNDLED["levels"]) if bundled else None)
     targets = targets_from(args, data.labels)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,8 @@ from ..parse.grammar import Grammar
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .dispatch import Dispatch
 from .evaluation import Method, evaluate_methods
-from .outputs import write_outputs
-from .per_class import ClassSearch, dispatch_of, search_per_class
+from .outputs import claim_output_folder, write_outputs
+from .per_class import ClassSearch, check_resume_kind, dispatch_of, search_per_class
 from .problem import Data, Problem
 from .result import SYCAM, Result, RunRecord
 from .search import Search
@@ -139,7 +140,10 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     normalized for the model. ``metric_options``: the metric's options (e.g. ``{"steps": 10}``).
     ``budget``: a ``Budget`` or seconds. ``per_class``: one search per predicted class, compiled
     into one dispatching module. An ``out_dir`` that holds a checkpoint of the same search is
-    resumed when ``resume`` is True.
+    resumed when ``resume`` is True (a single search's checkpoint only without ``per_class``, and
+    per-class ones only with it). ``out_dir`` is created and locked first: a file, a folder that
+    cannot be written, or one another run holds is refused before any work. A search that scored
+    no candidate before its time ran out gives ``best`` None (``expression: null``).
 
     The rest comes in groups: ``data`` (masks, labels, targets, image size, batch sizes, the
     terminal cache; ``DataOptions``), ``search`` (subsets, expression size, the evaluation engine;
@@ -148,6 +152,21 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     t_start = time.perf_counter()
     if images is None:
         raise SycamError("give images: a folder, an ImageSet or a tensor [N, 3, H, W]")
+    out = Path(out_dir) if out_dir is not None else None
+    # checked and locked before any work, and locked until the files are written
+    with claim_output_folder(out) if out is not None else nullcontext():
+        if out is not None and resume:
+            check_resume_kind(out, per_class)
+        return _synthesize(model, layer, images, metric, metric_options, grammar, budget, per_class, out, resume,
+                           weights, device, data, search, output, t_start)
+
+
+def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images: ImageSet | torch.Tensor | str | Path,
+                metric: str | Metric, metric_options: dict[str, Any] | None, grammar: str | Path | Grammar,
+                budget: Budget | float | None, per_class: bool, out: Path | None, resume: bool, weights: str | None,
+                device: str, data: DataOptions, search: SearchOptions, output: OutputOptions,
+                t_start: float) -> Result:
+    """``synthesize`` once the output folder is claimed."""
     loaded = loaded_model(model, weights, device)
     gram = resolve_grammar(grammar)
     search_metric = resolve_metric(metric, metric_options)
@@ -161,7 +180,6 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
         if m.needs_masks and images_data.masks is None:
             raise SycamError(f"metric {m.name!r} compares heatmaps with object masks: give masks (--masks DIR)")
     names = list(dict.fromkeys(list(gram.inputs) + [t for b in SEARCH_BASELINES for t in baseline(b).terminals]))
-    out = Path(out_dir) if out_dir is not None else None
     t0 = time.perf_counter()
     problem, layer_name = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
                                         data.chunk_size, data.cache_dir, data.use_cache, output.progress,

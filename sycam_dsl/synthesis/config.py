@@ -29,8 +29,10 @@ DEFAULT_MIN_CLASS_IMAGES = 2
 
 @dataclass(frozen=True)
 class Budget:
-    """When to stop: after ``seconds`` of search time and/or ``candidates`` enumerated candidates
-    (None: no bound). The grammar's end (up to ``max_size``) always stops the search."""
+    """When to stop: after ``seconds`` of search time (baselines included, over every run of a
+    resumed search; the search ends at most one image chunk's scoring later, even with no
+    candidate scored) and/or ``candidates`` enumerated candidates (None: no bound). The grammar's
+    end (up to ``max_size``) always stops the search."""
 
     seconds: float | None = None
     candidates: int | None = None

@@ -1,17 +1,22 @@
 """The output folder of a search: ``result.json``, ``cam.pt``, ``report.md``, ``heatmaps.png`` and
-``score.png`` (see ``result.schema.json`` for the JSON's fields), written from one ``RunRecord``."""
+``score.png`` (see ``result.schema.json`` for the JSON's fields), written from one ``RunRecord``;
+``claim_output_folder`` checks and locks the folder before a run starts."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..baselines import SEARCH_BASELINES, baseline
+from ..errors import SycamError
 from ..metrics.expression import expression_inputs
 from ..models import LoadedModel
+from ..util.files import FolderLocked, folder_lock, writable_folder
 from ..util.files import atomic_write_json as write_json
 from .per_class import ClassSearch
 from .problem import Data, Problem
@@ -19,6 +24,26 @@ from .result import Result, RunRecord, result_data
 
 FILES = {"result": "result.json", "cam": "cam.pt", "report": "report.md", "grid": "heatmaps.png",
          "plot": "score.png", "checkpoint": "checkpoint.json"}
+
+
+@contextmanager
+def claim_output_folder(folder: Path) -> Iterator[Path]:
+    """Create ``folder`` if needed and hold its lock for the ``with`` block, so that a folder that
+    cannot take the results, or one another run is writing to, is refused (one ``SycamError``
+    line) before any work rather than after the search. The same process may claim it again."""
+    try:
+        writable_folder(folder)
+    except NotADirectoryError as e:
+        raise SycamError(f"cannot use {folder} as the output folder: {e}") from None
+    except OSError as e:
+        raise SycamError(f"cannot write to the output folder {folder}: {e.strerror or e}") from None
+    try:
+        with folder_lock(folder):
+            yield folder
+    except FolderLocked as e:
+        who = f"pid {e.pid}" if e.pid is not None else "pid unknown"
+        raise SycamError(f"{folder} is used by another sycam-dsl run ({who}); wait for it or choose another "
+                         f"output folder (-o)") from None
 
 
 def _row_labels(data: Data, problem: Problem, rows: torch.Tensor) -> list[str]:

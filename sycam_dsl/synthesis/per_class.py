@@ -16,6 +16,7 @@ from .dispatch import Dispatch
 from .evaluation import method_scores
 from .problem import Problem
 from .search import Search, SearchOutcome
+from .state import CHECKPOINT_NAME
 
 
 @dataclass
@@ -29,6 +30,28 @@ class ClassSearch:
 
 def class_folder(out_dir: Path, c: int) -> Path:
     return out_dir / "classes" / f"class-{c}"
+
+
+def checkpoint_kind(out_dir: Path) -> str | None:
+    """What ``out_dir`` holds: ``single`` (the checkpoint of one search), ``per-class`` (those of
+    per-class searches) or None (no checkpoint)."""
+    if (out_dir / CHECKPOINT_NAME).is_file():
+        return "single"
+    if any((out_dir / "classes").glob(f"class-*/{CHECKPOINT_NAME}")):
+        return "per-class"
+    return None
+
+
+def check_resume_kind(out_dir: Path, per_class: bool) -> None:
+    """Refuse to resume a single search as per-class searches or the other way round: each would
+    start new searches next to the checkpoints it does not read."""
+    kind = checkpoint_kind(out_dir)
+    if per_class and kind == "single":
+        raise SycamError(f"cannot resume {out_dir} with per-class searches: it holds the checkpoint of a single "
+                         f"search (resume it without --per-class)")
+    if not per_class and kind == "per-class":
+        raise SycamError(f"cannot resume {out_dir} as a single search: it holds the checkpoints of per-class "
+                         f"searches (resume it with --per-class)")
 
 
 def search_per_class(problem: Problem, grammar: Grammar, config: SearchConfig, out_dir: Path | None,
@@ -48,10 +71,15 @@ def search_per_class(problem: Problem, grammar: Grammar, config: SearchConfig, o
                                           config.budget.candidates))
     done: list[ClassSearch] = []
     stopped_by = "exhausted"
+    searches = []
     for c in classes:
         idx = (problem.targets.cpu() == c).nonzero().flatten()
         folder = class_folder(out_dir, c) if out_dir is not None else None
-        search = Search(problem.subset(idx), grammar, share, folder, progress, label=f" class {c}")
+        searches.append((c, idx, Search(problem.subset(idx), grammar, share, folder, progress, label=f" class {c}")))
+    if resume:  # every checkpoint is checked before the first search starts
+        for _, _, search in searches:
+            search.resumed_state()
+    for c, idx, search in searches:
         outcome = search.run(resume=resume)
         done.append(ClassSearch(c, idx, outcome))
         stopped_by = outcome.stopped_by

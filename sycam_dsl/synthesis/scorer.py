@@ -9,6 +9,7 @@ search by replacing the scorer; a distributed scorer can implement the same inte
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -52,10 +53,16 @@ class Scorer(Protocol):
         ...
 
 
-def score_levels(scorer: Scorer, node: Node) -> torch.Tensor | None:
+#: ``Scorer.score``'s signature: (candidates, level block, chunk) -> per-candidate scores or None.
+ScoreFn = Callable[[list[Node], int, int], list[torch.Tensor | None]]
+
+
+def score_levels(scorer: Scorer, node: Node, score: ScoreFn | None = None) -> torch.Tensor | None:
     """One candidate's per-image scores on every level block ``[N]`` (``I1`` in ``Subsets`` order);
-    None if invalid."""
-    parts = [scorer.score([node], j, c)[0] for j in range(scorer.levels) for c in range(scorer.chunks(j))]
+    None if invalid. ``score`` (default ``scorer.score``) scores each chunk, one at a time, e.g. to
+    check a deadline between chunks."""
+    score = score or scorer.score
+    parts = [score([node], j, c)[0] for j in range(scorer.levels) for c in range(scorer.chunks(j))]
     scored = [p for p in parts if p is not None]
     return torch.cat(scored) if len(scored) == len(parts) else None
 

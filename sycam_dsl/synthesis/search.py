@@ -6,20 +6,31 @@ scored level by level (``I3``, then the images ``I2`` adds, then those ``I1`` ad
 scores are reused by the next, so no image is scored twice for a candidate. Failing a level ends
 the candidate; passing ``I1`` makes it the incumbent.
 
-The search stops when the grammar is exhausted, the time or candidate budget ends, or on Ctrl-C;
-it then returns the incumbent. Time is checked between candidates and between levels, and only once
-there is an incumbent, so even a tiny time budget returns a scored expression. With an output
-folder it writes ``checkpoint.json`` there every ``checkpoint_seconds`` and when it stops; a
-search started on the same folder resumes: the enumerator replays the candidates already processed
-(checking their heatmaps, not scoring them) and carries on from the first unprocessed one.
+The search stops when the grammar is exhausted, the time or candidate budget ends, or on Ctrl-C or
+SIGTERM; it then returns the incumbent. The time budget bounds the whole search, baselines
+included: the deadline is checked before every image chunk scored, so the search ends at most one
+chunk's scoring after it. Candidates fully judged by then count (a batch cut short keeps those
+finished, in stream order); one cut short leaves no trace. Once the deadline passes the search
+stops even without an incumbent: the outcome's ``best`` is then None (``stopped_by`` ``time``).
+
+With an output folder it writes ``checkpoint.json`` there right after the baselines are scored,
+then after 1, 2, 4, ... s up to every ``checkpoint_seconds``, and when it stops; a search started
+on the same folder resumes: the checkpoint is checked field by field first, then the enumerator
+replays the candidates already processed (checking their heatmaps, not scoring them) and carries
+on from the first unprocessed one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -36,7 +47,7 @@ from .config import SearchConfig
 from .oracle import hopeless, judge
 from .problem import Problem
 from .scorer import LocalScorer, Scorer, score_levels
-from .state import Incumbent, SearchState, load_checkpoint, save_checkpoint
+from .state import Expected, Incumbent, SearchState, load_checkpoint, save_checkpoint
 from .subsets import Subsets, make_subsets
 
 
@@ -76,8 +87,68 @@ def grammar_digest(grammar: Grammar) -> str:
     return hashlib.sha256("\n".join(grammar.summary().splitlines()[1:]).encode()).hexdigest()[:16]
 
 
+#: Seconds to the second checkpoint; the interval then doubles up to ``checkpoint_seconds``, so a
+#: search killed early loses little while a long one writes rarely.
+FIRST_CHECKPOINT_SECONDS = 1.0
+
+
 class _Stop(Exception):
-    """The time budget ended in the middle of a batch."""
+    """The time budget ended before the next image chunk."""
+
+
+class _Interrupts:
+    """While entered (in the main thread only; signals cannot be handled elsewhere), SIGTERM raises
+    ``KeyboardInterrupt`` like Ctrl-C, and both wait while ``deferred`` is active, so that a
+    candidate's bookkeeping is never half done when the search stops. The previous handlers come
+    back on exit. A SIGINT handler other than Python's own, and an ignored signal, are left alone."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._depth = 0
+        self._pending = False
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                prev = signal.getsignal(sig)
+                if prev is signal.SIG_IGN or (sig == signal.SIGINT and prev is not signal.default_int_handler):
+                    continue
+                self._previous[sig] = prev
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+        self._previous, self._depth = {}, 0
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._depth:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold Ctrl-C and SIGTERM until the block ends, then raise ``KeyboardInterrupt``."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if not self._depth and self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+    def hold(self) -> None:
+        """Hold Ctrl-C and SIGTERM from now until exit (for the last bookkeeping); ``pending`` then
+        says whether one came."""
+        self._depth += 1
+
+    @property
+    def pending(self) -> bool:
+        """Whether a held Ctrl-C or SIGTERM has not been raised."""
+        return self._pending
 
 
 class Search:
@@ -109,6 +180,9 @@ class Search:
         self._levels: dict[int, tuple[torch.Tensor, float]] = {}
         self.label = label
         self._status = StatusLine(progress)
+        self._resumed: SearchState | None = None
+        self._resumed_loaded = False
+        self._interrupts = _Interrupts()  # entered by run
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -120,62 +194,103 @@ class Search:
                 "level_sizes": list(self.subsets.level_sizes), "equivalence_size": self.subsets.equivalence_size,
                 "seed": c.seed, "max_size": c.max_size, "baselines": list(c.baselines)}
 
+    def expected(self) -> Expected:
+        """What a checkpoint of this search must fit (see ``load_checkpoint``)."""
+        def bounds() -> tuple[list[float], list[float]] | None:
+            part = self.problem.subset(self.subsets.level(len(self.subsets.level_sizes) - 1))
+            b = self.metric.score_bounds(part.inputs)
+            return None if b is None else (b[0].double().tolist(), b[1].double().tolist())
+
+        sizes = list(self.subsets.level_sizes)
+        return Expected(self.level_names, [b - a for a, b in zip([0] + sizes, sizes)], self.config.baselines,
+                        self._expression_error, bounds)
+
+    def _expression_error(self, text: str) -> str | None:
+        try:
+            node = parse_expr(text, self.grammar.inputs, source="<incumbent>")
+        except SycamError as e:
+            return f"is not an expression over the terminals of {self.grammar.source} ({e})"
+        if node.type != self.grammar.start.type:
+            return f"is a {node.type}, not a {self.grammar.start.type} like the start symbol of {self.grammar.source}"
+        return None
+
+    def resumed_state(self) -> SearchState | None:
+        """The checkpoint's state in the output folder, checked (None without one); loaded once, so
+        a caller can check every checkpoint before any search starts."""
+        if self.out_dir is not None and not self._resumed_loaded:
+            self._resumed = load_checkpoint(self.out_dir, self.fingerprint(), self.expected())
+            self._resumed_loaded = True
+        return self._resumed
+
     def run(self, resume: bool = True) -> SearchOutcome:
-        """Search until the budget, the grammar's end or Ctrl-C; returns the incumbent."""
+        """Search until the budget, the grammar's end, Ctrl-C or SIGTERM; returns the incumbent."""
         fingerprint = self.fingerprint()
-        state = None
-        if resume and self.out_dir is not None:
-            state = load_checkpoint(self.out_dir, fingerprint)
-        state = state or SearchState()
+        state = (self.resumed_state() if resume else None) or SearchState()
+        self._resumed, self._resumed_loaded = None, False  # a second run reads the checkpoint afresh
         for name in self.level_names:
             state.counts.scored.setdefault(name, 0)
             state.counts.rejected.setdefault(name, 0)
         t0 = time.perf_counter()
         self._clock = (state.seconds, t0, state.next_candidate)
-        self._last_checkpoint = time.monotonic()
+        self._checkpoint_interval = min(FIRST_CHECKPOINT_SECONDS, self.config.checkpoint_seconds)
+        self._next_checkpoint = time.monotonic()
         stopped_by = "exhausted"
         enum = None
-        try:
-            self._score_baselines(state)
-            eq = self.subsets.equivalence
-            enum = Enumerator(self.grammar, self.problem.terminals.subset(eq), self.config.max_size)
-            index = HeatmapIndex(self.problem.acts.index_select(0, eq.to(self.problem.acts.device)),
-                                 self.grammar.start.type)
-            budget = self.config.budget
-            pending: list[tuple[Node, int, object]] = []
-            for cand in enum.candidates():
-                if budget.candidates is not None and cand.index >= budget.candidates:
-                    stopped_by = "candidates"
-                    break
-                # the first incumbent is always found, however small the time budget
-                if (budget.seconds is not None and state.incumbent is not None
-                        and self._elapsed(state) >= budget.seconds):
-                    stopped_by = "time"
-                    pending = []
-                    break
-                earlier = index.check(cand.value, cand.term)
-                if cand.index < state.next_candidate:
-                    continue  # processed before the checkpoint: replayed for the heatmap index only
-                pending.append((cand.term, cand.index, earlier))
-                if len(pending) >= self.config.candidate_batch:
-                    self._process(pending, state, fingerprint)
-                    pending = []
-            self._process(pending, state, fingerprint)
-        except _Stop:
-            stopped_by = "time"
-        except KeyboardInterrupt:
+        with _Interrupts() as interrupts:
+            self._interrupts = interrupts
+            try:
+                self._score_baselines(state)
+                self._checkpoint(state, fingerprint, force=True)
+                eq = self.subsets.equivalence
+                enum = Enumerator(self.grammar, self.problem.terminals.subset(eq), self.config.max_size)
+                index = HeatmapIndex(self.problem.acts.index_select(0, eq.to(self.problem.acts.device)),
+                                     self.grammar.start.type)
+                budget = self.config.budget
+                pending: list[tuple[Node, int, object]] = []
+                for cand in enum.candidates():
+                    if budget.candidates is not None and cand.index >= budget.candidates:
+                        stopped_by = "candidates"
+                        break
+                    if self._out_of_time(state):
+                        self._process(pending, state, fingerprint)  # records those judged without scoring
+                        raise _Stop
+                    earlier = index.check(cand.value, cand.term)
+                    if cand.index < state.next_candidate:
+                        continue  # processed before the checkpoint: replayed for the heatmap index only
+                    pending.append((cand.term, cand.index, earlier))
+                    if len(pending) >= self.config.candidate_batch:
+                        self._process(pending, state, fingerprint)
+                        pending = []
+                self._process(pending, state, fingerprint)
+            except _Stop:
+                stopped_by = "time"
+            except KeyboardInterrupt:
+                stopped_by = "interrupted"
+            interrupts.hold()
+            total = self._elapsed(state)
+            self._show(state, force=True)
+            self._status.close()
+            state.seconds = total
+            if self.out_dir is not None:
+                save_checkpoint(self.out_dir, fingerprint, state)
+        if interrupts.pending:  # came during the last save: nothing more to stop, but say so
             stopped_by = "interrupted"
-        total = self._elapsed(state)
-        self._show(state, force=True)
-        self._status.close()
-        state.seconds = total
-        if self.out_dir is not None:
-            save_checkpoint(self.out_dir, fingerprint, state)
         best = None
         if state.incumbent is not None:
             best = parse_expr(state.incumbent.expression, self.grammar.inputs, source="<incumbent>")
         return SearchOutcome(best, state, self.subsets, stopped_by,
                              enum.stats.as_dict() if enum is not None else {}, total, self.level_names)
+
+    def _checkpoint(self, state: SearchState, fingerprint: dict[str, Any], force: bool = False) -> None:
+        """Write the checkpoint when it is due (or ``force``); the interval doubles up to
+        ``checkpoint_seconds``."""
+        now = time.monotonic()
+        if self.out_dir is None or (not force and now < self._next_checkpoint):
+            return
+        with self._interrupts.deferred():
+            save_checkpoint(self.out_dir, fingerprint, replace(state, seconds=self._elapsed(state)))
+        self._next_checkpoint = time.monotonic() + self._checkpoint_interval
+        self._checkpoint_interval = min(2 * self._checkpoint_interval, self.config.checkpoint_seconds)
 
     def _elapsed(self, state: SearchState) -> float:
         before, t0, _ = self._clock
@@ -198,32 +313,38 @@ class Search:
 
     def _out_of_time(self, state: SearchState) -> bool:
         budget = self.config.budget.seconds
-        return budget is not None and state.incumbent is not None and self._elapsed(state) >= budget
+        return budget is not None and self._elapsed(state) >= budget
+
+    def _score(self, nodes: list[Node], level: int, chunk: int, state: SearchState) -> list[torch.Tensor | None]:
+        """``scorer.score``, unless the time budget has ended (``_Stop``): every image chunk the search
+        scores goes through here, so it overshoots the budget by at most one chunk."""
+        if self._out_of_time(state):
+            raise _Stop
+        t = time.perf_counter()
+        try:
+            return self.scorer.score(nodes, level, chunk)
+        finally:
+            state.scoring_seconds += time.perf_counter() - t
 
     def _process(self, pending: list[tuple[Node, int, object]], state: SearchState,
                  fingerprint: dict[str, Any]) -> None:
-        """Judge a batch of candidates in stream order; their ``I3`` scores are computed together."""
+        """Judge a batch of candidates in stream order; their ``I3`` scores are computed together. When
+        time runs out, the candidates the scores at hand judge are still recorded, up to the first
+        that needs another chunk."""
         if not pending:
             return
         prefetched = self._prefetch([node for node, _, earlier in pending if earlier is None], state)
         for node, index, earlier in pending:
-            if self._out_of_time(state):
-                raise _Stop
-            if earlier is not None:
-                state.counts.considered += 1
-                state.counts.heatmap_equivalent += 1
-            else:
-                self._consider(node, index, state, prefetched.pop(0))
-            state.next_candidate = index + 1
+            verdict = None if earlier is not None else self._consider(node, state, prefetched.pop(0))
+            self._record(state, node, index, verdict)
             self._show(state)
-            if self.out_dir is not None and time.monotonic() - self._last_checkpoint >= self.config.checkpoint_seconds:
-                save_checkpoint(self.out_dir, fingerprint, replace(state, seconds=self._elapsed(state)))
-                self._last_checkpoint = time.monotonic()
+            self._checkpoint(state, fingerprint)
 
     def _prefetch(self, nodes: list[Node], state: SearchState) -> list[list[torch.Tensor | None]]:
         """Each candidate's scores on the chunks of ``I3``, computed a chunk at a time for all the
         candidates still in the running against the current incumbent (a chunk list stops early
-        for a hopeless candidate; ``_consider`` redoes the check and goes on if the incumbent changed)."""
+        for a hopeless candidate, or for all when time runs out; ``_consider`` redoes the check and
+        goes on if the incumbent changed)."""
         out: list[list[torch.Tensor | None]] = [[] for _ in nodes]
         if len(nodes) <= 1:
             return out
@@ -232,9 +353,10 @@ class Search:
         for c in range(self.scorer.chunks(0)):
             if not alive:
                 break
-            t = time.perf_counter()
-            scores = self.scorer.score([nodes[k] for k in alive], 0, c)
-            state.scoring_seconds += time.perf_counter() - t
+            try:
+                scores = self._score([nodes[k] for k in alive], 0, c, state)
+            except _Stop:
+                break  # keep what is scored: _consider judges the candidates it suffices for
             still = []
             for k, s in zip(alive, scores):
                 out[k].append(s)
@@ -271,61 +393,69 @@ class Search:
             missing = [t for t in b.terminals if t not in self.problem.terminals]
             if missing:
                 raise SycamError(f"baseline {name} needs terminal(s) {', '.join(missing)}, which the problem lacks")
-            scores = score_levels(self.scorer, b.node)
+            scores = score_levels(self.scorer, b.node,
+                                  lambda nodes, j, c: self._score(nodes, j, c, state))
             if scores is None:
                 raise SycamError(f"baseline {name} ({b.expression}) gives NaN or Inf heatmaps on these images")
             state.baselines[name] = scores.tolist()
 
-    def _consider(self, node: Node, index: int, state: SearchState,
-                  prefetched: list[torch.Tensor | None] | None = None) -> None:
-        """Score one candidate level by level (chunk by chunk, stopping once it cannot pass) and update
-        ``state``. Counts change only once the candidate is done, so one cut short (time, Ctrl-C)
-        leaves no trace and is redone on resume."""
-        counts = state.counts
+    def _consider(self, node: Node, state: SearchState,
+                  prefetched: list[torch.Tensor | None] | None = None) -> tuple[str, int, list[torch.Tensor]]:
+        """Score one candidate level by level (chunk by chunk, stopping once it cannot pass); returns
+        its outcome (``accepted``, ``rejected`` or ``invalid``), how many levels it was scored on and
+        its level blocks. Raises ``_Stop`` when it needs a chunk after the deadline: ``state`` is
+        changed only by ``_record``, so a candidate cut short leaves no trace and is redone on resume."""
         inc = state.incumbent
         blocks: list[torch.Tensor] = []
-        t_score = time.perf_counter()
         outcome, levels_scored = "accepted", 0
-        try:
-            for j in range(len(self.level_names)):
-                if j and self._out_of_time(state):
-                    raise _Stop
-                levels_scored = j + 1
-                before = torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
-                chunks: list[torch.Tensor] = []
-                for c in range(self.scorer.chunks(j)):
-                    if j == 0 and prefetched and c < len(prefetched):
-                        s = prefetched[c]
-                    else:
-                        s = self.scorer.score([node], j, c)[0]
-                    if s is None:
-                        outcome = "invalid"
-                        break
-                    chunks.append(s)
-                    if inc is not None and self._hopeless(torch.cat([before, *chunks]), inc, j, c):
-                        outcome = "rejected"
-                        break
-                if outcome != "accepted":
+        for j in range(len(self.level_names)):
+            levels_scored = j + 1
+            before = torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
+            chunks: list[torch.Tensor] = []
+            for c in range(self.scorer.chunks(j)):
+                if j == 0 and prefetched and c < len(prefetched):
+                    s = prefetched[c]
+                else:
+                    s = self._score([node], j, c, state)[0]
+                if s is None:
+                    outcome = "invalid"
                     break
-                blocks.append(torch.cat(chunks))
-                if inc is None:
-                    continue
-                verdict = judge(torch.cat(blocks), self._incumbent_level(inc, j)[0], self.metric.higher_is_better)
-                if not verdict.passed:
+                chunks.append(s)
+                if inc is not None and self._hopeless(torch.cat([before, *chunks]), inc, j, c):
                     outcome = "rejected"
                     break
-        finally:
-            state.scoring_seconds += time.perf_counter() - t_score
-        counts.considered += 1
-        for name in self.level_names[:levels_scored]:
-            counts.scored[name] += 1
-        if outcome == "invalid":
-            counts.invalid += 1
-        elif outcome == "rejected":
-            counts.rejected[self.level_names[levels_scored - 1]] += 1
-        else:
-            text = to_sexpr(node)
-            state.incumbent = Incumbent(text, [b.tolist() for b in blocks], self._elapsed(state), index)
-            counts.accepted += 1
-            state.history.append({"expression": text, "score": float(torch.cat(blocks).mean()),
-                                  "seconds": self._elapsed(state), "candidate": index})
+            if outcome != "accepted":
+                break
+            blocks.append(torch.cat(chunks))
+            if inc is None:
+                continue
+            verdict = judge(torch.cat(blocks), self._incumbent_level(inc, j)[0], self.metric.higher_is_better)
+            if not verdict.passed:
+                outcome = "rejected"
+                break
+        return outcome, levels_scored, blocks
+
+    def _record(self, state: SearchState, node: Node, index: int,
+                verdict: tuple[str, int, list[torch.Tensor]] | None) -> None:
+        """Count candidate ``index`` as processed with ``_consider``'s verdict (None: heatmap-equivalent
+        to an earlier one), all at once: an interrupt waits until the state is consistent again."""
+        counts = state.counts
+        with self._interrupts.deferred():
+            counts.considered += 1
+            state.next_candidate = index + 1
+            if verdict is None:
+                counts.heatmap_equivalent += 1
+                return
+            outcome, levels_scored, blocks = verdict
+            for name in self.level_names[:levels_scored]:
+                counts.scored[name] += 1
+            if outcome == "invalid":
+                counts.invalid += 1
+            elif outcome == "rejected":
+                counts.rejected[self.level_names[levels_scored - 1]] += 1
+            else:
+                text = to_sexpr(node)
+                state.incumbent = Incumbent(text, [b.tolist() for b in blocks], self._elapsed(state), index)
+                counts.accepted += 1
+                state.history.append({"expression": text, "score": float(torch.cat(blocks).mean()),
+                                      "seconds": self._elapsed(state), "candidate": index})

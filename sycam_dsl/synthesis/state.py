@@ -3,12 +3,16 @@
 Everything the search decided so far is in ``SearchState``: how many enumerated candidates were
 processed, the incumbent with its per-image scores, the history and the counts. Per-image scores are
 stored as JSON floats (a float32 converts to a float64 and back exactly), so a resumed search
-compares candidates against bit-identical incumbent scores and scores nothing twice.
+compares candidates against bit-identical incumbent scores and scores nothing twice. A checkpoint
+is read back only once every field is checked (``load_checkpoint``), since a resumed search trusts
+it: a NaN ``seconds`` would disable the budget, a forged score would keep out better candidates.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,13 +61,6 @@ class SearchState:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> SearchState:
-        inc = d.get("incumbent")
-        return SearchState(next_candidate=int(d["next_candidate"]), seconds=float(d["seconds"]),
-                           scoring_seconds=float(d.get("scoring_seconds", 0.0)),
-                           incumbent=Incumbent(**inc) if inc else None, history=list(d["history"]),
-                           counts=Counts(**d["counts"]), baselines=dict(d["baselines"]))
 
 
 def save_checkpoint(folder: Path, fingerprint: dict[str, Any], state: SearchState) -> Path:
@@ -73,22 +70,176 @@ def save_checkpoint(folder: Path, fingerprint: dict[str, Any], state: SearchStat
     return path
 
 
-def load_checkpoint(folder: Path, fingerprint: dict[str, Any]) -> SearchState | None:
+@dataclass(frozen=True)
+class Expected:
+    """What a checkpoint's state must fit to be resumed by a search: its level names and block sizes
+    (``I3`` first), the baselines it may hold, ``expression_error(text)`` (why an incumbent
+    expression does not fit the grammar, or None) and ``bounds()`` (the lowest and highest score
+    each image of ``I1`` can get, in ``Subsets`` order, or None when the metric has no bounds;
+    called only when there are scores to check)."""
+
+    level_names: Sequence[str]
+    block_sizes: Sequence[int]
+    baselines: Sequence[str]
+    expression_error: Callable[[str], str | None]
+    bounds: Callable[[], tuple[Sequence[float], Sequence[float]] | None]
+
+
+class _Bad(Exception):
+    """A field of the checkpoint (``field``: its path, e.g. ``state.counts.invalid``) is wrong."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+
+
+def _get(d: Any, key: str, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise _Bad(where, f"must be an object, got {type(d).__name__}")
+    if key not in d:
+        raise _Bad(f"{where}.{key}" if where else key, "is missing")
+    return d[key]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _Bad(where, f"must be a non-negative integer, got {v!r}")
+    return v
+
+
+def _seconds(v: Any, where: str) -> float:
+    if not _is_number(v) or v < 0:
+        raise _Bad(where, f"must be a finite non-negative number, got {v!r}")
+    return float(v)
+
+
+class _Checker:
+    """Reads and checks the ``state`` part of a checkpoint against ``Expected``."""
+
+    def __init__(self, expected: Expected) -> None:
+        self.expected = expected
+        self._bounds: tuple[Sequence[float], Sequence[float]] | None = None
+        self._bounds_done = False
+
+    def scores(self, v: Any, where: str, start: int, n: int) -> list[float]:
+        """``n`` finite scores of the images ``start:start + n`` of ``I1``, within the metric's bounds."""
+        if not isinstance(v, list):
+            raise _Bad(where, f"must be a list of scores, got {type(v).__name__}")
+        if len(v) != n:
+            raise _Bad(where, f"has {len(v)} scores, expected {n}")
+        for i, x in enumerate(v):
+            if not _is_number(x):
+                raise _Bad(f"{where}[{i}]", f"must be a finite number, got {x!r}")
+        if not self._bounds_done:
+            self._bounds, self._bounds_done = self.expected.bounds(), True
+        if self._bounds is not None:
+            low, high = self._bounds
+            for i, x in enumerate(v):
+                if not low[start + i] <= x <= high[start + i]:
+                    raise _Bad(f"{where}[{i}]", f"is {x!r}, outside the metric's bounds "
+                                                f"[{low[start + i]:.6g}, {high[start + i]:.6g}]")
+        return [float(x) for x in v]
+
+    def expression(self, v: Any, where: str) -> str:
+        if not isinstance(v, str):
+            raise _Bad(where, f"must be a string, got {type(v).__name__}")
+        error = self.expected.expression_error(v)
+        if error is not None:
+            raise _Bad(where, f"{v!r} {error}")
+        return v
+
+    def per_level(self, v: Any, where: str) -> dict[str, int]:
+        if not isinstance(v, dict):
+            raise _Bad(where, f"must be an object, got {type(v).__name__}")
+        unknown = sorted(set(v) - set(self.expected.level_names))
+        if unknown:
+            raise _Bad(where, f"has unknown level(s) {', '.join(map(str, unknown))}")
+        return {k: _count(x, f"{where}.{k}") for k, x in v.items()}
+
+    def state(self, d: Any) -> SearchState:
+        exp = self.expected
+        next_candidate = _count(_get(d, "next_candidate", "state"), "state.next_candidate")
+        seconds = _seconds(_get(d, "seconds", "state"), "state.seconds")
+        scoring = _seconds(d.get("scoring_seconds", 0.0), "state.scoring_seconds")
+        c = _get(d, "counts", "state")
+        counts = Counts(**{k: _count(_get(c, k, "state.counts"), f"state.counts.{k}")
+                           for k in ("considered", "heatmap_equivalent", "invalid", "accepted")},
+                        scored=self.per_level(_get(c, "scored", "state.counts"), "state.counts.scored"),
+                        rejected=self.per_level(_get(c, "rejected", "state.counts"), "state.counts.rejected"))
+        if counts.considered != next_candidate:
+            raise _Bad("state.counts.considered", f"is {counts.considered}, but state.next_candidate is "
+                                                  f"{next_candidate} (every processed candidate is considered)")
+        history = _get(d, "history", "state")
+        if not isinstance(history, list):
+            raise _Bad("state.history", f"must be a list, got {type(history).__name__}")
+        for i, h in enumerate(history):
+            where = f"state.history[{i}]"
+            self.expression(_get(h, "expression", where), f"{where}.expression")
+            if not _is_number(_get(h, "score", where)):
+                raise _Bad(f"{where}.score", f"must be a finite number, got {h['score']!r}")
+            _seconds(_get(h, "seconds", where), f"{where}.seconds")
+            if _count(_get(h, "candidate", where), f"{where}.candidate") >= next_candidate:
+                raise _Bad(f"{where}.candidate", f"is {h['candidate']}, not below state.next_candidate")
+        if counts.accepted != len(history):
+            raise _Bad("state.counts.accepted", f"is {counts.accepted}, but the history has {len(history)} entries")
+        inc = _get(d, "incumbent", "state")
+        incumbent = None
+        if inc is not None:
+            where = "state.incumbent"
+            blocks = _get(inc, "blocks", where)
+            if not isinstance(blocks, list) or len(blocks) != len(exp.block_sizes):
+                raise _Bad(f"{where}.blocks", f"must be a list of {len(exp.block_sizes)} score lists "
+                                              f"(one per level), got {blocks!r:.60}")
+            starts = [sum(exp.block_sizes[:j]) for j in range(len(exp.block_sizes))]
+            incumbent = Incumbent(self.expression(_get(inc, "expression", where), f"{where}.expression"),
+                                  [self.scores(b, f"{where}.blocks[{j}]", s, n)
+                                   for j, (b, s, n) in enumerate(zip(blocks, starts, exp.block_sizes))],
+                                  _seconds(_get(inc, "seconds", where), f"{where}.seconds"),
+                                  _count(_get(inc, "candidate", where), f"{where}.candidate"))
+            if not history or (history[-1]["expression"], history[-1]["candidate"]) != (
+                    incumbent.expression, incumbent.candidate):
+                raise _Bad(where, "is not the last entry of state.history")
+        elif history:
+            raise _Bad("state.incumbent", "is missing, but the history has entries")
+        baselines = _get(d, "baselines", "state")
+        if not isinstance(baselines, dict):
+            raise _Bad("state.baselines", f"must be an object, got {type(baselines).__name__}")
+        unknown = sorted(set(baselines) - set(exp.baselines))
+        if unknown:
+            raise _Bad("state.baselines", f"has unknown baseline(s) {', '.join(unknown)}")
+        n = sum(exp.block_sizes)
+        return SearchState(next_candidate, seconds, scoring, incumbent, [dict(h) for h in history], counts,
+                           {k: self.scores(v, f"state.baselines.{k}", 0, n) for k, v in baselines.items()})
+
+
+def load_checkpoint(folder: Path, fingerprint: dict[str, Any], expected: Expected) -> SearchState | None:
     """The state saved in ``folder`` (None when there is no checkpoint). A checkpoint of another
-    problem or other settings is an error naming what differs, never silently mixed in."""
+    problem or other settings is an error naming what differs, never silently mixed in; so is one
+    whose state does not fit ``expected`` (wrong types, negative or non-finite numbers, score lists
+    of the wrong length or outside the metric's bounds, an incumbent that is not an expression of
+    the grammar): one line naming the file and the field."""
     path = folder / CHECKPOINT_NAME
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != _FORMAT:
-            raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT!r}")
-        saved = data["fingerprint"]
-        state = SearchState.from_dict(data["state"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise SycamError(f"cannot resume from {path}: the file is not a sycam-dsl checkpoint ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise SycamError(f"cannot resume from {path}: the file is not a sycam-dsl checkpoint "
+                         f"(format {found!r}, expected {_FORMAT!r})")
+    saved = data.get("fingerprint")
+    if not isinstance(saved, dict):
+        raise SycamError(f"cannot resume from {path}: fingerprint is missing or not an object")
     differ = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
     if differ:
         raise SycamError(f"cannot resume from {path}: it was written with different {', '.join(differ)}; "
                          f"use the same settings, or another output folder for a new search")
-    return state
+    try:
+        return _Checker(expected).state(_get(data, "state", ""))
+    except _Bad as e:
+        raise SycamError(f"cannot resume from {path}: {e}") from None
