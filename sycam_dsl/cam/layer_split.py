@@ -23,7 +23,7 @@ import torch
 from torch import fx, nn
 
 from ..models.errors import LayerError
-from ..models.layers import kind, resolve_layer
+from ..models.layers import call_name, kind, resolve_layer, split_call
 
 log = logging.getLogger(__name__)
 
@@ -67,47 +67,98 @@ class LayerAccess:
 
 class HookAccess(LayerAccess):
     """A forward hook on the layer; the hook gives downstream layers a copy of the output, so an
-    in-place op after the layer cannot change ``A`` (nor break autograd on the leaf)."""
+    in-place op after the layer cannot change ``A`` (nor break autograd on the leaf).
+
+    A layer named ``PATH@N`` (``split_call``) is call ``N`` of a module that runs more than once per
+    forward pass (a shared activation module, say): only that call's output is read or replaced. A
+    negative ``N`` counts from the end, so the number of calls is counted once, by a forward pass
+    of one image without grad, the first time it is needed."""
 
     def __init__(self, model: nn.Module, name: str, layer: nn.Module) -> None:
         self.model, self.name, self.layer = model, name, layer
+        self.path, self.call = split_call(name)
+        self._calls: int | None = None  # calls per forward pass, once counted
+
+    def _count_calls(self, x: torch.Tensor) -> int:
+        count = 0
+
+        def tick(module: nn.Module, inputs: object, out: object) -> None:
+            nonlocal count
+            count += 1
+
+        with torch.no_grad(), forward_hook(self.layer, tick):
+            self.model(x[:1])
+        return count
+
+    def _index(self, x: torch.Tensor) -> int | None:
+        """The 0-based call to read, None for "the only call"."""
+        if self.call is None or self.call >= 0:
+            return self.call
+        if self._calls is None:
+            self._calls = self._count_calls(x)
+        return self._calls + self.call
+
+    def _check_calls(self, seen: int, index: int | None) -> None:
+        if seen == 0:
+            raise LayerError(f"layer {self.name!r} did not run during the forward pass; choose a layer that "
+                             f"the model's forward calls")
+        if index is not None and not 0 <= index < seen:
+            raise LayerError(f"layer {self.name!r}: {self.path!r} runs {seen} time(s) per forward pass, so "
+                             f"{call_name(self.path, self.call)!r} does not exist; use {self.path}@0 .. "
+                             f"{self.path}@{seen - 1} or {self.path}@last")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         captured: list[torch.Tensor] = []
         grad = torch.is_grad_enabled()
+        index = self._index(x)
+        seen = 0
 
         def capture(module: nn.Module, inputs: object, out: object) -> torch.Tensor | None:
+            nonlocal seen
+            seen += 1
+            if index is None and seen > 1:
+                raise LayerError(f"layer {self.name!r} ({kind(module)}) runs more than once per forward pass "
+                                 f"(a shared module); read one call with {self.path}@last or {self.path}@N "
+                                 f"(0-based), or choose a layer that runs once, e.g. its parent block")
+            if index is not None and seen - 1 != index:
+                return None
             if not isinstance(out, torch.Tensor) or out.dim() != 4:
                 what = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
                 raise LayerError(f"layer {self.name!r} ({kind(module)}) outputs {what}, not activations "
                                  f"[N, K, h, w]; choose a convolutional layer")
-            if captured:
-                raise LayerError(f"layer {self.name!r} ({kind(module)}) runs more than once per forward pass "
-                                 f"(a shared module); choose a layer that runs once, e.g. its parent block")
             leaf = out.detach().clone().requires_grad_(grad)
             captured.append(leaf)
             return leaf.clone() if grad else None
 
         with forward_hook(self.layer, capture):
             logits = _logits(self.model(x), "the model")
-        if not captured:
-            raise LayerError(f"layer {self.name!r} did not run during the forward pass; choose a layer that "
-                             f"the model's forward calls")
+        self._check_calls(seen, index)
+        if self.call is not None and self.call < 0 and seen != self._calls:
+            raise LayerError(f"layer {self.name!r}: {self.path!r} ran {seen} times here but {self._calls} times on "
+                             f"another batch; name the call from the start ({self.path}@N) instead")
         return captured[0], logits
 
     def tail(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """The logits with the layer's output replaced by ``acts`` ``[B, K, h, w]`` (``x`` ``[B, 3, H, W]``
         is run through the layers before it again)."""
         assert x is not None  # the hook reruns the whole model, so it needs the images
+        index = self._index(x)
+        seen = 0
 
-        def replace(module: nn.Module, inputs: object, out: object) -> torch.Tensor:
+        def replace(module: nn.Module, inputs: object, out: object) -> torch.Tensor | None:
+            nonlocal seen
+            seen += 1
+            if index is not None and seen - 1 != index:
+                return None
             if not isinstance(out, torch.Tensor) or out.shape != acts.shape:
                 raise LayerError(f"layer {self.name!r} gave shape {list(getattr(out, 'shape', []))} where the "
                                  f"replacement activations have {list(acts.shape)}")
             return acts
 
         with forward_hook(self.layer, replace):
-            return _logits(self.model(x), "the model")
+            logits = _logits(self.model(x), "the model")
+        self._check_calls(seen, index)
+        return logits
 
 
 class ScriptAccess(LayerAccess):
@@ -207,8 +258,10 @@ def _ancestors(node: fx.Node) -> set[fx.Node]:
 def split_model(model: nn.Module, layer: str) -> LayerSplit:
     """Split ``model`` at the module ``layer`` with ``torch.fx`` into ``head`` (input -> layer output,
     plus carried values) and ``tail`` (layer output -> logits). ``SplitError`` when the model cannot be
-    traced, takes more than one input, or calls the layer other than once."""
-    tracer = _LeafTracer(layer)
+    traced, takes more than one input, or calls the layer other than once (``PATH@N``: other than
+    at least ``N + 1`` times, or ``-N`` times when negative; the split is at that call)."""
+    path, call = split_call(layer)
+    tracer = _LeafTracer(path)
     try:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, ... on dynamic code
@@ -216,14 +269,14 @@ def split_model(model: nn.Module, layer: str) -> LayerSplit:
         raise SplitError(f"torch.fx cannot trace {kind(model)}: {first}") from None
     root = fx.GraphModule(tracer.root, graph)
     nodes = list(graph.nodes)
-    hits = [n for n in nodes if n.op == "call_module" and n.target == layer]
-    if len(hits) != 1:
+    hits = [n for n in nodes if n.op == "call_module" and n.target == path]
+    if (len(hits) != 1) if call is None else not -len(hits) <= call < len(hits):
         why = "is not called as a module" if not hits else f"is called {len(hits)} times"
-        raise SplitError(f"layer {layer!r} {why} in the traced graph")
+        raise SplitError(f"layer {path!r} {why} in the traced graph")
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise SplitError(f"forward takes {len(placeholders)} inputs; the split handles one")
-    layer_node, x_node = hits[0], placeholders[0]
+    layer_node, x_node = hits[0 if call is None else call], placeholders[0]
     head_nodes = _ancestors(layer_node)
 
     # Values from before the layer that the tail reads: parameters are copied into the tail, the

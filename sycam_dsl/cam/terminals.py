@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SycamError
 from ..evaluate.terminals import Terminals
 from ..lang.terminals import TERMINALS
 from ..models.devices import resolve_device
 from ..models.errors import LayerError
 from ..models.loaded import LoadedModel
+from ..models.precision import float32_model
 from ..template.saliency import minmax_normalize
 from ..util.modes import eval_mode
 from ..util.progress import progress as progress_bar
@@ -65,13 +67,6 @@ def check_names(names: Sequence[str]) -> list[str]:
     if not out:
         raise TerminalError(f"no terminals asked for; choose from {', '.join(TERMINALS)}")
     return out
-
-
-def _dtype(module: nn.Module) -> torch.dtype:
-    for t in list(module.parameters()) + list(module.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
 
 
 def _rows(n: int, k: int, chunk: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -236,6 +231,65 @@ def _check_finite(values: dict[str, torch.Tensor], names: list[str], z_c: torch.
             raise TerminalError(f"terminal {name!r} has NaN or Inf values for image {i}: {hint}")
 
 
+def _dtype(module: nn.Module) -> torch.dtype:
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def _probe(access: LayerAccess, x: torch.Tensor, names: list[str]) -> None:
+    """One image through the model before any terminal work, so that a model or an input size that
+    cannot give these terminals fails at once, with one line, not after minutes or in a traceback."""
+    need_grad = bool(_GRAD_NAMES & set(names))
+    size = "x".join(str(d) for d in x.shape[2:])
+    try:
+        with torch.set_grad_enabled(need_grad):
+            acts, logits = access.forward(x[:1])
+    except SycamError:
+        raise
+    except Exception as e:  # the user's model code: torch raises RuntimeError, ValueError, ... on bad sizes
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TerminalError(f"the model fails on one {size} image ({first}); if the images are too small for "
+                            f"it, use a larger --size") from None
+    if acts.shape[2] < 1 or acts.shape[3] < 1:
+        raise TerminalError(f"at {size} px layer {access.name!r} outputs {list(acts.shape[1:])}, less than 1x1; "
+                            f"use a larger --size")
+    if not logits.is_floating_point():
+        raise TerminalError(f"the model returns {str(logits.dtype).removeprefix('torch.')} values, not "
+                            f"floating-point logits; return the class scores before argmax or rounding")
+    if need_grad and not logits.requires_grad:
+        grads = ", ".join(sorted(_GRAD_NAMES & set(names)))
+        raise TerminalError(f"the model's output does not depend on its input through autograd (detached or "
+                            f"computed under no_grad); gradient terminals ({grads}) need it: remove the detach "
+                            f"or no_grad from forward, or ask for cic, abl, acts or A only")
+
+
+def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor, names: list[str],
+                  device: torch.device) -> tuple[nn.Module, LayerAccess, torch.Tensor]:
+    """(module, its layer access, images on ``device``) for ``compute_terminals``, checked up front.
+
+    A model in float16 or bfloat16 (or mixed types) runs as a float32 copy (one warning line); float64
+    models run in float64 (``load_model`` casts them to float32, for the metrics' float32 images). The model
+    must return one tensor of floating-point logits ``[N, C]``: tuples and dicts (auxiliary outputs,
+    ``ModelOutput`` objects) are refused, so wrap the model to return the logits. One image goes
+    through the model (``_probe``) to check the input size, the layer and, when ``names`` has a
+    gradient terminal, that the logits depend on the input through autograd."""
+    module = model.module if isinstance(model, LoadedModel) else model
+    if isinstance(model, LoadedModel) and layer is None:
+        layer = model.target_layer
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] < 1:
+        what = f"shape {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TerminalError(f"images must be a tensor [N, 3, H, W] with N >= 1, got {what}")
+    module = float32_model(module, allow_float64=True)
+    access = layer_access(module, layer)
+    module.to(device)
+    x = images.to(device=device, dtype=_dtype(module))
+    with eval_mode(module):
+        _probe(access, x, names)
+    return module, access, x
+
+
 def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                       targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
                       chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True,
@@ -246,21 +300,14 @@ def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images:
     None for the predicted class; ``layer``: dotted module path, None for the model's default.
     ``chunk_size``: the most images, masked images (``cic``) or ablated activation copies (``abl``)
     per forward pass. ``ablation``: ``auto`` (fx split, hook fallback), ``fx`` or ``hook``.
-    The model is moved to ``device`` and run in eval mode; its modes are restored and its hooks removed
+    The model is checked first (``prepare_model``: float32, logits, input size, autograd), moved to
+    ``device`` and run in eval mode; its modes are restored and its hooks removed
     on every exit. Vec terminals are ``[N, K]``, Map terminals ``[N, K, h, w]``, on ``device``."""
     names = check_names(names)
     if chunk_size < 1:
         raise TerminalError(f"chunk_size must be a positive integer, got {chunk_size}")
     dev = resolve_device(device)
-    module = model.module if isinstance(model, LoadedModel) else model
-    if isinstance(model, LoadedModel) and layer is None:
-        layer = model.target_layer
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] < 1:
-        what = f"shape {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise TerminalError(f"images must be a tensor [N, 3, H, W] with N >= 1, got {what}")
-    access = layer_access(module, layer)
-    module.to(dev)
-    x = images.to(device=dev, dtype=_dtype(module))
+    module, access, x = prepare_model(model, layer, images, names, dev)
     t = _check_targets(targets, x.shape[0], dev)
     with eval_mode(module):
         base = _gradient_pass(access, x, t, names, chunk_size, progress)

@@ -77,7 +77,10 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
     p.add_argument("--model", required=required, metavar="NAME|FILE|module:fn", help=MODEL_HELP)
     p.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
     p.add_argument("--layer", metavar="PATH", help="target layer's dotted module path (default: the model's "
-                                                   "default, e.g. layer4 for ResNets)")
+                                                   "default, e.g. layer4 for ResNets); PATH@last, PATH@first or "
+                                                   "PATH@N (0-based, negative from the end) reads one call of a "
+                                                   "module that runs more than once per forward pass, e.g. "
+                                                   "_swish@last, efficientnet_lite0's default")
     p.add_argument("--size", type=positive_int, metavar="PX",
                    help="images are resized (shorter side) and center-cropped to PX x PX (default: the model's "
                         "input size, 224 for most)")

@@ -19,6 +19,7 @@ from ..util.warnings import quiet_deprecations
 from .errors import ModelError
 from .layers import default_layer
 from .loaded import EFFICIENTNET_LITE, IMAGENET, LoadedModel, Normalization
+from .precision import float32_model
 from .registry import ModelKind, register_model_kind
 from .small_cnn import load_bundled_model
 from .weights import apply_state_dict, no_weights_error, random_seed, read_state_dict
@@ -137,8 +138,8 @@ def _load_factory(spec: str, weights: str | None) -> nn.Module:
 
 def _ready(module: nn.Module, name: str, source: str, device: torch.device, normalize: Normalization = IMAGENET,
            size: int = 224, details: dict[str, Any] | None = None) -> LoadedModel:
-    """``module`` in eval mode on ``device``, with its default target layer."""
-    module = module.to(device).eval()
+    """``module`` in eval mode on ``device``, in float32 (``float32_model``), with its default target layer."""
+    module = float32_model(module.to(device).eval(), f"model {name!r}", copy_first=False)
     return LoadedModel(module, name, default_layer(module), normalize, size, source, details or {})
 
 

@@ -14,6 +14,8 @@ from .loaded import LoadedModel
 
 #: Class names of layers whose output is a sensible CAM target (for the "did you mean" list).
 _CONV_LIKE = re.compile(r"conv|relu|block|bottleneck|layer|stage", re.IGNORECASE)
+#: ``PATH@N``: the output of call ``N`` of a module that runs more than once per forward pass.
+_CALL = re.compile(r"@\s*(first|last|[+-]?\d+)\s*$", re.IGNORECASE)
 
 
 def kind(module: nn.Module) -> str:
@@ -45,9 +47,11 @@ def default_layer(model: nn.Module) -> str | None:
     """The default target layer path of ``model``, or None when there is no known default.
 
     ResNet-like models (``layer4`` and ``fc``): ``layer4``; VGG-like models: the last ReLU of
-    ``features`` before the final max-pool; EfficientNet-Lite (efficientnet-lite-pytorch): ``_bn1``,
-    the head's batch norm, since the package calls one shared ReLU6 module for the stem and the head
-    and so no module outputs the activated head features."""
+    ``features`` before the final max-pool; EfficientNet-Lite (efficientnet-lite-pytorch):
+    ``_swish@last``, the activated head features (1280 x 7 x 7 at 224 px). The package calls one
+    shared ReLU6 module, ``_swish``, for the stem and for the head, so the head's activation is that
+    module's last call; its batch norm ``_bn1`` is pre-activation (mostly negative on photos, which
+    makes ScoreCAM's ``ReLU(sum_k w_k A_k)`` blank)."""
     names = dict(model.named_children())
     if "layer4" in names and "fc" in names:
         return "layer4"
@@ -55,9 +59,31 @@ def default_layer(model: nn.Module) -> str | None:
         found = _features_layer(model)
         if found:
             return found
-    if kind(model) == "EfficientNet" and "_bn1" in names and "_blocks" in names:
-        return "_bn1"
+    if kind(model) == "EfficientNet" and "_swish" in names and "_blocks" in names:
+        return "_swish@last"
     return None
+
+
+def split_call(path: str) -> tuple[str, int | None]:
+    """``PATH@N`` as (``PATH``, ``N``): which call of a module that runs more than once per forward pass
+    (0-based; negative counts from the end; ``@first`` is ``@0``, ``@last`` is ``@-1``); a path
+    without ``@`` gives (``path``, None), every call's output (the module must run once)."""
+    m = _CALL.search(path)
+    if m is None:
+        if "@" in path:
+            raise LayerError(f"bad call suffix in layer {path!r}; use PATH@last, PATH@first or PATH@N "
+                             f"(0-based call index, negative from the end)")
+        return path, None
+    word = m.group(1).lower()
+    index = {"first": 0, "last": -1}.get(word)
+    return path[:m.start()], int(word) if index is None else index
+
+
+def call_name(path: str, call: int | None) -> str:
+    """The canonical name of call ``call`` of the module at ``path`` (``@last`` for -1)."""
+    if call is None:
+        return path
+    return f"{path}@{'last' if call == -1 else call}"
 
 
 def _parse_path(path: str) -> list[str]:
@@ -106,10 +132,12 @@ def _candidates(model: nn.Module, path: str) -> str:
 def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
     """The module at dotted path ``path`` in ``model`` and its canonical name.
 
-    ``path`` may index containers (``features.29``, ``features[-1]``, ``features.-1``) and may
-    start with ``model.``; None means the model's default layer (``default_layer``). A ``LoadedModel``
-    may be passed for ``model`` and then supplies its own default. Raises ``LayerError`` listing close
-    candidate names and the last conv-like layers when nothing matches."""
+    ``path`` may index containers (``features.29``, ``features[-1]``, ``features.-1``), may
+    start with ``model.`` and may end in a call suffix (``_swish@last``, ``relu@0``: see
+    ``split_call``), which the canonical name keeps; None means the model's default layer
+    (``default_layer``). A ``LoadedModel`` may be passed for ``model`` and then supplies its own
+    default. Raises ``LayerError`` listing close candidate names and the last conv-like layers when
+    nothing matches."""
     if isinstance(model, LoadedModel):
         path = path if path is not None else model.target_layer
         model = model.module
@@ -118,6 +146,7 @@ def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
         if path is None:
             raise LayerError(f"no default target layer for {kind(model)}; name one with --layer PATH "
                              f"({_candidates(model, '')})")
+    path, call = split_call(path)
     parts = _parse_path(path)
     if not parts:
         raise LayerError(f"empty layer path {path!r}; name a module such as {_candidates(model, path)}")
@@ -126,4 +155,4 @@ def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
         found = _walk(model, parts[1:])
     if found is None:
         raise LayerError(f"no layer {path!r} in {kind(model)}; {_candidates(model, path)}")
-    return found
+    return call_name(found[0], call), found[1]

@@ -64,6 +64,8 @@ def load_bundled_model(device: str | torch.device = "cpu", weights: str | Path |
         raise ModelError("--weights random:SEED does not apply to the bundled model; pass a state-dict file, or "
                          "nothing for the packaged weights")
     path = Path(weights) if weights is not None else WEIGHTS_PATH
+    if path.is_dir():
+        raise ModelError(f"weights {str(path)!r} is a folder; give the bundled model's state-dict file itself")
     if not path.is_file():
         raise ModelError(f"the bundled model's weights file {str(path)!r} is missing; create it with "
                          f"`sycam-dsl train-bundled --out {str(path)}` (about 2 minutes on a CPU)")

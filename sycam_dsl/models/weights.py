@@ -37,6 +37,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from ``path``; unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoints and
     DataParallel's ``module.`` prefixes."""
     p = Path(path)
+    if p.is_dir():
+        raise ModelError(f"weights {str(p)!r} is a folder; give the state-dict file (torch.save of "
+                         f"model.state_dict()) itself")
     if not p.is_file():
         raise ModelError(f"weights file {str(p)!r} does not exist")
     try:
