@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval_cmd", "score baselines and expressions on metrics over an image folder"),
     "explain": ("explain", "draw an expression's heatmap over an image"),
     "synth": ("synth", "search a grammar for the CAM weight expression that scores best on a metric"),
+    "sanity": ("sanity", "model-parameter randomization check of a search's result (metric gaming)"),
     "train-bundled": ("train_bundled", "retrain the built-in benchmark's small CNN (reproduces its shipped weights)"),
 }
 
