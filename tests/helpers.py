@@ -1,4 +1,5 @@
-"""Independent reference code for the tests: brute-force expansion and derivability of terms."""
+"""Independent reference code for the tests: brute-force expansion of terms (and ``derivable``, now
+``sycam_dsl.parse.grammar.derivable``: a matcher independent of the enumerator)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import itertools
 from functools import cache
 
 from sycam_dsl.lang.ast import HOLE, Node, fill
-from sycam_dsl.parse.grammar import Grammar
+from sycam_dsl.parse.grammar import Grammar, derivable
+
+__all__ = ["brute_force_terms", "derivable"]
 
 
 def brute_force_terms(grammar: Grammar, max_size: int) -> dict[str, dict[int, set[Node]]]:
@@ -44,23 +47,3 @@ def _splits(total: int, parts: int):
     for first in range(1, total - parts + 2):
         for rest in _splits(total - first, parts - 1):
             yield (first,) + rest
-
-
-def derivable(grammar: Grammar, nt: str, term: Node) -> bool:
-    """Whether ``term`` can be derived from non-terminal ``nt`` (independent recursive matcher)."""
-
-    @cache
-    def from_nt(name: str, t: Node, depth: int) -> bool:
-        if depth > 3 * len(grammar.nonterminals) + t.size * 4:
-            return False
-        return any(match(p.template, t, depth) for p in grammar.nonterminals[name].productions)
-
-    def match(tmpl: Node, t: Node, depth: int) -> bool:
-        if tmpl.kind == HOLE:
-            return from_nt(tmpl.head, t, depth + 1)
-        if tmpl.kind != t.kind or tmpl.head != t.head or type(tmpl.head) is not type(t.head) \
-                or len(tmpl.args) != len(t.args):
-            return False
-        return all(match(a, b, depth) for a, b in zip(tmpl.args, t.args))
-
-    return from_nt(nt, term, 0)

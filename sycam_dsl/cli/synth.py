@@ -17,6 +17,7 @@ from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import known_metrics
 from ..synthesis.config import DEFAULT_MAX_SIZE
+from ..synthesis.incumbent import parse_until
 from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
 from .options import (
     IMAGES_HELP,
@@ -55,6 +56,14 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _until(text: str) -> str:
+    try:
+        parse_until(text)
+    except SycamError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def configure(s: argparse.ArgumentParser) -> None:
     s.description = ("Search a grammar of weight expressions for the one that scores best on a metric for a model "
                     "and images, compare it with GradCAM, GradCAM++, ScoreCAM and AblationCAM, and write "
@@ -72,6 +81,10 @@ def configure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--time", type=_seconds, metavar="SECONDS",
                    help=f"search time budget, counted over every run of a resumed search (default {DEFAULT_TIME:g} s; "
                         f"{BUNDLED['time']:g} s for the built-in benchmark)")
+    s.add_argument("--until", type=_until, metavar="T",
+                   help="stop at the first incumbent whose I1 mean beats T: a number, or a baseline name with an "
+                        "optional margin in the metric's better direction (0.40, ScoreCAM, ScoreCAM+0.005: for a "
+                        "lower-is-better metric, more than 0.005 below ScoreCAM's mean)")
     s.add_argument("--candidates", type=positive_int, metavar="N", help="stop after N enumerated candidates")
     s.add_argument("--max-size", type=positive_int, default=DEFAULT_MAX_SIZE, metavar="N",
                    help=f"largest expression size (default {DEFAULT_MAX_SIZE})")
@@ -157,7 +170,7 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                         data=DataOptions(targets=targets, batch_size=args.batch_size, chunk_size=args.chunk_size,
                                          cache_dir=args.cache_dir, use_cache=not args.no_cache),
                         search=SearchOptions(seed=args.seed, equivalence_size=args.equivalence_images,
-                                             max_size=args.max_size, **engine),
+                                             max_size=args.max_size, until=args.until, **engine),
                         output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
                                              progress=not args.quiet, settings={"bundled_benchmark": bundled}))
     d = result.data

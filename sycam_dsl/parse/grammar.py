@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..lang.ast import Node, to_sexpr
+from ..lang.ast import CONST, HOLE, VAR, Node, to_sexpr
 from ..lang.types import Type
 
 DEFAULT_REAL_CONSTANTS: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -64,3 +64,26 @@ class Grammar:
             prods = " | ".join(str(p) for p in nt.productions)
             lines.append(f"  {nt.name} : {nt.type} ::= {prods}")
         return "\n".join(lines)
+
+
+def derivable(grammar: Grammar, nt: str, term: Node) -> bool:
+    """Whether the complete ``term`` can be derived from non-terminal ``nt`` of ``grammar``, i.e. is in
+    the language the enumerator searches (at any size): a recursive match of the term against the
+    productions. A (term, non-terminal) pair already being matched up the stack fails, which cuts
+    unit-production cycles (``E -> T -> E``) without losing a derivation: one without the cycle exists."""
+
+    def from_nt(t: Node, name: str, active: frozenset[tuple[Node, str]]) -> bool:
+        if (t, name) in active:
+            return False
+        active = active | {(t, name)}
+        return any(matches(t, p.template, active) for p in grammar.nonterminals[name].productions)
+
+    def matches(t: Node, tmpl: Node, active: frozenset[tuple[Node, str]]) -> bool:
+        if tmpl.kind == HOLE:
+            return t.type == tmpl.type and from_nt(t, str(tmpl.head), active)
+        if tmpl.kind in (VAR, CONST):
+            return t == tmpl
+        return (t.kind == tmpl.kind and t.head == tmpl.head and len(t.args) == len(tmpl.args)
+                and all(matches(a, b, active) for a, b in zip(t.args, tmpl.args)))
+
+    return nt in grammar.nonterminals and from_nt(term, nt, frozenset())

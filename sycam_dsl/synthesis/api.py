@@ -39,6 +39,7 @@ from ..parse.grammar import Grammar
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .dispatch import Dispatch
 from .evaluation import Method, evaluate_methods
+from .incumbent import parse_until
 from .outputs import claim_output_folder, write_outputs
 from .per_class import ClassSearch, check_resume_kind, dispatch_of, search_per_class
 from .problem import Data, Problem
@@ -225,7 +226,8 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         "max_size": search.max_size, "report_metrics": [m.name for m in shown], "device": str(device),
         "batch_size": data.batch_size, "chunk_size": data.chunk_size, "min_class_images": search.min_class_images,
         "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
-        "early_stop": search.early_stop, **(output.settings or {}),
+        "early_stop": search.early_stop, "until": None if search.until is None else str(parse_until(search.until)),
+        **(output.settings or {}),
     }
     write_outputs(RunRecord(result, loaded, images_data, problem, eval_problem, gram, searches, stopped_by,
                             run_settings, timings, t_start, output.report_images))

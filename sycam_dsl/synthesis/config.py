@@ -17,6 +17,8 @@ from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import Metric
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
+from .incumbent import parse_until
+from .oracle import SMALL_LEVEL
 from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
 
 DEFAULT_MAX_SIZE = 12
@@ -67,8 +69,11 @@ class DataOptions:
 @dataclass(frozen=True, kw_only=True)
 class SearchOptions:
     """How ``synthesize`` searches: the oracle's image subsets (``seed``, ``level_sizes`` smallest
-    first with None for all, ``equivalence_size``), the largest expression ``max_size``, and with
-    ``per_class`` the fewest images a class needs for a search of its own (``min_class_images``).
+    first with None for all, ``equivalence_size``), the largest expression ``max_size``, with
+    ``per_class`` the fewest images a class needs for a search of its own (``min_class_images``), and
+    ``until``: stop at the first incumbent whose ``I1`` mean beats a threshold, a number or a baseline
+    name with an optional margin in the metric's better direction (``0.40``, ``"ScoreCAM"``,
+    ``"ScoreCAM+0.005"``; see ``incumbent.Until``; None: search the whole budget).
 
     The evaluation engine (none of it changes the result): ``memo_mb`` MB of memoized Deletion /
     Insertion forward passes (0: off), ``candidate_batch`` candidates scored together on ``I3``,
@@ -83,13 +88,19 @@ class SearchOptions:
     candidate_batch: int = DEFAULT_BATCH
     image_chunk: int | None = DEFAULT_IMAGE_CHUNK
     early_stop: bool = True
+    until: float | str | None = None
+
+    def __post_init__(self) -> None:
+        parse_until(self.until)  # a bad threshold is refused before any work
 
 
 @dataclass(frozen=True)
 class SearchConfig(SearchOptions):
     """Settings of one search: the ``SearchOptions`` (keywords) and the ``metric`` to optimize, which
     carries its options (e.g. ``steps``), the ``budget``, the ``baselines`` scored first and how
-    often a checkpoint is written.
+    often a checkpoint is written. ``baseline_start``: start from the best scored baseline the
+    grammar expresses (see ``incumbent``); ``small_level``: levels with fewer images are judged by
+    the mean with a margin (see ``oracle``; 0: always the half-the-images rule).
 
     None of the engine's settings change which candidate wins (``candidate_batch=1,
     early_stop=False`` is the plain oracle)."""
@@ -98,6 +109,8 @@ class SearchConfig(SearchOptions):
     budget: Budget = Budget(seconds=600.0)
     baselines: tuple[str, ...] = SEARCH_BASELINES
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
+    baseline_start: bool = True
+    small_level: int = SMALL_LEVEL
 
 
 @dataclass(frozen=True)

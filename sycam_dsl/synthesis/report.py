@@ -42,7 +42,8 @@ def markdown_report(d: dict[str, Any]) -> str:
              f"({d['images']['evaluated']} in the evaluation set)",
              f"- metric: **{metric['name']}**{f' ({opts})' if opts else ''}, "
              f"{'higher' if metric['higher_is_better'] else 'lower'} is better",
-             f"- grammar: `{d['grammar']['source']}`; budget: {_budget(s)}; stopped by: {d['stopped_by']}", ""]
+             f"- grammar: `{d['grammar']['source']}`; budget: {_budget(s)}; stopped by: {d['stopped_by']}"
+             + (f" (until {s['until']})" if s.get("until") is not None else ""), ""]
     if d["per_class"] is not None:
         lines += ["## Result: one expression per predicted class", "", "| class | images | expression | score |",
                   "|---|---:|---|---:|"]
@@ -62,6 +63,9 @@ def markdown_report(d: dict[str, Any]) -> str:
     lines += ["## SyCAM against the baselines", ""]
     for ev in d["evaluation"]:
         lines += comparison_table(ev)
+    if d.get("not_chosen"):
+        lines += ["Better on average than the result, but not chosen:", ""]
+        lines += [f"- {n['method']}: {n['reason']}" for n in d["not_chosen"]] + [""]
     files = d.get("files", {})
     if "grid" in files:
         lines += ["## Heatmaps", "", f"![heatmaps]({files['grid']})", ""]
@@ -71,7 +75,8 @@ def markdown_report(d: dict[str, Any]) -> str:
         lines += ["## Incumbents", "", "| seconds | candidate | score | expression |", "|---:|---:|---:|---|"]
         for h in d["history"]:
             prefix = f"class {h['class']}: " if "class" in h else ""
-            lines.append(f"| {h['seconds']:.1f} | {h['candidate']} | {_fmt(h['score'])} | "
+            candidate = h["candidate"] if h["candidate"] is not None else f"start: {h.get('baseline')}"
+            lines.append(f"| {h['seconds']:.1f} | {candidate} | {_fmt(h['score'])} | "
                          f"{prefix}`{h['expression']}` |")
         lines.append("")
     c, t = d["counts"], d["timings"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..baselines import SEARCH_BASELINES, baseline
+from ..baselines import BASELINE_EXPRESSIONS, SEARCH_BASELINES, baseline
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..metrics.compare import Row
@@ -22,6 +22,8 @@ from ..parse.grammar import Grammar
 from ..version import __version__
 from .dispatch import Dispatch
 from .evaluation import Method, method_warnings
+from .incumbent import better, not_chosen_reason
+from .oracle import SMALL_LEVEL
 from .per_class import ClassSearch
 from .problem import Data, Problem
 from .search import SearchOutcome
@@ -149,6 +151,30 @@ def _warnings(record: RunRecord) -> list[str]:
     return method_warnings(methods, record.eval_problem)
 
 
+def _not_chosen(record: RunRecord) -> list[dict[str, str]]:
+    """The baselines the search metric's final table shows better on average than the result, each with
+    why the search did not return it (``incumbent.not_chosen_reason``)."""
+    metric, rows = record.result.tables[0]
+    by_name = {r.name: r for r in rows}
+    if SYCAM not in by_name:
+        return []
+    mean = by_name[SYCAM].mean
+    outcomes = record.result.outcomes
+    single = outcomes[0] if record.result.dispatch is None and outcomes else None
+    out = []
+    for r in rows:
+        if r.name == SYCAM or r.name not in BASELINE_EXPRESSIONS or not better(r.mean, mean, metric.higher_is_better):
+            continue
+        scores = single.state.baselines.get(r.name) if single is not None else []
+        inc = single.state.incumbent if single is not None else None
+        reason = not_chosen_reason(r.name, record.grammar, single.level_names if single else [], scores,
+                                   inc.blocks if inc is not None else None, metric.higher_is_better,
+                                   single.baseline_start if single else True,
+                                   single.small_level if single else SMALL_LEVEL)
+        out.append({"method": r.name, "reason": reason})
+    return out
+
+
 def result_data(record: RunRecord) -> dict[str, Any]:
     """The content of ``result.json`` (its ``files`` empty and ``timings`` without the total: what
     writing the output folder adds)."""
@@ -183,6 +209,7 @@ def result_data(record: RunRecord) -> dict[str, Any]:
         "images": {"total": record.problem.n, "evaluated": record.eval_problem.n, "source": record.data.source},
         "engine": _engine(record.problem),
         "warnings": _warnings(record),
+        "not_chosen": _not_chosen(record),
         "settings": record.settings,
         "versions": versions(),
         "files": {},

@@ -6,8 +6,14 @@ scored level by level (``I3``, then the images ``I2`` adds, then those ``I1`` ad
 scores are reused by the next, so no image is scored twice for a candidate. Failing a level ends
 the candidate; passing ``I1`` makes it the incumbent.
 
-The search stops when the grammar is exhausted, the time or candidate budget ends, or on Ctrl-C or
-SIGTERM; it then returns the incumbent. The time budget bounds the whole search, baselines
+Before the first candidate, the search starts from the best baseline the grammar expresses (by its
+``I1`` mean, scored anyway; see ``incumbent``): it is the first incumbent, recorded in the history
+with ``candidate`` None and its ``baseline`` name, so the result is never worse on ``I1`` than a
+method the grammar contains (``baseline_start=False``: no start, the plain oracle).
+
+The search stops when the grammar is exhausted, the time or candidate budget ends, the incumbent's
+``I1`` mean beats the ``until`` threshold (``threshold``), or on Ctrl-C or SIGTERM; it then returns
+the incumbent. The time budget bounds the whole search, baselines
 included: the deadline is checked before every image chunk scored, so the search ends at most one
 chunk's scoring after it. Candidates fully judged by then count (a batch cut short keeps those
 finished, in stream order); one cut short leaves no trace. Once the deadline passes the search
@@ -44,7 +50,8 @@ from ..lang.sexpr import parse_expr
 from ..parse.grammar import Grammar
 from ..util.progress import StatusLine
 from .config import SearchConfig
-from .oracle import hopeless, judge
+from .incumbent import best_start, better, parse_until
+from .oracle import SMALL_LEVEL, SMALL_LEVEL_MARGIN, hopeless, judge
 from .problem import Problem
 from .scorer import LocalScorer, Scorer, score_levels
 from .state import Expected, Incumbent, SearchState, load_checkpoint, save_checkpoint
@@ -56,7 +63,10 @@ class SearchOutcome:
     """What one search returns: the incumbent (None if nothing could be scored) and how it got there.
 
     ``baselines``: name -> per-image scores on ``I1`` in ``subsets`` order; ``enumeration``: the
-    enumerator's counts; ``stopped_by``: ``exhausted``, ``time``, ``candidates`` or ``interrupted``."""
+    enumerator's counts; ``stopped_by``: ``exhausted``, ``time``, ``candidates``, ``threshold`` or
+    ``interrupted``; ``threshold``: the ``until`` threshold's value (None: none, or not reached the
+    baselines); ``baseline_start``: whether the search started from a baseline when it could; ``small_level``: the
+    oracle's small-level size."""
 
     best: Node | None
     state: SearchState
@@ -65,6 +75,9 @@ class SearchOutcome:
     enumeration: dict[str, Any]
     seconds: float
     level_names: list[str] = field(default_factory=list)
+    threshold: float | None = None
+    baseline_start: bool = True
+    small_level: int = SMALL_LEVEL
 
     @property
     def level_means(self) -> dict[str, float]:
@@ -94,6 +107,10 @@ FIRST_CHECKPOINT_SECONDS = 1.0
 
 class _Stop(Exception):
     """The time budget ended before the next image chunk."""
+
+
+class _Reached(Exception):
+    """The incumbent beats the ``until`` threshold."""
 
 
 class _Interrupts:
@@ -170,6 +187,11 @@ class Search:
             raise SycamError("batch and image_chunk must be positive")
         self.problem, self.grammar, self.config = problem, grammar, config
         self.metric = config.metric
+        self.until = parse_until(config.until)
+        if self.until is not None and self.until.baseline is not None and self.until.baseline not in config.baselines:
+            raise SycamError(f"until {self.until}: the search does not score baseline {self.until.baseline} "
+                             f"(it scores {', '.join(config.baselines) or 'none'})")
+        self._threshold: float | None = None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.subsets = make_subsets(problem.n, config.level_sizes, config.seed, problem.classes,
                                     config.equivalence_size)
@@ -192,7 +214,9 @@ class Search:
         return {"problem": self.problem.digest(), "grammar": grammar_digest(self.grammar),
                 "metric": self.metric.name, "metric_options": {k: v for k, v in sorted(self.metric.options.items())},
                 "level_sizes": list(self.subsets.level_sizes), "equivalence_size": self.subsets.equivalence_size,
-                "seed": c.seed, "max_size": c.max_size, "baselines": list(c.baselines)}
+                "seed": c.seed, "max_size": c.max_size, "baselines": list(c.baselines),
+                "oracle": {"baseline_start": c.baseline_start, "small_level": c.small_level,
+                           "small_level_margin": SMALL_LEVEL_MARGIN}}
 
     def expected(self) -> Expected:
         """What a checkpoint of this search must fit (see ``load_checkpoint``)."""
@@ -240,7 +264,9 @@ class Search:
             self._interrupts = interrupts
             try:
                 self._score_baselines(state)
+                self._start(state)
                 self._checkpoint(state, fingerprint, force=True)
+                self._check_threshold(state)
                 eq = self.subsets.equivalence
                 enum = Enumerator(self.grammar, self.problem.terminals.subset(eq), self.config.max_size)
                 index = HeatmapIndex(self.problem.acts.index_select(0, eq.to(self.problem.acts.device)),
@@ -264,6 +290,8 @@ class Search:
                 self._process(pending, state, fingerprint)
             except _Stop:
                 stopped_by = "time"
+            except _Reached:
+                stopped_by = "threshold"
             except KeyboardInterrupt:
                 stopped_by = "interrupted"
             interrupts.hold()
@@ -279,7 +307,8 @@ class Search:
         if state.incumbent is not None:
             best = parse_expr(state.incumbent.expression, self.grammar.inputs, source="<incumbent>")
         return SearchOutcome(best, state, self.subsets, stopped_by,
-                             enum.stats.as_dict() if enum is not None else {}, total, self.level_names)
+                             enum.stats.as_dict() if enum is not None else {}, total, self.level_names,
+                             self._threshold, self.config.baseline_start, self.config.small_level)
 
     def _checkpoint(self, state: SearchState, fingerprint: dict[str, Any], force: bool = False) -> None:
         """Write the checkpoint when it is due (or ``force``); the interval doubles up to
@@ -339,6 +368,8 @@ class Search:
             self._record(state, node, index, verdict)
             self._show(state)
             self._checkpoint(state, fingerprint)
+            if verdict is not None and verdict[0] == "accepted":
+                self._check_threshold(state)  # candidates after it in the batch leave no trace
 
     def _prefetch(self, nodes: list[Node], state: SearchState) -> list[list[torch.Tensor | None]]:
         """Each candidate's scores on the chunks of ``I3``, computed a chunk at a time for all the
@@ -373,7 +404,7 @@ class Search:
             return False
         level, mean = self._incumbent_level(inc, j)
         return hopeless(scored, level[:len(scored)], len(level), mean, self.metric.higher_is_better,
-                        self.scorer.best_rest(j, c))
+                        self.scorer.best_rest(j, c), self.config.small_level)
 
     def _incumbent_level(self, inc: Incumbent, j: int) -> tuple[torch.Tensor, float]:
         """The incumbent's per-image scores on level ``j`` ``[n_j]`` (float64) and their mean, built once
@@ -398,6 +429,38 @@ class Search:
             if scores is None:
                 raise SycamError(f"baseline {name} ({b.expression}) gives NaN or Inf heatmaps on these images")
             state.baselines[name] = scores.tolist()
+
+    def _start(self, state: SearchState) -> None:
+        """Make the best baseline the grammar expresses the first incumbent (once, before any candidate;
+        a resumed search already has it). Its candidate index is None: it was not enumerated."""
+        if not self.config.baseline_start or state.incumbent is not None or state.history:
+            return
+        if any(name not in state.baselines for name in self.config.baselines):
+            return  # the time budget ended first
+        start = best_start(self.grammar, state.baselines, self.metric.higher_is_better)
+        if start is None:
+            return
+        name, node = start
+        scores, blocks, at = state.baselines[name], [], 0
+        for size in self.subsets.level_sizes:
+            blocks.append(scores[at:size])
+            at = size
+        text = to_sexpr(node)
+        with self._interrupts.deferred():
+            seconds = self._elapsed(state)
+            state.incumbent = Incumbent(text, blocks, seconds, None)
+            state.history.append({"expression": text, "score": sum(scores) / len(scores), "seconds": seconds,
+                                  "candidate": None, "baseline": name})
+
+    def _check_threshold(self, state: SearchState) -> None:
+        """Raise ``_Reached`` when the incumbent's ``I1`` mean beats the ``until`` threshold."""
+        if self.until is None or state.incumbent is None:
+            return
+        if self._threshold is None:
+            self._threshold = self.until.threshold(state.baselines, self.metric.higher_is_better)
+        flat = [x for b in state.incumbent.blocks for x in b]
+        if better(sum(flat) / len(flat), self._threshold, self.metric.higher_is_better):
+            raise _Reached
 
     def _consider(self, node: Node, state: SearchState,
                   prefetched: list[torch.Tensor | None] | None = None) -> tuple[str, int, list[torch.Tensor]]:
@@ -429,7 +492,8 @@ class Search:
             blocks.append(torch.cat(chunks))
             if inc is None:
                 continue
-            verdict = judge(torch.cat(blocks), self._incumbent_level(inc, j)[0], self.metric.higher_is_better)
+            verdict = judge(torch.cat(blocks), self._incumbent_level(inc, j)[0], self.metric.higher_is_better,
+                            self.config.small_level)
             if not verdict.passed:
                 outcome = "rejected"
                 break

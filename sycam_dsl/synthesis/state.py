@@ -26,12 +26,13 @@ _FORMAT = "sycam-dsl/checkpoint/1"
 
 @dataclass
 class Incumbent:
-    """The best candidate so far: its expression and per-image scores, one list per level block."""
+    """The best candidate so far: its expression and per-image scores, one list per level block;
+    ``candidate`` its enumeration index, None for the baseline the search started from."""
 
     expression: str
     blocks: list[list[float]]
     seconds: float
-    candidate: int
+    candidate: int | None
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Counts:
     invalid: int = 0                # NaN or Inf in the heatmap: not scored
     scored: dict[str, int] = field(default_factory=dict)    # per level: candidates scored there
     rejected: dict[str, int] = field(default_factory=dict)  # per level: candidates that failed there
-    accepted: int = 0               # became the incumbent
+    accepted: int = 0               # became the incumbent (the baseline start is not a candidate)
 
 
 @dataclass
@@ -181,10 +182,16 @@ class _Checker:
             if not _is_number(_get(h, "score", where)):
                 raise _Bad(f"{where}.score", f"must be a finite number, got {h['score']!r}")
             _seconds(_get(h, "seconds", where), f"{where}.seconds")
-            if _count(_get(h, "candidate", where), f"{where}.candidate") >= next_candidate:
+            if _get(h, "candidate", where) is None:  # the baseline start: first, and a known baseline
+                if i != 0 or h.get("baseline") not in exp.baselines:
+                    raise _Bad(f"{where}.candidate", "is null, but the entry is not the first one, from a baseline "
+                                                     "the search scores (its baseline field)")
+            elif _count(h["candidate"], f"{where}.candidate") >= next_candidate:
                 raise _Bad(f"{where}.candidate", f"is {h['candidate']}, not below state.next_candidate")
-        if counts.accepted != len(history):
-            raise _Bad("state.counts.accepted", f"is {counts.accepted}, but the history has {len(history)} entries")
+        accepted = sum(h["candidate"] is not None for h in history)
+        if counts.accepted != accepted:
+            raise _Bad("state.counts.accepted", f"is {counts.accepted}, but the history has {accepted} accepted "
+                                                f"candidates")
         inc = _get(d, "incumbent", "state")
         incumbent = None
         if inc is not None:
@@ -198,7 +205,8 @@ class _Checker:
                                   [self.scores(b, f"{where}.blocks[{j}]", s, n)
                                    for j, (b, s, n) in enumerate(zip(blocks, starts, exp.block_sizes))],
                                   _seconds(_get(inc, "seconds", where), f"{where}.seconds"),
-                                  _count(_get(inc, "candidate", where), f"{where}.candidate"))
+                                  None if _get(inc, "candidate", where) is None
+                                  else _count(inc["candidate"], f"{where}.candidate"))
             if not history or (history[-1]["expression"], history[-1]["candidate"]) != (
                     incumbent.expression, incumbent.candidate):
                 raise _Bad(where, "is not the last entry of state.history")
@@ -211,8 +219,12 @@ class _Checker:
         if unknown:
             raise _Bad("state.baselines", f"has unknown baseline(s) {', '.join(unknown)}")
         n = sum(exp.block_sizes)
-        return SearchState(next_candidate, seconds, scoring, incumbent, [dict(h) for h in history], counts,
-                           {k: self.scores(v, f"state.baselines.{k}", 0, n) for k, v in baselines.items()})
+        scored = {k: self.scores(v, f"state.baselines.{k}", 0, n) for k, v in baselines.items()}
+        if incumbent is not None and incumbent.candidate is None:
+            name = history[0]["baseline"]
+            if [x for b in incumbent.blocks for x in b] != scored.get(name):
+                raise _Bad("state.incumbent.blocks", f"are not the scores of baseline {name}, which it starts from")
+        return SearchState(next_candidate, seconds, scoring, incumbent, [dict(h) for h in history], counts, scored)
 
 
 def load_checkpoint(folder: Path, fingerprint: dict[str, Any], expected: Expected) -> SearchState | None:
