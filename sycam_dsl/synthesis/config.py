@@ -17,6 +17,7 @@ from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import Metric
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
+from .split import DEFAULT_TEST_SPLIT
 from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
 
 DEFAULT_MAX_SIZE = 12
@@ -69,6 +70,8 @@ class SearchOptions:
     """How ``synthesize`` searches: the oracle's image subsets (``seed``, ``level_sizes`` smallest
     first with None for all, ``equivalence_size``), the largest expression ``max_size``, and with
     ``per_class`` the fewest images a class needs for a search of its own (``min_class_images``).
+    ``test_split``: the share of the images held out before any search and scored only in the final
+    tables (seeded, stratified by class; 0: off; see ``split.py``).
 
     The evaluation engine (none of it changes the result): ``memo_mb`` MB of memoized Deletion /
     Insertion forward passes (0: off), ``candidate_batch`` candidates scored together on ``I3``,
@@ -83,6 +86,7 @@ class SearchOptions:
     candidate_batch: int = DEFAULT_BATCH
     image_chunk: int | None = DEFAULT_IMAGE_CHUNK
     early_stop: bool = True
+    test_split: float = DEFAULT_TEST_SPLIT
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,8 @@ class Search:
         return {"problem": self.problem.digest(), "grammar": grammar_digest(self.grammar),
                 "metric": self.metric.name, "metric_options": {k: v for k, v in sorted(self.metric.options.items())},
                 "level_sizes": list(self.subsets.level_sizes), "equivalence_size": self.subsets.equivalence_size,
-                "seed": c.seed, "max_size": c.max_size, "baselines": list(c.baselines)}
+                "seed": c.seed, "max_size": c.max_size, "baselines": list(c.baselines),
+                **({"test_split": c.test_split} if c.test_split else {})}
 
     def expected(self) -> Expected:
         """What a checkpoint of this search must fit (see ``load_checkpoint``)."""
