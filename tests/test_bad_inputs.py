@@ -259,7 +259,7 @@ def test_synth_reports_a_method_with_blank_heatmaps(tmp_path):
     grammar = tmp_path / "negative.sy"
     grammar.write_text("(synth-cam w ((grads Vec)) Vec ((E Vec ((neg (abs grads))))))\n")
     result = synthesize(load_bundled_model(), None, bundled_images(12), grammar=grammar, budget=60,
-                        out_dir=tmp_path / "run", search=SearchOptions(level_sizes=(6, None), equivalence_size=4),
+                        out_dir=tmp_path / "run", search=SearchOptions(level_sizes=(6, None), equivalence_size=4, test_split=0),
                         output=OutputOptions(report_images=0, progress=False))
     assert result.expression == "(neg (abs grads))"
     sycam = [w for w in result.data["warnings"] if w.startswith("SyCAM:")]

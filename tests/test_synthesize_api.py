@@ -59,8 +59,9 @@ def test_output_folder_and_schema(tmp_path):
     assert [m["name"] for m in d["evaluation"][0]["methods"]] == ["GradCAM", "GradCAM++", "ScoreCAM", "AblationCAM",
                                                                   "SyCAM"]
     assert set(d["level_scores"]) == {"I3", "I2", "I1"}
-    # the table's SyCAM mean is the incumbent's I1 score (same images, same metric)
-    sycam = d["evaluation"][0]["methods"][-1]["mean"]
+    # the searched images' table's SyCAM mean is the incumbent's I1 score (same images, same metric)
+    assert d["test_split"]["images"] == 3 and len(d["evaluation"]) == len(d["evaluation_search"])
+    sycam = d["evaluation_search"][0]["methods"][-1]["mean"]
     assert sycam == pytest.approx(d["level_scores"]["I1"], abs=1e-9)
     assert d["history"][-1]["score"] == pytest.approx(sycam, abs=1e-9)
     for name in ("report.md", "heatmaps.png", "score.png", "cam.pt", "checkpoint.json"):

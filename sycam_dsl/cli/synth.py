@@ -18,6 +18,7 @@ from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import known_metrics
 from ..synthesis.config import DEFAULT_MAX_SIZE
 from ..synthesis.incumbent import parse_until
+from ..synthesis.split import DEFAULT_TEST_SPLIT, MIN_SPLIT_IMAGES, check_fraction
 from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
 from .options import (
     IMAGES_HELP,
@@ -64,6 +65,15 @@ def _until(text: str) -> str:
     return text
 
 
+def _fraction(text: str) -> float:
+    try:
+        return check_fraction(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    except SycamError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def configure(s: argparse.ArgumentParser) -> None:
     s.description = ("Search a grammar of weight expressions for the one that scores best on a metric for a model "
                     "and images, compare it with GradCAM, GradCAM++, ScoreCAM and AblationCAM, and write "
@@ -93,7 +103,11 @@ def configure(s: argparse.ArgumentParser) -> None:
                    help="oracle level sizes, smallest first (default 100,1000,all; 50,100,all for the benchmark)")
     s.add_argument("--equivalence-images", type=positive_int, default=DEFAULT_EQUIVALENCE_SIZE, metavar="N",
                    help=f"images of the observational-equivalence subset (default {DEFAULT_EQUIVALENCE_SIZE})")
-    s.add_argument("--seed", type=int, default=0, help="seed of the image subsets (default 0)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the image subsets and the test split (default 0)")
+    s.add_argument("--test-split", type=_fraction, default=DEFAULT_TEST_SPLIT, metavar="FRACTION",
+                   help=f"share of the images held out before the search, stratified by class, and scored only in "
+                        f"the final tables (default {DEFAULT_TEST_SPLIT:g}; 0: off; off with a warning when either "
+                        f"side would have fewer than {MIN_SPLIT_IMAGES} images)")
     s.add_argument("--report-metrics", metavar="LIST", help="metrics of the final comparison tables, comma-separated "
                                                             "(default: the search metric; all four for the benchmark)")
     s.add_argument("--report-images", type=nonnegative_int, default=4, metavar="N",
@@ -169,8 +183,9 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                         resume=args.resume, device=args.device,
                         data=DataOptions(targets=targets, batch_size=args.batch_size, chunk_size=args.chunk_size,
                                          cache_dir=args.cache_dir, use_cache=not args.no_cache),
-                        search=SearchOptions(seed=args.seed, equivalence_size=args.equivalence_images,
-                                             max_size=args.max_size, until=args.until, **engine),
+                        search=SearchOptions(seed=args.seed, test_split=args.test_split,
+                                             equivalence_size=args.equivalence_images, max_size=args.max_size,
+                                             until=args.until, **engine),
                         output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
                                              progress=not args.quiet, settings={"bundled_benchmark": bundled}))
     d = result.data
@@ -186,8 +201,10 @@ def _search(args: argparse.Namespace, out: Path) -> int:
     print()
     c = d["counts"]
     seconds = sum(o.seconds for o in result.outcomes)  # over every run of a resumed search
+    held_out = d["test_split"]["images"]
+    searched = f" ({d['images']['searched']} searched, {held_out} held out)" if held_out else ""
     print(f"{c['considered']} candidates in {seconds:.1f} s of search ({d['stopped_by']}); "
-          f"{d['images']['total']} images; total {d['timings']['total_s']:.1f} s")
+          f"{d['images']['total']} images{searched}; total {d['timings']['total_s']:.1f} s")
     print(f"wrote {out}/: " + ", ".join(v if isinstance(v, str) else ", ".join(v) for v in d["files"].values()))
     if d["stopped_by"] == "interrupted":
         print(f"sycam-dsl: interrupted; the results so far are in {out}; continue with --resume -o {out}",

@@ -6,10 +6,11 @@
     print(result.table())          # SyCAM against GradCAM, GradCAM++, ScoreCAM and AblationCAM
     cam = result.compile()         # a TorchScript module computing the weights W
 
-The pipeline: load the model and images, compute the terminals (cached on disk), run the search
-(one, or one per predicted class), score the result and the baselines on every evaluation image,
-then write the output folder (``result.json``, ``cam.pt``, ``report.md``, the heatmap grid and the
-score plot; see ``outputs.py``).
+The pipeline: load the model and images, compute the terminals (cached on disk), hold out the
+test split (``SearchOptions.test_split``; the search never sees those images), run the search (one,
+or one per predicted class) on the rest, score the result and the baselines on the test split and
+on the searched images, then write the output folder (``result.json``, ``cam.pt``, ``report.md``,
+the heatmap grid and the score plot; see ``outputs.py``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .per_class import ClassSearch, check_resume_kind, dispatch_of, search_per_c
 from .problem import Data, Problem
 from .result import SYCAM, Result, RunRecord
 from .search import Search
+from .split import make_split
 
 
 def resolve_metric(metric: str | Metric, options: dict[str, Any] | None) -> Metric:
@@ -186,6 +188,10 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
                                         data.chunk_size, data.cache_dir, data.use_cache, output.progress,
                                         search.memo_mb)
     terminal_seconds = time.perf_counter() - t0
+    # the test split is set aside before any search: the searches only ever get ``search_problem``
+    split = make_split(problem, search.test_split, search.seed, problem.targets if per_class else problem.classes)
+    search_problem = problem.subset(split.search) if split.on else problem
+    test_problem = problem.subset(split.test) if split.on else None
     options = {f.name: getattr(search, f.name) for f in fields(SearchOptions)}
     config = SearchConfig(search_metric, as_budget(budget), **{**options, "level_sizes": tuple(search.level_sizes)})
 
@@ -193,16 +199,16 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
     dispatch: Dispatch | None = None
     searches: list[ClassSearch] = []
     if per_class:
-        searches, stopped_by = search_per_class(problem, gram, config, out, output.progress, resume,
+        searches, stopped_by = search_per_class(search_problem, gram, config, out, output.progress, resume,
                                                 search.min_class_images)
         outcomes = [s.outcome for s in searches]
-        dispatch = dispatch_of(searches, config, problem)
+        dispatch = dispatch_of(searches, config, search_problem)
         best = dispatch.fallback if dispatch is not None else None
-        eval_problem = problem
+        eval_problem = search_problem
     else:
-        outcome = Search(problem, gram, config, out, output.progress).run(resume=resume)
+        outcome = Search(search_problem, gram, config, out, output.progress).run(resume=resume)
         outcomes, stopped_by, best = [outcome], outcome.stopped_by, outcome.best
-        eval_problem = problem.subset(outcome.subsets.level(len(outcome.subsets.level_sizes) - 1))
+        eval_problem = search_problem.subset(outcome.subsets.level(len(outcome.subsets.level_sizes) - 1))
     search_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -212,10 +218,14 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         methods[SYCAM] = ("per-class dispatch", dispatch)
     elif best is not None:
         methods[SYCAM] = (to_sexpr(best), best)
-    tables = evaluate_methods(methods, shown, eval_problem)
+    search_tables = evaluate_methods(methods, shown, eval_problem)
+    test_tables = evaluate_methods(methods, shown, test_problem) if test_problem is not None else None
     eval_seconds = time.perf_counter() - t0
 
-    result = Result(best, dispatch, tables, {}, out, outcomes)
+    if test_tables is not None:
+        result = Result(best, dispatch, test_tables, {}, out, outcomes, search_tables=search_tables)
+    else:
+        result = Result(best, dispatch, search_tables, {}, out, outcomes)
     timings = {"terminals_s": terminal_seconds, "search_s": search_seconds, "evaluation_s": eval_seconds}
     run_settings = {
         "model": loaded.name, "model_source": loaded.source, "weights": weights, "layer": layer_name,
@@ -227,8 +237,11 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         "batch_size": data.batch_size, "chunk_size": data.chunk_size, "min_class_images": search.min_class_images,
         "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
         "early_stop": search.early_stop, "until": None if search.until is None else str(parse_until(search.until)),
-        **(output.settings or {}),
+        "test_split": split.fraction, **(output.settings or {}),
     }
     write_outputs(RunRecord(result, loaded, images_data, problem, eval_problem, gram, searches, stopped_by,
-                            run_settings, timings, t_start, output.report_images))
+                            run_settings, timings, t_start, output.report_images, search_problem=search_problem,
+                            test_problem=test_problem, split=split,
+                            stratified_by="predicted class" if per_class or images_data.labels is None
+                            else "label"))
     return result

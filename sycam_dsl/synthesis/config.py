@@ -19,6 +19,7 @@ from ..metrics.registry import Metric
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from .incumbent import parse_until
 from .oracle import SMALL_LEVEL
+from .split import DEFAULT_TEST_SPLIT
 from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
 
 DEFAULT_MAX_SIZE = 12
@@ -74,6 +75,8 @@ class SearchOptions:
     ``until``: stop at the first incumbent whose ``I1`` mean beats a threshold, a number or a baseline
     name with an optional margin in the metric's better direction (``0.40``, ``"ScoreCAM"``,
     ``"ScoreCAM+0.005"``; see ``incumbent.Until``; None: search the whole budget).
+    ``test_split``: the share of the images held out before any search and scored only in the final
+    tables (seeded, stratified by class; 0: off; see ``split.py``).
 
     The evaluation engine (none of it changes the result): ``memo_mb`` MB of memoized Deletion /
     Insertion forward passes (0: off), ``candidate_batch`` candidates scored together on ``I3``,
@@ -89,6 +92,7 @@ class SearchOptions:
     image_chunk: int | None = DEFAULT_IMAGE_CHUNK
     early_stop: bool = True
     until: float | str | None = None
+    test_split: float = DEFAULT_TEST_SPLIT
 
     def __post_init__(self) -> None:
         parse_until(self.until)  # a bad threshold is refused before any work

@@ -87,7 +87,7 @@ def _grid(result: Result, model: LoadedModel, data: Data, problem: Problem, n_ro
 def _plot(result: Result, searches: list[ClassSearch], folder: Path) -> list[str]:
     from .figures import save_score_plot
 
-    metric, rows = result.tables[0]
+    metric, rows = result.searched_tables[0]  # the incumbent's history is scored on the searched images
     written = []
     if result.dispatch is None and result.outcomes:
         o = result.outcomes[0]
@@ -122,7 +122,7 @@ def write_outputs(record: RunRecord) -> None:
                 save_torchscript(result.best, folder / FILES["cam"])
             files["cam"] = FILES["cam"]
         if record.report_images > 0:
-            _grid(result, record.model, record.data, record.problem, record.report_images, folder / FILES["grid"])
+            _grid(result, record.model, record.data, record.searched, record.report_images, folder / FILES["grid"])
             files["grid"] = FILES["grid"]
         files["plots"] = _plot(result, record.searches, folder)
         files["report"] = FILES["report"]

@@ -19,7 +19,8 @@ def _budget(settings: dict[str, Any]) -> str:
 
 
 def comparison_table(evaluation: dict[str, Any]) -> list[str]:
-    """One metric's table: method, mean, share of images where it is best, expression."""
+    """One metric's table: method, mean, share of images where it is best, expression. (An interval
+    column for the test split's means would go after ``mean``.)"""
     direction = "higher" if evaluation["higher_is_better"] else "lower"
     means = [m["mean"] for m in evaluation["methods"]]
     best = max(means) if evaluation["higher_is_better"] else min(means)
@@ -32,14 +33,27 @@ def comparison_table(evaluation: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _split_line(d: dict[str, Any]) -> str:
+    """The report's line on the test split: its size and stratification, or that it is off and why."""
+    split = d.get("test_split") or {}
+    if split.get("images"):
+        return (f"{split['images']} images ({split['fraction']:g} of them, stratified by {split['stratified_by']}) "
+                f"held out before the search and scored only in the tables below; {d['images']['searched']} searched")
+    if split.get("warning"):
+        return str(split["warning"]).removeprefix("test split ")
+    return "off (test_split 0); every score is on the searched images"
+
+
 def markdown_report(d: dict[str, Any]) -> str:
     """The report of a result dict (``result.json``)."""
     s, metric = d["settings"], d["metric"]
     opts = ", ".join(f"{k}={v}" for k, v in metric["options"].items())
+    split_on = d.get("evaluation_search") is not None
+    evaluated = "" if split_on else f" ({d['images']['evaluated']} in the evaluation set)"
     lines = ["# sycam-dsl synthesis report", "",
              f"- model: `{s['model']}`, layer `{s['layer']}`, {s['size']} px, device {s['device']}",
-             f"- images: {d['images']['total']} from `{d['images']['source']}` "
-             f"({d['images']['evaluated']} in the evaluation set)",
+             f"- images: {d['images']['total']} from `{d['images']['source']}`{evaluated}",
+             f"- test split: {_split_line(d)}",
              f"- metric: **{metric['name']}**{f' ({opts})' if opts else ''}, "
              f"{'higher' if metric['higher_is_better'] else 'lower'} is better",
              f"- grammar: `{d['grammar']['source']}`; budget: {_budget(s)}; stopped by: {d['stopped_by']}"
@@ -60,9 +74,22 @@ def markdown_report(d: dict[str, Any]) -> str:
             lines.append("")
     if d.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in d["warnings"]] + [""]
-    lines += ["## SyCAM against the baselines", ""]
-    for ev in d["evaluation"]:
-        lines += comparison_table(ev)
+    split = d.get("test_split") or {}
+    if split_on:
+        lines += [f"## SyCAM against the baselines: test split ({d['images']['evaluated']} images never searched)",
+                  ""]
+        for ev in d["evaluation"]:
+            lines += comparison_table(ev)
+        lines += [f"## SyCAM against the baselines: search split ({d['images']['searched']} images searched)", ""]
+        for ev in d["evaluation_search"]:
+            lines += comparison_table(ev)
+        if split.get("gap"):
+            lines += ["Gap of SyCAM (search split minus test split): " + ", ".join(
+                f"{k} {v:+.4f}" for k, v in split["gap"].items()), ""]
+    else:
+        lines += ["## SyCAM against the baselines", ""]
+        for ev in d["evaluation"]:
+            lines += comparison_table(ev)
     if d.get("not_chosen"):
         lines += ["Better on average than the result, but not chosen:", ""]
         lines += [f"- {n['method']}: {n['reason']}" for n in d["not_chosen"]] + [""]

@@ -27,6 +27,7 @@ from .oracle import SMALL_LEVEL
 from .per_class import ClassSearch
 from .problem import Data, Problem
 from .search import SearchOutcome
+from .split import Split
 
 #: The synthesized method's name in the tables.
 SYCAM = "SyCAM"
@@ -39,7 +40,9 @@ class Result:
 
     ``best``: the synthesized expression (for a per-class result, the fallback); ``dispatch``: the
     per-class expressions when ``per_class``; ``tables``: one comparison table per report metric
-    (SyCAM and the baselines on every evaluation image); ``out_dir``: where the files were written."""
+    (SyCAM and the baselines) on the test split, or on the searched images when the split is off;
+    ``search_tables``: the same on the searched images when there is a test split (else None);
+    ``out_dir``: where the files were written."""
 
     best: Node | None
     dispatch: Dispatch | None
@@ -47,17 +50,35 @@ class Result:
     data: dict[str, Any]
     out_dir: Path | None = None
     outcomes: list[SearchOutcome] = field(default_factory=list)
+    search_tables: list[tuple[Metric, list[Row]]] | None = None
+
+    @property
+    def searched_tables(self) -> list[tuple[Metric, list[Row]]]:
+        """The tables on the searched images (with or without a test split)."""
+        return self.search_tables if self.search_tables is not None else self.tables
 
     @property
     def expression(self) -> str | None:
         return None if self.best is None else to_sexpr(self.best)
 
     def table(self) -> str:
-        """The comparison tables as text."""
+        """The comparison tables as text: the test split's first, then the searched images' and the
+        gap between them (only the searched images' when the split is off)."""
         from ..metrics.compare import format_table
 
         n = self.data["images"]["evaluated"]
-        return "\n\n".join(format_table(rows, m, n) for m, rows in self.tables)
+        text = "\n\n".join(format_table(rows, m, n) for m, rows in self.tables)
+        if self.search_tables is None:
+            return text
+        searched = self.data["images"]["searched"]
+        search_text = "\n\n".join(format_table(rows, m, searched) for m, rows in self.search_tables)
+        gap = self.data["test_split"]["gap"]
+        lines = [f"test split: {n} images the search never saw", "", text, "",
+                 f"search split: the {searched} images searched", "", search_text]
+        if gap:
+            lines += ["", f"gap of {SYCAM} (search split - test split): "
+                      + ", ".join(f"{k} {v:+.4f}" for k, v in gap.items())]
+        return "\n".join(lines)
 
     def compile(self) -> torch.jit.ScriptModule:
         """The TorchScript module of the result (a class dispatch for a per-class result)."""
@@ -73,10 +94,13 @@ class Result:
 @dataclass
 class RunRecord:
     """Everything the output folder of one run is written from: the ``result``; the ``model``, the
-    ``data`` and the ``problem`` searched (``eval_problem``: the images of the final tables);
+    ``data`` and the ``problem`` of all images (``eval_problem``: the searched images of the
+    final tables);
     the ``grammar``; the per-class ``searches`` (empty for one search) and why the search stopped
     (``stopped_by``); ``settings`` and ``timings`` for ``result.json``; ``t_start`` the run's
-    ``time.perf_counter()`` start; ``report_images`` rows of the heatmap grid."""
+    ``time.perf_counter()`` start; ``report_images`` rows of the heatmap grid; ``search_problem``
+    the images searched (None: all), ``test_problem`` the test split's (None: off), ``split`` the
+    split and ``stratified_by`` what it was stratified by."""
 
     result: Result
     model: LoadedModel
@@ -90,6 +114,14 @@ class RunRecord:
     timings: dict[str, float]
     t_start: float
     report_images: int
+    search_problem: Problem | None = None
+    test_problem: Problem | None = None
+    split: Split | None = None
+    stratified_by: str = "label"
+
+    @property
+    def searched(self) -> Problem:
+        return self.search_problem if self.search_problem is not None else self.problem
 
 
 def versions() -> dict[str, str]:
@@ -148,7 +180,42 @@ def _warnings(record: RunRecord) -> list[str]:
     sycam = r.dispatch if r.dispatch is not None else r.best
     if sycam is not None:
         methods[SYCAM] = sycam
-    return method_warnings(methods, record.eval_problem)
+    split_warning = [record.split.warning] if record.split is not None and record.split.warning else []
+    shown = record.test_problem if record.test_problem is not None else record.eval_problem
+    return split_warning + method_warnings(methods, shown)
+
+
+def _evaluation(tables: list[tuple[Metric, list[Row]]]) -> list[dict[str, Any]]:
+    """``result.json``'s form of comparison tables. (A bootstrap interval of each mean would go
+    here, per method, next to ``mean``.)"""
+    return [{"metric": m.name, "options": dict(m.options), "higher_is_better": m.higher_is_better,
+             "methods": [{"name": r.name, "expression": r.expression, "mean": r.mean, "best_share": r.best_share}
+                         for r in rs]} for m, rs in tables]
+
+
+def _gap(test: list[tuple[Metric, list[Row]]], searched: list[tuple[Metric, list[Row]]]) -> dict[str, float]:
+    """Per metric, the synthesized method's mean on the searched images minus its mean on the test
+    split (empty when the search scored no candidate)."""
+    out = {}
+    for (m, test_rows), (_, search_rows) in zip(test, searched):
+        t = {r.name: r.mean for r in test_rows}
+        s = {r.name: r.mean for r in search_rows}
+        if SYCAM in t and SYCAM in s:
+            out[m.name] = s[SYCAM] - t[SYCAM]
+    return out
+
+
+def _test_split(record: RunRecord) -> dict[str, Any]:
+    """``result.json``'s ``test_split``: the fraction asked for, the held-out images (positions in
+    the image set and files), what stratified them, the gap and why the split is off if it is."""
+    split, test = record.split, record.test_problem
+    index = [] if test is None else [int(i) for i in test.index.tolist()]
+    r = record.result
+    return {"fraction": split.fraction if split is not None else 0.0, "images": len(index),
+            "indices": index, "files": [record.data.files[i] for i in index],
+            "stratified_by": record.stratified_by if index else None,
+            "gap": _gap(r.tables, r.search_tables) if r.search_tables is not None else None,
+            "warning": split.warning if split is not None else None}
 
 
 def _not_chosen(record: RunRecord) -> list[dict[str, str]]:
@@ -199,14 +266,16 @@ def result_data(record: RunRecord) -> dict[str, Any]:
         "per_class": None,
         "baselines": [{"name": b, "expression": baseline(b).expression, "score": by_name[b].mean}
                       for b in SEARCH_BASELINES if b in by_name],
-        "evaluation": [{"metric": m.name, "options": dict(m.options), "higher_is_better": m.higher_is_better,
-                        "methods": [{"name": r.name, "expression": r.expression, "mean": r.mean,
-                                     "best_share": r.best_share} for r in rs]} for m, rs in tables],
+        "evaluation": _evaluation(tables),
+        "evaluation_search": _evaluation(result.search_tables) if result.search_tables is not None else None,
+        "test_split": _test_split(record),
         "counts": _counts(outcomes),
         "timings": {**record.timings,
                     "enumeration_s": sum(o.enumeration.get("seconds", 0.0) for o in outcomes),
                     "scoring_s": sum(o.state.scoring_seconds for o in outcomes)},
-        "images": {"total": record.problem.n, "evaluated": record.eval_problem.n, "source": record.data.source},
+        "images": {"total": record.problem.n,
+                   "evaluated": record.test_problem.n if record.test_problem is not None else record.eval_problem.n,
+                   "searched": record.searched.n, "source": record.data.source},
         "engine": _engine(record.problem),
         "warnings": _warnings(record),
         "not_chosen": _not_chosen(record),

@@ -216,7 +216,8 @@ class Search:
                 "level_sizes": list(self.subsets.level_sizes), "equivalence_size": self.subsets.equivalence_size,
                 "seed": c.seed, "max_size": c.max_size, "baselines": list(c.baselines),
                 "oracle": {"baseline_start": c.baseline_start, "small_level": c.small_level,
-                           "small_level_margin": SMALL_LEVEL_MARGIN}}
+                           "small_level_margin": SMALL_LEVEL_MARGIN},
+                **({"test_split": c.test_split} if c.test_split else {})}
 
     def expected(self) -> Expected:
         """What a checkpoint of this search must fit (see ``load_checkpoint``)."""
