@@ -65,3 +65,24 @@ def test_bad_inputs_are_refused():
         paired_bootstrap(torch.zeros(3), torch.zeros(4), True)
     with pytest.raises(ValueError):
         paired_bootstrap(torch.zeros(0), torch.zeros(0), True)
+
+
+def test_the_result_compares_sycam_with_each_method_on_the_same_images():
+    from sycam_dsl.metrics import get_metric
+    from sycam_dsl.metrics.compare import Row
+    from sycam_dsl.synthesis.result import SYCAM, comparison_lines, comparisons
+
+    metric = get_metric("average_drop")            # lower is better
+    base = [10.0, 12.0, 9.0, 11.0, 10.5, 8.0]
+    rows = [Row("ScoreCAM", "cic", sum(base) / 6, 0.0, base),
+            Row(SYCAM, "(* cic cic)", 0.0, 1.0, [b - 1.0 for b in base]),
+            Row("GradCAM", "grads", 0.0, 0.0, [b - 1.0 for b in base])]
+    comps = comparisons([(metric, rows)])
+    versus = {v["method"]: v for v in comps[0]["versus"]}
+    assert set(versus) == {"ScoreCAM", "GradCAM"}
+    assert versus["ScoreCAM"]["verdict"] == "better" and versus["ScoreCAM"]["mean_difference"] == pytest.approx(1.0)
+    assert versus["GradCAM"]["verdict"] == "no significant difference" and versus["GradCAM"]["better_share"] == 0.0
+    direct = paired_bootstrap(torch.tensor(rows[1].per_image), torch.tensor(base), higher_is_better=False)
+    assert (versus["ScoreCAM"]["low"], versus["ScoreCAM"]["high"]) == (direct.low, direct.high)
+    lines = comparison_lines({"comparisons": comps, "evaluation_search": None})
+    assert lines[1] == "  average_drop: " + versus["ScoreCAM"]["sentence"]

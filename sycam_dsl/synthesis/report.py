@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .result import comparison_lines
+
 
 def _fmt(v: float) -> str:
     return f"{v:.4f}"
@@ -31,6 +33,12 @@ def comparison_table(evaluation: dict[str, Any]) -> list[str]:
         lines.append(f"| {m['name']} | {'**' + mean + '**' if m['mean'] == best else mean} | "
                      f"{100 * m['best_share']:.1f}% | `{m['expression']}` |")
     return lines + [""]
+
+
+def _intervals(d: dict[str, Any]) -> list[str]:
+    """The paired comparisons of ``result.json`` as a list under the tables they belong to."""
+    lines = comparison_lines(d)
+    return ([f"**{lines[0]}**", ""] + [f"- {line.strip()}" for line in lines[1:]] + [""]) if lines else []
 
 
 def _split_line(d: dict[str, Any]) -> str:
@@ -80,6 +88,7 @@ def markdown_report(d: dict[str, Any]) -> str:
                   ""]
         for ev in d["evaluation"]:
             lines += comparison_table(ev)
+        lines += _intervals(d)
         lines += [f"## SyCAM against the baselines: search split ({d['images']['searched']} images searched)", ""]
         for ev in d["evaluation_search"]:
             lines += comparison_table(ev)
@@ -90,6 +99,7 @@ def markdown_report(d: dict[str, Any]) -> str:
         lines += ["## SyCAM against the baselines", ""]
         for ev in d["evaluation"]:
             lines += comparison_table(ev)
+        lines += _intervals(d)
     if d.get("not_chosen"):
         lines += ["Better on average than the result, but not chosen:", ""]
         lines += [f"- {n['method']}: {n['reason']}" for n in d["not_chosen"]] + [""]

@@ -16,6 +16,7 @@ from ..baselines import BASELINE_EXPRESSIONS, SEARCH_BASELINES, baseline
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..metrics.compare import Row
+from ..metrics.intervals import paired_bootstrap
 from ..metrics.registry import Metric
 from ..models import LoadedModel
 from ..parse.grammar import Grammar
@@ -68,6 +69,9 @@ class Result:
 
         n = self.data["images"]["evaluated"]
         text = "\n\n".join(format_table(rows, m, n) for m, rows in self.tables)
+        intervals = comparison_lines(self.data)
+        if intervals:
+            text += "\n\n" + "\n".join(intervals)
         if self.search_tables is None:
             return text
         searched = self.data["images"]["searched"]
@@ -193,6 +197,41 @@ def _evaluation(tables: list[tuple[Metric, list[Row]]]) -> list[dict[str, Any]]:
                          for r in rs]} for m, rs in tables]
 
 
+def comparisons(tables: list[tuple[Metric, list[Row]]]) -> list[dict[str, Any]]:
+    """Per metric, the synthesized method against each other method of the table on the same images:
+    the mean per-image improvement with its seeded 95% percentile-bootstrap interval (10,000
+    resamples, ``metrics.intervals``), the share of images where it is better, and the verdict
+    ("better" only when the interval excludes 0 in the metric's better direction)."""
+    out = []
+    for m, rows in tables:
+        by_name = {r.name: r for r in rows}
+        if SYCAM not in by_name:
+            continue
+        ours = torch.tensor(by_name[SYCAM].per_image, dtype=torch.float64)
+        versus = []
+        for r in rows:
+            if r.name == SYCAM:
+                continue
+            c = paired_bootstrap(ours, torch.tensor(r.per_image, dtype=torch.float64), m.higher_is_better)
+            versus.append({"method": r.name, "mean_difference": c.mean, "low": c.low, "high": c.high,
+                           "level": c.level, "better_share": c.better_share, "images": c.n, "verdict": c.verdict,
+                           "sentence": c.sentence(SYCAM, r.name)})
+        out.append({"metric": m.name, "higher_is_better": m.higher_is_better, "versus": versus})
+    return out
+
+
+def comparison_lines(data: dict[str, Any]) -> list[str]:
+    """The sentences of ``result.json``'s ``comparisons``, one per metric and method."""
+    comps = data.get("comparisons") or []
+    if not comps:
+        return []
+    where = "the test split" if data.get("evaluation_search") is not None else "these images"
+    lines = [f"{SYCAM} against each method on {where} (mean per-image improvement, 95% bootstrap CI):"]
+    for comp in comps:
+        lines += [f"  {comp['metric']}: {v['sentence']}" for v in comp["versus"]]
+    return lines
+
+
 def _gap(test: list[tuple[Metric, list[Row]]], searched: list[tuple[Metric, list[Row]]]) -> dict[str, float]:
     """Per metric, the synthesized method's mean on the searched images minus its mean on the test
     split (empty when the search scored no candidate)."""
@@ -267,6 +306,7 @@ def result_data(record: RunRecord) -> dict[str, Any]:
         "baselines": [{"name": b, "expression": baseline(b).expression, "score": by_name[b].mean}
                       for b in SEARCH_BASELINES if b in by_name],
         "evaluation": _evaluation(tables),
+        "comparisons": comparisons(tables),
         "evaluation_search": _evaluation(result.search_tables) if result.search_tables is not None else None,
         "test_split": _test_split(record),
         "counts": _counts(outcomes),
