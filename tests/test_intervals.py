@@ -86,3 +86,11 @@ def test_the_result_compares_sycam_with_each_method_on_the_same_images():
     assert (versus["ScoreCAM"]["low"], versus["ScoreCAM"]["high"]) == (direct.low, direct.high)
     lines = comparison_lines({"comparisons": comps, "evaluation_search": None})
     assert lines[1] == "  average_drop: " + versus["ScoreCAM"]["sentence"]
+
+
+def test_an_interval_that_straddles_zero_is_no_significant_difference():
+    b = torch.zeros(40, dtype=torch.float64)
+    a = torch.tensor([0.1, -0.1] * 20, dtype=torch.float64)   # as often better as worse
+    got = paired_bootstrap(a, b, higher_is_better=True)
+    assert got.low < 0 < got.high and got.verdict == "no significant difference"
+    assert "shows no significant difference from ScoreCAM" in got.sentence("SyCAM", "ScoreCAM")
