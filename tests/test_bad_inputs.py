@@ -420,3 +420,19 @@ def test_devices_weights_and_sizes_are_checked_with_one_line(photo, tmp_path, ex
     args = ["terminals", "--model", "tests.cam_reference:TinyCNN", "--layer", "features.4", "--names", "grads,cic",
             "--images", str(photo), "--quiet", "--cache-dir", str(tmp_path), "-o", str(tmp_path / "t.pt")]
     _one_line(args + extra, pattern)
+
+
+def test_review_cases_give_one_line(tmp_path):
+    (tmp_path / "pc.json").write_text(json.dumps({"expression": "grads", "per_class": {"fallback": "grads"}}))
+    _one_line(["compile", str(tmp_path / "pc.json"), "-o", str(tmp_path / "cam.pt")],
+              "per_class.classes must map class indices")
+    _one_line(["synth", "--time", "nan"], "argument --time: expected a finite positive number")
+    _one_line(["eval", "--model", "bundled", "--images", str(tmp_path), "--json", str(tmp_path)], "is a folder")
+
+
+def test_a_budget_of_nan_seconds_is_refused():
+    from sycam_dsl.errors import SycamError
+    from sycam_dsl.synthesis import Budget
+
+    with pytest.raises(SycamError, match="finite positive"):
+        Budget(seconds=float("nan"))

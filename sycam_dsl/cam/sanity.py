@@ -256,6 +256,10 @@ def randomization_check(model: nn.Module | LoadedModel, layer: str | None, image
     module = _module_of(model)
     if isinstance(model, LoadedModel) and layer is None:
         layer = model.target_layer
+    if min(images.shape[-2:]) < SSIM_WINDOW:  # before any terminal work: SSIM needs its whole window
+        raise TerminalError(f"the sanity check compares heatmaps with an {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window, but "
+                            f"the images are {images.shape[-2]}x{images.shape[-1]}; use images of at least "
+                            f"{SSIM_WINDOW} px")
     dev = resolve_device(device)
     names = sorted({t for node in methods.values() for t in node.terminals()})
     if modules is None:

@@ -37,7 +37,11 @@ def per_class_result(text: str) -> dict | None:
     pc = data.get("per_class") if isinstance(data, dict) else None
     if not pc:
         return None
-    return {"classes": {c: part["expression"] for c, part in pc["classes"].items()}, "fallback": pc["fallback"]}
+    classes = pc.get("classes") if isinstance(pc, dict) else None
+    if not isinstance(classes, dict) or not all(
+            isinstance(c, str) and c.isdigit() and isinstance(part, dict) for c, part in classes.items()):
+        raise SycamError(f"{p}: per_class.classes must map class indices (0, 1, ...) to their searches")
+    return {"classes": {c: part.get("expression") for c, part in classes.items()}, "fallback": pc.get("fallback")}
 
 
 def run(args: argparse.Namespace) -> None:

@@ -7,14 +7,13 @@ also as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from ..baselines import BASELINE_EXPRESSIONS
 from ..errors import SycamError
 from ..metrics.registry import known_metrics
+from ..util.files import atomic_write_json
 from .options import (
     IMAGES_HELP,
     MASKS_HELP,
@@ -23,6 +22,7 @@ from .options import (
     add_targets,
     compute_terminals_from,
     metrics_from_args,
+    output_file,
     targets_from,
     warn,
     weight_expression,
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> None:
     from ..metrics.registry import MetricInputs
     from ..models import load_model
 
+    out = output_file(args.json, (".json",)) if args.json else None  # checked before any work
     methods = {b.name: (b.expression, b.node) for b in baselines(args.baselines)}
     for i, text in enumerate(args.expressions, 1):
         methods[f"expr {i}"] = weight_expression(text)
@@ -96,13 +97,11 @@ def run(args: argparse.Namespace) -> None:
     expressions = {n: e for n, (e, _) in methods.items()}
     tables = [(m, compare(results[m.name], expressions, m)) for m in metrics]
     print("\n\n".join(format_table(rows, m, len(data)) for m, rows in tables))
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({
+    if out is not None:
+        atomic_write_json(out, {
             "model": model.name, "weights": args.weights, "layer": info.layer, "size": int(data.images.shape[-1]),
             "files": data.files, "targets": info.targets.tolist(),
             "metrics": [{"metric": m.name, "higher_is_better": m.higher_is_better, "options": dict(m.options),
                          "methods": [asdict(r) for r in rows]} for m, rows in tables],
-        }, indent=2))
+        })
         print(f"wrote {out}", file=sys.stderr)

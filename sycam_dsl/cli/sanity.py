@@ -16,6 +16,7 @@ from typing import Any
 
 from ..baselines import SEARCH_BASELINES
 from ..errors import SycamError
+from ..util.files import atomic_write_json
 from .options import DEFAULT_DEVICE, add_chunk_size, add_quiet, nonnegative_int, output_file, positive_int, warn
 
 #: The result's expression is flagged when its mean Spearman exceeds GradCAM's by more than this.
@@ -107,7 +108,10 @@ def _images(data: dict[str, Any], f: Path, model: Any, n: int) -> Any:
         folder = str(_needed(data, "images", f))
         if not Path(folder).is_dir():
             raise SycamError(f"{f}: the result's image folder {folder!r} does not exist here")
-        images = load_images(folder, size=int(_needed(data, "size", f)), normalize=model.normalize).images
+        size = _needed(data, "size", f)
+        if not isinstance(size, int) or size < 1:
+            raise SycamError(f"{f}: settings.size must be a positive integer, got {size!r}")
+        images = load_images(folder, size=size, normalize=model.normalize).images
     count = min(n, images.shape[0])
     index = torch.linspace(0, images.shape[0] - 1, count).round().long().unique()
     return images[index]
@@ -154,13 +158,13 @@ def run(args: argparse.Namespace) -> int:
                      f"input more than the model")
     warn(lines)
     if out is not None:
-        out.write_text(json.dumps({
+        atomic_write_json(out, {
             "result": str(f), "expression": expression, "layer": report.layer, "seed": args.seed,
             "randomized": report.randomized, "targets": report.targets.tolist(), "flagged": flagged,
             "spearman_margin": SPEARMAN_MARGIN,
             "methods": [{"name": n, "expression": texts[n], "mean_spearman": s.mean_spearman,
                          "mean_ssim": s.mean_ssim, "undefined": s.undefined, "spearman": s.spearman.tolist(),
                          "ssim": s.ssim.tolist()} for n, s in report.methods.items()],
-        }, indent=2))
+        })
         print(f"wrote {out}", file=sys.stderr)
     return 0

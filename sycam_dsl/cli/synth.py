@@ -29,6 +29,7 @@ from .options import (
     metric_from_args,
     nonnegative_float,
     nonnegative_int,
+    positive_float,
     positive_int,
     targets_from,
     warn,
@@ -45,16 +46,6 @@ def _level_sizes(text: str):
         return parse_level_sizes(text)
     except SycamError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {v}")
-    return v
 
 
 def _until(text: str) -> str:
@@ -88,7 +79,7 @@ def configure(s: argparse.ArgumentParser) -> None:
                                                     f"{', '.join(known_metrics())})")
     s.add_argument("--grammar", default="g2", metavar="FILE|NAME",
                    help="grammar file, or a bundled grammar: g1, g2 (default), maps")
-    s.add_argument("--time", type=_seconds, metavar="SECONDS",
+    s.add_argument("--time", type=positive_float, metavar="SECONDS",
                    help=f"search time budget, counted over every run of a resumed search (default {DEFAULT_TIME:g} s; "
                         f"{BUNDLED['time']:g} s for the built-in benchmark)")
     s.add_argument("--until", type=_until, metavar="T",

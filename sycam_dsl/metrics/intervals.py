@@ -17,6 +17,8 @@ import torch
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_LEVEL = 0.95
+#: Bound on the resample indices held at once (8 bytes each).
+RESAMPLE_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,10 @@ def paired_bootstrap(first: torch.Tensor, second: torch.Tensor, higher_is_better
     d = a - b if higher_is_better else b - a
     n = d.numel()
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, n, (resamples, n), generator=gen)
-    means = d[idx].mean(dim=1)
+    # resampled in blocks, so that memory stays bounded for large test splits ([block, n] at a time)
+    block = max(1, RESAMPLE_ELEMENTS // n)
+    means = torch.cat([d[torch.randint(0, n, (min(block, resamples - i), n), generator=gen)].mean(dim=1)
+                       for i in range(0, resamples, block)])
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     low, high = torch.quantile(means, q).tolist()
     return PairedComparison(float(d.mean()), low, high, float((d > 0).double().mean()), n, level)

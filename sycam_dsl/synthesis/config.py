@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..metrics.registry import Metric
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from .incumbent import parse_until
 from .oracle import SMALL_LEVEL
-from .split import DEFAULT_TEST_SPLIT
+from .split import DEFAULT_TEST_SPLIT, check_fraction
 from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
 
 DEFAULT_MAX_SIZE = 12
@@ -41,8 +42,8 @@ class Budget:
     candidates: int | None = None
 
     def __post_init__(self) -> None:
-        if self.seconds is not None and self.seconds <= 0:
-            raise SycamError(f"a time budget must be positive, got {self.seconds} s")
+        if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise SycamError(f"a time budget must be a finite positive number of seconds, got {self.seconds}")
         if self.candidates is not None and self.candidates < 1:
             raise SycamError(f"a candidate budget must be at least 1, got {self.candidates}")
 
@@ -95,7 +96,9 @@ class SearchOptions:
     test_split: float = DEFAULT_TEST_SPLIT
 
     def __post_init__(self) -> None:
-        parse_until(self.until)  # a bad threshold is refused before any work
+        # bad values are refused before any work (terminals can take minutes)
+        parse_until(self.until)
+        check_fraction(self.test_split)
 
 
 @dataclass(frozen=True)

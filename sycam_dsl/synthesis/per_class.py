@@ -14,6 +14,7 @@ from ..parse.grammar import Grammar
 from .config import DEFAULT_MIN_CLASS_IMAGES, Budget, SearchConfig
 from .dispatch import Dispatch
 from .evaluation import method_scores
+from .incumbent import better
 from .problem import Problem
 from .search import Search, SearchOutcome
 from .state import CHECKPOINT_NAME
@@ -95,7 +96,7 @@ def choose_fallback(candidates: list[Node], config: SearchConfig, problem: Probl
     best_mean = 0.0
     for node in sorted(set(candidates), key=lambda n: (n.size, str(n))):
         mean = float(method_scores(node, [metric], problem)[metric.name].mean())
-        if best is None or (mean > best_mean if metric.higher_is_better else mean < best_mean):
+        if best is None or better(mean, best_mean, metric.higher_is_better):
             best, best_mean = node, mean
     assert best is not None, "choose_fallback needs at least one candidate"
     return best

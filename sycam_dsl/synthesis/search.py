@@ -205,11 +205,18 @@ class Search:
         self._resumed: SearchState | None = None
         self._resumed_loaded = False
         self._interrupts = _Interrupts()  # entered by run
+        self._fingerprint: dict[str, Any] | None = None
 
     # -- the search -------------------------------------------------------------------------------
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a checkpoint must agree on to be resumed (budgets may change between runs)."""
+        """What a checkpoint must agree on to be resumed (budgets may change between runs); computed
+        once, since the problem's digest hashes every terminal and image."""
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> dict[str, Any]:
         c = self.config
         return {"problem": self.problem.digest(), "grammar": grammar_digest(self.grammar),
                 "metric": self.metric.name, "metric_options": {k: v for k, v in sorted(self.metric.options.items())},
@@ -249,7 +256,7 @@ class Search:
 
     def run(self, resume: bool = True) -> SearchOutcome:
         """Search until the budget, the grammar's end, Ctrl-C or SIGTERM; returns the incumbent."""
-        fingerprint = self.fingerprint()
+        fingerprint = self.fingerprint() if self.out_dir is not None else {}  # only checkpoints use it
         state = (self.resumed_state() if resume else None) or SearchState()
         self._resumed, self._resumed_loaded = None, False  # a second run reads the checkpoint afresh
         for name in self.level_names:
@@ -519,8 +526,8 @@ class Search:
             elif outcome == "rejected":
                 counts.rejected[self.level_names[levels_scored - 1]] += 1
             else:
-                text = to_sexpr(node)
-                state.incumbent = Incumbent(text, [b.tolist() for b in blocks], self._elapsed(state), index)
+                text, seconds = to_sexpr(node), self._elapsed(state)
+                state.incumbent = Incumbent(text, [b.tolist() for b in blocks], seconds, index)
                 counts.accepted += 1
                 state.history.append({"expression": text, "score": float(torch.cat(blocks).mean()),
-                                      "seconds": self._elapsed(state), "candidate": index})
+                                      "seconds": seconds, "candidate": index})

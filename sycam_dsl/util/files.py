@@ -117,6 +117,8 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
         yield path
     finally:
         _held.pop(key, None)
-        os.ftruncate(fd, 0)  # before unlocking: the next holder writes its own pid
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        try:
+            os.ftruncate(fd, 0)  # before unlocking: the next holder writes its own pid
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
