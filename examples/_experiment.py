@@ -54,14 +54,22 @@ def search(args: argparse.Namespace, model: Any, images: Any, name: str, **kw: A
 
 
 def summary(rows: list[tuple[str, Result]]) -> str:
-    """One line per search: its name, the result, and SyCAM's mean next to the best baseline's."""
+    """One line per search: its name, SyCAM's mean on the test split next to the best baseline's,
+    the paired 95% bootstrap interval of the difference and its verdict, SyCAM's mean on the
+    searched images, and the result."""
     lines = []
     for name, r in rows:
         metric, table = r.tables[0]
         by = {row.name: row.mean for row in table}
         base = {k: v for k, v in by.items() if k != "SyCAM"}
         best_base = (max if metric.higher_is_better else min)(base, key=base.get)
+        versus = {v["method"]: v for c in r.data.get("comparisons", [])[:1] for v in c["versus"]}
+        ci = versus.get(best_base)
+        interval = (f"diff {ci['mean_difference']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}] {ci['verdict']}"
+                    if ci else "no interval")
+        searched = {row.name: row.mean for row in r.searched_tables[0][1]}.get("SyCAM", float("nan"))
         what = "per-class dispatch" if r.dispatch is not None else r.expression
-        lines.append(f"{name:<28} {metric.name:<12} SyCAM {by.get('SyCAM', float('nan')):8.4f}   "
-                     f"best baseline {best_base} {base[best_base]:8.4f}   {what}")
+        lines.append(f"{name:<28} {metric.name:<12} SyCAM {by.get('SyCAM', float('nan')):8.4f} "
+                     f"(searched {searched:8.4f})   best baseline {best_base} {base[best_base]:8.4f}   "
+                     f"{interval}   {what}")
     return "\n".join(lines)

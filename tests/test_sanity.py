@@ -132,14 +132,38 @@ def test_randomized_layers_lower_gradcam_similarity(bundled):
 
 # -- the command ----------------------------------------------------------------------------------
 
-def _result(folder, expression="acts", **settings):
+def _result(folder, expression="acts", test_indices=(), **settings):
     folder.mkdir(parents=True, exist_ok=True)
     base = {"model": "bundled-small-cnn", "model_source": "bundled", "weights": None, "layer": "features.14",
             "images": "<bundled>", "size": 64, "bundled_benchmark": True}
     (folder / "result.json").write_text(json.dumps({
         "expression": expression, "images": {"total": 8, "evaluated": 8, "source": "<bundled>"},
-        "settings": {**base, **settings}}))
+        "test_split": {"indices": list(test_indices)}, "settings": {**base, **settings}}))
     return folder
+
+
+def test_cli_checks_the_test_split_images_only(tmp_path, capsys):
+    from sycam_dsl.cam.sanity import check_result, spread
+    from sycam_dsl.lang.sexpr import parse_expr
+    from sycam_dsl.lang.terminals import terminal_types
+
+    out = tmp_path / "s.json"
+    folder = _result(tmp_path / "run", expression="grads", test_indices=[1, 4, 6])
+    assert cli_main(["sanity", str(folder), "--images", "10", "--quiet", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["images"] == 3
+    # the same figures as a check on exactly those three images
+    images = bundled_images(8).images[[1, 4, 6]]
+    node = parse_expr("grads", terminal_types())
+    ref = check_result(load_bundled_model("cpu"), "features.14", images, {"SyCAM": node}, {"SyCAM": "grads"},
+                       "SyCAM")
+    assert data["methods"][0]["spearman"] == ref["methods"][0]["spearman"]
+    assert spread(8, 3).tolist() == [0, 4, 7] and spread(2, 20).tolist() == [0, 1]
+    bad = _result(tmp_path / "bad", test_indices=[3, 99])
+    capsys.readouterr()
+    assert cli_main(["sanity", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "test_split.indices do not fit the 8 images" in err
 
 
 def test_cli_prints_the_table_and_flags_an_insensitive_expression(tmp_path, capsys):

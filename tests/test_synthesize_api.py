@@ -128,9 +128,12 @@ def test_cli_synth_resume_and_errors(tmp_path):
     common = ["synth", "--model", "tests.cam_reference:TinyCNN", "--weights", "random:0", "--layer", "features",
               "--size", "32", "--images", str(images), "--metric", "deletion", "--steps", "3", "--levels", "4,8,all",
               "--equivalence-images", "4", "--no-cache", "--quiet", "-o", str(tmp_path / "out")]
-    first = _cli(*common, "--candidates", "5")
+    first = _cli(*common, "--candidates", "5", "--sanity")
     assert first.returncode == 0, first.stderr
     assert "best expression:" in first.stdout and "GradCAM++" in first.stdout
+    sanity = first.stdout.splitlines().index(next(line for line in first.stdout.splitlines()
+                                                  if line.startswith("model-parameter randomization:")))
+    assert first.stdout.splitlines()[sanity + 1].split()[:3] == ["method", "Spearman", "SSIM"]
     again = _cli(*common, "--candidates", "9")
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--resume" in again.stderr
     resumed = _cli(*common, "--candidates", "9", "--resume")

@@ -202,3 +202,68 @@ def test_cli_test_split_must_be_a_fraction(value):
 
 def test_schema_lists_the_split():
     assert {"test_split", "evaluation_search"} <= set(SCHEMA["required"])
+
+
+def test_per_class_result_has_intervals_per_class_and_overall(tmp_path):
+    from sycam_dsl.metrics.intervals import paired_bootstrap
+    from sycam_dsl.synthesis.result import SYCAM
+
+    x, masks = data(30)
+    result = synthesize(tiny_model(), "features", x, metric="deletion", metric_options={"steps": 3}, per_class=True,
+                        budget=Budget(candidates=8), data=DataOptions(masks=masks, use_cache=False),
+                        search=SearchOptions(level_sizes=(3, 6, None), equivalence_size=3, test_split=0.3,
+                                             min_class_images=2),
+                        output=OutputOptions(progress=False, report_images=0), out_dir=tmp_path / "run")
+    d = json.loads((tmp_path / "run" / "result.json").read_text())
+    jsonschema.validate(d, SCHEMA)
+    assert d["comparisons"] and d["per_class"] is not None
+    test_classes = torch.tensor([int(c) for c in result.data["test_split"]["indices"]])
+    rows = {r.name: r for r in result.tables[0][1]}
+    targets = api_module.loaded_model(tiny_model(), None, "cpu").module(x[test_classes]).argmax(dim=1)
+    for c, part in d["per_class"]["classes"].items():
+        keep = targets == int(c)
+        assert part["evaluated"] == int(keep.sum())
+        if not part["evaluated"]:
+            assert part["comparisons"] == []
+            continue
+        versus = {v["method"]: v for v in part["comparisons"][0]["versus"]}
+        ours = torch.tensor(rows[SYCAM].per_image)[keep]
+        for name in SEARCH_BASELINES:
+            ref = paired_bootstrap(ours, torch.tensor(rows[name].per_image)[keep], d["metric"]["higher_is_better"])
+            assert (versus[name]["low"], versus[name]["high"], versus[name]["images"]) == (ref.low, ref.high, ref.n)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert any(re.search(rf"class {c}, deletion: SyCAM", report) for c in d["per_class"]["classes"])
+
+
+def test_synth_sanity_checks_the_result_on_the_test_split(tmp_path, monkeypatch):
+    from sycam_dsl.cam import sanity as sanity_module
+
+    checked: list[torch.Tensor] = []
+    check = sanity_module.check_result
+
+    def recorded(model: Any, layer: Any, images: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        checked.append(images.clone())
+        return check(model, layer, images, *args, **kw)
+
+    monkeypatch.setattr(sanity_module, "check_result", recorded)
+    x, masks = data(20)
+    result = synthesize(tiny_model(), "features", x, metric="deletion", metric_options={"steps": 3},
+                        budget=Budget(candidates=6), data=DataOptions(masks=masks, use_cache=False),
+                        search=SearchOptions(level_sizes=(4, 8, None), equivalence_size=4),
+                        output=OutputOptions(progress=False, report_images=0, sanity=True), out_dir=tmp_path / "run")
+    d = json.loads((tmp_path / "run" / "result.json").read_text())
+    jsonschema.validate(d, SCHEMA)
+    test = d["test_split"]["indices"]
+    assert len(checked) == 1 and torch.equal(checked[0], x[test])  # the test split's images, no other
+    names = [m["name"] for m in d["sanity"]["methods"]]
+    assert names == ["SyCAM", *SEARCH_BASELINES] and d["sanity"]["images"] == len(test)
+    assert d["sanity"]["methods"][0]["expression"] == result.expression
+    assert "## Sanity check" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_synth_sanity_refuses_small_images_before_the_search(tmp_path):
+    x, _ = data(12, size=8)
+    with pytest.raises(SycamError, match="SSIM window") as e:
+        synthesize(tiny_model(), "features", x, budget=Budget(candidates=2),
+                   output=OutputOptions(progress=False, sanity=True), out_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "result.json").exists() and "8x8" in str(e.value)

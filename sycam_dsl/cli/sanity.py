@@ -15,17 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..baselines import SEARCH_BASELINES
+from ..cam.sanity import DEFAULT_SANITY_IMAGES, REFERENCE, SPEARMAN_MARGIN
 from ..errors import SycamError
 from ..util.files import atomic_write_json
 from .options import DEFAULT_DEVICE, add_chunk_size, add_quiet, nonnegative_int, output_file, positive_int, warn
 
-#: The result's expression is flagged when its mean Spearman exceeds GradCAM's by more than this.
-#: GradCAM is the reference that passes Adebayo et al.'s check; both are compared on the *same*
-#: randomized model, because the figures themselves move with the seed (bundled model, 20 images,
-#: head randomized: GradCAM from -0.24 to 0.43 over seeds 0-4, GradCAM++ 0.94-0.95). A heuristic
-#: threshold: rerun with other --seed values before drawing conclusions.
-SPEARMAN_MARGIN = 0.2
-DEFAULT_IMAGES = 20
 SYCAM = "SyCAM"
 
 
@@ -36,16 +30,16 @@ def configure(p: argparse.ArgumentParser) -> None:
         "reset_parameters(), BatchNorm statistics reset too) and compare the heatmaps of the result's "
         "expression and of GradCAM, GradCAM++, ScoreCAM and AblationCAM before and after, per image: mean "
         "Spearman rank correlation and mean SSIM (lower = more dependent on the learned parameters). An "
-        f"expression whose Spearman is more than {SPEARMAN_MARGIN} above GradCAM's gets a warning: it may score "
+        f"expression whose Spearman is more than {SPEARMAN_MARGIN} above {REFERENCE}'s gets a warning: it may score "
         "well on a metric while explaining the input rather than the model. The check shows dependence on "
         "learned parameters; it does not show faithfulness, and methods that mostly follow the activations' "
         "layout (edge-detector-like maps) pass it poorly. The classes explained are the original model's "
         "predictions.")
     p.add_argument("result", metavar="RESULT_DIR", help="output folder of sycam-dsl synth (holding result.json), "
                                                         "or the result.json file")
-    p.add_argument("--images", type=positive_int, default=DEFAULT_IMAGES, metavar="N",
-                   help=f"how many of the result's images to check, spread evenly over them (default "
-                        f"{DEFAULT_IMAGES})")
+    p.add_argument("--images", type=positive_int, default=DEFAULT_SANITY_IMAGES, metavar="N",
+                   help=f"how many of the result's test-split images to check (all its images when it has no test "
+                        f"split), spread evenly over them (default {DEFAULT_SANITY_IMAGES})")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the re-initialization (default 0)")
     p.add_argument("--start", metavar="PATH",
                    help="randomize from this module (dotted path) to the output instead of from the target layer")
@@ -92,11 +86,11 @@ def _model(data: dict[str, Any], f: Path, device: str) -> Any:
 
 
 def _images(data: dict[str, Any], f: Path, model: Any, n: int) -> Any:
-    """The result's images ``[n, 3, H, W]``, spread evenly over its image set (sorted by class)."""
-    import torch
-
+    """At most ``n`` of the result's test-split images ``[n, 3, H, W]`` (all its images when the
+    split is off), spread evenly over them."""
     from ..bundled import bundled_images
     from ..cam.images import load_images
+    from ..cam.sanity import spread
 
     s = data["settings"]
     if s.get("bundled_benchmark"):
@@ -112,15 +106,19 @@ def _images(data: dict[str, Any], f: Path, model: Any, n: int) -> Any:
         if not isinstance(size, int) or size < 1:
             raise SycamError(f"{f}: settings.size must be a positive integer, got {size!r}")
         images = load_images(folder, size=size, normalize=model.normalize).images
-    count = min(n, images.shape[0])
-    index = torch.linspace(0, images.shape[0] - 1, count).round().long().unique()
-    return images[index]
+    held_out = (data.get("test_split") or {}).get("indices") or []
+    if held_out:
+        if not all(isinstance(i, int) and 0 <= i < images.shape[0] for i in held_out):
+            raise SycamError(f"{f}: test_split.indices do not fit the {images.shape[0]} images found; the image "
+                             f"folder changed since the search")
+        images = images[held_out]
+    return images[spread(images.shape[0], n)]
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the check and print the table; a warning line when the expression is flagged."""
     from ..baselines import baseline
-    from ..cam.sanity import randomization_check
+    from ..cam.sanity import check_lines, check_result, check_warnings
     from ..lang.sexpr import parse_expr
     from ..lang.terminals import terminal_types
 
@@ -136,35 +134,12 @@ def run(args: argparse.Namespace) -> int:
     model = _model(data, f, args.device)
     images = _images(data, f, model, args.images)
     methods = {SYCAM: node, **{b: baseline(b).node for b in SEARCH_BASELINES}}
-    report = randomization_check(model, layer, images, None, methods, seed=args.seed, start=args.start,
-                                 device=args.device, chunk_size=args.chunk_size, progress=not args.quiet)
-    if not report.randomized:
-        raise SycamError(f"no module with parameters runs at or after {args.start or layer!r}; nothing to randomize")
     texts = {SYCAM: expression, **{b: baseline(b).expression for b in SEARCH_BASELINES}}
-    width = max(len(m) for m in methods)
-    print(f"model-parameter randomization: {len(report.randomized)} module(s) re-initialized "
-          f"({report.randomized[0]} ... {report.randomized[-1]}), seed {args.seed}, {images.shape[0]} images, "
-          f"layer {report.layer}")
-    print(f"{'method':<{width}}  {'Spearman':>8}  {'SSIM':>6}  expression")
-    for name, sim in report.methods.items():
-        print(f"{name:<{width}}  {sim.mean_spearman:8.3f}  {sim.mean_ssim:6.3f}  {texts[name]}")
-    lines = [f"{name}: Spearman undefined on {s.undefined} of {images.shape[0]} images (a constant heatmap), left "
-             f"out of its mean" for name, s in report.methods.items() if s.undefined]
-    ours, grad = report.methods[SYCAM].mean_spearman, report.methods["GradCAM"].mean_spearman
-    flagged = ours > grad + SPEARMAN_MARGIN
-    if flagged:
-        lines.append(f"{expression} is markedly less sensitive to the model's parameters than GradCAM "
-                     f"(Spearman {ours:.3f} vs {grad:.3f}, margin {SPEARMAN_MARGIN}): its heatmaps may follow the "
-                     f"input more than the model")
-    warn(lines)
+    check = check_result(model, layer, images, methods, texts, SYCAM, seed=args.seed, start=args.start,
+                         device=args.device, chunk_size=args.chunk_size, progress=not args.quiet)
+    print("\n".join(check_lines(check)))
+    warn(check_warnings(check))
     if out is not None:
-        atomic_write_json(out, {
-            "result": str(f), "expression": expression, "layer": report.layer, "seed": args.seed,
-            "randomized": report.randomized, "targets": report.targets.tolist(), "flagged": flagged,
-            "spearman_margin": SPEARMAN_MARGIN,
-            "methods": [{"name": n, "expression": texts[n], "mean_spearman": s.mean_spearman,
-                         "mean_ssim": s.mean_ssim, "undefined": s.undefined, "spearman": s.spearman.tolist(),
-                         "ssim": s.ssim.tolist()} for n, s in report.methods.items()],
-        })
+        atomic_write_json(out, {"result": str(f), "expression": expression, **check})
         print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -103,6 +103,9 @@ def configure(s: argparse.ArgumentParser) -> None:
                                                             "(default: the search metric; all four for the benchmark)")
     s.add_argument("--report-images", type=nonnegative_int, default=4, metavar="N",
                    help="rows of the heatmap grid (default 4)")
+    s.add_argument("--sanity", action="store_true",
+                   help="after the search, the model-parameter randomization check (as sycam-dsl sanity, seed 0) "
+                        "of the result and the baselines on the test split")
     s.add_argument("--bundled-images", type=positive_int, default=BUNDLED["images"], metavar="N",
                    help=f"images of the built-in benchmark (default {BUNDLED['images']})")
     s.add_argument("--memo-mb", type=nonnegative_float, default=DEFAULT_MAX_MB, metavar="MB",
@@ -178,7 +181,8 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                                              equivalence_size=args.equivalence_images, max_size=args.max_size,
                                              until=args.until, **engine),
                         output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
-                                             progress=not args.quiet, settings={"bundled_benchmark": bundled}))
+                                             progress=not args.quiet, settings={"bundled_benchmark": bundled},
+                                             sanity=args.sanity))
     d = result.data
     warn(d.get("warnings", []))
     if result.dispatch is not None:
@@ -190,6 +194,10 @@ def _search(args: argparse.Namespace, out: Path) -> int:
     print()
     print(result.table())
     print()
+    if d.get("sanity") and "error" not in d["sanity"]:
+        from ..cam.sanity import check_lines
+        print("\n".join(check_lines(d["sanity"])))
+        print()
     c = d["counts"]
     seconds = sum(o.seconds for o in result.outcomes)  # over every run of a resumed search
     held_out = d["test_split"]["images"]

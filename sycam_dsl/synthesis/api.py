@@ -27,9 +27,10 @@ from torch import nn
 
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
+from ..cam.sanity import check_sanity_size
 from ..cam.terminals import DEFAULT_CHUNK_SIZE
 from ..errors import SycamError
-from ..lang.ast import to_sexpr
+from ..lang.ast import Node, to_sexpr
 from ..metrics import get_metric
 from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import Metric, MetricInputs
@@ -128,6 +129,23 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     return problem, info.layer
 
 
+def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, device: str, chunk_size: int,
+                  progress: bool) -> dict[str, Any]:
+    """``synth --sanity``: the randomization check (``cam.sanity.check_result``, seed 0) of ``best``
+    and the baselines on at most ``DEFAULT_SANITY_IMAGES`` of ``problem``'s images, spread evenly;
+    a check that cannot run gives ``{"error": why}`` instead of failing the finished search."""
+    from ..cam.sanity import DEFAULT_SANITY_IMAGES, check_result, spread
+
+    images = problem.inputs.images[spread(problem.n, DEFAULT_SANITY_IMAGES).to(problem.inputs.images.device)]
+    methods: dict[str, Node] = {SYCAM: best, **{b: baseline(b).node for b in SEARCH_BASELINES}}
+    texts = {SYCAM: to_sexpr(best), **{b: baseline(b).expression for b in SEARCH_BASELINES}}
+    try:
+        return check_result(model, layer, images, methods, texts, SYCAM, device=device, chunk_size=chunk_size,
+                            progress=progress)
+    except SycamError as e:
+        return {"error": str(e)}
+
+
 def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
                images: ImageSet | torch.Tensor | str | Path | None = None, *,
                metric: str | Metric = "deletion", metric_options: dict[str, Any] | None = None,
@@ -179,6 +197,8 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         if m.name not in {s.name for s in shown}:
             shown.append(m)
     images_data = _data(images, data.masks, data.labels, loaded, data.size)
+    if output.sanity:  # before any work: the check's SSIM needs its whole window
+        check_sanity_size(tuple(images_data.images.shape[-2:]))
     for m in shown:
         if m.needs_masks and images_data.masks is None:
             raise SycamError(f"metric {m.name!r} compares heatmaps with object masks: give masks (--masks DIR)")
@@ -221,6 +241,12 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
     search_tables = evaluate_methods(methods, shown, eval_problem)
     test_tables = evaluate_methods(methods, shown, test_problem) if test_problem is not None else None
     eval_seconds = time.perf_counter() - t0
+    sanity = None
+    if output.sanity and best is not None:
+        t0 = time.perf_counter()
+        sanity = result_sanity(loaded, layer_name, test_problem or eval_problem, best, device, data.chunk_size,
+                               output.progress)
+        eval_seconds += time.perf_counter() - t0
 
     if test_tables is not None:
         result = Result(best, dispatch, test_tables, {}, out, outcomes, search_tables=search_tables)
@@ -241,7 +267,7 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
     }
     write_outputs(RunRecord(result, loaded, images_data, problem, eval_problem, gram, searches, stopped_by,
                             run_settings, timings, t_start, output.report_images, search_problem=search_problem,
-                            test_problem=test_problem, split=split,
+                            test_problem=test_problem, split=split, sanity=sanity,
                             stratified_by="predicted class" if per_class or images_data.labels is None
                             else "label"))
     return result

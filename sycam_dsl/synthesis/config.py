@@ -124,10 +124,12 @@ class SearchConfig(SearchOptions):
 class OutputOptions:
     """What ``synthesize`` reports: ``report_metrics`` the metrics of the final tables (default: the
     search metric, which always comes first), ``report_images`` rows of the heatmap grid (0: none),
-    ``progress`` bars and the search's status line on stderr, and ``settings`` extra entries for
-    ``result.json``'s ``settings``."""
+    ``progress`` bars and the search's status line on stderr, ``settings`` extra entries for
+    ``result.json``'s ``settings``, and ``sanity``: after the search, the model-parameter
+    randomization check (``cam.sanity``) of the result and the baselines on the test split."""
 
     report_metrics: Sequence[str | Metric] | None = None
     report_images: int = 4
     progress: bool = True
     settings: Mapping[str, Any] | None = None
+    sanity: bool = False

@@ -100,6 +100,17 @@ def markdown_report(d: dict[str, Any]) -> str:
         for ev in d["evaluation"]:
             lines += comparison_table(ev)
         lines += _intervals(d)
+    sanity = d.get("sanity")
+    if sanity and "error" not in sanity:
+        lines += ["## Sanity check: model-parameter randomization", "",
+                  f"{len(sanity['randomized'])} module(s) from `{sanity['randomized'][0]}` to the output "
+                  f"re-initialized (seed {sanity['seed']}), heatmaps before and after compared on "
+                  f"{sanity['images']} test-split images "
+                  f"(lower means the method depends more on what the model learned; `sycam-dsl sanity` runs it with "
+                  f"other seeds):", "", "| method | Spearman | SSIM | expression |", "|---|---:|---:|---|"]
+        lines += [f"| {m['name']} | {'n/a' if m['mean_spearman'] is None else _fmt(m['mean_spearman'])} | "
+                  f"{_fmt(m['mean_ssim'])} | `{m['expression']}` |" for m in sanity["methods"]]
+        lines.append("")
     if d.get("not_chosen"):
         lines += ["Better on average than the result, but not chosen:", ""]
         lines += [f"- {n['method']}: {n['reason']}" for n in d["not_chosen"]] + [""]

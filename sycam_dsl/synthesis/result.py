@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..baselines import BASELINE_EXPRESSIONS, SEARCH_BASELINES, baseline
+from ..cam.sanity import check_warnings
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..metrics.compare import Row
@@ -104,7 +105,8 @@ class RunRecord:
     (``stopped_by``); ``settings`` and ``timings`` for ``result.json``; ``t_start`` the run's
     ``time.perf_counter()`` start; ``report_images`` rows of the heatmap grid; ``search_problem``
     the images searched (None: all), ``test_problem`` the test split's (None: off), ``split`` the
-    split and ``stratified_by`` what it was stratified by."""
+    split and ``stratified_by`` what it was stratified by; ``sanity`` the randomization check's
+    figures (``cam.sanity.check_result``; None: not run)."""
 
     result: Result
     model: LoadedModel
@@ -122,6 +124,7 @@ class RunRecord:
     test_problem: Problem | None = None
     split: Split | None = None
     stratified_by: str = "label"
+    sanity: dict[str, Any] | None = None
 
     @property
     def searched(self) -> Problem:
@@ -186,7 +189,10 @@ def _warnings(record: RunRecord) -> list[str]:
         methods[SYCAM] = sycam
     split_warning = [record.split.warning] if record.split is not None and record.split.warning else []
     shown = record.test_problem if record.test_problem is not None else record.eval_problem
-    return split_warning + method_warnings(methods, shown)
+    sanity = record.sanity
+    sanity_warning = [] if sanity is None else (
+        [f"sanity check not run: {sanity['error']}"] if "error" in sanity else check_warnings(sanity))
+    return split_warning + method_warnings(methods, shown) + sanity_warning
 
 
 def _evaluation(tables: list[tuple[Metric, list[Row]]]) -> list[dict[str, Any]]:
@@ -197,22 +203,31 @@ def _evaluation(tables: list[tuple[Metric, list[Row]]]) -> list[dict[str, Any]]:
                          for r in rs]} for m, rs in tables]
 
 
-def comparisons(tables: list[tuple[Metric, list[Row]]]) -> list[dict[str, Any]]:
+def comparisons(tables: list[tuple[Metric, list[Row]]], keep: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Per metric, the synthesized method against each other method of the table on the same images:
     the mean per-image improvement with its seeded 95% percentile-bootstrap interval (10,000
     resamples, ``metrics.intervals``), the share of images where it is better, and the verdict
-    ("better" only when the interval excludes 0 in the metric's better direction)."""
+    ("better" only when the interval excludes 0 in the metric's better direction). ``keep``: a
+    boolean ``[n]`` over the tables' images to compare on only some of them (one class's); none
+    kept gives no comparison."""
     out = []
     for m, rows in tables:
         by_name = {r.name: r for r in rows}
         if SYCAM not in by_name:
             continue
-        ours = torch.tensor(by_name[SYCAM].per_image, dtype=torch.float64)
+
+        def scores(row: Row) -> torch.Tensor:
+            t = torch.tensor(row.per_image, dtype=torch.float64)
+            return t if keep is None else t[keep]
+
+        ours = scores(by_name[SYCAM])
+        if ours.numel() == 0:
+            continue
         versus = []
         for r in rows:
             if r.name == SYCAM:
                 continue
-            c = paired_bootstrap(ours, torch.tensor(r.per_image, dtype=torch.float64), m.higher_is_better)
+            c = paired_bootstrap(ours, scores(r), m.higher_is_better)
             versus.append({"method": r.name, "mean_difference": c.mean, "low": c.low, "high": c.high,
                            "level": c.level, "better_share": c.better_share, "images": c.n, "verdict": c.verdict,
                            "sentence": c.sentence(SYCAM, r.name)})
@@ -221,7 +236,8 @@ def comparisons(tables: list[tuple[Metric, list[Row]]]) -> list[dict[str, Any]]:
 
 
 def comparison_lines(data: dict[str, Any]) -> list[str]:
-    """The sentences of ``result.json``'s ``comparisons``, one per metric and method."""
+    """The sentences of ``result.json``'s ``comparisons``, one per metric and method; for a
+    per-class result, then per class (the search metric's, on that class's images)."""
     comps = data.get("comparisons") or []
     if not comps:
         return []
@@ -229,6 +245,13 @@ def comparison_lines(data: dict[str, Any]) -> list[str]:
     lines = [f"{SYCAM} against each method on {where} (mean per-image improvement, 95% bootstrap CI):"]
     for comp in comps:
         lines += [f"  {comp['metric']}: {v['sentence']}" for v in comp["versus"]]
+    classes = (data.get("per_class") or {}).get("classes") or {}
+    for c, part in classes.items():
+        first = (part.get("comparisons") or [None])[0]
+        if first is None:
+            lines.append(f"  class {c}: no image of this class on {where}")
+            continue
+        lines += [f"  class {c}, {first['metric']}: {v['sentence']}" for v in first["versus"]]
     return lines
 
 
@@ -281,6 +304,14 @@ def _not_chosen(record: RunRecord) -> list[dict[str, str]]:
     return out
 
 
+def _class_comparisons(record: RunRecord, cls: int) -> dict[str, Any]:
+    """A per-class search's ``comparisons`` on the final tables' images of its class (the test
+    split's, predicted class), and how many there are."""
+    shown = record.test_problem if record.test_problem is not None else record.eval_problem
+    keep = shown.targets.cpu() == cls
+    return {"evaluated": int(keep.sum()), "comparisons": comparisons(record.result.tables, keep)}
+
+
 def result_data(record: RunRecord) -> dict[str, Any]:
     """The content of ``result.json`` (its ``files`` empty and ``timings`` without the total: what
     writing the output folder adds)."""
@@ -319,6 +350,7 @@ def result_data(record: RunRecord) -> dict[str, Any]:
         "engine": _engine(record.problem),
         "warnings": _warnings(record),
         "not_chosen": _not_chosen(record),
+        "sanity": record.sanity,
         "settings": record.settings,
         "versions": versions(),
         "files": {},
@@ -326,6 +358,7 @@ def result_data(record: RunRecord) -> dict[str, Any]:
     if result.dispatch is not None:
         d["per_class"] = {
             "fallback": to_sexpr(result.dispatch.fallback),
-            "classes": {str(s.cls): {**_search_part(s.outcome), "images": int(s.index.numel())} for s in searches},
+            "classes": {str(s.cls): {**_search_part(s.outcome), "images": int(s.index.numel()),
+                                     **_class_comparisons(record, s.cls)} for s in searches},
         }
     return d
