@@ -1,5 +1,6 @@
-"""The search starts from the best baseline the grammar expresses, small levels are judged by the mean
-with a margin, ``until`` stops at a threshold, and the report says why a better method was not chosen."""
+"""The search ends with the best baseline the grammar expresses when the result is worse, small levels
+are judged by the mean with a margin, ``until`` stops at a threshold, and the report says why a better
+method was not chosen."""
 
 from __future__ import annotations
 
@@ -86,31 +87,33 @@ def test_which_baselines_the_grammar_expresses():
 def test_the_result_is_never_worse_than_a_baseline_in_the_grammar(higher):
     table, metric = abl_table(higher), SCH if higher else LOW
     abl = mean(table["abl"])
-    # the old oracle (no baseline start, half-the-images rule on every level) loses AblationCAM on I3
-    old = search(table, metric, baseline_start=False, small_level=0).run()
+    # the plain oracle (no final check, half-the-images rule on every level) loses AblationCAM on I3
+    old = search(table, metric, baseline_check=False, small_level=0).run()
     assert to_sexpr(old.best) == "grads"
     assert (old.level_means["I1"] < abl) if higher else (old.level_means["I1"] > abl)
-    # now: the search starts from AblationCAM (the best baseline in the grammar by its I1 mean)
-    out = search(table, metric).run()
+    # with the final check, AblationCAM (the best baseline in the grammar by its I1 mean) replaces it
+    out = search(table, metric, small_level=0).run()
     assert to_sexpr(out.best) == "abl"
     assert out.level_means["I1"] == pytest.approx(abl)
-    first = out.state.history[0]
-    assert first["candidate"] is None and first["baseline"] == "AblationCAM" and first["expression"] == "abl"
-    assert first["score"] == pytest.approx(abl)
-    assert out.state.counts.accepted == len(out.state.history) - 1 == 0
+    last = out.state.history[-1]
+    assert last["candidate"] is None and last["baseline"] == "AblationCAM" and last["expression"] == "abl"
+    assert last["score"] == pytest.approx(abl)
+    assert [h["expression"] for h in out.state.history] == ["grads", "abl"]
+    assert out.state.counts.accepted == len(out.state.history) - 1 == 1
 
 
-def test_the_baseline_start_survives_a_checkpoint_and_resumes(tmp_path):
+def test_the_final_check_survives_a_checkpoint_and_resumes(tmp_path):
     table = abl_table()
-    cfg = SearchConfig(SCH, Budget(candidates=10), level_sizes=LEVELS, equivalence_size=6, max_size=5)
+    cfg = SearchConfig(SCH, Budget(candidates=10), level_sizes=LEVELS, equivalence_size=6, max_size=5,
+                       small_level=0)
     s, _ = scripted(Search(planted(N), GRAMMAR, cfg, tmp_path, progress=False), ScriptedScorer, table)
     s.run()
     saved = json.loads((tmp_path / "checkpoint.json").read_text())["state"]
-    assert saved["incumbent"]["candidate"] is None and saved["history"][0]["baseline"] == "AblationCAM"
+    assert saved["incumbent"]["candidate"] is None and saved["history"][-1]["baseline"] == "AblationCAM"
     more = replace(cfg, budget=Budget(candidates=30))
     s, _ = scripted(Search(planted(N), GRAMMAR, more, tmp_path, progress=False), ScriptedScorer, table)
-    out = s.run(resume=True)
-    assert to_sexpr(out.best) == "abl" and len(out.state.history) == 1
+    out = s.run(resume=True)  # the candidates after the first 10 are judged against AblationCAM
+    assert to_sexpr(out.best) == "abl" and len(out.state.history) == 2 and out.state.next_candidate == 30
     # a forged start (scores that are not the baseline's) is refused
     data = json.loads((tmp_path / "checkpoint.json").read_text())
     data["state"]["incumbent"]["blocks"][0][0] = 0.0
@@ -140,9 +143,9 @@ def test_small_levels_fall_back_to_the_mean_with_a_margin(higher):
     assert not judge(big, big_inc, higher).passed and not judge(big, big_inc, higher).small
 
 
-def test_a_search_without_the_baseline_start_keeps_abl_through_the_small_level():
+def test_a_search_without_the_final_check_keeps_abl_through_the_small_level():
     # abl, enumerated after grads, now passes I3 (6 images) on its mean and I2, I1 on both rules
-    out = search(abl_table(), baseline_start=False).run()
+    out = search(abl_table(), baseline_check=False).run()
     assert [h["expression"] for h in out.state.history] == ["grads", "abl"]
 
 
@@ -164,7 +167,7 @@ def test_until_stops_at_the_first_incumbent_beyond_the_threshold(higher, until, 
     elif not higher and until == "0.6":
         until = "0.4"
     table = staircase(higher)
-    out = search(table, SCH if higher else LOW, baseline_start=False, until=until).run()
+    out = search(table, SCH if higher else LOW, baseline_check=False, until=until).run()
     if stops_at is None:  # never reached: the whole budget, the best as before
         assert out.stopped_by == "candidates" and to_sexpr(out.best) == "abl"
         return
@@ -173,10 +176,21 @@ def test_until_stops_at_the_first_incumbent_beyond_the_threshold(higher, until, 
     assert out.state.next_candidate == out.state.history[-1]["candidate"] + 1  # stopped right there
 
 
-def test_until_can_be_met_by_the_baseline_start():
-    out = search(staircase(True), until="ScoreCAM").run()  # starts from AblationCAM, better than ScoreCAM
-    assert out.stopped_by == "threshold" and to_sexpr(out.best) == "abl" and out.state.next_candidate == 0
-    out = search(staircase(True), until="AblationCAM+0.01").run()  # abl is the start and the best
+def test_until_a_baseline_scores_only_that_baseline_before_the_end():
+    s = search(staircase(True), until="ScoreCAM")
+    scored_before_end = []
+    final_check = s._final_check
+
+    def at_the_end(state):
+        scored_before_end.extend(state.baselines)
+        final_check(state)
+
+    s._final_check = at_the_end
+    out = s.run()
+    assert out.stopped_by == "threshold" and to_sexpr(out.best) == "abl"  # the first better than cic (0.7)
+    assert scored_before_end == ["ScoreCAM"]  # its threshold needed it; the others wait for the end
+    assert set(out.state.baselines) == {"GradCAM", "GradCAM++", "ScoreCAM", "AblationCAM"}
+    out = search(staircase(True), until="AblationCAM+0.01").run()  # never beaten
     assert out.stopped_by == "candidates" and to_sexpr(out.best) == "abl"
 
 
@@ -213,13 +227,16 @@ def test_cli_until_error_is_one_line(capsys):
 
 def test_the_reason_names_the_grammar_or_the_lost_level():
     table = abl_table()
-    out = search(table, baseline_start=False, small_level=0).run()
+    out = search(table, baseline_check=False, small_level=0).run()
     args = (out.level_names, out.state.baselines["AblationCAM"], out.state.incumbent.blocks, True, False, 0)
     assert not_chosen_reason("AblationCAM", GRAMMAR, *args) == (
         "in the grammar, but it loses the oracle's test against the result on level I3 "
         "(it beat the result on 2 of 6 images, fewer than half)")
     reason = not_chosen_reason("GradCAM++", GRAMMAR, *args)
     assert reason.startswith("not in the grammar <test grammar>") and baseline("GradCAM++").expression in reason
+    checked = not_chosen_reason("AblationCAM", GRAMMAR, *args[:4], True, 0)
+    assert checked.startswith("in the grammar; on the searched images (I1) its mean 0.8")
+    assert checked.endswith("so it is better on the test split only")
 
 
 def test_report_and_result_json_say_why_a_better_baseline_was_not_chosen(tmp_path):

@@ -25,6 +25,7 @@ import sycam_dsl.synthesis.search as search_module
 from sycam_dsl.baselines import baseline
 from sycam_dsl.errors import SycamError
 from sycam_dsl.lang.ast import to_sexpr
+from sycam_dsl.parse import parse_grammar
 from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, Search, SearchOptions, synthesize
 from tests.test_synthesis import GRAMMAR, ScriptedScorer, config, planted, scripted
 
@@ -97,21 +98,26 @@ def test_a_batch_cut_by_the_deadline_keeps_its_judged_candidates(clock):
     assert to_sexpr(out.best) == "grads" and out.state.counts.accepted == 1
 
 
-def test_the_time_budget_includes_the_baselines(clock, tmp_path):
+def test_the_deadline_stops_the_loop_and_the_end_still_checks_the_baselines(clock, tmp_path):
     cfg = config(candidates=None, seconds=0.5)
     s, scorer = scripted(Search(planted(), GRAMMAR, cfg, tmp_path, progress=False), TickingScorer, {}, clock)
     out = s.run()
-    assert scorer.times == [0.0]  # one chunk of the first baseline, then the deadline
-    assert out.stopped_by == "time" and out.best is None and out.state.baselines == {}
+    assert scorer.times[0] == 0.0 and out.state.counts.considered == 0  # one chunk of candidates, then the deadline
+    assert out.stopped_by == "time" and sorted(out.state.baselines) == sorted(
+        ["GradCAM", "GradCAM++", "ScoreCAM", "AblationCAM"])
+    # every expression scores 0 here: the first baseline the grammar expresses is the result
+    assert to_sexpr(out.best) == "grads" and out.state.history[-1]["baseline"] == "GradCAM"
     saved = json.loads((tmp_path / "checkpoint.json").read_text())["state"]
-    assert saved["next_candidate"] == 0 and saved["seconds"] == 1.0
+    assert saved["next_candidate"] == 0 and saved["seconds"] == out.seconds == len(scorer.times)
 
 
 def test_synthesize_with_no_candidate_scored_writes_a_null_expression(tmp_path):
     from tests.test_synthesize_api import SCHEMA, data, tiny_model
 
     x, masks = data()
-    result = synthesize(tiny_model(), "features", x, metric="sch", budget=Budget(seconds=1e-6),
+    # pgrads alone: no baseline is in this grammar, so the final check cannot give a result either
+    g = parse_grammar("(synth-cam weights ((pgrads Vec)) Vec ((E Vec)) ((E Vec (pgrads (relu E)))))")
+    result = synthesize(tiny_model(), "features", x, metric="sch", budget=Budget(seconds=1e-6), grammar=g,
                         data=DataOptions(masks=masks, use_cache=False),
                         search=SearchOptions(level_sizes=(4, 8, None), equivalence_size=4),
                         output=OutputOptions(progress=False, report_images=0), out_dir=tmp_path / "run")
@@ -139,16 +145,16 @@ class DyingScorer(ScriptedScorer):
         return self.inner.score(nodes, j, c)
 
 
-def test_the_first_checkpoint_comes_right_after_the_baselines(tmp_path):
+def test_the_first_checkpoint_comes_when_the_search_starts(tmp_path):
     # before: the first one came after checkpoint_seconds (30 s), so a kill before that lost everything
     s, _ = scripted(Search(planted(), GRAMMAR, config(), tmp_path, progress=False), DyingScorer)
     with pytest.raises(RuntimeError, match="killed"):
         s.run()
     saved = json.loads((tmp_path / "checkpoint.json").read_text())["state"]
-    assert saved["next_candidate"] == 0
-    assert sorted(saved["baselines"]) == sorted(["GradCAM", "GradCAM++", "ScoreCAM", "AblationCAM"])
-    resumed = Search(planted(), GRAMMAR, config(candidates=20), tmp_path, progress=False)
-    assert resumed.run(resume=True).state.baselines == saved["baselines"]
+    assert saved["next_candidate"] == 0 and saved["baselines"] == {} and saved["incumbent"] is None
+    resumed = Search(planted(), GRAMMAR, config(candidates=20), tmp_path, progress=False).run(resume=True)
+    assert resumed.state.next_candidate == 20
+    assert sorted(resumed.state.baselines) == sorted(["GradCAM", "GradCAM++", "ScoreCAM", "AblationCAM"])
 
 
 SIGTERM_SCRIPT = textwrap.dedent("""

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import known_metrics
-from ..synthesis.config import DEFAULT_MAX_SIZE
+from ..synthesis.config import DEFAULT_MAX_SIZE, TERMINAL_MODES
 from ..synthesis.incumbent import parse_until
 from ..synthesis.split import DEFAULT_TEST_SPLIT, MIN_SPLIT_IMAGES, check_fraction
 from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
@@ -110,6 +110,9 @@ def configure(s: argparse.ArgumentParser) -> None:
                    help=f"images of the built-in benchmark (default {BUNDLED['images']})")
     s.add_argument("--memo-mb", type=nonnegative_float, default=DEFAULT_MAX_MB, metavar="MB",
                    help=f"memory for memoized Deletion / Insertion forward passes (default {DEFAULT_MAX_MB:g}; 0: off)")
+    s.add_argument("--terminals", choices=TERMINAL_MODES, default="on-demand",
+                   help="on-demand (default): cic and abl are computed per image when the search first reads them, "
+                        "so it starts at once; eager: every terminal before the search (same result)")
     s.add_argument("--plain-engine", action="store_true",
                    help="score candidates one at a time with no memo and no early stopping (same result, slower; "
                         "for comparisons)")
@@ -179,7 +182,7 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                                          cache_dir=args.cache_dir, use_cache=not args.no_cache),
                         search=SearchOptions(seed=args.seed, test_split=args.test_split,
                                              equivalence_size=args.equivalence_images, max_size=args.max_size,
-                                             until=args.until, **engine),
+                                             until=args.until, terminals=args.terminals, **engine),
                         output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
                                              progress=not args.quiet, settings={"bundled_benchmark": bundled},
                                              sanity=args.sanity))

@@ -42,6 +42,7 @@ from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOpti
 from .dispatch import Dispatch
 from .evaluation import Method, evaluate_methods
 from .incumbent import parse_until
+from .on_demand import EXPENSIVE, OnDemandTerminals, TerminalSource
 from .outputs import claim_output_folder, write_outputs
 from .per_class import ClassSearch, check_resume_kind, dispatch_of, search_per_class
 from .problem import Data, Problem
@@ -106,26 +107,54 @@ def _data(images: ImageSet | torch.Tensor | str | Path, masks: torch.Tensor | st
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
                   targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
                   chunk_size: int = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None, use_cache: bool = True,
-                  progress: bool = True, memo_mb: float = DEFAULT_MAX_MB) -> tuple[Problem, str]:
+                  progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
+                  on_demand: bool = False) -> tuple[Problem, str]:
     """Compute the terminals ``names`` (through the disk cache) and wrap everything a search scores
     on into a ``Problem``; returns it with the target layer's name. ``memo_mb``: size of the cache of
-    Deletion / Insertion forward passes shared by every subset (0: none)."""
+    Deletion / Insertion forward passes shared by every subset (0: none). ``on_demand``: only the
+    gradient pass runs now; ``cic`` and ``abl`` are computed per image when first read
+    (``on_demand.py``), for the images they are read on, with the targets of the gradient pass."""
+    from functools import partial
+
+    from ..cam.cache import model_digest
     from ..cam.terminals import compute_terminals
 
+    names = list(dict.fromkeys(names))
     if use_cache:
         from ..cam.cache import compute_terminals_cached
-        terms, info = compute_terminals_cached(model, layer, data.images, targets, list(names), device=device,
-                                               chunk_size=chunk_size, progress=progress, cache_dir=cache_dir)
+        compute = partial(compute_terminals_cached, cache_dir=cache_dir)
     else:
-        terms, info = compute_terminals(model, layer, data.images, targets, list(names), device=device,
-                                        chunk_size=chunk_size, progress=progress)
+        compute = compute_terminals  # type: ignore[assignment]
+    now = [n for n in names if n not in EXPENSIVE] if on_demand else names
+    terms, info = compute(model, layer, data.images, targets, now or ["acts"], device=device,
+                          chunk_size=chunk_size, progress=progress)
     dev = terms.device
+    key = f"{model_digest(model.module)[:16]} {info.layer}"
+    if on_demand and len(now) < len(names):
+        fixed = info.targets.detach().cpu()  # [N]: each image is explained for the class found up front
+
+        def values(asked: list[str], index: torch.Tensor) -> dict[str, torch.Tensor]:
+            # a bar of its own outside a search (the final tables); in one, the status line says it
+            show = progress and source.busy is None
+            # the targets asked for, as up front (the disk cache keys on them), unless a near tie
+            # makes the predicted class of an image differ: then those of the gradient pass
+            given = None if targets is None else fixed[index]
+            got, got_info = compute(model, info.layer, data.images[index], given, asked, device=device,
+                                    chunk_size=chunk_size, progress=show)
+            if given is None and not torch.equal(got_info.targets.detach().cpu(), fixed[index]):
+                got, _ = compute(model, info.layer, data.images[index], fixed[index], asked, device=device,
+                                 chunk_size=chunk_size, progress=show)
+            return dict(got)
+
+        known = {n: terms[n] for n in now} if now else {"acts": terms["acts"]}
+        source = TerminalSource(names, known, values, groups=[("cic", "mlogits")])
+        terms = OnDemandTerminals(source)
     inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
                           masks=None if data.masks is None else data.masks.to(dev), model=model.module,
                           device=dev, batch_size=batch_size, memo=ScoreCache(memo_mb) if memo_mb > 0 else None)
     classes = data.labels if data.labels is not None else info.targets
     problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
-                      torch.arange(data.images.shape[0]))
+                      torch.arange(data.images.shape[0]), terminal_key=key)
     return problem, info.layer
 
 
@@ -206,7 +235,7 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
     t0 = time.perf_counter()
     problem, layer_name = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
                                         data.chunk_size, data.cache_dir, data.use_cache, output.progress,
-                                        search.memo_mb)
+                                        search.memo_mb, on_demand=search.terminals == "on-demand")
     terminal_seconds = time.perf_counter() - t0
     # the test split is set aside before any search: the searches only ever get ``search_problem``
     split = make_split(problem, search.test_split, search.seed, problem.targets if per_class else problem.classes)
@@ -252,7 +281,11 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         result = Result(best, dispatch, test_tables, {}, out, outcomes, search_tables=search_tables)
     else:
         result = Result(best, dispatch, search_tables, {}, out, outcomes)
-    timings = {"terminals_s": terminal_seconds, "search_s": search_seconds, "evaluation_s": eval_seconds}
+    on_demand = problem.terminals.source.work.total_seconds if isinstance(problem.terminals, OnDemandTerminals) else 0
+    timings = {"terminals_s": terminal_seconds, "terminals_on_demand_s": on_demand, "search_s": search_seconds,
+               "evaluation_s": eval_seconds,
+               "first_scored_s": terminal_seconds + min((o.state.first_scored for o in outcomes
+                                                         if o.state.first_scored is not None), default=search_seconds)}
     run_settings = {
         "model": loaded.name, "model_source": loaded.source, "weights": weights, "layer": layer_name,
         "images": images_data.source, "size": int(images_data.images.shape[-1]), "metric": search_metric.name,
@@ -263,7 +296,7 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         "batch_size": data.batch_size, "chunk_size": data.chunk_size, "min_class_images": search.min_class_images,
         "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
         "early_stop": search.early_stop, "until": None if search.until is None else str(parse_until(search.until)),
-        "test_split": split.fraction, **(output.settings or {}),
+        "test_split": split.fraction, "terminals": search.terminals, **(output.settings or {}),
     }
     write_outputs(RunRecord(result, loaded, images_data, problem, eval_problem, gram, searches, stopped_by,
                             run_settings, timings, t_start, output.report_images, search_problem=search_problem,

@@ -68,6 +68,10 @@ class DataOptions:
     use_cache: bool = True
 
 
+#: How ``synthesize`` computes the expensive terminals (``SearchOptions.terminals``).
+TERMINAL_MODES = ("on-demand", "eager")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SearchOptions:
     """How ``synthesize`` searches: the oracle's image subsets (``seed``, ``level_sizes`` smallest
@@ -77,7 +81,9 @@ class SearchOptions:
     name with an optional margin in the metric's better direction (``0.40``, ``"ScoreCAM"``,
     ``"ScoreCAM+0.005"``; see ``incumbent.Until``; None: search the whole budget).
     ``test_split``: the share of the images held out before any search and scored only in the final
-    tables (seeded, stratified by class; 0: off; see ``split.py``).
+    tables (seeded, stratified by class; 0: off; see ``split.py``). ``terminals``: ``on-demand``
+    computes ``cic`` and ``abl`` per image when the search first reads them (``on_demand.py``),
+    ``eager`` all terminals before the search (same result, later first candidate).
 
     The evaluation engine (none of it changes the result): ``memo_mb`` MB of memoized Deletion /
     Insertion forward passes (0: off), ``candidate_batch`` candidates scored together on ``I3``,
@@ -94,20 +100,24 @@ class SearchOptions:
     early_stop: bool = True
     until: float | str | None = None
     test_split: float = DEFAULT_TEST_SPLIT
+    terminals: str = "on-demand"
 
     def __post_init__(self) -> None:
         # bad values are refused before any work (terminals can take minutes)
         parse_until(self.until)
         check_fraction(self.test_split)
+        if self.terminals not in TERMINAL_MODES:
+            raise SycamError(f"terminals must be one of {', '.join(TERMINAL_MODES)}, got {self.terminals!r}")
 
 
 @dataclass(frozen=True)
 class SearchConfig(SearchOptions):
     """Settings of one search: the ``SearchOptions`` (keywords) and the ``metric`` to optimize, which
-    carries its options (e.g. ``steps``), the ``budget``, the ``baselines`` scored first and how
-    often a checkpoint is written. ``baseline_start``: start from the best scored baseline the
-    grammar expresses (see ``incumbent``); ``small_level``: levels with fewer images are judged by
-    the mean with a margin (see ``oracle``; 0: always the half-the-images rule).
+    carries its options (e.g. ``steps``), the ``budget``, the ``baselines`` scored at the end and how
+    often a checkpoint is written. ``baseline_check``: at the end, the best scored baseline the
+    grammar expresses replaces a result with a worse ``I1`` mean (see ``incumbent``); ``small_level``:
+    levels with fewer images are judged by the mean with a margin (see ``oracle``; 0: always the
+    half-the-images rule).
 
     None of the engine's settings change which candidate wins (``candidate_batch=1,
     early_stop=False`` is the plain oracle)."""
@@ -116,7 +126,7 @@ class SearchConfig(SearchOptions):
     budget: Budget = Budget(seconds=600.0)
     baselines: tuple[str, ...] = SEARCH_BASELINES
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
-    baseline_start: bool = True
+    baseline_check: bool = True
     small_level: int = SMALL_LEVEL
 
 

@@ -35,13 +35,16 @@ class Problem:
     """``terminals`` of ``N`` images (``[N, K]`` / ``[N, K, h, w]``), their activations ``acts``
     ``[N, K, h, w]``, and ``inputs`` (images ``[N, 3, H, W]``, targets ``[N]``, masks, model) for
     the metrics. ``classes`` ``[N]`` (labels when known, else the targets) stratify the subsets;
-    ``index`` ``[N]`` maps each image back to the full image set."""
+    ``index`` ``[N]`` maps each image back to the full image set. ``terminal_key`` names where the
+    terminals come from (model, layer, names: ``build_problem`` sets it), so that the digest need
+    not read terminals that are computed on demand; None: the digest hashes their values."""
 
     terminals: Terminals
     acts: torch.Tensor
     inputs: MetricInputs
     classes: torch.Tensor
     index: torch.Tensor
+    terminal_key: str | None = None
 
     @property
     def n(self) -> int:
@@ -62,9 +65,12 @@ class Problem:
     def digest(self) -> str:
         """A hash of every tensor the scores depend on (a checkpoint belongs to one problem)."""
         h = hashlib.sha256()
-        for name in sorted(self.terminals):
-            h.update(name.encode())
-            update_digest(h, self.terminals[name])
+        if self.terminal_key is not None:  # the values follow from it and the images
+            h.update(f"terminals {self.terminal_key} {','.join(sorted(self.terminals))}".encode())
+        else:
+            for name in sorted(self.terminals):
+                h.update(name.encode())
+                update_digest(h, self.terminals[name])
         for t in (self.acts, self.inputs.images, self.inputs.targets, self.index):
             update_digest(h, t)
         if self.inputs.masks is not None:

@@ -123,7 +123,7 @@ def markdown_report(d: dict[str, Any]) -> str:
         lines += ["## Incumbents", "", "| seconds | candidate | score | expression |", "|---:|---:|---:|---|"]
         for h in d["history"]:
             prefix = f"class {h['class']}: " if "class" in h else ""
-            candidate = h["candidate"] if h["candidate"] is not None else f"start: {h.get('baseline')}"
+            candidate = h["candidate"] if h["candidate"] is not None else f"baseline: {h.get('baseline')}"
             lines.append(f"| {h['seconds']:.1f} | {candidate} | {_fmt(h['score'])} | "
                          f"{prefix}`{h['expression']}` |")
         lines.append("")

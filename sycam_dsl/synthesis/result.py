@@ -25,6 +25,7 @@ from ..version import __version__
 from .dispatch import Dispatch
 from .evaluation import Method, method_warnings
 from .incumbent import better, not_chosen_reason
+from .on_demand import OnDemandTerminals
 from .oracle import SMALL_LEVEL
 from .per_class import ClassSearch
 from .problem import Data, Problem
@@ -161,14 +162,20 @@ def _counts(outcomes: list[SearchOutcome]) -> dict[str, Any]:
 
 
 def _engine(problem: Problem) -> dict[str, Any]:
-    """The memoized Deletion / Insertion cache's statistics (search and final tables together)."""
+    """The memoized Deletion / Insertion cache's statistics (search and final tables together), and
+    the terminals computed on demand (per group: images and seconds; None when computed up front)."""
+    terms = problem.terminals
+    work = terms.source.work if isinstance(terms, OnDemandTerminals) else None
+    on_demand = None if work is None else {k: {"images": work.images[k], "seconds": work.seconds[k]}
+                                           for k in work.images}
     memo = problem.inputs.memo
     if memo is None:
-        return {"memo": None}
+        return {"memo": None, "on_demand": on_demand}
     st = memo.stats
     return {"memo": {"hits": st.hits, "misses": st.misses, "deduplicated": st.deduplicated,
                      "evictions": st.evictions, "hit_rate": st.hit_rate, "entries": len(memo),
-                     "megabytes": memo.bytes / 2**20, "max_megabytes": memo.max_bytes / 2**20}}
+                     "megabytes": memo.bytes / 2**20, "max_megabytes": memo.max_bytes / 2**20},
+            "on_demand": on_demand}
 
 
 def _search_part(o: SearchOutcome) -> dict[str, Any]:
@@ -298,7 +305,7 @@ def _not_chosen(record: RunRecord) -> list[dict[str, str]]:
         inc = single.state.incumbent if single is not None else None
         reason = not_chosen_reason(r.name, record.grammar, single.level_names if single else [], scores,
                                    inc.blocks if inc is not None else None, metric.higher_is_better,
-                                   single.baseline_start if single else True,
+                                   single.baseline_check if single else True,
                                    single.small_level if single else SMALL_LEVEL)
         out.append({"method": r.name, "reason": reason})
     return out

@@ -6,20 +6,26 @@ scored level by level (``I3``, then the images ``I2`` adds, then those ``I1`` ad
 scores are reused by the next, so no image is scored twice for a candidate. Failing a level ends
 the candidate; passing ``I1`` makes it the incumbent.
 
-Before the first candidate, the search starts from the best baseline the grammar expresses (by its
-``I1`` mean, scored anyway; see ``incumbent``): it is the first incumbent, recorded in the history
-with ``candidate`` None and its ``baseline`` name, so the result is never worse on ``I1`` than a
-method the grammar contains (``baseline_start=False``: no start, the plain oracle).
+When the search stops (but for Ctrl-C), the baselines are scored on ``I1`` and the best one the
+grammar expresses (see ``incumbent``) replaces the incumbent if its ``I1`` mean is better: it is
+recorded in the history with ``candidate`` None and its ``baseline`` name, so the result is never
+worse on ``I1`` than a method the grammar contains, whatever the small first levels said about it
+(``baseline_check=False``: the plain oracle). The check comes last, not first, so that the search
+starts at once: scoring ScoreCAM or AblationCAM on ``I1`` needs ``cic`` or ``abl`` for every image,
+which terminals computed on demand (``on_demand.py``) would otherwise compute before the first
+candidate.
 
 The search stops when the grammar is exhausted, the time or candidate budget ends, the incumbent's
 ``I1`` mean beats the ``until`` threshold (``threshold``), or on Ctrl-C or SIGTERM; it then returns
-the incumbent. The time budget bounds the whole search, baselines
-included: the deadline is checked before every image chunk scored, so the search ends at most one
-chunk's scoring after it. Candidates fully judged by then count (a batch cut short keeps those
-finished, in stream order); one cut short leaves no trace. Once the deadline passes the search
-stops even without an incumbent: the outcome's ``best`` is then None (``stopped_by`` ``time``).
+the incumbent. The time budget bounds the whole search, terminals computed on demand included:
+the deadline is checked before every image chunk scored, so the search ends at most one chunk's
+scoring after it; with terminals on demand it comes earlier by the estimated time the terminals
+still missing for the baselines and the final tables will take (at the rates measured so far).
+Candidates fully judged by then count (a batch cut short keeps those finished, in stream order);
+one cut short leaves no trace. Once the deadline passes the search stops even without an
+incumbent; the final check may then still give one (``stopped_by`` ``time``).
 
-With an output folder it writes ``checkpoint.json`` there right after the baselines are scored,
+With an output folder it writes ``checkpoint.json`` there when it starts,
 then after 1, 2, 4, ... s up to every ``checkpoint_seconds``, and when it stops; a search started
 on the same folder resumes: the checkpoint is checked field by field first, then the enumerator
 replays the candidates already processed (checking their heatmaps, not scoring them) and carries
@@ -50,7 +56,8 @@ from ..lang.sexpr import parse_expr
 from ..parse.grammar import Grammar
 from ..util.progress import StatusLine
 from .config import SearchConfig
-from .incumbent import best_start, better, parse_until
+from .incumbent import best_baseline, better, parse_until
+from .on_demand import OnDemandTerminals, terminal_status
 from .oracle import SMALL_LEVEL, SMALL_LEVEL_MARGIN, hopeless, judge
 from .problem import Problem
 from .scorer import LocalScorer, Scorer, score_levels
@@ -65,8 +72,8 @@ class SearchOutcome:
     ``baselines``: name -> per-image scores on ``I1`` in ``subsets`` order; ``enumeration``: the
     enumerator's counts; ``stopped_by``: ``exhausted``, ``time``, ``candidates``, ``threshold`` or
     ``interrupted``; ``threshold``: the ``until`` threshold's value (None: none, or not reached the
-    baselines); ``baseline_start``: whether the search started from a baseline when it could; ``small_level``: the
-    oracle's small-level size."""
+    baselines); ``baseline_check``: whether the best baseline the grammar expresses was checked against the
+    result at the end; ``small_level``: the oracle's small-level size."""
 
     best: Node | None
     state: SearchState
@@ -76,7 +83,7 @@ class SearchOutcome:
     seconds: float
     level_names: list[str] = field(default_factory=list)
     threshold: float | None = None
-    baseline_start: bool = True
+    baseline_check: bool = True
     small_level: int = SMALL_LEVEL
 
     @property
@@ -206,6 +213,8 @@ class Search:
         self._resumed_loaded = False
         self._interrupts = _Interrupts()  # entered by run
         self._fingerprint: dict[str, Any] | None = None
+        self._busy_text: str | None = None
+        self._state: SearchState | None = None
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -222,7 +231,7 @@ class Search:
                 "metric": self.metric.name, "metric_options": {k: v for k, v in sorted(self.metric.options.items())},
                 "level_sizes": list(self.subsets.level_sizes), "equivalence_size": self.subsets.equivalence_size,
                 "seed": c.seed, "max_size": c.max_size, "baselines": list(c.baselines),
-                "oracle": {"baseline_start": c.baseline_start, "small_level": c.small_level,
+                "oracle": {"baseline_check": c.baseline_check, "small_level": c.small_level,
                            "small_level_margin": SMALL_LEVEL_MARGIN},
                 **({"test_split": c.test_split} if c.test_split else {})}
 
@@ -258,6 +267,7 @@ class Search:
         """Search until the budget, the grammar's end, Ctrl-C or SIGTERM; returns the incumbent."""
         fingerprint = self.fingerprint() if self.out_dir is not None else {}  # only checkpoints use it
         state = (self.resumed_state() if resume else None) or SearchState()
+        self._state = state
         self._resumed, self._resumed_loaded = None, False  # a second run reads the checkpoint afresh
         for name in self.level_names:
             state.counts.scored.setdefault(name, 0)
@@ -270,9 +280,10 @@ class Search:
         enum = None
         with _Interrupts() as interrupts:
             self._interrupts = interrupts
+            source = self.problem.terminals.source if isinstance(self.problem.terminals, OnDemandTerminals) else None
+            if source is not None:
+                source.busy = self._busy
             try:
-                self._score_baselines(state)
-                self._start(state)
                 self._checkpoint(state, fingerprint, force=True)
                 self._check_threshold(state)
                 eq = self.subsets.equivalence
@@ -302,6 +313,13 @@ class Search:
                 stopped_by = "threshold"
             except KeyboardInterrupt:
                 stopped_by = "interrupted"
+            if stopped_by != "interrupted":
+                try:
+                    self._final_check(state)
+                except KeyboardInterrupt:
+                    stopped_by = "interrupted"
+            if source is not None:
+                source.busy = None
             interrupts.hold()
             total = self._elapsed(state)
             self._show(state, force=True)
@@ -316,7 +334,7 @@ class Search:
             best = parse_expr(state.incumbent.expression, self.grammar.inputs, source="<incumbent>")
         return SearchOutcome(best, state, self.subsets, stopped_by,
                              enum.stats.as_dict() if enum is not None else {}, total, self.level_names,
-                             self._threshold, self.config.baseline_start, self.config.small_level)
+                             self._threshold, self.config.baseline_check, self.config.small_level)
 
     def _checkpoint(self, state: SearchState, fingerprint: dict[str, Any], force: bool = False) -> None:
         """Write the checkpoint when it is due (or ``force``); the interval doubles up to
@@ -343,14 +361,31 @@ class Search:
         inc = state.incumbent
         best = "none yet"
         if inc is not None:
-            mean = sum(sum(b) for b in inc.blocks) / sum(map(len, inc.blocks))
-            best = f"{_short(inc.expression)} {self.metric.name} {mean:.4f}"
+            best = f"{_short(inc.expression)} {self.metric.name} {inc.mean:.4f}"
+        terms = terminal_status(self.problem.terminals)
+        work = f" | computing {self._busy_text}" if self._busy_text else (f" | terminals: {terms}" if terms else "")
         return (f"search{self.label}: {self._elapsed(state):6.1f} s | {state.next_candidate} candidates "
-                f"({rate:.1f}/s) | best: {best}")
+                f"({rate:.1f}/s) | best: {best}{work}")
+
+    def _busy(self, text: str | None) -> None:
+        """Terminal work on demand starts (``text``: what) or ends (None): shown on the status line."""
+        self._busy_text = text
+        if text is not None and self._state is not None:
+            self._show(self._state, force=True)
 
     def _out_of_time(self, state: SearchState) -> bool:
+        """Whether the budget, less the terminal work the end still needs, has run out."""
         budget = self.config.budget.seconds
-        return budget is not None and self._elapsed(state) >= budget
+        return budget is not None and self._elapsed(state) + self._reserve() >= budget
+
+    def _reserve(self) -> float:
+        """Seconds of on-demand terminal work the baselines and the final tables will still need (at
+        the rates measured so far; 0 with every terminal computed up front)."""
+        terms = self.problem.terminals
+        if not isinstance(terms, OnDemandTerminals):
+            return 0.0
+        names = set(self.grammar.inputs) | {t for b in self.config.baselines for t in baseline(b).terminals}
+        return terms.source.remaining_seconds(sorted(names))
 
     def _score(self, nodes: list[Node], level: int, chunk: int, state: SearchState) -> list[torch.Tensor | None]:
         """``scorer.score``, unless the time budget has ended (``_Stop``): every image chunk the search
@@ -424,32 +459,37 @@ class Search:
             self._levels[j] = (level, float(level.mean()))
         return self._levels[j]
 
-    def _score_baselines(self, state: SearchState) -> None:
-        for name in self.config.baselines:
-            if name in state.baselines:
-                continue
+    def _score_baseline(self, name: str, state: SearchState) -> list[float]:
+        """Baseline ``name``'s per-image ``I1`` scores (scored once, whatever the time budget: the
+        final tables need them anyway)."""
+        if name not in state.baselines:
             b = baseline(name)
             missing = [t for t in b.terminals if t not in self.problem.terminals]
             if missing:
                 raise SycamError(f"baseline {name} needs terminal(s) {', '.join(missing)}, which the problem lacks")
-            scores = score_levels(self.scorer, b.node,
-                                  lambda nodes, j, c: self._score(nodes, j, c, state))
+            scores = score_levels(self.scorer, b.node)
             if scores is None:
                 raise SycamError(f"baseline {name} ({b.expression}) gives NaN or Inf heatmaps on these images")
             state.baselines[name] = scores.tolist()
+        return state.baselines[name]
 
-    def _start(self, state: SearchState) -> None:
-        """Make the best baseline the grammar expresses the first incumbent (once, before any candidate;
-        a resumed search already has it). Its candidate index is None: it was not enumerated."""
-        if not self.config.baseline_start or state.incumbent is not None or state.history:
+    def _final_check(self, state: SearchState) -> None:
+        """Score the baselines on ``I1`` and (``baseline_check``) make the best one the grammar
+        expresses the incumbent when its mean is better than the incumbent's (its candidate index is
+        None: it was not enumerated)."""
+        for name in self.config.baselines:
+            self._score_baseline(name, state)
+        if not self.config.baseline_check:
             return
-        if any(name not in state.baselines for name in self.config.baselines):
-            return  # the time budget ended first
-        start = best_start(self.grammar, state.baselines, self.metric.higher_is_better)
-        if start is None:
+        best = best_baseline(self.grammar, state.baselines, self.metric.higher_is_better)
+        if best is None:
             return
-        name, node = start
-        scores, blocks, at = state.baselines[name], [], 0
+        name, node = best
+        scores = state.baselines[name]
+        mean = sum(scores) / len(scores)
+        if state.incumbent is not None and not better(mean, state.incumbent.mean, self.metric.higher_is_better):
+            return
+        blocks, at = [], 0
         for size in self.subsets.level_sizes:
             blocks.append(scores[at:size])
             at = size
@@ -457,17 +497,18 @@ class Search:
         with self._interrupts.deferred():
             seconds = self._elapsed(state)
             state.incumbent = Incumbent(text, blocks, seconds, None)
-            state.history.append({"expression": text, "score": sum(scores) / len(scores), "seconds": seconds,
-                                  "candidate": None, "baseline": name})
+            state.history.append({"expression": text, "score": mean, "seconds": seconds, "candidate": None,
+                                  "baseline": name})
 
     def _check_threshold(self, state: SearchState) -> None:
         """Raise ``_Reached`` when the incumbent's ``I1`` mean beats the ``until`` threshold."""
         if self.until is None or state.incumbent is None:
             return
         if self._threshold is None:
+            if self.until.baseline is not None:  # its I1 scores, now (with their terminals, on demand)
+                self._score_baseline(self.until.baseline, state)
             self._threshold = self.until.threshold(state.baselines, self.metric.higher_is_better)
-        flat = [x for b in state.incumbent.blocks for x in b]
-        if better(sum(flat) / len(flat), self._threshold, self.metric.higher_is_better):
+        if better(state.incumbent.mean, self._threshold, self.metric.higher_is_better):
             raise _Reached
 
     def _consider(self, node: Node, state: SearchState,
@@ -519,6 +560,8 @@ class Search:
                 counts.heatmap_equivalent += 1
                 return
             outcome, levels_scored, blocks = verdict
+            if state.first_scored is None:
+                state.first_scored = self._elapsed(state)
             for name in self.level_names[:levels_scored]:
                 counts.scored[name] += 1
             if outcome == "invalid":

@@ -27,12 +27,18 @@ _FORMAT = "sycam-dsl/checkpoint/1"
 @dataclass
 class Incumbent:
     """The best candidate so far: its expression and per-image scores, one list per level block;
-    ``candidate`` its enumeration index, None for the baseline the search started from."""
+    ``candidate`` its enumeration index, None for a baseline (the search's final check)."""
 
     expression: str
     blocks: list[list[float]]
     seconds: float
     candidate: int | None
+
+    @property
+    def mean(self) -> float:
+        """The mean score on ``I1`` (every block), summed in ``I1`` order like a baseline's scores."""
+        flat = [x for b in self.blocks for x in b]
+        return sum(flat) / len(flat)
 
 
 @dataclass
@@ -58,6 +64,7 @@ class SearchState:
     history: list[dict[str, Any]] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     baselines: dict[str, list[float]] = field(default_factory=dict)  # name -> per-image scores on I1
+    first_scored: float | None = None         # search seconds when the first candidate was scored
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,10 +189,10 @@ class _Checker:
             if not _is_number(_get(h, "score", where)):
                 raise _Bad(f"{where}.score", f"must be a finite number, got {h['score']!r}")
             _seconds(_get(h, "seconds", where), f"{where}.seconds")
-            if _get(h, "candidate", where) is None:  # the baseline start: first, and a known baseline
-                if i != 0 or h.get("baseline") not in exp.baselines:
-                    raise _Bad(f"{where}.candidate", "is null, but the entry is not the first one, from a baseline "
-                                                     "the search scores (its baseline field)")
+            if _get(h, "candidate", where) is None:  # the final check's baseline: a known one
+                if h.get("baseline") not in exp.baselines:
+                    raise _Bad(f"{where}.candidate", "is null, but the entry is not from a baseline the search "
+                                                     "scores (its baseline field)")
             elif _count(h["candidate"], f"{where}.candidate") >= next_candidate:
                 raise _Bad(f"{where}.candidate", f"is {h['candidate']}, not below state.next_candidate")
         accepted = sum(h["candidate"] is not None for h in history)
@@ -221,10 +228,12 @@ class _Checker:
         n = sum(exp.block_sizes)
         scored = {k: self.scores(v, f"state.baselines.{k}", 0, n) for k, v in baselines.items()}
         if incumbent is not None and incumbent.candidate is None:
-            name = history[0]["baseline"]
+            name = history[-1]["baseline"]
             if [x for b in incumbent.blocks for x in b] != scored.get(name):
-                raise _Bad("state.incumbent.blocks", f"are not the scores of baseline {name}, which it starts from")
-        return SearchState(next_candidate, seconds, scoring, incumbent, [dict(h) for h in history], counts, scored)
+                raise _Bad("state.incumbent.blocks", f"are not the scores of baseline {name}, which it is")
+        first = d.get("first_scored")
+        return SearchState(next_candidate, seconds, scoring, incumbent, [dict(h) for h in history], counts, scored,
+                           None if first is None else _seconds(first, "state.first_scored"))
 
 
 def load_checkpoint(folder: Path, fingerprint: dict[str, Any], expected: Expected) -> SearchState | None:
