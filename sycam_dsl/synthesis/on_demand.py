@@ -116,9 +116,9 @@ class TerminalSource:
         done = self.work.images.get(key, 0)
         return self.work.seconds[key] / done if done else None
 
-    def remaining_seconds(self, names: Sequence[str]) -> float:
-        """An estimate of the seconds left to compute ``names`` for every image, at the rates measured
-        so far (a group not computed yet counts 0)."""
+    def remaining_seconds(self, names: Sequence[str], index: torch.Tensor | None = None) -> float:
+        """An estimate of the seconds left to compute ``names`` for the images at ``index`` (default:
+        all), at the rates measured so far (a group not computed yet counts 0)."""
         total, seen = 0.0, set()
         for name in names:
             key = "+".join(self.group(name))
@@ -126,7 +126,7 @@ class TerminalSource:
                 continue
             seen.add(key)
             rate = self.seconds_per_image(name)
-            total += (rate or 0.0) * int(self.missing(name).numel())
+            total += (rate or 0.0) * int(self.missing(name, index).numel())
         return total
 
     def status(self) -> str:
@@ -207,6 +207,10 @@ class OnDemandTerminals(Terminals):
 
     def check_finite(self) -> None:
         Terminals({n: self[n] for n in self}).check_finite()
+
+    def remaining_seconds(self, names: Sequence[str]) -> float:
+        """The source's estimate of the seconds left to compute ``names`` for this view's images."""
+        return self._source.remaining_seconds(names, self._index)
 
 
 def terminal_status(terminals: Terminals) -> str:

@@ -379,13 +379,15 @@ class Search:
         return budget is not None and self._elapsed(state) + self._reserve() >= budget
 
     def _reserve(self) -> float:
-        """Seconds of on-demand terminal work the baselines and the final tables will still need (at
-        the rates measured so far; 0 with every terminal computed up front)."""
+        """Seconds of on-demand terminal work the baselines' check and the final tables will still
+        need on this search's images (at the rates measured so far; 0 with every terminal computed
+        up front). The test split's (a fifth by default) comes after the budget: reserving it here
+        would make each per-class search reserve every class's."""
         terms = self.problem.terminals
         if not isinstance(terms, OnDemandTerminals):
             return 0.0
         names = set(self.grammar.inputs) | {t for b in self.config.baselines for t in baseline(b).terminals}
-        return terms.source.remaining_seconds(sorted(names))
+        return terms.remaining_seconds(sorted(names))
 
     def _score(self, nodes: list[Node], level: int, chunk: int, state: SearchState) -> list[torch.Tensor | None]:
         """``scorer.score``, unless the time budget has ended (``_Stop``): every image chunk the search
