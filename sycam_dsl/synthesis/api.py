@@ -6,7 +6,7 @@
     print(result.table())          # SyCAM against GradCAM, GradCAM++, ScoreCAM and AblationCAM
     cam = result.compile()         # a TorchScript module computing the weights W
 
-The pipeline: load the model and images, compute the terminals (cached on disk), hold out the
+The pipeline: load the model and images, compute the terminals (kept in the terminal store), hold out the
 test split (``SearchOptions.test_split``; the search never sees those images), run the search (one,
 or one per predicted class) on the rest, score the result and the baselines on the test split and
 on the searched images, then write the output folder (``result.json``, ``cam.pt``, ``report.md``,
@@ -27,7 +27,7 @@ from torch import nn
 
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
-from ..cam.terminals import DEFAULT_CHUNK_SIZE
+from ..cam.terminals import DEFAULT_CHUNK_SIZE, TerminalInfo
 from ..errors import SycamError
 from ..lang.ast import to_sexpr
 from ..metrics import get_metric
@@ -37,6 +37,7 @@ from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models import LoadedModel, Normalization, load_model
 from ..parse import resolve_grammar
 from ..parse.grammar import Grammar
+from ..util.progress import note
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .dispatch import Dispatch
 from .evaluation import Method, evaluate_methods
@@ -105,16 +106,20 @@ def _data(images: ImageSet | torch.Tensor | str | Path, masks: torch.Tensor | st
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
                   targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
                   chunk_size: int = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None, use_cache: bool = True,
-                  progress: bool = True, memo_mb: float = DEFAULT_MAX_MB) -> tuple[Problem, str]:
-    """Compute the terminals ``names`` (through the disk cache) and wrap everything a search scores
-    on into a ``Problem``; returns it with the target layer's name. ``memo_mb``: size of the cache of
-    Deletion / Insertion forward passes shared by every subset (0: none)."""
+                  progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
+                  cache_size: int | None = None) -> tuple[Problem, TerminalInfo]:
+    """Compute the terminals ``names`` (through the terminal store in ``cache_dir``, bounded to
+    ``cache_size`` bytes, unless not ``use_cache``) and wrap everything a search scores on into a
+    ``Problem``; returns it with the ``TerminalInfo`` (the target layer's name, ``stored``: the
+    images that came from the store). ``memo_mb``: size of the cache of Deletion / Insertion forward
+    passes shared by every subset (0: none)."""
     from ..cam.terminals import compute_terminals
 
     if use_cache:
-        from ..cam.cache import compute_terminals_cached
-        terms, info = compute_terminals_cached(model, layer, data.images, targets, list(names), device=device,
-                                               chunk_size=chunk_size, progress=progress, cache_dir=cache_dir)
+        from ..cam.store import TerminalStore, compute_terminals_stored
+        terms, info = compute_terminals_stored(model, layer, data.images, targets, list(names), device=device,
+                                               chunk_size=chunk_size, progress=progress,
+                                               store=TerminalStore(cache_dir, cache_size))
     else:
         terms, info = compute_terminals(model, layer, data.images, targets, list(names), device=device,
                                         chunk_size=chunk_size, progress=progress)
@@ -125,7 +130,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     classes = data.labels if data.labels is not None else info.targets
     problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
                       torch.arange(data.images.shape[0]))
-    return problem, info.layer
+    return problem, info
 
 
 def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
@@ -184,9 +189,12 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
             raise SycamError(f"metric {m.name!r} compares heatmaps with object masks: give masks (--masks DIR)")
     names = list(dict.fromkeys(list(gram.inputs) + [t for b in SEARCH_BASELINES for t in baseline(b).terminals]))
     t0 = time.perf_counter()
-    problem, layer_name = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
-                                        data.chunk_size, data.cache_dir, data.use_cache, output.progress,
-                                        search.memo_mb)
+    problem, info = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
+                                  data.chunk_size, data.cache_dir, data.use_cache, output.progress, search.memo_mb,
+                                  data.cache_size)
+    layer_name = info.layer
+    if data.use_cache:
+        note(f"terminals: {info.stored} of {problem.n} images from the store", output.progress)
     terminal_seconds = time.perf_counter() - t0
     # the test split is set aside before any search: the searches only ever get ``search_problem``
     split = make_split(problem, search.test_split, search.seed, problem.targets if per_class else problem.classes)
@@ -237,7 +245,8 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         "batch_size": data.batch_size, "chunk_size": data.chunk_size, "min_class_images": search.min_class_images,
         "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
         "early_stop": search.early_stop, "until": None if search.until is None else str(parse_until(search.until)),
-        "test_split": split.fraction, **(output.settings or {}),
+        "test_split": split.fraction, "images_from_store": info.stored if data.use_cache else None,
+        **(output.settings or {}),
     }
     write_outputs(RunRecord(result, loaded, images_data, problem, eval_problem, gram, searches, stopped_by,
                             run_settings, timings, t_start, output.report_images, search_problem=search_problem,
