@@ -242,10 +242,11 @@ def test_concurrent_writers_leave_a_valid_store(tmp_path, caplog):
     store_dir = tmp_path / "store"
     x = images(6)
     results, errors = {}, []
+    models = [tiny() for _ in range(3)]  # one each (a model's layer hooks are per run); built here, one at a time
 
     def compute(i: int) -> None:
         try:
-            results[i] = stored(copy.deepcopy(tiny()), x, ["grads", "cic"], store_dir, chunk_size=2)
+            results[i] = stored(models[i], x, ["grads", "cic"], store_dir, chunk_size=2)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
