@@ -153,6 +153,8 @@ class BadEntry(Exception):
 
 @dataclass(frozen=True)
 class StoreInfo:
+    """The store's folder, its number of entries, their bytes and the bound."""
+
     folder: Path
     entries: int
     bytes: int
@@ -168,6 +170,14 @@ class _Entry:
     used_ns: int
     size: int
     path: Path
+
+
+def _scan(folder: str | Path) -> list[os.DirEntry[str]]:
+    """The files and folders in ``folder``; none when it does not exist (or is not a folder)."""
+    try:
+        return list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _unlink(path: str | Path) -> bool:
@@ -240,13 +250,16 @@ class TerminalStore:
         path = self.path(key)
         try:
             atomic_torch_save({"format": STORE_FORMAT, "key": asdict(key), "values": values}, path)
-            self._touch(path)
-            size = path.stat().st_size
         except OSError as e:
             self._cannot_write = True
             log.warning("could not write the terminal store %s (%s); the terminals are computed but not kept: "
                         "give --cache-dir (or SYCAM_DSL_CACHE) a writable folder", self.root, e.strerror or e)
             return
+        self._touch(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # evicted by another process meanwhile
+            size = 0
         if self._bytes is None:
             self._bytes = sum(e.size for e in self._entries())  # the new entry included
         else:
@@ -259,9 +272,9 @@ class TerminalStore:
     def _entries(self) -> Iterator[_Entry]:
         """Every entry (and file of the old whole-set cache); removes the temporary files that killed
         writers left behind."""
-        shards = [s for s in os.scandir(self.root) if s.is_dir()] if self.root.is_dir() else []
-        legacy = [f for f in os.scandir(self.folder) if _LEGACY.fullmatch(f.name)] if self.folder.is_dir() else []
-        for f in legacy + [f for s in shards for f in os.scandir(s.path)]:
+        shards = [s for s in _scan(self.root) if s.is_dir()]
+        legacy = [f for f in _scan(self.folder) if _LEGACY.fullmatch(f.name)]
+        for f in legacy + [f for s in shards for f in _scan(s.path)]:
             try:
                 st = f.stat()
             except FileNotFoundError:  # removed by another process meanwhile
@@ -295,16 +308,15 @@ class TerminalStore:
         """Remove every entry (and leftover temporary file); returns what was removed."""
         before = self.info()
         self.evict(goal=0)
-        if self.root.is_dir():
-            for shard in os.scandir(self.root):
-                if shard.is_dir():
-                    for f in os.scandir(shard.path):
-                        if f.name.endswith(".tmp"):
-                            _unlink(f.path)
-                    try:
-                        os.rmdir(shard.path)
-                    except OSError:  # another process wrote meanwhile
-                        pass
+        for shard in _scan(self.root):
+            if shard.is_dir():
+                for f in _scan(shard.path):
+                    if f.name.endswith(".tmp"):
+                        _unlink(f.path)
+                try:
+                    os.rmdir(shard.path)
+                except OSError:  # another process wrote meanwhile
+                    pass
         return before
 
 
