@@ -338,24 +338,26 @@ def test_efficientnet_lite0_defaults_to_its_activated_head():
     assert float(blank.float().mean()) < 0.2, blank
 
 
-def test_a_cache_hit_is_checked_against_the_model(tmp_path, caplog):
-    from sycam_dsl.cam.cache import compute_terminals_cached
+def test_a_store_hit_is_checked_against_the_model(tmp_path, caplog):
+    from sycam_dsl.cam.store import TerminalStore, compute_terminals_stored
     from sycam_dsl.cam.terminals import TerminalError
     from sycam_dsl.models import LayerError
     from tests.cam_reference import TinyCNN
 
     torch.manual_seed(0)
     model, x = TinyCNN(), _tiny_images()
-    run = lambda: compute_terminals_cached(model, "features.4", x, None, ["grads"], progress=False,  # noqa: E731
-                                           cache_dir=tmp_path)
+    run = lambda: compute_terminals_stored(model, "features.4", x, None, ["grads"], progress=False,  # noqa: E731
+                                           store=TerminalStore(tmp_path))
     first, _ = run()
-    assert run()[1].from_cache
+    assert run()[1].stored == x.shape[0]
     base = TinyCNN.forward
     model.forward = lambda x: 2 * base(model, x)  # forward edited: same class, repr and weights
     with caplog.at_level("WARNING"):
         again, info = run()
-    assert not info.from_cache and torch.allclose(again["grads"], 2 * first["grads"])
-    assert sum("does not match the model's logits" in r.getMessage() for r in caplog.records) == 1
+    assert info.stored == 0 and torch.allclose(again["grads"], 2 * first["grads"])
+    assert sum("do not match its logits now" in r.getMessage() for r in caplog.records) == 1
+    with caplog.at_level("WARNING"):
+        assert run()[1].stored == x.shape[0]  # overwritten: the edited model's values now
     model.forward = lambda x: base(model, x) * float("nan")
     with pytest.raises(TerminalError, match="NaN or Inf"):
         run()
@@ -385,8 +387,8 @@ def test_a_float64_model_is_scored_in_float32(photo):
     code, err, out = _cli("eval", "--model", "tests.bad_models:float64", "--layer", "features.4", "--size", "32",
                           "--no-cache", "--quiet", "--images", str(photo), "--baselines", "GradCAM")
     assert code == 0, err
-    assert [line for line in err if "float32" in line] == [
-        "model 'tests.bad_models:float64' has float64 parameters; running it in float32 "
+    assert [line for line in err if "float32" in line] == [  # the package's log warnings, as the CLI prints them
+        "sycam-dsl: warning: model 'tests.bad_models:float64' has float64 parameters; running it in float32 "
         "(cast it with .float() to silence this)"], err
 
 

@@ -1,5 +1,5 @@
 """The CAM engine: models, layers, images/masks, terminals (against direct autograd and per-channel
-loops written here from SPEC section 2), the fx split and its hook fallback, the cache and the CLI.
+loops written here from SPEC section 2), the fx split and its hook fallback and the CLI (the terminal store: test_terminal_store.py).
 
 CPU only, nothing downloaded: a tiny CNN defined here (float64, so comparisons are tight) and
 torchvision's resnet18 with seeded random weights on 64 x 64 images.
@@ -17,8 +17,6 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from sycam_dsl.cam import cache as cache_mod
-from sycam_dsl.cam.cache import compute_terminals_cached
 from sycam_dsl.cam.errors import ImageError, TerminalError
 from sycam_dsl.cam.images import load_images
 from sycam_dsl.cam.layer_split import HookAccess, split_model, tail_runner
@@ -551,80 +549,6 @@ def test_bad_arguments():
 
 
 # ---------------------------------------------------------------------------------------------
-# cache
-
-
-def _count_forwards(model: nn.Module) -> list[int]:
-    calls = [0]
-
-    def pre(m, inp):
-        calls[0] += 1
-
-    model.register_forward_pre_hook(pre)
-    return calls
-
-
-def test_cache_hit_returns_identical_tensors_after_one_checking_pass(tmp_path):
-    model, x = tiny_net(), _images(3)
-    calls = _count_forwards(model)
-    first, info1 = compute_terminals_cached(model, "block", x, None, ALL, progress=False, cache_dir=tmp_path)
-    assert calls[0] > 0 and not info1.from_cache
-    assert len(list(tmp_path.glob("terminals-*.pt"))) == 1
-    calls[0] = 0
-    second, info2 = compute_terminals_cached(model, "block", x, None, ALL, progress=False, cache_dir=tmp_path)
-    # the up-front check of one image and one pass of the images to compare the stored logits; no terminal work
-    assert calls[0] == 2 and info2.from_cache
-    for n in ALL:
-        assert torch.equal(first[n], second[n]) and first[n].dtype == second[n].dtype
-    for f in ("acts", "logits", "targets", "z_c", "y_c", "masked_logits", "ablated_logits"):
-        assert torch.equal(getattr(info1, f), getattr(info2, f)), f
-    assert info2.abl_method == info1.abl_method and info2.layer == "block"
-
-
-def test_cache_misses_when_an_input_changes(tmp_path, monkeypatch):
-    monkeypatch.setenv("SYCAM_DSL_CACHE", str(tmp_path / "env"))
-    model, x = tiny_net(), _images(2)
-    calls = _count_forwards(model)
-
-    def run(m=model, images=x, targets=None, names=("grads",), layer="block"):
-        before = calls[0]
-        _, info = compute_terminals_cached(m, layer, images, targets, names, progress=False)
-        assert info.from_cache == (calls[0] - before == 2)  # a hit: the up-front check and the logits check
-        return not info.from_cache
-
-    assert run() and not run()
-    assert len(list((tmp_path / "env").glob("terminals-*.pt"))) == 1  # the env variable chose the folder
-    assert run(images=x + 1e-3)
-    assert run(targets=torch.tensor([0, 1]))
-    assert run(targets=torch.tensor([1, 0])) and not run(targets=torch.tensor([1, 0]))
-    assert run(names=("grads", "acts"))
-    assert run(layer="stem")
-    with torch.no_grad():
-        model.fc.bias.add_(1e-6)
-    assert run() and not run()
-
-
-def test_corrupt_cache_file_is_recomputed(tmp_path, caplog):
-    model, x = tiny_net(), _images(2)
-    terms, _ = compute_terminals_cached(model, "block", x, None, ["grads"], progress=False, cache_dir=tmp_path)
-    (f,) = tmp_path.glob("terminals-*.pt")
-    f.write_bytes(b"not a torch file")
-    with caplog.at_level(logging.WARNING):
-        again, info = compute_terminals_cached(model, "block", x, None, ["grads"], progress=False,
-                                               cache_dir=tmp_path)
-    assert not info.from_cache and "ignoring unreadable" in caplog.text
-    assert torch.equal(again["grads"], terms["grads"])
-
-
-def test_model_digest_covers_every_weight():
-    a, b = tiny_net(), tiny_net()
-    assert cache_mod.model_digest(a) == cache_mod.model_digest(b)
-    with torch.no_grad():
-        b.stem[1].running_var[0] += 1e-9  # a buffer, not a parameter
-    assert cache_mod.model_digest(a) != cache_mod.model_digest(b)
-
-
-# ---------------------------------------------------------------------------------------------
 # load_model
 
 
@@ -834,7 +758,7 @@ def _cli(argv):
     args.handler(args)
 
 
-def test_cli_terminals_writes_a_pt_file_and_uses_the_cache(tmp_path, capsys):
+def test_cli_terminals_writes_a_pt_file_and_uses_the_store(tmp_path, capsys):
     for i, color in enumerate([(255, 0, 0), (0, 255, 0)]):
         _png(tmp_path / "img" / f"{i}.png", _rgb(20, 20, color))
     argv = ["terminals", "--model", f"{__name__}:tiny_net", "--layer", "block", "--images",
@@ -843,12 +767,13 @@ def test_cli_terminals_writes_a_pt_file_and_uses_the_cache(tmp_path, capsys):
     _cli(argv)
     first = capsys.readouterr().out
     assert "wrote" in first and "grads, cic, abl for 2 images x 5 channels at block (8x8)" in first
+    assert "0 of 2 images from the store" in first
     data = torch.load(tmp_path / "out" / "t.pt", weights_only=True)
     assert set(data["terminals"]) == {"grads", "cic", "abl"} and data["terminals"]["cic"].shape == (2, 5)
     assert data["acts"].shape == (2, 5, 8, 8) and data["files"] == ["0.png", "1.png"]
     assert data["meta"]["layer"] == "block" and data["meta"]["abl_method"] == "fx"
     _cli(argv)
-    assert "from cache" in capsys.readouterr().out
+    assert "2 of 2 images from the store" in capsys.readouterr().out
     again = torch.load(tmp_path / "out" / "t.pt", weights_only=True)
     for n in data["terminals"]:
         assert torch.equal(again["terminals"][n], data["terminals"][n])

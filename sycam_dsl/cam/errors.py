@@ -11,3 +11,7 @@ class ImageError(SycamError):
 
 class TerminalError(SycamError):
     """Terminals that cannot be computed (bad targets, NaN or Inf values, ...)."""
+
+
+class StoreError(SycamError):
+    """A terminal store that cannot be used as asked (its folder is a file, a bad size bound)."""

@@ -4,12 +4,20 @@ One forward and backward pass per image batch gives ``A``, ``G``, ``grads``, ``p
 ``cic`` (ScoreCAM) runs the model on masked copies of each image, ``abl`` (AblationCAM) reruns only the
 layers after the target layer (``layer_split``) on activations with one channel zeroed. Both go through
 (image, channel) rows ``chunk_size`` at a time, so memory stays bounded for any ``K``.
+
+The values come in three **records** per image, by how they are computed: ``base`` (the gradient
+pass: ``A``, the logits, the target and, when asked, ``grads``, ``pgrads``, ``G``), ``cic`` (``cic``
+and the masked logits) and ``abl`` (``abl``, the ablated logits and the method). ``compute_records``
+computes the missing records of some images, ``chunk_size`` images at a time and ``base`` first,
+calling back after each chunk (``cam.store`` writes it to disk there); ``assemble`` turns the
+records into ``Terminals`` and ``TerminalInfo``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +33,20 @@ from ..models.precision import float32_model
 from ..template.saliency import minmax_normalize
 from ..util.modes import eval_mode
 from ..util.progress import progress as progress_bar
+from ..util.progress import progress_label
 from .errors import TerminalError
 from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, layer_access, tail_runner
 
 #: Terminals that need the backward pass.
 _GRAD_NAMES = frozenset({"grads", "pgrads", "G"})
 DEFAULT_CHUNK_SIZE = 32
+
+#: The record kinds, in the order they are computed (``cic`` and ``abl`` read ``base``).
+BASE, CIC, ABL = "base", "cic", "abl"
+
+#: One image's values of one record kind: tensors without the image dimension (``abl`` also holds
+#: ``abl_method``, a string).
+Record = dict[str, Any]
 
 
 @dataclass
@@ -51,7 +67,8 @@ class TerminalInfo:
     masked_logits: torch.Tensor | None = None
     ablated_logits: torch.Tensor | None = None
     abl_method: str | None = None
-    from_cache: bool = False
+    #: how many images came whole from the terminal store (``cam.store``), nothing computed for them
+    stored: int = 0
 
 
 def check_names(names: Sequence[str]) -> list[str]:
@@ -238,9 +255,10 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _probe(access: LayerAccess, x: torch.Tensor, names: list[str]) -> None:
+def _probe(access: LayerAccess, x: torch.Tensor, names: list[str]) -> int:
     """One image through the model before any terminal work, so that a model or an input size that
-    cannot give these terminals fails at once, with one line, not after minutes or in a traceback."""
+    cannot give these terminals fails at once, with one line, not after minutes or in a traceback;
+    returns the number of classes."""
     need_grad = bool(_GRAD_NAMES & set(names))
     size = "x".join(str(d) for d in x.shape[2:])
     try:
@@ -263,11 +281,13 @@ def _probe(access: LayerAccess, x: torch.Tensor, names: list[str]) -> None:
         raise TerminalError(f"the model's output does not depend on its input through autograd (detached or "
                             f"computed under no_grad); gradient terminals ({grads}) need it: remove the detach "
                             f"or no_grad from forward, or ask for cic, abl, acts or A only")
+    return int(logits.shape[1])
 
 
 def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor, names: list[str],
-                  device: torch.device) -> tuple[nn.Module, LayerAccess, torch.Tensor]:
-    """(module, its layer access, images on ``device``) for ``compute_terminals``, checked up front.
+                  device: torch.device) -> tuple[nn.Module, LayerAccess, torch.Tensor, int]:
+    """(module, its layer access, images on ``device``, number of classes) for ``compute_terminals``,
+    checked up front.
 
     A model in float16 or bfloat16 (or mixed types) runs as a float32 copy (one warning line); float64
     models run in float64 (``load_model`` casts them to float32, for the metrics' float32 images). The model
@@ -286,8 +306,145 @@ def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: tor
     module.to(device)
     x = images.to(device=device, dtype=_dtype(module))
     with eval_mode(module):
-        _probe(access, x, names)
-    return module, access, x
+        n_classes = _probe(access, x, names)
+    return module, access, x, n_classes
+
+
+@dataclass
+class TerminalRun:
+    """Terminal work ready to run (``prepare_run``): the checked ``module`` and its layer ``access``,
+    the images ``x`` ``[N, 3, H, W]`` on the device, the ``targets`` ``[N]`` (None: the predicted
+    classes), the terminal ``names``, and how: ``chunk_size``, ``progress``, ``ablation``."""
+
+    module: nn.Module
+    access: LayerAccess
+    x: torch.Tensor
+    targets: torch.Tensor | None
+    names: list[str]
+    chunk_size: int
+    progress: bool
+    ablation: str
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The record kinds ``names`` need: ``base`` always, ``cic`` and ``abl`` when read."""
+        wanted = {BASE: True, CIC: "cic" in self.names or "mlogits" in self.names, ABL: "abl" in self.names}
+        return tuple(kind for kind, needed in wanted.items() if needed)
+
+    def base_covers(self, record: Record) -> bool:
+        """Whether a ``base`` record holds every gradient terminal ``names`` need (one computed for
+        other names may lack them)."""
+        need = ({"grads", "pgrads"} if _GRAD_NAMES & set(self.names) else set()) | ({"G"} & set(self.names))
+        return need <= record.keys()
+
+
+def prepare_run(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
+                targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
+                chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True, ablation: str = "auto") -> TerminalRun:
+    """The arguments of ``compute_terminals`` checked (``prepare_model``; targets in range) and ready."""
+    names = check_names(names)
+    if chunk_size < 1:
+        raise TerminalError(f"chunk_size must be a positive integer, got {chunk_size}")
+    dev = resolve_device(device)
+    module, access, x, n_classes = prepare_model(model, layer, images, names, dev)
+    t = _check_targets(targets, x.shape[0], dev)
+    if t is not None and (int(t.min()) < 0 or int(t.max()) >= n_classes):
+        bad = int(((t < 0) | (t >= n_classes)).nonzero()[0])
+        raise TerminalError(f"target class {int(t[bad])} of image {bad} is out of range: the model has {n_classes} "
+                            f"classes")
+    return TerminalRun(module, access, x, t, names, chunk_size, progress, ablation)
+
+
+def _split(values: dict[str, torch.Tensor], n: int) -> list[Record]:
+    """Batched values ``{name: [n, ...]}`` as ``n`` records of one image each (views)."""
+    return [{k: v[i] for k, v in values.items()} for i in range(n)]
+
+
+def _stack(records: Sequence[Record], key: str) -> torch.Tensor:
+    return torch.stack([r[key] for r in records])
+
+
+def _compute_chunk(run: TerminalRun, kind: str, idx: list[int], base: list[Record | None],
+                   ablation: str) -> list[Record]:
+    """The ``kind`` records of the images ``idx`` (``base`` must hold theirs for ``cic`` and ``abl``)."""
+    index = torch.tensor(idx, device=run.x.device)
+    x = run.x.index_select(0, index)
+    if kind == BASE:
+        t = None if run.targets is None else run.targets.index_select(0, index)
+        return _split(_gradient_pass(run.access, x, t, run.names, run.chunk_size, run.progress), len(idx))
+    have = [base[i] for i in idx]
+    assert all(r is not None for r in have), "the base records come first"
+    done = [r for r in have if r is not None]
+    acts, targets = _stack(done, "A"), _stack(done, "targets")
+    if kind == CIC:
+        cic, masked = _cic(run.access.model, x, acts, targets, run.chunk_size, run.progress)
+        return _split({"cic": cic, "mlogits": masked}, len(idx))
+    abl, ablated, method = _abl(run.access, x, acts, _stack(done, "logits"), targets, run.chunk_size, ablation,
+                                run.progress)
+    return [{**r, "abl_method": method} for r in _split({"abl": abl, "ablated_logits": ablated}, len(idx))]
+
+
+def _check_logits(base: Sequence[Record | None]) -> None:
+    logits = _stack([r for r in base if r is not None], "logits")
+    if not bool(torch.isfinite(logits).all()):
+        i = int((~torch.isfinite(logits)).any(dim=1).nonzero()[0])
+        raise TerminalError(f"the model's logits have NaN or Inf values for image {i}; check the model weights "
+                            f"and the input images")
+
+
+#: Called after each computed chunk with its record kind, the images' positions and their records.
+ChunkDone = Callable[[str, list[int], list[Record]], None]
+
+
+def compute_records(run: TerminalRun, records: dict[str, list[Record | None]],
+                    on_chunk: ChunkDone | None = None) -> None:
+    """Fill in the missing (None) records of each kind in ``records`` (``{kind: [record or None] * N}``,
+    the kinds of ``run.kinds``), ``run.chunk_size`` images at a time, every ``base`` record first,
+    calling ``on_chunk`` after each chunk. Run in eval mode (``eval_mode(run.module)``)."""
+    ablation = run.ablation
+    for kind in run.kinds:
+        missing = [i for i, r in enumerate(records[kind]) if r is None]
+        chunks = [missing[s:s + run.chunk_size] for s in range(0, len(missing), run.chunk_size)]
+        for c, idx in enumerate(chunks):
+            with progress_label(f" (chunk {c + 1} of {len(chunks)})" if len(chunks) > 1 else ""):
+                done = _compute_chunk(run, kind, idx, records[BASE], ablation)
+            for i, record in zip(idx, done):
+                records[kind][i] = record
+            if kind == ABL and done[0]["abl_method"] == "hook":
+                ablation = "hook"  # the fx split failed once: do not trace (and warn) again for every chunk
+            if on_chunk is not None:
+                on_chunk(kind, idx, done)
+        if kind == BASE:
+            _check_logits(records[BASE])  # before the long masked and ablated passes
+
+
+def assemble(run: TerminalRun, records: dict[str, list[Record | None]]) -> tuple[Terminals, TerminalInfo]:
+    """``Terminals`` and ``TerminalInfo`` of ``run.names`` from every image's records (all present)."""
+    def complete(kind: str) -> list[Record]:
+        out = [r for r in records[kind] if r is not None]
+        assert len(out) == run.n, f"missing {kind} records"
+        return out
+
+    base = complete(BASE)
+    acts, logits, t = _stack(base, "A"), _stack(base, "logits"), _stack(base, "targets")
+    z_c, y_c = _target_scores(logits, t)
+    values = {"A": acts, "acts": acts.mean(dim=(2, 3))}
+    values.update({k: _stack(base, k) for k in ("G", "grads", "pgrads") if k in run.names})
+    info = TerminalInfo(run.access.name, acts, logits, t, z_c, y_c)
+    if CIC in run.kinds:
+        cic = complete(CIC)
+        values["cic"], values["mlogits"] = _stack(cic, "cic"), _stack(cic, "mlogits")
+        info.masked_logits = values["mlogits"]
+    if ABL in run.kinds:
+        abl = complete(ABL)
+        values["abl"], info.ablated_logits = _stack(abl, "abl"), _stack(abl, "ablated_logits")
+        info.abl_method = "/".join(sorted({r["abl_method"] for r in abl}))  # one method, unless a store mixes them
+    _check_finite(values, run.names, z_c)
+    return Terminals({n: values[n] for n in run.names}), info
 
 
 def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
@@ -299,32 +456,13 @@ def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images:
     ``images``: ``[N, 3, H, W]``, normalized as the model expects; ``targets``: ``[N]`` class indices,
     None for the predicted class; ``layer``: dotted module path, None for the model's default.
     ``chunk_size``: the most images, masked images (``cic``) or ablated activation copies (``abl``)
-    per forward pass. ``ablation``: ``auto`` (fx split, hook fallback), ``fx`` or ``hook``.
-    The model is checked first (``prepare_model``: float32, logits, input size, autograd), moved to
-    ``device`` and run in eval mode; its modes are restored and its hooks removed
-    on every exit. Vec terminals are ``[N, K]``, Map terminals ``[N, K, h, w]``, on ``device``."""
-    names = check_names(names)
-    if chunk_size < 1:
-        raise TerminalError(f"chunk_size must be a positive integer, got {chunk_size}")
-    dev = resolve_device(device)
-    module, access, x = prepare_model(model, layer, images, names, dev)
-    t = _check_targets(targets, x.shape[0], dev)
-    with eval_mode(module):
-        base = _gradient_pass(access, x, t, names, chunk_size, progress)
-        acts, logits, t = base["A"], base["logits"], base["targets"]
-        z_c, y_c = _target_scores(logits, t)
-        values = {"A": acts, "acts": acts.mean(dim=(2, 3))}
-        values.update({k: base[k] for k in ("G", "grads", "pgrads") if k in base})
-        info = TerminalInfo(access.name, acts, logits, t, z_c, y_c)
-        if not bool(torch.isfinite(logits).all()):
-            i = int((~torch.isfinite(logits)).any(dim=1).nonzero()[0])
-            raise TerminalError(f"the model's logits have NaN or Inf values for image {i}; check the model weights "
-                                f"and the input images")
-        if "cic" in names or "mlogits" in names:
-            values["cic"], info.masked_logits = _cic(access.model, x, acts, t, chunk_size, progress)
-            values["mlogits"] = info.masked_logits
-        if "abl" in names:
-            values["abl"], info.ablated_logits, info.abl_method = _abl(access, x, acts, logits, t, chunk_size,
-                                                                       ablation, progress)
-    _check_finite(values, names, z_c)
-    return Terminals({n: values[n] for n in names}), info
+    per forward pass, and the images per chunk of records. ``ablation``: ``auto`` (fx split, hook
+    fallback), ``fx`` or ``hook``. The model is checked first (``prepare_model``: float32, logits,
+    input size, autograd), moved to ``device`` and run in eval mode; its modes are restored and its
+    hooks removed on every exit. Vec terminals are ``[N, K]``, Map terminals ``[N, K, h, w]``, on
+    ``device``. ``cam.store.compute_terminals_stored`` is the same through the on-disk store."""
+    run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation)
+    records: dict[str, list[Record | None]] = {kind: [None] * run.n for kind in run.kinds}
+    with eval_mode(run.module):
+        compute_records(run, records)
+    return assemble(run, records)

@@ -21,6 +21,7 @@ from .options import (
     add_scoring_options,
     add_targets,
     compute_terminals_from,
+    from_store,
     metrics_from_args,
     output_file,
     targets_from,
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace) -> None:
     targets = targets_from(args, data.labels)
     names = sorted({t for _, node in methods.values() for t in node.terminals()})
     terms, info = compute_terminals_from(args, model, data.images, targets, names)
+    if not args.no_cache:
+        print(f"terminals: {from_store(info.stored, len(data))}", file=sys.stderr)
     inputs = MetricInputs(data.images, info.targets, masks=data.masks, model=model.module, device=args.device,
                           batch_size=args.batch_size)
     results = score_methods(methods, metrics, inputs, terms, info.acts)
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> None:
         atomic_write_json(out, {
             "model": model.name, "weights": args.weights, "layer": info.layer, "size": int(data.images.shape[-1]),
             "files": data.files, "targets": info.targets.tolist(),
+            "images_from_store": None if args.no_cache else info.stored,
             "metrics": [{"metric": m.name, "higher_is_better": m.higher_is_better, "options": dict(m.options),
                          "methods": [asdict(r) for r in rows]} for m, rows in tables],
         })

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -26,7 +27,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "search a grammar for the CAM weight expression that scores best on a metric"),
     "sanity": ("sanity", "model-parameter randomization check of a search's result (metric gaming)"),
     "train-bundled": ("train_bundled", "retrain the built-in benchmark's small CNN (reproduces its shipped weights)"),
+    "cache": ("cache_cmd", "the terminal store's folder, entries and size (info), or empty it (clear)"),
 }
+
+
+class _WarningLines(logging.Handler):
+    """The package's log warnings as ``sycam-dsl: warning: ...`` lines on stderr (looked up at each
+    line, so a replaced ``sys.stderr`` gets them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"sycam-dsl: warning: {record.getMessage()}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("sycam_dsl")
+    if not any(isinstance(h, _WarningLines) for h in logger.handlers):
+        logger.addHandler(_WarningLines(logging.WARNING))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     keep_freed_memory()
+    _show_warnings()
     try:
         code = args.handler(args)
     except KeyboardInterrupt:

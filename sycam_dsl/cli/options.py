@@ -22,6 +22,7 @@ from ..metrics.scoring import DEFAULT_BATCH_SIZE
 if TYPE_CHECKING:
     import torch
 
+    from ..cam.store import TerminalStore
     from ..lang.ast import Node
     from ..metrics.registry import Metric
 
@@ -35,7 +36,10 @@ WEIGHTS_HELP = ("state-dict file (torch.save(model.state_dict(), FILE)); random:
                 "(demos and tests)")
 IMAGES_HELP = "folder of images, or of one subfolder of images per class"
 MASKS_HELP = "folder of binary PNG masks, one per image (gt_overlap, sch)"
-CACHE_HELP = "terminal cache folder (default $SYCAM_DSL_CACHE or ~/.cache/sycam-dsl)"
+CACHE_HELP = ("folder of the terminal store, which keeps computed terminals per image (default $SYCAM_DSL_CACHE "
+              "or ~/.cache/sycam-dsl)")
+CACHE_SIZE_HELP = ("size bound of the terminal store, such as 500MB or 4GB; the least recently used entries go "
+                   "first (default $SYCAM_DSL_CACHE_SIZE or 2GB)")
 
 
 # -- argument types ---------------------------------------------------------------------------------
@@ -58,6 +62,16 @@ nonnegative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
 #: inf and nan are refused here rather than deep in a metric
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
 nonnegative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+def size_bytes(text: str) -> int:
+    """A size such as ``500MB`` or ``2GB`` in bytes."""
+    from ..util.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def height_width(text: str) -> tuple[int, int]:
@@ -93,10 +107,16 @@ def add_chunk_size(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_CHUNK_SIZE})")
 
 
-def add_cache_options(p: argparse.ArgumentParser) -> None:
-    """``--cache-dir``, ``--no-cache``."""
+def add_store_location(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir``, ``--cache-size``."""
     p.add_argument("--cache-dir", metavar="DIR", help=CACHE_HELP)
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the terminal cache")
+    p.add_argument("--cache-size", type=size_bytes, metavar="SIZE", help=CACHE_SIZE_HELP)
+
+
+def add_cache_options(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir``, ``--cache-size``, ``--no-cache``."""
+    add_store_location(p)
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the terminal store")
 
 
 def add_targets(p: argparse.ArgumentParser) -> None:
@@ -133,17 +153,29 @@ def targets_from(args: argparse.Namespace, labels: torch.Tensor | None) -> torch
     return labels
 
 
+def store_from(args: argparse.Namespace) -> TerminalStore:
+    """The terminal store of ``--cache-dir`` and ``--cache-size``."""
+    from ..cam.store import TerminalStore
+
+    return TerminalStore(args.cache_dir, args.cache_size)
+
+
 def compute_terminals_from(args: argparse.Namespace, model: Any, images: torch.Tensor,
                            targets: torch.Tensor | None, names: list[str], **extra: Any) -> tuple[Any, Any]:
-    """Terminals ``names`` of ``images`` ``[N, 3, H, W]`` through the disk cache unless ``--no-cache``;
-    returns ``(Terminals, TerminalInfo)``."""
-    from ..cam.cache import compute_terminals_cached
+    """Terminals ``names`` of ``images`` ``[N, 3, H, W]`` through the terminal store unless
+    ``--no-cache``; returns ``(Terminals, TerminalInfo)``."""
+    from ..cam.store import compute_terminals_stored
     from ..cam.terminals import compute_terminals
 
     common = dict(device=args.device, chunk_size=args.chunk_size, progress=not args.quiet, **extra)
     if args.no_cache:
         return compute_terminals(model, args.layer, images, targets, names, **common)
-    return compute_terminals_cached(model, args.layer, images, targets, names, cache_dir=args.cache_dir, **common)
+    return compute_terminals_stored(model, args.layer, images, targets, names, store=store_from(args), **common)
+
+
+def from_store(stored: int, total: int) -> str:
+    """``6 of 12 images from the store``."""
+    return f"{stored} of {total} images from the store"
 
 
 def output_file(path: str, suffixes: tuple[str, ...] | None = None) -> Path:

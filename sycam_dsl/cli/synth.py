@@ -26,6 +26,7 @@ from .options import (
     add_model_options,
     add_scoring_options,
     add_targets,
+    from_store,
     metric_from_args,
     nonnegative_float,
     nonnegative_int,
@@ -179,7 +180,8 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                         budget=Budget(seconds, args.candidates), per_class=args.per_class, out_dir=out,
                         resume=args.resume, device=args.device,
                         data=DataOptions(targets=targets, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                                         cache_dir=args.cache_dir, use_cache=not args.no_cache),
+                                         cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                                         cache_size=args.cache_size),
                         search=SearchOptions(seed=args.seed, test_split=args.test_split,
                                              equivalence_size=args.equivalence_images, max_size=args.max_size,
                                              until=args.until, terminals=args.terminals, **engine),
@@ -205,8 +207,10 @@ def _search(args: argparse.Namespace, out: Path) -> int:
     seconds = sum(o.seconds for o in result.outcomes)  # over every run of a resumed search
     held_out = d["test_split"]["images"]
     searched = f" ({d['images']['searched']} searched, {held_out} held out)" if held_out else ""
+    stored = d["settings"].get("images_from_store")
+    stored = "" if stored is None else f"; {from_store(stored, d['images']['total'])}"
     print(f"{c['considered']} candidates in {seconds:.1f} s of search ({d['stopped_by']}); "
-          f"{d['images']['total']} images{searched}; total {d['timings']['total_s']:.1f} s")
+          f"{d['images']['total']} images{searched}{stored}; total {d['timings']['total_s']:.1f} s")
     print(f"wrote {out}/: " + ", ".join(v if isinstance(v, str) else ", ".join(v) for v in d["files"].values()))
     if d["stopped_by"] == "interrupted":
         print(f"sycam-dsl: interrupted; the results so far are in {out}; continue with --resume -o {out}",

@@ -16,6 +16,7 @@ from .options import (
     add_model_options,
     add_targets,
     compute_terminals_from,
+    from_store,
     output_file,
     targets_from,
 )
@@ -34,8 +35,9 @@ def _names(text: str) -> list[str]:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.description = ("Compute the terminals of a classifier's target layer on an image folder and save them "
-                    "as a .pt file (torch.save of a dict of tensors and metadata). Results are cached on disk "
-                    "($SYCAM_DSL_CACHE, default ~/.cache/sycam-dsl). Nothing is downloaded.")
+                    "as a .pt file (torch.save of a dict of tensors and metadata). Computed values are kept per "
+                    "image in the terminal store ($SYCAM_DSL_CACHE, default ~/.cache/sycam-dsl; see sycam-dsl "
+                    "cache). Nothing is downloaded.")
     add_model_options(p)
     p.add_argument("--images", required=True, metavar="DIR", help=IMAGES_HELP)
     p.add_argument("--names", type=_names, default=_names(DEFAULT_NAMES), metavar="LIST",
@@ -74,11 +76,12 @@ def run(args: argparse.Namespace) -> None:
         "classes": images.classes,
         "meta": {"model": model.name, "source": model.source, "weights": args.weights, "layer": info.layer,
                  "size": int(images.images.shape[-1]), "names": list(terms), "device": str(args.device),
-                 "abl_method": info.abl_method, "from_cache": info.from_cache, "sycam_dsl": __version__,
+                 "abl_method": info.abl_method, "sycam_dsl": __version__,
+                 "images_from_store": None if args.no_cache else info.stored,
                  "normalize": {"mean": list(model.normalize.mean), "std": list(model.normalize.std)}},
     }, out)
     hw = "x".join(str(d) for d in info.acts.shape[2:])
-    how = "from cache" if info.from_cache else f"in {time.perf_counter() - t0:.1f} s"
+    stored = "" if args.no_cache else f", {from_store(info.stored, terms.n)}"
     abl = f", abl via {info.abl_method}" if info.abl_method else ""
     print(f"wrote {out}: {', '.join(terms)} for {terms.n} images x {terms.k} channels at {info.layer} ({hw}) "
-          f"{how}{abl}", file=sys.stdout)
+          f"in {time.perf_counter() - t0:.1f} s{stored}{abl}", file=sys.stdout)

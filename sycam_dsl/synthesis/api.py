@@ -6,7 +6,7 @@
     print(result.table())          # SyCAM against GradCAM, GradCAM++, ScoreCAM and AblationCAM
     cam = result.compile()         # a TorchScript module computing the weights W
 
-The pipeline: load the model and images, compute the terminals (cached on disk), hold out the
+The pipeline: load the model and images, compute the terminals (kept in the terminal store), hold out the
 test split (``SearchOptions.test_split``; the search never sees those images), run the search (one,
 or one per predicted class) on the rest, score the result and the baselines on the test split and
 on the searched images, then write the output folder (``result.json``, ``cam.pt``, ``report.md``,
@@ -28,7 +28,7 @@ from torch import nn
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
 from ..cam.sanity import check_sanity_size
-from ..cam.terminals import DEFAULT_CHUNK_SIZE
+from ..cam.terminals import DEFAULT_CHUNK_SIZE, TerminalInfo
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..metrics import get_metric
@@ -38,6 +38,7 @@ from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models import LoadedModel, Normalization, load_model
 from ..parse import resolve_grammar
 from ..parse.grammar import Grammar
+from ..util.progress import note
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .dispatch import Dispatch
 from .evaluation import Method, evaluate_methods
@@ -108,21 +109,23 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
                   targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
                   chunk_size: int = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None, use_cache: bool = True,
                   progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
-                  on_demand: bool = False) -> tuple[Problem, str]:
-    """Compute the terminals ``names`` (through the disk cache) and wrap everything a search scores
-    on into a ``Problem``; returns it with the target layer's name. ``memo_mb``: size of the cache of
-    Deletion / Insertion forward passes shared by every subset (0: none). ``on_demand``: only the
-    gradient pass runs now; ``cic`` and ``abl`` are computed per image when first read
-    (``on_demand.py``), for the images they are read on, with the targets of the gradient pass."""
+                  cache_size: int | None = None, on_demand: bool = False) -> tuple[Problem, TerminalInfo]:
+    """Compute the terminals ``names`` (through the terminal store in ``cache_dir``, bounded to
+    ``cache_size`` bytes, unless not ``use_cache``) and wrap everything a search scores on into a
+    ``Problem``; returns it with the ``TerminalInfo`` (the target layer's name, ``stored``: the
+    images that came from the store). ``memo_mb``: size of the cache of Deletion / Insertion forward
+    passes shared by every subset (0: none). ``on_demand``: only the gradient pass runs now; ``cic``
+    and ``abl`` are computed per image when first read (``on_demand.py``), for the images they are
+    read on, with the targets of the gradient pass (through the store too)."""
     from functools import partial
 
-    from ..cam.cache import model_digest
+    from ..cam.store import model_digest
     from ..cam.terminals import compute_terminals
 
     names = list(dict.fromkeys(names))
     if use_cache:
-        from ..cam.cache import compute_terminals_cached
-        compute = partial(compute_terminals_cached, cache_dir=cache_dir)
+        from ..cam.store import TerminalStore, compute_terminals_stored
+        compute = partial(compute_terminals_stored, store=TerminalStore(cache_dir, cache_size))
     else:
         compute = compute_terminals  # type: ignore[assignment]
     now = [n for n in names if n not in EXPENSIVE] if on_demand else names
@@ -155,7 +158,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     classes = data.labels if data.labels is not None else info.targets
     problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
                       torch.arange(data.images.shape[0]), terminal_key=key)
-    return problem, info.layer
+    return problem, info
 
 
 def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, device: str, chunk_size: int,
@@ -233,9 +236,15 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
             raise SycamError(f"metric {m.name!r} compares heatmaps with object masks: give masks (--masks DIR)")
     names = list(dict.fromkeys(list(gram.inputs) + [t for b in SEARCH_BASELINES for t in baseline(b).terminals]))
     t0 = time.perf_counter()
-    problem, layer_name = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
-                                        data.chunk_size, data.cache_dir, data.use_cache, output.progress,
-                                        search.memo_mb, on_demand=search.terminals == "on-demand")
+    on_demand = search.terminals == "on-demand"
+    problem, info = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
+                                  data.chunk_size, data.cache_dir, data.use_cache, output.progress, search.memo_mb,
+                                  data.cache_size, on_demand=on_demand)
+    layer_name = info.layer
+    if data.use_cache:
+        later = " (the gradient pass; cic and abl come on demand)" if isinstance(problem.terminals,
+                                                                                OnDemandTerminals) else ""
+        note(f"terminals: {info.stored} of {problem.n} images from the store{later}", output.progress)
     terminal_seconds = time.perf_counter() - t0
     # the test split is set aside before any search: the searches only ever get ``search_problem``
     split = make_split(problem, search.test_split, search.seed, problem.targets if per_class else problem.classes)
@@ -281,8 +290,8 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         result = Result(best, dispatch, test_tables, {}, out, outcomes, search_tables=search_tables)
     else:
         result = Result(best, dispatch, search_tables, {}, out, outcomes)
-    on_demand = problem.terminals.source.work.total_seconds if isinstance(problem.terminals, OnDemandTerminals) else 0
-    timings = {"terminals_s": terminal_seconds, "terminals_on_demand_s": on_demand, "search_s": search_seconds,
+    demand_s = problem.terminals.source.work.total_seconds if isinstance(problem.terminals, OnDemandTerminals) else 0
+    timings = {"terminals_s": terminal_seconds, "terminals_on_demand_s": demand_s, "search_s": search_seconds,
                "evaluation_s": eval_seconds,
                "first_scored_s": terminal_seconds + min((o.state.first_scored for o in outcomes
                                                          if o.state.first_scored is not None), default=search_seconds)}
@@ -296,7 +305,8 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         "batch_size": data.batch_size, "chunk_size": data.chunk_size, "min_class_images": search.min_class_images,
         "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
         "early_stop": search.early_stop, "until": None if search.until is None else str(parse_until(search.until)),
-        "test_split": split.fraction, "terminals": search.terminals, **(output.settings or {}),
+        "test_split": split.fraction, "terminals": search.terminals,
+        "images_from_store": info.stored if data.use_cache else None, **(output.settings or {}),
     }
     write_outputs(RunRecord(result, loaded, images_data, problem, eval_problem, gram, searches, stopped_by,
                             run_settings, timings, t_start, output.report_images, search_problem=search_problem,

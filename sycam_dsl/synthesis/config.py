@@ -56,7 +56,8 @@ class DataOptions:
     subsets (default: the predicted classes); ``targets`` ``[N]`` the classes explained (default:
     the predicted ones); ``size`` the side images are resized to (default: the model's input size);
     ``batch_size`` images per forward pass of the metrics, ``chunk_size`` per terminal computation;
-    terminals are cached on disk in ``cache_dir`` unless ``use_cache`` is False."""
+    terminals are kept in the terminal store in ``cache_dir`` (bounded to ``cache_size`` bytes; None:
+    ``$SYCAM_DSL_CACHE_SIZE`` or 2 GB) unless ``use_cache`` is False."""
 
     masks: torch.Tensor | str | Path | None = None
     labels: torch.Tensor | None = None
@@ -66,6 +67,7 @@ class DataOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     cache_dir: str | Path | None = None
     use_cache: bool = True
+    cache_size: int | None = None
 
 
 #: How ``synthesize`` computes the expensive terminals (``SearchOptions.terminals``).

@@ -1,6 +1,6 @@
 """What a search scores candidates on: the terminals, activations and metric inputs of N images.
 
-A ``Problem`` is plain data built once (terminals are the expensive part, and cached on disk) from
+A ``Problem`` is plain data built once (terminals are the expensive part, and kept in the terminal store) from
 the ``Data`` (images, labels, masks) it was computed on; ``subset`` gives the problem of some of the
 images (a level block, or one class's images).
 """

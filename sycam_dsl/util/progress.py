@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Protocol
+
+_label: ContextVar[str] = ContextVar("progress_label", default="")
 
 
 class Progress(Protocol):
@@ -69,15 +73,33 @@ class _Line:
         _write("\n")
 
 
+@contextmanager
+def progress_label(text: str) -> Iterator[None]:
+    """Bars opened inside the block show ``text`` after their description (such as
+    `` (chunk 2 of 5)`` when a task runs in parts)."""
+    token = _label.set(text)
+    try:
+        yield
+    finally:
+        _label.reset(token)
+
+
 def progress(total: int, desc: str, enabled: bool = True) -> Progress:
     """A progress bar over ``total`` units; a no-op when not ``enabled``."""
     if not enabled:
         return _Silent()
+    desc += _label.get()
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return _Line(total, desc)
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def note(text: str, enabled: bool = True) -> None:
+    """One line on stderr among the progress output (when ``enabled``)."""
+    if enabled:
+        _write(f"{text}\n")
 
 
 class StatusLine:

@@ -1,0 +1,393 @@
+"""The terminal store: computed terminal values on disk, one file per image and record, so that later
+runs load them instead of computing them again.
+
+An image's values come in records by how they are computed (``cam.terminals``): ``base`` (the
+gradient pass: ``A``, the logits, the target, and the gradient terminals when they were asked for),
+``cic`` (with the masked logits) and ``abl`` (with the ablated logits and the method). An entry's key
+(``RecordKey``) holds everything its values depend on that sycam-dsl can see: the store format, the
+model (architecture and every state-dict tensor's bytes, ``model_digest``), the canonical layer path,
+the image tensor's bytes (so its size and normalization), the target class (or ``predicted``), the
+record kind and the settings that change its values (``record_settings``). So a new image folder
+reuses every image already computed, and names that read only ``grads`` never compute ``cic``.
+
+``compute_terminals_stored`` loads what is stored, computes only the missing (image, record) pairs,
+``chunk_size`` images at a time, and writes each chunk's entries as soon as it completes: a killed
+run loses at most the chunk in flight. Entries are written atomically (a temporary file renamed over
+the entry), so readers never see half a file and two processes writing the same entry leave one
+whole file. The key cannot see the model's code (an edited ``forward``), so the stored logits of the
+first chunk of stored images are checked against a fresh forward pass; on a mismatch one warning
+line says so and everything is computed again and overwritten. Unreadable or foreign files are
+ignored with one warning line and computed again.
+
+Layout: ``<folder>/terminal-store/<2 hex>/<40 hex>.pt`` where ``folder`` is the cache folder
+(``$SYCAM_DSL_CACHE``, default ``~/.cache/sycam-dsl``). The store is bounded (``max_bytes``, default
+``$SYCAM_DSL_CACHE_SIZE`` or 2 GB): reading an entry marks it as used (its modification time), and when
+writes take the store over its bound the least recently used entries are removed until it is under
+90% of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..evaluate.terminals import Terminals
+from ..models.layers import kind as module_kind
+from ..models.loaded import LoadedModel
+from ..util.digests import update_digest
+from ..util.files import atomic_torch_save
+from ..util.modes import eval_mode
+from ..util.sizes import format_size, parse_size
+from .errors import StoreError
+from .terminals import (
+    ABL,
+    BASE,
+    CIC,
+    DEFAULT_CHUNK_SIZE,
+    Record,
+    TerminalInfo,
+    TerminalRun,
+    assemble,
+    compute_records,
+    prepare_run,
+)
+
+log = logging.getLogger(__name__)
+
+#: Part of every key: a change to what the records hold or mean bumps it (old entries then age out).
+STORE_FORMAT = 1
+STORE_DIR = "terminal-store"
+DEFAULT_MAX_BYTES = 2 * 2**30
+#: Writes that take the store over its bound evict down to this share of it (not after every write).
+EVICT_TO = 0.9
+#: What each record kind must hold to be used.
+_FIELDS = {BASE: ("A", "logits", "targets"), CIC: ("cic", "mlogits"), ABL: ("abl", "ablated_logits", "abl_method")}
+#: The whole-set cache files sycam-dsl wrote before the store: counted, evicted and cleared with it.
+_LEGACY = re.compile(r"terminals-[0-9a-f]{40}\.pt")
+_STALE_TMP_SECONDS = 3600
+
+
+def default_cache_dir() -> Path:
+    """``$SYCAM_DSL_CACHE``, else ``~/.cache/sycam-dsl``."""
+    env = os.environ.get("SYCAM_DSL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sycam-dsl"
+
+
+def default_max_bytes() -> int:
+    """``$SYCAM_DSL_CACHE_SIZE`` (such as ``500MB``), else 2 GB."""
+    env = os.environ.get("SYCAM_DSL_CACHE_SIZE")
+    if not env:
+        return DEFAULT_MAX_BYTES
+    try:
+        return parse_size(env)
+    except ValueError as e:
+        raise StoreError(f"SYCAM_DSL_CACHE_SIZE: {e}") from None
+
+
+def model_digest(module: nn.Module) -> str:
+    """A hash of ``module``'s architecture (class and repr) and of every state-dict tensor's bytes."""
+    h = hashlib.sha256()
+    h.update(f"{module_kind(module)}\n{module!r}\n".encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            update_digest(h, t)
+    return h.hexdigest()
+
+
+def image_digests(images: torch.Tensor) -> list[str]:
+    """One hash per image of ``images`` ``[N, ...]``: its shape, dtype and bytes."""
+    out = []
+    for image in images.detach().cpu():
+        h = hashlib.sha256()
+        update_digest(h, image)
+        out.append(h.hexdigest()[:40])
+    return out
+
+
+@dataclass(frozen=True)
+class RecordKey:
+    """What one entry's values depend on. A new component is one more field (and where it is set)."""
+
+    model: str
+    layer: str
+    image: str
+    target: str
+    kind: str
+    settings: str
+    format: int = STORE_FORMAT
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:40]
+
+
+def record_settings(kind: str, run: TerminalRun) -> str:
+    """The settings that change ``kind``'s values besides the model, layer, image and target, as
+    ``name=value`` pairs; another one (the precision, say) is one more entry of ``settings``."""
+    settings = {"ablation": run.ablation} if kind == ABL else {}
+    return ",".join(f"{k}={v}" for k, v in sorted(settings.items()))
+
+
+def record_keys(run: TerminalRun, images: torch.Tensor) -> dict[str, list[RecordKey]]:
+    """``{kind: [key of each image]}`` for the record kinds ``run`` needs."""
+    model = model_digest(run.module)
+    targets = ["predicted"] * run.n if run.targets is None else [str(t) for t in run.targets.tolist()]
+    digests = image_digests(images)
+    return {kind: [RecordKey(model, run.access.name, d, t, kind, record_settings(kind, run))
+                   for d, t in zip(digests, targets)] for kind in run.kinds}
+
+
+class BadEntry(Exception):
+    """A store file that cannot be read, or that holds something else than its key says."""
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """The store's folder, its number of entries, their bytes and the bound."""
+
+    folder: Path
+    entries: int
+    bytes: int
+    max_bytes: int
+
+    def line(self) -> str:
+        return (f"terminal store {self.folder}: {self.entries:,} entries, {format_size(self.bytes)} of "
+                f"{format_size(self.max_bytes)}")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    used_ns: int
+    size: int
+    path: Path
+
+
+def _scan(folder: str | Path) -> list[os.DirEntry[str]]:
+    """The files and folders in ``folder``; none when it does not exist (or is not a folder)."""
+    try:
+        return list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _unlink(path: str | Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class TerminalStore:
+    """The store in ``folder`` (default ``default_cache_dir()``; its entries are in ``folder/terminal-store``),
+    bounded to ``max_bytes`` (default ``default_max_bytes()``). A folder that cannot be written only
+    logs one warning: the values are then computed and not kept."""
+
+    def __init__(self, folder: str | Path | None = None, max_bytes: int | None = None) -> None:
+        self.folder = Path(folder).expanduser() if folder is not None else default_cache_dir()
+        if self.folder.exists() and not self.folder.is_dir():
+            raise StoreError(f"the cache folder {self.folder} is a file, not a folder")
+        self.root = self.folder / STORE_DIR
+        self.max_bytes = default_max_bytes() if max_bytes is None else int(max_bytes)
+        if self.max_bytes < 1:
+            raise StoreError(f"the terminal store needs a positive size bound, got {self.max_bytes} bytes")
+        self._bytes: int | None = None  # the store's size as this process knows it; None until scanned
+        self._last_ns = 0
+        self._cannot_write = False
+
+    # -- entries ------------------------------------------------------------------------------------
+
+    def path(self, key: RecordKey) -> Path:
+        d = key.digest()
+        return self.root / d[:2] / f"{d}.pt"
+
+    def _now_ns(self) -> int:
+        """The time to mark an entry used with: wall-clock nanoseconds, increasing within a process
+        (so that the order of uses survives a coarse clock)."""
+        self._last_ns = max(time.time_ns(), self._last_ns + 1)
+        return self._last_ns
+
+    def _touch(self, path: Path) -> None:
+        now = self._now_ns()
+        try:
+            os.utime(path, ns=(now, now))
+        except OSError:  # a read-only store still serves its entries
+            pass
+
+    def load(self, key: RecordKey, device: torch.device | str = "cpu") -> Record | None:
+        """The record stored under ``key`` on ``device`` (marked as used), None when there is none;
+        raises ``BadEntry`` for a file that cannot be read or belongs to another key."""
+        path = self.path(key)
+        try:
+            data = torch.load(path, map_location=device, weights_only=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except Exception as e:  # a truncated, corrupt or foreign file
+            raise BadEntry(f"{path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") \
+                from None
+        values = data.get("values") if isinstance(data, dict) else None
+        if (not isinstance(values, dict) or data.get("format") != STORE_FORMAT or data.get("key") != asdict(key)
+                or any(f not in values for f in _FIELDS[key.kind])):
+            raise BadEntry(f"{path}: not the entry of its key")
+        self._touch(path)
+        return values
+
+    def save(self, key: RecordKey, record: Record) -> None:
+        """Write ``record`` under ``key`` (atomically), then evict if the store is over its bound."""
+        if self._cannot_write:
+            return
+        values = {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
+        path = self.path(key)
+        try:
+            atomic_torch_save({"format": STORE_FORMAT, "key": asdict(key), "values": values}, path)
+        except OSError as e:
+            self._cannot_write = True
+            log.warning("could not write the terminal store %s (%s); the terminals are computed but not kept: "
+                        "give --cache-dir (or SYCAM_DSL_CACHE) a writable folder", self.root, e.strerror or e)
+            return
+        self._touch(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # evicted by another process meanwhile
+            size = 0
+        if self._bytes is None:
+            self._bytes = sum(e.size for e in self._entries())  # the new entry included
+        else:
+            self._bytes += size
+        if self._bytes > self.max_bytes:
+            self.evict()
+
+    # -- the folder as a whole ----------------------------------------------------------------------
+
+    def _entries(self) -> Iterator[_Entry]:
+        """Every entry (and file of the old whole-set cache); removes the temporary files that killed
+        writers left behind."""
+        shards = [s for s in _scan(self.root) if s.is_dir()]
+        legacy = [f for f in _scan(self.folder) if _LEGACY.fullmatch(f.name)]
+        for f in legacy + [f for s in shards for f in _scan(s.path)]:
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # removed by another process meanwhile
+                continue
+            if f.name.endswith(".pt"):
+                yield _Entry(st.st_mtime_ns, st.st_size, Path(f.path))
+            elif f.name.endswith(".tmp") and time.time() - st.st_mtime > _STALE_TMP_SECONDS:
+                _unlink(f.path)
+
+    def evict(self, goal: int | None = None) -> int:
+        """Remove the least recently used entries: with no ``goal``, down to ``EVICT_TO`` of the bound
+        when the store is over it; else down to ``goal`` bytes. Returns how many were removed."""
+        entries = sorted(self._entries(), key=lambda e: e.used_ns)
+        total = sum(e.size for e in entries)
+        limit, target = (self.max_bytes, int(EVICT_TO * self.max_bytes)) if goal is None else (goal, goal)
+        removed = 0
+        if total > limit:
+            for e in entries:
+                if total <= target:
+                    break
+                removed += _unlink(e.path)
+                total -= e.size
+        self._bytes = total
+        return removed
+
+    def info(self) -> StoreInfo:
+        entries = list(self._entries())
+        return StoreInfo(self.root, len(entries), sum(e.size for e in entries), self.max_bytes)
+
+    def clear(self) -> StoreInfo:
+        """Remove every entry (and leftover temporary file); returns what was removed."""
+        before = self.info()
+        self.evict(goal=0)
+        for shard in _scan(self.root):
+            if shard.is_dir():
+                for f in _scan(shard.path):
+                    if f.name.endswith(".tmp"):
+                        _unlink(f.path)
+                try:
+                    os.rmdir(shard.path)
+                except OSError:  # another process wrote meanwhile
+                    pass
+        return before
+
+
+# -- computing through the store ----------------------------------------------------------------------
+
+@torch.no_grad()
+def _logits_differ(run: TerminalRun, index: list[int], stored: torch.Tensor) -> float | None:
+    """None when the model's logits for the images ``index`` match ``stored``, else the largest
+    difference (inf for another shape, NaN values or an output that is not logits)."""
+    fresh = run.access.model(run.x.index_select(0, torch.tensor(index, device=run.x.device)))
+    if not isinstance(fresh, torch.Tensor) or fresh.shape != stored.shape or not bool(torch.isfinite(fresh).all()):
+        return float("inf")
+    stored = stored.to(fresh.device, fresh.dtype)
+    tol = 1e-4 * max(1.0, float(stored.abs().max()))
+    return None if torch.allclose(fresh, stored, rtol=1e-3, atol=tol) else float((fresh - stored).abs().max())
+
+
+def _load_all(store: TerminalStore, keys: dict[str, list[RecordKey]],
+              device: torch.device) -> dict[str, list[Record | None]]:
+    """Every stored record of ``keys``; one warning line for the files that cannot be used."""
+    bad: list[str] = []
+    records: dict[str, list[Record | None]] = {}
+    for kind, kind_keys in keys.items():
+        records[kind] = []
+        for key in kind_keys:
+            try:
+                records[kind].append(store.load(key, device))
+            except BadEntry as e:
+                bad.append(str(e))
+                records[kind].append(None)
+    if bad:
+        log.warning("ignoring %d unreadable terminal store file%s (%s); computing %s again", len(bad),
+                    "" if len(bad) == 1 else "s", bad[0], "it" if len(bad) == 1 else "them")
+    return records
+
+
+def _finite(record: Record) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in record.values() if isinstance(v, torch.Tensor))
+
+
+def compute_terminals_stored(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
+                             targets: torch.Tensor | None, names: Sequence[str],
+                             device: str | torch.device = "cpu", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                             progress: bool = True, ablation: str = "auto", *,
+                             store: TerminalStore) -> tuple[Terminals, TerminalInfo]:
+    """``compute_terminals`` through ``store``: loads the stored records of these images, checks the
+    stored logits of the first ``chunk_size`` of them against a fresh forward pass, computes only
+    the missing records (``chunk_size`` images at a time) and writes each chunk's as it completes.
+    ``info.stored`` is the number of images that came whole from the store."""
+    run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation)
+    keys = record_keys(run, images)
+    records = _load_all(store, keys, run.x.device)
+    with eval_mode(run.module):
+        base = records[BASE]
+        checked = [(i, r) for i, r in enumerate(base) if r is not None][:run.chunk_size]
+        if checked:
+            diff = _logits_differ(run, [i for i, _ in checked], torch.stack([r["logits"] for _, r in checked]))
+            if diff is not None:
+                log.warning("the terminal store's values for this model do not match its logits now (max difference "
+                            "%.3g): its code changed since they were written; computing them again", diff)
+                records = {kind: [None] * run.n for kind in run.kinds}
+        # a base record computed for other names may lack the gradient terminals these need
+        records[BASE] = [r if r is not None and run.base_covers(r) else None for r in records[BASE]]
+        stored = sum(all(records[kind][i] is not None for kind in run.kinds) for i in range(run.n))
+
+        def write(kind: str, index: list[int], done: list[Record]) -> None:
+            for i, record in zip(index, done):
+                if _finite(record):  # NaN values stop the run; they are not kept
+                    store.save(keys[kind][i], record)
+
+        compute_records(run, records, on_chunk=write)
+    terms, info = assemble(run, records)
+    info.stored = stored
+    return terms, info
