@@ -292,9 +292,10 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         result = Result(best, dispatch, search_tables, {}, out, outcomes)
     demand_s = problem.terminals.source.work.total_seconds if isinstance(problem.terminals, OnDemandTerminals) else 0
     timings = {"terminals_s": terminal_seconds, "terminals_on_demand_s": demand_s, "search_s": search_seconds,
-               "evaluation_s": eval_seconds,
-               "first_scored_s": terminal_seconds + min((o.state.first_scored for o in outcomes
-                                                         if o.state.first_scored is not None), default=search_seconds)}
+               "evaluation_s": eval_seconds}
+    first = [o.state.first_scored for o in outcomes if o.state.first_scored is not None]
+    if first:  # from the run's start: the terminals up front, then the search's own clock
+        timings["first_scored_s"] = terminal_seconds + min(first)
     run_settings = {
         "model": loaded.name, "model_source": loaded.source, "weights": weights, "layer": layer_name,
         "images": images_data.source, "size": int(images_data.images.shape[-1]), "metric": search_metric.name,
