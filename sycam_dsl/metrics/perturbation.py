@@ -25,13 +25,14 @@ are built per batch and go through the model ``batch_size`` at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import cast
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
+from ..models.precision import DEFAULT_PRECISION
 from .errors import MetricError
 from .scoring import DEFAULT_BATCH_SIZE, Device, check_inputs, class_scores, safe_denominator, scores_of
 
@@ -86,49 +87,96 @@ def check_curve_inputs(images: torch.Tensor, targets: torch.Tensor, saliency: to
                           f"(each step perturbs one more cell), got {steps}")
 
 
+class PerturbedRows:
+    """The perturbed images of a list of (ranking row, step) pairs, built batch by batch for
+    ``scores_of``; see ``perturbed_builder``."""
+
+    def __init__(self, images: torch.Tensor, blurred_images: torch.Tensor, ranks: torch.Tensor, steps: int,
+                 insert: bool, rows: torch.Tensor | None = None, step: torch.Tensor | None = None) -> None:
+        n, _, H, W = images.shape
+        dev = images.device
+        self.shape = (H, W)
+        self.start, self.paste = (blurred_images, images) if insert else (images, blurred_images)
+        self.flat = ranks.reshape(ranks.shape[0], -1).to(dev)
+        self.cells = pixel_cells((ranks.shape[-2], ranks.shape[-1]), (H, W), dev).flatten()
+        self.steps, self.n = steps, n
+        if rows is None:
+            total = ranks.shape[0] * steps
+            r_cpu = torch.arange(total) // steps
+            self.r = torch.arange(total, device=dev) // steps
+            self.p = torch.arange(total, device=dev) % steps + 1
+        else:
+            assert step is not None  # rows and step are given together
+            r_cpu = rows.cpu()
+            self.r, self.p = rows.to(dev), step.to(dev)
+        self.img = self.r % n
+        # where the image changes along the rows (host side, so that a batch's runs of rows of one
+        # image are known without asking the device): each run is one broadcast, not a gather
+        img_cpu = (r_cpu % n).numpy()
+        self.run_starts = np.flatnonzero(np.diff(img_cpu)) + 1 if img_cpu.size else np.zeros(0, np.int64)
+        self.run_images = img_cpu
+
+    def _masks(self, r: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        covered = self.flat[r] < p[:, None]                  # [B, h*w]: the p top-ranked cells
+        return covered.gather(1, self.cells.expand(len(r), -1)).view(-1, 1, *self.shape)
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """The inputs of the pairs ``idx`` ``[B]`` (any order)."""
+        idx = idx.to(self.r.device)
+        img = self.img[idx]
+        return torch.where(self._masks(self.r[idx], self.p[idx]), self.paste[img], self.start[img])
+
+    def build_range(self, begin: int, end: int, memory_format: torch.memory_format) -> torch.Tensor:
+        """The inputs of the pairs ``begin..end-1`` in ``memory_format``: each run of rows of one image is
+        one ``torch.where`` of that image and its blur, written straight into the batch (the values
+        are those of ``__call__``)."""
+        mask = self._masks(self.r[begin:end], self.p[begin:end])
+        c = self.paste.shape[1]
+        out = torch.empty((end - begin, c, *self.shape), dtype=torch.promote_types(self.paste.dtype, self.start.dtype),
+                          device=self.paste.device, memory_format=memory_format)
+        lo = np.searchsorted(self.run_starts, begin, side="right")
+        hi = np.searchsorted(self.run_starts, end, side="left")
+        bounds = [begin, *self.run_starts[lo:hi].tolist(), end]
+        if len(bounds) - 1 > max(4, (end - begin) // 4):  # many short runs: one gather is cheaper
+            img = self.img[begin:end]
+            return torch.where(mask, self.paste[img], self.start[img], out=out)
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            i = int(self.run_images[s])
+            torch.where(mask[s - begin:e - begin], self.paste[i:i + 1], self.start[i:i + 1],
+                        out=out[s - begin:e - begin])
+        return out
+
+
 def perturbed_builder(images: torch.Tensor, blurred_images: torch.Tensor, ranks: torch.Tensor, steps: int,
                       insert: bool, rows: torch.Tensor | None = None,
-                      step: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                      step: torch.Tensor | None = None) -> PerturbedRows:
     """``build(idx)`` for ``scores_of``: the perturbed images of a list of (ranking row, step) pairs.
 
     ``ranks`` ``[R, h, w]`` cell ranks (``cell_ranks``; row ``r`` belongs to image ``r % N``). Without
     ``rows``/``step`` the list is every pair in order (``idx = r * P + p - 1``); with them, pair ``i``
-    is ``(rows[i], step[i])`` (steps counted from 1)."""
-    n, _, H, W = images.shape
-    start, paste = (blurred_images, images) if insert else (images, blurred_images)
-    flat = ranks.reshape(ranks.shape[0], -1).to(images.device)
-    cells = pixel_cells((ranks.shape[-2], ranks.shape[-1]), (H, W), images.device).flatten()
-    if rows is not None:
-        assert step is not None  # rows and step are given together
-        rows, step = rows.to(images.device), step.to(images.device)
-
-    def build(idx: torch.Tensor) -> torch.Tensor:
-        idx = idx.to(images.device)
-        # With rows there is a step (checked above); mypy cannot tie the two Optionals together.
-        r, p = (idx // steps, idx % steps + 1) if rows is None else (rows[idx], cast(torch.Tensor, step)[idx])
-        img = r % n
-        covered = flat[r] < p[:, None]                  # [B, h*w]: the p top-ranked cells
-        mask = covered.gather(1, cells.expand(len(idx), -1)).view(-1, 1, H, W)
-        return torch.where(mask, paste[img], start[img])
-
-    return build
+    is ``(rows[i], step[i])`` (steps counted from 1). ``scores_of`` builds consecutive pairs with
+    ``build_range``, straight in the layout the model gets."""
+    return PerturbedRows(images, blurred_images, ranks, steps, insert, rows, step)
 
 
 def perturbation_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
                        steps: int, insert: bool, device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
                        blur_sigma: float = DEFAULT_BLUR_SIGMA,
-                       blurred_images: torch.Tensor | None = None) -> torch.Tensor:
+                       blurred_images: torch.Tensor | None = None, *, precision: str = DEFAULT_PRECISION,
+                       channels_last: bool = False) -> torch.Tensor:
     """``y_c`` after each step ``p = 1..P``: ``[..., N, P]`` for saliency ``[..., N, h, w]``.
 
     Deletion (``insert=False``) perturbs ``x`` towards ``x~``; insertion perturbs ``x~`` towards
-    ``x``. ``blurred_images``: ``x~`` ``[N, C, H, W]`` if already computed."""
+    ``x``. ``blurred_images``: ``x~`` ``[N, C, H, W]`` if already computed. ``precision`` and
+    ``channels_last``: how the model runs (``scores_of``)."""
     check_curve_inputs(images, targets, saliency, steps)
     n = images.shape[0]
     blur = checked_blur(images, blurred_images, blur_sigma)
     ranks = cell_ranks(saliency).reshape(-1, *saliency.shape[-2:])
     build = perturbed_builder(images, blur, ranks, steps, insert)
     rows_targets = targets.repeat_interleave(steps).repeat(ranks.shape[0] // n)
-    scores = scores_of(model, build, rows_targets, device, batch_size)
+    scores = scores_of(model, build, rows_targets, device, batch_size, precision=precision,
+                       channels_last=channels_last)
     return scores.reshape(*saliency.shape[:-2], steps)
 
 
@@ -144,15 +192,18 @@ def checked_blur(images: torch.Tensor, blurred_images: torch.Tensor | None, blur
 def deletion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
              steps: int, device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
              blur_sigma: float = DEFAULT_BLUR_SIGMA,
-             base_scores: torch.Tensor | None = None, blurred_images: torch.Tensor | None = None) -> torch.Tensor:
+             base_scores: torch.Tensor | None = None, blurred_images: torch.Tensor | None = None, *,
+             precision: str = DEFAULT_PRECISION, channels_last: bool = False) -> torch.Tensor:
     """Per-image Deletion score ``[..., N]`` (higher is better).
 
     ``images`` ``[N, C, H, W]`` normalized, ``targets`` ``[N]``, ``saliency`` ``[..., N, h, w]``
     (``S`` at layer resolution), ``steps`` = ``P``; ``base_scores``: ``y_c(x)`` ``[N]`` and
-    ``blurred_images``: ``x~`` ``[N, C, H, W]`` if known."""
+    ``blurred_images``: ``x~`` ``[N, C, H, W]`` if known; ``precision``, ``channels_last``: see
+    ``scores_of``."""
+    fw: dict[str, Any] = {"precision": precision, "channels_last": channels_last}
     curve = perturbation_curve(model, images, targets, saliency, steps, False, device, batch_size, blur_sigma,
-                               blurred_images)
-    base = class_scores(model, images, targets, device, batch_size) if base_scores is None \
+                               blurred_images, **fw)
+    base = class_scores(model, images, targets, device, batch_size, **fw) if base_scores is None \
         else base_scores.to(device)
     return deletion_from_curve(curve, base)
 
@@ -171,14 +222,16 @@ def insertion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, sal
               steps: int, device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
               blur_sigma: float = DEFAULT_BLUR_SIGMA,
               base_scores: torch.Tensor | None = None, blurred_scores: torch.Tensor | None = None,
-              blurred_images: torch.Tensor | None = None) -> torch.Tensor:
+              blurred_images: torch.Tensor | None = None, *, precision: str = DEFAULT_PRECISION,
+              channels_last: bool = False) -> torch.Tensor:
     """Per-image Insertion score ``[..., N]`` (higher is better); arguments as ``deletion``, plus
     ``blurred_scores`` ``y_c(x~)`` ``[N]`` and ``blurred_images`` ``x~`` if known."""
+    fw: dict[str, Any] = {"precision": precision, "channels_last": channels_last}
     blur = blurred(images, blur_sigma) if blurred_images is None else blurred_images
     curve = perturbation_curve(model, images, targets, saliency, steps, True, device, batch_size,
-                               blur_sigma, blur)
-    base = class_scores(model, images, targets, device, batch_size) if base_scores is None \
+                               blur_sigma, blur, **fw)
+    base = class_scores(model, images, targets, device, batch_size, **fw) if base_scores is None \
         else base_scores.to(device)
-    start = class_scores(model, blur, targets, device, batch_size) if blurred_scores is None \
+    start = class_scores(model, blur, targets, device, batch_size, **fw) if blurred_scores is None \
         else blurred_scores.to(device)
     return insertion_from_curve(curve, base, start)

@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.batching import AUTO
+from ..models.precision import DEFAULT_PRECISION
 from .errors import MetricError
-from .scoring import DEFAULT_BATCH_SIZE, Device
+from .scoring import DEFAULT_BATCH_SIZE, Device, plan_forward
 
 MetricFn = Callable[..., torch.Tensor]
 BoundsFn = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
@@ -42,7 +44,10 @@ class MetricInputs:
     ``cache`` holds values that do not depend on the heatmaps (such as ``y_c(x)``), shared by the
     copies ``with_heatmaps`` makes, so scoring many candidates computes them once. ``image_ids``
     ``[N]`` name the images across subsets (default ``0..N-1``); ``memo``, a
-    ``metrics.memo.ScoreCache`` shared by every subset, memoizes Deletion / Insertion scores."""
+    ``metrics.memo.ScoreCache`` shared by every subset, memoizes Deletion / Insertion scores.
+    ``batch_size``: images per forward pass, or ``"auto"`` (picked once, here, by
+    ``scoring.plan_forward``, which also turns ``channels_last`` on for convolutional models);
+    ``precision``: fp32, bf16 or fp16 forward passes; ``channels_last``: channels-last batches."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -51,14 +56,24 @@ class MetricInputs:
     masks: torch.Tensor | None = None
     model: nn.Module | None = None
     device: Device = "cpu"
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | str = DEFAULT_BATCH_SIZE
     cache: dict[str, Any] = field(default_factory=dict)
     image_ids: torch.Tensor | None = None
     memo: Any = None
+    precision: str = DEFAULT_PRECISION
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.image_ids is None:
             self.image_ids = torch.arange(self.images.shape[0])
+        if self.batch_size == AUTO and self.model is not None:
+            self.batch_size, self.channels_last = plan_forward(self.model, self.images, self.device, AUTO,
+                                                               self.precision)
+
+    @property
+    def forward_options(self) -> dict[str, Any]:
+        """``precision`` and ``channels_last``, as the keywords of ``scores_of`` and the metrics."""
+        return {"precision": self.precision, "channels_last": self.channels_last}
 
     def with_heatmaps(self, heatmaps: torch.Tensor | None, saliency: torch.Tensor | None = None) -> MetricInputs:
         """The same images, model and cache with another candidate's ``H`` (and ``S``)."""
