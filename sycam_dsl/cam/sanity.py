@@ -231,7 +231,7 @@ class SanityReport:
 
 
 def _method_heatmaps(methods: dict[str, Node], model: nn.Module, layer: str | None, images: torch.Tensor,
-                     targets: torch.Tensor | None, names: list[str], device: str | torch.device, chunk_size: int,
+                     targets: torch.Tensor | None, names: list[str], device: str | torch.device, chunk_size: int | str,
                      progress: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, str]:
     """name -> heatmaps ``[N, H, W]`` on the CPU, the targets ``[N]`` and the layer's name."""
     terms, info = compute_terminals(model, layer, images, targets, names, device=device, chunk_size=chunk_size,
@@ -244,7 +244,7 @@ def _method_heatmaps(methods: dict[str, Node], model: nn.Module, layer: str | No
 def randomization_check(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                         targets: torch.Tensor | None, methods: dict[str, Node], seed: int = 0,
                         start: str | None = None, modules: Sequence[str] | None = None,
-                        device: str | torch.device = "cpu", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                        device: str | torch.device = "cpu", chunk_size: int | str = DEFAULT_CHUNK_SIZE,
                         progress: bool = False, keep_heatmaps: bool = False) -> SanityReport:
     """Compare each method's heatmaps on ``images`` ``[N, 3, H, W]`` under the model and under a copy
     whose modules from ``start`` (default: the target ``layer``) to the output are re-initialized
@@ -280,7 +280,7 @@ def randomization_check(model: nn.Module | LoadedModel, layer: str | None, image
 def cascading_check(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                     targets: torch.Tensor | None, methods: dict[str, Node], seed: int = 0,
                     start: str | None = None, device: str | torch.device = "cpu",
-                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple[str, SanityReport]]:
+                    chunk_size: int | str = DEFAULT_CHUNK_SIZE) -> list[tuple[str, SanityReport]]:
     """Adebayo's cascading randomization: the top module first, then each module below it too, down
     to ``start`` (default: the target layer). Returns (the module just added, report) per step."""
     module = _module_of(model)

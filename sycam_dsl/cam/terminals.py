@@ -8,8 +8,8 @@ layers after the target layer (``layer_split``) on activations with one channel 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +18,11 @@ from torch import nn
 from ..errors import SycamError
 from ..evaluate.terminals import Terminals
 from ..lang.terminals import TERMINALS
+from ..models.batching import AUTO, BatchSize, auto_batch_size, check_batch_size, layout_error
 from ..models.devices import resolve_device
-from ..models.errors import LayerError
+from ..models.errors import LayerError, ModelError
 from ..models.loaded import LoadedModel
-from ..models.precision import float32_model
+from ..models.precision import DEFAULT_PRECISION, check_precision, float32_model, forward_precision
 from ..template.saliency import minmax_normalize
 from ..util.modes import eval_mode
 from ..util.progress import progress as progress_bar
@@ -40,7 +41,9 @@ class TerminalInfo:
     ``acts`` ``[N, K, h, w]`` (always), ``logits`` ``[N, C]``, ``targets`` ``[N]`` (the predicted class
     unless given), ``z_c`` / ``y_c`` ``[N]`` the target's logit and softmax score; ``masked_logits``
     ``[N, K]`` ``z_c(x * M_k)`` when ``cic`` was computed (ScoreCAM variants that softmax over
-    channels use it); ``ablated_logits`` ``[N, K]`` ``z_c^(k)`` when ``abl`` was, by ``abl_method``."""
+    channels use it); ``ablated_logits`` ``[N, K]`` ``z_c^(k)`` when ``abl`` was, by ``abl_method``.
+    ``batch_sizes``: the rows per forward pass each loop used (``gradients``, ``cic``, ``abl``; what
+    ``chunk_size="auto"`` picked), empty for terminals loaded from the cache."""
 
     layer: str
     acts: torch.Tensor
@@ -52,6 +55,7 @@ class TerminalInfo:
     ablated_logits: torch.Tensor | None = None
     abl_method: str | None = None
     from_cache: bool = False
+    batch_sizes: dict[str, int] = field(default_factory=dict)
 
 
 def check_names(names: Sequence[str]) -> list[str]:
@@ -69,14 +73,6 @@ def check_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def _rows(n: int, k: int, chunk: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """All (image, channel) pairs, image-major, as index tensors of at most ``chunk`` rows."""
-    total = n * k
-    for s in range(0, total, chunk):
-        r = torch.arange(s, min(s + chunk, total), device=device)
-        yield r // k, r % k
-
-
 def _check_targets(targets: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
     if targets is None:
         return None
@@ -86,10 +82,33 @@ def _check_targets(targets: torch.Tensor | None, n: int, device: torch.device) -
     return t.to(device=device, dtype=torch.long)
 
 
-def _gradient_pass(access: LayerAccess, x: torch.Tensor, targets: torch.Tensor | None, names: list[str],
-                   chunk: int, show: bool) -> dict[str, torch.Tensor]:
-    """``A``, logits, targets and the gradient terminals, ``chunk`` images per forward + backward."""
+def gradient_chunk(access: LayerAccess, x: torch.Tensor, names: Sequence[str]) -> int:
+    """``auto_batch_size`` of the gradient pass (a forward and, for gradient terminals, a backward pass
+    in float32) of ``access``'s model on images ``x`` ``[N, 3, H, W]``: at most ``N``; the model in eval
+    mode (``prepare_model``'s)."""
     need_grad = bool(_GRAD_NAMES & set(names))
+
+    def run(batch: torch.Tensor) -> None:
+        with torch.set_grad_enabled(need_grad):
+            acts, logits = access.forward(batch)
+            if need_grad:
+                torch.autograd.grad(logits[:, 0].sum(), acts, allow_unused=True)
+
+    with eval_mode(access.model):
+        return auto_batch_size(run, x[:1], x.device, cap=x.shape[0], module=access.model,
+                               what="terminals: gradients")
+
+
+def _gradient_pass(access: LayerAccess, x: torch.Tensor, targets: torch.Tensor | None, names: list[str],
+                   chunk: BatchSize, show: bool, sizes: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """``A``, logits, targets and the gradient terminals, ``chunk`` images per forward + backward
+    (``"auto"``: ``auto_batch_size`` of that pass, always in float32; recorded in ``sizes``)."""
+    need_grad = bool(_GRAD_NAMES & set(names))
+    if chunk == AUTO:
+        chunk = gradient_chunk(access, x, names)
+    assert isinstance(chunk, int)
+    if sizes is not None:
+        sizes["gradients"] = chunk
     parts: dict[str, list[torch.Tensor]] = {}
     bar = progress_bar(x.shape[0], "terminals: gradients", show)
     try:
@@ -133,45 +152,97 @@ def _target_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     return logits.gather(1, idx)[:, 0], torch.softmax(logits, dim=1).gather(1, idx)[:, 0]
 
 
+def _image_runs(images: list[int], start: int, end: int) -> list[tuple[int, int, int]]:
+    """``(image, first, last + 1)`` of each run of equal entries of ``images[start:end]`` (positions
+    counted from ``start``)."""
+    runs: list[tuple[int, int, int]] = []
+    s = start
+    for i in range(start + 1, end + 1):
+        if i == end or images[i] != images[s]:
+            runs.append((images[s], s - start, i - start))
+            s = i
+    return runs
+
+
 @torch.no_grad()
-def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.Tensor, chunk: int,
-         show: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.Tensor, chunk: BatchSize,
+         show: bool, precision: str = DEFAULT_PRECISION,
+         sizes: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(``cic`` ``[N, K]``, ``z_c(x * M_k)`` ``[N, K]``); the baseline ``x_b = 0`` is one forward pass,
-    since every image shares it.
+    since every image shares it. ``chunk``: masked images per forward pass, or ``"auto"``;
+    ``precision``: of the forward passes (the masks are built in float32 either way).
 
     A channel whose activation map is constant (a dead ReLU channel, common at deep layers) has an
     all-zero mask, so its masked image *is* the baseline: its scores are the baseline's, exactly,
-    and it costs no forward pass."""
+    and it costs no forward pass.
+
+    Each batch is written straight into channels-last memory, a run of rows of one image as one
+    broadcast product of that image and its masks (no gathered copy, no layout conversion); the scores
+    stay on the device until the end, so nothing in the loop waits for it."""
     n, k = acts.shape[:2]
     size = (x.shape[2], x.shape[3])
-    base_logits = model(torch.zeros_like(x[:1]))
+    dev = x.device
+    with forward_precision(precision, dev):
+        base_logits = model(torch.zeros_like(x[:1])).to(x.dtype)  # autocast's half logits to float32
     base_z, base_y = _target_scores(base_logits.expand(n, -1), targets)
     masked_z = base_z[:, None].repeat(1, k)
     masked_y = base_y[:, None].repeat(1, k)
     flat = acts.flatten(2)
     live = (flat.amax(dim=2) > flat.amin(dim=2)).nonzero()  # [M, 2] (image, channel) with a real mask
-    bar = progress_bar(n * k, "terminals: cic", show)
-    bar.update(n * k - live.shape[0])
+    rows = live.shape[0]
+    live_img, live_ch = live.unbind(1)
+    images = live_img.tolist()  # on the host, so that each batch's runs of one image need no sync
     # Convolutions run about 1.4x faster on channels-last input here (oneDNN); a model that cannot
     # take it (a .view() on its input, say) gets contiguous input for the whole run instead.
     layout = torch.channels_last if x.dim() == 4 else torch.contiguous_format
+    if chunk == AUTO:
+        def run(batch: torch.Tensor) -> object:
+            with forward_precision(precision, dev):
+                return model(batch)
+
+        try:
+            chunk = auto_batch_size(run, x[:1].contiguous(memory_format=layout), dev, cap=max(1, rows),
+                                    module=model, extra_inputs=2, what="terminals: cic")
+        except RuntimeError as e:
+            if layout == torch.contiguous_format or not layout_error(e):
+                raise
+            layout = torch.contiguous_format
+            chunk = auto_batch_size(run, x[:1], dev, cap=max(1, rows), module=model, extra_inputs=2,
+                                    what="terminals: cic")
+    assert isinstance(chunk, int)
+    if sizes is not None:
+        sizes["cic"] = chunk
+    z_live = torch.empty(rows, dtype=masked_z.dtype, device=dev)
+    y_live = torch.empty(rows, dtype=masked_y.dtype, device=dev)
+    bar = progress_bar(n * k, "terminals: cic", show)
+    bar.update(n * k - rows)
     try:
-        for start in range(0, live.shape[0], chunk):
-            img, ch = live[start:start + chunk].unbind(1)
-            masked = x[img].mul_(channel_masks(acts[img, ch], size)[:, None])  # x[img] is a copy
+        for start in range(0, rows, chunk):
+            end = min(start + chunk, rows)
+            img, ch = live_img[start:end], live_ch[start:end]
+            masks = channel_masks(acts[img, ch], size)[:, None]
+            masked = torch.empty((end - start, *x.shape[1:]), dtype=torch.promote_types(x.dtype, masks.dtype),
+                                 device=dev, memory_format=layout)
+            runs = _image_runs(images, start, end)
+            if len(runs) > max(4, (end - start) // 4):  # many short runs: one gather is cheaper
+                torch.mul(x[img], masks, out=masked)
+            else:
+                for i, first, last in runs:
+                    torch.mul(x[i:i + 1], masks[first:last], out=masked[first:last])
             try:
-                out = model(masked.contiguous(memory_format=layout))
+                with forward_precision(precision, dev):
+                    out = model(masked)
             except RuntimeError as e:
-                layout_error = any(w in str(e) for w in ("stride", "contiguous", "view"))
-                if layout == torch.contiguous_format or start > 0 or not layout_error:
+                if layout == torch.contiguous_format or start > 0 or not layout_error(e):
                     raise
                 layout = torch.contiguous_format
-                out = model(masked)
-            z, y = _target_scores(out, targets[img])
-            masked_z[img, ch], masked_y[img, ch] = z, y
-            bar.update(img.shape[0])
+                with forward_precision(precision, dev):
+                    out = model(masked.contiguous())
+            z_live[start:end], y_live[start:end] = _target_scores(out.to(x.dtype), targets[img])
+            bar.update(end - start)
     finally:
         bar.close()
+    masked_z[live_img, live_ch], masked_y[live_img, live_ch] = z_live, y_live
     return masked_y - base_y[:, None], masked_z
 
 
@@ -188,34 +259,74 @@ def _check_tail(runner: TailRunner, x: torch.Tensor, acts: torch.Tensor, logits:
 
 @torch.no_grad()
 def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-         chunk: int, method: str, show: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(``abl`` ``[N, K]``, ``z_c^(k)`` ``[N, K]``, method used). Images go in groups of
-    ``chunk // K`` (at least one), so values carried around the layer are computed once per group."""
+         chunk: BatchSize, method: str, show: bool, precision: str = DEFAULT_PRECISION,
+         sizes: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(``abl`` ``[N, K]``, ``z_c^(k)`` ``[N, K]``, method used). ``chunk`` ablated rows per pass of the
+    layers after the target layer (``"auto"``: ``auto_batch_size`` of that pass); images go in groups
+    of ``chunk // K`` (at least one), so values carried around the layer are computed once per group.
+
+    In float32 ``z_c`` is the model's logit; at a lower ``precision`` it is the tail's own logit for
+    the unablated activations at that precision, so that ``z_c - z_c^(k)`` compares two values with the
+    same rounding (the model's float32 logit would add the precision's error to every channel alike).
+
+    Row indices, targets and the scores' places are laid out once, so a batch costs the copy of its
+    activations, the zeroed channels, the tail and one slice write (no host-device sync)."""
     n, k = acts.shape[:2]
-    group = max(1, chunk // k)
+    dev = x.device
     runner = tail_runner(access, method)
+    first = max(1, chunk // k) if isinstance(chunk, int) else 1
     try:
-        _check_tail(runner, x[:group], acts[:group], logits[:group])
+        _check_tail(runner, x[:first], acts[:first], logits[:first])
     except SplitError as e:
         if runner.method != "fx" or method != "auto":
             raise
         fallback_warning(access.name, str(e))
         runner = tail_runner(access, "hook")
+    if chunk == AUTO:
+        carried1 = runner.carry(x[:1])
+
+        def run(batch: torch.Tensor) -> object:
+            rows = torch.zeros(batch.shape[0], dtype=torch.long, device=dev)
+            with forward_precision(precision, dev):
+                return runner(batch, [c[rows] for c in carried1])
+
+        tail = runner.split.tail if runner.split is not None else access.model
+        chunk = auto_batch_size(run, acts[:1], dev, cap=n * k, module=tail, extra_inputs=1, what="terminals: abl")
+    assert isinstance(chunk, int)
+    if sizes is not None:
+        sizes["abl"] = chunk
+    group = max(1, chunk // k)
     z_c = logits.gather(1, targets[:, None])[:, 0]
-    ablated = torch.empty(n, k, dtype=x.dtype, device=x.device)
+    ablated = torch.empty(n, k, dtype=x.dtype, device=dev)
+    flat_out = ablated.view(-1)
+    # (image within the group, channel) of every row of a full group, image-major, and each row's place
+    rows_img = torch.arange(group * k, device=dev) // k
+    rows_ch = torch.arange(group * k, device=dev) % k
+    positions = torch.arange(chunk, device=dev)
+    reference = torch.empty(n, dtype=x.dtype, device=dev) if precision != DEFAULT_PRECISION else None
     bar = progress_bar(n * k, f"terminals: abl ({runner.method})", show)
     try:
         for s in range(0, n, group):
             xs, a_s, ts = x[s:s + group], acts[s:s + group], targets[s:s + group]
+            g = xs.shape[0]
             carried = runner.carry(xs)
-            for img, ch in _rows(xs.shape[0], k, chunk, x.device):
-                a = a_s[img]  # a copy (advanced indexing), safe to ablate in place
-                a[torch.arange(img.shape[0], device=a.device), ch] = 0
-                out = runner(a, [c[img] for c in carried])
-                ablated[s + img, ch] = out.gather(1, ts[img][:, None])[:, 0]
-                bar.update(img.shape[0])
+            if reference is not None:
+                with forward_precision(precision, dev):
+                    unablated = runner(a_s, carried).to(x.dtype)
+                reference[s:s + g] = unablated.gather(1, ts[:, None])[:, 0]
+            for r0 in range(0, g * k, chunk):
+                r1 = min(r0 + chunk, g * k)
+                img, ch = rows_img[r0:r1], rows_ch[r0:r1]
+                a = a_s[img]  # a copy (advanced indexing, in the activations' layout), safe to ablate in place
+                a[positions[:r1 - r0], ch] = 0
+                with forward_precision(precision, dev):
+                    out = runner(a, [c[img] for c in carried])
+                flat_out[s * k + r0:s * k + r1] = out.to(x.dtype).gather(1, ts[img][:, None])[:, 0]
+                bar.update(r1 - r0)
     finally:
         bar.close()
+    if reference is not None:
+        z_c = reference
     return (z_c[:, None] - ablated) / z_c[:, None], ablated, runner.method
 
 
@@ -292,39 +403,46 @@ def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: tor
 
 def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                       targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
-                      chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True,
-                      ablation: str = "auto") -> tuple[Terminals, TerminalInfo]:
+                      chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, progress: bool = True,
+                      ablation: str = "auto", precision: str = DEFAULT_PRECISION) -> tuple[Terminals, TerminalInfo]:
     """The terminals ``names`` of ``model`` at ``layer`` for ``images``.
 
     ``images``: ``[N, 3, H, W]``, normalized as the model expects; ``targets``: ``[N]`` class indices,
     None for the predicted class; ``layer``: dotted module path, None for the model's default.
     ``chunk_size``: the most images, masked images (``cic``) or ablated activation copies (``abl``)
-    per forward pass. ``ablation``: ``auto`` (fx split, hook fallback), ``fx`` or ``hook``.
+    per forward pass, or ``"auto"`` (each loop picks its own with ``models.batching.auto_batch_size``;
+    ``info.batch_sizes`` says what). ``ablation``: ``auto`` (fx split, hook fallback), ``fx`` or ``hook``.
+    ``precision``: fp32 (default), bf16 or fp16 for the forward passes of ``cic`` and ``abl`` (autocast;
+    the gradient pass, ``A`` and the logits stay float32).
     The model is checked first (``prepare_model``: float32, logits, input size, autograd), moved to
     ``device`` and run in eval mode; its modes are restored and its hooks removed
     on every exit. Vec terminals are ``[N, K]``, Map terminals ``[N, K, h, w]``, on ``device``."""
     names = check_names(names)
-    if chunk_size < 1:
-        raise TerminalError(f"chunk_size must be a positive integer, got {chunk_size}")
+    try:
+        check_batch_size(chunk_size, "chunk_size")
+        check_precision(precision)
+    except ModelError as e:
+        raise TerminalError(str(e)) from None
     dev = resolve_device(device)
     module, access, x = prepare_model(model, layer, images, names, dev)
     t = _check_targets(targets, x.shape[0], dev)
     with eval_mode(module):
-        base = _gradient_pass(access, x, t, names, chunk_size, progress)
+        sizes: dict[str, int] = {}
+        base = _gradient_pass(access, x, t, names, chunk_size, progress, sizes)
         acts, logits, t = base["A"], base["logits"], base["targets"]
         z_c, y_c = _target_scores(logits, t)
         values = {"A": acts, "acts": acts.mean(dim=(2, 3))}
         values.update({k: base[k] for k in ("G", "grads", "pgrads") if k in base})
-        info = TerminalInfo(access.name, acts, logits, t, z_c, y_c)
+        info = TerminalInfo(access.name, acts, logits, t, z_c, y_c, batch_sizes=sizes)
         if not bool(torch.isfinite(logits).all()):
             i = int((~torch.isfinite(logits)).any(dim=1).nonzero()[0])
             raise TerminalError(f"the model's logits have NaN or Inf values for image {i}; check the model weights "
                                 f"and the input images")
         if "cic" in names or "mlogits" in names:
-            values["cic"], info.masked_logits = _cic(access.model, x, acts, t, chunk_size, progress)
+            values["cic"], info.masked_logits = _cic(access.model, x, acts, t, chunk_size, progress, precision, sizes)
             values["mlogits"] = info.masked_logits
         if "abl" in names:
             values["abl"], info.ablated_logits, info.abl_method = _abl(access, x, acts, logits, t, chunk_size,
-                                                                       ablation, progress)
+                                                                       ablation, progress, precision, sizes)
     _check_finite(values, names, z_c)
     return Terminals({n: values[n] for n in names}), info
