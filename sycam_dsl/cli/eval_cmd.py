@@ -22,6 +22,7 @@ from .options import (
     add_targets,
     compute_terminals_from,
     metrics_from_args,
+    note_metric_batch,
     output_file,
     targets_from,
     warn,
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> None:
     names = sorted({t for _, node in methods.values() for t in node.terminals()})
     terms, info = compute_terminals_from(args, model, data.images, targets, names)
     inputs = MetricInputs(data.images, info.targets, masks=data.masks, model=model.module, device=args.device,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, precision=args.precision)
+    note_metric_batch(args, inputs)
     results = score_methods(methods, metrics, inputs, terms, info.acts)
     for name, (_, node) in methods.items():
         warn(weight_problems(name, node, terms, info.acts)

@@ -17,7 +17,16 @@ from typing import Any
 from ..baselines import SEARCH_BASELINES
 from ..errors import SycamError
 from ..util.files import atomic_write_json
-from .options import DEFAULT_DEVICE, add_chunk_size, add_quiet, nonnegative_int, output_file, positive_int, warn
+from .options import (
+    DEFAULT_DEVICE,
+    add_chunk_size,
+    add_quiet,
+    chunk_size_from,
+    nonnegative_int,
+    output_file,
+    positive_int,
+    warn,
+)
 
 #: The result's expression is flagged when its mean Spearman exceeds GradCAM's by more than this.
 #: GradCAM is the reference that passes Adebayo et al.'s check; both are compared on the *same*
@@ -137,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     images = _images(data, f, model, args.images)
     methods = {SYCAM: node, **{b: baseline(b).node for b in SEARCH_BASELINES}}
     report = randomization_check(model, layer, images, None, methods, seed=args.seed, start=args.start,
-                                 device=args.device, chunk_size=args.chunk_size, progress=not args.quiet)
+                                 device=args.device, chunk_size=chunk_size_from(args), progress=not args.quiet)
     if not report.randomized:
         raise SycamError(f"no module with parameters runs at or after {args.start or layer!r}; nothing to randomize")
     texts = {SYCAM: expression, **{b: baseline(b).expression for b in SEARCH_BASELINES}}

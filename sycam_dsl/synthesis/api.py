@@ -35,6 +35,7 @@ from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import Metric, MetricInputs
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models import LoadedModel, Normalization, load_model
+from ..models.precision import DEFAULT_PRECISION
 from ..parse import resolve_grammar
 from ..parse.grammar import Grammar
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
@@ -103,28 +104,28 @@ def _data(images: ImageSet | torch.Tensor | str | Path, masks: torch.Tensor | st
 
 
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
-                  targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
-                  chunk_size: int = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None, use_cache: bool = True,
-                  progress: bool = True, memo_mb: float = DEFAULT_MAX_MB) -> tuple[Problem, str]:
-    """Compute the terminals ``names`` (through the disk cache) and wrap everything a search scores
-    on into a ``Problem``; returns it with the target layer's name. ``memo_mb``: size of the cache of
-    Deletion / Insertion forward passes shared by every subset (0: none)."""
-    from ..cam.terminals import compute_terminals
+                  targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int | str = DEFAULT_BATCH_SIZE,
+                  chunk_size: int | str = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None,
+                  use_cache: bool = True, progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
+                  precision: str = DEFAULT_PRECISION) -> tuple[Problem, str]:
+    """Compute the terminals ``names`` (through the disk cache for fp32) and wrap everything a search
+    scores on into a ``Problem``; returns it with the target layer's name. ``memo_mb``: size of the
+    cache of Deletion / Insertion forward passes shared by every subset (0: none). ``batch_size`` /
+    ``chunk_size``: per forward pass of the metrics / terminals, or ``"auto"``; ``precision`` of the
+    forward passes of ``cic``, ``abl`` and the metrics."""
+    from ..cam.through_cache import terminals_through_cache
 
-    if use_cache:
-        from ..cam.cache import compute_terminals_cached
-        terms, info = compute_terminals_cached(model, layer, data.images, targets, list(names), device=device,
-                                               chunk_size=chunk_size, progress=progress, cache_dir=cache_dir)
-    else:
-        terms, info = compute_terminals(model, layer, data.images, targets, list(names), device=device,
-                                        chunk_size=chunk_size, progress=progress)
+    terms, info = terminals_through_cache(model, layer, data.images, targets, list(names), device=device,
+                                          chunk_size=chunk_size, progress=progress, precision=precision,
+                                          cache_dir=cache_dir, use_cache=use_cache)
     dev = terms.device
     inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
                           masks=None if data.masks is None else data.masks.to(dev), model=model.module,
-                          device=dev, batch_size=batch_size, memo=ScoreCache(memo_mb) if memo_mb > 0 else None)
+                          device=dev, batch_size=batch_size, memo=ScoreCache(memo_mb) if memo_mb > 0 else None,
+                          precision=precision)
     classes = data.labels if data.labels is not None else info.targets
     problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
-                      torch.arange(data.images.shape[0]))
+                      torch.arange(data.images.shape[0]), dict(info.batch_sizes))
     return problem, info.layer
 
 
@@ -186,7 +187,7 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
     t0 = time.perf_counter()
     problem, layer_name = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
                                         data.chunk_size, data.cache_dir, data.use_cache, output.progress,
-                                        search.memo_mb)
+                                        search.memo_mb, data.precision)
     terminal_seconds = time.perf_counter() - t0
     # the test split is set aside before any search: the searches only ever get ``search_problem``
     split = make_split(problem, search.test_split, search.seed, problem.targets if per_class else problem.classes)
@@ -234,7 +235,10 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         "budget_candidates": config.budget.candidates, "per_class": per_class, "seed": search.seed,
         "level_sizes": [s for s in search.level_sizes], "equivalence_size": search.equivalence_size,
         "max_size": search.max_size, "report_metrics": [m.name for m in shown], "device": str(device),
-        "batch_size": data.batch_size, "chunk_size": data.chunk_size, "min_class_images": search.min_class_images,
+        "batch_size": data.batch_size, "chunk_size": data.chunk_size, "precision": data.precision,
+        "forward": {"batch_size": problem.inputs.batch_size, "channels_last": problem.inputs.channels_last,
+                    "terminal_batch_sizes": problem.terminal_batch_sizes},
+        "min_class_images": search.min_class_images,
         "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
         "early_stop": search.early_stop, "until": None if search.until is None else str(parse_until(search.until)),
         "test_split": split.fraction, **(output.settings or {}),

@@ -8,7 +8,7 @@ images (a level block, or one class's images).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -35,13 +35,15 @@ class Problem:
     """``terminals`` of ``N`` images (``[N, K]`` / ``[N, K, h, w]``), their activations ``acts``
     ``[N, K, h, w]``, and ``inputs`` (images ``[N, 3, H, W]``, targets ``[N]``, masks, model) for
     the metrics. ``classes`` ``[N]`` (labels when known, else the targets) stratify the subsets;
-    ``index`` ``[N]`` maps each image back to the full image set."""
+    ``index`` ``[N]`` maps each image back to the full image set. ``terminal_batch_sizes``: the rows
+    per forward pass the terminals were computed with (``TerminalInfo.batch_sizes``), for the record."""
 
     terminals: Terminals
     acts: torch.Tensor
     inputs: MetricInputs
     classes: torch.Tensor
     index: torch.Tensor
+    terminal_batch_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
