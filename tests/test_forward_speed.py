@@ -150,7 +150,9 @@ def test_fp32_cic_and_abl_are_bit_identical_to_the_loops_before(bundled, chunk):
     cic, mz = T._cic(m, x, acts, t, chunk, False)
     ref_cic, ref_mz = _before_cic(m, x, acts, t, chunk)
     assert torch.equal(cic, ref_cic) and torch.equal(mz, ref_mz)
+    kept = acts.clone()
     abl, ablated, method = T._abl(access, x, acts, logits, t, chunk, "auto", False)
+    assert torch.equal(acts, kept)  # ablation works on copies, even of a single row
     ref_abl, ref_ablated = _before_abl(T.tail_runner(access, method), x, acts, logits, t, chunk)
     assert torch.equal(abl, ref_abl) and torch.equal(ablated, ref_ablated)
 
@@ -181,6 +183,16 @@ def test_perturbed_rows_by_range_equal_rows_by_index_in_both_layouts(bundled):
                 got = build.build_range(begin, end, fmt)
                 assert got.is_contiguous(memory_format=fmt)
                 assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("k, r0, r1", [(4, 0, 1), (4, 3, 4), (4, 1, 3), (4, 0, 8), (1, 0, 1), (1, 1, 3), (4, 2, 7)])
+def test_row_copies_are_copies_in_image_major_order(k, r0, r1):
+    t = torch.arange(3 * 2 * 2 * 2, dtype=torch.float32).view(3, 2, 2, 2)
+    img = torch.arange(r0, r1) // k
+    rows = T._row_copies(t, k, r0, r1, img)
+    assert torch.equal(rows, t[img])
+    rows.fill_(-1)
+    assert (t >= 0).all()  # never a view of t
 
 
 def test_image_runs():

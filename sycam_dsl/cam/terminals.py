@@ -219,26 +219,27 @@ def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.T
     try:
         for start in range(0, rows, chunk):
             end = min(start + chunk, rows)
-            img, ch = live_img[start:end], live_ch[start:end]
-            masks = channel_masks(acts[img, ch], size)[:, None]
-            masked = torch.empty((end - start, *x.shape[1:]), dtype=torch.promote_types(x.dtype, masks.dtype),
-                                 device=dev, memory_format=layout)
-            runs = _image_runs(images, start, end)
-            if len(runs) > max(4, (end - start) // 4):  # many short runs: one gather is cheaper
-                torch.mul(x[img], masks, out=masked)
-            else:
-                for i, first, last in runs:
-                    torch.mul(x[i:i + 1], masks[first:last], out=masked[first:last])
-            try:
-                with forward_precision(precision, dev):
-                    out = model(masked)
-            except RuntimeError as e:
-                if layout == torch.contiguous_format or start > 0 or not layout_error(e):
-                    raise
-                layout = torch.contiguous_format
-                with forward_precision(precision, dev):
-                    out = model(masked.contiguous())
-            z_live[start:end], y_live[start:end] = _target_scores(out.to(x.dtype), targets[img])
+            with torch.inference_mode():  # less bookkeeping per op; z_live / y_live stay normal tensors
+                img, ch = live_img[start:end], live_ch[start:end]
+                masks = channel_masks(acts[img, ch], size)[:, None]
+                masked = torch.empty((end - start, *x.shape[1:]), dtype=torch.promote_types(x.dtype, masks.dtype),
+                                     device=dev, memory_format=layout)
+                runs = _image_runs(images, start, end)
+                if len(runs) > max(4, (end - start) // 4):  # many short runs: one gather is cheaper
+                    torch.mul(x[img], masks, out=masked)
+                else:
+                    for i, first, last in runs:
+                        torch.mul(x[i:i + 1], masks[first:last], out=masked[first:last])
+                try:
+                    with forward_precision(precision, dev):
+                        out = model(masked)
+                except RuntimeError as e:
+                    if layout == torch.contiguous_format or start > 0 or not layout_error(e):
+                        raise
+                    layout = torch.contiguous_format
+                    with forward_precision(precision, dev):
+                        out = model(masked.contiguous())
+                z_live[start:end], y_live[start:end] = _target_scores(out.to(x.dtype), targets[img])
             bar.update(end - start)
     finally:
         bar.close()
@@ -255,6 +256,25 @@ def _check_tail(runner: TailRunner, x: torch.Tensor, acts: torch.Tensor, logits:
         diff = float((got - logits).abs().max()) if got.shape == logits.shape else float("inf")
         raise SplitError(f"rerunning the model from layer {runner.access.name!r} ({runner.method}) does not "
                          f"reproduce its logits (max difference {diff:.3g})")
+
+
+def _row_copies(t: torch.Tensor, k: int, r0: int, r1: int, img: torch.Tensor) -> torch.Tensor:
+    """Rows ``r0..r1-1`` of ``t`` ``[g, ...]`` (per image) repeated ``k`` times each, image-major: ``t[img]``
+    with ``img = arange(r0, r1) // k``. The rows are whole images, or part of one image's ``k`` (``abl``'s
+    batches), so for contiguous ``t`` this is one broadcast copy (memcpy speed) instead of a gather;
+    otherwise the gather, which keeps ``t``'s memory layout."""
+    rest = t.shape[1:]
+    if not t.is_contiguous():
+        return t[img]
+    # clone, never contiguous() or reshape(): those return a view when a dimension has size 1
+    if r1 - r0 <= k and r0 // k == (r1 - 1) // k:
+        i = r0 // k
+        return t[i:i + 1].expand(r1 - r0, *rest).clone(memory_format=torch.contiguous_format)
+    if r0 % k == 0 and r1 % k == 0:
+        g0, g1 = r0 // k, r1 // k
+        rows = t[g0:g1, None].expand(g1 - g0, k, *rest).clone(memory_format=torch.contiguous_format)
+        return rows.view((g1 - g0) * k, *rest)
+    return t[img]
 
 
 @torch.no_grad()
@@ -316,12 +336,13 @@ def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch
                 reference[s:s + g] = unablated.gather(1, ts[:, None])[:, 0]
             for r0 in range(0, g * k, chunk):
                 r1 = min(r0 + chunk, g * k)
-                img, ch = rows_img[r0:r1], rows_ch[r0:r1]
-                a = a_s[img]  # a copy (advanced indexing, in the activations' layout), safe to ablate in place
-                a[positions[:r1 - r0], ch] = 0
-                with forward_precision(precision, dev):
-                    out = runner(a, [c[img] for c in carried])
-                flat_out[s * k + r0:s * k + r1] = out.to(x.dtype).gather(1, ts[img][:, None])[:, 0]
+                with torch.inference_mode():  # less bookkeeping per op; flat_out stays a normal tensor
+                    img, ch = rows_img[r0:r1], rows_ch[r0:r1]
+                    a = _row_copies(a_s, k, r0, r1, img)  # a copy, safe to ablate in place
+                    a[positions[:r1 - r0], ch] = 0
+                    with forward_precision(precision, dev):
+                        out = runner(a, [_row_copies(c, k, r0, r1, img) for c in carried])
+                    flat_out[s * k + r0:s * k + r1] = out.to(x.dtype).gather(1, ts[img][:, None])[:, 0]
                 bar.update(r1 - r0)
     finally:
         bar.close()
