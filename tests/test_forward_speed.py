@@ -348,17 +348,19 @@ def test_auto_batch_size_on_the_cpu_is_a_positive_int_that_fits(bundled, monkeyp
         with torch.inference_mode():
             return m(batch)
 
-    per_image = B.activation_bytes(m, run, x[:1])
-    # the input, and the outputs of 4 conv-BN-ReLU blocks: at least the first block's 3 x 16 x 64 x 64 floats
-    assert per_image > x[:1].numel() * 4 + 3 * 16 * 64 * 64 * 4
+    fp = B.footprint(m, run, x[:1])
+    # the largest layer is the first BatchNorm (or ReLU): 16 x 64 x 64 floats in and out, plus the input
+    assert fp.largest == 2 * 16 * 64 * 64 * 4 + 3 * 64 * 64 * 4
+    assert fp.total > 3 * 16 * 64 * 64 * 4  # conv, BN and ReLU of the first block at least
     size = B.auto_batch_size(run, x[:1], "cpu", module=m)
-    assert isinstance(size, int) and size == min(B.HOST_BATCH_BYTES // per_image, B.MAX_AUTO_BATCH)
+    assert isinstance(size, int) and size == B.HOST_BATCH_BYTES // fp.largest == 117
     assert size == B.auto_batch_size(run, x[:1], "cpu", module=m)  # deterministic
+    assert B.auto_batch_size(run, x[:1], "cpu", module=m, backward=True) == B.HOST_BACKWARD_BYTES // fp.total
     assert B.auto_batch_size(run, x[:1], "cpu", cap=3, module=m) == 3
     with torch.inference_mode():
         m(x[:1].expand(size, -1, -1, -1).clone())  # it runs
-    # memory decides: room for the activations of 5 images in a quarter of the available memory
-    monkeypatch.setattr(B, "available_host_memory", lambda: 4 * 5 * per_image + 3)
+    # memory decides: room for every output of 5 images in a quarter of the available memory
+    monkeypatch.setattr(B, "available_host_memory", lambda: 4 * 5 * fp.total + 3)
     assert B.auto_batch_size(run, x[:1], "cpu", module=m) == 5
     monkeypatch.setattr(B, "available_host_memory", lambda: 1)
     assert B.auto_batch_size(run, x[:1], "cpu", module=m) == 1

@@ -95,7 +95,7 @@ def gradient_chunk(access: LayerAccess, x: torch.Tensor, names: Sequence[str]) -
                 torch.autograd.grad(logits[:, 0].sum(), acts, allow_unused=True)
 
     with eval_mode(access.model):
-        return auto_batch_size(run, x[:1], x.device, cap=x.shape[0], module=access.model,
+        return auto_batch_size(run, x[:1], x.device, cap=x.shape[0], module=access.model, backward=need_grad,
                                what="terminals: gradients")
 
 

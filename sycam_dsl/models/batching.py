@@ -8,10 +8,11 @@
   free memory (``torch.cuda.mem_get_info`` plus what torch's allocator holds unused) by it, with
   headroom; the chosen size is run once, halved while it runs out of memory;
 * on the CPU (and MPS), where throughput stops growing long before memory runs out, a memory
-  heuristic: the batch whose activations (every submodule's outputs for one item, counted by hooks
-  on one forward pass) fill ``HOST_BATCH_BYTES``, and at most a quarter of the available memory. It
-  is deterministic, so a rerun picks the same size and gives the same bits (a throughput probe on a
-  shared machine would not).
+  heuristic from hooks on one pass of one item (``footprint``): the batch whose largest layer (its
+  input and output) fills ``HOST_BATCH_BYTES`` (with a backward pass: whose outputs, all kept, fill
+  ``HOST_BACKWARD_BYTES``), and whose outputs all together fit in a quarter of the available memory.
+  It is deterministic, so a rerun picks the same size and gives the same bits (a throughput probe on
+  a shared machine would not).
 
 Either way the result is at most ``cap`` (the rows there are to run, say) and at least 1.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,9 +39,11 @@ MAX_AUTO_BATCH = 4096
 #: Share of the free accelerator memory a batch may use; the rest covers fragmentation and what the
 #: probe does not see (masks built beside the batch, the allocator's rounding).
 MEMORY_HEADROOM = 0.8
-#: Activation memory of one CPU batch: the CPU's throughput stops growing long before this (and
-#: larger batches only leave the caches), so ``auto`` fills it, deterministically.
-HOST_BATCH_BYTES = 256 * 2**20
+#: What one CPU batch may hold at once in its largest layer (input and output): the CPU's throughput
+#: stops growing before this and larger batches only leave the caches, so ``auto`` fills it.
+HOST_BATCH_BYTES = 64 * 2**20
+#: What a CPU batch with a backward pass may keep for it (every layer's output).
+HOST_BACKWARD_BYTES = 256 * 2**20
 #: Share of the host's available memory the activations of a CPU batch may use at most.
 HOST_MEMORY_SHARE = 0.25
 #: Bytes per item, in inputs, assumed for a module whose activations cannot be counted.
@@ -118,53 +122,76 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def activation_bytes(module: nn.Module, run: Callable[[torch.Tensor], object], sample: torch.Tensor) -> int:
-    """An upper bound of the memory one item needs in ``run``: the bytes of every tensor that any
-    submodule of ``module`` outputs for ``sample`` (an inference pass frees most of them early), plus
-    the input itself; ``FALLBACK_FACTOR`` times the input for a module that takes no hooks
-    (TorchScript)."""
-    total = _nbytes(sample)
+def _tensors(value: object) -> list[torch.Tensor]:
+    items = value if isinstance(value, (tuple, list)) else [value]
+    return [t for t in items if isinstance(t, torch.Tensor)]
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Memory per item of one pass, from the tensors the leaf modules take and give: ``largest`` the
+    largest input plus output of one module (what an inference pass holds at once, about), ``total``
+    every output (what autograd keeps for a backward pass; an upper bound for any pass)."""
+
+    largest: int
+    total: int
+
+
+def footprint(module: nn.Module, run: Callable[[torch.Tensor], object], sample: torch.Tensor) -> Footprint:
+    """The ``Footprint`` of ``run(sample)`` for one item, counted by forward hooks on the leaf modules of
+    ``module`` (the model ``run`` runs); ``FALLBACK_FACTOR`` times the input for a module that takes no
+    hooks (TorchScript) or has none."""
+    largest, total = 0, 0
 
     def count(m: nn.Module, inputs: object, out: object) -> None:
-        nonlocal total
-        for t in (out if isinstance(out, (tuple, list)) else [out]):
-            if isinstance(t, torch.Tensor):
-                total += _nbytes(t)
+        nonlocal largest, total
+        given = sum(_nbytes(t) for t in _tensors(out))
+        taken = sum(_nbytes(t) for t in _tensors(inputs))
+        largest, total = max(largest, taken + given), total + given
 
+    leaves = [m for m in module.modules() if next(m.children(), None) is None]
     handles = []
     try:
-        for m in module.modules():
+        for m in leaves:
             handles.append(m.register_forward_hook(count))
-    except (RuntimeError, AttributeError):  # a ScriptModule runs no Python hooks
-        for h in handles:
-            h.remove()
-        return FALLBACK_FACTOR * _nbytes(sample)
-    try:
         run(sample)
+    except (RuntimeError, AttributeError) as e:  # a ScriptModule runs no Python hooks
+        if handles and not isinstance(e, AttributeError) and "hook" not in str(e):
+            raise
+        largest = total = 0
     finally:
         for h in handles:
             h.remove()
-    return total
+    base = _nbytes(sample)
+    if total == 0:
+        return Footprint(FALLBACK_FACTOR * base, FALLBACK_FACTOR * base)
+    return Footprint(largest + base, total + base)
 
 
-def _host_auto(run: Callable[[torch.Tensor], object], sample: torch.Tensor, cap: int,
-               module: nn.Module | None) -> int:
-    per_item = activation_bytes(module, run, sample) if module is not None else FALLBACK_FACTOR * _nbytes(sample)
-    size = batch_from_memory(HOST_BATCH_BYTES, 0, per_item, headroom=1.0, cap=cap)
+def _host_auto(run: Callable[[torch.Tensor], object], sample: torch.Tensor, cap: int, module: nn.Module | None,
+               backward: bool) -> int:
+    if module is not None:
+        fp = footprint(module, run, sample)
+    else:
+        fp = Footprint(FALLBACK_FACTOR * _nbytes(sample), FALLBACK_FACTOR * _nbytes(sample))
+    per_item = fp.total if backward else fp.largest
+    size = batch_from_memory(HOST_BACKWARD_BYTES if backward else HOST_BATCH_BYTES, 0, per_item, headroom=1.0,
+                             cap=cap)
     avail = available_host_memory()
     if avail is not None:
-        size = min(size, batch_from_memory(avail, 0, per_item, headroom=HOST_MEMORY_SHARE, cap=cap))
+        size = min(size, batch_from_memory(avail, 0, fp.total, headroom=HOST_MEMORY_SHARE, cap=cap))
     return size
 
 
 def auto_batch_size(run: Callable[[torch.Tensor], object], sample: torch.Tensor, device: str | torch.device, *,
                     cap: int = MAX_AUTO_BATCH, module: nn.Module | None = None, extra_inputs: int = 1,
-                    what: str = "forward passes") -> int:
+                    backward: bool = False, what: str = "forward passes") -> int:
     """A batch size for ``run`` (see the module doc): the largest that fits on CUDA; on the CPU (and
     MPS) the one whose activations fill ``HOST_BATCH_BYTES``; at most ``cap``. ``sample`` is one input
     ``[1, ...]`` on ``device``; ``module`` the model that ``run`` runs (for the CPU's estimate of the
     activations); ``extra_inputs``: copies of the input the caller holds beside each batch (CUDA's
-    arithmetic); ``what`` names the loop in the log line."""
+    arithmetic); ``backward``: ``run`` also runs a backward pass (the CPU's estimate counts every
+    layer's output); ``what`` names the loop in the log line."""
     if sample.shape[0] != 1:
         raise ModelError(f"auto_batch_size needs one sample [1, ...], got shape {list(sample.shape)}")
     cap = max(1, min(cap, MAX_AUTO_BATCH))
@@ -172,7 +199,7 @@ def auto_batch_size(run: Callable[[torch.Tensor], object], sample: torch.Tensor,
     if dev.type == "cuda":
         size = _cuda_auto(run, sample, dev, cap, extra_inputs)
     else:
-        size = _host_auto(run, sample, cap, module)
+        size = _host_auto(run, sample, cap, module, backward)
     log.info("%s: batch size %d (auto, %s)", what, size, dev)
     return size
 
