@@ -195,6 +195,18 @@ def test_row_copies_are_copies_in_image_major_order(k, r0, r1):
     assert (t >= 0).all()  # never a view of t
 
 
+def test_fast_masks_equal_channel_masks_bit_for_bit():
+    gen = torch.Generator().manual_seed(4)
+    acts = torch.rand(12, 7, 7, generator=gen) * 5 - 1
+    acts[3] = 0.0  # a constant map (zeros upsample exactly): an all-zero mask
+    acts[5, 2, 2] = -0.0
+    for size in ((224, 224), (64, 64), (33, 50)):
+        want = T.channel_masks(acts, size)
+        got = T._masks_fast(acts, size)
+        assert torch.equal(got, want) and torch.equal(got.view(torch.int32), want.view(torch.int32))
+        assert not got[3].any()
+
+
 def test_image_runs():
     assert T._image_runs([0, 0, 1, 1, 1, 3], 1, 6) == [(0, 0, 1), (1, 1, 4), (3, 4, 5)]
     assert T._image_runs([2, 2, 2], 0, 3) == [(2, 0, 3)]
@@ -352,14 +364,19 @@ def test_auto_batch_size_on_the_cpu_is_a_positive_int_that_fits(bundled, monkeyp
     # the largest layer is the first BatchNorm (or ReLU): 16 x 64 x 64 floats in and out, plus the input
     assert fp.largest == 2 * 16 * 64 * 64 * 4 + 3 * 64 * 64 * 4
     assert fp.total > 3 * 16 * 64 * 64 * 4  # conv, BN and ReLU of the first block at least
+    monkeypatch.setattr(B, "cache_bytes", lambda: 32 * 2**20)
     size = B.auto_batch_size(run, x[:1], "cpu", module=m)
-    assert isinstance(size, int) and size == B.HOST_BATCH_BYTES // fp.largest == 117
+    assert isinstance(size, int) and size == 16 * 2**20 // fp.largest == 29
     assert size == B.auto_batch_size(run, x[:1], "cpu", module=m)  # deterministic
+    monkeypatch.setattr(B, "cache_bytes", lambda: 2**20)
+    assert B.auto_batch_size(run, x[:1], "cpu", module=m) == B.MIN_HOST_BATCH  # a tiny cache: the floor
+    assert B.cache_bytes() > 0
     assert B.auto_batch_size(run, x[:1], "cpu", module=m, backward=True) == B.HOST_BACKWARD_BYTES // fp.total
     assert B.auto_batch_size(run, x[:1], "cpu", cap=3, module=m) == 3
     with torch.inference_mode():
         m(x[:1].expand(size, -1, -1, -1).clone())  # it runs
     # memory decides: room for every output of 5 images in a quarter of the available memory
+    monkeypatch.setattr(B, "cache_bytes", lambda: 32 * 2**20)
     monkeypatch.setattr(B, "available_host_memory", lambda: 4 * 5 * fp.total + 3)
     assert B.auto_batch_size(run, x[:1], "cpu", module=m) == 5
     monkeypatch.setattr(B, "available_host_memory", lambda: 1)

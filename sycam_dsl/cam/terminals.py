@@ -146,6 +146,25 @@ def channel_masks(acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return minmax_normalize(up)
 
 
+def _masks_fast(acts: torch.Tensor, size: tuple[int, int], exact: bool = True) -> torch.Tensor:
+    """``channel_masks`` with fewer passes over the ``[B, H, W]`` maps: in-place arithmetic, and
+    ``masked_fill_`` for the constant maps instead of two full ``torch.where`` and a zero tensor
+    (``aminmax`` is slower here than ``amin`` and ``amax``); the same bits. With ``exact=False`` the
+    maps are upsampled as the channels of one channels-last image, which the CPU kernel vectorizes
+    (about 4x faster) and which agrees with the default to float rounding (1 ulp), not bit for bit."""
+    if exact:
+        up = F.interpolate(acts[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    else:
+        planes = acts[None].contiguous(memory_format=torch.channels_last)
+        up = F.interpolate(planes, size=size, mode="bilinear", align_corners=False)[0].contiguous()
+    flat = up.flatten(-2)
+    lo = flat.amin(dim=-1, keepdim=True)
+    span = flat.amax(dim=-1, keepdim=True) - lo
+    live = span > 0
+    out = flat.sub(lo).div_(torch.where(live, span, torch.ones_like(span)))
+    return out.masked_fill_(~live, 0).view(up.shape)
+
+
 def _target_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(``z_c``, ``y_c``) ``[B]`` of ``logits`` ``[B, C]``."""
     idx = targets[:, None]
@@ -195,7 +214,8 @@ def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.T
     # Convolutions run about 1.4x faster on channels-last input here (oneDNN); a model that cannot
     # take it (a .view() on its input, say) gets contiguous input for the whole run instead.
     layout = torch.channels_last if x.dim() == 4 else torch.contiguous_format
-    if chunk == AUTO:
+    auto = chunk == AUTO
+    if auto:
         def run(batch: torch.Tensor) -> object:
             with forward_precision(precision, dev):
                 return model(batch)
@@ -212,6 +232,9 @@ def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.T
     assert isinstance(chunk, int)
     if sizes is not None:
         sizes["cic"] = chunk
+    # at a fixed batch size in fp32 the values are those of every earlier version, bit for bit; "auto"
+    # or a lower precision changes the bits anyway, so the masks take the faster path there
+    exact = not auto and precision == DEFAULT_PRECISION
     z_live = torch.empty(rows, dtype=masked_z.dtype, device=dev)
     y_live = torch.empty(rows, dtype=masked_y.dtype, device=dev)
     bar = progress_bar(n * k, "terminals: cic", show)
@@ -221,7 +244,7 @@ def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.T
             end = min(start + chunk, rows)
             with torch.inference_mode():  # less bookkeeping per op; z_live / y_live stay normal tensors
                 img, ch = live_img[start:end], live_ch[start:end]
-                masks = channel_masks(acts[img, ch], size)[:, None]
+                masks = _masks_fast(acts[img, ch], size, exact)[:, None]
                 masked = torch.empty((end - start, *x.shape[1:]), dtype=torch.promote_types(x.dtype, masks.dtype),
                                      device=dev, memory_format=layout)
                 runs = _image_runs(images, start, end)

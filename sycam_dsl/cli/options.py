@@ -18,7 +18,7 @@ from ..cam.terminals import DEFAULT_CHUNK_SIZE
 from ..errors import SycamError
 from ..metrics.perturbation import DEFAULT_BLUR_SIGMA
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
-from ..models.batching import AUTO, HOST_BATCH_BYTES
+from ..models.batching import AUTO
 from ..models.precision import DEFAULT_PRECISION, PRECISIONS
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 #: Defaults shared by several commands.
 DEFAULT_DEVICE = "cpu"
-HOST_BATCH_MB = HOST_BATCH_BYTES // 2**20
 
 MODEL_HELP = ("a torchvision classifier name (resnet50, vgg16, ...), efficientnet_lite0, bundled (the small CNN of "
               "the built-in benchmark), a TorchScript file, or a factory package.module:function returning an "
@@ -100,8 +99,8 @@ def add_chunk_size(p: argparse.ArgumentParser, follows_batch_size: bool = False)
     default = f"auto with --batch-size auto, else {DEFAULT_CHUNK_SIZE}" if follows_batch_size else DEFAULT_CHUNK_SIZE
     p.add_argument("--chunk-size", type=batch_size_arg, default=None, metavar="N|auto",
                    help=f"images / masked images / ablated copies per forward pass when computing terminals; "
-                        f"auto: each loop picks the largest batch that fits on CUDA, a {HOST_BATCH_MB} MB activation "
-                        f"budget on the CPU (default {default})")
+                        f"auto: each loop picks the largest batch that fits on CUDA, on the CPU the largest whose "
+                        f"largest layer fits in half the cache (default {default})")
 
 
 def add_precision(p: argparse.ArgumentParser) -> None:
@@ -137,8 +136,8 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
     """The model options and how terminals and metrics run (``eval``, ``explain`` and ``synth``)."""
     p.add_argument("--batch-size", type=batch_size_arg, default=DEFAULT_BATCH_SIZE, metavar="N|auto",
                    help=f"images per forward pass when scoring (default {DEFAULT_BATCH_SIZE}); auto: the largest "
-                        f"batch that fits on CUDA, a {HOST_BATCH_MB} MB activation budget on the CPU, channels-last "
-                        f"batches for convolutional models, and --chunk-size auto unless given")
+                        f"batch that fits on CUDA, on the CPU the largest whose largest layer fits in half the cache; "
+                        f"channels-last batches for convolutional models; and --chunk-size auto unless given")
     add_chunk_size(p, follows_batch_size=True)
     add_precision(p)
     p.add_argument("--steps", type=positive_int, metavar="P",

@@ -7,12 +7,12 @@
   and the fixed cost (``torch.cuda.max_memory_allocated``), and ``batch_from_memory`` divides the
   free memory (``torch.cuda.mem_get_info`` plus what torch's allocator holds unused) by it, with
   headroom; the chosen size is run once, halved while it runs out of memory;
-* on the CPU (and MPS), where throughput stops growing long before memory runs out, a memory
-  heuristic from hooks on one pass of one item (``footprint``): the batch whose largest layer (its
-  input and output) fills ``HOST_BATCH_BYTES`` (with a backward pass: whose outputs, all kept, fill
-  ``HOST_BACKWARD_BYTES``), and whose outputs all together fit in a quarter of the available memory.
-  It is deterministic, so a rerun picks the same size and gives the same bits (a throughput probe on
-  a shared machine would not).
+* on the CPU (and MPS), where throughput peaks long before memory runs out, a cache heuristic from
+  hooks on one pass of one item (``footprint``): the largest batch whose largest layer (its input
+  and output) fits in half the last-level cache (``host_batch_bytes``; at least ``MIN_HOST_BATCH``),
+  with a backward pass the batch whose outputs, all kept, fill ``HOST_BACKWARD_BYTES``; and never
+  more than a quarter of the available memory holds. It is deterministic, so a rerun picks the same
+  size and gives the same bits (a throughput probe on a shared machine would not).
 
 Either way the result is at most ``cap`` (the rows there are to run, say) and at least 1.
 """
@@ -39,9 +39,11 @@ MAX_AUTO_BATCH = 4096
 #: Share of the free accelerator memory a batch may use; the rest covers fragmentation and what the
 #: probe does not see (masks built beside the batch, the allocator's rounding).
 MEMORY_HEADROOM = 0.8
-#: What one CPU batch may hold at once in its largest layer (input and output): the CPU's throughput
-#: stops growing before this and larger batches only leave the caches, so ``auto`` fills it.
-HOST_BATCH_BYTES = 64 * 2**20
+#: The last-level cache assumed where the system does not say (Linux sysfs does).
+DEFAULT_CACHE_BYTES = 32 * 2**20
+#: The smallest batch ``auto`` picks on the CPU when memory allows: below it, weights are read more
+#: often than activations for large models.
+MIN_HOST_BATCH = 4
 #: What a CPU batch with a backward pass may keep for it (every layer's output).
 HOST_BACKWARD_BYTES = 256 * 2**20
 #: Share of the host's available memory the activations of a CPU batch may use at most.
@@ -168,15 +170,40 @@ def footprint(module: nn.Module, run: Callable[[torch.Tensor], object], sample: 
     return Footprint(largest + base, total + base)
 
 
+def cache_bytes() -> int:
+    """The CPU's last-level cache in bytes (Linux sysfs), ``DEFAULT_CACHE_BYTES`` when unknown."""
+    best = 0
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            size = int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]] if text[-1] in "KMG" else int(text)
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+        if kind != "Instruction" and level >= 2:
+            best = max(best, size)
+    return best or DEFAULT_CACHE_BYTES
+
+
+def host_batch_bytes() -> int:
+    """What one CPU batch's largest layer (its input and output) may take: half the last-level cache.
+    Measured here (32 MB L3): the bundled CNN runs 4,300 images/s at 29 images (16 MB) and 1,800 at 42
+    (24 MB), when the layers stop fitting; larger batches only leave the cache."""
+    return cache_bytes() // 2
+
+
 def _host_auto(run: Callable[[torch.Tensor], object], sample: torch.Tensor, cap: int, module: nn.Module | None,
                backward: bool) -> int:
     if module is not None:
         fp = footprint(module, run, sample)
     else:
         fp = Footprint(FALLBACK_FACTOR * _nbytes(sample), FALLBACK_FACTOR * _nbytes(sample))
-    per_item = fp.total if backward else fp.largest
-    size = batch_from_memory(HOST_BACKWARD_BYTES if backward else HOST_BATCH_BYTES, 0, per_item, headroom=1.0,
-                             cap=cap)
+    if backward:
+        size = batch_from_memory(HOST_BACKWARD_BYTES, 0, fp.total, headroom=1.0, cap=cap)
+    else:
+        size = max(min(MIN_HOST_BATCH, cap), batch_from_memory(host_batch_bytes(), 0, fp.largest, headroom=1.0,
+                                                                cap=cap))
     avail = available_host_memory()
     if avail is not None:
         size = min(size, batch_from_memory(avail, 0, fp.total, headroom=HOST_MEMORY_SHARE, cap=cap))
@@ -187,7 +214,7 @@ def auto_batch_size(run: Callable[[torch.Tensor], object], sample: torch.Tensor,
                     cap: int = MAX_AUTO_BATCH, module: nn.Module | None = None, extra_inputs: int = 1,
                     backward: bool = False, what: str = "forward passes") -> int:
     """A batch size for ``run`` (see the module doc): the largest that fits on CUDA; on the CPU (and
-    MPS) the one whose activations fill ``HOST_BATCH_BYTES``; at most ``cap``. ``sample`` is one input
+    MPS) the largest whose largest layer fits in half the cache; at most ``cap``. ``sample`` is one input
     ``[1, ...]`` on ``device``; ``module`` the model that ``run`` runs (for the CPU's estimate of the
     activations); ``extra_inputs``: copies of the input the caller holds beside each batch (CUDA's
     arithmetic); ``backward``: ``run`` also runs a backward pass (the CPU's estimate counts every
