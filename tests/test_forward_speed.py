@@ -284,6 +284,12 @@ def test_bf16_terminals_and_scores_are_close_to_fp32(bundled):
     assert 0 < float((d32 - d16).abs().max()) < 0.03
 
 
+def test_targets_are_checked_once_for_every_batch(bundled):
+    m, _, x, _, _, _ = bundled
+    with pytest.raises(TerminalError, match="target class 7 of image 2 is out of range: the model has 4 classes"):
+        compute_terminals(m, "features.14", x[:3], torch.tensor([0, 1, 7]), ["grads"], chunk_size=1, progress=False)
+
+
 def test_bad_precisions_are_refused_with_one_line(bundled):
     m, _, x, _, _, t = bundled
     with pytest.raises(ModelError, match=r"unknown precision 'fp64'; use fp32, bf16, fp16"):

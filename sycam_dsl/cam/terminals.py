@@ -117,8 +117,9 @@ def _gradient_pass(access: LayerAccess, x: torch.Tensor, targets: torch.Tensor |
                 acts, logits = access.forward(x[s:s + chunk])
                 n_classes = logits.shape[1]
                 t = logits.argmax(dim=1) if targets is None else targets[s:s + chunk]
-                if targets is not None and (int(t.min()) < 0 or int(t.max()) >= n_classes):
-                    bad = int(((t < 0) | (t >= n_classes)).nonzero()[0]) + s
+                # every image's target is checked with the first batch: one wait for the device, not one a batch
+                if targets is not None and s == 0 and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
+                    bad = int(((targets < 0) | (targets >= n_classes)).nonzero()[0])
                     raise TerminalError(f"target class {int(targets[bad])} of image {bad} is out of range: the "
                                         f"model has {n_classes} classes")
                 out = {"A": acts.detach(), "logits": logits.detach(), "targets": t}
