@@ -119,11 +119,13 @@ def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     values = np.empty(rows * steps, dtype=np.float64)
     pending: dict[tuple, list[int]] = {}
     stats = cache.stats
+    width = packed.shape[-1]
     for r in range(rows):
         i = r % n
         base = r * steps
+        row = packed[r].tobytes()  # one bytes object per ranking row, sliced per step
         for p in range(steps):
-            key = (kind, ids[i], tgt[i], packed[r, p].tobytes())
+            key = (kind, ids[i], tgt[i], row[p * width:(p + 1) * width])
             v = cache.get(key)
             if v is not None:
                 values[base + p] = v
