@@ -29,6 +29,8 @@ from ..util.progress import progress as progress_bar
 from .errors import TerminalError
 from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, layer_access, tail_runner
 
+#: Bytes of ScoreCAM masks built at once (a multiple of the batch; at least one batch).
+MASK_BLOCK_BYTES = 4 * 2**20
 #: Terminals that need the backward pass.
 _GRAD_NAMES = frozenset({"grads", "pgrads", "G"})
 DEFAULT_CHUNK_SIZE = 32
@@ -240,17 +242,25 @@ def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.T
     y_live = torch.empty(rows, dtype=masked_y.dtype, device=dev)
     bar = progress_bar(n * k, "terminals: cic", show)
     bar.update(n * k - rows)
+    # masks are built for several batches at once (up to MASK_BLOCK_BYTES): a small model's batches are
+    # short, and each operation's fixed cost would otherwise weigh on every batch (the values per row
+    # do not depend on the block)
+    block = max(1, MASK_BLOCK_BYTES // (size[0] * size[1] * x.element_size()) // chunk) * chunk
+    masks_of = torch.empty(0)
+    target_of = targets[live_img]
     try:
         for start in range(0, rows, chunk):
             end = min(start + chunk, rows)
             with torch.inference_mode():  # less bookkeeping per op; z_live / y_live stay normal tensors
-                img, ch = live_img[start:end], live_ch[start:end]
-                masks = _masks_fast(acts[img, ch], size, exact)[:, None]
+                if start % block == 0:
+                    b_end = min(start + block, rows)
+                    masks_of = _masks_fast(acts[live_img[start:b_end], live_ch[start:b_end]], size, exact)[:, None]
+                masks = masks_of[start % block:start % block + end - start]
                 masked = torch.empty((end - start, *x.shape[1:]), dtype=torch.promote_types(x.dtype, masks.dtype),
                                      device=dev, memory_format=layout)
                 runs = _image_runs(images, start, end)
                 if len(runs) > max(4, (end - start) // 4):  # many short runs: one gather is cheaper
-                    torch.mul(x[img], masks, out=masked)
+                    torch.mul(x[live_img[start:end]], masks, out=masked)
                 else:
                     for i, first, last in runs:
                         torch.mul(x[i:i + 1], masks[first:last], out=masked[first:last])
@@ -263,7 +273,7 @@ def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.T
                     layout = torch.contiguous_format
                     with forward_precision(precision, dev):
                         out = model(masked.contiguous())
-                z_live[start:end], y_live[start:end] = _target_scores(out.to(x.dtype), targets[img])
+                z_live[start:end], y_live[start:end] = _target_scores(out.to(x.dtype), target_of[start:end])
             bar.update(end - start)
     finally:
         bar.close()

@@ -117,6 +117,7 @@ class PerturbedRows:
         self.run_images = img_cpu
         self._xor: tuple[torch.Tensor, torch.Tensor] | None = None
         self._xor_tried = False
+        self._ones_block: tuple[int, int, torch.Tensor] | None = None
 
     def _masks(self, r: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         covered = self.flat[r] < p[:, None]                  # [B, h*w]: the p top-ranked cells
@@ -140,6 +141,20 @@ class PerturbedRows:
                 self._xor = (start, start ^ self.paste.contiguous().view(bits))
         return self._xor
 
+    def _ones(self, begin: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+        """``[end - begin, 1, H, W]`` integers, all ones where pair ``i``'s cells are perturbed, else 0;
+        built for up to ``MASK_BLOCK_BYTES`` of pairs at once (``scores_of`` asks for consecutive
+        ranges), so that a short batch pays few operations."""
+        held = self._ones_block
+        if held is None or not held[0] <= begin < end <= held[1]:
+            width = torch.empty((), dtype=dtype).element_size() * self.shape[0] * self.shape[1]
+            stop = min(self.r.shape[0], max(end, begin + MASK_BLOCK_BYTES // width))
+            r, p = self.r[begin:stop], self.p[begin:stop]
+            covered = (self.flat[r] < p[:, None]).to(dtype).neg_()  # [B, h*w]: all ones on the p top cells
+            held = (begin, stop, covered.gather(1, self.cells.expand(stop - begin, -1)).view(-1, 1, *self.shape))
+            self._ones_block = held
+        return held[2][begin - held[0]:end - held[0]]
+
     def build_range(self, begin: int, end: int, memory_format: torch.memory_format) -> torch.Tensor:
         """The inputs of the pairs ``begin..end-1`` in ``memory_format``, the values of ``__call__``.
 
@@ -148,17 +163,15 @@ class PerturbedRows:
         ``torch.where(mask, paste, start)`` (whose CPU kernel is scalar, about ten times slower), with no
         gathered copies of the images."""
         bits = self._bits()
-        r, p = self.r[begin:end], self.p[begin:end]
         lo = np.searchsorted(self.run_starts, begin, side="right")
         hi = np.searchsorted(self.run_starts, end, side="left")
         bounds = [begin, *self.run_starts[lo:hi].tolist(), end]
         if bits is None or len(bounds) - 1 > max(4, (end - begin) // 4):  # many short runs: one gather
             img = self.img[begin:end]
-            out = torch.where(self._masks(r, p), self.paste[img], self.start[img])
+            out = torch.where(self._masks(self.r[begin:end], self.p[begin:end]), self.paste[img], self.start[img])
             return out.contiguous(memory_format=memory_format)
         start, diff = bits
-        covered = (self.flat[r] < p[:, None]).to(start.dtype).neg_()  # [B, h*w]: all ones on the p top cells
-        ones = covered.gather(1, self.cells.expand(end - begin, -1)).view(-1, 1, *self.shape)
+        ones = self._ones(begin, end, start.dtype)
         out = torch.empty((end - begin, *start.shape[1:]), dtype=start.dtype, device=start.device)
         for s, e in zip(bounds[:-1], bounds[1:]):
             i = int(self.run_images[s])
@@ -168,6 +181,8 @@ class PerturbedRows:
         return out.view(self.start.dtype).contiguous(memory_format=memory_format)
 
 
+#: Bytes of perturbation masks built at once (at least one batch).
+MASK_BLOCK_BYTES = 4 * 2**20
 #: Integer types as wide as each floating-point width, for selecting bits.
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
