@@ -169,6 +169,21 @@ def test_fp32_perturbation_curves_are_bit_identical_to_the_loop_before(bundled, 
     assert torch.equal(memo, got)
 
 
+def test_mask_blocks_do_not_change_values(bundled, monkeypatch):
+    """Masks are built for several batches at once; blocks of any size give the same bits."""
+    import sycam_dsl.metrics.perturbation as P
+
+    m, access, x, acts, logits, t = bundled
+    sal = torch.rand(2, x.shape[0], 8, 8, generator=torch.Generator().manual_seed(5))
+    want_cic = T._cic(m, x, acts, t, 7, False)
+    want_curve = perturbation_curve(m, x, t, sal, 6, False, batch_size=7, channels_last=True)
+    monkeypatch.setattr(T, "MASK_BLOCK_BYTES", 3 * 7 * 64 * 64 * 4)   # 3 batches a block
+    monkeypatch.setattr(P, "MASK_BLOCK_BYTES", 5 * 64 * 64 * 4)       # 5 rows a block, less than a batch
+    got_cic = T._cic(m, x, acts, t, 7, False)
+    assert torch.equal(got_cic[0], want_cic[0]) and torch.equal(got_cic[1], want_cic[1])
+    assert torch.equal(perturbation_curve(m, x, t, sal, 6, False, batch_size=7, channels_last=True), want_curve)
+
+
 def test_perturbed_rows_by_range_equal_rows_by_index_in_both_layouts(bundled):
     _, _, x, acts, _, _ = bundled
     ranks = cell_ranks(torch.rand(2 * x.shape[0], 8, 8, generator=torch.Generator().manual_seed(1))).view(-1, 8, 8)
