@@ -157,6 +157,16 @@ def test_fp32_cic_and_abl_are_bit_identical_to_the_loops_before(bundled, chunk):
     assert torch.equal(abl, ref_abl) and torch.equal(ablated, ref_ablated)
 
 
+def test_fp32_cic_with_many_images_per_batch_is_bit_identical(bundled):
+    """One live channel per image: a batch spans many images, built by one gather instead of runs."""
+    m, _, x, acts, _, t = bundled
+    x8, a8, t8 = torch.cat([x, x.flip(0)]), torch.cat([acts, acts.flip(0)])[:, 5:7], torch.cat([t, t.flip(0)])
+    for chunk in (16, 3):
+        got = T._cic(m, x8, a8, t8, chunk, False)
+        want = _before_cic(m, x8, a8, t8, chunk)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("insert", [False, True])
 @pytest.mark.parametrize("batch", [13, 64])
 def test_fp32_perturbation_curves_are_bit_identical_to_the_loop_before(bundled, insert, batch):
@@ -223,9 +233,12 @@ def test_fast_masks_equal_channel_masks_bit_for_bit():
 
 
 def test_image_runs():
-    assert T._image_runs([0, 0, 1, 1, 1, 3], 1, 6) == [(0, 0, 1), (1, 1, 4), (3, 4, 5)]
-    assert T._image_runs([2, 2, 2], 0, 3) == [(2, 0, 3)]
-    assert T._image_runs([4], 0, 1) == [(4, 0, 1)]
+    offsets = [0, 2, 5, 5, 6]  # rows of images 0..3: [0, 0, 1, 1, 1, 3]; image 2 has none
+    assert T._image_runs(offsets, 1, 6) == [(0, 0, 1), (1, 1, 4), (3, 4, 5)]
+    assert T._image_runs(offsets, 0, 6) == [(0, 0, 2), (1, 2, 5), (3, 5, 6)]
+    assert T._image_runs(offsets, 2, 5) == [(1, 0, 3)]
+    assert T._image_runs(offsets, 4, 6) == [(1, 0, 1), (3, 1, 2)]
+    assert T._image_runs([0, 0, 3], 0, 3) == [(1, 0, 3)]
 
 
 # ---------------------------------------------------------------------------------------------
