@@ -57,7 +57,7 @@ def scores_of(model: nn.Module, build: Callable[[torch.Tensor], torch.Tensor], t
     precision = _checked_precision(precision)
     targets = targets.to(device)
     total = targets.shape[0]
-    out = torch.empty(total, device=device)
+    out = torch.empty(total, dtype=torch.float32, device=device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     build_range = getattr(build, "build_range", None)
     with eval_mode(model), torch.inference_mode():
@@ -91,7 +91,8 @@ def plan_forward(model: nn.Module, images: torch.Tensor, device: Device = "cpu",
     """``(batch size, channels_last)`` for the metrics' forward passes of ``model`` on ``images``
     ``[N, C, H, W]``. A number is kept, with the images' own layout (so fp32 results are those of a
     fixed batch size always); ``"auto"`` picks the size with ``models.batching.auto_batch_size`` (the
-    largest that fits on CUDA, a memory budget on the CPU), for ``model`` in eval mode at
+    largest that fits on CUDA, on the CPU the largest whose largest layer fits in half the cache), for
+    ``model`` in eval mode at
     ``precision``, and channels-last batches for a model with 2-d convolutions that takes them."""
     if batch_size != AUTO:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
