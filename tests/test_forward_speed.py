@@ -440,6 +440,19 @@ def test_auto_batch_size_through_terminals_and_metrics(bundled):
     size, channels_last = plan_forward(m, x, "cpu", "auto")
     assert isinstance(size, int) and size >= 1 and isinstance(channels_last, bool)
     assert plan_forward(m, x, "cpu", 17) == (17, False)
+    assert plan_forward(m, x, "cpu", 17, "bf16") == (17, True)  # bits differ anyway: the faster layout
+    assert plan_forward(_FlattensItsInput(m), x, "cpu", 17, "bf16") == (17, False)
+    low = MetricInputs(x, t, model=m, precision="bf16")
+    assert low.channels_last is True and low.batch_size == 64
+    assert MetricInputs(x, t, model=m, precision="bf16", channels_last=False).channels_last is False
+    assert MetricInputs(x, t, model=m).channels_last is False
+    rec = Recorder(m.features[0])
+    try:  # decided once: copies run nothing
+        low.with_heatmaps(None, torch.rand(x.shape[0], 8, 8))
+        low.subset(torch.tensor([0, 1]))
+        assert rec.calls == []
+    finally:
+        rec.close()
     inputs = MetricInputs(x, t, saliency=torch.rand(x.shape[0], 8, 8), model=m, batch_size="auto")
     assert isinstance(inputs.batch_size, int) and inputs.batch_size >= 1
     fixed = MetricInputs(x, t, saliency=inputs.saliency, model=m)

@@ -46,8 +46,9 @@ class MetricInputs:
     ``[N]`` name the images across subsets (default ``0..N-1``); ``memo``, a
     ``metrics.memo.ScoreCache`` shared by every subset, memoizes Deletion / Insertion scores.
     ``batch_size``: images per forward pass, or ``"auto"`` (picked once, here, by
-    ``scoring.plan_forward``, which also turns ``channels_last`` on for convolutional models);
-    ``precision``: fp32, bf16 or fp16 forward passes; ``channels_last``: channels-last batches."""
+    ``scoring.plan_forward``); ``precision``: fp32, bf16 or fp16 forward passes; ``channels_last``:
+    channels-last batches, None to let ``plan_forward`` decide (on for convolutional models with
+    ``"auto"`` or a lower precision, whose bits differ anyway; off for fp32 at a fixed batch size)."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -61,19 +62,23 @@ class MetricInputs:
     image_ids: torch.Tensor | None = None
     memo: Any = None
     precision: str = DEFAULT_PRECISION
-    channels_last: bool = False
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
         if self.image_ids is None:
             self.image_ids = torch.arange(self.images.shape[0])
-        if self.batch_size == AUTO and self.model is not None:
-            self.batch_size, self.channels_last = plan_forward(self.model, self.images, self.device, AUTO,
-                                                               self.precision)
+        # decided once: copies (with_heatmaps, subset) carry the decision
+        if self.model is not None and (self.batch_size == AUTO or self.channels_last is None):
+            size, channels_last = plan_forward(self.model, self.images, self.device, self.batch_size, self.precision)
+            self.batch_size = size
+            self.channels_last = channels_last if self.channels_last is None else self.channels_last
+        if self.channels_last is None:
+            self.channels_last = False
 
     @property
     def forward_options(self) -> dict[str, Any]:
         """``precision`` and ``channels_last``, as the keywords of ``scores_of`` and the metrics."""
-        return {"precision": self.precision, "channels_last": self.channels_last}
+        return {"precision": self.precision, "channels_last": bool(self.channels_last)}
 
     def with_heatmaps(self, heatmaps: torch.Tensor | None, saliency: torch.Tensor | None = None) -> MetricInputs:
         """The same images, model and cache with another candidate's ``H`` (and ``S``)."""

@@ -89,14 +89,16 @@ def plan_forward(model: nn.Module, images: torch.Tensor, device: Device = "cpu",
                  batch_size: int | str = DEFAULT_BATCH_SIZE,
                  precision: str = DEFAULT_PRECISION) -> tuple[int, bool]:
     """``(batch size, channels_last)`` for the metrics' forward passes of ``model`` on ``images``
-    ``[N, C, H, W]``. A number is kept, with the images' own layout (so fp32 results are those of a
-    fixed batch size always); ``"auto"`` picks the size with ``models.batching.auto_batch_size`` (the
-    largest that fits on CUDA, on the CPU the largest whose largest layer fits in half the cache), for
-    ``model`` in eval mode at
-    ``precision``, and channels-last batches for a model with 2-d convolutions that takes them."""
-    if batch_size != AUTO:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise MetricError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    ``[N, C, H, W]``. A number is kept; ``"auto"`` picks the size with
+    ``models.batching.auto_batch_size`` (the largest that fits on CUDA, on the CPU the largest whose
+    largest layer fits in half the cache), for ``model`` in eval mode at ``precision``. Batches are
+    channels-last for a model with 2-d convolutions that takes them, with ``"auto"`` or a lower
+    precision; fp32 at a fixed batch size keeps the images' own layout, and so the bits of earlier
+    versions."""
+    if batch_size != AUTO and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise MetricError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    if batch_size != AUTO and precision == DEFAULT_PRECISION:
+        assert isinstance(batch_size, int)
         return batch_size, False
     if images.dim() != 4 or images.shape[0] < 1:
         raise MetricError(f"images must be [N, C, H, W] with N >= 1, got shape {list(images.shape)}")
@@ -111,6 +113,8 @@ def plan_forward(model: nn.Module, images: torch.Tensor, device: Device = "cpu",
 
     with eval_mode(model):
         channels_last = has_convolutions(model) and takes_channels_last(run, sample)
+        if isinstance(batch_size, int):
+            return batch_size, channels_last
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         size = auto_batch_size(run, sample.contiguous(memory_format=fmt), device, module=model, extra_inputs=2,
                                what="metrics")
