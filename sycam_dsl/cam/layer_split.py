@@ -78,6 +78,19 @@ class HookAccess(LayerAccess):
         self.model, self.name, self.layer = model, name, layer
         self.path, self.call = split_call(name)
         self._calls: int | None = None  # calls per forward pass, once counted
+        self._split: LayerSplit | str | None = None  # the fx split, or why there is none, once tried
+
+    def fx_split(self) -> LayerSplit:
+        """``split_model`` of the model at the layer, traced once per access (an access lives for one
+        computation, so a model changed later gets a fresh one); ``SplitError`` when it cannot be split."""
+        if self._split is None:
+            try:
+                self._split = split_model(self.model, self.name)
+            except SplitError as e:
+                self._split = str(e)
+        if isinstance(self._split, str):
+            raise SplitError(self._split)
+        return self._split
 
     def _count_calls(self, x: torch.Tensor) -> int:
         count = 0
@@ -350,7 +363,7 @@ def tail_runner(access: LayerAccess, method: str = "auto") -> TailRunner:
     assert isinstance(access, HookAccess)
     if method in ("auto", "fx"):
         try:
-            return TailRunner("fx", access, split_model(access.model, access.name))
+            return TailRunner("fx", access, access.fx_split())
         except SplitError as e:
             if method == "fx":
                 raise

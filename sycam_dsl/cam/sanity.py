@@ -232,7 +232,7 @@ class SanityReport:
 
 
 def _method_heatmaps(methods: dict[str, Node], model: nn.Module, layer: str | None, images: torch.Tensor,
-                     targets: torch.Tensor | None, names: list[str], device: str | torch.device, chunk_size: int,
+                     targets: torch.Tensor | None, names: list[str], device: str | torch.device, chunk_size: int | str,
                      progress: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, str]:
     """name -> heatmaps ``[N, H, W]`` on the CPU, the targets ``[N]`` and the layer's name."""
     terms, info = compute_terminals(model, layer, images, targets, names, device=device, chunk_size=chunk_size,
@@ -252,7 +252,7 @@ def check_sanity_size(size: tuple[int, ...]) -> None:
 def randomization_check(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                         targets: torch.Tensor | None, methods: dict[str, Node], seed: int = 0,
                         start: str | None = None, modules: Sequence[str] | None = None,
-                        device: str | torch.device = "cpu", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                        device: str | torch.device = "cpu", chunk_size: int | str = DEFAULT_CHUNK_SIZE,
                         progress: bool = False, keep_heatmaps: bool = False) -> SanityReport:
     """Compare each method's heatmaps on ``images`` ``[N, 3, H, W]`` under the model and under a copy
     whose modules from ``start`` (default: the target ``layer``) to the output are re-initialized
@@ -301,8 +301,8 @@ def spread(total: int, n: int) -> torch.Tensor:
 
 def check_result(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                  methods: dict[str, Node], expressions: dict[str, str], subject: str, seed: int = 0,
-                 start: str | None = None, device: str | torch.device = "cpu", chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 progress: bool = False) -> dict:
+                 start: str | None = None, device: str | torch.device = "cpu",
+                 chunk_size: int | str = DEFAULT_CHUNK_SIZE, progress: bool = False) -> dict:
     """``randomization_check`` of ``methods`` (the result ``subject`` and the baselines) on ``images``
     ``[N, 3, H, W]``, as plain data for ``result.json`` and ``--json``: per method the mean Spearman
     and SSIM (per image too), and whether ``subject`` is flagged as markedly less sensitive than

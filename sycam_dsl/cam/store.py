@@ -42,8 +42,10 @@ import torch
 from torch import nn
 
 from ..evaluate.terminals import Terminals
+from ..models.batching import BatchSize
 from ..models.layers import kind as module_kind
 from ..models.loaded import LoadedModel
+from ..models.precision import DEFAULT_PRECISION
 from ..util.digests import update_digest
 from ..util.files import atomic_torch_save
 from ..util.modes import eval_mode
@@ -135,6 +137,8 @@ def record_settings(kind: str, run: TerminalRun) -> str:
     """The settings that change ``kind``'s values besides the model, layer, image and target, as
     ``name=value`` pairs; another one (the precision, say) is one more entry of ``settings``."""
     settings = {"ablation": run.ablation} if kind == ABL else {}
+    if kind in (CIC, ABL) and run.precision != DEFAULT_PRECISION:  # fp32 keys stay as they were
+        settings["precision"] = run.precision
     return ",".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
@@ -359,19 +363,19 @@ def _finite(record: Record) -> bool:
 
 def compute_terminals_stored(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                              targets: torch.Tensor | None, names: Sequence[str],
-                             device: str | torch.device = "cpu", chunk_size: int = DEFAULT_CHUNK_SIZE,
-                             progress: bool = True, ablation: str = "auto", *,
+                             device: str | torch.device = "cpu", chunk_size: BatchSize = DEFAULT_CHUNK_SIZE,
+                             progress: bool = True, ablation: str = "auto", precision: str = DEFAULT_PRECISION, *,
                              store: TerminalStore) -> tuple[Terminals, TerminalInfo]:
     """``compute_terminals`` through ``store``: loads the stored records of these images, checks the
     stored logits of the first ``chunk_size`` of them against a fresh forward pass, computes only
     the missing records (``chunk_size`` images at a time) and writes each chunk's as it completes.
     ``info.stored`` is the number of images that came whole from the store."""
-    run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation)
+    run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation, precision)
     keys = record_keys(run, images)
     records = _load_all(store, keys, run.x.device)
     with eval_mode(run.module):
         base = records[BASE]
-        checked = [(i, r) for i, r in enumerate(base) if r is not None][:run.chunk_size]
+        checked = [(i, r) for i, r in enumerate(base) if r is not None][:run.images_per_chunk]
         if checked:
             diff = _logits_differ(run, [i for i, _ in checked], torch.stack([r["logits"] for _, r in checked]))
             if diff is not None:

@@ -4,7 +4,6 @@ One forward and backward pass per image batch gives ``A``, ``G``, ``grads``, ``p
 ``cic`` (ScoreCAM) runs the model on masked copies of each image, ``abl`` (AblationCAM) reruns only the
 layers after the target layer (``layer_split``) on activations with one channel zeroed. Both go through
 (image, channel) rows ``chunk_size`` at a time, so memory stays bounded for any ``K``.
-
 The values come in three **records** per image, by how they are computed: ``base`` (the gradient
 pass: ``A``, the logits, the target and, when asked, ``grads``, ``pgrads``, ``G``), ``cic`` (``cic``
 and the masked logits) and ``abl`` (``abl``, the ablated logits and the method). ``compute_records``
@@ -15,8 +14,9 @@ records into ``Terminals`` and ``TerminalInfo``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,10 +26,11 @@ from torch import nn
 from ..errors import SycamError
 from ..evaluate.terminals import Terminals
 from ..lang.terminals import TERMINALS
+from ..models.batching import AUTO, BatchSize, auto_batch_size, check_batch_size, layout_error
 from ..models.devices import resolve_device
-from ..models.errors import LayerError
+from ..models.errors import LayerError, ModelError
 from ..models.loaded import LoadedModel
-from ..models.precision import float32_model
+from ..models.precision import DEFAULT_PRECISION, check_precision, float32_model, forward_precision
 from ..template.saliency import minmax_normalize
 from ..util.modes import eval_mode
 from ..util.progress import progress as progress_bar
@@ -37,6 +38,8 @@ from ..util.progress import progress_label
 from .errors import TerminalError
 from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, layer_access, tail_runner
 
+#: Bytes of ScoreCAM masks built at once (a multiple of the batch; at least one batch).
+MASK_BLOCK_BYTES = 4 * 2**20
 #: Terminals that need the backward pass.
 _GRAD_NAMES = frozenset({"grads", "pgrads", "G"})
 DEFAULT_CHUNK_SIZE = 32
@@ -56,7 +59,10 @@ class TerminalInfo:
     ``acts`` ``[N, K, h, w]`` (always), ``logits`` ``[N, C]``, ``targets`` ``[N]`` (the predicted class
     unless given), ``z_c`` / ``y_c`` ``[N]`` the target's logit and softmax score; ``masked_logits``
     ``[N, K]`` ``z_c(x * M_k)`` when ``cic`` was computed (ScoreCAM variants that softmax over
-    channels use it); ``ablated_logits`` ``[N, K]`` ``z_c^(k)`` when ``abl`` was, by ``abl_method``."""
+    channels use it); ``ablated_logits`` ``[N, K]`` ``z_c^(k)`` when ``abl`` was, by ``abl_method``.
+    ``batch_sizes``: the rows per forward pass each loop used (``gradients``, ``cic``, ``abl``; what
+    ``chunk_size="auto"`` picked; empty when every record came from the store); ``stored``: how many
+    images came whole from the terminal store (``cam.store``), nothing computed for them."""
 
     layer: str
     acts: torch.Tensor
@@ -67,8 +73,8 @@ class TerminalInfo:
     masked_logits: torch.Tensor | None = None
     ablated_logits: torch.Tensor | None = None
     abl_method: str | None = None
-    #: how many images came whole from the terminal store (``cam.store``), nothing computed for them
     stored: int = 0
+    batch_sizes: dict[str, int] = field(default_factory=dict)
 
 
 def check_names(names: Sequence[str]) -> list[str]:
@@ -86,14 +92,6 @@ def check_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def _rows(n: int, k: int, chunk: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """All (image, channel) pairs, image-major, as index tensors of at most ``chunk`` rows."""
-    total = n * k
-    for s in range(0, total, chunk):
-        r = torch.arange(s, min(s + chunk, total), device=device)
-        yield r // k, r % k
-
-
 def _check_targets(targets: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
     if targets is None:
         return None
@@ -103,10 +101,33 @@ def _check_targets(targets: torch.Tensor | None, n: int, device: torch.device) -
     return t.to(device=device, dtype=torch.long)
 
 
-def _gradient_pass(access: LayerAccess, x: torch.Tensor, targets: torch.Tensor | None, names: list[str],
-                   chunk: int, show: bool) -> dict[str, torch.Tensor]:
-    """``A``, logits, targets and the gradient terminals, ``chunk`` images per forward + backward."""
+def gradient_chunk(access: LayerAccess, x: torch.Tensor, names: Sequence[str]) -> int:
+    """``auto_batch_size`` of the gradient pass (a forward and, for gradient terminals, a backward pass
+    in float32) of ``access``'s model on images ``x`` ``[N, 3, H, W]``: at most ``N``; the model in eval
+    mode (``prepare_model``'s)."""
     need_grad = bool(_GRAD_NAMES & set(names))
+
+    def run(batch: torch.Tensor) -> None:
+        with torch.set_grad_enabled(need_grad):
+            acts, logits = access.forward(batch)
+            if need_grad:
+                torch.autograd.grad(logits[:, 0].sum(), acts, allow_unused=True)
+
+    with eval_mode(access.model):
+        return auto_batch_size(run, x[:1], x.device, cap=x.shape[0], module=access.model, backward=need_grad,
+                               what="terminals: gradients")
+
+
+def _gradient_pass(access: LayerAccess, x: torch.Tensor, targets: torch.Tensor | None, names: list[str],
+                   chunk: BatchSize, show: bool, sizes: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """``A``, logits, targets and the gradient terminals, ``chunk`` images per forward + backward
+    (``"auto"``: ``auto_batch_size`` of that pass, always in float32; recorded in ``sizes``)."""
+    need_grad = bool(_GRAD_NAMES & set(names))
+    if chunk == AUTO:
+        chunk = gradient_chunk(access, x, names)
+    assert isinstance(chunk, int)
+    if sizes is not None:
+        sizes["gradients"] = chunk
     parts: dict[str, list[torch.Tensor]] = {}
     bar = progress_bar(x.shape[0], "terminals: gradients", show)
     try:
@@ -115,8 +136,9 @@ def _gradient_pass(access: LayerAccess, x: torch.Tensor, targets: torch.Tensor |
                 acts, logits = access.forward(x[s:s + chunk])
                 n_classes = logits.shape[1]
                 t = logits.argmax(dim=1) if targets is None else targets[s:s + chunk]
-                if targets is not None and (int(t.min()) < 0 or int(t.max()) >= n_classes):
-                    bad = int(((t < 0) | (t >= n_classes)).nonzero()[0]) + s
+                # every image's target is checked with the first batch: one wait for the device, not one a batch
+                if targets is not None and s == 0 and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
+                    bad = int(((targets < 0) | (targets >= n_classes)).nonzero()[0])
                     raise TerminalError(f"target class {int(targets[bad])} of image {bad} is out of range: the "
                                         f"model has {n_classes} classes")
                 out = {"A": acts.detach(), "logits": logits.detach(), "targets": t}
@@ -144,51 +166,138 @@ def channel_masks(acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return minmax_normalize(up)
 
 
+def _masks_fast(acts: torch.Tensor, size: tuple[int, int], exact: bool = True) -> torch.Tensor:
+    """``channel_masks`` with fewer passes over the ``[B, H, W]`` maps: in-place arithmetic, and
+    ``masked_fill_`` for the constant maps instead of two full ``torch.where`` and a zero tensor
+    (``aminmax`` is slower here than ``amin`` and ``amax``); the same bits. With ``exact=False`` the
+    maps are upsampled as the channels of one channels-last image, which the CPU kernel vectorizes
+    (about 4x faster) and which agrees with the default to float rounding (1 ulp), not bit for bit."""
+    if exact:
+        up = F.interpolate(acts[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    else:
+        planes = acts[None].contiguous(memory_format=torch.channels_last)
+        up = F.interpolate(planes, size=size, mode="bilinear", align_corners=False)[0].contiguous()
+    flat = up.flatten(-2)
+    lo = flat.amin(dim=-1, keepdim=True)
+    span = flat.amax(dim=-1, keepdim=True) - lo
+    live = span > 0
+    out = flat.sub(lo).div_(torch.where(live, span, torch.ones_like(span)))
+    return out.masked_fill_(~live, 0).view(up.shape)
+
+
 def _target_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(``z_c``, ``y_c``) ``[B]`` of ``logits`` ``[B, C]``."""
     idx = targets[:, None]
     return logits.gather(1, idx)[:, 0], torch.softmax(logits, dim=1).gather(1, idx)[:, 0]
 
 
+def _image_runs(offsets: list[int], start: int, end: int) -> list[tuple[int, int, int]]:
+    """``(image, first, last + 1)`` of the rows ``start..end-1`` of each image (positions counted from
+    ``start``), for rows sorted by image where image ``i`` has rows ``offsets[i]..offsets[i+1]-1``."""
+    runs: list[tuple[int, int, int]] = []
+    i = bisect.bisect_right(offsets, start) - 1
+    while i < len(offsets) - 1 and offsets[i] < end:
+        first, last = max(offsets[i], start), min(offsets[i + 1], end)
+        if first < last:
+            runs.append((i, first - start, last - start))
+        i += 1
+    return runs
+
+
 @torch.no_grad()
-def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.Tensor, chunk: int,
-         show: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.Tensor, chunk: BatchSize,
+         show: bool, precision: str = DEFAULT_PRECISION,
+         sizes: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(``cic`` ``[N, K]``, ``z_c(x * M_k)`` ``[N, K]``); the baseline ``x_b = 0`` is one forward pass,
-    since every image shares it.
+    since every image shares it. ``chunk``: masked images per forward pass, or ``"auto"``;
+    ``precision``: of the forward passes (the masks are built in float32 either way).
 
     A channel whose activation map is constant (a dead ReLU channel, common at deep layers) has an
     all-zero mask, so its masked image *is* the baseline: its scores are the baseline's, exactly,
-    and it costs no forward pass."""
+    and it costs no forward pass.
+
+    Each batch is written straight into channels-last memory, a run of rows of one image as one
+    broadcast product of that image and its masks (no gathered copy, no layout conversion); the scores
+    stay on the device until the end, so nothing in the loop waits for it."""
     n, k = acts.shape[:2]
     size = (x.shape[2], x.shape[3])
-    base_logits = model(torch.zeros_like(x[:1]))
+    dev = x.device
+    with forward_precision(precision, dev):
+        base_logits = model(torch.zeros_like(x[:1])).to(x.dtype)  # autocast's half logits to float32
     base_z, base_y = _target_scores(base_logits.expand(n, -1), targets)
     masked_z = base_z[:, None].repeat(1, k)
     masked_y = base_y[:, None].repeat(1, k)
     flat = acts.flatten(2)
     live = (flat.amax(dim=2) > flat.amin(dim=2)).nonzero()  # [M, 2] (image, channel) with a real mask
-    bar = progress_bar(n * k, "terminals: cic", show)
-    bar.update(n * k - live.shape[0])
+    rows = live.shape[0]
+    live_img, live_ch = live.unbind(1)
+    # where each image's rows start (nonzero() lists them image by image), on the host so that each
+    # batch's runs of one image need no sync
+    offsets = [0, *torch.bincount(live_img, minlength=n).cumsum(0).tolist()]
     # Convolutions run about 1.4x faster on channels-last input here (oneDNN); a model that cannot
     # take it (a .view() on its input, say) gets contiguous input for the whole run instead.
     layout = torch.channels_last if x.dim() == 4 else torch.contiguous_format
+    auto = chunk == AUTO
+    if auto:
+        def run(batch: torch.Tensor) -> object:
+            with forward_precision(precision, dev):
+                return model(batch)
+
+        try:
+            chunk = auto_batch_size(run, x[:1].contiguous(memory_format=layout), dev, cap=max(1, rows),
+                                    module=model, extra_inputs=2, what="terminals: cic")
+        except RuntimeError as e:
+            if layout == torch.contiguous_format or not layout_error(e):
+                raise
+            layout = torch.contiguous_format
+            chunk = auto_batch_size(run, x[:1], dev, cap=max(1, rows), module=model, extra_inputs=2,
+                                    what="terminals: cic")
+    assert isinstance(chunk, int)
+    if sizes is not None:
+        sizes["cic"] = chunk
+    # at a fixed batch size in fp32 the values are those of every earlier version, bit for bit; "auto"
+    # or a lower precision changes the bits anyway, so the masks take the faster path there
+    exact = not auto and precision == DEFAULT_PRECISION
+    z_live = torch.empty(rows, dtype=masked_z.dtype, device=dev)
+    y_live = torch.empty(rows, dtype=masked_y.dtype, device=dev)
+    bar = progress_bar(n * k, "terminals: cic", show)
+    bar.update(n * k - rows)
+    # masks are built for several batches at once (up to MASK_BLOCK_BYTES): a small model's batches are
+    # short, and each operation's fixed cost would otherwise weigh on every batch (the values per row
+    # do not depend on the block)
+    block = max(1, MASK_BLOCK_BYTES // (size[0] * size[1] * x.element_size()) // chunk) * chunk
+    masks_of = torch.empty(0)
+    target_of = targets[live_img]
     try:
-        for start in range(0, live.shape[0], chunk):
-            img, ch = live[start:start + chunk].unbind(1)
-            masked = x[img].mul_(channel_masks(acts[img, ch], size)[:, None])  # x[img] is a copy
-            try:
-                out = model(masked.contiguous(memory_format=layout))
-            except RuntimeError as e:
-                layout_error = any(w in str(e) for w in ("stride", "contiguous", "view"))
-                if layout == torch.contiguous_format or start > 0 or not layout_error:
-                    raise
-                layout = torch.contiguous_format
-                out = model(masked)
-            z, y = _target_scores(out, targets[img])
-            masked_z[img, ch], masked_y[img, ch] = z, y
-            bar.update(img.shape[0])
+        for start in range(0, rows, chunk):
+            end = min(start + chunk, rows)
+            with torch.inference_mode():  # less bookkeeping per op; z_live / y_live stay normal tensors
+                if start % block == 0:
+                    b_end = min(start + block, rows)
+                    masks_of = _masks_fast(acts[live_img[start:b_end], live_ch[start:b_end]], size, exact)[:, None]
+                masks = masks_of[start % block:start % block + end - start]
+                masked = torch.empty((end - start, *x.shape[1:]), dtype=torch.promote_types(x.dtype, masks.dtype),
+                                     device=dev, memory_format=layout)
+                runs = _image_runs(offsets, start, end)
+                if len(runs) > max(4, (end - start) // 4):  # many short runs: one gather is cheaper
+                    torch.mul(x[live_img[start:end]], masks, out=masked)
+                else:
+                    for i, first, last in runs:
+                        torch.mul(x[i:i + 1], masks[first:last], out=masked[first:last])
+                try:
+                    with forward_precision(precision, dev):
+                        out = model(masked)
+                except RuntimeError as e:
+                    if layout == torch.contiguous_format or start > 0 or not layout_error(e):
+                        raise
+                    layout = torch.contiguous_format
+                    with forward_precision(precision, dev):
+                        out = model(masked.contiguous())
+                z_live[start:end], y_live[start:end] = _target_scores(out.to(x.dtype), target_of[start:end])
+            bar.update(end - start)
     finally:
         bar.close()
+    masked_z[live_img, live_ch], masked_y[live_img, live_ch] = z_live, y_live
     return masked_y - base_y[:, None], masked_z
 
 
@@ -203,36 +312,96 @@ def _check_tail(runner: TailRunner, x: torch.Tensor, acts: torch.Tensor, logits:
                          f"reproduce its logits (max difference {diff:.3g})")
 
 
+def _row_copies(t: torch.Tensor, k: int, r0: int, r1: int, img: torch.Tensor) -> torch.Tensor:
+    """Rows ``r0..r1-1`` of ``t`` ``[g, ...]`` (per image) repeated ``k`` times each, image-major: ``t[img]``
+    with ``img = arange(r0, r1) // k``. The rows are whole images, or part of one image's ``k`` (``abl``'s
+    batches), so for contiguous ``t`` this is one broadcast copy (memcpy speed) instead of a gather;
+    otherwise the gather, which keeps ``t``'s memory layout."""
+    rest = t.shape[1:]
+    if not t.is_contiguous():
+        return t[img]
+    # clone, never contiguous() or reshape(): those return a view when a dimension has size 1
+    if r1 - r0 <= k and r0 // k == (r1 - 1) // k:
+        i = r0 // k
+        return t[i:i + 1].expand(r1 - r0, *rest).clone(memory_format=torch.contiguous_format)
+    if r0 % k == 0 and r1 % k == 0:
+        g0, g1 = r0 // k, r1 // k
+        rows = t[g0:g1, None].expand(g1 - g0, k, *rest).clone(memory_format=torch.contiguous_format)
+        return rows.view((g1 - g0) * k, *rest)
+    return t[img]
+
+
 @torch.no_grad()
 def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-         chunk: int, method: str, show: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(``abl`` ``[N, K]``, ``z_c^(k)`` ``[N, K]``, method used). Images go in groups of
-    ``chunk // K`` (at least one), so values carried around the layer are computed once per group."""
+         chunk: BatchSize, method: str, show: bool, precision: str = DEFAULT_PRECISION,
+         sizes: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(``abl`` ``[N, K]``, ``z_c^(k)`` ``[N, K]``, method used). ``chunk`` ablated rows per pass of the
+    layers after the target layer (``"auto"``: ``auto_batch_size`` of that pass); images go in groups
+    of ``chunk // K`` (at least one), so values carried around the layer are computed once per group.
+
+    In float32 ``z_c`` is the model's logit; at a lower ``precision`` it is the tail's own logit for
+    the unablated activations at that precision, so that ``z_c - z_c^(k)`` compares two values with the
+    same rounding (the model's float32 logit would add the precision's error to every channel alike).
+
+    Row indices, targets and the scores' places are laid out once, so a batch costs the copy of its
+    activations, the zeroed channels, the tail and one slice write (no host-device sync)."""
     n, k = acts.shape[:2]
-    group = max(1, chunk // k)
+    dev = x.device
     runner = tail_runner(access, method)
+    first = max(1, chunk // k) if isinstance(chunk, int) else 1
     try:
-        _check_tail(runner, x[:group], acts[:group], logits[:group])
+        _check_tail(runner, x[:first], acts[:first], logits[:first])
     except SplitError as e:
         if runner.method != "fx" or method != "auto":
             raise
         fallback_warning(access.name, str(e))
         runner = tail_runner(access, "hook")
+    if chunk == AUTO:
+        carried1 = runner.carry(x[:1])
+
+        def run(batch: torch.Tensor) -> object:
+            rows = torch.zeros(batch.shape[0], dtype=torch.long, device=dev)
+            with forward_precision(precision, dev):
+                return runner(batch, [c[rows] for c in carried1])
+
+        tail = runner.split.tail if runner.split is not None else access.model
+        chunk = auto_batch_size(run, acts[:1], dev, cap=n * k, module=tail, extra_inputs=1, what="terminals: abl")
+    assert isinstance(chunk, int)
+    if sizes is not None:
+        sizes["abl"] = chunk
+    group = max(1, chunk // k)
     z_c = logits.gather(1, targets[:, None])[:, 0]
-    ablated = torch.empty(n, k, dtype=x.dtype, device=x.device)
+    ablated = torch.empty(n, k, dtype=x.dtype, device=dev)
+    flat_out = ablated.view(-1)
+    # (image within the group, channel) of every row of a full group, image-major, and each row's place
+    rows_img = torch.arange(group * k, device=dev) // k
+    rows_ch = torch.arange(group * k, device=dev) % k
+    positions = torch.arange(chunk, device=dev)
+    reference = torch.empty(n, dtype=x.dtype, device=dev) if precision != DEFAULT_PRECISION else None
     bar = progress_bar(n * k, f"terminals: abl ({runner.method})", show)
     try:
         for s in range(0, n, group):
             xs, a_s, ts = x[s:s + group], acts[s:s + group], targets[s:s + group]
+            g = xs.shape[0]
             carried = runner.carry(xs)
-            for img, ch in _rows(xs.shape[0], k, chunk, x.device):
-                a = a_s[img]  # a copy (advanced indexing), safe to ablate in place
-                a[torch.arange(img.shape[0], device=a.device), ch] = 0
-                out = runner(a, [c[img] for c in carried])
-                ablated[s + img, ch] = out.gather(1, ts[img][:, None])[:, 0]
-                bar.update(img.shape[0])
+            if reference is not None:
+                with forward_precision(precision, dev):
+                    unablated = runner(a_s, carried).to(x.dtype)
+                reference[s:s + g] = unablated.gather(1, ts[:, None])[:, 0]
+            for r0 in range(0, g * k, chunk):
+                r1 = min(r0 + chunk, g * k)
+                with torch.inference_mode():  # less bookkeeping per op; flat_out stays a normal tensor
+                    img, ch = rows_img[r0:r1], rows_ch[r0:r1]
+                    a = _row_copies(a_s, k, r0, r1, img)  # a copy, safe to ablate in place
+                    a[positions[:r1 - r0], ch] = 0
+                    with forward_precision(precision, dev):
+                        out = runner(a, [_row_copies(c, k, r0, r1, img) for c in carried])
+                    flat_out[s * k + r0:s * k + r1] = out.to(x.dtype).gather(1, ts[img][:, None])[:, 0]
+                bar.update(r1 - r0)
     finally:
         bar.close()
+    if reference is not None:
+        z_c = reference
     return (z_c[:, None] - ablated) / z_c[:, None], ablated, runner.method
 
 
@@ -314,16 +483,24 @@ def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: tor
 class TerminalRun:
     """Terminal work ready to run (``prepare_run``): the checked ``module`` and its layer ``access``,
     the images ``x`` ``[N, 3, H, W]`` on the device, the ``targets`` ``[N]`` (None: the predicted
-    classes), the terminal ``names``, and how: ``chunk_size``, ``progress``, ``ablation``."""
+    classes), the terminal ``names``, and how: ``chunk_size`` (rows per forward pass, or ``"auto"``),
+    ``progress``, ``ablation``, ``precision``; ``sizes``: the rows per forward pass each loop used."""
 
     module: nn.Module
     access: LayerAccess
     x: torch.Tensor
     targets: torch.Tensor | None
     names: list[str]
-    chunk_size: int
+    chunk_size: BatchSize
     progress: bool
     ablation: str
+    precision: str = DEFAULT_PRECISION
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def images_per_chunk(self) -> int:
+        """Images per chunk of records (``chunk_size``; ``DEFAULT_CHUNK_SIZE`` with ``"auto"``)."""
+        return self.chunk_size if isinstance(self.chunk_size, int) else DEFAULT_CHUNK_SIZE
 
     @property
     def n(self) -> int:
@@ -344,11 +521,15 @@ class TerminalRun:
 
 def prepare_run(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                 targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
-                chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True, ablation: str = "auto") -> TerminalRun:
+                chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, progress: bool = True, ablation: str = "auto",
+                precision: str = DEFAULT_PRECISION) -> TerminalRun:
     """The arguments of ``compute_terminals`` checked (``prepare_model``; targets in range) and ready."""
     names = check_names(names)
-    if chunk_size < 1:
-        raise TerminalError(f"chunk_size must be a positive integer, got {chunk_size}")
+    try:
+        check_batch_size(chunk_size, "chunk_size")
+        check_precision(precision)
+    except ModelError as e:
+        raise TerminalError(str(e)) from None
     dev = resolve_device(device)
     module, access, x, n_classes = prepare_model(model, layer, images, names, dev)
     t = _check_targets(targets, x.shape[0], dev)
@@ -356,7 +537,7 @@ def prepare_run(model: nn.Module | LoadedModel, layer: str | None, images: torch
         bad = int(((t < 0) | (t >= n_classes)).nonzero()[0])
         raise TerminalError(f"target class {int(t[bad])} of image {bad} is out of range: the model has {n_classes} "
                             f"classes")
-    return TerminalRun(module, access, x, t, names, chunk_size, progress, ablation)
+    return TerminalRun(module, access, x, t, names, chunk_size, progress, ablation, precision)
 
 
 def _split(values: dict[str, torch.Tensor], n: int) -> list[Record]:
@@ -375,16 +556,17 @@ def _compute_chunk(run: TerminalRun, kind: str, idx: list[int], base: list[Recor
     x = run.x.index_select(0, index)
     if kind == BASE:
         t = None if run.targets is None else run.targets.index_select(0, index)
-        return _split(_gradient_pass(run.access, x, t, run.names, run.chunk_size, run.progress), len(idx))
+        return _split(_gradient_pass(run.access, x, t, run.names, run.chunk_size, run.progress, run.sizes), len(idx))
     have = [base[i] for i in idx]
     assert all(r is not None for r in have), "the base records come first"
     done = [r for r in have if r is not None]
     acts, targets = _stack(done, "A"), _stack(done, "targets")
     if kind == CIC:
-        cic, masked = _cic(run.access.model, x, acts, targets, run.chunk_size, run.progress)
+        cic, masked = _cic(run.access.model, x, acts, targets, run.chunk_size, run.progress, run.precision,
+                           run.sizes)
         return _split({"cic": cic, "mlogits": masked}, len(idx))
     abl, ablated, method = _abl(run.access, x, acts, _stack(done, "logits"), targets, run.chunk_size, ablation,
-                                run.progress)
+                                run.progress, run.precision, run.sizes)
     return [{**r, "abl_method": method} for r in _split({"abl": abl, "ablated_logits": ablated}, len(idx))]
 
 
@@ -403,12 +585,13 @@ ChunkDone = Callable[[str, list[int], list[Record]], None]
 def compute_records(run: TerminalRun, records: dict[str, list[Record | None]],
                     on_chunk: ChunkDone | None = None) -> None:
     """Fill in the missing (None) records of each kind in ``records`` (``{kind: [record or None] * N}``,
-    the kinds of ``run.kinds``), ``run.chunk_size`` images at a time, every ``base`` record first,
+    the kinds of ``run.kinds``), ``run.images_per_chunk`` images at a time, every ``base`` record first,
     calling ``on_chunk`` after each chunk. Run in eval mode (``eval_mode(run.module)``)."""
     ablation = run.ablation
     for kind in run.kinds:
         missing = [i for i, r in enumerate(records[kind]) if r is None]
-        chunks = [missing[s:s + run.chunk_size] for s in range(0, len(missing), run.chunk_size)]
+        size = run.images_per_chunk
+        chunks = [missing[s:s + size] for s in range(0, len(missing), size)]
         for c, idx in enumerate(chunks):
             with progress_label(f" (chunk {c + 1} of {len(chunks)})" if len(chunks) > 1 else ""):
                 done = _compute_chunk(run, kind, idx, records[BASE], ablation)
@@ -434,7 +617,7 @@ def assemble(run: TerminalRun, records: dict[str, list[Record | None]]) -> tuple
     z_c, y_c = _target_scores(logits, t)
     values = {"A": acts, "acts": acts.mean(dim=(2, 3))}
     values.update({k: _stack(base, k) for k in ("G", "grads", "pgrads") if k in run.names})
-    info = TerminalInfo(run.access.name, acts, logits, t, z_c, y_c)
+    info = TerminalInfo(run.access.name, acts, logits, t, z_c, y_c, batch_sizes=dict(run.sizes))
     if CIC in run.kinds:
         cic = complete(CIC)
         values["cic"], values["mlogits"] = _stack(cic, "cic"), _stack(cic, "mlogits")
@@ -449,19 +632,23 @@ def assemble(run: TerminalRun, records: dict[str, list[Record | None]]) -> tuple
 
 def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                       targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
-                      chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True,
-                      ablation: str = "auto") -> tuple[Terminals, TerminalInfo]:
+                      chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, progress: bool = True,
+                      ablation: str = "auto", precision: str = DEFAULT_PRECISION) -> tuple[Terminals, TerminalInfo]:
     """The terminals ``names`` of ``model`` at ``layer`` for ``images``.
 
     ``images``: ``[N, 3, H, W]``, normalized as the model expects; ``targets``: ``[N]`` class indices,
     None for the predicted class; ``layer``: dotted module path, None for the model's default.
     ``chunk_size``: the most images, masked images (``cic``) or ablated activation copies (``abl``)
-    per forward pass, and the images per chunk of records. ``ablation``: ``auto`` (fx split, hook
-    fallback), ``fx`` or ``hook``. The model is checked first (``prepare_model``: float32, logits,
-    input size, autograd), moved to ``device`` and run in eval mode; its modes are restored and its
-    hooks removed on every exit. Vec terminals are ``[N, K]``, Map terminals ``[N, K, h, w]``, on
-    ``device``. ``cam.store.compute_terminals_stored`` is the same through the on-disk store."""
-    run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation)
+    per forward pass, and the images per chunk of records, or ``"auto"`` (each loop picks its own
+    with ``models.batching.auto_batch_size``; ``info.batch_sizes`` says what; records then go
+    ``DEFAULT_CHUNK_SIZE`` images at a time). ``ablation``: ``auto`` (fx split, hook fallback), ``fx``
+    or ``hook``. ``precision``: fp32 (default), bf16 or fp16 for the forward passes of ``cic`` and
+    ``abl`` (autocast; the gradient pass, ``A`` and the logits stay float32). The model is checked
+    first (``prepare_model``: float32, logits, input size, autograd), moved to ``device`` and run in
+    eval mode; its modes are restored and its hooks removed on every exit. Vec terminals are
+    ``[N, K]``, Map terminals ``[N, K, h, w]``, on ``device``. ``cam.store.compute_terminals_stored``
+    is the same through the on-disk store."""
+    run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation, precision)
     records: dict[str, list[Record | None]] = {kind: [None] * run.n for kind in run.kinds}
     with eval_mode(run.module):
         compute_records(run, records)

@@ -23,6 +23,7 @@ from .options import (
     compute_terminals_from,
     from_store,
     metrics_from_args,
+    note_metric_batch,
     output_file,
     targets_from,
     warn,
@@ -92,7 +93,8 @@ def run(args: argparse.Namespace) -> None:
     if not args.no_cache:
         print(f"terminals: {from_store(info.stored, len(data))}", file=sys.stderr)
     inputs = MetricInputs(data.images, info.targets, masks=data.masks, model=model.module, device=args.device,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, precision=args.precision)
+    note_metric_batch(args, inputs)
     results = score_methods(methods, metrics, inputs, terms, info.acts)
     for name, (_, node) in methods.items():
         warn(weight_problems(name, node, terms, info.acts)

@@ -13,6 +13,7 @@ from .options import (
     add_scoring_options,
     compute_terminals_from,
     metric_from_args,
+    note_metric_batch,
     output_file,
     warn,
     weight_expression,
@@ -81,7 +82,10 @@ def run(args: argparse.Namespace) -> None:
     x = _load_one(args.image, args.size or model.input_size, model.normalize)
     targets = torch.tensor([args.target]) if args.target is not None else None
     terms, info = compute_terminals_from(args, model, x, targets, sorted(node.terminals()))
-    inputs = MetricInputs(x, info.targets, model=model.module, device=args.device, batch_size=args.batch_size)
+    inputs = MetricInputs(x, info.targets, model=model.module, device=args.device, batch_size=args.batch_size,
+                          precision=args.precision)
+    if metric is not None:
+        note_metric_batch(args, inputs)
     h = expression_inputs(node, inputs, terms, info.acts).heatmaps
     assert h is not None  # expression_inputs computes heatmaps unless told not to
     problems = weight_problems("the expression", node, terms, info.acts)

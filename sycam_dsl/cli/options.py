@@ -18,6 +18,8 @@ from ..cam.terminals import DEFAULT_CHUNK_SIZE
 from ..errors import SycamError
 from ..metrics.perturbation import DEFAULT_BLUR_SIGMA
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
+from ..models.batching import AUTO
+from ..models.precision import DEFAULT_PRECISION, PRECISIONS
 
 if TYPE_CHECKING:
     import torch
@@ -58,6 +60,12 @@ def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool], wanted
 
 
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_positive_int_or_auto = _number(int, lambda v: v >= 1, "a positive integer or auto")
+
+
+def batch_size_arg(text: str) -> int | str:
+    """A positive integer, or ``auto`` (the batch size is picked for the device)."""
+    return AUTO if text.strip().lower() == AUTO else _positive_int_or_auto(text)
 nonnegative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
 #: inf and nan are refused here rather than deep in a metric
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
@@ -101,10 +109,25 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
 
 
-def add_chunk_size(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE, metavar="N",
-                   help=f"images / masked images / ablated copies per forward pass when computing terminals "
-                        f"(default {DEFAULT_CHUNK_SIZE})")
+def add_chunk_size(p: argparse.ArgumentParser, follows_batch_size: bool = False) -> None:
+    default = f"auto with --batch-size auto, else {DEFAULT_CHUNK_SIZE}" if follows_batch_size else DEFAULT_CHUNK_SIZE
+    p.add_argument("--chunk-size", type=batch_size_arg, default=None, metavar="N|auto",
+                   help=f"images / masked images / ablated copies per forward pass when computing terminals; "
+                        f"auto: each loop picks the largest batch that fits on CUDA, on the CPU the largest whose "
+                        f"largest layer fits in half the cache (default {default})")
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default=DEFAULT_PRECISION,
+                   help=f"precision of the forward passes of cic, abl and the metrics (autocast; gradients stay "
+                        f"float32; default {DEFAULT_PRECISION}); terminals at bf16 / fp16 are not cached")
+
+
+def chunk_size_from(args: argparse.Namespace) -> int | str:
+    """``--chunk-size``, else ``auto`` when ``--batch-size auto``, else the default."""
+    if args.chunk_size is not None:
+        return args.chunk_size
+    return AUTO if getattr(args, "batch_size", None) == AUTO else DEFAULT_CHUNK_SIZE
 
 
 def add_store_location(p: argparse.ArgumentParser) -> None:
@@ -131,9 +154,12 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
 
 def add_scoring_options(p: argparse.ArgumentParser) -> None:
     """The model options and how terminals and metrics run (``eval``, ``explain`` and ``synth``)."""
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                   help=f"images per forward pass when scoring (default {DEFAULT_BATCH_SIZE})")
-    add_chunk_size(p)
+    p.add_argument("--batch-size", type=batch_size_arg, default=DEFAULT_BATCH_SIZE, metavar="N|auto",
+                   help=f"images per forward pass when scoring (default {DEFAULT_BATCH_SIZE}); auto: the largest "
+                        f"batch that fits on CUDA, on the CPU the largest whose largest layer fits in half the cache; "
+                        f"channels-last batches for convolutional models; and --chunk-size auto unless given")
+    add_chunk_size(p, follows_batch_size=True)
+    add_precision(p)
     p.add_argument("--steps", type=positive_int, metavar="P",
                    help="deletion / insertion steps, at most the layer's h*w cells (default: all cells)")
     p.add_argument("--blur-sigma", type=positive_float, default=DEFAULT_BLUR_SIGMA, metavar="PX",
@@ -163,19 +189,34 @@ def store_from(args: argparse.Namespace) -> TerminalStore:
 def compute_terminals_from(args: argparse.Namespace, model: Any, images: torch.Tensor,
                            targets: torch.Tensor | None, names: list[str], **extra: Any) -> tuple[Any, Any]:
     """Terminals ``names`` of ``images`` ``[N, 3, H, W]`` through the terminal store unless
-    ``--no-cache``; returns ``(Terminals, TerminalInfo)``."""
+    ``--no-cache``; returns ``(Terminals, TerminalInfo)``. With an ``auto`` size, the batch sizes
+    chosen go to stderr."""
     from ..cam.store import compute_terminals_stored
     from ..cam.terminals import compute_terminals
 
-    common = dict(device=args.device, chunk_size=args.chunk_size, progress=not args.quiet, **extra)
+    common = dict(device=args.device, chunk_size=chunk_size_from(args), progress=not args.quiet,
+                  precision=getattr(args, "precision", DEFAULT_PRECISION), **extra)
     if args.no_cache:
-        return compute_terminals(model, args.layer, images, targets, names, **common)
-    return compute_terminals_stored(model, args.layer, images, targets, names, store=store_from(args), **common)
+        terms, info = compute_terminals(model, args.layer, images, targets, names, **common)
+    else:
+        terms, info = compute_terminals_stored(model, args.layer, images, targets, names, store=store_from(args),
+                                               **common)
+    if info.batch_sizes and (AUTO in (args.chunk_size, getattr(args, "batch_size", None))):
+        sizes = ", ".join(f"{k} {v}" for k, v in info.batch_sizes.items())
+        print(f"sycam-dsl: terminals: batch sizes {sizes} (auto)", file=sys.stderr)
+    return terms, info
 
 
 def from_store(stored: int, total: int) -> str:
     """``6 of 12 images from the store``."""
     return f"{stored} of {total} images from the store"
+
+
+def note_metric_batch(args: argparse.Namespace, inputs: Any) -> None:
+    """With ``--batch-size auto``, the batch size (and layout) the metrics' forward passes got, on stderr."""
+    if args.batch_size == AUTO:
+        layout = ", channels-last" if inputs.channels_last else ""
+        print(f"sycam-dsl: metrics: batch size {inputs.batch_size} (auto{layout})", file=sys.stderr)
 
 
 def output_file(path: str, suffixes: tuple[str, ...] | None = None) -> Path:

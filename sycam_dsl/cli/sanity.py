@@ -18,7 +18,16 @@ from ..baselines import SEARCH_BASELINES
 from ..cam.sanity import DEFAULT_SANITY_IMAGES, REFERENCE, SPEARMAN_MARGIN
 from ..errors import SycamError
 from ..util.files import atomic_write_json
-from .options import DEFAULT_DEVICE, add_chunk_size, add_quiet, nonnegative_int, output_file, positive_int, warn
+from .options import (
+    DEFAULT_DEVICE,
+    add_chunk_size,
+    add_quiet,
+    chunk_size_from,
+    nonnegative_int,
+    output_file,
+    positive_int,
+    warn,
+)
 
 SYCAM = "SyCAM"
 
@@ -136,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     methods = {SYCAM: node, **{b: baseline(b).node for b in SEARCH_BASELINES}}
     texts = {SYCAM: expression, **{b: baseline(b).expression for b in SEARCH_BASELINES}}
     check = check_result(model, layer, images, methods, texts, SYCAM, seed=args.seed, start=args.start,
-                         device=args.device, chunk_size=args.chunk_size, progress=not args.quiet)
+                         device=args.device, chunk_size=chunk_size_from(args), progress=not args.quiet)
     print("\n".join(check_lines(check)))
     warn(check_warnings(check))
     if out is not None:

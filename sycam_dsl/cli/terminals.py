@@ -14,6 +14,7 @@ from .options import (
     add_cache_options,
     add_chunk_size,
     add_model_options,
+    add_precision,
     add_targets,
     compute_terminals_from,
     from_store,
@@ -44,6 +45,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated terminals (default {DEFAULT_NAMES}; known: {','.join(TERMINALS)})")
     add_targets(p)
     add_chunk_size(p)
+    add_precision(p)
     p.add_argument("--ablation", choices=("auto", "fx", "hook"), default="auto",
                    help="abl: fx split (rerun only the layers after the target), hook (rerun everything), or "
                         "auto (fx, falling back to hook)")
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> None:
                  "size": int(images.images.shape[-1]), "names": list(terms), "device": str(args.device),
                  "abl_method": info.abl_method, "sycam_dsl": __version__,
                  "images_from_store": None if args.no_cache else info.stored,
+                 "precision": args.precision, "batch_sizes": dict(info.batch_sizes),
                  "normalize": {"mean": list(model.normalize.mean), "std": list(model.normalize.std)}},
     }, out)
     hw = "x".join(str(d) for d in info.acts.shape[2:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.precision import DEFAULT_PRECISION
 from ..template.upsampling import Upsampler
 from .average_drop import average_drop, increase_in_confidence
 from .memo import memoized_curve
@@ -23,7 +24,13 @@ def _base(inputs: MetricInputs) -> torch.Tensor:
     model = inputs.model
     assert model is not None  # only metrics registered with needs_model compare against y_c(x)
     return inputs.cached("scores", lambda: class_scores(model, inputs.images, inputs.targets,
-                                                        inputs.device, inputs.batch_size))
+                                                        inputs.device, _batch(inputs), **inputs.forward_options))
+
+
+def _batch(inputs: MetricInputs) -> int:
+    # "auto" is resolved when MetricInputs is made with a model, and every metric here needs one
+    assert isinstance(inputs.batch_size, int)
+    return inputs.batch_size
 
 
 def _blurred(inputs: MetricInputs, sigma: float) -> torch.Tensor:
@@ -39,14 +46,14 @@ def _average_drop(inputs: MetricInputs) -> torch.Tensor:
     """Average Drop %: 100 * max(0, y_c(x) - y_c(x * H)) / y_c(x)."""
     assert inputs.model is not None and inputs.heatmaps is not None
     return average_drop(inputs.model, inputs.images, inputs.targets, inputs.heatmaps, inputs.device,
-                        inputs.batch_size, _base(inputs))
+                        _batch(inputs), _base(inputs), **inputs.forward_options)
 
 
 def _increase(inputs: MetricInputs) -> torch.Tensor:
     """Increase in Confidence %: 100 where y_c(x * H) > y_c(x)."""
     assert inputs.model is not None and inputs.heatmaps is not None
     return increase_in_confidence(inputs.model, inputs.images, inputs.targets, inputs.heatmaps,
-                                  inputs.device, inputs.batch_size, _base(inputs))
+                                  inputs.device, _batch(inputs), _base(inputs), **inputs.forward_options)
 
 
 def _curve(inputs: MetricInputs, steps: int | None, blur_sigma: float, insert: bool) -> torch.Tensor:
@@ -57,17 +64,21 @@ def _curve(inputs: MetricInputs, steps: int | None, blur_sigma: float, insert: b
     assert inputs.model is not None and inputs.saliency is not None and inputs.image_ids is not None
     if inputs.memo is None:
         return perturbation_curve(inputs.model, inputs.images, inputs.targets, inputs.saliency, p, insert,
-                                  inputs.device, inputs.batch_size, blur_sigma, blur)
+                                  inputs.device, _batch(inputs), blur_sigma, blur, **inputs.forward_options)
     kind = f"{'insertion' if insert else 'deletion'}:sigma={float(blur_sigma)!r}"
+    if inputs.precision != DEFAULT_PRECISION:  # a cache shared across precisions never mixes their scores
+        kind += f":{inputs.precision}"
     return memoized_curve(inputs.model, inputs.images, inputs.targets, inputs.saliency, p, insert, blur,
-                          inputs.image_ids, inputs.memo, kind, inputs.device, inputs.batch_size)
+                          inputs.image_ids, inputs.memo, kind, inputs.device, _batch(inputs),
+                          **inputs.forward_options)
 
 
 def _blurred_scores(inputs: MetricInputs, blur_sigma: float) -> torch.Tensor:
     model = inputs.model
     assert model is not None  # insertion needs the model
     return inputs.cached(f"blurred_scores:{blur_sigma}", lambda: class_scores(
-        model, _blurred(inputs, blur_sigma), inputs.targets, inputs.device, inputs.batch_size))
+        model, _blurred(inputs, blur_sigma), inputs.targets, inputs.device, _batch(inputs),
+        **inputs.forward_options))
 
 
 def _deletion(inputs: MetricInputs, steps: int | None = None,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.precision import DEFAULT_PRECISION
 from .errors import MetricError
 from .perturbation import cell_ranks, check_curve_inputs, perturbed_builder
 from .scoring import DEFAULT_BATCH_SIZE, Device, scores_of
@@ -100,11 +101,13 @@ def step_cell_sets(ranks: torch.Tensor, steps: int) -> np.ndarray:
 def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
                    steps: int, insert: bool, blurred_images: torch.Tensor, image_ids: torch.Tensor,
                    cache: ScoreCache, kind: str, device: Device = "cpu",
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+                   batch_size: int = DEFAULT_BATCH_SIZE, *, precision: str = DEFAULT_PRECISION,
+                   channels_last: bool = False) -> torch.Tensor:
     """``perturbation_curve`` through ``cache``: ``y_c`` after each step, ``[..., N, P]``, for
     saliency ``[..., N, h, w]``; ``image_ids`` ``[N]`` name the images in the cache and ``kind``
     the perturbation (it must include everything the perturbed image depends on besides the
-    image, its target and the cell set, e.g. ``"deletion:sigma=10"``)."""
+    image, its target and the cell set, e.g. ``"deletion:sigma=10"``, and the precision when it is not
+    fp32). ``precision``, ``channels_last``: how the model runs (``scores_of``)."""
     check_curve_inputs(images, targets, saliency, steps)
     n = images.shape[0]
     if image_ids.shape != (n,):
@@ -116,11 +119,13 @@ def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     values = np.empty(rows * steps, dtype=np.float64)
     pending: dict[tuple, list[int]] = {}
     stats = cache.stats
+    width = packed.shape[-1]
     for r in range(rows):
         i = r % n
         base = r * steps
+        row = packed[r].tobytes()  # one bytes object per ranking row, sliced per step
         for p in range(steps):
-            key = (kind, ids[i], tgt[i], packed[r, p].tobytes())
+            key = (kind, ids[i], tgt[i], row[p * width:(p + 1) * width])
             v = cache.get(key)
             if v is not None:
                 values[base + p] = v
@@ -136,7 +141,8 @@ def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
         r_img = (flat // steps) % n
         build = perturbed_builder(images, blurred_images, ranks, steps, insert, rows=flat // steps,
                                   step=flat % steps + 1)
-        scores = scores_of(model, build, targets[r_img.to(targets.device)], device, batch_size).double().cpu()
+        scores = scores_of(model, build, targets[r_img.to(targets.device)], device, batch_size, precision=precision,
+                           channels_last=channels_last).double().cpu()
         stats.misses += len(slots)
         for (key, where), v in zip(pending.items(), scores.tolist()):
             cache.put(key, v)

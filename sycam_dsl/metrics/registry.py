@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.batching import AUTO
+from ..models.precision import DEFAULT_PRECISION
 from .errors import MetricError
-from .scoring import DEFAULT_BATCH_SIZE, Device
+from .scoring import DEFAULT_BATCH_SIZE, Device, plan_forward
 
 MetricFn = Callable[..., torch.Tensor]
 BoundsFn = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
@@ -42,7 +44,11 @@ class MetricInputs:
     ``cache`` holds values that do not depend on the heatmaps (such as ``y_c(x)``), shared by the
     copies ``with_heatmaps`` makes, so scoring many candidates computes them once. ``image_ids``
     ``[N]`` name the images across subsets (default ``0..N-1``); ``memo``, a
-    ``metrics.memo.ScoreCache`` shared by every subset, memoizes Deletion / Insertion scores."""
+    ``metrics.memo.ScoreCache`` shared by every subset, memoizes Deletion / Insertion scores.
+    ``batch_size``: images per forward pass, or ``"auto"`` (picked once, here, by
+    ``scoring.plan_forward``); ``precision``: fp32, bf16 or fp16 forward passes; ``channels_last``:
+    channels-last batches, None to let ``plan_forward`` decide (on for convolutional models with
+    ``"auto"`` or a lower precision, whose bits differ anyway; off for fp32 at a fixed batch size)."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -51,14 +57,28 @@ class MetricInputs:
     masks: torch.Tensor | None = None
     model: nn.Module | None = None
     device: Device = "cpu"
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | str = DEFAULT_BATCH_SIZE
     cache: dict[str, Any] = field(default_factory=dict)
     image_ids: torch.Tensor | None = None
     memo: Any = None
+    precision: str = DEFAULT_PRECISION
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
         if self.image_ids is None:
             self.image_ids = torch.arange(self.images.shape[0])
+        # decided once: copies (with_heatmaps, subset) carry the decision
+        if self.model is not None and (self.batch_size == AUTO or self.channels_last is None):
+            size, channels_last = plan_forward(self.model, self.images, self.device, self.batch_size, self.precision)
+            self.batch_size = size
+            self.channels_last = channels_last if self.channels_last is None else self.channels_last
+        if self.channels_last is None:
+            self.channels_last = False
+
+    @property
+    def forward_options(self) -> dict[str, Any]:
+        """``precision`` and ``channels_last``, as the keywords of ``scores_of`` and the metrics."""
+        return {"precision": self.precision, "channels_last": bool(self.channels_last)}
 
     def with_heatmaps(self, heatmaps: torch.Tensor | None, saliency: torch.Tensor | None = None) -> MetricInputs:
         """The same images, model and cache with another candidate's ``H`` (and ``S``)."""

@@ -12,6 +12,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..models.batching import AUTO, auto_batch_size, has_convolutions, layout_error, takes_channels_last
+from ..models.errors import ModelError
+from ..models.precision import DEFAULT_PRECISION, check_precision, forward_precision
 from ..util.modes import eval_mode
 from .errors import MetricError
 
@@ -33,32 +36,115 @@ def check_inputs(images: torch.Tensor, targets: torch.Tensor) -> None:
 
 
 def scores_of(model: nn.Module, build: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
-              device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+              device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE, *, precision: str = DEFAULT_PRECISION,
+              channels_last: bool = False) -> torch.Tensor:
     """Softmax score of ``targets[r]`` for each row ``r`` of ``M = len(targets)`` rows.
 
     ``build(rows)`` gets a ``[B]`` long tensor of row indices (on ``device``) and returns the
-    ``[B, C, H, W]`` model inputs of those rows. Returns ``[M]`` on ``device``."""
+    ``[B, C, H, W]`` model inputs of those rows; a builder with a ``build_range(start, stop,
+    memory_format)`` method (``perturbed_builder``'s) gets the rows ``start..stop-1`` that way instead
+    and may write them straight in the layout the model gets. Returns ``[M]`` float32 on ``device``.
+
+    ``precision``: fp32, bf16 or fp16 forward passes (``models.precision.forward_precision``; scores in
+    float32 either way). ``channels_last``: feed the model channels-last batches (faster convolutions on
+    the CPU and on tensor cores; a model that cannot take them gets contiguous ones after the first
+    batch fails). Inputs built on the host for a CUDA device are copied from pinned memory without
+    blocking; nothing in the loop waits for the device (the targets are checked once)."""
     if batch_size < 1:
         raise MetricError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device)
     _check_device(model, device)
+    precision = _checked_precision(precision)
     targets = targets.to(device)
-    out = []
+    total = targets.shape[0]
+    out = torch.empty(total, dtype=torch.float32, device=device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    build_range = getattr(build, "build_range", None)
     with eval_mode(model), torch.inference_mode():
-        for i in range(0, targets.shape[0], batch_size):
-            rows = torch.arange(i, min(i + batch_size, targets.shape[0]), device=device)
-            logits = model(build(rows).to(device))
-            if logits.dim() != 2:
-                raise MetricError(f"the model must return class logits [B, classes], got shape "
-                                  f"{list(logits.shape)}")
-            t = targets[rows]
-            if int(t.min()) < 0 or int(t.max()) >= logits.shape[1]:
-                raise MetricError(f"target classes must lie in [0, {logits.shape[1]}), got "
-                                  f"{int(t.min())}..{int(t.max())}")
-            out.append(torch.softmax(logits.float(), dim=1).gather(1, t[:, None]).squeeze(1))
-    if not out:
-        return torch.zeros(0, device=device)
-    return torch.cat(out)
+        for i in range(0, total, batch_size):
+            j = min(i + batch_size, total)
+            if build_range is not None:
+                x = build_range(i, j, fmt)
+            else:
+                x = build(torch.arange(i, j, device=device))
+            x = _to_device(x, device)
+            if fmt is torch.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=fmt)
+            try:
+                with forward_precision(precision, device):
+                    logits = model(x)
+            except RuntimeError as e:  # a model that cannot take channels-last input (a .view() on it, say)
+                if i > 0 or fmt is not torch.channels_last or not layout_error(e):
+                    raise
+                fmt = torch.contiguous_format
+                with forward_precision(precision, device):
+                    logits = model(x.contiguous())
+            if i == 0:
+                _check_logits(logits, targets)
+            out[i:j] = torch.softmax(logits.float(), dim=1).gather(1, targets[i:j, None]).squeeze(1)
+    return out
+
+
+def plan_forward(model: nn.Module, images: torch.Tensor, device: Device = "cpu",
+                 batch_size: int | str = DEFAULT_BATCH_SIZE,
+                 precision: str = DEFAULT_PRECISION) -> tuple[int, bool]:
+    """``(batch size, channels_last)`` for the metrics' forward passes of ``model`` on ``images``
+    ``[N, C, H, W]``. A number is kept; ``"auto"`` picks the size with
+    ``models.batching.auto_batch_size`` (the largest that fits on CUDA, on the CPU the largest whose
+    largest layer fits in half the cache), for ``model`` in eval mode at ``precision``. Batches are
+    channels-last for a model with 2-d convolutions that takes them, with ``"auto"`` or a lower
+    precision; fp32 at a fixed batch size keeps the images' own layout, and so the bits of earlier
+    versions."""
+    if batch_size != AUTO and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise MetricError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    if batch_size != AUTO and precision == DEFAULT_PRECISION:
+        assert isinstance(batch_size, int)
+        return batch_size, False
+    if images.dim() != 4 or images.shape[0] < 1:
+        raise MetricError(f"images must be [N, C, H, W] with N >= 1, got shape {list(images.shape)}")
+    device = torch.device(device)
+    _check_device(model, device)
+    precision = _checked_precision(precision)
+    sample = images[:1].to(device)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), forward_precision(precision, device):
+            return model(batch)
+
+    with eval_mode(model):
+        channels_last = has_convolutions(model) and takes_channels_last(run, sample)
+        if isinstance(batch_size, int):
+            return batch_size, channels_last
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        size = auto_batch_size(run, sample.contiguous(memory_format=fmt), device, module=model, extra_inputs=2,
+                               what="metrics")
+    return size, channels_last
+
+
+def _checked_precision(precision: str) -> str:
+    try:
+        return check_precision(precision)
+    except ModelError as e:
+        raise MetricError(str(e)) from None
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; a host batch bound for CUDA goes through pinned memory, without blocking."""
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def _check_logits(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    """The first batch's logits are ``[B, classes]`` and every target (all batches') a class index:
+    one check, so the loop never waits for the device."""
+    if logits.dim() != 2:
+        raise MetricError(f"the model must return class logits [B, classes], got shape {list(logits.shape)}")
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
+        raise MetricError(f"target classes must lie in [0, {logits.shape[1]}), got "
+                          f"{int(targets.min())}..{int(targets.max())}")
 
 
 def _check_device(model: nn.Module, device: torch.device) -> None:
@@ -69,10 +155,12 @@ def _check_device(model: nn.Module, device: torch.device) -> None:
 
 
 def class_scores(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, device: Device = "cpu",
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+                 batch_size: int = DEFAULT_BATCH_SIZE, *, precision: str = DEFAULT_PRECISION,
+                 channels_last: bool = False) -> torch.Tensor:
     """``y_c(x)``: softmax score of each image's target class, ``[N]`` on ``device``."""
     check_inputs(images, targets)
-    return scores_of(model, lambda rows: images[rows.to(images.device)], targets, device, batch_size)
+    return scores_of(model, lambda rows: images[rows.to(images.device)], targets, device, batch_size,
+                     precision=precision, channels_last=channels_last)
 
 
 def safe_denominator(scores: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import Metric, MetricInputs
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models import LoadedModel, Normalization, load_model
+from ..models.precision import DEFAULT_PRECISION
 from ..parse import resolve_grammar
 from ..parse.grammar import Grammar
 from ..util.progress import note
@@ -106,17 +107,20 @@ def _data(images: ImageSet | torch.Tensor | str | Path, masks: torch.Tensor | st
 
 
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
-                  targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
-                  chunk_size: int = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None, use_cache: bool = True,
-                  progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
-                  cache_size: int | None = None, on_demand: bool = False) -> tuple[Problem, TerminalInfo]:
+                  targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int | str = DEFAULT_BATCH_SIZE,
+                  chunk_size: int | str = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None,
+                  use_cache: bool = True, progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
+                  cache_size: int | None = None, on_demand: bool = False,
+                  precision: str = DEFAULT_PRECISION) -> tuple[Problem, TerminalInfo]:
     """Compute the terminals ``names`` (through the terminal store in ``cache_dir``, bounded to
     ``cache_size`` bytes, unless not ``use_cache``) and wrap everything a search scores on into a
     ``Problem``; returns it with the ``TerminalInfo`` (the target layer's name, ``stored``: the
     images that came from the store). ``memo_mb``: size of the cache of Deletion / Insertion forward
-    passes shared by every subset (0: none). ``on_demand``: only the gradient pass runs now; ``cic``
-    and ``abl`` are computed per image when first read (``on_demand.py``), for the images they are
-    read on, with the targets of the gradient pass (through the store too)."""
+    passes shared by every subset (0: none). ``batch_size`` / ``chunk_size``: per forward pass of the
+    metrics / terminals, or ``"auto"``; ``precision`` of the forward passes of ``cic``, ``abl`` and
+    the metrics. ``on_demand``: only the gradient pass runs now; ``cic`` and ``abl`` are computed per
+    image when first read (``on_demand.py``), for the images they are read on, with the targets of
+    the gradient pass (through the store too)."""
     from functools import partial
 
     from ..cam.store import model_digest
@@ -130,7 +134,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
         compute = compute_terminals  # type: ignore[assignment]
     now = [n for n in names if n not in EXPENSIVE] if on_demand else names
     terms, info = compute(model, layer, data.images, targets, now or ["acts"], device=device,
-                          chunk_size=chunk_size, progress=progress)
+                          chunk_size=chunk_size, progress=progress, precision=precision)
     dev = terms.device
     key = f"{model_digest(model.module)[:16]} {info.layer}"
     if on_demand and len(now) < len(names):
@@ -143,10 +147,10 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
             # makes the predicted class of an image differ: then those of the gradient pass
             given = None if targets is None else fixed[index]
             got, got_info = compute(model, info.layer, data.images[index], given, asked, device=device,
-                                    chunk_size=chunk_size, progress=show)
+                                    chunk_size=chunk_size, progress=show, precision=precision)
             if given is None and not torch.equal(got_info.targets.detach().cpu(), fixed[index]):
                 got, _ = compute(model, info.layer, data.images[index], fixed[index], asked, device=device,
-                                 chunk_size=chunk_size, progress=show)
+                                 chunk_size=chunk_size, progress=show, precision=precision)
             return dict(got)
 
         known = {n: terms[n] for n in now} if now else {"acts": terms["acts"]}
@@ -154,14 +158,16 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
         terms = OnDemandTerminals(source)
     inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
                           masks=None if data.masks is None else data.masks.to(dev), model=model.module,
-                          device=dev, batch_size=batch_size, memo=ScoreCache(memo_mb) if memo_mb > 0 else None)
+                          device=dev, batch_size=batch_size, memo=ScoreCache(memo_mb) if memo_mb > 0 else None,
+                          precision=precision)
     classes = data.labels if data.labels is not None else info.targets
     problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
-                      torch.arange(data.images.shape[0]), terminal_key=key)
+                      torch.arange(data.images.shape[0]), terminal_key=key,
+                      terminal_batch_sizes=dict(info.batch_sizes))
     return problem, info
 
 
-def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, device: str, chunk_size: int,
+def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, device: str, chunk_size: int | str,
                   progress: bool) -> dict[str, Any]:
     """``synth --sanity``: the randomization check (``cam.sanity.check_result``, seed 0) of ``best``
     and the baselines on at most ``DEFAULT_SANITY_IMAGES`` of ``problem``'s images, spread evenly;
@@ -239,7 +245,7 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
     on_demand = search.terminals == "on-demand"
     problem, info = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
                                   data.chunk_size, data.cache_dir, data.use_cache, output.progress, search.memo_mb,
-                                  data.cache_size, on_demand=on_demand)
+                                  data.cache_size, on_demand=on_demand, precision=data.precision)
     layer_name = info.layer
     if data.use_cache:
         later = " (the gradient pass; cic and abl come on demand)" if isinstance(problem.terminals,
@@ -303,7 +309,10 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         "budget_candidates": config.budget.candidates, "per_class": per_class, "seed": search.seed,
         "level_sizes": [s for s in search.level_sizes], "equivalence_size": search.equivalence_size,
         "max_size": search.max_size, "report_metrics": [m.name for m in shown], "device": str(device),
-        "batch_size": data.batch_size, "chunk_size": data.chunk_size, "min_class_images": search.min_class_images,
+        "batch_size": data.batch_size, "chunk_size": data.chunk_size, "precision": data.precision,
+        "forward": {"batch_size": problem.inputs.batch_size, "channels_last": problem.inputs.channels_last,
+                    "terminal_batch_sizes": problem.terminal_batch_sizes},
+        "min_class_images": search.min_class_images,
         "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
         "early_stop": search.early_stop, "until": None if search.until is None else str(parse_until(search.until)),
         "test_split": split.fraction, "terminals": search.terminals,

@@ -18,6 +18,8 @@ from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import Metric
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
+from ..models.batching import check_batch_size
+from ..models.precision import DEFAULT_PRECISION, check_precision
 from .incumbent import parse_until
 from .oracle import SMALL_LEVEL
 from .split import DEFAULT_TEST_SPLIT, check_fraction
@@ -55,19 +57,30 @@ class DataOptions:
     ``masks`` ``[N, H, W]`` (or a folder) for ground-truth metrics; ``labels`` ``[N]`` stratify the
     subsets (default: the predicted classes); ``targets`` ``[N]`` the classes explained (default:
     the predicted ones); ``size`` the side images are resized to (default: the model's input size);
-    ``batch_size`` images per forward pass of the metrics, ``chunk_size`` per terminal computation;
+    ``batch_size`` images per forward pass of the metrics, ``chunk_size`` per terminal computation,
+    either ``"auto"`` for the largest batch that fits on CUDA, a memory budget on the CPU (the metrics
+    then run convolutional models on channels-last batches); ``precision``: fp32 (default), bf16 or
+    fp16 forward passes of ``cic``, ``abl`` and the metrics (autocast; gradients stay float32);
     terminals are kept in the terminal store in ``cache_dir`` (bounded to ``cache_size`` bytes; None:
-    ``$SYCAM_DSL_CACHE_SIZE`` or 2 GB) unless ``use_cache`` is False."""
+    ``$SYCAM_DSL_CACHE_SIZE`` or 2 GB; the precision is part of each entry's key) unless ``use_cache``
+    is False."""
 
     masks: torch.Tensor | str | Path | None = None
     labels: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     size: int | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    batch_size: int | str = DEFAULT_BATCH_SIZE
+    chunk_size: int | str = DEFAULT_CHUNK_SIZE
     cache_dir: str | Path | None = None
     use_cache: bool = True
     cache_size: int | None = None
+    precision: str = DEFAULT_PRECISION
+
+    def __post_init__(self) -> None:
+        # bad values are refused before any work (terminals can take minutes)
+        check_batch_size(self.batch_size, "batch_size")
+        check_batch_size(self.chunk_size, "chunk_size")
+        check_precision(self.precision)
 
 
 #: How ``synthesize`` computes the expensive terminals (``SearchOptions.terminals``).

@@ -8,7 +8,7 @@ images (a level block, or one class's images).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -37,7 +37,9 @@ class Problem:
     the metrics. ``classes`` ``[N]`` (labels when known, else the targets) stratify the subsets;
     ``index`` ``[N]`` maps each image back to the full image set. ``terminal_key`` names where the
     terminals come from (model, layer, names: ``build_problem`` sets it), so that the digest need
-    not read terminals that are computed on demand; None: the digest hashes their values."""
+    not read terminals that are computed on demand; None: the digest hashes their values.
+    ``terminal_batch_sizes``: the rows per forward pass the terminals were computed with
+    (``TerminalInfo.batch_sizes``), for the record."""
 
     terminals: Terminals
     acts: torch.Tensor
@@ -45,6 +47,7 @@ class Problem:
     classes: torch.Tensor
     index: torch.Tensor
     terminal_key: str | None = None
+    terminal_batch_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def n(self) -> int:

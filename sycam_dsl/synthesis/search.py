@@ -53,6 +53,7 @@ from ..equivalence.heatmaps import HeatmapIndex
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..lang.sexpr import parse_expr
+from ..models.precision import DEFAULT_PRECISION
 from ..parse.grammar import Grammar
 from ..util.progress import StatusLine
 from .config import SearchConfig
@@ -233,7 +234,10 @@ class Search:
                 "seed": c.seed, "max_size": c.max_size, "baselines": list(c.baselines),
                 "oracle": {"baseline_check": c.baseline_check, "small_level": c.small_level,
                            "small_level_margin": SMALL_LEVEL_MARGIN},
-                **({"test_split": c.test_split} if c.test_split else {})}
+                **({"test_split": c.test_split} if c.test_split else {}),
+                # scores at another precision differ; fp32 stays out so older checkpoints still match
+                **({"precision": self.problem.inputs.precision}
+                   if self.problem.inputs.precision != DEFAULT_PRECISION else {})}
 
     def expected(self) -> Expected:
         """What a checkpoint of this search must fit (see ``load_checkpoint``)."""
