@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -13,6 +13,14 @@ from ..lang.types import Type
 
 _RANKS = {Type.VEC: 2, Type.MAP: 4}
 _SHAPES = {Type.VEC: "[N, K]", Type.MAP: "[N, K, h, w]"}
+
+
+def map_hw(values: Iterable[torch.Tensor]) -> tuple[int, int] | None:
+    """``(h, w)`` of the first Map value (``[N, K, h, w]``) among ``values``, None when there is none."""
+    for v in values:
+        if v.dim() == 4:
+            return (v.shape[2], v.shape[3])
+    return None
 
 
 class Terminals(Mapping[str, torch.Tensor]):
@@ -80,10 +88,7 @@ class Terminals(Mapping[str, torch.Tensor]):
     @property
     def hw(self) -> tuple[int, int] | None:
         """Spatial size of the Map terminals, or None when there are none."""
-        for v in self._values.values():
-            if v.dim() == 4:
-                return (v.shape[2], v.shape[3])
-        return None
+        return map_hw(self._values.values())
 
     @property
     def device(self) -> torch.device:

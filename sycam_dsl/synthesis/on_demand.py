@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ShapeError
-from ..evaluate.terminals import Terminals
+from ..evaluate.terminals import Terminals, map_hw
 
 #: Terminals that cost ``K`` forward passes per image, computed on demand; the rest come with the
 #: gradient pass, up front.
@@ -147,7 +147,7 @@ class OnDemandTerminals(Terminals):
     A ``Terminals`` in every use the search makes of it (reading, ``subset``, ``n``, ``k``...); a
     value read once is kept, since a view's images never change."""
 
-    def __init__(self, source: TerminalSource, index: torch.Tensor | None = None) -> None:  # noqa: D107
+    def __init__(self, source: TerminalSource, index: torch.Tensor | None = None) -> None:
         # no Terminals.__init__: the values are not there yet; they are checked as they come
         self._source = source
         self._index = torch.arange(source.n) if index is None else index.detach().cpu().long()
@@ -185,10 +185,7 @@ class OnDemandTerminals(Terminals):
 
     @property
     def hw(self) -> tuple[int, int] | None:
-        for v in self._source.values.values():
-            if v.dim() == 4:
-                return (v.shape[2], v.shape[3])
-        return None
+        return map_hw(self._source.values.values())
 
     @property
     def device(self) -> torch.device:
