@@ -102,6 +102,38 @@ def test_unpruned_enumeration_is_exactly_the_grammar_smallest_first(text, max_si
 
 
 @SETTINGS
+@given(small_grammars(), st.integers(1, 5), st.integers(0, 3))
+def test_taking_a_unit_productions_terms_early_changes_no_order(text, max_size, seed):
+    # E -> T first in E's productions: E takes T's terms as each T production ends (the first
+    # candidates come before T's later productions are evaluated); the stream must be the same
+    g = _grammar(text)
+    terms = _terminals(g, seed)
+    early = Enumerator(g, terms, max_size)
+    late = Enumerator(g, terms, max_size)
+    late._forward = {}
+    got = [(to_sexpr(c.term), c.index) for c in early.candidates()]
+    assert got == [(to_sexpr(c.term), c.index) for c in late.candidates()]
+    assert early.stats.as_dict()["per_size"] == late.stats.as_dict()["per_size"]
+
+
+def test_the_first_unit_productions_terms_come_before_later_productions_are_evaluated():
+    g = parse_grammar("(synth-cam w ((grads Vec) (cic Vec)) Vec ((E Vec) (T Vec))"
+                      " ((E Vec (T (+ E E))) (T Vec (grads cic))))", "units.sy")
+    read: list[str] = []
+
+    class Logged(Terminals):
+        def __getitem__(self, name):
+            read.append(name)
+            return super().__getitem__(name)
+
+    base = Terminals.random(["grads", "cic"], n=3, k=4, seed=0)
+    stream = Enumerator(g, Logged({n: base[n] for n in base}), 3).candidates()
+    read.clear()  # what the constructor looked at (shapes)
+    assert to_sexpr(next(stream).term) == "grads" and "cic" not in read
+    assert to_sexpr(next(stream).term) == "cic"
+
+
+@SETTINGS
 @given(small_grammars(), st.integers(2, 5), st.integers(0, 3))
 def test_every_pruned_term_equals_an_earlier_yielded_term(text, max_size, seed):
     g = _grammar(text)

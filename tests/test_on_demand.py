@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sycam_dsl.errors import ShapeError
+from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.parse import resolve_grammar
 from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, Search, SearchConfig, SearchOptions, synthesize
@@ -73,12 +74,16 @@ def test_a_search_starts_before_cic_exists_and_computes_it_level_by_level():
     def score(nodes, j, c):
         if not first:  # when the first candidate is scored
             first["done"] = 24 - int(source.missing("cic").numel())
+            first["nodes"] = [to_sexpr(n) for n in nodes]
         return inner(nodes, j, c)
 
     search.scorer.score = score
     search.run()
     eq = sorted(subsets.equivalence.tolist())
-    assert calls[0] == (["cic"], eq) and first["done"] == len(eq)  # only the equivalence subset's before
+    # the first candidate (grads, alone in the first batch) is scored before any cic exists; the
+    # enumerator then computes cic for the equivalence subset first
+    assert first == {"done": 0, "nodes": ["grads"]}
+    assert calls[0] == (["cic"], eq)
     i3 = set(subsets.level(0).tolist())
     # every later computation is of one level's images (I3 first), none of the test of others
     blocks = [set(subsets.block(j).tolist()) | (i3 if j == 0 else set()) for j in range(3)]
@@ -185,6 +190,9 @@ def test_a_search_with_slow_terminals_stops_early_enough_for_the_end(monkeypatch
     elapsed, reserve = stops[0]
     # cic and abl for the 4 images of the equivalence subset: 0.8 s spent, and at that rate the other
     # 20 images x 2 terminals x 0.1 s the end needs make 4.8 s > 3 s: no candidate is scored
-    assert (elapsed, reserve) == (pytest.approx(0.8), pytest.approx(4.0))
-    assert out.state.counts.considered == 0 and out.state.history[-1]["baseline"] is not None  # the final check
+    # grads is judged before any cic exists; then pgrads and cic (a batch of 2) need cic for I3's 8
+    # images, abl (next batch) for the equivalence subset's 4: 1.2 s spent, and at that rate the
+    # cic of 16 and the abl of 20 more images the end needs make 4.8 s > 3 s: the loop stops there
+    assert (elapsed, reserve) == (pytest.approx(1.2), pytest.approx(3.6))
+    assert out.state.counts.considered == 3 and [h["expression"] for h in out.state.history][0] == "grads"
     assert search._reserve() == 0.0  # by the end every image has them (the final check read them)

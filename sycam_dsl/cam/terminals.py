@@ -312,23 +312,16 @@ def _check_tail(runner: TailRunner, x: torch.Tensor, acts: torch.Tensor, logits:
                          f"reproduce its logits (max difference {diff:.3g})")
 
 
-def _row_copies(t: torch.Tensor, k: int, r0: int, r1: int, img: torch.Tensor) -> torch.Tensor:
-    """Rows ``r0..r1-1`` of ``t`` ``[g, ...]`` (per image) repeated ``k`` times each, image-major: ``t[img]``
-    with ``img = arange(r0, r1) // k``. The rows are whole images, or part of one image's ``k`` (``abl``'s
-    batches), so for contiguous ``t`` this is one broadcast copy (memcpy speed) instead of a gather;
-    otherwise the gather, which keeps ``t``'s memory layout."""
-    rest = t.shape[1:]
-    if not t.is_contiguous():
-        return t[img]
-    # clone, never contiguous() or reshape(): those return a view when a dimension has size 1
-    if r1 - r0 <= k and r0 // k == (r1 - 1) // k:
-        i = r0 // k
-        return t[i:i + 1].expand(r1 - r0, *rest).clone(memory_format=torch.contiguous_format)
-    if r0 % k == 0 and r1 % k == 0:
-        g0, g1 = r0 // k, r1 // k
-        rows = t[g0:g1, None].expand(g1 - g0, k, *rest).clone(memory_format=torch.contiguous_format)
-        return rows.view((g1 - g0) * k, *rest)
-    return t[img]
+def ablation_layout(n: int, k: int, chunk: int) -> tuple[int, int]:
+    """``(B, c)`` for ``abl``'s batches: each ablates ``c`` channels of each of ``B`` images (``c * B <=
+    chunk`` rows). A row of the batch buffer keeps its image for the ``ceil(K / c)`` batches of a block
+    of ``B`` images and only two of its channels change between batches, so the full copy of the
+    activations, once per block, costs ``c / K`` of the rows: ``B`` is as large as ``chunk`` and ``n``
+    allow, and ``c`` is spread evenly over the block's batches."""
+    b = max(1, min(n, chunk))
+    per_batch = max(1, min(k, chunk // b))
+    batches = -(-k // per_batch)
+    return b, -(-k // batches)
 
 
 @torch.no_grad()
@@ -336,15 +329,19 @@ def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch
          chunk: BatchSize, method: str, show: bool, precision: str = DEFAULT_PRECISION,
          sizes: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(``abl`` ``[N, K]``, ``z_c^(k)`` ``[N, K]``, method used). ``chunk`` ablated rows per pass of the
-    layers after the target layer (``"auto"``: ``auto_batch_size`` of that pass); images go in groups
-    of ``chunk // K`` (at least one), so values carried around the layer are computed once per group.
+    layers after the target layer (``"auto"``: ``auto_batch_size`` of that pass), laid out by
+    ``ablation_layout``: blocks of ``B`` images, whose values carried around the layer are computed
+    once per block, and batches of ``c`` channels of each of them.
+
+    The batch buffer ``[c * B, K, h, w]`` is filled with the block's activations once; between
+    batches each row gets its previous channel back and its next one zeroed (two channels, not a
+    copy of all ``K``). A tail that writes into its input in place (seen by the buffer's version
+    counter) gets a fresh copy before the next batch.
 
     In float32 ``z_c`` is the model's logit; at a lower ``precision`` it is the tail's own logit for
     the unablated activations at that precision, so that ``z_c - z_c^(k)`` compares two values with the
     same rounding (the model's float32 logit would add the precision's error to every channel alike).
-
-    Row indices, targets and the scores' places are laid out once, so a batch costs the copy of its
-    activations, the zeroed channels, the tail and one slice write (no host-device sync)."""
+    No host-device sync per batch."""
     n, k = acts.shape[:2]
     dev = x.device
     runner = tail_runner(access, method)
@@ -369,40 +366,56 @@ def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch
     assert isinstance(chunk, int)
     if sizes is not None:
         sizes["abl"] = chunk
-    group = max(1, chunk // k)
+    block, per = ablation_layout(n, k, chunk)
     z_c = logits.gather(1, targets[:, None])[:, 0]
     ablated = torch.empty(n, k, dtype=x.dtype, device=dev)
-    flat_out = ablated.view(-1)
-    # (image within the group, channel) of every row of a full group, image-major, and each row's place
-    rows_img = torch.arange(group * k, device=dev) // k
-    rows_ch = torch.arange(group * k, device=dev) % k
-    positions = torch.arange(chunk, device=dev)
+    slots = torch.arange(per, device=dev)
     reference = torch.empty(n, dtype=x.dtype, device=dev) if precision != DEFAULT_PRECISION else None
     bar = progress_bar(n * k, f"terminals: abl ({runner.method})", show)
     try:
-        for s in range(0, n, group):
-            xs, a_s, ts = x[s:s + group], acts[s:s + group], targets[s:s + group]
+        for s in range(0, n, block):
+            xs, a_s, ts = x[s:s + block], acts[s:s + block], targets[s:s + block]
             g = xs.shape[0]
             carried = runner.carry(xs)
             if reference is not None:
                 with forward_precision(precision, dev):
                     unablated = runner(a_s, carried).to(x.dtype)
                 reference[s:s + g] = unablated.gather(1, ts[:, None])[:, 0]
-            for r0 in range(0, g * k, chunk):
-                r1 = min(r0 + chunk, g * k)
-                with torch.inference_mode():  # less bookkeeping per op; flat_out stays a normal tensor
-                    img, ch = rows_img[r0:r1], rows_ch[r0:r1]
-                    a = _row_copies(a_s, k, r0, r1, img)  # a copy, safe to ablate in place
-                    a[positions[:r1 - r0], ch] = 0
+            buf = _buffer(a_s, per)  # [per, g, K, h, w]: made outside inference mode, so it counts versions
+            rows_carried = [_buffer(c, per) for c in carried]
+            # buf's and a_s's channel maps as rows [per * g * K, h * w] / [g * K, h * w]; slot o of image
+            # b ablates channel c0 + o: buf row (o * g + b) * K + c0 + o, a_s row b * K + c0 + o
+            buf_maps, maps = buf.view(per * g * k, -1), a_s.reshape(g * k, -1)
+            at = ((slots[:, None] * g + slots.new_tensor(range(g))[None]) * k + slots[:, None]).flatten()
+            src = (slots.new_tensor(range(g))[None] * k + slots[:, None]).flatten()
+            fresh = True
+            for c0 in range(0, k, per):
+                m = min(per, k - c0)
+                with torch.inference_mode():  # less bookkeeping per op; the buffer stays a normal tensor
+                    if fresh:
+                        buf.copy_(a_s.unsqueeze(0).expand_as(buf))
+                        for r, c in zip(rows_carried, carried):
+                            r.copy_(c.unsqueeze(0).expand_as(r))
+                    else:  # the channels the last batch zeroed come back (its slots are a superset)
+                        buf_maps.index_copy_(0, at[:m * g] + (c0 - per), maps.index_select(0, src[:m * g] + (c0 - per)))
+                    buf_maps.index_fill_(0, at[:m * g] + c0, 0)
+                    versions = [t._version for t in (buf, *rows_carried)]
                     with forward_precision(precision, dev):
-                        out = runner(a, [_row_copies(c, k, r0, r1, img) for c in carried])
-                    flat_out[s * k + r0:s * k + r1] = out.to(x.dtype).gather(1, ts[img][:, None])[:, 0]
-                bar.update(r1 - r0)
+                        out = runner(buf[:m].flatten(0, 1), [r[:m].flatten(0, 1) for r in rows_carried])
+                    picked = out.to(x.dtype).view(m, g, -1).gather(2, ts.view(1, g, 1).expand(m, g, 1))[..., 0]
+                    ablated[s:s + g, c0:c0 + m] = picked.transpose(0, 1)
+                    fresh = versions != [t._version for t in (buf, *rows_carried)]
+                bar.update(m * g)
     finally:
         bar.close()
     if reference is not None:
         z_c = reference
     return (z_c[:, None] - ablated) / z_c[:, None], ablated, runner.method
+
+
+def _buffer(t: torch.Tensor, times: int) -> torch.Tensor:
+    """A contiguous ``[times, *t.shape]`` buffer (uninitialized) for ``times`` copies of ``t``."""
+    return torch.empty((times, *t.shape), dtype=t.dtype, device=t.device)
 
 
 def _check_finite(values: dict[str, torch.Tensor], names: list[str], z_c: torch.Tensor) -> None:

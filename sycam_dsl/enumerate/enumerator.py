@@ -14,6 +14,13 @@ subset with one batched tensor operation per production node on its children's s
 equivalence keeps the first, i.e. smallest, term). Survivors enter the bank; those of the start
 non-terminal are yielded at once, so a consumer starts before a size is finished.
 
+A non-terminal whose first production is a unit ``E -> T`` takes ``T``'s new terms as each of
+``T``'s productions finishes, rather than when its own turn comes (when no unit productions form a
+cycle, and in the first pass over a size): the order is the same, since ``E`` would read those terms
+first anyway, but ``E``'s first terms reach the consumer before ``T``'s later productions are
+evaluated. With terminals computed on demand this matters: in ``T -> grads | cic | abl``,
+``grads`` is yielded (and can be scored) before ``cic`` is computed for the equivalence subset.
+
 With both prunings off the enumerator still drops syntactic duplicates (an ambiguous grammar can
 derive one term twice), so it yields each term of the grammar exactly once.
 
@@ -258,6 +265,7 @@ class Enumerator:
         self._order = _unit_order(grammar)
         self._unit_targets = {p.template.head for nt in grammar.nonterminals.values() for p in nt.productions
                               if p.template.kind == HOLE}
+        self._forward = _unit_forwards(grammar)
         self._yielded = 0
         # Positions matter only to gsum: a grammar without one skips the flags and the filter.
         prods = [p for nt in grammar.nonterminals.values() for p in nt.productions]
@@ -285,9 +293,9 @@ class Enumerator:
                     for prod in st.nt.productions:
                         if units_only and prod.template.kind != HOLE:
                             continue
-                        for term, value in self._apply(st, prod, size):
+                        for owner, term, value in self._apply_forwarding(name, prod, size, not units_only):
                             found = True
-                            if name == start:
+                            if owner == start:
                                 self.stats.size(size).yielded += 1
                                 self._yielded += 1
                                 self.stats.seconds += time.perf_counter() - t0
@@ -304,6 +312,16 @@ class Enumerator:
             self.stats.sympy_calls = self.canon.sympy_calls
 
     # -- one production at one size -------------------------------------------------------------
+
+    def _apply_forwarding(self, name: str, prod: Production, size: int,
+                          forward: bool) -> Iterator[tuple[str, Node, torch.Tensor]]:
+        """``_apply`` of ``name``'s ``prod``, then (``forward``) the first (unit) production of each
+        non-terminal that reads ``name`` first, on the terms just added: ``(owner, term, value)``."""
+        for term, value in self._apply(self._states[name], prod, size):
+            yield name, term, value
+        if forward:
+            for target in self._forward.get(name, ()):
+                yield from self._apply_forwarding(target, self._states[target].nt.productions[0], size, True)
 
     def _apply(self, st: _NTState, prod: Production, size: int) -> Iterator[tuple[Node, torch.Tensor]]:
         holes = prod.holes
@@ -498,6 +516,33 @@ def _batch_shape(v: torch.Tensor, b: int, t: Type, map_shape: tuple[int, ...]) -
     if tuple(v.shape) != full:
         v = torch.broadcast_to(v, full).contiguous()
     return v
+
+
+def _unit_forwards(grammar: Grammar) -> dict[str, list[str]]:
+    """``T -> [E, ...]``: the non-terminals whose first production is the unit ``E -> T``, when the
+    unit productions form no cycle (then ``_unit_order`` puts ``T`` before ``E`` and every reader of
+    ``E``'s bucket after ``E``, so taking ``T``'s terms early changes no order); ``{}`` otherwise."""
+    deps = {n: {cast(str, p.template.head) for p in nt.productions if p.template.kind == HOLE}
+            for n, nt in grammar.nonterminals.items()}
+    done: set[str] = set()
+
+    def cyclic(n: str, path: tuple[str, ...]) -> bool:
+        if n in path:
+            return True
+        if n in done:
+            return False
+        found = any(cyclic(d, path + (n,)) for d in deps[n])
+        done.add(n)
+        return found
+
+    if any(cyclic(n, ()) for n in deps):
+        return {}
+    forward: dict[str, list[str]] = {}
+    for name, nt in grammar.nonterminals.items():
+        first = nt.productions[0].template if nt.productions else None
+        if first is not None and first.kind == HOLE:
+            forward.setdefault(cast(str, first.head), []).append(name)
+    return forward
 
 
 def _unit_order(grammar: Grammar) -> list[str]:

@@ -296,6 +296,9 @@ class Search:
                                      self.grammar.start.type)
                 budget = self.config.budget
                 pending: list[tuple[Node, int, object]] = []
+                # The first batches are small (1, 2, 4, ... candidates): the first candidates are
+                # scored at once, before the enumerator reads terminals later ones need.
+                batch = 1
                 for cand in enum.candidates():
                     if budget.candidates is not None and cand.index >= budget.candidates:
                         stopped_by = "candidates"
@@ -307,9 +310,10 @@ class Search:
                     if cand.index < state.next_candidate:
                         continue  # processed before the checkpoint: replayed for the heatmap index only
                     pending.append((cand.term, cand.index, earlier))
-                    if len(pending) >= self.config.candidate_batch:
+                    if len(pending) >= batch:
                         self._process(pending, state, fingerprint)
                         pending = []
+                        batch = min(2 * batch, self.config.candidate_batch)
                 self._process(pending, state, fingerprint)
             except _Stop:
                 stopped_by = "time"
