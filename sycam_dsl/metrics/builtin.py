@@ -68,6 +68,7 @@ def _curve(inputs: MetricInputs, steps: int | None, blur_sigma: float, insert: b
     assert inputs.model is not None and inputs.saliency is not None and inputs.image_ids is not None
     if least_relevant_first:
         inputs = inputs.with_heatmaps(inputs.heatmaps, -inputs.saliency)
+        assert inputs.model is not None and inputs.saliency is not None and inputs.image_ids is not None
     if inputs.memo is None:
         return perturbation_curve(inputs.model, inputs.images, inputs.targets, inputs.saliency, p, insert,
                                   inputs.device, _batch(inputs), blur_sigma, blur, **inputs.forward_options)
