@@ -66,16 +66,14 @@ def _curve(inputs: MetricInputs, steps: int | None, blur_sigma: float, insert: b
     p = _steps(inputs, steps)
     # image_ids: set by MetricInputs.__post_init__.
     assert inputs.model is not None and inputs.saliency is not None and inputs.image_ids is not None
-    if least_relevant_first:
-        inputs = inputs.with_heatmaps(inputs.heatmaps, -inputs.saliency)
-        assert inputs.model is not None and inputs.saliency is not None and inputs.image_ids is not None
+    s = -inputs.saliency if least_relevant_first else inputs.saliency
     if inputs.memo is None:
-        return perturbation_curve(inputs.model, inputs.images, inputs.targets, inputs.saliency, p, insert,
+        return perturbation_curve(inputs.model, inputs.images, inputs.targets, s, p, insert,
                                   inputs.device, _batch(inputs), blur_sigma, blur, **inputs.forward_options)
     kind = f"{'insertion' if insert else 'deletion'}:sigma={float(blur_sigma)!r}"
     if inputs.precision != DEFAULT_PRECISION:  # a cache shared across precisions never mixes their scores
         kind += f":{inputs.precision}"
-    return memoized_curve(inputs.model, inputs.images, inputs.targets, inputs.saliency, p, insert, blur,
+    return memoized_curve(inputs.model, inputs.images, inputs.targets, s, p, insert, blur,
                           inputs.image_ids, inputs.memo, kind, inputs.device, _batch(inputs),
                           **inputs.forward_options)
 
