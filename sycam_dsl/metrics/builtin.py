@@ -14,7 +14,9 @@ from .average_drop import average_drop, increase_in_confidence
 from .memo import memoized_curve
 from .overlap import gt_overlap, gt_overlap_from_saliency, sch, sch_from_saliency
 from .perturbation import DEFAULT_BLUR_SIGMA, blurred, deletion_from_curve, insertion_from_curve, perturbation_curve
-from .registry import MetricInputs, register_metric
+from .quantus import PREFIX as QUANTUS
+from .quantus import quantus_metric
+from .registry import MetricInputs, register_metric, register_metric_family
 from .road import DEFAULT_NOISE, DEFAULT_PERCENTILES, DEFAULT_SEED, road_curve, road_from_curve
 from .scoring import class_scores, safe_denominator
 
@@ -204,6 +206,7 @@ def _sch(inputs: MetricInputs) -> torch.Tensor:
 
 
 def register_builtins() -> None:
+    register_metric_family(QUANTUS, quantus_metric)
     for name, fn, higher, kw in [
         ("average_drop", _average_drop, False, {"needs_model": True, "bounds": _fixed_bounds(0, 100)}),
         ("increase_in_confidence", _increase, True, {"needs_model": True, "bounds": _fixed_bounds(0, 100)}),
