@@ -80,6 +80,16 @@ def test_imputation_solves_the_neighbour_equations():
     assert torch.equal(noisy, noisy_imputation(x[None], removed[None], noise=0.5, seed=3)[0])  # seeded
 
 
+def test_constant_heatmap_removes_everything():
+    model, x, _, t, _ = setup(n=1)
+    removed = removed_pixels(torch.zeros(1, 32, 32), [50], True)[:, 0]
+    assert bool(removed.all())
+    out = linear_imputation(x[0], removed[0])
+    torch.testing.assert_close(out, x[0].mean(dim=(1, 2), keepdim=True).expand_as(out))
+    score = get_metric("road_morf", percentiles=[50])(MetricInputs(x, t, heatmaps=torch.zeros(1, 32, 32), model=model))
+    assert torch.isfinite(score.per_image).all()
+
+
 def test_removed_pixels_count_and_order():
     _, _, hs, _, _ = setup(n=1)
     morf = removed_pixels(hs, [25, 75], True)[0]

@@ -51,14 +51,18 @@ def _sparse():
 def linear_imputation(image: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """``image`` ``[C, H, W]`` with the pixels where ``removed`` ``[H, W]`` (bool) is True replaced by the
     solution of the imputation system (each the weighted mean of its in-image neighbours), without
-    noise: ``[C, H, W]`` float32 on the image's device (the system is solved on the host, in float64)."""
+    noise: ``[C, H, W]`` float32 on the image's device (the system is solved on the host, in float64). With every
+    pixel removed the system has no unique solution; the result is then the image's per-channel mean."""
     coo_matrix, spsolve = _sparse()
     c, h, w = image.shape
     miss = removed.cpu().numpy().reshape(-1)
     img = image.detach().cpu().double().numpy().reshape(c, -1)
     idx = np.flatnonzero(miss)
     if idx.size == h * w:
-        raise MetricError("ROAD cannot impute an image whose pixels are all removed; use percentiles below 100")
+        # a constant heatmap removes every pixel (nothing lies below its percentile): the system is singular (any
+        # constant image solves it; grad-cam's spsolve gives NaN) and the image becomes its per-channel mean
+        mean = image.detach().float().mean(dim=(1, 2), keepdim=True)
+        return mean.expand(c, h, w).clone()
     var = np.zeros(h * w, dtype=np.int64)
     var[idx] = np.arange(idx.size)
     rows, cols, vals = [], [], []
