@@ -170,6 +170,8 @@ def road_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, he
                 memo.stats.hits += 1  # type: ignore[union-attr]
             elif key in pending:
                 pending[key].append(slot)
+                if memo is not None:
+                    memo.stats.deduplicated += 1
             else:
                 pending[key] = [slot]
     if pending:
