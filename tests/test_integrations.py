@@ -45,8 +45,9 @@ def pearson(a, b):
 
 @pytest.fixture(scope="module")
 def gradcam():
-    return pytest.importorskip("sycam_dsl.integrations.gradcam", reason="grad-cam is not installed "
-                               "(pip install 'sycam-dsl[gradcam]')")
+    pytest.importorskip("pytorch_grad_cam", reason="grad-cam is not installed (pip install 'sycam-dsl[gradcam]')")
+    from sycam_dsl.integrations import gradcam as module
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,18 @@ def torchcam():
     pytest.importorskip("torchcam", reason="torchcam is not installed (pip install 'sycam-dsl[torchcam]')")
     from sycam_dsl.integrations import torchcam as module
     return module
+
+
+def test_a_missing_library_is_one_line(monkeypatch):
+    import sys
+
+    for name in ("pytorch_grad_cam", "pytorch_grad_cam.base_cam", "torchcam", "torchcam.methods.core"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as when not installed
+    for module, extra in (("gradcam", "gradcam"), ("torchcam", "torchcam")):
+        monkeypatch.delitem(sys.modules, f"sycam_dsl.integrations.{module}", raising=False)
+        with pytest.raises(IntegrationError, match=rf"pip install 'sycam-dsl\[{extra}\]'") as e:
+            __import__(f"sycam_dsl.integrations.{module}")
+        assert isinstance(e.value, ImportError) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("text", EXPRESSIONS)

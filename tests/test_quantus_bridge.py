@@ -15,7 +15,18 @@ from sycam_dsl.metrics import MetricError, MetricInputs, get_metric
 from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
 from tests.cam_reference import TinyCNN
 
-quantus = pytest.importorskip("quantus", reason="Quantus is not installed (pip install 'sycam-dsl[quantus]')")
+
+@pytest.fixture
+def quantus():
+    return pytest.importorskip("quantus", reason="Quantus is not installed (pip install 'sycam-dsl[quantus]')")
+
+
+def test_without_quantus_one_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "quantus", None)  # import fails as when not installed
+    with pytest.raises(MetricError, match=r"Quantus is not installed: pip install 'sycam-dsl\[quantus\]'"):
+        get_metric("quantus:RegionPerturbation")
 
 
 def small():
@@ -26,7 +37,7 @@ def small():
     return model, x, torch.tensor([0, 1, 2]), torch.rand(3, 32, 32, generator=g)
 
 
-def test_per_image_scores_and_direction_from_quantus():
+def test_per_image_scores_and_direction_from_quantus(quantus):
     model, x, t, h = small()
     metric = get_metric("quantus:region_perturbation", patch_size=8, regions_evaluation=3)
     assert metric.name == "quantus:RegionPerturbation"
@@ -41,7 +52,7 @@ def test_per_image_scores_and_direction_from_quantus():
     assert sparse(MetricInputs(x, t, heatmaps=h, model=model)).per_image.shape == (3,)
 
 
-def test_errors_are_one_line():
+def test_errors_are_one_line(quantus):
     model, x, t, h = small()
     with pytest.raises(MetricError, match="Quantus has no metric 'NoSuchMetric'"):
         get_metric("quantus:NoSuchMetric")
@@ -53,7 +64,7 @@ def test_errors_are_one_line():
         get_metric("quantus:MaxSensitivity", nr_samples=2)(MetricInputs(x, t, heatmaps=h, model=model))
 
 
-def test_quantus_metric_drives_a_short_search(tmp_path):
+def test_quantus_metric_drives_a_short_search(quantus, tmp_path):
     images = bundled_images(12, seed=5)
     result = synthesize(load_bundled_model(), None, images, metric="quantus:RegionPerturbation",
                         metric_options={"patch_size": 16, "regions_evaluation": 3, "higher_is_better": True},
@@ -69,7 +80,7 @@ def test_quantus_metric_drives_a_short_search(tmp_path):
     assert {m["name"] for m in table["methods"]} >= {"GradCAM", "SyCAM"}
 
 
-def test_metric_option_on_the_command_line(tmp_path, capsys):
+def test_metric_option_on_the_command_line(quantus, tmp_path, capsys):
     from sycam_dsl.bundled import write_bundled
 
     root = write_bundled(tmp_path / "imgs", n=6, seed=2)

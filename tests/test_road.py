@@ -14,8 +14,7 @@ from sycam_dsl.metrics.road import linear_imputation, noisy_imputation, removed_
 from sycam_dsl.metrics.scoring import class_scores
 from tests.cam_reference import TinyCNN
 
-road = pytest.importorskip("pytorch_grad_cam.metrics.road", reason="grad-cam is not installed (pip install grad-cam)")
-targets_mod = pytest.importorskip("pytorch_grad_cam.utils.model_targets", reason="grad-cam is not installed")
+GRADCAM = "grad-cam is not installed (pip install 'sycam-dsl[gradcam]')"
 
 
 def setup(n: int = 3, size: int = 32):
@@ -31,24 +30,29 @@ def setup(n: int = 3, size: int = 32):
 
 
 @pytest.fixture
-def seeded_gradcam(monkeypatch):
-    """grad-cam's imputer with torch's global generator seeded before each imputation, as ours is."""
-    original = road.NoisyLinearImputer.__call__
+def road(monkeypatch):
+    """grad-cam's ROAD module, its imputer with torch's global generator seeded before each imputation, as
+    ours is."""
+    module = pytest.importorskip("pytorch_grad_cam.metrics.road", reason=GRADCAM)
+    original = module.NoisyLinearImputer.__call__
 
     def call(self, img, mask):
         torch.manual_seed(0)
         return original(self, img, mask)
 
-    monkeypatch.setattr(road.NoisyLinearImputer, "__call__", call)
+    monkeypatch.setattr(module.NoisyLinearImputer, "__call__", call)
+    return module
 
 
 def gradcam_targets(t):
-    return [targets_mod.ClassifierOutputSoftmaxTarget(int(c)) for c in t]
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    return [ClassifierOutputSoftmaxTarget(int(c)) for c in t]
 
 
 @pytest.mark.parametrize("name,cls", [("road_morf", "ROADMostRelevantFirstAverage"),
                                       ("road_lerf", "ROADLeastRelevantFirstAverage")])
-def test_road_equals_gradcam(seeded_gradcam, name, cls):
+def test_road_equals_gradcam(road, name, cls):
     model, x, h, t, _ = setup()
     percentiles = [20, 50, 80]
     theirs = getattr(road, cls)(percentiles)(x, h.numpy(), gradcam_targets(t), model)
@@ -57,7 +61,7 @@ def test_road_equals_gradcam(seeded_gradcam, name, cls):
     assert float(np.abs(theirs).max()) > 1e-3  # the perturbation changed the scores: the check is not vacuous
 
 
-def test_road_combined_equals_gradcam(seeded_gradcam):
+def test_road_combined_equals_gradcam(road):
     model, x, h, t, _ = setup(n=2)
     theirs = road.ROADCombined([30, 70])(x, h.numpy(), gradcam_targets(t), model)
     ours = get_metric("road_combined", percentiles=[30, 70])(MetricInputs(x, t, heatmaps=h, model=model)).per_image
