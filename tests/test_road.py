@@ -29,6 +29,9 @@ def setup(n: int = 3, size: int = 32):
     return model, x, h, t, low[:, 0]
 
 
+# grad-cam passes a torch tensor to np.percentile (its ROAD thresholds): numpy 2 warns, nothing to act on here
+pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
+
 @pytest.fixture
 def road(monkeypatch):
     """grad-cam's ROAD module, its imputer with torch's global generator seeded before each imputation, as
