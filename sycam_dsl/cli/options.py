@@ -10,7 +10,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,6 +164,10 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
                    help="deletion / insertion steps, at most the layer's h*w cells (default: all cells)")
     p.add_argument("--blur-sigma", type=positive_float, default=DEFAULT_BLUR_SIGMA, metavar="PX",
                    help=f"deletion / insertion: Gaussian blur sigma of x~ in pixels (default {DEFAULT_BLUR_SIGMA:g})")
+    p.add_argument("--metric-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the metrics that take it, repeatable: VALUE is JSON (4, 0.5, true, [10,50,90], "
+                        "\"black\") or else a string; e.g. percentiles=[20,50,80] for road_morf, patch_size=8 for "
+                        "quantus:RegionPerturbation")
     add_cache_options(p)
     add_quiet(p)
 
@@ -279,13 +283,42 @@ def weight_expression(text: str, types: dict | None = None) -> tuple[str, Node]:
     return src, node
 
 
-def metric_from_args(name: str, args: argparse.Namespace) -> Metric:
-    """The metric ``name`` with the ``--steps`` / ``--blur-sigma`` options it takes."""
+def metric_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--metric-option KEY=VALUE`` as a dict, each VALUE parsed as JSON when it is JSON, else kept as text."""
+    out: dict[str, Any] = {}
+    for item in getattr(args, "metric_option", None) or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise SycamError(f"--metric-option {item!r}: expected KEY=VALUE, e.g. percentiles=[20,50,80]")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def metric_from_args(name: str, args: argparse.Namespace, strict: bool = True) -> Metric:
+    """The metric ``name`` with the ``--steps`` / ``--blur-sigma`` / ``--metric-option`` options it takes;
+    ``strict``: a ``--metric-option`` it does not take is an error (for the one metric a command scores)."""
     from ..metrics import get_metric
 
     metric = get_metric(name)
     options = {"steps": args.steps, "blur_sigma": args.blur_sigma}
+    chosen = metric_options(args)
+    if strict:
+        metric.with_options(**chosen)  # raises, naming the options the metric has
+    options.update(chosen)
     return metric.with_options(**{k: v for k, v in options.items() if k in metric.option_names and v is not None})
+
+
+def check_metric_options(args: argparse.Namespace, metrics: Sequence[Metric]) -> None:
+    """Every ``--metric-option`` is taken by one of ``metrics`` (each took those it has)."""
+    from ..metrics.errors import MetricError
+
+    unused = sorted(set(metric_options(args)) - {o for m in metrics for o in m.option_names})
+    if unused:
+        raise MetricError(f"--metric-option {', '.join(unused)}: no metric of {', '.join(m.name for m in metrics)} "
+                          f"takes it")
 
 
 def metrics_from_args(text: str, args: argparse.Namespace) -> list[Metric]:
@@ -295,12 +328,13 @@ def metrics_from_args(text: str, args: argparse.Namespace) -> list[Metric]:
     metrics: list[Metric] = []
     for n in text.split(","):
         if n.strip():
-            metric = metric_from_args(n, args)
+            metric = metric_from_args(n, args, strict=False)
             if metric.name not in {m.name for m in metrics}:  # deletion,deletion: one table
                 metrics.append(metric)
     if not metrics:
         raise MetricError(f"no metric named in {text!r}")
     names = [m.name for m in metrics]
     if "average_drop" in names and "increase_in_confidence" not in names:
-        metrics.append(metric_from_args("increase_in_confidence", args))
+        metrics.append(metric_from_args("increase_in_confidence", args, strict=False))
+    check_metric_options(args, metrics)
     return metrics

@@ -26,6 +26,7 @@ from .options import (
     add_model_options,
     add_scoring_options,
     add_targets,
+    check_metric_options,
     chunk_size_from,
     from_store,
     metric_from_args,
@@ -78,7 +79,7 @@ def configure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--masks", metavar="DIR", help=MASKS_HELP)
     add_targets(s)
     s.add_argument("--metric", metavar="NAME", help=f"the metric to optimize (default deletion; known: "
-                                                    f"{', '.join(known_metrics())})")
+                                                    f"{', '.join(known_metrics())}, quantus:NAME)")
     s.add_argument("--grammar", default="g2", metavar="FILE|NAME",
                    help="grammar file, or a bundled grammar: g1, g2 (default), maps")
     s.add_argument("--time", type=positive_float, metavar="SECONDS",
@@ -165,10 +166,11 @@ def _search(args: argparse.Namespace, out: Path) -> int:
     metric_name = args.metric or BUNDLED["metric"]
     if bundled and args.steps is None and metric_name in ("deletion", "insertion"):
         args.steps = BUNDLED["steps"]
-    metric = metric_from_args(metric_name, args)
+    metric = metric_from_args(metric_name, args, strict=False)
     report = args.report_metrics or (BUNDLED["report_metrics"] if bundled else metric.name)
-    report_metrics = [metric] + [metric_from_args(n.strip(), args) for n in report.split(",")
+    report_metrics = [metric] + [metric_from_args(n.strip(), args, strict=False) for n in report.split(",")
                                  if n.strip() and n.strip().replace("-", "_").lower() != metric.name]
+    check_metric_options(args, report_metrics)
     seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_TIME)
     levels = args.levels or (_level_sizes(BUNDLED["levels"]) if bundled else None)
     targets = targets_from(args, data.labels)

@@ -9,7 +9,16 @@ from .builtin import register_builtins
 from .errors import MetricError
 from .overlap import gt_overlap, sch
 from .perturbation import DEFAULT_BLUR_SIGMA, blurred, cell_ranks, deletion, insertion, perturbation_curve
-from .registry import Metric, MetricInputs, MetricResult, get_metric, known_metrics, register_metric, unregister_metric
+from .registry import (
+    Metric,
+    MetricInputs,
+    MetricResult,
+    get_metric,
+    known_metrics,
+    register_metric,
+    register_metric_family,
+    unregister_metric,
+)
 from .scoring import class_scores
 
 register_builtins()
@@ -18,5 +27,5 @@ __all__ = [
     "DEFAULT_BLUR_SIGMA", "Metric", "MetricError", "MetricInputs", "MetricResult", "average_drop",
     "blurred", "cell_ranks", "class_scores", "deletion", "get_metric", "gt_overlap",
     "increase_in_confidence", "insertion", "known_metrics", "masked_scores", "perturbation_curve",
-    "register_metric", "sch", "unregister_metric",
+    "register_metric", "register_metric_family", "sch", "unregister_metric",
 ]

@@ -14,7 +14,10 @@ from .average_drop import average_drop, increase_in_confidence
 from .memo import memoized_curve
 from .overlap import gt_overlap, gt_overlap_from_saliency, sch, sch_from_saliency
 from .perturbation import DEFAULT_BLUR_SIGMA, blurred, deletion_from_curve, insertion_from_curve, perturbation_curve
-from .registry import MetricInputs, register_metric
+from .quantus import PREFIX as QUANTUS
+from .quantus import quantus_metric
+from .registry import MetricInputs, register_metric, register_metric_family
+from .road import DEFAULT_NOISE, DEFAULT_PERCENTILES, DEFAULT_SEED, road_curve, road_from_curve
 from .scoring import class_scores, safe_denominator
 
 # Metric._check gives each metric the fields its registration (below) says it needs: the asserts rely on that.
@@ -56,19 +59,23 @@ def _increase(inputs: MetricInputs) -> torch.Tensor:
                                   inputs.device, _batch(inputs), _base(inputs), **inputs.forward_options)
 
 
-def _curve(inputs: MetricInputs, steps: int | None, blur_sigma: float, insert: bool) -> torch.Tensor:
-    """``y_c`` after each step, ``[..., N, P]``: through ``inputs.memo`` when there is one."""
+def _curve(inputs: MetricInputs, steps: int | None, blur_sigma: float, insert: bool,
+           least_relevant_first: bool = False) -> torch.Tensor:
+    """``y_c`` after each step, ``[..., N, P]``: through ``inputs.memo`` when there is one.
+    ``least_relevant_first``: cells ranked lowest ``S`` first (the perturbed image still depends only on the
+    set of perturbed cells, so both orders share the memo's entries)."""
     blur = _blurred(inputs, blur_sigma)
     p = _steps(inputs, steps)
     # image_ids: set by MetricInputs.__post_init__.
     assert inputs.model is not None and inputs.saliency is not None and inputs.image_ids is not None
+    s = -inputs.saliency if least_relevant_first else inputs.saliency
     if inputs.memo is None:
-        return perturbation_curve(inputs.model, inputs.images, inputs.targets, inputs.saliency, p, insert,
+        return perturbation_curve(inputs.model, inputs.images, inputs.targets, s, p, insert,
                                   inputs.device, _batch(inputs), blur_sigma, blur, **inputs.forward_options)
     kind = f"{'insertion' if insert else 'deletion'}:sigma={float(blur_sigma)!r}"
     if inputs.precision != DEFAULT_PRECISION:  # a cache shared across precisions never mixes their scores
         kind += f":{inputs.precision}"
-    return memoized_curve(inputs.model, inputs.images, inputs.targets, inputs.saliency, p, insert, blur,
+    return memoized_curve(inputs.model, inputs.images, inputs.targets, s, p, insert, blur,
                           inputs.image_ids, inputs.memo, kind, inputs.device, _batch(inputs),
                           **inputs.forward_options)
 
@@ -94,6 +101,50 @@ def _insertion(inputs: MetricInputs, steps: int | None = None,
                                 _blurred_scores(inputs, blur_sigma))
 
 
+def _aopc(inputs: MetricInputs, steps: int | None, blur_sigma: float, least_relevant_first: bool) -> torch.Tensor:
+    curve = _curve(inputs, steps, blur_sigma, False, least_relevant_first)
+    # AOPC = 1/(P+1) sum_{k=0..P} (y_c(x) - y_c(x^k)), whose k = 0 term is 0
+    return (_base(inputs)[:, None] - curve).sum(dim=-1) / (curve.shape[-1] + 1)
+
+
+def _aopc_morf(inputs: MetricInputs, steps: int | None = None,
+               blur_sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor:
+    """AOPC, most relevant first: mean score drop y_c(x) - y_c(x^k), k = 0..P, top-ranked cells blurred first."""
+    return _aopc(inputs, steps, blur_sigma, False)
+
+
+def _aopc_lerf(inputs: MetricInputs, steps: int | None = None,
+               blur_sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor:
+    """AOPC, least relevant first: mean score drop y_c(x) - y_c(x^k), lowest-ranked cells blurred first."""
+    return _aopc(inputs, steps, blur_sigma, True)
+
+
+def _road(inputs: MetricInputs, percentiles, noise: float, seed: int, most_relevant_first: bool) -> torch.Tensor:
+    assert inputs.model is not None and inputs.heatmaps is not None and inputs.image_ids is not None
+    curve = road_curve(inputs.model, inputs.images, inputs.targets, inputs.heatmaps, percentiles, most_relevant_first,
+                       noise, seed, inputs.device, _batch(inputs), inputs.memo, inputs.image_ids,
+                       **inputs.forward_options)
+    return road_from_curve(curve, _base(inputs))
+
+
+def _road_morf(inputs: MetricInputs, percentiles=DEFAULT_PERCENTILES, noise: float = DEFAULT_NOISE,
+               seed: int = DEFAULT_SEED) -> torch.Tensor:
+    """ROAD MoRF: mean of y_c(x_p) - y_c(x) over percentiles p, the pixels of H above its p-th percentile imputed."""
+    return _road(inputs, percentiles, noise, seed, True)
+
+
+def _road_lerf(inputs: MetricInputs, percentiles=DEFAULT_PERCENTILES, noise: float = DEFAULT_NOISE,
+               seed: int = DEFAULT_SEED) -> torch.Tensor:
+    """ROAD LeRF: mean of y_c(x_p) - y_c(x) over percentiles p, the pixels of 1 - H above its p-th one imputed."""
+    return _road(inputs, percentiles, noise, seed, False)
+
+
+def _road_combined(inputs: MetricInputs, percentiles=DEFAULT_PERCENTILES, noise: float = DEFAULT_NOISE,
+                   seed: int = DEFAULT_SEED) -> torch.Tensor:
+    """ROAD combined (grad-cam's ROADCombined): (LeRF - MoRF) / 2."""
+    return (_road(inputs, percentiles, noise, seed, False) - _road(inputs, percentiles, noise, seed, True)) / 2
+
+
 # Bounds that hold for every heatmap (softmax scores lie in [0, 1]), loosened by SLACK so that float
 # rounding in the metric can never step outside them; the oracle uses them to stop early.
 SLACK = 1e-6
@@ -108,6 +159,22 @@ def _insertion_bounds(inputs: MetricInputs, steps: int | None = None, blur_sigma
     base = safe_denominator(_base(inputs)).double()
     start = _blurred_scores(inputs, blur_sigma).double()
     return -start / base - SLACK, (1 - start) / base + SLACK
+
+
+def _drop_bounds(inputs: MetricInputs, **_):
+    """A mean of y_c(x) - y_c(x') lies in [y_c(x) - 1, y_c(x)]."""
+    base = _base(inputs).double()
+    return base - 1 - SLACK, base + SLACK
+
+
+def _gain_bounds(inputs: MetricInputs, **_):
+    """A mean of y_c(x') - y_c(x) lies in [-y_c(x), 1 - y_c(x)]."""
+    base = _base(inputs).double()
+    return -base - SLACK, 1 - base + SLACK
+
+
+def _combined_bounds(inputs: MetricInputs, **_):
+    return torch.full_like(_base(inputs).double(), -0.5 - SLACK), torch.full_like(_base(inputs).double(), 0.5 + SLACK)
 
 
 def _fixed_bounds(low: float, high: float):
@@ -139,6 +206,7 @@ def _sch(inputs: MetricInputs) -> torch.Tensor:
 
 
 def register_builtins() -> None:
+    register_metric_family(QUANTUS, quantus_metric)
     for name, fn, higher, kw in [
         ("average_drop", _average_drop, False, {"needs_model": True, "bounds": _fixed_bounds(0, 100)}),
         ("increase_in_confidence", _increase, True, {"needs_model": True, "bounds": _fixed_bounds(0, 100)}),
@@ -146,8 +214,15 @@ def register_builtins() -> None:
                                        "needs_heatmaps": False}),
         ("insertion", _insertion, True, {"needs_model": True, "needs_saliency": True, "bounds": _insertion_bounds,
                                          "needs_heatmaps": False}),
+        ("aopc_morf", _aopc_morf, True, {"needs_model": True, "needs_saliency": True, "bounds": _drop_bounds,
+                                         "needs_heatmaps": False}),
+        ("aopc_lerf", _aopc_lerf, False, {"needs_model": True, "needs_saliency": True, "bounds": _drop_bounds,
+                                          "needs_heatmaps": False}),
+        ("road_morf", _road_morf, False, {"needs_model": True, "bounds": _gain_bounds, "batched": False}),
+        ("road_lerf", _road_lerf, True, {"needs_model": True, "bounds": _gain_bounds, "batched": False}),
+        ("road_combined", _road_combined, True, {"needs_model": True, "bounds": _combined_bounds, "batched": False}),
         ("gt_overlap", _gt_overlap, True, {"needs_masks": True, "bounds": _fixed_bounds(0, 1),
                                            "needs_heatmaps": False}),
         ("sch", _sch, True, {"needs_masks": True, "bounds": _fixed_bounds(0, 1), "needs_heatmaps": False}),
     ]:
-        register_metric(name, fn, higher, batched=True, replace_existing=True, **kw)
+        register_metric(name, fn, higher, replace_existing=True, **{"batched": True, **kw})

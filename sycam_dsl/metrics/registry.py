@@ -195,6 +195,8 @@ class Metric:
 
 
 _REGISTRY: dict[str, Metric] = {}
+#: Families of metrics named ``PREFIX:NAME`` (``quantus:RegionPerturbation``): prefix -> factory(NAME).
+_FAMILIES: dict[str, Callable[[str], Metric]] = {}
 
 
 def _key(name: str) -> str:
@@ -231,11 +233,25 @@ def unregister_metric(name: str) -> None:
     _REGISTRY.pop(_key(name), None)
 
 
+def register_metric_family(prefix: str, factory: Callable[[str], Metric]) -> None:
+    """Make ``PREFIX:NAME`` resolve to ``factory(NAME)`` (a ``Metric``), e.g. ``quantus:RegionPerturbation``."""
+    _FAMILIES[_key(prefix)] = factory
+
+
 def get_metric(name: str, **options: Any) -> Metric:
-    """The metric registered as ``name``, with ``options`` bound."""
-    metric = _REGISTRY.get(_key(name))
+    """The metric registered as ``name`` (or made by the family of its ``PREFIX:``), with ``options`` bound."""
+    prefix, colon, rest = name.partition(":")
+    if colon:
+        factory = _FAMILIES.get(_key(prefix))
+        if factory is None:
+            raise MetricError(f"unknown metric family {prefix!r} in {name!r} (known: "
+                              f"{', '.join(f'{p}:NAME' for p in sorted(_FAMILIES)) or 'none'})")
+        metric: Metric | None = factory(rest)
+    else:
+        metric = _REGISTRY.get(_key(name))
     if metric is None:
-        raise MetricError(f"unknown metric {name!r} (known: {', '.join(known_metrics())}); "
+        families = "".join(f", {p}:NAME" for p in sorted(_FAMILIES))
+        raise MetricError(f"unknown metric {name!r} (known: {', '.join(known_metrics())}{families}); "
                           f"add one with sycam_dsl.metrics.register_metric")
     return metric.with_options(**options) if options else metric
 

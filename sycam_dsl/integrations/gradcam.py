@@ -1,0 +1,114 @@
+"""A synthesized CAM method as a pytorch-grad-cam method: ``SyCAMGradCAM`` is a ``BaseCAM``, so it runs
+wherever ``GradCAM`` does (``with SyCAMGradCAM(model, [layer], expr) as cam: cam(input_tensor, targets)``,
+``aug_smooth``, several target layers, grad-cam's metrics such as ``ROADCombined``)::
+
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from sycam_dsl.integrations.gradcam import SyCAMGradCAM
+
+    with SyCAMGradCAM(model, [model.layer4], "(relu (mul grads cic))") as cam:
+        heatmaps = cam(input_tensor=images, targets=[ClassifierOutputTarget(281)] * len(images))  # [N, H, W]
+
+Vec expressions give grad-cam per-channel weights (``get_cam_weights``); Map expressions give the
+layer-resolution map ``ReLU(sum_k W_k A_k)`` (``get_cam_image``). The terminals (``grads``, ``cic``,
+``abl``, ...) are computed by this package's engine for the class each target names: targets are
+grad-cam targets with a ``category`` (``ClassifierOutputTarget``, ``ClassifierOutputSoftmaxTarget``,
+``ClassifierOutputReST``), and the terminals use the class logit as everywhere in sycam-dsl.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..cam.terminals import DEFAULT_CHUNK_SIZE
+from ..lang.ast import Node
+from ..lang.types import Type
+from ..models.batching import BatchSize
+from ..models.precision import DEFAULT_PRECISION
+from ..template.heatmaps import layer_saliency
+from .engine import expression_weights, layer_name, weight_expression
+from .errors import IntegrationError, missing
+
+try:
+    from pytorch_grad_cam.base_cam import BaseCAM
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+except ImportError:
+    raise missing("grad-cam (pytorch-grad-cam)", "gradcam") from None
+
+
+def target_classes(targets: Sequence[Any]) -> list[int]:
+    """The class index of each grad-cam target (its ``category``)."""
+    out = []
+    for t in targets:
+        c = getattr(t, "category", None)
+        if isinstance(c, torch.Tensor | np.integer) and np.ndim(c) == 0:
+            c = int(c)
+        if not isinstance(c, int) or isinstance(c, bool):
+            raise IntegrationError(f"SyCAMGradCAM needs targets that name a class (ClassifierOutputTarget(c) and "
+                                   f"the like, with a .category), got {type(t).__name__}")
+        out.append(c)
+    return out
+
+
+class SyCAMGradCAM(BaseCAM):
+    """pytorch-grad-cam ``BaseCAM`` for the weight expression ``expression`` (s-expression text or a parsed
+    ``Node``). ``chunk_size``, ``ablation`` and ``precision``: how the terminal engine runs
+    (``cam.terminals.compute_terminals``)."""
+
+    def __init__(self, model: nn.Module, target_layers: list[nn.Module], expression: str | Node, *,
+                 chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, ablation: str = "auto",
+                 precision: str = DEFAULT_PRECISION) -> None:
+        self.expression = weight_expression(expression)
+        self._layers = {id(layer): layer_name(model, layer) for layer in target_layers}
+        self._engine: dict[str, Any] = {"chunk_size": chunk_size, "ablation": ablation, "precision": precision}
+        # the engine computes its own gradients: grad-cam's backward pass would be wasted work
+        super().__init__(model, target_layers, uses_gradients=False)
+
+    def __del__(self) -> None:
+        if hasattr(self, "activations_and_grads"):  # not when __init__ failed before BaseCAM's
+            super().__del__()
+
+    @contextmanager
+    def _own_passes(self) -> Iterator[None]:
+        """grad-cam's activation hooks off while the engine runs its (masked, ablated) passes: they
+        would keep a copy of every batch's activations."""
+        aag = self.activations_and_grads
+        for handle in aag.handles:
+            handle.remove()
+        aag.handles.clear()
+        try:
+            yield
+        finally:
+            for layer in self.target_layers:
+                aag.handles.append(layer.register_forward_hook(aag.save_activation))
+                aag.handles.append(layer.register_forward_hook(aag.save_gradient))
+
+    def _weights(self, input_tensor: torch.Tensor, target_layer: nn.Module,
+                 targets: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._own_passes():
+            return expression_weights(self.model, self._layers[id(target_layer)], self.expression, input_tensor,
+                                      target_classes(targets), **self._engine)
+
+    def get_cam_weights(self, input_tensor: torch.Tensor, target_layer: Any, targets: Any,
+                        activations: Any, grads: Any) -> np.ndarray:
+        """Per-channel weights ``[N, K]`` of a Vec expression."""
+        if self.expression.type != Type.VEC:
+            raise IntegrationError(f"{self.expression} is a Map: it has no per-channel weights (get_cam_image gives "
+                                   f"its map)")
+        w, _ = self._weights(input_tensor, target_layer, targets)
+        return w.float().cpu().numpy()
+
+    def get_cam_image(self, input_tensor: torch.Tensor, target_layer: nn.Module, targets: Any, activations: Any,
+                      grads: Any, eigen_smooth: bool = False) -> np.ndarray:
+        """``[N, h, w]``: grad-cam's weighted sum for a Vec expression, ``ReLU(sum_k W_k A_k)`` for a Map."""
+        if self.expression.type == Type.VEC:
+            return super().get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
+        w, acts = self._weights(input_tensor, target_layer, targets)
+        if eigen_smooth:
+            return get_2d_projection((w * acts).float().cpu().numpy())
+        return layer_saliency(w, acts, Type.MAP).float().cpu().numpy()

@@ -1,0 +1,111 @@
+"""Any Quantus metric as a sycam-dsl metric: ``get_metric("quantus:RegionPerturbation", patch_size=4)``
+(``--metric quantus:RegionPerturbation --metric-option patch_size=4`` on the command line), a search or
+report metric like the built-in ones.
+
+The options are the Quantus class's constructor arguments; the bridge passes the images, target classes
+and heatmaps ``H`` ``[N, 1, H, W]`` (and the masks, for localisation metrics) to its ``__call__`` and
+takes per-image scores and the direction (``score_direction``) from Quantus. A metric whose per-image
+result is a curve (RegionPerturbation, PixelFlipping, ...) scores each image by the curve's mean (AOPC
+style). ``higher_is_better=true|false`` overrides Quantus's direction (Quantus 0.6 says LOWER for
+RegionPerturbation, whose curve is a score drop: with ``order="morf"`` higher is better). Quantus runs
+its own perturbations and forward passes, so these metrics do not use the memoized engine; metrics that
+explain perturbed inputs or models again (robustness, randomisation) cannot score given heatmaps and say so.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import MetricError
+from .registry import Metric, MetricInputs
+
+PREFIX = "quantus"
+#: Constructor arguments the bridge sets unless given: no aggregation (per-image scores), quiet.
+_QUIET = {"return_aggregate": False, "disable_warnings": True, "display_progressbar": False}
+
+
+def _quantus() -> Any:
+    try:
+        import quantus
+    except ImportError:
+        raise MetricError("Quantus is not installed: pip install 'sycam-dsl[quantus]'") from None
+    return quantus
+
+
+def quantus_classes() -> dict[str, type]:
+    """Quantus metric classes by name."""
+    quantus = _quantus()
+    base = quantus.metrics.base.Metric
+    return {n: c for n in dir(quantus) if inspect.isclass(c := getattr(quantus, n)) and issubclass(c, base)
+            and c is not base}
+
+
+@dataclass(frozen=True)
+class QuantusMetric(Metric):
+    """A Quantus metric; the option ``higher_is_better`` sets the direction."""
+
+    def with_options(self, **options: Any) -> Metric:
+        m = super().with_options(**options)
+        direction = m.options.get("higher_is_better")
+        if direction is None:
+            return m
+        if not isinstance(direction, bool):
+            raise MetricError(f"metric {self.name!r}: higher_is_better must be true or false, got {direction!r}")
+        return replace(m, higher_is_better=direction)
+
+
+def _explain_again(*_: Any, **__: Any) -> Any:
+    raise MetricError("this Quantus metric explains perturbed inputs or models again; the bridge scores given "
+                      "heatmaps only (use a faithfulness, complexity, localisation or axiomatic metric)")
+
+
+def _per_image(scores: Any, n: int, name: str) -> torch.Tensor:
+    """One float per image: a curve (list / array per image) becomes its mean."""
+    if not isinstance(scores, list | tuple | np.ndarray) or len(scores) != n:
+        raise MetricError(f"quantus:{name} returned {type(scores).__name__} instead of one score per image; "
+                          f"leave return_aggregate off")
+    return torch.tensor([float(np.mean(np.asarray(s, dtype=np.float64))) for s in scores], dtype=torch.float64)
+
+
+def quantus_metric(name: str) -> Metric:
+    """The Quantus metric class ``name`` (case-insensitive) as a ``Metric`` named ``quantus:<Class>``."""
+    classes = quantus_classes()
+    by_key = {k.lower(): k for k in classes}
+    key = by_key.get(name.strip().lower().replace("_", ""))
+    if key is None:
+        raise MetricError(f"Quantus has no metric {name!r} (known: {', '.join(sorted(classes))})")
+    cls = classes[key]
+    quantus = _quantus()
+    localisation = getattr(cls, "evaluation_category", None) == quantus.helpers.enums.EvaluationCategory.LOCALISATION
+    higher = getattr(cls, "score_direction", None) != quantus.helpers.enums.ScoreDirection.LOWER
+    params = [p for p in inspect.signature(cls).parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    def fn(inputs: MetricInputs, **options: Any) -> torch.Tensor:
+        assert inputs.model is not None and inputs.heatmaps is not None  # needs_model; heatmaps always
+        init = {**_QUIET, **{k: v for k, v in options.items() if k != "higher_is_better"}}
+        try:
+            metric = cls(**init)
+        except (TypeError, ValueError, AssertionError) as e:
+            raise MetricError(f"quantus:{key}: {e}") from None
+        n = inputs.images.shape[0]
+        s_batch = None if inputs.masks is None else inputs.masks[:, None].float().cpu().numpy()
+        scores = metric(model=inputs.model.eval(), x_batch=inputs.images.detach().cpu().numpy(),
+                        y_batch=inputs.targets.cpu().numpy(), a_batch=inputs.heatmaps[:, None].detach().cpu().numpy(),
+                        s_batch=s_batch, channel_first=True, explain_func=_explain_again,
+                        device=str(inputs.device), batch_size=inputs.batch_size if isinstance(inputs.batch_size, int)
+                        else 64)
+        return _per_image(scores, n, key)
+
+    options = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default) for p in params]
+    options.append(inspect.Parameter("higher_is_better", inspect.Parameter.KEYWORD_ONLY, default=None))
+    fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD), *options])
+    doc = (inspect.getdoc(cls) or "").split("\n")[0]
+    return QuantusMetric(f"{PREFIX}:{key}", fn, higher, needs_model=True, needs_masks=localisation,
+                         doc=f"Quantus {getattr(cls, 'name', key)}: {doc}")
