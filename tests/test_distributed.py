@@ -12,7 +12,7 @@ import torch
 from sycam_dsl.errors import SycamError
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.parse import resolve_grammar
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, distributed, synthesize
 from sycam_dsl.synthesis.api import loaded_model
 from sycam_dsl.synthesis.build import build_problem
 from sycam_dsl.synthesis.distributed import ClusterOptions, RayScorer, ShardPool, ShardWorker, WorkerSpec, shards
@@ -37,7 +37,8 @@ def test_shards_cover_the_images_once():
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-def test_a_pool_of_plain_workers_gives_the_terminals_computed_here():
+def test_a_pool_of_plain_workers_gives_the_terminals_computed_here(monkeypatch):
+    monkeypatch.setattr(distributed, "ROUND_IMAGES", 1)  # rounds of one image per worker
     x, masks = data(10)
     loaded = loaded_model(tiny_model(), None, "cpu")
     here, info = build_problem(loaded, "features", Data(x, [str(i) for i in range(10)]), NAMES, use_cache=False,
@@ -49,16 +50,20 @@ def test_a_pool_of_plain_workers_gives_the_terminals_computed_here():
     workers = [ShardWorker(spec, x[p.start:p.stop], info.targets[p.start:p.stop], None) for p in parts]
     pool = ShardPool(workers, parts, remote=False)
     index = torch.tensor([9, 0, 4, 5, 3])
-    got = pool.terminals(["cic", "abl", "grads"], index)
+    seen = []
+    got = pool.terminals(["cic", "abl", "grads"], index, lambda done, total: seen.append((done, total)))
+    # shards 0-2, 3-5, 6-9: a round has images 9, 0 and 4 (one per shard), then shard 1's 5, then its 3
+    assert seen == [(3, 5), (4, 5), (5, 5)]
     for name in ("cic", "abl", "grads"):
         torch.testing.assert_close(got[name], here.terminals[name][index], rtol=1e-5, atol=1e-6)
 
 
-def _search(tmp_path, name, cluster, per_class=False, resume=False):
+def _search(tmp_path, name, cluster, per_class=False, resume=False, terminals="on-demand"):
     x, masks = data(30)
     synthesize(tiny_model(), "features", x, metric="deletion", metric_options={"steps": 3},
                budget=Budget(candidates=25), per_class=per_class, data=DataOptions(masks=masks, use_cache=False),
-               search=SearchOptions(level_sizes=(6, 12, None), equivalence_size=4, seed=1, min_class_images=4),
+               search=SearchOptions(level_sizes=(6, 12, None), equivalence_size=4, seed=1, min_class_images=4,
+                                    terminals=terminals),
                output=OutputOptions(progress=False, report_images=0), out_dir=tmp_path / name, cluster=cluster,
                resume=resume)
     return json.loads((tmp_path / name / "result.json").read_text())
@@ -71,10 +76,10 @@ def _same(a, b):
     assert a["expression"] == b["expression"] and a["counts"] == b["counts"]
 
 
-@pytest.mark.parametrize("per_class", [False, True])
-def test_a_search_on_two_workers_finds_what_one_process_finds(ray_cluster, tmp_path, per_class):
-    one = _search(tmp_path, "one", ClusterOptions(), per_class)
-    two = _search(tmp_path, "two", ClusterOptions(workers=2), per_class)
+@pytest.mark.parametrize("per_class, terminals", [(False, "on-demand"), (True, "on-demand"), (False, "eager")])
+def test_a_search_on_two_workers_finds_what_one_process_finds(ray_cluster, tmp_path, per_class, terminals):
+    one = _search(tmp_path, "one", ClusterOptions(), per_class, terminals=terminals)
+    two = _search(tmp_path, "two", ClusterOptions(workers=2), per_class, terminals=terminals)
     if per_class:
         assert one["per_class"]["classes"].keys() == two["per_class"]["classes"].keys()
         for c in one["per_class"]["classes"]:

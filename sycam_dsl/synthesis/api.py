@@ -39,7 +39,7 @@ from ..util.progress import note
 from .build import build_problem
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .dispatch import Dispatch
-from .distributed import ClusterOptions, RayScorer, ShardPool, WorkerSpec, import_ray, shard_pool
+from .distributed import ClusterOptions, RayScorer, ShardPool, WorkerSpec, import_ray, shard_pool, use_pool
 from .evaluation import Method, evaluate_methods
 from .incumbent import parse_until
 from .on_demand import OnDemandTerminals
@@ -200,10 +200,7 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
             pool = stack.enter_context(shard_pool(cluster, spec, images_data.images, info.targets,
                                                   images_data.masks))
             if isinstance(problem.terminals, OnDemandTerminals):
-                problem.terminals.source.compute_with(pool.terminals)
-                if search.terminals == "eager":  # all of them now, in parallel on the workers
-                    for name in problem.terminals.source.on_demand:
-                        problem.terminals.source.ensure(name, torch.arange(problem.n))
+                use_pool(problem.terminals.source, pool, search.terminals == "eager", output.progress)
         return _search_and_write(loaded, images_data, problem, info, gram, search_metric, shown, budget, per_class,
                                  out, resume, weights, device, data, search, output, pool, t0, t_start)
 

@@ -33,6 +33,8 @@ from ..lang.terminals import terminal_types
 from ..lang.types import Type
 from ..metrics.registry import Metric
 from ..models.loaded import LoadedModel
+from ..util.progress import progress as progress_bar
+from .on_demand import TerminalSource
 from .problem import Data, Problem
 from .scorer import LocalScorer, score_part
 from .subsets import Subsets
@@ -135,6 +137,9 @@ def shards(n: int, workers: int) -> list[range]:
     return [range(bounds[i], bounds[i + 1]) for i in range(w)]
 
 
+#: Images per worker in one round of a terminal request (the progress moves after each round).
+ROUND_IMAGES = 16
+
 #: Times one call may find its worker dead (and start a new one) before the run fails.
 MAX_RESTARTS_PER_CALL = 3
 
@@ -193,17 +198,27 @@ class ShardPool:
         """Wait until every worker is up (has its shard's gradient pass)."""
         self._call("ping", {w: () for w in range(len(self.workers))})
 
-    def terminals(self, names: list[str], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    def terminals(self, names: list[str], index: torch.Tensor,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
         """Terminals ``names`` of the images at ``index`` (``[m]``, positions among all ``N``), each
-        from its worker: name -> ``[m, ...]``."""
+        from its worker: name -> ``[m, ...]``. Asked in rounds of ``ROUND_IMAGES`` images per worker,
+        all workers at once, so that ``progress(done, m)`` follows the work after each round."""
         split = self._split(index)
-        got = self._call("terminals", {w: (names, positions) for w, (_, positions) in split.items()})
         out: dict[str, torch.Tensor] = {}
-        for w, (places, _) in split.items():
-            for name, v in got[w].items():
-                if name not in out:
-                    out[name] = torch.empty((len(index), *v.shape[1:]), dtype=v.dtype)
-                out[name][torch.as_tensor(places)] = v
+        done, rounds = 0, max(-(-len(positions) // ROUND_IMAGES) for _, positions in split.values())
+        for r in range(rounds):
+            part = {w: (places[r * ROUND_IMAGES:(r + 1) * ROUND_IMAGES],
+                        positions[r * ROUND_IMAGES:(r + 1) * ROUND_IMAGES]) for w, (places, positions) in split.items()}
+            part = {w: pp for w, pp in part.items() if pp[0]}
+            got = self._call("terminals", {w: (names, positions) for w, (_, positions) in part.items()})
+            for w, (places, _) in part.items():
+                for name, v in got[w].items():
+                    if name not in out:
+                        out[name] = torch.empty((len(index), *v.shape[1:]), dtype=v.dtype)
+                    out[name][torch.as_tensor(places)] = v
+                done += len(places)
+            if progress is not None:
+                progress(done, len(index))
         return out
 
     def score(self, expressions: list[str], index: torch.Tensor) -> list[torch.Tensor | None]:
@@ -279,3 +294,29 @@ def shard_pool(cluster: ClusterOptions, spec: WorkerSpec, images: torch.Tensor, 
             ray.kill(w)
         if started:
             ray.shutdown()
+
+
+def use_pool(source: TerminalSource, pool: ShardPool, eager: bool, show: bool) -> None:
+    """Let ``source`` compute what it lacks on ``pool``'s workers, its progress on the search's status
+    line (``source.busy``); ``eager``: every missing terminal of every image now, with a progress bar."""
+    def compute(names: list[str], index: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        def progress(done: int, total: int) -> None:
+            if source.busy is not None:
+                source.busy(f"{'+'.join(names)} on {len(pool.workers)} workers: {done}/{total} image(s)")
+            if bar is not None:
+                bar.update(done - seen[0])
+                seen[0] = done
+
+        seen = [0]
+        bar = progress_bar(len(index), f"terminals: {'+'.join(names)} on {len(pool.workers)} workers",
+                           show) if source.busy is None else None
+        try:
+            return pool.terminals(names, index, progress)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    source.compute_with(compute)
+    if eager:
+        for name in source.on_demand:
+            source.ensure(name, torch.arange(source.n))
