@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,24 +184,23 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
             raise SycamError(f"metric {m.name!r} compares heatmaps with object masks: give masks (--masks DIR)")
     names = list(dict.fromkeys(list(gram.inputs) + [t for b in SEARCH_BASELINES for t in baseline(b).terminals]))
     t0 = time.perf_counter()
-    # with workers, the driver runs the gradient pass only: the workers compute cic and abl
-    on_demand = search.terminals == "on-demand" or cluster.on
-    problem, info = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
-                                  data.chunk_size, data.cache_dir, data.use_cache, output.progress, search.memo_mb,
-                                  data.cache_size, on_demand=on_demand, precision=data.precision)
-    layer_name = info.layer
     pool = None
     with ExitStack() as stack:
-        if cluster.on:
+        if cluster.on:  # the workers run the gradient pass of their shards, then cic and abl on demand
             settings = {"batch_size": data.batch_size, "chunk_size": data.chunk_size, "cache_dir": data.cache_dir,
                         "use_cache": data.use_cache, "memo_mb": search.memo_mb, "cache_size": data.cache_size,
                         "precision": data.precision}
-            spec = WorkerSpec(loaded, layer_name, tuple(names), search_metric, gram.start.type,
-                              settings)
-            pool = stack.enter_context(shard_pool(cluster, spec, images_data.images, info.targets,
+            spec = WorkerSpec(loaded, layer, tuple(names), search_metric, gram.start.type, settings)
+            pool = stack.enter_context(shard_pool(cluster, spec, images_data.images, data.targets,
                                                   images_data.masks))
-            if isinstance(problem.terminals, OnDemandTerminals):
-                use_pool(problem.terminals.source, pool, search.terminals == "eager", output.progress)
+        problem, info = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
+                                      data.chunk_size, data.cache_dir, data.use_cache, output.progress,
+                                      search.memo_mb, data.cache_size,
+                                      on_demand=search.terminals == "on-demand" or pool is not None,
+                                      precision=data.precision,
+                                      up_front=None if pool is None else partial(pool.up_front, device=device))
+        if pool is not None and isinstance(problem.terminals, OnDemandTerminals):
+            use_pool(problem.terminals.source, pool, search.terminals == "eager", output.progress)
         return _search_and_write(loaded, images_data, problem, info, gram, search_metric, shown, budget, per_class,
                                  out, resume, weights, device, data, search, output, pool, t0, t_start)
 

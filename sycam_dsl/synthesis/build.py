@@ -4,12 +4,13 @@ workers) and the metrics' inputs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from ..cam.terminals import DEFAULT_CHUNK_SIZE, TerminalInfo
+from ..evaluate.terminals import Terminals
 from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import MetricInputs
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
@@ -18,13 +19,17 @@ from ..models.precision import DEFAULT_PRECISION
 from .on_demand import EXPENSIVE, OnDemandTerminals, TerminalSource
 from .problem import Data, Problem
 
+#: ``names -> (terminals, info)`` of every image: the terminals computed up front, computed elsewhere.
+UpFrontFn = Callable[[list[str]], "tuple[Terminals, TerminalInfo]"]
+
 
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
                   targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int | str = DEFAULT_BATCH_SIZE,
                   chunk_size: int | str = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None,
                   use_cache: bool = True, progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
                   cache_size: int | None = None, on_demand: bool = False,
-                  precision: str = DEFAULT_PRECISION) -> tuple[Problem, TerminalInfo]:
+                  precision: str = DEFAULT_PRECISION,
+                  up_front: UpFrontFn | None = None) -> tuple[Problem, TerminalInfo]:
     """Compute the terminals ``names`` (through the terminal store in ``cache_dir``, bounded to
     ``cache_size`` bytes, unless not ``use_cache``) and wrap everything a search scores on into a
     ``Problem``; returns it with the ``TerminalInfo`` (the target layer's name, ``stored``: the
@@ -33,7 +38,8 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     metrics / terminals, or ``"auto"``; ``precision`` of the forward passes of ``cic``, ``abl`` and
     the metrics. ``on_demand``: only the gradient pass runs now; ``cic`` and ``abl`` are computed per
     image when first read (``on_demand.py``), for the images they are read on, with the targets of
-    the gradient pass (through the store too)."""
+    the gradient pass (through the store too). ``up_front``: computes the terminals computed up front
+    (given their names) instead of this process (a ``distributed`` pool's workers, for their shards)."""
     from functools import partial
 
     from ..cam.store import model_digest
@@ -46,8 +52,11 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     else:
         compute = compute_terminals  # type: ignore[assignment]
     now = [n for n in names if n not in EXPENSIVE] if on_demand else names
-    terms, info = compute(model, layer, data.images, targets, now or ["acts"], device=device,
-                          chunk_size=chunk_size, progress=progress, precision=precision)
+    if up_front is not None:
+        terms, info = up_front(now or ["acts"])
+    else:
+        terms, info = compute(model, layer, data.images, targets, now or ["acts"], device=device,
+                              chunk_size=chunk_size, progress=progress, precision=precision)
     dev = terms.device
     key = f"{model_digest(model.module)[:16]} {info.layer}"
     if on_demand and len(now) < len(names):

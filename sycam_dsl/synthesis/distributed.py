@@ -21,12 +21,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from ..cam.terminals import TerminalInfo
 from ..errors import SycamError
+from ..evaluate.terminals import Terminals
 from ..lang.ast import Node, to_sexpr
 from ..lang.sexpr import parse_expr
 from ..lang.terminals import terminal_types
@@ -83,7 +85,7 @@ class WorkerSpec:
     settings."""
 
     model: LoadedModel
-    layer: str
+    layer: str | None
     names: tuple[str, ...]
     metric: Metric
     start: Type
@@ -95,7 +97,7 @@ class ShardWorker:
 
     ``images`` ``[n, 3, H, W]``, ``targets`` ``[n]``, ``masks`` ``[n, H, W]`` or None."""
 
-    def __init__(self, spec: WorkerSpec, images: torch.Tensor, targets: torch.Tensor,
+    def __init__(self, spec: WorkerSpec, images: torch.Tensor, targets: torch.Tensor | None,
                  masks: torch.Tensor | None, threads: int | None = None) -> None:
         from .build import build_problem  # the same path as one process
 
@@ -104,9 +106,16 @@ class ShardWorker:
         self.spec = spec
         data = Data(images, [str(i) for i in range(images.shape[0])], masks=masks)
         device = str(spec.model.device)
-        self.problem, _ = build_problem(spec.model, spec.layer, data, list(spec.names), targets, device,
-                                        progress=False, on_demand=True, **spec.settings)
+        self.problem, self.info = build_problem(spec.model, spec.layer, data, list(spec.names), targets, device,
+                                                progress=False, on_demand=True, **spec.settings)
         self._parts: dict[tuple[int, ...], Problem] = {}
+
+    def up_front(self, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], TerminalInfo]:
+        """The shard's terminals ``names`` computed up front (the gradient pass's) and its
+        ``TerminalInfo``, on the CPU."""
+        info = self.info
+        cpu = {f: getattr(info, f).cpu() for f in ("acts", "logits", "targets", "z_c", "y_c")}
+        return {n: self.problem.terminals[n].cpu() for n in names}, replace(info, **cpu)
 
     def part(self, positions: Sequence[int]) -> Problem:
         """The problem of the shard's images at ``positions`` (kept: the search asks for the same chunks)."""
@@ -198,6 +207,22 @@ class ShardPool:
         """Wait until every worker is up (has its shard's gradient pass)."""
         self._call("ping", {w: () for w in range(len(self.workers))})
 
+    def up_front(self, names: list[str], device: str | torch.device = "cpu") -> tuple[Terminals, TerminalInfo]:
+        """The terminals ``names`` the workers computed up front, and their ``TerminalInfo``, for all
+        ``N`` images (shards are contiguous: concatenated in order), on ``device``."""
+        got = self._call("up_front", {w: (names,) for w in range(len(self.workers))})
+        parts = [got[w] for w in range(len(self.workers))]
+        infos = [info for _, info in parts]
+
+        def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat(tensors).to(device)
+
+        terms = Terminals({n: cat([t[n] for t, _ in parts]) for n in names})
+        info = replace(infos[0], **{f: cat([getattr(i, f) for i in infos])
+                                    for f in ("acts", "logits", "targets", "z_c", "y_c")},
+                       masked_logits=None, ablated_logits=None, stored=sum(i.stored for i in infos))
+        return terms, info
+
     def terminals(self, names: list[str], index: torch.Tensor,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
         """Terminals ``names`` of the images at ``index`` (``[m]``, positions among all ``N``), each
@@ -261,11 +286,11 @@ class RayScorer(LocalScorer):
 
 
 @contextmanager
-def shard_pool(cluster: ClusterOptions, spec: WorkerSpec, images: torch.Tensor, targets: torch.Tensor,
+def shard_pool(cluster: ClusterOptions, spec: WorkerSpec, images: torch.Tensor, targets: torch.Tensor | None,
                masks: torch.Tensor | None) -> Iterator[ShardPool]:
     """Start ``cluster.workers`` workers on Ray, each with its shard of ``images`` ``[N, 3, H, W]``
-    (``targets`` ``[N]``, ``masks`` ``[N, H, W]``), wait until all are up, and stop them on exit (and
-    Ray too, when this started it)."""
+    (``targets`` ``[N]``, None: the predicted classes; ``masks`` ``[N, H, W]``), wait until all are up
+    (each has run its shard's gradient pass), and stop them on exit (and Ray too, when this started it)."""
     ray = import_ray()
     started = False
     if not ray.is_initialized():
@@ -282,7 +307,7 @@ def shard_pool(cluster: ClusterOptions, spec: WorkerSpec, images: torch.Tensor, 
 
     def start(w: int) -> Any:
         p = parts[w]
-        return actor.remote(spec_ref, cpu[p.start:p.stop], targets.cpu()[p.start:p.stop],
+        return actor.remote(spec_ref, cpu[p.start:p.stop], None if targets is None else targets.cpu()[p.start:p.stop],
                             None if masks is None else masks.cpu()[p.start:p.stop], max(1, int(cluster.worker_cpus)))
 
     pool = ShardPool([start(w) for w in range(len(parts))], parts, restart=start)
