@@ -119,6 +119,15 @@ def configure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--plain-engine", action="store_true",
                    help="score candidates one at a time with no memo and no early stopping (same result, slower; "
                         "for comparisons)")
+    s.add_argument("--workers", type=nonnegative_int, default=0, metavar="N",
+                   help="Ray workers, each holding a shard of the images: cic, abl and the scoring run there, the "
+                        "search here (default 0: this process only; needs pip install 'sycam-dsl[distributed]')")
+    s.add_argument("--ray-address", metavar="ADDR",
+                   help="join this Ray cluster (from ray start --head) instead of starting a local one")
+    s.add_argument("--worker-cpus", type=positive_float, default=1.0, metavar="N",
+                   help="CPUs each worker asks Ray for (default 1; also its torch threads)")
+    s.add_argument("--worker-gpus", type=nonnegative_float, default=0.0, metavar="N",
+                   help="GPUs each worker asks Ray for (default 0)")
     s.add_argument("-o", "--out", metavar="DIR", help="output folder (default runs/synth-<date>-<time>)")
     s.add_argument("--resume", action="store_true", help="continue the search whose checkpoint is in --out")
     s.set_defaults(handler=run)
@@ -161,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace, out: Path) -> int:
     from ..synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+    from ..synthesis.distributed import ClusterOptions
 
     model, data, bundled = _data(args)
     metric_name = args.metric or BUNDLED["metric"]
@@ -190,7 +200,8 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                                              until=args.until, terminals=args.terminals, **engine),
                         output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
                                              progress=not args.quiet, settings={"bundled_benchmark": bundled},
-                                             sanity=args.sanity))
+                                             sanity=args.sanity),
+                        cluster=ClusterOptions(args.workers, args.ray_address, args.worker_cpus, args.worker_gpus))
     d = result.data
     warn(d.get("warnings", []))
     if result.dispatch is not None:

@@ -2,7 +2,8 @@
 files it writes. ``synthesize`` is the entry point; ``Search`` runs one search on a ``Problem``."""
 
 from ..parse import resolve_grammar
-from .api import build_problem, synthesize
+from .api import synthesize
+from .build import build_problem
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .dispatch import Dispatch
 from .oracle import Verdict, judge

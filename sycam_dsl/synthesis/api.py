@@ -16,9 +16,9 @@ the heatmap grid and the score plot; see ``outputs.py``).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +28,22 @@ from torch import nn
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
 from ..cam.sanity import check_sanity_size
-from ..cam.terminals import DEFAULT_CHUNK_SIZE, TerminalInfo
+from ..cam.terminals import TerminalInfo
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..metrics import get_metric
-from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
-from ..metrics.registry import Metric, MetricInputs
-from ..metrics.scoring import DEFAULT_BATCH_SIZE
+from ..metrics.registry import Metric
 from ..models import LoadedModel, Normalization, load_model
-from ..models.precision import DEFAULT_PRECISION
 from ..parse import resolve_grammar
 from ..parse.grammar import Grammar
 from ..util.progress import note
+from .build import build_problem
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .dispatch import Dispatch
+from .distributed import ClusterOptions, RayScorer, ShardPool, WorkerSpec, import_ray, shard_pool, use_pool
 from .evaluation import Method, evaluate_methods
 from .incumbent import parse_until
-from .on_demand import EXPENSIVE, OnDemandTerminals, TerminalSource
+from .on_demand import OnDemandTerminals
 from .outputs import claim_output_folder, write_outputs
 from .per_class import ClassSearch, check_resume_kind, dispatch_of, search_per_class
 from .problem import Data, Problem
@@ -106,67 +105,6 @@ def _data(images: ImageSet | torch.Tensor | str | Path, masks: torch.Tensor | st
     return data
 
 
-def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
-                  targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int | str = DEFAULT_BATCH_SIZE,
-                  chunk_size: int | str = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None,
-                  use_cache: bool = True, progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
-                  cache_size: int | None = None, on_demand: bool = False,
-                  precision: str = DEFAULT_PRECISION) -> tuple[Problem, TerminalInfo]:
-    """Compute the terminals ``names`` (through the terminal store in ``cache_dir``, bounded to
-    ``cache_size`` bytes, unless not ``use_cache``) and wrap everything a search scores on into a
-    ``Problem``; returns it with the ``TerminalInfo`` (the target layer's name, ``stored``: the
-    images that came from the store). ``memo_mb``: size of the cache of Deletion / Insertion forward
-    passes shared by every subset (0: none). ``batch_size`` / ``chunk_size``: per forward pass of the
-    metrics / terminals, or ``"auto"``; ``precision`` of the forward passes of ``cic``, ``abl`` and
-    the metrics. ``on_demand``: only the gradient pass runs now; ``cic`` and ``abl`` are computed per
-    image when first read (``on_demand.py``), for the images they are read on, with the targets of
-    the gradient pass (through the store too)."""
-    from functools import partial
-
-    from ..cam.store import model_digest
-    from ..cam.terminals import compute_terminals
-
-    names = list(dict.fromkeys(names))
-    if use_cache:
-        from ..cam.store import TerminalStore, compute_terminals_stored
-        compute = partial(compute_terminals_stored, store=TerminalStore(cache_dir, cache_size))
-    else:
-        compute = compute_terminals  # type: ignore[assignment]
-    now = [n for n in names if n not in EXPENSIVE] if on_demand else names
-    terms, info = compute(model, layer, data.images, targets, now or ["acts"], device=device,
-                          chunk_size=chunk_size, progress=progress, precision=precision)
-    dev = terms.device
-    key = f"{model_digest(model.module)[:16]} {info.layer}"
-    if on_demand and len(now) < len(names):
-        fixed = info.targets.detach().cpu()  # [N]: each image is explained for the class found up front
-
-        def values(asked: list[str], index: torch.Tensor) -> dict[str, torch.Tensor]:
-            # a bar of its own outside a search (the final tables); in one, the status line says it
-            show = progress and source.busy is None
-            # the targets asked for, as up front (the disk cache keys on them), unless a near tie
-            # makes the predicted class of an image differ: then those of the gradient pass
-            given = None if targets is None else fixed[index]
-            got, got_info = compute(model, info.layer, data.images[index], given, asked, device=device,
-                                    chunk_size=chunk_size, progress=show, precision=precision)
-            if given is None and not torch.equal(got_info.targets.detach().cpu(), fixed[index]):
-                got, _ = compute(model, info.layer, data.images[index], fixed[index], asked, device=device,
-                                 chunk_size=chunk_size, progress=show, precision=precision)
-            return dict(got)
-
-        known = {n: terms[n] for n in now} if now else {"acts": terms["acts"]}
-        source = TerminalSource(names, known, values, groups=[("cic", "mlogits")])
-        terms = OnDemandTerminals(source)
-    inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
-                          masks=None if data.masks is None else data.masks.to(dev), model=model.module,
-                          device=dev, batch_size=batch_size, memo=ScoreCache(memo_mb) if memo_mb > 0 else None,
-                          precision=precision)
-    classes = data.labels if data.labels is not None else info.targets
-    problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
-                      torch.arange(data.images.shape[0]), terminal_key=key,
-                      terminal_batch_sizes=dict(info.batch_sizes))
-    return problem, info
-
-
 def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, device: str, chunk_size: int | str,
                   progress: bool) -> dict[str, Any]:
     """``synth --sanity``: the randomization check (``cam.sanity.check_result``, seed 0) of ``best``
@@ -190,7 +128,8 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
                grammar: str | Path | Grammar = "g2", budget: Budget | float | None = None,
                per_class: bool = False, out_dir: str | Path | None = None, resume: bool = False,
                weights: str | None = None, device: str = "cpu", data: DataOptions = DataOptions(),
-               search: SearchOptions = SearchOptions(), output: OutputOptions = OutputOptions()) -> Result:
+               search: SearchOptions = SearchOptions(), output: OutputOptions = OutputOptions(),
+               cluster: ClusterOptions = ClusterOptions()) -> Result:
     """Search ``grammar`` for the weight expression that scores best on ``metric`` for ``model`` at
     ``layer`` (None: the model's default) on ``images``, and write the results to ``out_dir``.
 
@@ -206,8 +145,9 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
 
     The rest comes in groups: ``data`` (masks, labels, targets, image size, batch sizes, the
     terminal cache; ``DataOptions``), ``search`` (subsets, expression size, the evaluation engine;
-    ``SearchOptions``) and ``output`` (report metrics and images, progress, extra settings;
-    ``OutputOptions``)."""
+    ``SearchOptions``), ``output`` (report metrics and images, progress, extra settings;
+    ``OutputOptions``) and ``cluster`` (Ray workers for the terminals and the scoring; ``ClusterOptions``,
+    see ``distributed``: the same result as one process)."""
     t_start = time.perf_counter()
     if images is None:
         raise SycamError("give images: a folder, an ImageSet or a tensor [N, 3, H, W]")
@@ -217,15 +157,17 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
         if out is not None and resume:
             check_resume_kind(out, per_class)
         return _synthesize(model, layer, images, metric, metric_options, grammar, budget, per_class, out, resume,
-                           weights, device, data, search, output, t_start)
+                           weights, device, data, search, output, cluster, t_start)
 
 
 def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images: ImageSet | torch.Tensor | str | Path,
                 metric: str | Metric, metric_options: dict[str, Any] | None, grammar: str | Path | Grammar,
                 budget: Budget | float | None, per_class: bool, out: Path | None, resume: bool, weights: str | None,
                 device: str, data: DataOptions, search: SearchOptions, output: OutputOptions,
-                t_start: float) -> Result:
+                cluster: ClusterOptions, t_start: float) -> Result:
     """``synthesize`` once the output folder is claimed."""
+    if cluster.on:
+        import_ray()  # one line, before any work, when Ray is missing
     loaded = loaded_model(model, weights, device)
     gram = resolve_grammar(grammar)
     search_metric = resolve_metric(metric, metric_options)
@@ -242,11 +184,36 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
             raise SycamError(f"metric {m.name!r} compares heatmaps with object masks: give masks (--masks DIR)")
     names = list(dict.fromkeys(list(gram.inputs) + [t for b in SEARCH_BASELINES for t in baseline(b).terminals]))
     t0 = time.perf_counter()
-    on_demand = search.terminals == "on-demand"
-    problem, info = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
-                                  data.chunk_size, data.cache_dir, data.use_cache, output.progress, search.memo_mb,
-                                  data.cache_size, on_demand=on_demand, precision=data.precision)
+    pool = None
+    with ExitStack() as stack:
+        if cluster.on:  # the workers run the gradient pass of their shards, then cic and abl on demand
+            settings = {"batch_size": data.batch_size, "chunk_size": data.chunk_size, "cache_dir": data.cache_dir,
+                        "use_cache": data.use_cache, "memo_mb": search.memo_mb, "cache_size": data.cache_size,
+                        "precision": data.precision}
+            spec = WorkerSpec(loaded, layer, tuple(names), search_metric, gram.start.type, settings)
+            pool = stack.enter_context(shard_pool(cluster, spec, images_data.images, data.targets,
+                                                  images_data.masks))
+        problem, info = build_problem(loaded, layer, images_data, names, data.targets, device, data.batch_size,
+                                      data.chunk_size, data.cache_dir, data.use_cache, output.progress,
+                                      search.memo_mb, data.cache_size,
+                                      on_demand=search.terminals == "on-demand" or pool is not None,
+                                      precision=data.precision,
+                                      up_front=None if pool is None else partial(pool.up_front, device=device))
+        if pool is not None and isinstance(problem.terminals, OnDemandTerminals):
+            use_pool(problem.terminals.source, pool, search.terminals == "eager", output.progress)
+        return _search_and_write(loaded, images_data, problem, info, gram, search_metric, shown, budget, per_class,
+                                 out, resume, weights, device, data, search, output, pool, t0, t_start)
+
+
+def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, info: TerminalInfo, gram: Grammar,
+                      search_metric: Metric, shown: list[Metric], budget: Budget | float | None, per_class: bool,
+                      out: Path | None, resume: bool, weights: str | None, device: str, data: DataOptions,
+                      search: SearchOptions, output: OutputOptions, pool: ShardPool | None, t0: float,
+                      t_start: float) -> Result:
+    """The search (candidates scored by ``pool``'s workers, or here when None), the final tables and the
+    output files of ``_synthesize``, on the problem it built (``t0``: when its terminals started)."""
     layer_name = info.layer
+    scorer = RayScorer.factory(pool) if pool is not None else None
     if data.use_cache:
         later = " (the gradient pass; cic and abl come on demand)" if isinstance(problem.terminals,
                                                                                 OnDemandTerminals) else ""
@@ -264,13 +231,13 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
     searches: list[ClassSearch] = []
     if per_class:
         searches, stopped_by = search_per_class(search_problem, gram, config, out, output.progress, resume,
-                                                search.min_class_images)
+                                                search.min_class_images, scorer)
         outcomes = [s.outcome for s in searches]
         dispatch = dispatch_of(searches, config, search_problem)
         best = dispatch.fallback if dispatch is not None else None
         eval_problem = search_problem
     else:
-        outcome = Search(search_problem, gram, config, out, output.progress).run(resume=resume)
+        outcome = Search(search_problem, gram, config, out, output.progress, scorer=scorer).run(resume=resume)
         outcomes, stopped_by, best = [outcome], outcome.stopped_by, outcome.best
         eval_problem = search_problem.subset(outcome.subsets.level(len(outcome.subsets.level_sizes) - 1))
     search_seconds = time.perf_counter() - t0
@@ -316,11 +283,13 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
         "early_stop": search.early_stop, "until": None if search.until is None else str(parse_until(search.until)),
         "test_split": split.fraction, "terminals": search.terminals,
-        "images_from_store": info.stored if data.use_cache else None, **(output.settings or {}),
+        "images_from_store": info.stored if data.use_cache else None,
+        "workers": len(pool.workers) if pool is not None else 0, **(output.settings or {}),
     }
     write_outputs(RunRecord(result, loaded, images_data, problem, eval_problem, gram, searches, stopped_by,
                             run_settings, timings, t_start, output.report_images, search_problem=search_problem,
                             test_problem=test_problem, split=split, sanity=sanity,
+                            workers=None if pool is None else {"count": len(pool.workers), "restarts": pool.restarts},
                             stratified_by="predicted class" if per_class or images_data.labels is None
                             else "label"))
     return result

@@ -72,6 +72,10 @@ class TerminalSource:
         self.busy = busy
         self.work = TerminalWork()
 
+    def compute_with(self, compute: ComputeFn) -> None:
+        """Compute what is still missing with ``compute`` from now on (e.g. a ``distributed`` pool's)."""
+        self._compute = compute
+
     def group(self, name: str) -> list[str]:
         """The terminals computed with ``name`` (those of them this source serves)."""
         return [g for g in self._groups.get(name, [name]) if g in self.names] or [name]

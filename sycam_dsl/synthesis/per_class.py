@@ -16,6 +16,7 @@ from .dispatch import Dispatch
 from .evaluation import method_scores
 from .incumbent import better
 from .problem import Problem
+from .scorer import ScorerFactory
 from .search import Search, SearchOutcome
 from .state import CHECKPOINT_NAME
 
@@ -57,8 +58,10 @@ def check_resume_kind(out_dir: Path, per_class: bool) -> None:
 
 def search_per_class(problem: Problem, grammar: Grammar, config: SearchConfig, out_dir: Path | None,
                      progress: bool = True, resume: bool = True,
-                     min_images: int = DEFAULT_MIN_CLASS_IMAGES) -> tuple[list[ClassSearch], str]:
-    """Run one search per predicted class with at least ``min_images`` images, in class order.
+                     min_images: int = DEFAULT_MIN_CLASS_IMAGES,
+                     scorer: ScorerFactory | None = None) -> tuple[list[ClassSearch], str]:
+    """Run one search per predicted class with at least ``min_images`` images, in class order
+    (``scorer``: what makes each search's scorer, as for ``Search``).
 
     The time budget is shared equally by the classes searched; the candidate budget applies to each.
     Returns the searches and why the last one stopped (``interrupted`` stops the remaining classes)."""
@@ -76,7 +79,8 @@ def search_per_class(problem: Problem, grammar: Grammar, config: SearchConfig, o
     for c in classes:
         idx = (problem.targets.cpu() == c).nonzero().flatten()
         folder = class_folder(out_dir, c) if out_dir is not None else None
-        searches.append((c, idx, Search(problem.subset(idx), grammar, share, folder, progress, label=f" class {c}")))
+        searches.append((c, idx, Search(problem.subset(idx), grammar, share, folder, progress, label=f" class {c}",
+                                        scorer=scorer)))
     if resume:  # every checkpoint is checked before the first search starts
         for _, _, search in searches:
             search.resumed_state()

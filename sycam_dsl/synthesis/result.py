@@ -107,7 +107,8 @@ class RunRecord:
     ``time.perf_counter()`` start; ``report_images`` rows of the heatmap grid; ``search_problem``
     the images searched (None: all), ``test_problem`` the test split's (None: off), ``split`` the
     split and ``stratified_by`` what it was stratified by; ``sanity`` the randomization check's
-    figures (``cam.sanity.check_result``; None: not run)."""
+    figures (``cam.sanity.check_result``; None: not run); ``workers``: the Ray workers' count and
+    restarts (None: one process)."""
 
     result: Result
     model: LoadedModel
@@ -126,6 +127,7 @@ class RunRecord:
     split: Split | None = None
     stratified_by: str = "label"
     sanity: dict[str, Any] | None = None
+    workers: dict[str, int] | None = None
 
     @property
     def searched(self) -> Problem:
@@ -354,7 +356,7 @@ def result_data(record: RunRecord) -> dict[str, Any]:
         "images": {"total": record.problem.n,
                    "evaluated": record.test_problem.n if record.test_problem is not None else record.eval_problem.n,
                    "searched": record.searched.n, "source": record.data.source},
-        "engine": _engine(record.problem),
+        "engine": {**_engine(record.problem), "workers": record.workers},
         "warnings": _warnings(record),
         "not_chosen": _not_chosen(record),
         "sanity": record.sanity,

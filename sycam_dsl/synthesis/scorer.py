@@ -56,6 +56,33 @@ class Scorer(Protocol):
 #: ``Scorer.score``'s signature: (candidates, level block, chunk) -> per-candidate scores or None.
 ScoreFn = Callable[[list[Node], int, int], list[torch.Tensor | None]]
 
+#: What makes a search's scorer: (problem, subsets, metric, the start symbol's type, image_chunk);
+#: ``LocalScorer`` is one, ``distributed.RayScorer.factory`` another.
+ScorerFactory = Callable[[Problem, Subsets, Metric, Type, "int | None"], Scorer]
+
+
+def score_part(part: Problem, nodes: list[Node], metric: Metric, start: Type) -> list[torch.Tensor | None]:
+    """Per-image scores ``[n]`` (CPU float64) of each of ``nodes`` on all of ``part``'s images, None for a
+    candidate whose saliency has NaN or Inf values. Candidates are scored together, in groups that
+    keep the ``[C, n, H, W]`` heatmaps under ``MAX_HEATMAP_ELEMENTS``."""
+    size = tuple(part.inputs.images.shape[-2:])
+    full = metric.needs_heatmaps  # else the metric works from S alone: no [C, n, H, W] tensor
+    per = part.n * (size[0] * size[1] if full else part.acts.numel() // max(1, part.n))
+    group = max(1, MAX_HEATMAP_ELEMENTS // max(1, per))
+    out: list[torch.Tensor | None] = []
+    for g in range(0, len(nodes), group):
+        weights = torch.broadcast_tensors(*[evaluate(n, part.terminals) for n in nodes[g:g + group]])
+        s = layer_saliency(torch.stack(weights), part.acts, start)
+        finite = torch.isfinite(s).flatten(1).all(dim=1).tolist()
+        ok = [k for k, f in enumerate(finite) if f]
+        scores = iter(())
+        if ok:
+            s_ok = s[ok] if len(ok) < len(finite) else s
+            candidate = part.inputs.with_heatmaps(normalize_upsampled(s_ok, size) if full else None, s_ok)
+            scores = iter(metric(candidate).per_image.detach().to("cpu", torch.float64))
+        out += [next(scores) if f else None for f in finite]
+    return out
+
 
 def score_levels(scorer: Scorer, node: Node, score: ScoreFn | None = None) -> torch.Tensor | None:
     """One candidate's per-image scores on every level block ``[N]`` (``I1`` in ``Subsets`` order);
@@ -100,26 +127,8 @@ class LocalScorer:
 
     def score(self, nodes: list[Node], level: int, chunk: int) -> list[torch.Tensor | None]:
         """Per-image scores (CPU float64) of each candidate on chunk ``chunk`` of level block ``level``,
-        None for a candidate whose heatmaps have NaN or Inf values. Candidates are scored together, in
-        groups that keep the ``[C, n, H, W]`` heatmaps under ``MAX_HEATMAP_ELEMENTS``."""
-        part = self._parts[level][chunk]
-        size = tuple(part.inputs.images.shape[-2:])
-        full = self.metric.needs_heatmaps  # else the metric works from S alone: no [C, n, H, W] tensor
-        per = part.n * (size[0] * size[1] if full else part.acts.numel() // max(1, part.n))
-        group = max(1, MAX_HEATMAP_ELEMENTS // max(1, per))
-        out: list[torch.Tensor | None] = []
-        for g in range(0, len(nodes), group):
-            weights = torch.broadcast_tensors(*[evaluate(n, part.terminals) for n in nodes[g:g + group]])
-            s = layer_saliency(torch.stack(weights), part.acts, self.start)
-            finite = torch.isfinite(s).flatten(1).all(dim=1).tolist()
-            ok = [k for k, f in enumerate(finite) if f]
-            scores = iter(())
-            if ok:
-                s_ok = s[ok] if len(ok) < len(finite) else s
-                candidate = part.inputs.with_heatmaps(normalize_upsampled(s_ok, size) if full else None, s_ok)
-                scores = iter(self.metric(candidate).per_image.detach().to("cpu", torch.float64))
-            out += [next(scores) if f else None for f in finite]
-        return out
+        None for a candidate whose heatmaps have NaN or Inf values (``score_part``)."""
+        return score_part(self._parts[level][chunk], nodes, self.metric, self.start)
 
     def best_rest(self, level: int, chunk: int) -> float | None:
         """The sum of the best scores the images after chunk ``chunk`` of block ``level`` could get

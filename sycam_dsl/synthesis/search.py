@@ -61,7 +61,7 @@ from .incumbent import best_baseline, better, parse_until
 from .on_demand import OnDemandTerminals, terminal_status
 from .oracle import SMALL_LEVEL, SMALL_LEVEL_MARGIN, hopeless, judge
 from .problem import Problem
-from .scorer import LocalScorer, Scorer, score_levels
+from .scorer import LocalScorer, Scorer, ScorerFactory, score_levels
 from .state import Expected, Incumbent, SearchState, load_checkpoint, save_checkpoint
 from .subsets import Subsets, make_subsets
 
@@ -179,12 +179,13 @@ class _Interrupts:
 class Search:
     """One oracle-guided search of ``grammar`` on ``problem`` (see the module docstring).
 
-    ``scorer`` scores candidates on the chunks of the level blocks of ``self.subsets`` (the subsets
-    ``make_subsets`` gives for ``problem`` and ``config``; default: a ``LocalScorer`` on ``problem``);
-    ``label`` names the search on the status line."""
+    ``scorer`` makes what scores candidates on the chunks of the level blocks of ``self.subsets``
+    (the subsets ``make_subsets`` gives for ``problem`` and ``config``; default: a ``LocalScorer`` on
+    ``problem``; ``distributed.RayScorer.factory``: on Ray workers); ``label`` names the search on the
+    status line."""
 
     def __init__(self, problem: Problem, grammar: Grammar, config: SearchConfig, out_dir: str | Path | None = None,
-                 progress: bool = True, label: str = "", scorer: Scorer | None = None) -> None:
+                 progress: bool = True, label: str = "", scorer: ScorerFactory | None = None) -> None:
         if grammar.start.type not in (grammar.start.type.VEC, grammar.start.type.MAP):
             raise SycamError(f"{grammar.source}: the start symbol must be a Vec or a Map weight, "
                              f"got {grammar.start.type}")
@@ -204,8 +205,8 @@ class Search:
         self.subsets = make_subsets(problem.n, config.level_sizes, config.seed, problem.classes,
                                     config.equivalence_size)
         self.level_names = self.subsets.names
-        self.scorer: Scorer = scorer if scorer is not None else LocalScorer(
-            problem, self.subsets, self.metric, grammar.start.type, config.image_chunk)
+        self.scorer: Scorer = (scorer or LocalScorer)(problem, self.subsets, self.metric, grammar.start.type,
+                                                      config.image_chunk)
         self._levels_of: Incumbent | None = None
         self._levels: dict[int, tuple[torch.Tensor, float]] = {}
         self.label = label

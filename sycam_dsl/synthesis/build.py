@@ -1,0 +1,89 @@
+"""Building a search's ``Problem`` from a model and images: the terminals (through the terminal
+store; ``cic`` and ``abl`` up front or on demand, computed here or by a ``distributed`` pool's
+workers) and the metrics' inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ..cam.terminals import DEFAULT_CHUNK_SIZE, TerminalInfo
+from ..evaluate.terminals import Terminals
+from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
+from ..metrics.registry import MetricInputs
+from ..metrics.scoring import DEFAULT_BATCH_SIZE
+from ..models import LoadedModel
+from ..models.precision import DEFAULT_PRECISION
+from .on_demand import EXPENSIVE, OnDemandTerminals, TerminalSource
+from .problem import Data, Problem
+
+#: ``names -> (terminals, info)`` of every image: the terminals computed up front, computed elsewhere.
+UpFrontFn = Callable[[list[str]], "tuple[Terminals, TerminalInfo]"]
+
+
+def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
+                  targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int | str = DEFAULT_BATCH_SIZE,
+                  chunk_size: int | str = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None,
+                  use_cache: bool = True, progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
+                  cache_size: int | None = None, on_demand: bool = False,
+                  precision: str = DEFAULT_PRECISION,
+                  up_front: UpFrontFn | None = None) -> tuple[Problem, TerminalInfo]:
+    """Compute the terminals ``names`` (through the terminal store in ``cache_dir``, bounded to
+    ``cache_size`` bytes, unless not ``use_cache``) and wrap everything a search scores on into a
+    ``Problem``; returns it with the ``TerminalInfo`` (the target layer's name, ``stored``: the
+    images that came from the store). ``memo_mb``: size of the cache of Deletion / Insertion forward
+    passes shared by every subset (0: none). ``batch_size`` / ``chunk_size``: per forward pass of the
+    metrics / terminals, or ``"auto"``; ``precision`` of the forward passes of ``cic``, ``abl`` and
+    the metrics. ``on_demand``: only the gradient pass runs now; ``cic`` and ``abl`` are computed per
+    image when first read (``on_demand.py``), for the images they are read on, with the targets of
+    the gradient pass (through the store too). ``up_front``: computes the terminals computed up front
+    (given their names) instead of this process (a ``distributed`` pool's workers, for their shards)."""
+    from functools import partial
+
+    from ..cam.store import model_digest
+    from ..cam.terminals import compute_terminals
+
+    names = list(dict.fromkeys(names))
+    if use_cache:
+        from ..cam.store import TerminalStore, compute_terminals_stored
+        compute = partial(compute_terminals_stored, store=TerminalStore(cache_dir, cache_size))
+    else:
+        compute = compute_terminals  # type: ignore[assignment]
+    now = [n for n in names if n not in EXPENSIVE] if on_demand else names
+    if up_front is not None:
+        terms, info = up_front(now or ["acts"])
+    else:
+        terms, info = compute(model, layer, data.images, targets, now or ["acts"], device=device,
+                              chunk_size=chunk_size, progress=progress, precision=precision)
+    dev = terms.device
+    key = f"{model_digest(model.module)[:16]} {info.layer}"
+    if on_demand and len(now) < len(names):
+        fixed = info.targets.detach().cpu()  # [N]: each image is explained for the class found up front
+
+        def values(asked: list[str], index: torch.Tensor) -> dict[str, torch.Tensor]:
+            # a bar of its own outside a search (the final tables); in one, the status line says it
+            show = progress and source.busy is None
+            # the targets asked for, as up front (the disk cache keys on them), unless a near tie
+            # makes the predicted class of an image differ: then those of the gradient pass
+            given = None if targets is None else fixed[index]
+            got, got_info = compute(model, info.layer, data.images[index], given, asked, device=device,
+                                    chunk_size=chunk_size, progress=show, precision=precision)
+            if given is None and not torch.equal(got_info.targets.detach().cpu(), fixed[index]):
+                got, _ = compute(model, info.layer, data.images[index], fixed[index], asked, device=device,
+                                 chunk_size=chunk_size, progress=show, precision=precision)
+            return dict(got)
+
+        known = {n: terms[n] for n in now} if now else {"acts": terms["acts"]}
+        source = TerminalSource(names, known, values, groups=[("cic", "mlogits")])
+        terms = OnDemandTerminals(source)
+    inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
+                          masks=None if data.masks is None else data.masks.to(dev), model=model.module,
+                          device=dev, batch_size=batch_size, memo=ScoreCache(memo_mb) if memo_mb > 0 else None,
+                          precision=precision)
+    classes = data.labels if data.labels is not None else info.targets
+    problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
+                      torch.arange(data.images.shape[0]), terminal_key=key,
+                      terminal_batch_sizes=dict(info.batch_sizes))
+    return problem, info
