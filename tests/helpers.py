@@ -12,8 +12,11 @@ from sycam_dsl.parse.grammar import Grammar, derivable
 __all__ = ["brute_force_terms", "derivable"]
 
 
-def brute_force_terms(grammar: Grammar, max_size: int) -> dict[str, dict[int, set[Node]]]:
-    """All terms of each non-terminal by size, by top-down expansion (no pruning, no bank)."""
+def brute_force_terms(grammar: Grammar, max_size: int,
+                      costs: dict | None = None) -> dict[str, dict[int, set[Node]]]:
+    """All terms of each non-terminal by size, by top-down expansion (no pruning, no bank); with
+    ``costs`` (production -> cost; others cost their size), by the cost of each of their derivations."""
+    cost = (lambda p: (costs or {}).get(p, p.template.size))
 
     @cache
     def terms(nt: str, size: int, depth: int = 0) -> frozenset[Node]:
@@ -22,13 +25,14 @@ def brute_force_terms(grammar: Grammar, max_size: int) -> dict[str, dict[int, se
             return frozenset()
         for prod in grammar.nonterminals[nt].productions:
             holes = prod.template.holes()
-            rest = size - prod.template.size
+            rest = size - cost(prod)
             if not holes:
                 if rest == 0:
                     out.add(prod.template)
                 continue
             if prod.template.kind == HOLE:
-                out |= terms(holes[0].head, size, depth + 1)
+                if rest >= 1:
+                    out |= terms(holes[0].head, rest, depth + 1 if rest == size else 0)
                 continue
             for split in _splits(rest, len(holes)):
                 choices = [sorted(terms(h.head, s), key=str) for h, s in zip(holes, split)]

@@ -9,6 +9,7 @@ compiled TorchScript module's, and no candidate sums a position-free Map (``gsum
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from sycam_dsl.canonicalize import to_sympy
 from sycam_dsl.enumerate import Enumerator
 from sycam_dsl.errors import GrammarError
 from sycam_dsl.evaluate import Terminals, evaluate
-from sycam_dsl.lang.ast import to_sexpr
+from sycam_dsl.lang.ast import HOLE, to_sexpr
 from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.parse import parse_grammar
 
@@ -131,6 +132,52 @@ def test_the_first_unit_productions_terms_come_before_later_productions_are_eval
     read.clear()  # what the constructor looked at (shapes)
     assert to_sexpr(next(stream).term) == "grads" and "cic" not in read
     assert to_sexpr(next(stream).term) == "cic"
+
+
+def _random_costs(g, rnd) -> dict:
+    """A cost per production: 1-3, unit productions 0-2."""
+    return {p: rnd.randint(0, 2) if p.template.kind == HOLE else rnd.randint(1, 3)
+            for nt in g.nonterminals.values() for p in nt.productions}
+
+
+@SETTINGS
+@given(small_grammars(), st.integers(1, 6), st.randoms(use_true_random=False))
+def test_costed_enumeration_is_every_term_once_cheapest_first(text, max_cost, rnd):
+    g = _grammar(text)
+    costs = _random_costs(g, rnd)
+    got = [c.term for c in Enumerator(g, _terminals(g), max_cost, canonicalize=False, equivalence=False,
+                                      costs=costs).candidates()]
+    by_cost = brute_force_terms(g, max_cost, costs)[g.start.name]  # cost -> terms with a derivation of that cost
+    cheapest: dict = {}
+    for c in sorted(by_cost):
+        for t in by_cost[c]:
+            cheapest.setdefault(t, c)
+    assert len(got) == len(set(got)), "a term was yielded twice"
+    assert set(got) == set(cheapest), "a term was skipped, or one costs more than the bound"
+    order = [cheapest[t] for t in got]
+    assert order == sorted(order), "a term came after a more expensive one"
+
+
+@SETTINGS
+@given(small_grammars(), st.integers(1, 5), st.integers(0, 3))
+def test_costs_equal_to_the_sizes_give_the_size_order_exactly(text, max_size, seed):
+    g = _grammar(text)
+    terms = _terminals(g, seed)
+    sizes = {p: p.fixed_size for nt in g.nonterminals.values() for p in nt.productions}
+    costed = Enumerator(g, terms, max_size, costs=sizes)
+    plain = Enumerator(g, terms, max_size)
+    assert [(to_sexpr(c.term), c.index) for c in costed.candidates()] == \
+        [(to_sexpr(c.term), c.index) for c in plain.candidates()]
+
+
+def test_costs_must_be_integers_of_at_least_one():
+    g = parse_grammar("(synth-cam w ((grads Vec)) Vec ((E Vec) (T Vec)) ((E Vec (T (relu E))) (T Vec (grads))))", "c.sy")
+    unit, relu = g.nonterminals["E"].productions
+    terms = _terminals(g)
+    assert [to_sexpr(t) for t in Enumerator(g, terms, 3, costs={unit: 0, relu: 2})] == ["grads", "(relu grads)"]
+    for bad in ({relu: 0}, {unit: -1}, {relu: 1.5}):
+        with pytest.raises(ValueError, match="integer cost"):
+            Enumerator(g, terms, 3, costs=bad)
 
 
 @SETTINGS

@@ -5,7 +5,9 @@ a production with fixed size ``f`` and holes ``H1..Hm`` combines, for every way 
 ``s - f`` into ``m`` positive parts, every term of ``H1`` of the first part size with every term of
 ``H2`` of the second, and so on. Order is deterministic: sizes ascending, non-terminals in file
 order (a non-terminal reached by a unit production ``E -> T`` after ``T``), productions in file
-order, splits lexicographic, children in bank order.
+order, splits lexicographic, children in bank order. With production costs (``Enumerator(costs=)``,
+for a search that learns where good expressions are), "size" is the cost: a production of cost ``c``
+splits ``s - c``, and terms stream cheapest first.
 
 Each new combination is (1) canonicalized with sympy (``Canonicalizer``): a form seen before in
 the same non-terminal is dropped without computing anything; (2) evaluated on the equivalence
@@ -35,7 +37,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
@@ -232,11 +234,17 @@ def compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
 
 
 class Enumerator:
-    """Streams the start non-terminal's terms of ``grammar``, smallest first.
+    """Streams the start non-terminal's terms of ``grammar``, cheapest first: by default a term costs
+    its size (node count), so smallest first.
 
     ``terminals`` are the terminal values on the equivalence subset (``[N, K]`` / ``[N, K, h, w]``).
-    ``max_size`` bounds term size (node count); ``canonicalize`` and ``equivalence`` switch the two
-    prunings; ``chunk`` is how many combinations are evaluated in one batched operation.
+    ``costs``: each production's cost (an integer, at least 1; a unit production ``E -> T`` at least
+    0; productions not given cost their fixed size: 1 per node, 0 for a unit production). A term
+    costs the sum of its derivation's production costs, and the bottom-up pass goes by cost instead
+    of size: every term of cost ``c`` comes before any of cost ``c' > c``, each once, and the
+    equivalence pruning keeps the cheapest of equal terms. ``max_size`` bounds the cost (the size,
+    with the default costs); ``canonicalize`` and ``equivalence`` switch the two prunings; ``chunk`` is
+    how many combinations are evaluated in one batched operation.
     ``on_prune(nonterminal, term, reason, earlier)``, if given, is called for every dropped term with
     the reason (``"duplicate"``, ``"canonical"`` or ``"equivalent"``) and the earlier kept term of the
     same non-terminal that it duplicates. Undefined combinations (a ``gsum`` of a position-free Map)
@@ -245,7 +253,8 @@ class Enumerator:
 
     def __init__(self, grammar: Grammar, terminals: Terminals, max_size: int, *, canonicalize: bool = True,
                  equivalence: bool = True, mantissa_bits: int = DEFAULT_MANTISSA_BITS, chunk: int = 64,
-                 on_prune: Callable[[str, Node, str, Node], None] | None = None) -> None:
+                 on_prune: Callable[[str, Node, str, Node], None] | None = None,
+                 costs: Mapping[Production, int] | None = None) -> None:
         missing = [n for n in grammar.inputs if n not in terminals]
         if missing:
             raise ValueError(f"no values for terminal(s) {', '.join(missing)} of grammar {grammar.source}")
@@ -259,6 +268,7 @@ class Enumerator:
         self.mantissa_bits = mantissa_bits
         self.chunk = chunk
         self.on_prune = on_prune
+        self.costs = _check_costs(grammar, costs)
         self.stats = EnumerationStats()
         self.canon = Canonicalizer()
         self._states = {name: _NTState(nt, mantissa_bits) for name, nt in grammar.nonterminals.items()}
@@ -325,7 +335,7 @@ class Enumerator:
 
     def _apply(self, st: _NTState, prod: Production, size: int) -> Iterator[tuple[Node, torch.Tensor]]:
         holes = prod.holes
-        rest = size - prod.fixed_size
+        rest = size - self.costs[prod]
         if not holes:
             if rest == 0:
                 yield from self._process(st, prod, size, [()], [])
@@ -516,6 +526,23 @@ def _batch_shape(v: torch.Tensor, b: int, t: Type, map_shape: tuple[int, ...]) -
     if tuple(v.shape) != full:
         v = torch.broadcast_to(v, full).contiguous()
     return v
+
+
+def _check_costs(grammar: Grammar, costs: Mapping[Production, int] | None) -> dict[Production, int]:
+    """Every production's cost: ``costs``' where given, else its fixed size (see ``Enumerator``)."""
+    given = dict(costs or {})
+    out = {}
+    for nt in grammar.nonterminals.values():
+        for p in nt.productions:
+            c = given.pop(p, p.fixed_size)
+            least = 0 if p.template.kind == HOLE else 1
+            if not isinstance(c, int) or isinstance(c, bool) or c < least:
+                raise ValueError(f"production {nt.name} -> {p.template} needs an integer cost of at least {least}, "
+                                 f"got {c!r}")
+            out[p] = c
+    if given:
+        raise ValueError(f"costs given for productions not in grammar {grammar.source}")
+    return out
 
 
 def _unit_forwards(grammar: Grammar) -> dict[str, list[str]]:
