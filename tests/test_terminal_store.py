@@ -136,6 +136,18 @@ def test_model_digest_covers_every_weight():
     assert store_mod.model_digest(a) != store_mod.model_digest(b)
 
 
+def test_model_digest_hashes_the_weights_again_only_after_they_change(monkeypatch):
+    a = TinyCNN()
+    first = store_mod.model_digest(a)
+    hashed = []
+    real = store_mod.update_digest
+    monkeypatch.setattr(store_mod, "update_digest", lambda h, t: (hashed.append(1), real(h, t)))
+    assert store_mod.model_digest(a) == first and not hashed  # nothing changed: the bytes are not read
+    with torch.no_grad():
+        a.features[0].weight.mul_(2)  # in place: the version counter moves
+    assert store_mod.model_digest(a) != first and hashed
+
+
 # -- resuming, reuse, records ------------------------------------------------------------------------
 
 def test_a_killed_run_resumes_with_only_the_missing_chunks(tmp_path):
