@@ -17,8 +17,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +62,9 @@ def _first_line(e: BaseException) -> str:
 def _list_head(head: fx.GraphModule) -> fx.GraphModule:
     """``head`` returning ``[A, *carried]`` (a list, so that the explainer's code needs no arity)."""
     graph = head.graph
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            node.type = None  # forward's own annotation comes back as a name TorchScript cannot resolve; Tensor is the default
     out = next(n for n in graph.nodes if n.op == "output")
     value = out.args[0]
     out.args = (list(value) if isinstance(value, tuple) else [value],)
@@ -80,9 +86,18 @@ def _getitem(values: list[Tensor], i: int) -> Tensor:
     return values[i]
 
 
+@contextmanager
+def _quiet_script() -> Iterator[None]:
+    """``quiet_deprecations``, and no notes on how torch.fx's generated modules annotate themselves."""
+    with quiet_deprecations(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*instance-level annotations", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*list at the output of the tracer")
+        yield
+
+
 def _compile_part(module: nn.Module, example: tuple[Any, ...], what: str) -> torch.jit.ScriptModule:
     """``module`` as TorchScript: scripted, else traced on ``example``; ``ExportError`` naming ``what``."""
-    with quiet_deprecations():
+    with _quiet_script():
         try:
             return torch.jit.script(module)
         except Exception as e:  # TorchScript raises RuntimeError, NotSupportedError, ... on Python it cannot compile
@@ -117,6 +132,33 @@ def model_halves(model: nn.Module, layer: str, example: Tensor) -> tuple[fx.Grap
 
 # ---------------------------------------------------------------------------------------------
 # the explainer module
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class _AddmmLinear(nn.Module):
+    """An ``nn.Linear`` whose 2-D case is ``addmm`` (what ``F.linear`` runs, the same bits): torch.export
+    cannot differentiate through ``aten.linear`` (its backward lifts a fake parameter), through ``addmm`` it can."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2 and self.bias is not None:
+            return torch.addmm(self.bias, x, self.weight.t())
+        return F.linear(x, self.weight, self.bias)
+
+
+def _exportable(module: M) -> M:
+    """``module`` (the explainer's own half) with its ``nn.Linear`` layers as ``_AddmmLinear``, in place."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(module, name, _AddmmLinear(child))
+        else:
+            _exportable(child)
+    return module
 
 
 class _IgnoreClasses(nn.Module):
@@ -170,7 +212,6 @@ class Explainer(nn.Module):
         else:
             t = targets.to(device=x.device, dtype=torch.long)
             assert t.dim() == 1 and t.shape[0] == n, "targets must be class indices [N]"
-            assert bool((t < logits.shape[1]).all()), "a target class is out of range for the model's logits"
             t = torch.where(t < 0, predicted, t)
         k = acts.shape[1]
         zero_vec = x.new_zeros([1, 1]).expand(n, k)
@@ -192,7 +233,7 @@ class Explainer(nn.Module):
             abl = self.abl(x, a, logits, t)
         w = self.weights(t, grads, pgrads, cic, abl, mlogits, a.mean(dim=(2, 3)), g.detach(), a)
         s = vec_saliency(w, a) if self.vec else map_saliency(w, a)
-        return minmax_normalize(self.upsample(s, x.shape[2], x.shape[3]))
+        return minmax_normalize(self.upsample(s, x.shape[2], x.shape[3])).detach()
 
     def upsample(self, s: Tensor, height: int, width: int) -> Tensor:
         """``template.upsampling.upsample``: ``[N, h, w]`` -> ``[N, H, W]`` as ``Ly @ S @ Lx.T``."""
@@ -261,6 +302,9 @@ class Explainer(nn.Module):
 def _prepare(model: nn.Module, layer: str | None) -> tuple[nn.Module, str]:
     """A float32 copy of ``model`` in eval mode (the explainer's own: the halves share its modules, so the
     caller's model keeps its mode and dtype) and the canonical layer name."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ExportError("the model is a TorchScript module, which torch.fx cannot split at a layer; load the Python "
+                          "model (--model package.module:function) to export it")
     name, _ = resolve_layer(model, layer)
     module = float32_model(copy.deepcopy(model), copy_first=False).eval()
     return module, name
@@ -275,6 +319,8 @@ def build_explainer(model: nn.Module, layer: str | None, method: Method, example
     module, name = _prepare(model, layer)
     names = method_terminals(method)
     head, tail = model_halves(module, name, example)
+    if not script:
+        tail = _exportable(tail)
     with torch.no_grad():
         parts = head(example)
     if isinstance(method, Node) and not script:
@@ -289,7 +335,7 @@ def build_explainer(model: nn.Module, layer: str | None, method: Method, example
     explainer = Explainer(head, tail, weights, names, method_type(method) == Type.VEC, chunk).eval()
     if not script:
         return explainer
-    with quiet_deprecations():
+    with _quiet_script():
         try:
             return torch.jit.script(explainer)
         except Exception as e:
