@@ -10,6 +10,7 @@ outlives a call; leaving the ``with`` block closes the object.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..cam.terminals import DEFAULT_CHUNK_SIZE, compute_terminals
 from ..evaluate import Terminals, evaluate
 from ..lang.ast import Node
 from ..models.layers import resolve_layer
+from ..models.loaded import LoadedModel
 from ..template.heatmaps import heatmaps
 from .method import Method, MethodError, load_method, method_terminals
 
@@ -51,6 +53,8 @@ def layer_name(model: nn.Module, target_layer: nn.Module | str | Sequence[nn.Mod
             if module is target_layer and name:
                 return name
         raise MethodError(f"target layer {type(target_layer).__name__} is not a submodule of the model")
+    if target_layer is not None and not isinstance(target_layer, str):
+        raise MethodError(f"target_layer must be a module, a dotted name or None, got {type(target_layer).__name__}")
     return resolve_layer(model, target_layer)[0]
 
 
@@ -78,7 +82,10 @@ def resolve_targets(targets: Targets, model: nn.Module, images: torch.Tensor) ->
         return torch.full((n,), targets, dtype=torch.long, device=dev)
     if isinstance(targets, torch.Tensor):
         return targets.to(dev)
-    items = list(targets)
+    if isinstance(targets, bool) or not isinstance(targets, Sequence):
+        raise MethodError(f"targets must be None, a class index, class indices or grad-cam targets, got "
+                          f"{type(targets).__name__}")
+    items: list[Any] = list(targets)
     if items and all(callable(t) for t in items):
         if len(items) != n:
             raise MethodError(f"{len(items)} targets for {n} images")
@@ -91,8 +98,8 @@ def resolve_targets(targets: Targets, model: nn.Module, images: torch.Tensor) ->
 
 
 class SyCAM:
-    """A synthesized CAM method on ``model`` at ``target_layer`` (a module, grad-cam's ``[module]``, a
-    dotted name, or None for the model's default), grad-cam style.
+    """A synthesized CAM method on ``model`` (an ``nn.Module`` or a ``LoadedModel``) at ``target_layer``
+    (a module, grad-cam's ``[module]``, a dotted name, or None for the model's default), grad-cam style.
 
     ``method``: an s-expression, a ``Node``, a ``Dispatch``, or a search's output folder / result.json
     (a per-class result dispatches on each image's target class). ``chunk_size`` and ``ablation`` are the
@@ -101,8 +108,12 @@ class SyCAM:
     (the predicted classes), a class index for all images, ``[N]`` class indices (list or tensor), or
     ``N`` grad-cam targets (``ClassifierOutputTarget(c)``: the class whose logit is explained)."""
 
-    def __init__(self, model: nn.Module, target_layer: nn.Module | str | Sequence[nn.Module] | None,
-                 method: Method | str, chunk_size: int | str = DEFAULT_CHUNK_SIZE, ablation: str = "auto") -> None:
+    def __init__(self, model: nn.Module | LoadedModel, target_layer: nn.Module | str | Sequence[nn.Module] | None,
+                 method: Method | str | Path, chunk_size: int | str = DEFAULT_CHUNK_SIZE,
+                 ablation: str = "auto") -> None:
+        if isinstance(model, LoadedModel):  # its default layer, when none is named
+            target_layer = target_layer if target_layer is not None else model.target_layer
+            model = model.module
         self.model = model
         self.layer = layer_name(model, target_layer)
         self.method = load_method(method)

@@ -64,7 +64,8 @@ def _list_head(head: fx.GraphModule) -> fx.GraphModule:
     graph = head.graph
     for node in graph.nodes:
         if node.op == "placeholder":
-            node.type = None  # forward's own annotation comes back as a name TorchScript cannot resolve; Tensor is the default
+            # forward's own annotation comes back as a name TorchScript cannot resolve; Tensor is the default
+            node.type = None
     out = next(n for n in graph.nodes if n.op == "output")
     value = out.args[0]
     out.args = (list(value) if isinstance(value, tuple) else [value],)
@@ -319,27 +320,29 @@ def build_explainer(model: nn.Module, layer: str | None, method: Method, example
     module, name = _prepare(model, layer)
     names = method_terminals(method)
     head, tail = model_halves(module, name, example)
-    if not script:
-        tail = _exportable(tail)
-    with torch.no_grad():
-        parts = head(example)
-    if isinstance(method, Node) and not script:
-        weights: nn.Module = _IgnoreClasses(python_module(method, WEIGHT_INPUTS))
-    else:
-        dispatch = method if not isinstance(method, Node) else None
-        weights = compile_dispatch(dispatch.per_class if dispatch else {}, dispatch.fallback if dispatch else method,
-                                   WEIGHT_INPUTS)
+    weights: nn.Module
     if script:
-        head = _compile_part(head, (example,), f"the layers before {name!r} (the head)")
-        tail = _compile_part(tail, (parts[0], parts[1:]), f"the layers after {name!r} (the tail)")
-    explainer = Explainer(head, tail, weights, names, method_type(method) == Type.VEC, chunk).eval()
-    if not script:
-        return explainer
-    with _quiet_script():
-        try:
-            return torch.jit.script(explainer)
-        except Exception as e:
-            raise ExportError(f"cannot compile the explainer to TorchScript: {_first_line(e)}") from None
+        with torch.no_grad():
+            parts = head(example)
+        weights = compile_dispatch(*_dispatch_parts(method), WEIGHT_INPUTS)
+        explainer = Explainer(_compile_part(head, (example,), f"the layers before {name!r} (the head)"),
+                              _compile_part(tail, (parts[0], parts[1:]), f"the layers after {name!r} (the tail)"),
+                              weights, names, method_type(method) == Type.VEC, chunk).eval()
+        with _quiet_script():
+            try:
+                return torch.jit.script(explainer)
+            except Exception as e:
+                raise ExportError(f"cannot compile the explainer to TorchScript: {_first_line(e)}") from None
+    if not isinstance(method, Node):
+        raise ExportError("a per-class result goes into a TorchScript explainer only (drop --format export)")
+    weights = _IgnoreClasses(python_module(method, WEIGHT_INPUTS))
+    return Explainer(head, _exportable(tail), weights, names, method_type(method) == Type.VEC, chunk).eval()
+
+
+def _dispatch_parts(method: Method) -> tuple[dict[int, Node], Node]:
+    """(per-class expressions, fallback) of ``method``: one expression is a dispatch without classes
+    (the generated code then is ``compile_torchscript``'s)."""
+    return ({}, method) if isinstance(method, Node) else (method.per_class, method.fallback)
 
 
 def manifest(method: Method, layer: str, model_name: str, names: list[str]) -> dict[str, Any]:
@@ -354,10 +357,9 @@ def save_explainer(model: nn.Module, layer: str | None, method: Method, path: st
     """``build_explainer`` saved to ``path`` (``.pt``, for ``torch.jit.load``); the archive also holds
     ``sycam_dsl/explainer.json`` (``manifest``) and the weights' generated source."""
     explainer = build_explainer(model, layer, method, example, chunk)
+    assert isinstance(explainer, torch.jit.ScriptModule)
     name, _ = resolve_layer(model, layer)
-    per_class = method if not isinstance(method, Node) else None
-    source = generate_dispatch_source(per_class.per_class if per_class else {},
-                                      per_class.fallback if per_class else method, WEIGHT_INPUTS)  # type: ignore[arg-type]
+    source = generate_dispatch_source(*_dispatch_parts(method), WEIGHT_INPUTS)
     extra = {"sycam_dsl/explainer.json": json.dumps(manifest(method, name, model_name or kind(model),
                                                              method_terminals(method)), indent=2) + "\n",
              "sycam_dsl/weights.py": HELPERS_SRC + source}
