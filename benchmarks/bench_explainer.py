@@ -5,7 +5,7 @@ explain`` runs), on the same images, for a gradient, a ScoreCAM and an ablation 
     python benchmarks/bench_explainer.py --model bundled --images 8
     python benchmarks/bench_explainer.py --model resnet18 --weights random:0 --images 2
 
-Each timing is the best of ``--repeats`` runs after one warm-up call (TorchScript's profiling executor
+Each timing is the best of ``--repeats`` runs after ``--warmup`` calls (TorchScript's profiling executor
 optimizes on the first calls); the largest difference between the two heatmaps is printed too.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,8 +27,9 @@ from sycam_dsl.models import load_model
 METHODS = {"gradient": "(* grads acts)", "cic": "cic", "abl": "abl"}
 
 
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up
+def best_of(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):  # TorchScript's profiling executor profiles, then optimizes, on the first calls
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -42,8 +44,10 @@ def main() -> None:
     p.add_argument("--weights")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--methods", default=",".join(METHODS))
     args = p.parse_args()
+    warnings.filterwarnings("ignore", message=".*torch.jit", category=FutureWarning)
     torch.manual_seed(0)
     model = load_model(args.model, args.weights)
     size = model.input_size
@@ -58,8 +62,8 @@ def main() -> None:
             explainer = torch.jit.load(str(path))
             with SyCAM(model, None, method) as cam:
                 diff = float((explainer(x) - cam(x)).abs().max())
-                t_file = best_of(lambda: explainer(x), args.repeats) / args.images
-                t_engine = best_of(lambda: cam(x), args.repeats) / args.images
+                t_file = best_of(lambda: explainer(x), args.repeats, args.warmup) / args.images
+                t_engine = best_of(lambda: cam(x), args.repeats, args.warmup) / args.images
             print(f"{name:9s} file {explainer_size(path):>8s}  explainer {t_file:8.4f} s/image  engine "
                   f"{t_engine:8.4f} s/image  max |difference| {diff:.1e}")
 
