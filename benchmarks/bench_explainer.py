@@ -15,6 +15,7 @@ import argparse
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -62,8 +63,8 @@ def main() -> None:
             explainer = torch.jit.load(str(path))
             with SyCAM(model, None, method) as cam:
                 diff = float((explainer(x) - cam(x)).abs().max())
-                t_file = best_of(lambda: explainer(x), args.repeats, args.warmup) / args.images
-                t_engine = best_of(lambda: cam(x), args.repeats, args.warmup) / args.images
+                t_file = best_of(partial(explainer, x), args.repeats, args.warmup) / args.images
+                t_engine = best_of(partial(cam, x), args.repeats, args.warmup) / args.images
             print(f"{name:9s} file {explainer_size(path):>8s}  explainer {t_file:8.4f} s/image  engine "
                   f"{t_engine:8.4f} s/image  max |difference| {diff:.1e}")
 

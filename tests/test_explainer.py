@@ -139,6 +139,8 @@ def test_targets_pick_the_class_and_negative_ones_the_prediction():
         predicted = loaded.module(x).argmax(dim=1)
     other = (predicted + 1) % 4
     assert torch.equal(explainer(x, torch.full((3,), -1)), explainer(x))
+    with torch.no_grad():  # the gradient pass turns gradients on for itself, and the mode comes back
+        assert torch.equal(explainer(x), explainer(x, torch.full((3,), -1))) and not torch.is_grad_enabled()
     got = explainer(x, other)
     assert float((got - reference(loaded, None, load_method(GRADIENT), x, other)).abs().max()) < TOLERANCE
     assert float((got - explainer(x)).abs().max()) > 1e-3  # another class explains differently

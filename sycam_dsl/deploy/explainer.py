@@ -202,18 +202,19 @@ class Explainer(nn.Module):
     def forward(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
         x = images
         n = x.shape[0]
+        assert x.dim() == 4, "images must be [N, 3, H, W]"
+        assert targets is None or (targets.dim() == 1 and targets.shape[0] == n), "targets must be class indices [N]"
+        # gradients even when called under torch.no_grad(); the caller's mode comes back below
         grad_was = torch.is_grad_enabled()
         torch.set_grad_enabled(self.need_grad)
         parts = self.head(x)
         acts = parts[0].detach().requires_grad_(self.need_grad)  # a leaf: dz_c/dA is one autograd.grad away
         logits = self.tail(acts.clone(), parts[1:])
         predicted = logits.detach().argmax(dim=1)
-        if targets is None:
-            t = predicted
-        else:
-            t = targets.to(device=x.device, dtype=torch.long)
-            assert t.dim() == 1 and t.shape[0] == n, "targets must be class indices [N]"
-            t = torch.where(t < 0, predicted, t)
+        t = predicted
+        if targets is not None:
+            given = targets.to(device=x.device, dtype=torch.long)
+            t = torch.where(given < 0, predicted, given)
         k = acts.shape[1]
         zero_vec = x.new_zeros([1, 1]).expand(n, k)
         zero_map = x.new_zeros([1, 1, 1, 1]).expand(acts.shape)
