@@ -40,8 +40,11 @@ from ..models.precision import float32_model
 from ..template.saliency import map_saliency, minmax_normalize, vec_saliency
 from ..template.upsampling import linear_weights
 from ..util.warnings import quiet_deprecations
-from .method import WEIGHT_INPUTS, Method, method_terminals, method_text, method_type
+from .method import Method, method_terminals, method_text, method_type
 
+#: The terminals the explainer computes, in the order its weights module takes them (a terminal added to
+#: the language needs its computation in ``Explainer`` too; until then compiling a method that reads it fails).
+WEIGHT_INPUTS = ("grads", "pgrads", "cic", "abl", "mlogits", "acts", "G", "A")
 #: Terminals whose values only the gradient pass gives (the ``export`` format handles these and ``A``, ``acts``).
 GRADIENT_ONLY = frozenset({"grads", "pgrads", "G", "acts", "A"})
 

@@ -16,9 +16,6 @@ from ..synthesis.dispatch import Dispatch
 
 Method = Node | Dispatch
 
-#: Every Vec and Map terminal, in ``TERMINALS``' order: the fixed signature of the explainer's weights.
-WEIGHT_INPUTS = tuple(name for name, (t, _) in TERMINALS.items() if t in (Type.VEC, Type.MAP))
-
 
 class MethodError(SycamError):
     """A method that cannot be read or deployed."""
