@@ -216,7 +216,8 @@ def _source(plan: _Plan) -> str:
         '    assert not classes.is_floating_point(), "classes must be integers"',
     ]
     if len(plan.exprs) == 1:
-        body.append(f"    return self._expr0({call})")
+        # the expression's own inputs: ``inputs`` may name more (unused parameters, for a fixed signature)
+        body.append(f"    return self._expr0({', '.join(name for name, _ in plan.branch_params(plan.exprs[0]))})")
     else:
         body.append(f"    classes = classes.to({ref}.device)")
         for i in range(len(plan.exprs)):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ..deploy.method import per_class_result
 from ..errors import SycamError
 from .options import height_width, output_file, positive_int, weight_expression
 
@@ -22,26 +22,6 @@ def configure(k: argparse.ArgumentParser) -> None:
     k.add_argument("--channels", type=positive_int, default=64, help="K for the export format's example input")
     k.add_argument("--hw", type=height_width, default=(7, 7), help="h x w for the export format's example input")
     k.set_defaults(handler=run)
-
-
-def per_class_result(text: str) -> dict | None:
-    """``{"classes": {class: expression}, "fallback": expression}`` when ``text`` names the
-    result.json of a per-class search, else None."""
-    p = Path(text)
-    if p.suffix != ".json" or not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text())
-    except ValueError:
-        return None
-    pc = data.get("per_class") if isinstance(data, dict) else None
-    if not pc:
-        return None
-    classes = pc.get("classes") if isinstance(pc, dict) else None
-    if not isinstance(classes, dict) or not all(
-            isinstance(c, str) and c.isdigit() and isinstance(part, dict) for c, part in classes.items()):
-        raise SycamError(f"{p}: per_class.classes must map class indices (0, 1, ...) to their searches")
-    return {"classes": {c: part.get("expression") for c, part in classes.items()}, "fallback": pc.get("fallback")}
 
 
 def run(args: argparse.Namespace) -> None:

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "terminals": ("terminals", "compute a model's terminal values (grads, cic, abl, ...) on an image folder"),
     "eval": ("eval_cmd", "score baselines and expressions on metrics over an image folder"),
     "explain": ("explain", "draw an expression's heatmap over an image"),
+    "export": ("export_cmd", "write a self-contained explainer file: model, terminals, method and template in one "
+                             "TorchScript file"),
     "synth": ("synth", "search a grammar for the CAM weight expression that scores best on a metric"),
     "sanity": ("sanity", "model-parameter randomization check of a search's result (metric gaming)"),
     "train-bundled": ("train_bundled", "retrain the built-in benchmark's small CNN (reproduces its shipped weights)"),

@@ -23,11 +23,18 @@ import torch
 import torch.nn.functional as F
 
 
+def linear_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """``L`` ``[n_out, n_in]`` (float64, CPU): 1-D linear upsampling (``align_corners=False``) from
+    ``n_in`` to ``n_out`` samples as a matrix (TorchScript-compatible: the explainer file builds its
+    upsampling with it)."""
+    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in)
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False).view(n_in, n_out).T.contiguous()
+
+
 @lru_cache(maxsize=32)
 def _weights(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``L`` ``[n_out, n_in]`` (float64) and the indices of the outputs where extremes can lie."""
-    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in)
-    lw = F.interpolate(eye, size=n_out, mode="linear", align_corners=False).view(n_in, n_out).T.contiguous()
+    lw = linear_weights(n_in, n_out)
     # an output's pair of inputs (and its weights) change only where the source coordinate crosses an
     # input centre: keep the first and last output of every run with the same pair of inputs
     support = [tuple((lw[i] > 0).nonzero().flatten().tolist()) for i in range(n_out)]

@@ -1,0 +1,55 @@
+"""``sycam-dsl export``: a method and a model as one self-contained explainer file (``deploy.explainer``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import add_model_options, output_file, positive_int
+
+SUFFIXES = {"torchscript": ".pt", "export": ".pt2"}
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = ("Write one file that holds the model split at the target layer, the computation of the "
+                     "terminals the method reads (gradients, ScoreCAM's masked passes, ablation), the method's "
+                     "weights (a per-class result's dispatch too), upsampling and normalization: "
+                     "torch.jit.load(FILE)(images, targets=None) returns heatmaps [N, H, W] without sycam-dsl.")
+    p.add_argument("method", metavar="RESULT_DIR_OR_EXPR",
+                   help="a weight expression, a file holding one, or a sycam-dsl synth output folder (or its "
+                        "result.json; a per-class result exports its dispatch)")
+    add_model_options(p)
+    p.add_argument("--chunk-size", type=positive_int, default=None, metavar="N",
+                   help="masked images / ablated copies per forward pass inside the explainer (default: the "
+                        "engine's, so the heatmaps equal sycam-dsl explain's)")
+    p.add_argument("--format", choices=tuple(SUFFIXES), default="torchscript",
+                   help="torchscript (default): a .pt for torch.jit.load, any method; export: a .pt2 for "
+                        "torch.export.load, one expression of gradient terminals only")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the explainer file (.pt, or .pt2 for "
+                                                                         "--format export)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..cam.terminals import DEFAULT_CHUNK_SIZE
+    from ..deploy.explainer import explainer_size, export_explainer, save_explainer
+    from ..deploy.method import load_method, method_terminals
+    from ..models import load_model, resolve_layer
+    from ..models.devices import resolve_device
+
+    out = output_file(args.output, (SUFFIXES[args.format],))
+    method = load_method(args.method)
+    model = load_model(args.model, args.weights, args.device)
+    size = args.size or model.input_size
+    # the split is checked, and a half that cannot be scripted is traced, on two seeded example images
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(resolve_device(args.device))
+    layer = resolve_layer(model.module, args.layer or model.target_layer)[0]
+    if args.format == "export":
+        export_explainer(model.module, layer, method, out, example)
+        call = "torch.export.load(FILE).module()(images, targets) (targets [N]; -1: the predicted class)"
+    else:
+        save_explainer(model.module, layer, method, out, example, model.name, args.chunk_size or DEFAULT_CHUNK_SIZE)
+        call = "torch.jit.load(FILE)(images, targets=None)"
+    print(f"wrote {out} ({explainer_size(out)}, {args.format}): {model.name} at layer {layer}, "
+          f"terminals {' '.join(method_terminals(method))}; {call} -> heatmaps [N, H, W]")

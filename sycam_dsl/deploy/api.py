@@ -1,0 +1,144 @@
+"""``SyCAM``: a synthesized method with pytorch-grad-cam's calling convention.
+
+``with SyCAM(model, target_layer, method) as cam: heatmaps = cam(images, targets)``. Each call runs
+the CAM engine (``cam.terminals.compute_terminals``, then ``evaluate`` and ``template.heatmaps``),
+so the heatmaps are exactly ``sycam-dsl explain``'s and the search's. The engine registers its
+hooks for one computation and removes them on every exit (exceptions included), so no hook
+outlives a call; leaving the ``with`` block closes the object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..cam.terminals import DEFAULT_CHUNK_SIZE, compute_terminals
+from ..evaluate import Terminals, evaluate
+from ..lang.ast import Node
+from ..models.layers import resolve_layer
+from ..models.loaded import LoadedModel
+from ..template.heatmaps import heatmaps
+from .method import Method, MethodError, load_method, method_terminals
+
+Targets = None | int | Sequence[int] | torch.Tensor | Sequence[Callable[[torch.Tensor], Any]]
+
+
+def method_heatmaps(method: Method, terms: Terminals, acts: torch.Tensor, classes: torch.Tensor,
+                    size: tuple[int, int]) -> torch.Tensor:
+    """Heatmaps ``[N, H, W]`` of ``method`` from terminals and activations ``acts`` ``[N, K, h, w]``; a
+    dispatch gives each image the expression of its class (``classes`` ``[N]``, the explained ones)."""
+    if isinstance(method, Node):
+        return heatmaps(evaluate(method, terms), acts, method.type, size)
+    out = acts.new_zeros((acts.shape[0], *size))
+    for node, idx in method.groups(classes).items():
+        idx = idx.to(acts.device)
+        out[idx] = heatmaps(evaluate(node, terms.subset(idx)), acts[idx], node.type, size)
+    return out
+
+
+def layer_name(model: nn.Module, target_layer: nn.Module | str | Sequence[nn.Module] | None) -> str:
+    """The dotted name of ``target_layer`` in ``model``: a module of it (or grad-cam's list of one), a
+    dotted path, or None for the model's default."""
+    if isinstance(target_layer, (list, tuple)):
+        if len(target_layer) != 1:
+            raise MethodError(f"SyCAM explains one target layer, got a list of {len(target_layer)}")
+        target_layer = target_layer[0]
+    if isinstance(target_layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is target_layer and name:
+                return name
+        raise MethodError(f"target layer {type(target_layer).__name__} is not a submodule of the model")
+    if target_layer is not None and not isinstance(target_layer, str):
+        raise MethodError(f"target_layer must be a module, a dotted name or None, got {type(target_layer).__name__}")
+    return resolve_layer(model, target_layer)[0]
+
+
+def _class_of(target: Callable[[torch.Tensor], Any], n_classes: int, device: torch.device) -> int:
+    """The class a grad-cam-style target explains: its ``category`` (``ClassifierOutputTarget``), else
+    the one-hot logit row it scores highest (``ClassifierOutputSoftmaxTarget`` and the like)."""
+    category = getattr(target, "category", None)
+    if isinstance(category, int):
+        return category
+    scores = torch.stack([torch.as_tensor(target(row)).reshape(()).float()
+                          for row in torch.eye(n_classes, device=device)])
+    best = scores.argmax()
+    if int((scores == scores[best]).sum()) != 1:
+        raise MethodError(f"target {type(target).__name__} does not single out one class; SyCAM explains one class "
+                          f"logit per image: pass class indices or ClassifierOutputTarget(c)")
+    return int(best)
+
+
+def resolve_targets(targets: Targets, model: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
+    """``targets`` as class indices ``[N]`` on the images' device (None: the predicted classes)."""
+    n, dev = images.shape[0], images.device
+    if targets is None:
+        return None
+    if isinstance(targets, int) and not isinstance(targets, bool):
+        return torch.full((n,), targets, dtype=torch.long, device=dev)
+    if isinstance(targets, torch.Tensor):
+        return targets.to(dev)
+    if isinstance(targets, bool) or not isinstance(targets, Sequence):
+        raise MethodError(f"targets must be None, a class index, class indices or grad-cam targets, got "
+                          f"{type(targets).__name__}")
+    items: list[Any] = list(targets)
+    if items and all(callable(t) for t in items):
+        if len(items) != n:
+            raise MethodError(f"{len(items)} targets for {n} images")
+        n_classes = 0
+        if not all(isinstance(getattr(t, "category", None), int) for t in items):
+            with torch.no_grad():
+                n_classes = int(model(images[:1]).shape[1])
+        return torch.tensor([_class_of(t, n_classes, dev) for t in items], dtype=torch.long, device=dev)
+    return torch.as_tensor(items, device=dev)
+
+
+class SyCAM:
+    """A synthesized CAM method on ``model`` (an ``nn.Module`` or a ``LoadedModel``) at ``target_layer``
+    (a module, grad-cam's ``[module]``, a dotted name, or None for the model's default), grad-cam style.
+
+    ``method``: an s-expression, a ``Node``, a ``Dispatch``, or a search's output folder / result.json
+    (a per-class result dispatches on each image's target class). ``chunk_size`` and ``ablation`` are the
+    engine's (``compute_terminals``). ``cam(images [N, 3, H, W], targets=None)`` returns heatmaps
+    ``[N, H, W]`` in ``[0, 1]`` on the images' device (the model is moved there); ``targets``: None
+    (the predicted classes), a class index for all images, ``[N]`` class indices (list or tensor), or
+    ``N`` grad-cam targets (``ClassifierOutputTarget(c)``: the class whose logit is explained)."""
+
+    def __init__(self, model: nn.Module | LoadedModel, target_layer: nn.Module | str | Sequence[nn.Module] | None,
+                 method: Method | str | Path, chunk_size: int | str = DEFAULT_CHUNK_SIZE,
+                 ablation: str = "auto") -> None:
+        if isinstance(model, LoadedModel):  # its default layer, when none is named
+            target_layer = target_layer if target_layer is not None else model.target_layer
+            model = model.module
+        self.model = model
+        self.layer = layer_name(model, target_layer)
+        self.method = load_method(method)
+        self.names = method_terminals(self.method)
+        self.chunk_size, self.ablation = chunk_size, ablation
+        self.closed = False
+
+    def __call__(self, images: torch.Tensor, targets: Targets = None) -> torch.Tensor:
+        if self.closed:
+            raise MethodError("this SyCAM was closed (its with block ended); create a new one")
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            what = f"shape {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+            raise MethodError(f"images must be a tensor [N, 3, H, W], got {what}")
+        t = resolve_targets(targets, self.model, images)
+        terms, info = compute_terminals(self.model, self.layer, images, t, self.names, device=images.device,
+                                        chunk_size=self.chunk_size, progress=False, ablation=self.ablation)
+        return method_heatmaps(self.method, terms, info.acts, info.targets, (images.shape[2], images.shape[3]))
+
+    def close(self) -> None:
+        """End this object's use (the engine's hooks are gone already: they live for one call)."""
+        self.closed = True
+
+    def __enter__(self) -> SyCAM:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
