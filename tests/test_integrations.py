@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.errors import SycamError
 from sycam_dsl.evaluate import evaluate
 from sycam_dsl.integrations.errors import IntegrationError
 from sycam_dsl.lang.sexpr import parse_expr
@@ -122,10 +123,10 @@ def test_gradcam_adapter_hooks_and_errors(gradcam):
         cam(input_tensor=x, targets=None)  # the predicted class
         assert len(cam.activations_and_grads.handles) == 2  # grad-cam's hooks are back after the engine's passes
     assert not model.features._forward_hooks
-    with pytest.raises(IntegrationError, match="category"):
+    with pytest.raises(SycamError, match="single out one class"):
         with gradcam.SyCAMGradCAM(model, [model.features], "grads") as cam:
-            cam(input_tensor=x, targets=[lambda out: out[0]])
-    with pytest.raises(IntegrationError, match="not a submodule"):
+            cam(input_tensor=x, targets=[lambda out: out.sum()])
+    with pytest.raises(SycamError, match="not a submodule"):
         gradcam.SyCAMGradCAM(model, [torch.nn.Conv2d(1, 1, 1)], "grads")
     with pytest.raises(IntegrationError, match="Map"):
         gradcam.SyCAMGradCAM(model, [model.features], "G").get_cam_weights(x, model.features, [], None, None)

@@ -317,11 +317,12 @@ def ablation_layout(n: int, k: int, chunk: int) -> tuple[int, int]:
     chunk`` rows). A row of the batch buffer keeps its image for the ``ceil(K / c)`` batches of a block
     of ``B`` images and only two of its channels change between batches, so the full copy of the
     activations, once per block, costs ``c / K`` of the rows: ``B`` is as large as ``chunk`` and ``n``
-    allow, and ``c`` is spread evenly over the block's batches."""
+    allow, and ``c`` is spread evenly over the block's batches. (TorchScript compiles it too: the
+    explainer file lays its batches out the same way, so its values are the engine's bit for bit.)"""
     b = max(1, min(n, chunk))
     per_batch = max(1, min(k, chunk // b))
-    batches = -(-k // per_batch)
-    return b, -(-k // batches)
+    batches = (k + per_batch - 1) // per_batch
+    return b, (k + batches - 1) // batches
 
 
 @torch.no_grad()

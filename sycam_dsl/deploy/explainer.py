@@ -7,8 +7,8 @@ The maths is the engine's, step for step (``cam.terminals``): the gradient pass
 (``_gradient_pass``: ``dz_c/dA`` by ``torch.autograd.grad``), ScoreCAM's masked passes (``_cic``:
 ``channel_masks``, baseline ``x_b = 0``, constant maps keep the baseline's scores, the same rows per
 batch and channels-last input), ablation through the layers after the target layer (``_abl``: the
-same groups of images and rows), then ``template``'s saliency, upsampling matrices and min-max
-normalization. The model is split with ``cam.layer_split.split_model`` (torch.fx); each half is
+same blocks of images and channels, ``ablation_layout``), then ``template``'s saliency, upsampling
+matrices and min-max normalization. The model is split with ``cam.layer_split.split_model`` (torch.fx); each half is
 compiled with ``torch.jit.script``, else ``torch.jit.trace``.
 """
 
@@ -30,7 +30,7 @@ from torch import Tensor, fx, nn
 from ..backend.dispatch import compile_dispatch, generate_dispatch_source
 from ..backend.export import python_module
 from ..cam.layer_split import SplitError, split_model
-from ..cam.terminals import DEFAULT_CHUNK_SIZE
+from ..cam.terminals import DEFAULT_CHUNK_SIZE, ablation_layout
 from ..errors import SycamError
 from ..lang.ast import Node
 from ..lang.operators import HELPERS_SRC
@@ -276,26 +276,30 @@ class Explainer(nn.Module):
         return masked_y - base_y[:, None], masked_z
 
     def abl(self, x: Tensor, a: Tensor, logits: Tensor, t: Tensor) -> Tensor:
-        """``abl`` ``[N, K]``: ``cam.terminals._abl`` with the fx split, at a fixed chunk size in fp32."""
+        """``abl`` ``[N, K]``: ``cam.terminals._abl`` with the fx split, at a fixed chunk size in fp32, its
+        batches laid out as the engine's (``ablation_layout``: ``c`` channels of each of ``B`` images)."""
         n, k = a.shape[0], a.shape[1]
-        group = max(1, self.chunk // k)
+        block, per = ablation_layout(n, k, self.chunk)
         with torch.no_grad():
             ablated = x.new_empty([n, k])
-            flat_out = ablated.view(-1)
-            rows_img = torch.arange(group * k, device=x.device) // k
-            rows_ch = torch.arange(group * k, device=x.device) % k
-            positions = torch.arange(self.chunk, device=x.device)
-            for s in range(0, n, group):
-                xs, a_s, ts = x[s:s + group], a[s:s + group], t[s:s + group]
+            slots = torch.arange(per, device=x.device)
+            for s in range(0, n, block):
+                xs, a_s, ts = x[s:s + block], a[s:s + block], t[s:s + block]
                 g = xs.shape[0]
-                carried = self.head(xs)[1:]  # per group, as the engine carries them
-                for r0 in range(0, g * k, self.chunk):
-                    r1 = min(r0 + self.chunk, g * k)
-                    i, c = rows_img[r0:r1], rows_ch[r0:r1]
-                    rows = a_s[i].clone()
-                    rows[positions[:r1 - r0], c] = 0.0
-                    out = self.tail(rows, [v[i] for v in carried])
-                    flat_out[s * k + r0:s * k + r1] = out.gather(1, ts[i][:, None])[:, 0]
+                carried = self.head(xs)[1:]  # per block, as the engine carries them
+                images = torch.arange(g, device=x.device)
+                for c0 in range(0, k, per):
+                    m = min(per, k - c0)
+                    o = slots[:m]
+                    rows = a_s.unsqueeze(0).expand([m] + list(a_s.shape)).contiguous()  # [m, g, K, h, w]
+                    # slot o of image b ablates channel c0 + o: row (o * g + b) * K + c0 + o of the maps
+                    at = ((o[:, None] * g + images[None, :]) * k + (c0 + o)[:, None]).flatten()
+                    rows.view(m * g * k, -1).index_fill_(0, at, 0.0)
+                    rows_carried = [v.unsqueeze(0).expand([m] + list(v.shape)).contiguous().flatten(0, 1)
+                                    for v in carried]
+                    out = self.tail(rows.flatten(0, 1), rows_carried)
+                    picked = out.view(m, g, -1).gather(2, ts.view(1, g, 1).expand(m, g, 1))[:, :, 0]
+                    ablated[s:s + g, c0:c0 + m] = picked.transpose(0, 1)
             z_c = logits.gather(1, t[:, None])
         return (z_c - ablated) / z_c
 

@@ -1,4 +1,4 @@
-"""What the adapters share: the weight expression, the target layer's name, and the expression's
+"""What the adapters share: the weight expression (``deploy.method``), and the expression's
 weights for a batch of images, computed with the project's own terminal engine (``cam.terminals``:
 gradients, ScoreCAM masked passes, ablations through the tail of the network) and evaluator."""
 
@@ -10,36 +10,26 @@ import torch
 from torch import nn
 
 from ..cam.terminals import DEFAULT_CHUNK_SIZE, compute_terminals
+from ..deploy.method import load_method
 from ..evaluate import evaluate
 from ..lang.ast import Node
-from ..lang.sexpr import parse_expr
-from ..lang.terminals import terminal_types
 from ..models.batching import BatchSize
 from ..models.precision import DEFAULT_PRECISION
 from .errors import IntegrationError
 
 
 def weight_expression(expression: str | Node) -> Node:
-    """The typed AST of a weight expression given as s-expression text (or already parsed); it must be a
-    Vec (one weight per channel) or a Map (one per channel and position)."""
-    node = parse_expr(expression, terminal_types()) if isinstance(expression, str) else expression
-    if not isinstance(node, Node) or not node.type.is_tensor:
-        raise IntegrationError(f"{expression} is not a weight expression (a Vec or a Map over the terminals)")
-    return node
-
-
-def layer_name(model: nn.Module, layer: nn.Module | str) -> str:
-    """The dotted path of ``layer`` (a submodule of ``model``, or its path) inside ``model``."""
-    if isinstance(layer, str):
-        return layer
-    for name, module in model.named_modules():
-        if module is layer and name:
-            return name
-    raise IntegrationError(f"target layer {type(layer).__name__} is not a submodule of the model; pass one of "
-                           f"model.named_modules()")
+    """The typed AST of one weight expression (a Vec or a Map): s-expression text, a file or a result
+    folder holding one (``deploy.method.load_method``), or a parsed ``Node``; a per-class result is refused."""
+    method = load_method(expression)
+    if not isinstance(method, Node):
+        raise IntegrationError(f"{expression} is a per-class result; the adapters take one expression (export it "
+                               f"with sycam-dsl export, or use sycam_dsl.SyCAM)")
+    return method
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without any)."""
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 

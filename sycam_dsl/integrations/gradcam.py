@@ -5,14 +5,15 @@ wherever ``GradCAM`` does (``with SyCAMGradCAM(model, [layer], expr) as cam: cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     from sycam_dsl.integrations.gradcam import SyCAMGradCAM
 
-    with SyCAMGradCAM(model, [model.layer4], "(relu (mul grads cic))") as cam:
+    with SyCAMGradCAM(model, [model.layer4], "(relu (* grads cic))") as cam:
         heatmaps = cam(input_tensor=images, targets=[ClassifierOutputTarget(281)] * len(images))  # [N, H, W]
 
 Vec expressions give grad-cam per-channel weights (``get_cam_weights``); Map expressions give the
 layer-resolution map ``ReLU(sum_k W_k A_k)`` (``get_cam_image``). The terminals (``grads``, ``cic``,
-``abl``, ...) are computed by this package's engine for the class each target names: targets are
-grad-cam targets with a ``category`` (``ClassifierOutputTarget``, ``ClassifierOutputSoftmaxTarget``,
-``ClassifierOutputReST``), and the terminals use the class logit as everywhere in sycam-dsl.
+``abl``, ...) are computed by this package's engine for the class each target names: grad-cam
+targets that single out one class (``ClassifierOutputTarget`` and the others with a ``category``, or
+any that scores one class's logit highest; ``deploy.api.resolve_targets``, as for ``SyCAM``), and
+the terminals use the class logit as everywhere in sycam-dsl.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import torch
 from torch import nn
 
 from ..cam.terminals import DEFAULT_CHUNK_SIZE
+from ..deploy.api import layer_name, resolve_targets
 from ..lang.ast import Node
 from ..lang.types import Type
 from ..models.batching import BatchSize
 from ..models.precision import DEFAULT_PRECISION
 from ..template.heatmaps import layer_saliency
-from .engine import expression_weights, layer_name, weight_expression
+from .engine import expression_weights, weight_expression
 from .errors import IntegrationError, missing
 
 try:
@@ -39,20 +41,6 @@ try:
     from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 except ImportError:
     raise missing("grad-cam (pytorch-grad-cam)", "gradcam") from None
-
-
-def target_classes(targets: Sequence[Any]) -> list[int]:
-    """The class index of each grad-cam target (its ``category``)."""
-    out = []
-    for t in targets:
-        c = getattr(t, "category", None)
-        if isinstance(c, torch.Tensor | np.integer) and np.ndim(c) == 0:
-            c = int(c)
-        if not isinstance(c, int) or isinstance(c, bool):
-            raise IntegrationError(f"SyCAMGradCAM needs targets that name a class (ClassifierOutputTarget(c) and "
-                                   f"the like, with a .category), got {type(t).__name__}")
-        out.append(c)
-    return out
 
 
 class SyCAMGradCAM(BaseCAM):
@@ -91,8 +79,10 @@ class SyCAMGradCAM(BaseCAM):
     def _weights(self, input_tensor: torch.Tensor, target_layer: nn.Module,
                  targets: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         with self._own_passes():
+            classes = resolve_targets(list(targets), self.model, input_tensor)
+            assert classes is not None  # BaseCAM passes targets for every image (the predicted ones when None)
             return expression_weights(self.model, self._layers[id(target_layer)], self.expression, input_tensor,
-                                      target_classes(targets), **self._engine)
+                                      classes, **self._engine)
 
     def get_cam_weights(self, input_tensor: torch.Tensor, target_layer: Any, targets: Any,
                         activations: Any, grads: Any) -> np.ndarray:
