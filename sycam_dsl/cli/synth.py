@@ -17,6 +17,7 @@ from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.registry import known_metrics
 from ..synthesis.config import DEFAULT_MAX_SIZE, TERMINAL_MODES
+from ..synthesis.guide import STRATEGIES
 from ..synthesis.incumbent import parse_until
 from ..synthesis.split import DEFAULT_TEST_SPLIT, MIN_SPLIT_IMAGES, check_fraction
 from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
@@ -116,6 +117,9 @@ def configure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--terminals", choices=TERMINAL_MODES, default="on-demand",
                    help="on-demand (default): cic and abl are computed per image when the search first reads them, "
                         "so it starts at once; eager: every terminal before the search (same result)")
+    s.add_argument("--strategy", choices=STRATEGIES, default="size",
+                   help="size (default): enumerate smallest first; guided: learn production costs from candidates "
+                        "that beat the incumbent on part of a level while searching (Probe-style; no --resume yet)")
     s.add_argument("--plain-engine", action="store_true",
                    help="score candidates one at a time with no memo and no early stopping (same result, slower; "
                         "for comparisons)")
@@ -197,7 +201,8 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                                          use_cache=not args.no_cache, cache_size=args.cache_size),
                         search=SearchOptions(seed=args.seed, test_split=args.test_split,
                                              equivalence_size=args.equivalence_images, max_size=args.max_size,
-                                             until=args.until, terminals=args.terminals, **engine),
+                                             until=args.until, terminals=args.terminals,
+                                             strategy=args.strategy, **engine),
                         output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
                                              progress=not args.quiet, settings={"bundled_benchmark": bundled},
                                              sanity=args.sanity),

@@ -68,22 +68,40 @@ class Grammar:
 
 def derivable(grammar: Grammar, nt: str, term: Node) -> bool:
     """Whether the complete ``term`` can be derived from non-terminal ``nt`` of ``grammar``, i.e. is in
-    the language the enumerator searches (at any size): a recursive match of the term against the
-    productions. A (term, non-terminal) pair already being matched up the stack fails, which cuts
-    unit-production cycles (``E -> T -> E``) without losing a derivation: one without the cycle exists."""
+    the language the enumerator searches (at any size)."""
+    return derivation(grammar, nt, term) is not None
 
-    def from_nt(t: Node, name: str, active: frozenset[tuple[Node, str]]) -> bool:
+
+def derivation(grammar: Grammar, nt: str, term: Node) -> list[Production] | None:
+    """The productions of a derivation of the complete ``term`` from non-terminal ``nt`` (top-down,
+    the first that matches in file order), or None when ``term`` is not in the language: a recursive
+    match of the term against the productions. A (term, non-terminal) pair already being matched up
+    the stack fails, which cuts unit-production cycles (``E -> T -> E``) without losing a derivation:
+    one without the cycle exists."""
+
+    def from_nt(t: Node, name: str, active: frozenset[tuple[Node, str]]) -> list[Production] | None:
         if (t, name) in active:
-            return False
+            return None
         active = active | {(t, name)}
-        return any(matches(t, p.template, active) for p in grammar.nonterminals[name].productions)
+        for p in grammar.nonterminals[name].productions:
+            used = matches(t, p.template, active)
+            if used is not None:
+                return [p, *used]
+        return None
 
-    def matches(t: Node, tmpl: Node, active: frozenset[tuple[Node, str]]) -> bool:
+    def matches(t: Node, tmpl: Node, active: frozenset[tuple[Node, str]]) -> list[Production] | None:
         if tmpl.kind == HOLE:
-            return t.type == tmpl.type and from_nt(t, str(tmpl.head), active)
+            return from_nt(t, str(tmpl.head), active) if t.type == tmpl.type else None
         if tmpl.kind in (VAR, CONST):
-            return t == tmpl
-        return (t.kind == tmpl.kind and t.head == tmpl.head and len(t.args) == len(tmpl.args)
-                and all(matches(a, b, active) for a, b in zip(t.args, tmpl.args)))
+            return [] if t == tmpl else None
+        if t.kind != tmpl.kind or t.head != tmpl.head or len(t.args) != len(tmpl.args):
+            return None
+        used: list[Production] = []
+        for a, b in zip(t.args, tmpl.args):
+            part = matches(a, b, active)
+            if part is None:
+                return None
+            used += part
+        return used
 
-    return nt in grammar.nonterminals and from_nt(term, nt, frozenset())
+    return from_nt(term, nt, frozenset()) if nt in grammar.nonterminals else None

@@ -282,7 +282,7 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
         "min_class_images": search.min_class_images,
         "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
         "early_stop": search.early_stop, "until": None if search.until is None else str(parse_until(search.until)),
-        "test_split": split.fraction, "terminals": search.terminals,
+        "test_split": split.fraction, "terminals": search.terminals, "strategy": search.strategy,
         "images_from_store": info.stored if data.use_cache else None,
         "workers": len(pool.workers) if pool is not None else 0, **(output.settings or {}),
     }

@@ -20,6 +20,7 @@ from ..metrics.registry import Metric
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models.batching import check_batch_size
 from ..models.precision import DEFAULT_PRECISION, check_precision
+from .guide import STRATEGIES
 from .incumbent import parse_until
 from .oracle import SMALL_LEVEL
 from .split import DEFAULT_TEST_SPLIT, check_fraction
@@ -98,7 +99,9 @@ class SearchOptions:
     ``test_split``: the share of the images held out before any search and scored only in the final
     tables (seeded, stratified by class; 0: off; see ``split.py``). ``terminals``: ``on-demand``
     computes ``cic`` and ``abl`` per image when the search first reads them (``on_demand.py``),
-    ``eager`` all terminals before the search (same result, later first candidate).
+    ``eager`` all terminals before the search (same result, later first candidate). ``strategy``:
+    ``size`` enumerates smallest first; ``guided`` learns production costs from partial solutions while
+    it searches (``guide.py``; no resume yet).
 
     The evaluation engine (none of it changes the result): ``memo_mb`` MB of memoized Deletion /
     Insertion forward passes (0: off), ``candidate_batch`` candidates scored together on ``I3``,
@@ -116,6 +119,7 @@ class SearchOptions:
     until: float | str | None = None
     test_split: float = DEFAULT_TEST_SPLIT
     terminals: str = "on-demand"
+    strategy: str = "size"
 
     def __post_init__(self) -> None:
         # bad values are refused before any work (terminals can take minutes)
@@ -123,6 +127,8 @@ class SearchOptions:
         check_fraction(self.test_split)
         if self.terminals not in TERMINAL_MODES:
             raise SycamError(f"terminals must be one of {', '.join(TERMINAL_MODES)}, got {self.terminals!r}")
+        if self.strategy not in STRATEGIES:
+            raise SycamError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
 
 
 @dataclass(frozen=True)

@@ -147,8 +147,9 @@ def versions() -> dict[str, str]:
 def _counts(outcomes: list[SearchOutcome]) -> dict[str, Any]:
     out: dict[str, Any] = {"enumerated": 0, "duplicates": 0, "canonical_pruned": 0, "equivalence_pruned": 0,
                            "considered": 0, "heatmap_equivalent": 0, "invalid": 0, "scored": {}, "rejected": {},
-                           "accepted": 0}
+                           "accepted": 0, "restarts": 0}
     for o in outcomes:
+        out["restarts"] += o.enumeration.get("restarts", 0)
         total = o.enumeration.get("total", {})
         out["enumerated"] += total.get("generated", 0)
         out["duplicates"] += total.get("duplicates", 0)

@@ -51,12 +51,14 @@ from ..baselines import baseline
 from ..enumerate import Enumerator
 from ..equivalence.heatmaps import HeatmapIndex
 from ..errors import SycamError
+from ..evaluate.terminals import Terminals
 from ..lang.ast import Node, to_sexpr
 from ..lang.sexpr import parse_expr
 from ..models.precision import DEFAULT_PRECISION
 from ..parse.grammar import Grammar
 from ..util.progress import StatusLine
 from .config import SearchConfig
+from .guide import Guide
 from .incumbent import best_baseline, better, parse_until
 from .on_demand import OnDemandTerminals, terminal_status
 from .oracle import SMALL_LEVEL, SMALL_LEVEL_MARGIN, hopeless, judge
@@ -207,6 +209,9 @@ class Search:
         self.level_names = self.subsets.names
         self.scorer: Scorer = (scorer or LocalScorer)(problem, self.subsets, self.metric, grammar.start.type,
                                                       config.image_chunk)
+        self.guide = Guide(grammar) if config.strategy == "guided" else None
+        self.restarts = 0  # of the guided enumerator
+        self._earlier: list[dict[str, Any]] = []  # the stats of the enumerators it restarted
         self._levels_of: Incumbent | None = None
         self._levels: dict[int, tuple[torch.Tensor, float]] = {}
         self.label = label
@@ -236,6 +241,7 @@ class Search:
                 "oracle": {"baseline_check": c.baseline_check, "small_level": c.small_level,
                            "small_level_margin": SMALL_LEVEL_MARGIN},
                 **({"test_split": c.test_split} if c.test_split else {}),
+                **({"strategy": c.strategy} if c.strategy != "size" else {}),
                 # scores at another precision differ; fp32 stays out so older checkpoints still match
                 **({"precision": self.problem.inputs.precision}
                    if self.problem.inputs.precision != DEFAULT_PRECISION else {})}
@@ -272,6 +278,9 @@ class Search:
         """Search until the budget, the grammar's end, Ctrl-C or SIGTERM; returns the incumbent."""
         fingerprint = self.fingerprint() if self.out_dir is not None else {}  # only checkpoints use it
         state = (self.resumed_state() if resume else None) or SearchState()
+        if self.guide is not None and state.next_candidate > 0:
+            raise SycamError("resuming a guided search is not supported yet: run it again, or search with "
+                             "--strategy size")
         self._state = state
         self._resumed, self._resumed_loaded = None, False  # a second run reads the checkpoint afresh
         for name in self.level_names:
@@ -282,7 +291,7 @@ class Search:
         self._checkpoint_interval = min(FIRST_CHECKPOINT_SECONDS, self.config.checkpoint_seconds)
         self._next_checkpoint = time.monotonic()
         stopped_by = "exhausted"
-        enum = None
+        self._enum: Enumerator | None = None
         with _Interrupts() as interrupts:
             self._interrupts = interrupts
             source = self.problem.terminals.source if isinstance(self.problem.terminals, OnDemandTerminals) else None
@@ -292,7 +301,7 @@ class Search:
                 self._checkpoint(state, fingerprint, force=True)
                 self._check_threshold(state)
                 eq = self.subsets.equivalence
-                enum = Enumerator(self.grammar, self.problem.terminals.subset(eq), self.config.max_size)
+                eq_terms = self.problem.terminals.subset(eq)
                 index = HeatmapIndex(self.problem.acts.index_select(0, eq.to(self.problem.acts.device)),
                                      self.grammar.start.type)
                 budget = self.config.budget
@@ -300,17 +309,17 @@ class Search:
                 # The first batches are small (1, 2, 4, ... candidates): the first candidates are
                 # scored at once, before the enumerator reads terminals later ones need.
                 batch = 1
-                for cand in enum.candidates():
-                    if budget.candidates is not None and cand.index >= budget.candidates:
+                for term, value, at in self._stream(eq_terms):
+                    if budget.candidates is not None and at >= budget.candidates:
                         stopped_by = "candidates"
                         break
                     if self._out_of_time(state):
                         self._process(pending, state, fingerprint)  # records those judged without scoring
                         raise _Stop
-                    earlier = index.check(cand.value, cand.term)
-                    if cand.index < state.next_candidate:
+                    earlier = index.check(value, term)
+                    if at < state.next_candidate:
                         continue  # processed before the checkpoint: replayed for the heatmap index only
-                    pending.append((cand.term, cand.index, earlier))
+                    pending.append((term, at, earlier))
                     if len(pending) >= batch:
                         self._process(pending, state, fingerprint)
                         pending = []
@@ -341,9 +350,46 @@ class Search:
         best = None
         if state.incumbent is not None:
             best = parse_expr(state.incumbent.expression, self.grammar.inputs, source="<incumbent>")
-        return SearchOutcome(best, state, self.subsets, stopped_by,
-                             enum.stats.as_dict() if enum is not None else {}, total, self.level_names,
+        enum = self._enum
+        stats: dict[str, Any] = enum.stats.as_dict() if enum is not None else {}
+        if self.guide is not None:  # the work of every enumerator it started, the last one's sizes
+            for earlier in self._earlier:
+                for key, v in earlier["total"].items():
+                    stats["total"][key] = stats["total"].get(key, 0) + v
+                stats["seconds"] += earlier["seconds"]
+            stats.update(restarts=self.restarts, partial_solutions=self.guide.partial_solutions)
+        return SearchOutcome(best, state, self.subsets, stopped_by, stats, total, self.level_names,
                              self._threshold, self.config.baseline_check, self.config.small_level)
+
+    def _stream(self, eq_terms: Terminals) -> Iterator[tuple[Node, torch.Tensor, int]]:
+        """The candidates ``(term, value on the equivalence subset, index)``: the enumerator's, by size;
+        with a guide, by its costs, the enumerator started again whenever they change (after the batch
+        that changed them), the candidates already yielded skipped, so that indices count distinct
+        candidates and none is judged twice."""
+        guide = self.guide
+        if guide is None:
+            self._enum = Enumerator(self.grammar, eq_terms, self.config.max_size)
+            for cand in self._enum.candidates():
+                yield cand.term, cand.value, cand.index
+            return
+        seen: set[str] = set()
+        self._earlier = []
+        while True:
+            version = guide.version
+            self._enum = Enumerator(self.grammar, eq_terms, guide.max_cost(self.config.max_size),
+                                    costs=guide.costs())
+            for cand in self._enum.candidates():
+                if guide.version != version:
+                    break
+                key = to_sexpr(cand.term)
+                if key in seen:
+                    continue
+                seen.add(key)
+                yield cand.term, cand.value, len(seen) - 1
+            else:
+                return
+            self.restarts += 1
+            self._earlier.append(self._enum.stats.as_dict())
 
     def _checkpoint(self, state: SearchState, fingerprint: dict[str, Any], force: bool = False) -> None:
         """Write the checkpoint when it is due (or ``force``); the interval doubles up to
@@ -531,6 +577,7 @@ class Search:
         inc = state.incumbent
         blocks: list[torch.Tensor] = []
         outcome, levels_scored = "accepted", 0
+        self._fit = 0.0
         for j in range(len(self.level_names)):
             levels_scored = j + 1
             before = torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
@@ -545,6 +592,7 @@ class Search:
                     break
                 chunks.append(s)
                 if inc is not None and self._hopeless(torch.cat([before, *chunks]), inc, j, c):
+                    self._fit = self._wins(torch.cat([before, *chunks]), inc, j)
                     outcome = "rejected"
                     break
             if outcome != "accepted":
@@ -554,10 +602,18 @@ class Search:
                 continue
             verdict = judge(torch.cat(blocks), self._incumbent_level(inc, j)[0], self.metric.higher_is_better,
                             self.config.small_level)
+            self._fit = verdict.wins / max(1, verdict.n)
             if not verdict.passed:
                 outcome = "rejected"
                 break
         return outcome, levels_scored, blocks
+
+    def _wins(self, scored: torch.Tensor, inc: Incumbent, j: int) -> float:
+        """The share of the images scored so far on level ``j`` (``scored`` ``[s]``) where the candidate
+        beats the incumbent."""
+        level = self._incumbent_level(inc, j)[0][:len(scored)]
+        better = scored > level if self.metric.higher_is_better else scored < level
+        return float(better.double().mean()) if len(scored) else 0.0
 
     def _record(self, state: SearchState, node: Node, index: int,
                 verdict: tuple[str, int, list[torch.Tensor]] | None) -> None:
@@ -571,6 +627,8 @@ class Search:
                 counts.heatmap_equivalent += 1
                 return
             outcome, levels_scored, blocks = verdict
+            if self.guide is not None and outcome != "invalid":
+                self.guide.observe(node, self._fit)
             if state.first_scored is None:
                 state.first_scored = self._elapsed(state)
             for name in self.level_names[:levels_scored]:
