@@ -20,6 +20,7 @@ from pathlib import Path
 import ray
 import torch
 
+from sycam_dsl.allocator import keep_freed_memory
 from sycam_dsl.bundled import bundled_images, load_bundled_model
 from sycam_dsl.cam.terminals import compute_terminals
 from sycam_dsl.cli.synth import BUNDLED
@@ -69,6 +70,7 @@ def terminals(workers: int, args: argparse.Namespace) -> float:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (see sycam_dsl.allocator)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", default="1,2", help="worker counts to measure (default 1,2)")
     p.add_argument("--worker-cpus", type=float, default=1.0)
@@ -82,15 +84,17 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads here, device {args.device}; bundled default "
           f"({args.images} images, g2, Deletion), --time {args.time:g} s; Ray {ray.__version__}, workers of "
           f"{args.worker_cpus:g} CPU / {args.worker_gpus:g} GPU")
-    ray.init(num_cpus=max(1, int(cpus + 0.999)), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        # one process first, before Ray starts (its processes would share the CPUs)
         base = terminals(0, args)
-        print(f"\nterminals (cic and abl of {args.images} images): one process {base:.1f} s")
-        for w in counts:
-            s = terminals(w, args)
-            print(f"  {w} worker(s): {s:.1f} s ({base / s:.2f}x one process)")
-        with tempfile.TemporaryDirectory() as tmp:
-            one = search(0, args, Path(tmp))
+        one = search(0, args, Path(tmp))
+        ray.init(num_cpus=max(1, int(cpus + 0.999)), include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+        try:
+            print(f"\nterminals (cic and abl of {args.images} images): one process {base:.1f} s")
+            for w in counts:
+                s = terminals(w, args)
+                print(f"  {w} worker(s): {s:.1f} s ({base / s:.2f}x one process)")
             rate = one["considered"] / one["search"] * 60
             print(f"\nsearch, one process: {one['considered']} candidates in {one['search']:.1f} s = {rate:,.0f} "
                   f"per minute (whole run {one['total']:.1f} s); result {one['expression']}")
@@ -99,8 +103,8 @@ def main() -> None:
                 rw = r["considered"] / r["search"] * 60
                 print(f"  {w} worker(s): {r['considered']} candidates in {r['search']:.1f} s = {rw:,.0f} per minute "
                       f"({rw / rate:.2f}x one process; whole run {r['total']:.1f} s); result {r['expression']}")
-    finally:
-        ray.shutdown()
+        finally:
+            ray.shutdown()
 
 
 if __name__ == "__main__":

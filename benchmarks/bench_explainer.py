@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from sycam_dsl import SyCAM
+from sycam_dsl.allocator import keep_freed_memory
 from sycam_dsl.deploy.explainer import explainer_size, save_explainer
 from sycam_dsl.deploy.method import load_method
 from sycam_dsl.models import load_model
@@ -40,6 +41,7 @@ def best_of(fn, repeats: int, warmup: int = 3) -> float:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (see sycam_dsl.allocator)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="bundled")
     p.add_argument("--weights")

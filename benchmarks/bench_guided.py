@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from sycam_dsl.allocator import keep_freed_memory
 from sycam_dsl.bundled import bundled_images, load_bundled_model
 from sycam_dsl.cli.synth import BUNDLED
 from sycam_dsl.synthesis import (
@@ -55,6 +56,7 @@ def best_by(history: list[dict], seconds: float) -> float | None:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (see sycam_dsl.allocator)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--time", type=float, default=120.0, help="search budget per run in seconds (default 120)")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")

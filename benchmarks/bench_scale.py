@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from sycam_dsl.allocator import keep_freed_memory
 from sycam_dsl.bundled import bundled_images
 from sycam_dsl.synthesis import (
     Budget,
@@ -77,6 +78,7 @@ def _channels(model: torch.nn.Module, layer: str, x: torch.Tensor) -> int:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (see sycam_dsl.allocator)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet18", help="torchvision model name (seeded random weights)")
     p.add_argument("--layer", default=None, help="target layer (default: the model's)")

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from sycam_dsl.allocator import keep_freed_memory
 from sycam_dsl.bundled import bundled_images, load_bundled_model
 from sycam_dsl.cam import terminals as T
 from sycam_dsl.cam.layer_split import layer_access, tail_runner
@@ -320,6 +321,7 @@ def compare(ref: Run, low: Run, precision: str, size: tuple[int, int]) -> None:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does (see sycam_dsl.allocator)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="bundled,resnet18", help="bundled and/or torchvision names (default "
                                                                  "bundled,resnet18)")

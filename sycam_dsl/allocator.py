@@ -5,8 +5,8 @@ The enumerator allocates and frees many tensors of a few MB. glibc serves such s
 released (measured here: a chain of three element-wise ops on ``[16, 20480]`` floats took 105 us
 per row with the default settings and 8 us per row with these). ``keep_freed_memory`` raises
 glibc's mmap and trim thresholds so large blocks are reused from the heap. It changes no result,
-only speed; elsewhere than glibc/Linux it does nothing. The CLI and the benchmarks call it; a
-program using the Python API may call it once at start.
+only speed; elsewhere than glibc/Linux it does nothing. The CLI, ``synthesize``, the Ray workers
+and the benchmarks call it; another program using the Python API may call it once at start.
 """
 
 from __future__ import annotations

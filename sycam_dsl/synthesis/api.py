@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..allocator import keep_freed_memory
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
 from ..cam.sanity import check_sanity_size
@@ -149,6 +150,7 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     ``OutputOptions``) and ``cluster`` (Ray workers for the terminals and the scoring; ``ClusterOptions``,
     see ``distributed``: the same result as one process)."""
     t_start = time.perf_counter()
+    keep_freed_memory()  # about 2x faster scoring here (see allocator); changes no result
     if images is None:
         raise SycamError("give images: a folder, an ImageSet or a tensor [N, 3, H, W]")
     out = Path(out_dir) if out_dir is not None else None

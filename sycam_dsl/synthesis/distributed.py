@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..allocator import keep_freed_memory
 from ..cam.terminals import TerminalInfo
 from ..errors import SycamError
 from ..evaluate.terminals import Terminals
@@ -101,6 +102,7 @@ class ShardWorker:
                  masks: torch.Tensor | None, threads: int | None = None) -> None:
         from .build import build_problem  # the same path as one process
 
+        keep_freed_memory()  # a process of its own: as the CLI does (see allocator)
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
