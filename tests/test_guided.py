@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from sycam_dsl.errors import SycamError
-from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.synthesis import Search
 from sycam_dsl.synthesis.guide import FIT_MAX, SCALE, Guide
@@ -21,14 +20,8 @@ class CicScorer(ScriptedScorer):
     """Every image scores ``1 - 0.5 ** (number of cic leaves)``: the more ``cic`` the better, so the
     best expressions are large products of ``cic``, and candidates that read it are partial solutions."""
 
-    def score(self, nodes, j, c):
-        part = self.inner.part(j, c)
-        out = []
-        for node in nodes:
-            text = to_sexpr(node)
-            self.calls.append((text, j, c))
-            out.append(torch.full((part.n,), 1 - 0.5 ** _cics(text), dtype=torch.float64))
-        return out
+    def scores(self, text: str) -> torch.Tensor:
+        return torch.full((self.inner.problem.n,), 1 - 0.5 ** _cics(text), dtype=torch.float64)
 
 
 def _cics(text: str) -> int:

@@ -98,14 +98,17 @@ class ScriptedScorer:
     def best_rest(self, level, chunk):
         return self.inner.best_rest(level, chunk)
 
+    def scores(self, text: str) -> torch.Tensor:
+        """The per-image scores ``[N]`` (by image) of the candidate ``text``."""
+        return torch.tensor(self.table.get(text, [0.0] * self.inner.problem.n), dtype=torch.float64)
+
     def score(self, nodes, j, c):
         part = self.inner.part(j, c)
         out = []
         for node in nodes:
             text = to_sexpr(node)
             self.calls.append((text, j, c))
-            scores = torch.tensor(self.table.get(text, [0.0] * self.inner.problem.n), dtype=torch.float64)
-            out.append(scores[part.index])
+            out.append(self.scores(text)[part.index])
         return out
 
 
