@@ -133,8 +133,8 @@ class ShardWorker:
 
     def score(self, expressions: Sequence[str], positions: Sequence[int]) -> list[torch.Tensor | None]:
         """``score_part`` of the candidates (s-expressions) on the images at ``positions``."""
-        # candidates and baselines come as s-expressions over any terminal
-        nodes = [parse_expr(e, terminal_types(), source="<candidate>") for e in expressions]
+        types = terminal_types()  # candidates and baselines come as s-expressions over any terminal
+        nodes = [parse_expr(e, types, source="<candidate>") for e in expressions]
         return score_part(self.part(positions), nodes, self.spec.metric, self.spec.start)
 
     def ping(self) -> int:

@@ -592,7 +592,8 @@ class Search:
                     break
                 chunks.append(s)
                 if inc is not None and self._hopeless(torch.cat([before, *chunks]), inc, j, c):
-                    self._fit = self._wins(torch.cat([before, *chunks]), inc, j)
+                    if self.guide is not None:  # only a guided search learns from the share of wins
+                        self._fit = self._wins(torch.cat([before, *chunks]), inc, j)
                     outcome = "rejected"
                     break
             if outcome != "accepted":
