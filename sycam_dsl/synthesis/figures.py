@@ -6,6 +6,9 @@
 * :func:`save_score_plot`: the incumbent's score over time as a step function, with the baselines'
   scores as dashed lines. Drawn with matplotlib when installed (its Agg canvas, without pyplot), else
   with PIL.
+* :func:`save_front_plot`: the Pareto front of a multi-objective search over two metrics as a scatter
+  plot (members joined in order, baselines as hollow markers, the knee highlighted), over more metrics
+  as a matrix of pairwise scatter plots. Drawn with matplotlib when installed, else with PIL.
 """
 
 from __future__ import annotations
@@ -201,16 +204,19 @@ def _ranges(xs: list[float], ys: list[float], baselines: Mapping[str, float], en
     x_hi = max([*xs, end if end is not None and math.isfinite(end) else x_lo])
     if x_hi <= x_lo:
         x_hi = x_lo + 1.0
-    values = ys + [v for v in baselines.values() if math.isfinite(v)]
-    if not values:
-        values = [0.0, 1.0]
-    y_lo, y_hi = min(values), max(values)
-    span = y_hi - y_lo
+    return (x_lo, x_hi), _value_range(ys + [v for v in baselines.values() if math.isfinite(v)])
+
+
+def _value_range(values: list[float]) -> tuple[float, float]:
+    """An axis range holding the finite ``values`` with a margin; a lone value gets a span around it."""
+    values = [v for v in values if math.isfinite(v)] or [0.0, 1.0]
+    lo, hi = min(values), max(values)
+    span = hi - lo
     if span <= 0:
-        span = abs(y_hi) * 0.1 or 1.0
-        y_lo, y_hi = y_lo - span / 2, y_hi + span / 2
-    margin = 0.08 * (y_hi - y_lo)
-    return (x_lo, x_hi), (y_lo - margin, y_hi + margin)
+        span = abs(hi) * 0.1 or 1.0
+        lo, hi = lo - span / 2, hi + span / 2
+    margin = 0.08 * (hi - lo)
+    return lo - margin, hi + margin
 
 
 def save_score_plot(history: Sequence[tuple[float, float]], path: str | Path, metric: str,
@@ -391,10 +397,314 @@ def _score_plot_pil(points, path: Path, metric: str, higher_is_better: bool,
     draw.text(((width - tw) // 2, PAD), title, fill="black", font=title_font)
     tw = _text_size(font, x_label)[0]
     draw.text((left + (plot_w - tw) // 2, top + plot_h + 6 + line_h + PAD), x_label, fill="black", font=font)
-    y_label = _wrap(font, metric, plot_h, max_lines=1)[0]
-    tw, th = _text_size(font, y_label)
+    _vertical_text(canvas, font, metric, PAD, top, plot_h)
+    canvas.save(path, format="PNG")
+
+
+def _vertical_text(canvas, font, text: str, x: int, top: int, height: int) -> None:
+    """``text`` (cut to ``height``) rotated a quarter turn, centred on ``[top, top + height]`` at ``x``."""
+    from PIL import Image, ImageDraw
+
+    line = _wrap(font, text, height, max_lines=1)[0]
+    tw, th = _text_size(font, line)
     strip = Image.new("RGB", (tw + 2, th + 2), "white")
-    ImageDraw.Draw(strip).text((1, 0), y_label, fill="black", font=font)
+    ImageDraw.Draw(strip).text((1, 0), line, fill="black", font=font)
     strip = strip.rotate(90, expand=True)
-    canvas.paste(strip, (PAD, top + (plot_h - strip.height) // 2))
+    canvas.paste(strip, (x, top + (height - strip.height) // 2))
+
+
+# --------------------------------------------------------------------------------------------------
+# the Pareto front
+
+FRONT_COLOUR = (31, 119, 180)  # the members' filled markers (matplotlib's tab:blue)
+FRONT_LINE = (158, 190, 218)  # the line joining them: lighter, so a marker's colour is the members' own
+KNEE_COLOUR = (214, 39, 40)  # tab:red
+BASELINE_COLOURS = [(255, 127, 14), (44, 160, 44), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+                    (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # tab: colours without blue and red
+BASELINE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h"]  # matplotlib's; PIL draws the first four
+FRONT_PANEL = (520, 400)  # PIL plot area (pixels) for two metrics
+MATRIX_PANEL = (240, 190)  # PIL plot area of one pairwise panel for more metrics
+
+
+def _axis_label(name: str, higher_is_better: bool) -> str:
+    return f"{name} ({'higher' if higher_is_better else 'lower'} is better)"
+
+
+def _front_data(front: Sequence[tuple[str, Sequence[float]]], metrics: Sequence[tuple[str, bool]],
+                baselines: Mapping[str, Sequence[float]] | None, knee: int | None):
+    """The checked inputs as plain lists: ``(labels, values, baselines)``, values as floats."""
+    n = len(metrics)
+    if n < 2:
+        raise ValueError(f"a front plot needs at least two metrics, got {n}")
+    labels, values = [], []
+    for i, (label, point) in enumerate(front):
+        if len(point) != n:
+            raise ValueError(f"front member {i} ({label!r}) has {len(point)} values, expected {n} (one per metric)")
+        labels.append(str(label))
+        values.append([float(v) for v in point])
+    base: dict[str, list[float]] = {}
+    for name, point in (baselines or {}).items():
+        if len(point) != n:
+            raise ValueError(f"baseline {name!r} has {len(point)} values, expected {n} (one per metric)")
+        base[str(name)] = [float(v) for v in point]
+    if knee is not None and not 0 <= knee < len(values):
+        raise ValueError(f"knee {knee} is not the index of a front member (there are {len(values)})")
+    return labels, values, base
+
+
+def save_front_plot(front: Sequence[tuple[str, Sequence[float]]], metrics: Sequence[tuple[str, bool]],
+                    path: str | Path, baselines: Mapping[str, Sequence[float]] | None = None,
+                    knee: int | None = None, backend: str | None = None) -> Path:
+    """Write a PNG plot of a Pareto front to ``path``.
+
+    ``front`` lists ``(label, values)`` per member, one value per metric (callers pass short labels,
+    e.g. ``"#0"``); ``metrics`` lists ``(name, higher_is_better)``. With two metrics, one scatter plot
+    (x the first metric, y the second): the members as filled markers joined in order of x, each with
+    its label; ``baselines`` (name -> one value per metric) as hollow markers with their names; the
+    member at index ``knee`` highlighted (legend entry "knee"). With more metrics, a matrix of pairwise
+    scatter plots (row ``i``, column ``j``: x metric ``j``, y metric ``i``; the diagonal names the
+    metric). Non-finite values are not drawn. An empty front still gives a plot (baselines and the note
+    "empty front"). ``backend``: ``"matplotlib"``, ``"pil"`` or ``None`` (matplotlib when installed,
+    else PIL). Raises ``ValueError`` for fewer than two metrics, a point without one value per
+    metric, or a ``knee`` that is not a member's index."""
+    if backend not in (None, "matplotlib", "pil"):
+        raise ValueError(f"unknown backend {backend!r}: use 'matplotlib', 'pil' or None")
+    labels, values, base = _front_data(front, metrics, baselines, knee)
+    metrics = [(str(name), bool(high)) for name, high in metrics]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if backend != "pil":
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            if backend == "matplotlib":
+                raise
+            backend = "pil"
+    if backend == "pil":
+        _front_plot_pil(labels, values, metrics, base, knee, path)
+    else:
+        _front_plot_matplotlib(labels, values, metrics, base, knee, path)
+    return path
+
+
+def _finite_pair(point: list[float], x: int, y: int) -> bool:
+    return math.isfinite(point[x]) and math.isfinite(point[y])
+
+
+def _front_order(values: list[list[float]], x: int, y: int) -> list[int]:
+    """The members drawable on the panel (x metric ``x``, y metric ``y``), in order of their x value."""
+    return sorted((i for i, p in enumerate(values) if _finite_pair(p, x, y)), key=lambda i: values[i][x])
+
+
+def _hex(colour: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*colour)
+
+
+def _front_panel_matplotlib(ax, labels: list[str], values: list[list[float]], base: dict[str, list[float]],
+                            knee: int | None, x: int, y: int, font_size: float) -> None:
+    order = _front_order(values, x, y)
+    if order:
+        ax.plot([values[i][x] for i in order], [values[i][y] for i in order], "-", color=_hex(FRONT_LINE),
+                linewidth=1.5, zorder=2)
+        ax.plot([values[i][x] for i in order], [values[i][y] for i in order], "o", color=_hex(FRONT_COLOUR),
+                markersize=7, zorder=3, label="front")
+        for i in order:
+            ax.annotate(labels[i], (values[i][x], values[i][y]), textcoords="offset points", xytext=(5, 5),
+                        fontsize=font_size)
+    if not values:
+        ax.text(0.5, 0.75, "empty front", transform=ax.transAxes, ha="center", va="center",
+                fontsize=font_size + 3, color="dimgray", zorder=5,
+                bbox={"facecolor": "white", "edgecolor": "dimgray", "boxstyle": "round"})
+    if knee is not None and _finite_pair(values[knee], x, y):
+        ax.plot([values[knee][x]], [values[knee][y]], "*", color=_hex(KNEE_COLOUR), markersize=18, zorder=4,
+                label="knee")
+    for k, (name, point) in enumerate(base.items()):
+        if _finite_pair(point, x, y):
+            colour = _hex(BASELINE_COLOURS[k % len(BASELINE_COLOURS)])
+            ax.plot([point[x]], [point[y]], BASELINE_MARKERS[k % len(BASELINE_MARKERS)], markersize=9,
+                    markerfacecolor="none", markeredgecolor=colour, markeredgewidth=2, zorder=3, label=name)
+            ax.annotate(name, (point[x], point[y]), textcoords="offset points", xytext=(6, -10),
+                        fontsize=font_size, color=colour)
+    ax.set_xlim(*_value_range([p[x] for p in [*values, *base.values()]]))
+    ax.set_ylim(*_value_range([p[y] for p in [*values, *base.values()]]))
+    ax.grid(True, alpha=0.3)
+
+
+def _front_plot_matplotlib(labels: list[str], values: list[list[float]], metrics: list[tuple[str, bool]],
+                           base: dict[str, list[float]], knee: int | None, path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas for PNG
+
+    n = len(metrics)
+    title = f"Pareto front ({len(values)} member{'' if len(values) == 1 else 's'})"
+    if n == 2:
+        fig = Figure(figsize=(7, 5))
+        ax = fig.add_subplot(1, 1, 1)
+        _front_panel_matplotlib(ax, labels, values, base, knee, 0, 1, font_size=8)
+        ax.set_xlabel(_axis_label(*metrics[0]))
+        ax.set_ylabel(_axis_label(*metrics[1]))
+        ax.set_title(title)
+        if values or base:
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+        fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+        return
+    fig = Figure(figsize=(2.6 * n, 2.4 * n))
+    handles: dict = {}
+    for i in range(n):
+        for j in range(n):
+            ax = fig.add_subplot(n, n, i * n + j + 1)
+            if i == j:
+                ax.text(0.5, 0.5, _axis_label(*metrics[i]).replace(" (", "\n("), transform=ax.transAxes,
+                        ha="center", va="center", fontsize=10, wrap=True)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            _front_panel_matplotlib(ax, labels, values, base, knee, j, i, font_size=6)
+            ax.tick_params(labelsize=7)
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)  # one legend for the figure
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   fontsize=8, frameon=False)
+    fig.suptitle(title + ": row metric (y) against column metric (x)")
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+
+
+def _marker(draw, x: float, y: float, shape: str, r: float, fill=None, outline=None, width: int = 1) -> None:
+    """A PIL marker centred on ``(x, y)``: a circle, square, triangle or diamond of radius ``r``."""
+    if shape == "s":
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=fill, outline=outline, width=width)
+    elif shape == "^":
+        draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill, outline=outline, width=width)
+    elif shape == "D":
+        draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=fill, outline=outline, width=width)
+    else:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=outline, width=width)
+
+
+def _baseline_style(k: int) -> tuple[tuple[int, int, int], str]:
+    return BASELINE_COLOURS[k % len(BASELINE_COLOURS)], "osD^"[k % 4]
+
+
+def _axis_ticks(values: list[list[float]], base: dict[str, list[float]], m: int,
+                length: int, spacing: int) -> tuple[tuple[float, float], list[float], float]:
+    """Metric ``m``'s axis over ``length`` pixels: its range, and ticks about ``spacing`` pixels apart."""
+    lo, hi = _value_range([p[m] for p in [*values, *base.values()]])
+    ticks, step = _nice_ticks(lo, hi, count=max(3, length // spacing))
+    return (lo, hi), ticks, step
+
+
+def _front_panel_pil(draw, font, labels: list[str], values: list[list[float]], base: dict[str, list[float]],
+                     knee: int | None, x: int, y: int, box: tuple[int, int, int, int]) -> None:
+    """One scatter panel (x metric ``x``, y metric ``y``) with its ticks, in the plot area ``box``
+    (left, top, width, height); tick labels go left of and below it."""
+    left, top, plot_w, plot_h = box
+    (x_lo, x_hi), x_ticks, x_step = _axis_ticks(values, base, x, plot_w, 100)
+    (y_lo, y_hi), y_ticks, y_step = _axis_ticks(values, base, y, plot_h, 80)
+
+    def px(v: float) -> float:
+        return left + (v - x_lo) / (x_hi - x_lo) * plot_w
+
+    def py(v: float) -> float:
+        return top + plot_h - (v - y_lo) / (y_hi - y_lo) * plot_h
+
+    for v in y_ticks:
+        label = _tick_label(v, y_step)
+        draw.line([(left, py(v)), (left + plot_w, py(v))], fill=(230, 230, 230))
+        draw.line([(left - 4, py(v)), (left, py(v))], fill="black")
+        tw, th = _text_size(font, label)
+        draw.text((left - 6 - tw, py(v) - th // 2 - 1), label, fill="black", font=font)
+    for v in x_ticks:
+        label = _tick_label(v, x_step)
+        draw.line([(px(v), top), (px(v), top + plot_h)], fill=(230, 230, 230))
+        draw.line([(px(v), top + plot_h), (px(v), top + plot_h + 4)], fill="black")
+        draw.text((px(v) - _text_size(font, label)[0] // 2, top + plot_h + 6), label, fill="black", font=font)
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
+    for k, (name, point) in enumerate(base.items()):
+        if _finite_pair(point, x, y):
+            colour, shape = _baseline_style(k)
+            bx, by = px(point[x]), py(point[y])
+            _marker(draw, bx, by, shape, 6, outline=colour, width=2)
+            draw.text((bx + 8, by + 2), name, fill=colour, font=font)
+    order = _front_order(values, x, y)
+    if len(order) > 1:
+        draw.line([(px(values[i][x]), py(values[i][y])) for i in order], fill=FRONT_LINE, width=2)
+    for i in order:
+        mx, my = px(values[i][x]), py(values[i][y])
+        if i == knee:
+            _marker(draw, mx, my, "o", 8, fill=KNEE_COLOUR)
+        else:
+            _marker(draw, mx, my, "o", 5, fill=FRONT_COLOUR)
+        draw.text((mx + 7, my - _line_height(font) - 1), labels[i], fill="black", font=font)
+    if not values:
+        note = "empty front"
+        tw, th = _text_size(font, note)
+        nx, ny = left + (plot_w - tw) // 2, top + plot_h // 4 - th // 2
+        draw.rectangle([nx - PAD, ny - PAD, nx + tw + PAD, ny + th + PAD], fill="white", outline=(105, 105, 105))
+        draw.text((nx, ny), note, fill=(105, 105, 105), font=font)
+
+
+def _front_plot_pil(labels: list[str], values: list[list[float]], metrics: list[tuple[str, bool]],
+                    base: dict[str, list[float]], knee: int | None, path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    title_font = _font(FONT_SIZE + 2)
+    line_h = _line_height(font)
+    n = len(metrics)
+    legend: list[tuple[str, tuple[int, int, int], str, bool]] = []  # text, colour, shape, filled
+    if values:
+        legend.append(("front", FRONT_COLOUR, "o", True))
+    if knee is not None:
+        legend.append(("knee", KNEE_COLOUR, "o", True))
+    legend += [(_wrap(font, name, MAX_LABEL_WIDTH, max_lines=1)[0], *_baseline_style(k), False)
+               for k, name in enumerate(base)]
+    legend_w = (2 * PAD + 20 + max(_text_size(font, t)[0] for t, _, _, _ in legend) + PAD) if legend else PAD
+    plot_w, plot_h = FRONT_PANEL if n == 2 else MATRIX_PANEL
+    tick_w = 2 * PAD + max(_text_size(font, _tick_label(v, step))[0]  # room for any panel's y tick labels
+                           for m in range(n) for _, ticks, step in [_axis_ticks(values, base, m, plot_h, 80)]
+                           for v in ticks)
+    cell_w, cell_h = tick_w + plot_w + PAD, plot_h + line_h + 3 * PAD  # a panel with its tick labels
+    label_w = line_h + PAD if n == 2 else 0  # the rotated y axis label
+    top = PAD + _line_height(title_font) + 2 * PAD
+    bottom = line_h + 2 * PAD if n == 2 else PAD
+    cols = 1 if n == 2 else n
+    width = PAD + label_w + cols * cell_w + legend_w
+    height = top + cols * cell_h + bottom
+
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    if n == 2:
+        left = PAD + label_w + tick_w
+        _front_panel_pil(draw, font, labels, values, base, knee, 0, 1, (left, top, plot_w, plot_h))
+        x_label = _wrap(font, _axis_label(*metrics[0]), plot_w, max_lines=1)[0]
+        draw.text((left + (plot_w - _text_size(font, x_label)[0]) // 2, top + plot_h + line_h + 2 * PAD),
+                  x_label, fill="black", font=font)
+        _vertical_text(canvas, font, _axis_label(*metrics[1]), PAD, top, plot_h)
+    else:
+        for i in range(n):
+            for j in range(n):
+                left, cell_top = PAD + j * cell_w + tick_w, top + i * cell_h
+                if i == j:  # the diagonal names the metric
+                    draw.rectangle([left, cell_top, left + plot_w, cell_top + plot_h], outline=(180, 180, 180))
+                    lines = [*_wrap(font, metrics[i][0], plot_w - 2 * PAD, max_lines=2),
+                             f"({'higher' if metrics[i][1] else 'lower'} is better)"]
+                    ly = cell_top + (plot_h - len(lines) * line_h) // 2
+                    for k, line in enumerate(lines):
+                        draw.text((left + (plot_w - _text_size(font, line)[0]) // 2, ly + k * line_h), line,
+                                  fill="black", font=font)
+                else:
+                    _front_panel_pil(draw, font, labels, values, base, knee, j, i, (left, cell_top, plot_w, plot_h))
+    ly = top + PAD
+    x0 = width - legend_w + 2 * PAD
+    for text, colour, shape, filled in legend:
+        y = ly + line_h // 2
+        if filled:
+            _marker(draw, x0 + 8, y, shape, 5, fill=colour)
+        else:
+            _marker(draw, x0 + 8, y, shape, 5, outline=colour, width=2)
+        draw.text((x0 + 20, ly), text, fill="black", font=font)
+        ly += line_h + 2
+    title = f"Pareto front ({len(values)} member{'' if len(values) == 1 else 's'})"
+    title = _wrap(title_font, title, width - 2 * PAD, max_lines=1)[0]
+    draw.text(((width - _text_size(title_font, title)[0]) // 2, PAD), title, fill="black", font=title_font)
     canvas.save(path, format="PNG")
