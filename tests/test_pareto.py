@@ -138,7 +138,8 @@ def test_knee_scale_falls_back_to_the_front_range():
     assert knee(FRONT, [[0.0, 0.3], [1.5, 0.3]], [True, True]) == 1
     # a non-finite baseline value makes the range not finite: the front range again -> B
     assert knee(FRONT, [[0.0, 0.3], [1.5, math.inf]], [True, True]) == 1
-    assert knee(FRONT, [[0.0, 0.3], [1.5, math.nan], [1.0, 0.2]], [True, True]) == 1
+    # (the finite values alone span 3.0 on metric 1, which would give A = 0.5 / 3 and pick A)
+    assert knee(FRONT, [[0.0, 0.3], [1.5, math.nan], [1.0, 3.3]], [True, True]) == 1
 
 
 def test_knee_scale_falls_back_to_one():
@@ -207,8 +208,12 @@ def test_front_plot_pil_draws_members_baselines_and_knee(tmp_path, monkeypatch, 
     # two more members add two filled markers (about 80 pixels each) per panel; the legend is the same
     assert _count(pixels, FRONT_COLOUR) - _count(one, FRONT_COLOUR) > 2 * 50 * panels
     assert _count(pixels, KNEE_COLOUR) == 0
-    # the first baseline (lowest on metric 0) sits in the left half, away from the legend
-    assert _count(pixels[:, : pixels.shape[1] // 2], BASELINE_COLOURS[0]) > 20
+    # the first baseline (lowest on metric 0) sits in the left half, away from the legend; named " ",
+    # its hollow marker is all there is of its colour there
+    unnamed = {" ": baselines["gradcam"], "gradcam++": baselines["gradcam++"]}
+    marker = _read(save_front_plot(front, metrics, tmp_path / "u.png", unnamed, backend="pil"))
+    assert _count(marker[:, : marker.shape[1] // 2], BASELINE_COLOURS[0]) > 30
+    assert _count(pixels[:, : pixels.shape[1] // 2], BASELINE_COLOURS[0]) > 60  # with its name
     with_knee = _read(save_front_plot(front, metrics, tmp_path / "k.png", baselines, knee=1, backend="pil"))
     assert _count(with_knee, KNEE_COLOUR) > 150 * panels  # the bigger marker in every panel (and the legend)
     assert _count(with_knee, FRONT_COLOUR) < _count(pixels, FRONT_COLOUR)  # the knee is not drawn blue
@@ -229,6 +234,7 @@ def test_front_plot_matplotlib(tmp_path, monkeypatch, n):
     assert _count(pixels, FRONT_COLOUR) > _count(one, FRONT_COLOUR) > 0
     plain = save_front_plot(front, metrics, tmp_path / "plain.png", baselines, backend="matplotlib")
     assert plain.read_bytes() != path.read_bytes()  # the knee shows
+    assert _count(pixels, KNEE_COLOUR) > 20 and _count(_read(plain), KNEE_COLOUR) == 0
 
 
 @pytest.mark.parametrize("backend", ["pil", None])
