@@ -58,9 +58,9 @@ def test_a_pool_of_plain_workers_gives_the_terminals_computed_here(monkeypatch):
         torch.testing.assert_close(got[name], here.terminals[name][index], rtol=1e-5, atol=1e-6)
 
 
-def _search(tmp_path, name, cluster, per_class=False, resume=False, terminals="on-demand"):
+def _search(tmp_path, name, cluster, per_class=False, resume=False, terminals="on-demand", metric="deletion"):
     x, masks = data(30)
-    synthesize(tiny_model(), "features", x, metric="deletion", metric_options={"steps": 3},
+    synthesize(tiny_model(), "features", x, metric=metric, metric_options={"steps": 3},
                budget=Budget(candidates=25), per_class=per_class, data=DataOptions(masks=masks, use_cache=False),
                search=SearchOptions(level_sizes=(6, 12, None), equivalence_size=4, seed=1, min_class_images=4,
                                     terminals=terminals),
@@ -72,7 +72,8 @@ def _search(tmp_path, name, cluster, per_class=False, resume=False, terminals="o
 def _same(a, b):
     assert [(h["expression"], h["candidate"], h.get("baseline")) for h in a["history"]] == \
         [(h["expression"], h["candidate"], h.get("baseline")) for h in b["history"]]
-    assert [h["score"] for h in a["history"]] == pytest.approx([h["score"] for h in b["history"]], rel=1e-5)
+    key = "scores" if a["history"] and "scores" in a["history"][0] else "score"
+    assert [h[key] for h in a["history"]] == pytest.approx([h[key] for h in b["history"]], rel=1e-5)
     assert a["expression"] == b["expression"] and a["counts"] == b["counts"]
 
 
@@ -92,6 +93,17 @@ def test_a_search_on_two_workers_finds_what_one_process_finds(ray_cluster, tmp_p
         assert [m["mean"] for m in a["methods"]] == pytest.approx([m["mean"] for m in b["methods"]], rel=1e-5)
     assert two["settings"]["workers"] == 2 and one["settings"]["workers"] == 0
     assert two["engine"]["workers"] == {"count": 2, "restarts": 0} and one["engine"]["workers"] is None
+
+
+def test_a_front_search_on_two_workers_finds_what_one_process_finds(ray_cluster, tmp_path):
+    one = _search(tmp_path, "one", ClusterOptions(), metric="deletion,insertion")
+    two = _search(tmp_path, "two", ClusterOptions(workers=2), metric="deletion,insertion")
+    _same(one, two)
+    assert one["front"] is not None
+    assert [m["expression"] for m in one["front"]["members"]] == [m["expression"] for m in two["front"]["members"]]
+    for a, b in zip(one["front"]["members"], two["front"]["members"]):
+        assert a["search"] == pytest.approx(b["search"], rel=1e-5)
+    assert two["settings"]["workers"] == 2
 
 
 def test_a_worker_killed_mid_search_is_replaced_and_the_result_is_unchanged(ray_cluster, tmp_path, monkeypatch):

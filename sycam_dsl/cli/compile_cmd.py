@@ -7,13 +7,17 @@ from pathlib import Path
 
 from ..deploy.method import per_class_result
 from ..errors import SycamError
+from ..lang.ast import Node
 from .options import height_width, output_file, positive_int, weight_expression
 
 
 def configure(k: argparse.ArgumentParser) -> None:
     k.description = ("Compile an expression into a file that torch.jit.load (or "
                                           "torch.export.load) runs without sycam-dsl installed.")
-    k.add_argument("expression", help="an expression such as '(relu (+ grads cic))', or a file holding one")
+    k.add_argument("expression", help="an expression such as '(relu (+ grads cic))', a file holding one, or a "
+                                      "result.json (a per-class result compiles its dispatch)")
+    k.add_argument("--member", metavar="K|knee", help="of a result.json of a search over several metrics: compile "
+                                                     "front member K (default: the knee member, its expression)")
     k.add_argument("--grammar", help="grammar file, or a bundled grammar name (g2), whose inputs type the "
                                       "expression's terminals")
     k.add_argument("-o", "--output", required=True, help="output file (.pt for torchscript, .pt2 for export)")
@@ -34,7 +38,12 @@ def run(args: argparse.Namespace) -> None:
     output_file(args.output)
     types = dict(resolve_grammar(args.grammar).inputs) if args.grammar else terminal_types()
     per_class = per_class_result(args.expression)
-    if per_class is not None:
+    if args.member is not None:
+        from ..deploy.method import load_method
+
+        node = load_method(args.expression, types, args.member)
+        assert isinstance(node, Node)  # a per-class result has no member to choose (load_method says so)
+    elif per_class is not None:
         if args.format != "torchscript":
             raise SycamError("a per-class result compiles to TorchScript only (drop --format export)")
         if not isinstance(per_class["fallback"], str):
@@ -44,7 +53,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {args.output} (torchscript): forward(classes, terminals...) dispatching {len(classes)} "
               f"class expressions, fallback {per_class['fallback']}")
         return
-    _, node = weight_expression(args.expression, types)
+    else:
+        _, node = weight_expression(args.expression, types)
     out = Path(args.output)
     if args.format == "torchscript":
         save_torchscript(node, out)

@@ -17,6 +17,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("method", metavar="RESULT_DIR_OR_EXPR",
                    help="a weight expression, a file holding one, or a sycam-dsl synth output folder (or its "
                         "result.json; a per-class result exports its dispatch)")
+    p.add_argument("--member", metavar="K|knee", help="of the output of a search over several metrics: export front "
+                                                     "member K (default: the knee member, the result's expression)")
     add_model_options(p)
     p.add_argument("--chunk-size", type=positive_int, default=None, metavar="N",
                    help="masked images / ablated copies per forward pass inside the explainer (default: the "
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> None:
     from ..models.devices import resolve_device
 
     out = output_file(args.output, (SUFFIXES[args.format],))
-    method = load_method(args.method)
+    method = load_method(args.method, member=args.member)
     model = load_model(args.model, args.weights, args.device)
     size = args.size or model.input_size
     # the split is checked, and a half that cannot be scripted is traced, on two seeded example images

@@ -165,7 +165,8 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blur-sigma", type=positive_float, default=DEFAULT_BLUR_SIGMA, metavar="PX",
                    help=f"deletion / insertion: Gaussian blur sigma of x~ in pixels (default {DEFAULT_BLUR_SIGMA:g})")
     p.add_argument("--metric-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the metrics that take it, repeatable: VALUE is JSON (4, 0.5, true, [10,50,90], "
+                   help="an option of the metrics that take it (NAME.KEY=VALUE: of metric NAME only), repeatable: "
+                        "VALUE is JSON (4, 0.5, true, [10,50,90], "
                         "\"black\") or else a string; e.g. percentiles=[20,50,80] for road_morf, patch_size=8 for "
                         "quantus:RegionPerturbation")
     add_cache_options(p)
@@ -301,21 +302,23 @@ def metric_from_args(name: str, args: argparse.Namespace, strict: bool = True) -
     """The metric ``name`` with the ``--steps`` / ``--blur-sigma`` / ``--metric-option`` options it takes;
     ``strict``: a ``--metric-option`` it does not take is an error (for the one metric a command scores)."""
     from ..metrics import get_metric
+    from ..metrics.objectives import options_for, unused_options
 
     metric = get_metric(name)
     options = {"steps": args.steps, "blur_sigma": args.blur_sigma}
     chosen = metric_options(args)
-    if strict:
-        metric.with_options(**chosen)  # raises, naming the options the metric has
-    options.update(chosen)
+    if strict and unused_options([metric], chosen):  # raises, naming the options the metric has
+        metric.with_options(**{k: chosen[k] for k in unused_options([metric], chosen)})
+    options.update(options_for(metric, chosen))  # NAME.KEY: this metric's only
     return metric.with_options(**{k: v for k, v in options.items() if k in metric.option_names and v is not None})
 
 
 def check_metric_options(args: argparse.Namespace, metrics: Sequence[Metric]) -> None:
     """Every ``--metric-option`` is taken by one of ``metrics`` (each took those it has)."""
     from ..metrics.errors import MetricError
+    from ..metrics.objectives import unused_options
 
-    unused = sorted(set(metric_options(args)) - {o for m in metrics for o in m.option_names})
+    unused = unused_options(metrics, metric_options(args))
     if unused:
         raise MetricError(f"--metric-option {', '.join(unused)}: no metric of {', '.join(m.name for m in metrics)} "
                           f"takes it")

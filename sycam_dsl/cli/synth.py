@@ -15,10 +15,11 @@ from typing import Any
 
 from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
+from ..metrics.objectives import objective_of
 from ..metrics.registry import known_metrics
 from ..synthesis.config import DEFAULT_MAX_SIZE, TERMINAL_MODES
 from ..synthesis.guide import STRATEGIES
-from ..synthesis.incumbent import parse_until
+from ..synthesis.incumbent import parse_untils
 from ..synthesis.split import DEFAULT_TEST_SPLIT, MIN_SPLIT_IMAGES, check_fraction
 from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
 from .options import (
@@ -54,7 +55,7 @@ def _level_sizes(text: str):
 
 def _until(text: str) -> str:
     try:
-        parse_until(text)
+        parse_untils(text)
     except SycamError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
@@ -79,8 +80,12 @@ def configure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--images", metavar="DIR", help=IMAGES_HELP)
     s.add_argument("--masks", metavar="DIR", help=MASKS_HELP)
     add_targets(s)
-    s.add_argument("--metric", metavar="NAME", help=f"the metric to optimize (default deletion; known: "
-                                                    f"{', '.join(known_metrics())}, quantus:NAME)")
+    s.add_argument("--metric", metavar="NAME[,NAME...]",
+                   help=f"the metric to optimize (default deletion; known: {', '.join(known_metrics())}, "
+                        f"quantus:NAME); two or more, comma-separated (deletion,insertion), search for their "
+                        f"Pareto front: the expressions none beats on every metric at once, written to front/ "
+                        f"with front.png, cam.pt being the knee member (--metric-option NAME.KEY=VALUE sets one "
+                        f"metric's option)")
     s.add_argument("--grammar", default="g2", metavar="FILE|NAME",
                    help="grammar file, or a bundled grammar: g1, g2 (default), maps")
     s.add_argument("--time", type=positive_float, metavar="SECONDS",
@@ -89,7 +94,8 @@ def configure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--until", type=_until, metavar="T",
                    help="stop at the first incumbent whose I1 mean beats T: a number, or a baseline name with an "
                         "optional margin in the metric's better direction (0.40, ScoreCAM, ScoreCAM+0.005: for a "
-                        "lower-is-better metric, more than 0.005 below ScoreCAM's mean)")
+                        "lower-is-better metric, more than 0.005 below ScoreCAM's mean); with several metrics one T "
+                        "per metric, comma-separated: stop once one front member beats them all")
     s.add_argument("--candidates", type=positive_int, metavar="N", help="stop after N enumerated candidates")
     s.add_argument("--max-size", type=positive_int, default=DEFAULT_MAX_SIZE, metavar="N",
                    help=f"largest expression size (default {DEFAULT_MAX_SIZE})")
@@ -178,12 +184,13 @@ def _search(args: argparse.Namespace, out: Path) -> int:
 
     model, data, bundled = _data(args)
     metric_name = args.metric or BUNDLED["metric"]
-    if bundled and args.steps is None and metric_name in ("deletion", "insertion"):
+    if bundled and args.steps is None and {"deletion", "insertion"} & {n.strip() for n in metric_name.split(",")}:
         args.steps = BUNDLED["steps"]
-    metric = metric_from_args(metric_name, args, strict=False)
+    search_metrics = [metric_from_args(n.strip(), args, strict=False) for n in metric_name.split(",") if n.strip()]
+    metric = objective_of(search_metrics)  # several metrics: their Pareto front (Objectives checks they differ)
     report = args.report_metrics or (BUNDLED["report_metrics"] if bundled else metric.name)
-    report_metrics = [metric] + [metric_from_args(n.strip(), args, strict=False) for n in report.split(",")
-                                 if n.strip() and n.strip().replace("-", "_").lower() != metric.name]
+    report_metrics = search_metrics + [metric_from_args(n.strip(), args, strict=False) for n in report.split(",")
+                                 if n.strip() and n.strip().replace("-", "_").lower() not in metric.name.split(",")]
     check_metric_options(args, report_metrics)
     seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_TIME)
     levels = args.levels or (_level_sizes(BUNDLED["levels"]) if bundled else None)
@@ -213,6 +220,14 @@ def _search(args: argparse.Namespace, out: Path) -> int:
         print("per-class result:")
         for c, text in result.dispatch.describe().items():
             print(f"  {c}: {text}")
+    elif result.front:
+        front = d["front"]
+        names = [m["name"] for m in front["metrics"]]
+        print(f"Pareto front of {', '.join(names)} ({len(result.front)} members; means on the searched images):")
+        for k, m in enumerate(front["members"]):
+            means = ", ".join(f"{n} {m['search'][n]:.4f}" for n in names)
+            print(f"  {k}{' (knee)' if m['knee'] else '':7} {means}  {m['expression']}")
+        print(f"knee member (cam.pt, SyCAM below): {result.expression}")
     elif result.best is not None:
         print(f"best expression: {result.expression}")
     print()

@@ -102,7 +102,8 @@ class SyCAM:
     (a module, grad-cam's ``[module]``, a dotted name, or None for the model's default), grad-cam style.
 
     ``method``: an s-expression, a ``Node``, a ``Dispatch``, or a search's output folder / result.json
-    (a per-class result dispatches on each image's target class). ``chunk_size`` and ``ablation`` are the
+    (a per-class result dispatches on each image's target class; ``member``: of a search over several
+    metrics, that front member, a number or ``knee``, the default). ``chunk_size`` and ``ablation`` are the
     engine's (``compute_terminals``). ``cam(images [N, 3, H, W], targets=None)`` returns heatmaps
     ``[N, H, W]`` in ``[0, 1]`` on the images' device (the model is moved there); ``targets``: None
     (the predicted classes), a class index for all images, ``[N]`` class indices (list or tensor), or
@@ -110,13 +111,13 @@ class SyCAM:
 
     def __init__(self, model: nn.Module | LoadedModel, target_layer: nn.Module | str | Sequence[nn.Module] | None,
                  method: Method | str | Path, chunk_size: int | str = DEFAULT_CHUNK_SIZE,
-                 ablation: str = "auto") -> None:
+                 ablation: str = "auto", member: int | str | None = None) -> None:
         if isinstance(model, LoadedModel):  # its default layer, when none is named
             target_layer = target_layer if target_layer is not None else model.target_layer
             model = model.module
         self.model = model
         self.layer = layer_name(model, target_layer)
-        self.method = load_method(method)
+        self.method = load_method(method, member=member)
         self.names = method_terminals(self.method)
         self.chunk_size, self.ablation = chunk_size, ablation
         self.closed = False

@@ -47,11 +47,33 @@ def _weight_node(node: Node, what: str) -> Node:
     return node
 
 
-def load_method(method: Any, types: dict[str, Type] | None = None) -> Method:
+def front_member(data: Any, member: int | str, where: str) -> str:
+    """The expression of front member ``member`` (its number, or ``knee``) of a ``result.json``'s content."""
+    front = data.get("front") if isinstance(data, dict) else None
+    if not isinstance(front, dict) or not isinstance(front.get("members"), list):
+        raise MethodError(f"{where} has no Pareto front (its search optimized one metric): drop the member choice")
+    members = front["members"]
+    chosen: Any = front.get("knee") if member == "knee" else member
+    try:
+        k = int(chosen)
+    except (TypeError, ValueError):
+        raise MethodError(f"front member {member!r}: give its number (0 to {len(members) - 1}) or knee") from None
+    if not 0 <= k < len(members):
+        raise MethodError(f"front member {k}: {where} has {len(members)} members, numbered 0 to {len(members) - 1}")
+    expression = members[k].get("expression") if isinstance(members[k], dict) else None
+    if not isinstance(expression, str):
+        raise MethodError(f"{where}: front.members[{k}] has no expression")
+    return expression
+
+
+def load_method(method: Any, types: dict[str, Type] | None = None, member: int | str | None = None) -> Method:
     """``method`` as a ``Node`` or ``Dispatch``: one already, an s-expression string, a ``.sexp`` /
     ``.txt`` file, or a search's output folder or its ``result.json`` (a per-class result gives its
-    ``Dispatch``)."""
+    ``Dispatch``; ``member``: of a search over several metrics, that front member, a number or
+    ``knee``; None: the result's expression, which is the knee member's)."""
     types = types if types is not None else terminal_types()
+    if member is not None and (isinstance(method, (Node, Dispatch)) or not _is_result(method)):
+        raise MethodError("a front member is chosen from a search's output folder or its result.json only")
     if isinstance(method, Dispatch):
         return method
     if isinstance(method, Node):
@@ -68,6 +90,8 @@ def load_method(method: Any, types: dict[str, Type] | None = None) -> Method:
     if p.suffix == ".json" and p.is_file():
         per_class = per_class_result(str(p))
         if per_class is not None:
+            if member is not None:
+                raise MethodError(f"{p} is a per-class result, not a Pareto front: drop the member choice")
             if not isinstance(per_class["fallback"], str):
                 raise MethodError(f"{p} holds no expression (its search scored no candidate)")
             classes = {int(c): _weight_node(parse_expr(e, types, source=str(p)), f"class {c}'s expression")
@@ -75,7 +99,8 @@ def load_method(method: Any, types: dict[str, Type] | None = None) -> Method:
             return Dispatch(classes, _weight_node(parse_expr(per_class["fallback"], types, source=str(p)),
                                                   "the fallback"))
         try:
-            expression = json.loads(p.read_text())["expression"]
+            data = json.loads(p.read_text())
+            expression = data["expression"] if member is None else front_member(data, member, str(p))
         except (ValueError, KeyError, TypeError):
             raise MethodError(f"{p}: expected a JSON object with an 'expression' field") from None
         if not isinstance(expression, str):
@@ -84,6 +109,14 @@ def load_method(method: Any, types: dict[str, Type] | None = None) -> Method:
     if not text.lstrip().startswith("(") and p.suffix in (".sexp", ".txt") and p.is_file():
         text = p.read_text()
     return _weight_node(parse_expr(text.strip(), types), text.strip())
+
+
+def _is_result(method: Any) -> bool:
+    """Whether ``method`` names a search's output folder or a ``.json`` file."""
+    if not isinstance(method, (str, Path)):
+        return False
+    p = Path(method)
+    return p.is_dir() or (p.suffix == ".json" and p.is_file())
 
 
 def method_terminals(method: Method) -> list[str]:

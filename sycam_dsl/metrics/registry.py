@@ -150,6 +150,10 @@ class Metric:
             raise MetricError(f"metric {self.name!r} has no option {', '.join(unknown)} (options: {known})")
         return replace(self, options={**self.options, **options})
 
+    def scores(self, inputs: MetricInputs) -> torch.Tensor:
+        """Per-image scores ``[N]`` or ``[C, N]`` of ``inputs``' heatmaps (``self(inputs).per_image``)."""
+        return self(inputs).per_image
+
     def better(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Where score ``a`` is strictly better than ``b`` (element-wise bool)."""
         return a > b if self.higher_is_better else a < b

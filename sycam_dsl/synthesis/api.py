@@ -16,6 +16,7 @@ the heatmap grid and the score plot; see ``outputs.py``).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import fields
 from functools import partial
@@ -32,7 +33,9 @@ from ..cam.sanity import check_sanity_size
 from ..cam.terminals import TerminalInfo
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
+from ..lang.sexpr import parse_expr
 from ..metrics import get_metric
+from ..metrics.objectives import Objective, Objectives, bind_options, metric_list, objective_of
 from ..metrics.registry import Metric
 from ..models import LoadedModel, Normalization, load_model
 from ..parse import resolve_grammar
@@ -42,8 +45,8 @@ from .build import build_problem
 from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
 from .dispatch import Dispatch
 from .distributed import ClusterOptions, RayScorer, ShardPool, WorkerSpec, import_ray, shard_pool, use_pool
-from .evaluation import Method, evaluate_methods
-from .incumbent import parse_until
+from .evaluation import Method, evaluate_methods, method_scores
+from .incumbent import parse_untils, until_text
 from .on_demand import OnDemandTerminals
 from .outputs import claim_output_folder, write_outputs
 from .per_class import ClassSearch, check_resume_kind, dispatch_of, search_per_class
@@ -56,6 +59,21 @@ from .split import make_split
 def resolve_metric(metric: str | Metric, options: dict[str, Any] | None) -> Metric:
     m = get_metric(metric) if isinstance(metric, str) else metric
     return m.with_options(**options) if options else m
+
+
+def resolve_objective(metric: str | Objective | Sequence[str | Metric],
+                      options: dict[str, Any] | None) -> Objective:
+    """What the search optimizes: one metric, or several (a list, or names separated by commas, e.g.
+    ``"deletion,insertion"``) as ``Objectives``; ``options`` apply to every metric that takes them,
+    ``NAME.KEY`` to that metric only (``bind_options``)."""
+    if isinstance(metric, Objectives):
+        return objective_of(bind_options(metric.metrics, options)) if options else metric
+    items = metric.split(",") if isinstance(metric, str) else [metric] if isinstance(metric, Metric) else list(metric)
+    named = [m for m in items if not isinstance(m, str) or m.strip()]
+    if len(named) == 1:
+        return resolve_metric(named[0].strip() if isinstance(named[0], str) else named[0], options)
+    metrics = [get_metric(m.strip()) if isinstance(m, str) else m for m in named]
+    return objective_of(bind_options(metrics, options))
 
 
 def as_budget(budget: Budget | float | int | None) -> Budget:
@@ -125,18 +143,22 @@ def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, 
 
 def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
                images: ImageSet | torch.Tensor | str | Path | None = None, *,
-               metric: str | Metric = "deletion", metric_options: dict[str, Any] | None = None,
+               metric: str | Objective | Sequence[str | Metric] = "deletion",
+               metric_options: dict[str, Any] | None = None,
                grammar: str | Path | Grammar = "g2", budget: Budget | float | None = None,
                per_class: bool = False, out_dir: str | Path | None = None, resume: bool = False,
                weights: str | None = None, device: str = "cpu", data: DataOptions = DataOptions(),
                search: SearchOptions = SearchOptions(), output: OutputOptions = OutputOptions(),
                cluster: ClusterOptions = ClusterOptions()) -> Result:
     """Search ``grammar`` for the weight expression that scores best on ``metric`` for ``model`` at
-    ``layer`` (None: the model's default) on ``images``, and write the results to ``out_dir``.
+    ``layer`` (None: the model's default) on ``images``, and write the results to ``out_dir``. Several
+    metrics (``"deletion,insertion"`` or a list) give the Pareto front of the expressions none beats on
+    every metric at once (``front``): ``result.front`` holds it, ``result.best`` its knee member.
 
     ``model``: a name for ``load_model`` (with ``weights``), a ``LoadedModel`` or an ``nn.Module``
     (taking images as given). ``images``: a folder, an ``ImageSet`` or a tensor ``[N, 3, H, W]``
-    normalized for the model. ``metric_options``: the metric's options (e.g. ``{"steps": 10}``).
+    normalized for the model. ``metric_options``: the metric's options (e.g. ``{"steps": 10}``; with
+    several metrics each takes those it has, ``"deletion.steps"`` names one).
     ``budget``: a ``Budget`` or seconds. ``per_class``: one search per predicted class, compiled
     into one dispatching module. An ``out_dir`` that holds a checkpoint of the same search is
     resumed when ``resume`` is True (a single search's checkpoint only without ``per_class``, and
@@ -163,17 +185,19 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
 
 
 def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images: ImageSet | torch.Tensor | str | Path,
-                metric: str | Metric, metric_options: dict[str, Any] | None, grammar: str | Path | Grammar,
+                metric: str | Objective | Sequence[str | Metric], metric_options: dict[str, Any] | None,
+                grammar: str | Path | Grammar,
                 budget: Budget | float | None, per_class: bool, out: Path | None, resume: bool, weights: str | None,
                 device: str, data: DataOptions, search: SearchOptions, output: OutputOptions,
                 cluster: ClusterOptions, t_start: float) -> Result:
     """``synthesize`` once the output folder is claimed."""
     if cluster.on:
         import_ray()  # one line, before any work, when Ray is missing
+    search_metric = resolve_objective(metric, metric_options)
+    shown = metric_list(search_metric)
+    parse_untils(search.until, len(shown))  # one threshold per metric, refused before any work
     loaded = loaded_model(model, weights, device)
     gram = resolve_grammar(grammar)
-    search_metric = resolve_metric(metric, metric_options)
-    shown = [search_metric]
     for m in output.report_metrics or []:
         m = resolve_metric(m, None)
         if m.name not in {s.name for s in shown}:
@@ -208,7 +232,7 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
 
 
 def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, info: TerminalInfo, gram: Grammar,
-                      search_metric: Metric, shown: list[Metric], budget: Budget | float | None, per_class: bool,
+                      search_metric: Objective, shown: list[Metric], budget: Budget | float | None, per_class: bool,
                       out: Path | None, resume: bool, weights: str | None, device: str, data: DataOptions,
                       search: SearchOptions, output: OutputOptions, pool: ShardPool | None, t0: float,
                       t_start: float) -> Result:
@@ -243,6 +267,12 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
         outcomes, stopped_by, best = [outcome], outcome.stopped_by, outcome.best
         eval_problem = search_problem.subset(outcome.subsets.level(len(outcome.subsets.level_sizes) - 1))
     search_seconds = time.perf_counter() - t0
+    front = [parse_expr(m.expression, gram.inputs, source="<front>") for m in outcomes[0].front] \
+        if dispatch is None else []
+    front_test = None
+    if front and test_problem is not None:  # the means on the searched images are the search's own
+        front_test = [{k: float(v.mean()) for k, v in method_scores(node, metric_list(search_metric),
+                                                                     test_problem).items()} for node in front]
 
     t0 = time.perf_counter()
     methods: dict[str, tuple[str, Method]] = {b: (baseline(b).expression, baseline(b).node)
@@ -261,10 +291,12 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
                                output.progress)
         eval_seconds += time.perf_counter() - t0
 
+    knee = outcomes[0].knee if front else None
     if test_tables is not None:
-        result = Result(best, dispatch, test_tables, {}, out, outcomes, search_tables=search_tables)
+        result = Result(best, dispatch, test_tables, {}, out, outcomes, search_tables=search_tables, front=front,
+                        knee=knee)
     else:
-        result = Result(best, dispatch, search_tables, {}, out, outcomes)
+        result = Result(best, dispatch, search_tables, {}, out, outcomes, front=front, knee=knee)
     demand_s = problem.terminals.source.work.total_seconds if isinstance(problem.terminals, OnDemandTerminals) else 0
     timings = {"terminals_s": terminal_seconds, "terminals_on_demand_s": demand_s, "search_s": search_seconds,
                "evaluation_s": eval_seconds}
@@ -283,14 +315,14 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
                     "terminal_batch_sizes": problem.terminal_batch_sizes},
         "min_class_images": search.min_class_images,
         "memo_mb": search.memo_mb, "candidate_batch": search.candidate_batch, "image_chunk": search.image_chunk,
-        "early_stop": search.early_stop, "until": None if search.until is None else str(parse_until(search.until)),
+        "early_stop": search.early_stop, "until": until_text(parse_untils(search.until)),
         "test_split": split.fraction, "terminals": search.terminals, "strategy": search.strategy,
         "images_from_store": info.stored if data.use_cache else None,
         "workers": len(pool.workers) if pool is not None else 0, **(output.settings or {}),
     }
     write_outputs(RunRecord(result, loaded, images_data, problem, eval_problem, gram, searches, stopped_by,
                             run_settings, timings, t_start, output.report_images, search_problem=search_problem,
-                            test_problem=test_problem, split=split, sanity=sanity,
+                            test_problem=test_problem, split=split, sanity=sanity, front_test=front_test,
                             workers=None if pool is None else {"count": len(pool.workers), "restarts": pool.restarts},
                             stratified_by="predicted class" if per_class or images_data.labels is None
                             else "label"))

@@ -16,12 +16,13 @@ from ..baselines import SEARCH_BASELINES
 from ..cam.terminals import DEFAULT_CHUNK_SIZE
 from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
+from ..metrics.objectives import Objective
 from ..metrics.registry import Metric
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models.batching import check_batch_size
 from ..models.precision import DEFAULT_PRECISION, check_precision
 from .guide import STRATEGIES
-from .incumbent import parse_until
+from .incumbent import parse_untils
 from .oracle import SMALL_LEVEL
 from .split import DEFAULT_TEST_SPLIT, check_fraction
 from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
@@ -95,7 +96,9 @@ class SearchOptions:
     ``per_class`` the fewest images a class needs for a search of its own (``min_class_images``), and
     ``until``: stop at the first incumbent whose ``I1`` mean beats a threshold, a number or a baseline
     name with an optional margin in the metric's better direction (``0.40``, ``"ScoreCAM"``,
-    ``"ScoreCAM+0.005"``; see ``incumbent.Until``; None: search the whole budget).
+    ``"ScoreCAM+0.005"``; see ``incumbent.Until``; None: search the whole budget); over several metrics one
+    threshold per metric, comma-separated (``"0.1,ScoreCAM"``): stop once one member of the front beats
+    every threshold.
     ``test_split``: the share of the images held out before any search and scored only in the final
     tables (seeded, stratified by class; 0: off; see ``split.py``). ``terminals``: ``on-demand``
     computes ``cic`` and ``abl`` per image when the search first reads them (``on_demand.py``),
@@ -123,7 +126,7 @@ class SearchOptions:
 
     def __post_init__(self) -> None:
         # bad values are refused before any work (terminals can take minutes)
-        parse_until(self.until)
+        parse_untils(self.until)
         check_fraction(self.test_split)
         if self.terminals not in TERMINAL_MODES:
             raise SycamError(f"terminals must be one of {', '.join(TERMINAL_MODES)}, got {self.terminals!r}")
@@ -134,7 +137,8 @@ class SearchOptions:
 @dataclass(frozen=True)
 class SearchConfig(SearchOptions):
     """Settings of one search: the ``SearchOptions`` (keywords) and the ``metric`` to optimize, which
-    carries its options (e.g. ``steps``), the ``budget``, the ``baselines`` scored at the end and how
+    carries its options (e.g. ``steps``; ``Objectives``: several metrics, whose Pareto front the search
+    keeps, see ``front``), the ``budget``, the ``baselines`` scored at the end and how
     often a checkpoint is written. ``baseline_check``: at the end, the best scored baseline the
     grammar expresses replaces a result with a worse ``I1`` mean (see ``incumbent``); ``small_level``:
     levels with fewer images are judged by the mean with a margin (see ``oracle``; 0: always the
@@ -143,7 +147,7 @@ class SearchConfig(SearchOptions):
     None of the engine's settings change which candidate wins (``candidate_batch=1,
     early_stop=False`` is the plain oracle)."""
 
-    metric: Metric
+    metric: Objective
     budget: Budget = Budget(seconds=600.0)
     baselines: tuple[str, ...] = SEARCH_BASELINES
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS

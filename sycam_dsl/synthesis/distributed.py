@@ -34,7 +34,7 @@ from ..lang.ast import Node, to_sexpr
 from ..lang.sexpr import parse_expr
 from ..lang.terminals import terminal_types
 from ..lang.types import Type
-from ..metrics.registry import Metric
+from ..metrics.objectives import Objective
 from ..models.loaded import LoadedModel
 from ..util.progress import progress as progress_bar
 from .on_demand import TerminalSource
@@ -88,7 +88,7 @@ class WorkerSpec:
     model: LoadedModel
     layer: str | None
     names: tuple[str, ...]
-    metric: Metric
+    metric: Objective
     start: Type
     settings: Mapping[str, Any]
 
@@ -249,8 +249,8 @@ class ShardPool:
         return out
 
     def score(self, expressions: list[str], index: torch.Tensor) -> list[torch.Tensor | None]:
-        """Per-image scores ``[m]`` (float64) of each candidate on the images at ``index``, in that
-        order; None where a worker found its saliency not finite."""
+        """Per-image scores ``[m]`` (``[m, M]`` for ``Objectives``; float64) of each candidate on the images
+        at ``index``, in that order; None where a worker found its saliency not finite."""
         split = self._split(index)
         got = self._call("score", {w: (expressions, positions) for w, (_, positions) in split.items()})
         out: list[torch.Tensor | None] = []
@@ -258,7 +258,8 @@ class ShardPool:
             if any(got[w][c] is None for w in split):
                 out.append(None)
                 continue
-            scores = torch.empty(len(index), dtype=torch.float64)
+            shape = next(got[w][c].shape[1:] for w in split)  # [M] for Objectives
+            scores = torch.empty((len(index), *shape), dtype=torch.float64)
             for w, (places, _) in split.items():
                 scores[torch.as_tensor(places)] = got[w][c]
             out.append(scores)
@@ -269,7 +270,7 @@ class RayScorer(LocalScorer):
     """A ``LocalScorer`` (its chunks and bounds are the driver's) whose candidates are scored by the
     pool's workers, each on its images of the chunk."""
 
-    def __init__(self, pool: ShardPool, problem: Problem, subsets: Subsets, metric: Metric, start: Type,
+    def __init__(self, pool: ShardPool, problem: Problem, subsets: Subsets, metric: Objective, start: Type,
                  image_chunk: int | None) -> None:
         super().__init__(problem, subsets, metric, start, image_chunk)
         self.pool = pool
@@ -277,7 +278,7 @@ class RayScorer(LocalScorer):
     @classmethod
     def factory(cls, pool: ShardPool):  # -> ScorerFactory
         """A ``ScorerFactory`` for ``Search``: scorers on ``pool``."""
-        def make(problem: Problem, subsets: Subsets, metric: Metric, start: Type,
+        def make(problem: Problem, subsets: Subsets, metric: Objective, start: Type,
                  image_chunk: int | None) -> RayScorer:
             return cls(pool, problem, subsets, metric, start, image_chunk)
         return make

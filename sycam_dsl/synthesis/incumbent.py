@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -168,3 +169,24 @@ def not_chosen_reason(name: str, grammar: Grammar, level_names: Sequence[str], b
             return f"in the grammar, but it loses the oracle's test against the result on level {level} ({rule})"
     return ("in the grammar; the search did not check the baselines at the end (baseline_check off) and judged it "
             "against an earlier incumbent")
+
+
+def parse_untils(value: float | int | str | Until | Sequence[Any] | None,
+                 count: int | None = None) -> list[Until] | None:
+    """``until`` for a search over ``count`` metrics (None: any number): one threshold per metric,
+    comma-separated (``"0.1,ScoreCAM"``) or a list, each as ``parse_until`` takes it; a one-line
+    ``SycamError`` when the count differs."""
+    if value is None:
+        return None
+    parts: list[Any] = list(value) if isinstance(value, (list, tuple)) else (
+        value.split(",") if isinstance(value, str) else [value])
+    if count is not None and len(parts) != count:
+        what = "one threshold" if count == 1 else f"one threshold per metric ({count}), separated by commas"
+        raise SycamError(f"until {value!r}: give {what}, got {len(parts)}")
+    untils = [parse_until(p) for p in parts]  # each a number, a text or an Until
+    return [u for u in untils if u is not None]
+
+
+def until_text(untils: Sequence[Until] | None) -> str | None:
+    """``until`` as ``--until`` takes it (None: none)."""
+    return None if untils is None else ",".join(map(str, untils))

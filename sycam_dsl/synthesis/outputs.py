@@ -1,5 +1,8 @@
 """The output folder of a search: ``result.json``, ``cam.pt``, ``report.md``, ``heatmaps.png`` and
-``score.png`` (see ``result.schema.json`` for the JSON's fields), written from one ``RunRecord``;
+``score.png`` (see ``result.schema.json`` for the JSON's fields), written from one ``RunRecord``; a
+search over several metrics writes ``front.png`` (the front against the baselines) instead of
+``score.png``, and one TorchScript file per front member, ``front/member-K.pt`` (``cam.pt`` is the
+knee member's);
 ``claim_output_folder`` checks and locks the folder before a run starts."""
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from .problem import Data, Problem
 from .result import Result, RunRecord, result_data
 
 FILES = {"result": "result.json", "cam": "cam.pt", "report": "report.md", "grid": "heatmaps.png",
-         "plot": "score.png", "checkpoint": "checkpoint.json"}
+         "plot": "score.png", "checkpoint": "checkpoint.json", "front_plot": "front.png", "front": "front"}
+
+
+def member_file(k: int) -> str:
+    """Where front member ``k``'s TorchScript module is written, relative to the output folder."""
+    return f"{FILES['front']}/member-{k}.pt"
 
 
 @contextmanager
@@ -84,18 +92,39 @@ def _grid(result: Result, model: LoadedModel, data: Data, problem: Problem, n_ro
                       row_labels=_row_labels(data, problem, rows), title=f"{model.name}: heatmaps")
 
 
+def _front_plot(front: dict[str, Any], path: Path, title: str = "") -> None:
+    """``front.png``: the front's means on the searched images (``result.json``'s ``front``), the
+    baselines' beside them."""
+    from .figures import save_front_plot
+
+    names = [m["name"] for m in front["metrics"]]
+    save_front_plot([(f"#{k}", [m["search"][n] for n in names]) for k, m in enumerate(front["members"])],
+                    [(m["name"] + title, m["higher_is_better"]) for m in front["metrics"]], path,
+                    {b: [v[n] for n in names] for b, v in front["baselines"].items()}, front["knee"])
+
+
 def _plot(result: Result, searches: list[ClassSearch], folder: Path) -> list[str]:
     from .figures import save_score_plot
 
     metric, rows = result.searched_tables[0]  # the incumbent's history is scored on the searched images
     written = []
-    if result.dispatch is None and result.outcomes:
+    front = result.data.get("front")
+    if front is not None:
+        _front_plot(front, folder / FILES["front_plot"])
+        written.append(FILES["front_plot"])
+    elif result.dispatch is None and result.outcomes:
         o = result.outcomes[0]
         baselines = {r.name: r.mean for r in rows if r.name in SEARCH_BASELINES}
         save_score_plot([(h["seconds"], h["score"]) for h in o.state.history], folder / FILES["plot"], metric.name,
                         metric.higher_is_better, baselines, end=o.seconds)
         written.append(FILES["plot"])
     for s in searches:
+        part = result.data["per_class"]["classes"][str(s.cls)].get("front")
+        if part is not None:
+            rel = Path("classes") / f"class-{s.cls}" / FILES["front_plot"]
+            _front_plot(part, folder / rel, f" (class {s.cls})")
+            written.append(rel.as_posix())
+            continue
         rel = Path("classes") / f"class-{s.cls}" / FILES["plot"]
         save_score_plot([(h["seconds"], h["score"]) for h in s.outcome.state.history], folder / rel,
                         f"{metric.name} (class {s.cls})", metric.higher_is_better, None, end=s.outcome.seconds)
@@ -120,6 +149,12 @@ def write_outputs(record: RunRecord) -> None:
             else:
                 from ..backend import save_torchscript
                 save_torchscript(result.best, folder / FILES["cam"])
+                for k, node in enumerate(result.front):
+                    (folder / member_file(k)).parent.mkdir(exist_ok=True)
+                    save_torchscript(node, folder / member_file(k))
+                    result.data["front"]["members"][k]["file"] = member_file(k)
+                if result.front:
+                    files["front"] = [member_file(k) for k in range(len(result.front))]
             files["cam"] = FILES["cam"]
         if record.report_images > 0:
             _grid(result, record.model, record.data, record.searched, record.report_images, folder / FILES["grid"])

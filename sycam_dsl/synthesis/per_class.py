@@ -8,13 +8,16 @@ from pathlib import Path
 
 import torch
 
+from ..baselines import baseline
 from ..errors import SycamError
 from ..lang.ast import Node
+from ..metrics.objectives import Objectives
 from ..parse.grammar import Grammar
 from .config import DEFAULT_MIN_CLASS_IMAGES, Budget, SearchConfig
 from .dispatch import Dispatch
 from .evaluation import method_scores
 from .incumbent import better
+from .pareto import knee
 from .problem import Problem
 from .scorer import ScorerFactory
 from .search import Search, SearchOutcome
@@ -94,21 +97,37 @@ def search_per_class(problem: Problem, grammar: Grammar, config: SearchConfig, o
 
 
 def choose_fallback(candidates: list[Node], config: SearchConfig, problem: Problem) -> Node:
-    """The candidate with the best mean score on all of ``problem``'s images (ties: the smallest)."""
+    """The candidate with the best mean score on all of ``problem``'s images (ties: the smallest); over
+    several metrics the knee (``pareto.knee``) of the candidates' means there, scaled by the range of
+    the baselines' means there."""
     metric = config.metric
+    nodes = sorted(set(candidates), key=lambda n: (n.size, str(n)))
+    assert nodes, "choose_fallback needs at least one candidate"
+    if isinstance(metric, Objectives):
+        metrics = list(metric.metrics)
+
+        def means(node: Node) -> list[float]:
+            return [float(v.mean()) for v in method_scores(node, metrics, problem).values()]
+
+        base = [means(baseline(b).node) for b in config.baselines
+                if all(t in problem.terminals for t in baseline(b).terminals)]
+        at = knee([means(n) for n in nodes], base, metric.higher)
+        assert at is not None
+        return nodes[at]
     best: Node | None = None
     best_mean = 0.0
-    for node in sorted(set(candidates), key=lambda n: (n.size, str(n))):
+    for node in nodes:
         mean = float(method_scores(node, [metric], problem)[metric.name].mean())
         if best is None or better(mean, best_mean, metric.higher_is_better):
             best, best_mean = node, mean
-    assert best is not None, "choose_fallback needs at least one candidate"
+    assert best is not None
     return best
 
 
 def dispatch_of(searches: list[ClassSearch], config: SearchConfig, problem: Problem) -> Dispatch | None:
-    """The per-class result: each class's incumbent, and as fallback the class winner that scores best
-    on all images. None when no class search scored a candidate."""
+    """The per-class result: each class's incumbent (over several metrics, its front's knee), and as
+    fallback the class winner that scores best on all images (``choose_fallback``). None when no class
+    search scored a candidate."""
     per_class = {s.cls: s.outcome.best for s in searches if s.outcome.best is not None}
     if not per_class:
         return None

@@ -52,6 +52,42 @@ def _split_line(d: dict[str, Any]) -> str:
     return "off (test_split 0); every score is on the searched images"
 
 
+def _metric_line(d: dict[str, Any], metric: dict[str, Any], opts: str) -> str:
+    front = d.get("front") or next((p["front"] for p in ((d.get("per_class") or {}).get("classes") or {}).values()
+                                    if p.get("front")), None)
+    if front is None:
+        return (f"- metric: **{metric['name']}**{f' ({opts})' if opts else ''}, "
+                f"{'higher' if metric['higher_is_better'] else 'lower'} is better")
+    return "- metrics (their Pareto front): " + ", ".join(
+        f"**{m['name']}**" + (f" ({', '.join(f'{k}={v}' for k, v in m['options'].items())})" if m["options"] else "")
+        + f", {'higher' if m['higher_is_better'] else 'lower'} is better" for m in front["metrics"])
+
+
+def front_section(d: dict[str, Any]) -> list[str]:
+    """The report's front: each member's means on the searched images and the test split, the knee."""
+    front = d["front"]
+    names = [m["name"] for m in front["metrics"]]
+    test = any(m["test"] is not None for m in front["members"])
+    head = " | ".join(f"{n} ({'search' if test else 'searched'})" + (f" | {n} (test)" if test else "")
+                      for n in names)
+    lines = [f"## Result: the Pareto front ({len(front['members'])} members)", "",
+             "No member is beaten on every metric at once by another (on the searched images' means). "
+             f"SyCAM in the tables below is the knee member, #{front['knee']}: {front['knee_rule']}.", "",
+             f"| # | expression | {head} | entered | file |",
+             "|---:|---|" + "---:|" * (len(names) * (2 if test else 1)) + "---|---|"]
+    for k, m in enumerate(front["members"]):
+        cells = " | ".join(_fmt(m["search"][n]) + (f" | {_fmt(m['test'][n])}" if test and m["test"] else
+                                                    (" | -" if test else "")) for n in names)
+        entered = m["entered"]
+        when = f"baseline {entered['baseline']}" if entered["candidate"] is None else \
+            f"candidate {entered['candidate']}, {entered['seconds']:.1f} s"
+        knee = " (knee)" if m["knee"] else ""
+        lines.append(f"| {k}{knee} | `{m['expression']}` | {cells} | {when} | {m.get('file', '-')} |")
+    lines += ["", "Baselines on the searched images: " + "; ".join(
+        f"{b} " + ", ".join(f"{n} {_fmt(v[n])}" for n in names) for b, v in front["baselines"].items()), ""]
+    return lines
+
+
 def markdown_report(d: dict[str, Any]) -> str:
     """The report of a result dict (``result.json``)."""
     s, metric = d["settings"], d["metric"]
@@ -62,8 +98,7 @@ def markdown_report(d: dict[str, Any]) -> str:
              f"- model: `{s['model']}`, layer `{s['layer']}`, {s['size']} px, device {s['device']}",
              f"- images: {d['images']['total']} from `{d['images']['source']}`{evaluated}",
              f"- test split: {_split_line(d)}",
-             f"- metric: **{metric['name']}**{f' ({opts})' if opts else ''}, "
-             f"{'higher' if metric['higher_is_better'] else 'lower'} is better",
+             _metric_line(d, metric, opts),
              f"- grammar: `{d['grammar']['source']}`; budget: {_budget(s)}; stopped by: {d['stopped_by']}"
              + (f" (until {s['until']})" if s.get("until") is not None else ""), ""]
     if d["per_class"] is not None:
@@ -74,6 +109,8 @@ def markdown_report(d: dict[str, Any]) -> str:
             lines.append(f"| {c} | {part['images']} | `{part['expression']}` | "
                          f"{_fmt(score) if score is not None else '-'} |")
         lines += ["", f"Fallback for other classes: `{d['per_class']['fallback']}`", ""]
+    elif d.get("front"):
+        lines += front_section(d)
     else:
         lines += ["## Result", "", f"`{d['expression']}` ({d['type']})", ""]
         if d["level_scores"]:
@@ -118,14 +155,20 @@ def markdown_report(d: dict[str, Any]) -> str:
     if "grid" in files:
         lines += ["## Heatmaps", "", f"![heatmaps]({files['grid']})", ""]
     if files.get("plots"):
-        lines += ["## Incumbent's score over time", ""] + [f"![score]({p})" for p in files["plots"]] + [""]
+        title = "The front against the baselines" if d.get("front") else "Incumbent's score over time"
+        lines += [f"## {title}", ""] + [f"![{'front' if 'front' in p else 'score'}]({p})"
+                                        for p in files["plots"]] + [""]
     if d["history"]:
-        lines += ["## Incumbents", "", "| seconds | candidate | score | expression |", "|---:|---:|---:|---|"]
+        front = any("scores" in h for h in d["history"])
+        lines += ["## " + ("Entries into the front" if front else "Incumbents"), "",
+                  "| seconds | candidate | score | expression |" + (" evicted |" if front else ""),
+                  "|---:|---:|---:|---|" + ("---|" if front else "")]
         for h in d["history"]:
             prefix = f"class {h['class']}: " if "class" in h else ""
             candidate = h["candidate"] if h["candidate"] is not None else f"baseline: {h.get('baseline')}"
-            lines.append(f"| {h['seconds']:.1f} | {candidate} | {_fmt(h['score'])} | "
-                         f"{prefix}`{h['expression']}` |")
+            score = ", ".join(map(_fmt, h["scores"])) if "scores" in h else _fmt(h["score"])
+            evicted = f" {', '.join(f'`{e}`' for e in h['evicted']) or '-'} |" if "scores" in h else ""
+            lines.append(f"| {h['seconds']:.1f} | {candidate} | {score} | {prefix}`{h['expression']}` |{evicted}")
         lines.append("")
     c, t = d["counts"], d["timings"]
     lines += ["## Counts and timings", "",

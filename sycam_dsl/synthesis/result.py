@@ -24,7 +24,8 @@ from ..parse.grammar import Grammar
 from ..version import __version__
 from .dispatch import Dispatch
 from .evaluation import Method, method_warnings
-from .incumbent import better, not_chosen_reason
+from .front import covers
+from .incumbent import better, in_grammar, not_chosen_reason
 from .on_demand import OnDemandTerminals
 from .oracle import SMALL_LEVEL
 from .per_class import ClassSearch
@@ -45,7 +46,8 @@ class Result:
     per-class expressions when ``per_class``; ``tables``: one comparison table per report metric
     (SyCAM and the baselines) on the test split, or on the searched images when the split is off;
     ``search_tables``: the same on the searched images when there is a test split (else None);
-    ``out_dir``: where the files were written."""
+    ``out_dir``: where the files were written; ``front``: a search over several metrics: the Pareto
+    front's expressions (``best`` is the one at ``knee``, the suggested trade-off)."""
 
     best: Node | None
     dispatch: Dispatch | None
@@ -54,6 +56,8 @@ class Result:
     out_dir: Path | None = None
     outcomes: list[SearchOutcome] = field(default_factory=list)
     search_tables: list[tuple[Metric, list[Row]]] | None = None
+    front: list[Node] = field(default_factory=list)
+    knee: int | None = None
 
     @property
     def searched_tables(self) -> list[tuple[Metric, list[Row]]]:
@@ -86,15 +90,35 @@ class Result:
                       + ", ".join(f"{k} {v:+.4f}" for k, v in gap.items())]
         return "\n".join(lines)
 
-    def compile(self) -> torch.jit.ScriptModule:
-        """The TorchScript module of the result (a class dispatch for a per-class result)."""
+    def member(self, member: int | str | None = None) -> Node:
+        """Front member ``member`` (an index, or ``"knee"``/None for the knee member); the result itself
+        without a front (only None or ``"knee"`` then)."""
         if self.best is None:
             raise SycamError("the search scored no candidate, so there is nothing to compile")
+        return self.best if member in (None, "knee") else self.front[front_index(member, len(self.front))]
+
+    def compile(self, member: int | str | None = None) -> torch.jit.ScriptModule:
+        """The TorchScript module of the result (a class dispatch for a per-class result; a front's
+        ``member``, default its knee)."""
+        node = self.member(member)
         if self.dispatch is not None:
             from ..backend.dispatch import compile_dispatch
             return compile_dispatch(self.dispatch.per_class, self.dispatch.fallback)
         from ..backend import compile_torchscript
-        return compile_torchscript(self.best)
+        return compile_torchscript(node)
+
+
+def front_index(member: int | str, size: int) -> int:
+    """``member`` (an index or its text) as an index into a front of ``size`` members; a one-line error
+    when it is not one."""
+    try:
+        k = int(member)
+    except (TypeError, ValueError):
+        raise SycamError(f"front member {member!r}: give its number (0 to {size - 1}) or knee") from None
+    if not 0 <= k < size:
+        raise SycamError(f"front member {k}: the front has {size} member(s)" +
+                         (f", numbered 0 to {size - 1}" if size else " (the result has no front)"))
+    return k
 
 
 @dataclass
@@ -108,7 +132,8 @@ class RunRecord:
     the images searched (None: all), ``test_problem`` the test split's (None: off), ``split`` the
     split and ``stratified_by`` what it was stratified by; ``sanity`` the randomization check's
     figures (``cam.sanity.check_result``; None: not run); ``workers``: the Ray workers' count and
-    restarts (None: one process)."""
+    restarts (None: one process); ``front_test``: each front member's means on the test split (None:
+    no front, or no test split)."""
 
     result: Result
     model: LoadedModel
@@ -128,6 +153,7 @@ class RunRecord:
     stratified_by: str = "label"
     sanity: dict[str, Any] | None = None
     workers: dict[str, int] | None = None
+    front_test: list[dict[str, float]] | None = None
 
     @property
     def searched(self) -> Problem:
@@ -181,9 +207,34 @@ def _engine(problem: Problem) -> dict[str, Any]:
             "on_demand": on_demand}
 
 
+#: How ``pareto.knee`` picks the suggested member (for result.json and the report).
+KNEE_RULE = ("the member closest to the ideal point (each metric's best value among the members), each metric "
+             "divided by the baselines' range on the searched images")
+
+
+def front_part(o: SearchOutcome, test: list[dict[str, float]] | None = None) -> dict[str, Any] | None:
+    """``result.json``'s ``front`` of a search over several metrics (None for one metric): each member's
+    means on the searched images (``I1``) and the test split, when it entered and what it evicted, the
+    baselines' means on the searched images, and the knee."""
+    if not o.front:
+        return None
+    metrics = o.metrics
+    names = [m.name for m in metrics]
+    baselines = {b: dict(zip(names, [sum(r[m] for r in v) / len(v) for m in range(len(names))]))
+                 for b, v in o.state.baselines.items()}
+    return {"metrics": [{"name": m.name, "options": dict(m.options), "higher_is_better": m.higher_is_better}
+                        for m in metrics],
+            "knee": o.knee, "knee_rule": KNEE_RULE,
+            "members": [{"expression": f.expression, "knee": k == o.knee, "search": dict(zip(names, f.means)),
+                         "test": test[k] if test is not None else None,
+                         "entered": {"seconds": f.seconds, "candidate": f.candidate, "baseline": f.baseline},
+                         "evicted": list(f.evicted)} for k, f in enumerate(o.front)],
+            "baselines": baselines}
+
+
 def _search_part(o: SearchOutcome) -> dict[str, Any]:
     """The fields one search contributes (per class for a per-class result)."""
-    return {"expression": to_sexpr(o.best) if o.best is not None else None,
+    return {"expression": to_sexpr(o.best) if o.best is not None else None, "front": front_part(o),
             "level_scores": o.level_means,
             "levels": [{"name": n, "size": s} for n, s in zip(o.level_names, o.subsets.level_sizes)],
             "history": list(o.state.history), "stopped_by": o.stopped_by, "seconds": o.seconds,
@@ -304,6 +355,9 @@ def _not_chosen(record: RunRecord) -> list[dict[str, str]]:
     for r in rows:
         if r.name == SYCAM or r.name not in BASELINE_EXPRESSIONS or not better(r.mean, mean, metric.higher_is_better):
             continue
+        if single is not None and single.front:
+            out.append({"method": r.name, "reason": front_reason(r.name, record.grammar, single)})
+            continue
         scores = single.state.baselines.get(r.name) if single is not None else []
         inc = single.state.incumbent if single is not None else None
         reason = not_chosen_reason(r.name, record.grammar, single.level_names if single else [], scores,
@@ -312,6 +366,25 @@ def _not_chosen(record: RunRecord) -> list[dict[str, str]]:
                                    single.small_level if single else SMALL_LEVEL)
         out.append({"method": r.name, "reason": reason})
     return out
+
+
+def front_reason(name: str, grammar: Grammar, o: SearchOutcome) -> str:
+    """Why baseline ``name``, better than the knee member on the first metric, is not the result of a
+    search over several metrics."""
+    if in_grammar(grammar, name) is None:
+        return f"not in the grammar {grammar.source} (the search cannot derive `{baseline(name).expression}`)"
+    for k, f in enumerate(o.front):
+        if f.baseline == name:
+            return f"in the front (member {k}); the knee member {o.knee} is the suggested trade-off"
+    if name not in o.state.baselines:
+        return "in the grammar, but the search was interrupted before scoring it"
+    scores = o.state.baselines[name]
+    means = [sum(r[m] for r in scores) / len(scores) for m in range(len(o.metrics))]
+    for k, f in enumerate(o.front):
+        if covers(f.means, means, [m.higher_is_better for m in o.metrics]):
+            return (f"in the grammar, but front member {k} is at least as good on every metric on the searched "
+                    f"images (I1)")
+    return "in the grammar; the search did not check the baselines at the end (baseline_check off)"
 
 
 def _class_comparisons(record: RunRecord, cls: int) -> dict[str, Any]:
@@ -344,6 +417,7 @@ def result_data(record: RunRecord) -> dict[str, Any]:
         "history": list(single.state.history) if single else
         [dict(h, **{"class": s.cls}) for s in searches for h in s.outcome.state.history],
         "per_class": None,
+        "front": front_part(single, record.front_test) if single else None,
         "baselines": [{"name": b, "expression": baseline(b).expression, "score": by_name[b].mean}
                       for b in SEARCH_BASELINES if b in by_name],
         "evaluation": _evaluation(tables),

@@ -17,7 +17,7 @@ import torch
 from ..evaluate import evaluate
 from ..lang.ast import Node
 from ..lang.types import Type
-from ..metrics.registry import Metric
+from ..metrics.objectives import Objective, best_scores
 from ..template import layer_saliency, normalize_upsampled
 from .problem import Problem
 from .subsets import Subsets
@@ -43,13 +43,13 @@ class Scorer(Protocol):
         ...
 
     def score(self, nodes: list[Node], level: int, chunk: int) -> list[torch.Tensor | None]:
-        """Per-image scores ``[n_chunk]`` (CPU float64) of each candidate on that chunk, in chunk
-        order; None for a candidate whose heatmaps have NaN or Inf values."""
+        """Per-image scores ``[n_chunk]`` (``[n_chunk, M]`` for ``Objectives``; CPU float64) of each candidate
+        on that chunk, in chunk order; None for a candidate whose heatmaps have NaN or Inf values."""
         ...
 
-    def best_rest(self, level: int, chunk: int) -> float | None:
+    def best_rest(self, level: int, chunk: int) -> float | torch.Tensor | None:
         """The sum of the best scores the images after chunk ``chunk`` of block ``level`` could get
-        (None when the metric has no bounds)."""
+        (``[M]`` for ``Objectives``; None when the metric has no bounds)."""
         ...
 
 
@@ -58,13 +58,13 @@ ScoreFn = Callable[[list[Node], int, int], list[torch.Tensor | None]]
 
 #: What makes a search's scorer: (problem, subsets, metric, the start symbol's type, image_chunk);
 #: ``LocalScorer`` is one, ``distributed.RayScorer.factory`` another.
-ScorerFactory = Callable[[Problem, Subsets, Metric, Type, "int | None"], Scorer]
+ScorerFactory = Callable[[Problem, Subsets, Objective, Type, "int | None"], Scorer]
 
 
-def score_part(part: Problem, nodes: list[Node], metric: Metric, start: Type) -> list[torch.Tensor | None]:
-    """Per-image scores ``[n]`` (CPU float64) of each of ``nodes`` on all of ``part``'s images, None for a
-    candidate whose saliency has NaN or Inf values. Candidates are scored together, in groups that
-    keep the ``[C, n, H, W]`` heatmaps under ``MAX_HEATMAP_ELEMENTS``."""
+def score_part(part: Problem, nodes: list[Node], metric: Objective, start: Type) -> list[torch.Tensor | None]:
+    """Per-image scores ``[n]`` (``[n, M]`` for ``Objectives``; CPU float64) of each of ``nodes`` on all of
+    ``part``'s images, None for a candidate whose saliency has NaN or Inf values. Candidates are scored
+    together, in groups that keep the ``[C, n, H, W]`` heatmaps under ``MAX_HEATMAP_ELEMENTS``."""
     size = tuple(part.inputs.images.shape[-2:])
     full = metric.needs_heatmaps  # else the metric works from S alone: no [C, n, H, W] tensor
     per = part.n * (size[0] * size[1] if full else part.acts.numel() // max(1, part.n))
@@ -79,7 +79,7 @@ def score_part(part: Problem, nodes: list[Node], metric: Metric, start: Type) ->
         if ok:
             s_ok = s[ok] if len(ok) < len(finite) else s
             candidate = part.inputs.with_heatmaps(normalize_upsampled(s_ok, size) if full else None, s_ok)
-            scores = iter(metric(candidate).per_image.detach().to("cpu", torch.float64))
+            scores = iter(metric.scores(candidate).detach().to("cpu", torch.float64))
         out += [next(scores) if f else None for f in finite]
     return out
 
@@ -99,11 +99,11 @@ class LocalScorer:
     ``image_chunk`` images (one chunk when None), candidates scored together with batched saliency
     in groups that keep the ``[C, n, H, W]`` heatmaps under ``MAX_HEATMAP_ELEMENTS``."""
 
-    def __init__(self, problem: Problem, subsets: Subsets, metric: Metric, start: Type,
+    def __init__(self, problem: Problem, subsets: Subsets, metric: Objective, start: Type,
                  image_chunk: int | None) -> None:
         self.problem, self.metric, self.start, self.image_chunk = problem, metric, start, image_chunk
         self._parts = [self._split(subsets.block(j)) for j in range(len(subsets.level_sizes))]
-        self._best_bounds: list[list[float] | None] | None = None
+        self._best_bounds: list[list[torch.Tensor] | None] | None = None
 
     @property
     def levels(self) -> int:
@@ -130,20 +130,20 @@ class LocalScorer:
         None for a candidate whose heatmaps have NaN or Inf values (``score_part``)."""
         return score_part(self._parts[level][chunk], nodes, self.metric, self.start)
 
-    def best_rest(self, level: int, chunk: int) -> float | None:
-        """The sum of the best scores the images after chunk ``chunk`` of block ``level`` could get
-        (None when the metric has no bounds)."""
+    def best_rest(self, level: int, chunk: int) -> float | torch.Tensor | None:
+        """The sum of the best scores the images after chunk ``chunk`` of block ``level`` could get: a
+        float, ``[M]`` for ``Objectives`` (``inf`` for a metric without bounds); None when nothing is
+        bounded."""
         if self._best_bounds is None:
             self._best_bounds = []
             for parts in self._parts:
-                sums: list[float] | None = []
-                for part in parts:
-                    b = self.metric.score_bounds(part.inputs)
-                    if b is None:
-                        sums = None
-                        break
-                    best = b[1] if self.metric.higher_is_better else b[0]
-                    sums.append(float(best.double().sum()))  # type: ignore[union-attr]  # None only after break
-                self._best_bounds.append(sums)
+                best = [best_scores(self.metric, part.inputs) for part in parts]
+                self._best_bounds.append(None if any(b is None for b in best)
+                                         else [b.sum(dim=0) for b in best if b is not None])
         sums = self._best_bounds[level]
-        return None if sums is None else sum(sums[chunk + 1:])
+        if sums is None:
+            return None
+        rest = sums[chunk + 1:]
+        if sums[0].dim() == 0:
+            return float(sum(float(s) for s in rest))
+        return torch.stack(rest).sum(dim=0) if rest else torch.zeros_like(sums[0])

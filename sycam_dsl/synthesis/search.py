@@ -54,14 +54,18 @@ from ..errors import SycamError
 from ..evaluate.terminals import Terminals
 from ..lang.ast import Node, to_sexpr
 from ..lang.sexpr import parse_expr
+from ..metrics.objectives import Objectives, metric_list
+from ..metrics.registry import Metric
 from ..models.precision import DEFAULT_PRECISION
 from ..parse.grammar import Grammar
 from ..util.progress import StatusLine
 from .config import SearchConfig
+from .front import Member, cannot_pass, covers, passes_against, reached
 from .guide import Guide
-from .incumbent import best_baseline, better, parse_until
+from .incumbent import best_baseline, better, grammar_baselines, parse_untils
 from .on_demand import OnDemandTerminals, terminal_status
 from .oracle import SMALL_LEVEL, SMALL_LEVEL_MARGIN, hopeless, judge
+from .pareto import knee
 from .problem import Problem
 from .scorer import LocalScorer, Scorer, ScorerFactory, score_levels
 from .state import Expected, Incumbent, SearchState, load_checkpoint, save_checkpoint
@@ -75,8 +79,10 @@ class SearchOutcome:
     ``baselines``: name -> per-image scores on ``I1`` in ``subsets`` order; ``enumeration``: the
     enumerator's counts; ``stopped_by``: ``exhausted``, ``time``, ``candidates``, ``threshold`` or
     ``interrupted``; ``threshold``: the ``until`` threshold's value (None: none, or not reached the
-    baselines); ``baseline_check``: whether the best baseline the grammar expresses was checked against the
-    result at the end; ``small_level``: the oracle's small-level size."""
+    baselines; one per metric over several); ``baseline_check``: whether the best baseline the grammar
+    expresses was checked against the result at the end; ``small_level``: the oracle's small-level size;
+    over several metrics ``best`` is the front's knee member, at ``knee`` in ``front`` (``pareto.knee``);
+    ``metrics``: the metrics optimized, in the order of the scores' columns."""
 
     best: Node | None
     state: SearchState
@@ -85,13 +91,21 @@ class SearchOutcome:
     enumeration: dict[str, Any]
     seconds: float
     level_names: list[str] = field(default_factory=list)
-    threshold: float | None = None
+    threshold: float | list[float] | None = None
     baseline_check: bool = True
     small_level: int = SMALL_LEVEL
+    knee: int | None = None
+    metrics: list[Metric] = field(default_factory=list)
+
+    @property
+    def front(self) -> list[Member]:
+        """A search over several metrics: the front's members, in the order they entered (``best`` is
+        the one at ``knee``); empty for one metric."""
+        return self.state.front
 
     @property
     def level_means(self) -> dict[str, float]:
-        """The incumbent's mean score on each level."""
+        """The incumbent's mean score on each level (empty for a front)."""
         if self.state.incumbent is None:
             return {}
         out, flat = {}, []
@@ -198,11 +212,19 @@ class Search:
             raise SycamError("batch and image_chunk must be positive")
         self.problem, self.grammar, self.config = problem, grammar, config
         self.metric = config.metric
-        self.until = parse_until(config.until)
-        if self.until is not None and self.until.baseline is not None and self.until.baseline not in config.baselines:
-            raise SycamError(f"until {self.until}: the search does not score baseline {self.until.baseline} "
-                             f"(it scores {', '.join(config.baselines) or 'none'})")
+        #: over several metrics the search keeps a front (``front.py``) and ``until`` has one threshold each
+        self.objectives = config.metric if isinstance(config.metric, Objectives) else None
+        self.higher = config.metric.higher if isinstance(config.metric, Objectives) else [
+            config.metric.higher_is_better]
+        self._columns: tuple[int, ...] = () if self.objectives is None else (len(self.higher),)
+        self.untils = parse_untils(config.until, len(self.higher))
+        self.until = self.untils[0] if self.untils is not None and self.objectives is None else None
+        for u in self.untils or []:
+            if u.baseline is not None and u.baseline not in config.baselines:
+                raise SycamError(f"until {u}: the search does not score baseline {u.baseline} "
+                                 f"(it scores {', '.join(config.baselines) or 'none'})")
         self._threshold: float | None = None
+        self._thresholds: list[float] | None = None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.subsets = make_subsets(problem.n, config.level_sizes, config.seed, problem.classes,
                                     config.equivalence_size)
@@ -212,8 +234,7 @@ class Search:
         self.guide = Guide(grammar) if config.strategy == "guided" else None
         self.restarts = 0  # of the guided enumerator
         self._earlier: list[dict[str, Any]] = []  # the stats of the enumerators it restarted
-        self._levels_of: Incumbent | None = None
-        self._levels: dict[int, tuple[torch.Tensor, float]] = {}
+        self._levels: dict[tuple[int, int], tuple[Incumbent | Member, torch.Tensor, Any]] = {}
         self.label = label
         self._status = StatusLine(progress)
         self._resumed: SearchState | None = None
@@ -255,7 +276,7 @@ class Search:
 
         sizes = list(self.subsets.level_sizes)
         return Expected(self.level_names, [b - a for a, b in zip([0] + sizes, sizes)], self.config.baselines,
-                        self._expression_error, bounds)
+                        self._expression_error, bounds, len(self.higher))
 
     def _expression_error(self, text: str) -> str | None:
         try:
@@ -347,9 +368,14 @@ class Search:
                 save_checkpoint(self.out_dir, fingerprint, state)
         if interrupts.pending:  # came during the last save: nothing more to stop, but say so
             stopped_by = "interrupted"
-        best = None
-        if state.incumbent is not None:
-            best = parse_expr(state.incumbent.expression, self.grammar.inputs, source="<incumbent>")
+        best, knee_at = None, None
+        if state.front:
+            means = [[sum(r[m] for r in v) / len(v) for m in range(len(self.higher))] for v in state.baselines.values()]
+            knee_at = knee([f.means for f in state.front], means, self.higher)
+        chosen = state.incumbent if state.incumbent is not None else (
+            state.front[knee_at] if knee_at is not None else None)
+        if chosen is not None:
+            best = parse_expr(chosen.expression, self.grammar.inputs, source="<incumbent>")
         enum = self._enum
         stats: dict[str, Any] = enum.stats.as_dict() if enum is not None else {}
         if self.guide is not None:  # the work of every enumerator it started, the last one's sizes
@@ -359,7 +385,8 @@ class Search:
                 stats["seconds"] += earlier["seconds"]
             stats.update(restarts=self.restarts, partial_solutions=self.guide.partial_solutions)
         return SearchOutcome(best, state, self.subsets, stopped_by, stats, total, self.level_names,
-                             self._threshold, self.config.baseline_check, self.config.small_level)
+                             self._threshold if self.objectives is None else self._thresholds,
+                             self.config.baseline_check, self.config.small_level, knee_at, metric_list(self.metric))
 
     def _stream(self, eq_terms: Terminals) -> Iterator[tuple[Node, torch.Tensor, int]]:
         """The candidates ``(term, value on the equivalence subset, index)``: the enumerator's, by size;
@@ -417,6 +444,8 @@ class Search:
         best = "none yet"
         if inc is not None:
             best = f"{_short(inc.expression)} {self.metric.name} {inc.mean:.4f}"
+        elif state.front:
+            best = f"a front of {len(state.front)}, newest {_short(state.front[-1].expression, 32)}"
         terms = terminal_status(self.problem.terminals)
         work = f" | computing {self._busy_text}" if self._busy_text else (f" | terminals: {terms}" if terms else "")
         return (f"search{self.label}: {self._elapsed(state):6.1f} s | {state.next_candidate} candidates "
@@ -480,7 +509,7 @@ class Search:
         if len(nodes) <= 1:
             return out
         alive = list(range(len(nodes)))
-        inc = state.incumbent
+        members = self._members(state)
         for c in range(self.scorer.chunks(0)):
             if not alive:
                 break
@@ -491,30 +520,61 @@ class Search:
             still = []
             for k, s in zip(alive, scores):
                 out[k].append(s)
-                if s is not None and not (inc is not None and self._hopeless(
-                        torch.cat([p for p in out[k] if p is not None]), inc, 0, c)):
+                if s is not None and not self._hopeless(torch.cat([p for p in out[k] if p is not None]), members,
+                                                        0, c):
                     still.append(k)
             alive = still
         return out
 
-    def _hopeless(self, scored: torch.Tensor, inc: Incumbent, j: int, c: int) -> bool:
-        """After chunk ``c`` of block ``j``: can the candidate, with level-``j`` scores ``scored`` so far,
-        no longer pass level ``j`` against ``inc``?"""
-        if not self.config.early_stop or c == self.scorer.chunks(j) - 1:
-            return False
-        level, mean = self._incumbent_level(inc, j)
-        return hopeless(scored, level[:len(scored)], len(level), mean, self.metric.higher_is_better,
-                        self.scorer.best_rest(j, c), self.config.small_level)
+    def _members(self, state: SearchState) -> list[Incumbent | Member]:
+        """What a candidate must pass against: the incumbent (none yet: nothing), or the front's members."""
+        if self.objectives is not None:
+            return list(state.front)
+        return [] if state.incumbent is None else [state.incumbent]
 
-    def _incumbent_level(self, inc: Incumbent, j: int) -> tuple[torch.Tensor, float]:
-        """The incumbent's per-image scores on level ``j`` ``[n_j]`` (float64) and their mean, built once
-        per incumbent rather than once per check."""
-        if self._levels_of is not inc:
-            self._levels_of, self._levels = inc, {}
-        if j not in self._levels:
+    def _hopeless(self, scored: torch.Tensor, members: list[Incumbent | Member], j: int, c: int) -> bool:
+        """After chunk ``c`` of block ``j``: can the candidate, with level-``j`` scores ``scored`` so far
+        (``[s]``, ``[s, M]`` over several metrics), no longer pass level ``j`` against some member?"""
+        if not members or not self.config.early_stop or c == self.scorer.chunks(j) - 1:
+            return False
+        rest = self.scorer.best_rest(j, c)
+        for inc in members:
+            level, mean = self._incumbent_level(inc, j)
+            if self.objectives is None:
+                assert rest is None or isinstance(rest, float)
+                if hopeless(scored, level[:len(scored)], len(level), mean, self.higher[0], rest,
+                            self.config.small_level):
+                    return True
+            else:
+                assert rest is None or isinstance(rest, torch.Tensor)
+                if cannot_pass(scored, level[:len(scored)], len(level), mean, self.higher, rest,
+                               self.config.small_level):
+                    return True
+        return False
+
+    def _incumbent_level(self, inc: Incumbent | Member, j: int) -> tuple[torch.Tensor, Any]:
+        """A member's per-image scores on level ``j`` ``[n_j]`` (``[n_j, M]``; float64) and their mean
+        (a list over several metrics), built once per member rather than once per check."""
+        got = self._levels.get((id(inc), j))
+        if got is None or got[0] is not inc:  # a new member may reuse an evicted one's id
             level = torch.tensor(sum(inc.blocks[:j + 1], []), dtype=torch.float64)
-            self._levels[j] = (level, float(level.mean()))
-        return self._levels[j]
+            mean = float(level.mean()) if self.objectives is None else level.mean(dim=0).tolist()
+            got = self._levels[(id(inc), j)] = (inc, level, mean)
+        return got[1], got[2]
+
+    def _passes(self, blocks: torch.Tensor, members: list[Incumbent | Member], j: int) -> tuple[bool, float]:
+        """Whether a candidate with scores ``blocks`` on levels ``0..j`` passes level ``j`` against every
+        member, and its fit for the guide (its weakest share of images won against a member)."""
+        passed, fit = True, 1.0
+        for inc in members:
+            level = self._incumbent_level(inc, j)[0]
+            if self.objectives is None:
+                v = judge(blocks, level, self.higher[0], self.config.small_level)
+                ok, share = v.passed, v.wins / max(1, v.n)
+            else:
+                ok, share = passes_against(blocks, level, self.higher, self.config.small_level)
+            passed, fit = passed and ok, min(fit, share)
+        return passed, fit
 
     def _score_baseline(self, name: str, state: SearchState) -> list[float]:
         """Baseline ``name``'s per-image ``I1`` scores (scored once, whatever the time budget: the
@@ -538,13 +598,16 @@ class Search:
             self._score_baseline(name, state)
         if not self.config.baseline_check:
             return
-        best = best_baseline(self.grammar, state.baselines, self.metric.higher_is_better)
+        if self.objectives is not None:
+            self._offer_baselines(state)
+            return
+        best = best_baseline(self.grammar, state.baselines, self.higher[0])
         if best is None:
             return
         name, node = best
         scores = state.baselines[name]
         mean = sum(scores) / len(scores)
-        if state.incumbent is not None and not better(mean, state.incumbent.mean, self.metric.higher_is_better):
+        if state.incumbent is not None and not better(mean, state.incumbent.mean, self.higher[0]):
             return
         blocks, at = [], 0
         for size in self.subsets.level_sizes:
@@ -557,15 +620,48 @@ class Search:
             state.history.append({"expression": text, "score": mean, "seconds": seconds, "candidate": None,
                                   "baseline": name})
 
+    def _offer_baselines(self, state: SearchState) -> None:
+        """The final check over several metrics: each scored baseline the grammar expresses, in the
+        order of ``baselines``, enters the front when no member's ``I1`` means are at least as good on
+        every metric (``front``)."""
+        scored = [b for b in self.config.baselines if b in state.baselines]
+        for name, node in grammar_baselines(self.grammar, scored).items():
+            scores = state.baselines[name]
+            blocks, at = [], 0
+            for size in self.subsets.level_sizes:
+                blocks.append(scores[at:size])
+                at = size
+            member = Member(to_sexpr(node), blocks, self._elapsed(state), None, name)
+            if any(covers(f.means, member.means, self.higher) for f in state.front):
+                continue
+            with self._interrupts.deferred():
+                self._enter(state, member, by_means=True)
+
     def _check_threshold(self, state: SearchState) -> None:
-        """Raise ``_Reached`` when the incumbent's ``I1`` mean beats the ``until`` threshold."""
+        """Raise ``_Reached`` when the incumbent's ``I1`` mean beats the ``until`` threshold (over several
+        metrics: when one member's means beat every threshold)."""
+        if self.objectives is not None:
+            self._check_thresholds(state)
+            return
         if self.until is None or state.incumbent is None:
             return
         if self._threshold is None:
             if self.until.baseline is not None:  # its I1 scores, now (with their terminals, on demand)
                 self._score_baseline(self.until.baseline, state)
-            self._threshold = self.until.threshold(state.baselines, self.metric.higher_is_better)
-        if better(state.incumbent.mean, self._threshold, self.metric.higher_is_better):
+            self._threshold = self.until.threshold(state.baselines, self.higher[0])
+        if better(state.incumbent.mean, self._threshold, self.higher[0]):
+            raise _Reached
+
+    def _check_thresholds(self, state: SearchState) -> None:
+        if self.untils is None or not state.front:
+            return
+        if self._thresholds is None:
+            for u in self.untils:
+                if u.baseline is not None:
+                    self._score_baseline(u.baseline, state)
+            self._thresholds = [u.threshold({b: [row[m] for row in v] for b, v in state.baselines.items()}, h)
+                                for m, (u, h) in enumerate(zip(self.untils, self.higher))]
+        if any(reached(f.means, self._thresholds, self.higher) for f in state.front):
             raise _Reached
 
     def _consider(self, node: Node, state: SearchState,
@@ -574,13 +670,13 @@ class Search:
         its outcome (``accepted``, ``rejected`` or ``invalid``), how many levels it was scored on and
         its level blocks. Raises ``_Stop`` when it needs a chunk after the deadline: ``state`` is
         changed only by ``_record``, so a candidate cut short leaves no trace and is redone on resume."""
-        inc = state.incumbent
+        members = self._members(state)
         blocks: list[torch.Tensor] = []
         outcome, levels_scored = "accepted", 0
         self._fit = 0.0
         for j in range(len(self.level_names)):
             levels_scored = j + 1
-            before = torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
+            before = torch.cat(blocks) if blocks else torch.zeros((0, *self._columns), dtype=torch.float64)
             chunks: list[torch.Tensor] = []
             for c in range(self.scorer.chunks(j)):
                 if j == 0 and prefetched and c < len(prefetched):
@@ -591,30 +687,35 @@ class Search:
                     outcome = "invalid"
                     break
                 chunks.append(s)
-                if inc is not None and self._hopeless(torch.cat([before, *chunks]), inc, j, c):
+                if self._hopeless(torch.cat([before, *chunks]), members, j, c):
                     if self.guide is not None:  # only a guided search learns from the share of wins
-                        self._fit = self._wins(torch.cat([before, *chunks]), inc, j)
+                        self._fit = self._wins(torch.cat([before, *chunks]), members, j)
                     outcome = "rejected"
                     break
             if outcome != "accepted":
                 break
             blocks.append(torch.cat(chunks))
-            if inc is None:
+            if not members:
                 continue
-            verdict = judge(torch.cat(blocks), self._incumbent_level(inc, j)[0], self.metric.higher_is_better,
-                            self.config.small_level)
-            self._fit = verdict.wins / max(1, verdict.n)
-            if not verdict.passed:
+            passed, self._fit = self._passes(torch.cat(blocks), members, j)
+            if not passed:
                 outcome = "rejected"
                 break
         return outcome, levels_scored, blocks
 
-    def _wins(self, scored: torch.Tensor, inc: Incumbent, j: int) -> float:
-        """The share of the images scored so far on level ``j`` (``scored`` ``[s]``) where the candidate
-        beats the incumbent."""
-        level = self._incumbent_level(inc, j)[0][:len(scored)]
-        better = scored > level if self.metric.higher_is_better else scored < level
-        return float(better.double().mean()) if len(scored) else 0.0
+    def _wins(self, scored: torch.Tensor, members: list[Incumbent | Member], j: int) -> float:
+        """The share of the images scored so far on level ``j`` (``scored`` ``[s]``, ``[s, M]``) where the
+        candidate beats a member (its weakest against any member; over several metrics, on its best metric)."""
+        if not len(scored):
+            return 0.0
+        shares = []
+        for inc in members:
+            level = self._incumbent_level(inc, j)[0][:len(scored)]
+            higher = torch.tensor(self.higher).reshape(1, -1) if self.objectives is not None else \
+                self.higher[0]
+            better = torch.where(torch.as_tensor(higher), scored > level, scored < level)
+            shares.append(float(better.double().mean(dim=0).max()))
+        return min(shares)
 
     def _record(self, state: SearchState, node: Node, index: int,
                 verdict: tuple[str, int, list[torch.Tensor]] | None) -> None:
@@ -640,7 +741,32 @@ class Search:
                 counts.rejected[self.level_names[levels_scored - 1]] += 1
             else:
                 text, seconds = to_sexpr(node), self._elapsed(state)
-                state.incumbent = Incumbent(text, [b.tolist() for b in blocks], seconds, index)
                 counts.accepted += 1
+                if self.objectives is not None:
+                    self._enter(state, Member(text, [b.tolist() for b in blocks], seconds, index))
+                    return
+                state.incumbent = Incumbent(text, [b.tolist() for b in blocks], seconds, index)
                 state.history.append({"expression": text, "score": float(torch.cat(blocks).mean()),
                                       "seconds": seconds, "candidate": index})
+
+    def _enter(self, state: SearchState, member: Member, by_means: bool = False) -> None:
+        """``member`` (it passed ``I1`` against every member) enters the front, and the members that do
+        not pass against it on ``I1`` leave; ``by_means``: a baseline, judged on the means alone (see
+        ``front``). Recorded in the history with what it evicted."""
+        last = len(self.level_names) - 1
+        mine = torch.tensor(sum(member.blocks, []), dtype=torch.float64)
+        stay: list[Member] = []
+        for f in state.front:
+            if by_means:
+                dominated = covers(member.means, f.means, self.higher)
+            else:
+                dominated = not passes_against(self._incumbent_level(f, last)[0], mine, self.higher,
+                                               self.config.small_level)[0]
+            if dominated:
+                member.evicted.append(f.expression)
+            else:
+                stay.append(f)
+        state.front = [*stay, member]
+        state.history.append({"expression": member.expression, "scores": member.means, "seconds": member.seconds,
+                              "candidate": member.candidate, "evicted": list(member.evicted),
+                              **({"baseline": member.baseline} if member.baseline is not None else {})})

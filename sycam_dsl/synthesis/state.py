@@ -1,7 +1,8 @@
 """The search's resumable state and its checkpoint file.
 
 Everything the search decided so far is in ``SearchState``: how many enumerated candidates were
-processed, the incumbent with its per-image scores, the history and the counts. Per-image scores are
+processed, the incumbent (over several metrics: the front's members) with its per-image scores, the
+history and the counts. Per-image scores are
 stored as JSON floats (a float32 converts to a float64 and back exactly), so a resumed search
 compares candidates against bit-identical incumbent scores and scores nothing twice. A checkpoint
 is read back only once every field is checked (``load_checkpoint``), since a resumed search trusts
@@ -19,6 +20,7 @@ from typing import Any
 
 from ..errors import SycamError
 from ..util.files import atomic_write_json as write_json
+from .front import Member
 
 CHECKPOINT_NAME = "checkpoint.json"
 _FORMAT = "sycam-dsl/checkpoint/1"
@@ -63,11 +65,15 @@ class SearchState:
     incumbent: Incumbent | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
-    baselines: dict[str, list[float]] = field(default_factory=dict)  # name -> per-image scores on I1
+    baselines: dict[str, list[Any]] = field(default_factory=dict)  # name -> per-image scores on I1 ([M] each)
     first_scored: float | None = None         # search seconds when the first candidate was scored
+    front: list[Member] = field(default_factory=list)  # a search over several metrics: its Pareto front
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.front:  # a single-metric checkpoint keeps its format
+            del d["front"]
+        return d
 
 
 
@@ -82,15 +88,18 @@ def save_checkpoint(folder: Path, fingerprint: dict[str, Any], state: SearchStat
 class Expected:
     """What a checkpoint's state must fit to be resumed by a search: its level names and block sizes
     (``I3`` first), the baselines it may hold, ``expression_error(text)`` (why an incumbent
-    expression does not fit the grammar, or None) and ``bounds()`` (the lowest and highest score
+    expression does not fit the grammar, or None), ``bounds()`` (the lowest and highest score
     each image of ``I1`` can get, in ``Subsets`` order, or None when the metric has no bounds;
-    called only when there are scores to check)."""
+    called only when there are scores to check) and ``metrics``: how many metrics the search
+    optimizes (more than one: each image's score is a list of one score per metric, and the state
+    holds a front instead of an incumbent)."""
 
     level_names: Sequence[str]
     block_sizes: Sequence[int]
     baselines: Sequence[str]
     expression_error: Callable[[str], str | None]
-    bounds: Callable[[], tuple[Sequence[float], Sequence[float]] | None]
+    bounds: Callable[[], tuple[Sequence[Any], Sequence[Any]] | None]
+    metrics: int = 1
 
 
 class _Bad(Exception):
@@ -132,24 +141,34 @@ class _Checker:
         self._bounds: tuple[Sequence[float], Sequence[float]] | None = None
         self._bounds_done = False
 
-    def scores(self, v: Any, where: str, start: int, n: int) -> list[float]:
-        """``n`` finite scores of the images ``start:start + n`` of ``I1``, within the metric's bounds."""
+    def scores(self, v: Any, where: str, start: int, n: int) -> list[Any]:
+        """``n`` finite scores of the images ``start:start + n`` of ``I1`` (over several metrics, one
+        list of a score per metric each), within the metric's bounds."""
         if not isinstance(v, list):
             raise _Bad(where, f"must be a list of scores, got {type(v).__name__}")
         if len(v) != n:
             raise _Bad(where, f"has {len(v)} scores, expected {n}")
+        k = self.expected.metrics
         for i, x in enumerate(v):
-            if not _is_number(x):
-                raise _Bad(f"{where}[{i}]", f"must be a finite number, got {x!r}")
+            row = x if k > 1 else [x]
+            if k > 1 and (not isinstance(x, list) or len(x) != k):
+                raise _Bad(f"{where}[{i}]", f"must be a list of {k} scores (one per metric), got {x!r:.60}")
+            for m, y in enumerate(row):
+                if not _is_number(y):
+                    raise _Bad(f"{where}[{i}]", f"must be a finite number, got {y!r}" if k == 1
+                               else f"has a score that is not a finite number, {y!r}, for metric {m}")
         if not self._bounds_done:
             self._bounds, self._bounds_done = self.expected.bounds(), True
         if self._bounds is not None:
             low, high = self._bounds
             for i, x in enumerate(v):
-                if not low[start + i] <= x <= high[start + i]:
-                    raise _Bad(f"{where}[{i}]", f"is {x!r}, outside the metric's bounds "
-                                                f"[{low[start + i]:.6g}, {high[start + i]:.6g}]")
-        return [float(x) for x in v]
+                lo: Any = low[start + i] if k > 1 else [low[start + i]]  # [M] bounds, or one
+                hi: Any = high[start + i] if k > 1 else [high[start + i]]
+                for m, y in enumerate(x if k > 1 else [x]):
+                    if not lo[m] <= y <= hi[m]:
+                        raise _Bad(f"{where}[{i}]", f"is {y!r}, outside the metric's bounds "
+                                                    f"[{lo[m]:.6g}, {hi[m]:.6g}]" + (f" (metric {m})" if k > 1 else ""))
+        return [[float(y) for y in x] if k > 1 else float(x) for x in v]
 
     def expression(self, v: Any, where: str) -> str:
         if not isinstance(v, str):
@@ -186,8 +205,12 @@ class _Checker:
         for i, h in enumerate(history):
             where = f"state.history[{i}]"
             self.expression(_get(h, "expression", where), f"{where}.expression")
-            if not _is_number(_get(h, "score", where)):
+            if exp.metrics == 1 and not _is_number(_get(h, "score", where)):
                 raise _Bad(f"{where}.score", f"must be a finite number, got {h['score']!r}")
+            if exp.metrics > 1:
+                got = _get(h, "scores", where)
+                if not isinstance(got, list) or len(got) != exp.metrics or not all(map(_is_number, got)):
+                    raise _Bad(f"{where}.scores", f"must be a list of {exp.metrics} finite numbers, got {got!r:.60}")
             _seconds(_get(h, "seconds", where), f"{where}.seconds")
             if _get(h, "candidate", where) is None:  # the final check's baseline: a known one
                 if h.get("baseline") not in exp.baselines:
@@ -201,6 +224,9 @@ class _Checker:
                                                 f"candidates")
         inc = _get(d, "incumbent", "state")
         incumbent = None
+        front = self.front(d.get("front", []), history, next_candidate) if exp.metrics > 1 else []
+        if inc is not None and exp.metrics > 1:
+            raise _Bad("state.incumbent", "must be null: a search over several metrics keeps a front")
         if inc is not None:
             where = "state.incumbent"
             blocks = _get(inc, "blocks", where)
@@ -217,7 +243,7 @@ class _Checker:
             if not history or (history[-1]["expression"], history[-1]["candidate"]) != (
                     incumbent.expression, incumbent.candidate):
                 raise _Bad(where, "is not the last entry of state.history")
-        elif history:
+        elif history and exp.metrics == 1:
             raise _Bad("state.incumbent", "is missing, but the history has entries")
         baselines = _get(d, "baselines", "state")
         if not isinstance(baselines, dict):
@@ -232,8 +258,45 @@ class _Checker:
             if [x for b in incumbent.blocks for x in b] != scored.get(name):
                 raise _Bad("state.incumbent.blocks", f"are not the scores of baseline {name}, which it is")
         first = d.get("first_scored")
+        for j, m in enumerate(front):
+            if m.candidate is None and [x for b in m.blocks for x in b] != scored.get(m.baseline or ""):
+                raise _Bad(f"state.front[{j}].blocks", f"are not the scores of baseline {m.baseline}, which it is")
         return SearchState(next_candidate, seconds, scoring, incumbent, [dict(h) for h in history], counts, scored,
-                           None if first is None else _seconds(first, "state.first_scored"))
+                           None if first is None else _seconds(first, "state.first_scored"), front)
+
+    def front(self, v: Any, history: list[Any], next_candidate: int) -> list[Member]:
+        """The members of a front: each a known expression with scores that fit, entered as the
+        history says (a candidate below ``next_candidate``, or a baseline the search scores)."""
+        exp = self.expected
+        if not isinstance(v, list):
+            raise _Bad("state.front", f"must be a list, got {type(v).__name__}")
+        starts = [sum(exp.block_sizes[:j]) for j in range(len(exp.block_sizes))]
+        entered = {(h.get("expression"), h.get("candidate")) for h in history if isinstance(h, dict)}
+        out = []
+        for k, d in enumerate(v):
+            where = f"state.front[{k}]"
+            blocks = _get(d, "blocks", where)
+            if not isinstance(blocks, list) or len(blocks) != len(exp.block_sizes):
+                raise _Bad(f"{where}.blocks", f"must be a list of {len(exp.block_sizes)} score lists "
+                                              f"(one per level), got {blocks!r:.60}")
+            candidate = _get(d, "candidate", where)
+            baseline = d.get("baseline")
+            if candidate is None:
+                if baseline not in exp.baselines:
+                    raise _Bad(f"{where}.candidate", "is null, but the member is not a baseline the search scores")
+            elif _count(candidate, f"{where}.candidate") >= next_candidate:
+                raise _Bad(f"{where}.candidate", f"is {candidate}, not below state.next_candidate")
+            evicted = d.get("evicted", [])
+            if not isinstance(evicted, list) or not all(isinstance(e, str) for e in evicted):
+                raise _Bad(f"{where}.evicted", "must be a list of expressions")
+            member = Member(self.expression(_get(d, "expression", where), f"{where}.expression"),
+                            [self.scores(b, f"{where}.blocks[{j}]", s, n)
+                             for j, (b, s, n) in enumerate(zip(blocks, starts, exp.block_sizes))],
+                            _seconds(_get(d, "seconds", where), f"{where}.seconds"), candidate, baseline, list(evicted))
+            if (member.expression, member.candidate) not in entered:
+                raise _Bad(where, "did not enter the front: state.history has no such entry")
+            out.append(member)
+        return out
 
 
 def load_checkpoint(folder: Path, fingerprint: dict[str, Any], expected: Expected) -> SearchState | None:

@@ -1,0 +1,142 @@
+"""A search over several metrics end to end on a tiny CNN: result.json's front against its schema and
+the final tables, one compiled file per member, front.png, the report, choosing a member to compile
+or deploy, per-class fronts and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import torch
+
+from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.cli import main
+from sycam_dsl.deploy.method import MethodError, load_method
+from sycam_dsl.evaluate import evaluate
+from sycam_dsl.lang.ast import to_sexpr
+from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+from tests.test_synthesize_api import SCHEMA, data, tiny_model
+
+
+def front_run(tmp_path, name="run", **kw):
+    x, masks = data(24)
+    args = dict(metric="deletion,insertion", metric_options={"steps": 4}, budget=Budget(candidates=20),
+                data=DataOptions(masks=masks, use_cache=False),
+                search=SearchOptions(level_sizes=(6, 12, None), equivalence_size=4),
+                output=OutputOptions(report_metrics=["average_drop"], progress=False, report_images=2),
+                out_dir=tmp_path / name)
+    args.update(kw)
+    return synthesize(tiny_model(), "features", x, **args), x
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("front")
+    result, x = front_run(tmp)
+    return result, x, tmp / "run"
+
+
+def test_result_json_holds_the_front_and_validates(front):
+    result, _, out = front
+    d = json.loads((out / "result.json").read_text())
+    jsonschema.validate(d, SCHEMA)
+    f = d["front"]
+    assert [m["name"] for m in f["metrics"]] == ["deletion", "insertion"]
+    assert [m["options"]["steps"] for m in f["metrics"]] == [4, 4]
+    assert len(f["members"]) == len(result.front) >= 1
+    assert [m["expression"] for m in f["members"]] == [to_sexpr(n) for n in result.front]
+    assert d["expression"] == f["members"][f["knee"]]["expression"] == result.expression
+    assert [m["knee"] for m in f["members"]].count(True) == 1
+    # the knee member is SyCAM in the tables: its mean on the searched images is its front mean there
+    for ev in d["evaluation_search"][:2]:
+        sycam = next(m for m in ev["methods"] if m["name"] == "SyCAM")
+        assert sycam["mean"] == pytest.approx(f["members"][f["knee"]]["search"][ev["metric"]], abs=1e-9)
+        assert sycam["expression"] == result.expression
+    # and on the test split too
+    for ev in d["evaluation"][:2]:
+        sycam = next(m for m in ev["methods"] if m["name"] == "SyCAM")
+        assert sycam["mean"] == pytest.approx(f["members"][f["knee"]]["test"][ev["metric"]], abs=1e-9)
+    # no member's means beat another's on both metrics (both higher is better)
+    pts = [(m["search"]["deletion"], m["search"]["insertion"]) for m in f["members"]]
+    assert not any(a[0] >= b[0] and a[1] >= b[1] and a != b for a in pts for b in pts)
+    assert set(f["baselines"]) == {"GradCAM", "GradCAM++", "ScoreCAM", "AblationCAM"}
+    assert all("scores" in h and "evicted" in h for h in d["history"])
+    assert d["level_scores"] == {}
+
+
+def test_one_file_per_member_computes_its_weights(front):
+    result, x, out = front
+    d = json.loads((out / "result.json").read_text())
+    names = sorted({t for n in result.front for t in n.terminals()})
+    terms, _ = compute_terminals(tiny_model(), "features", x, None, names, progress=False)
+    for k, node in enumerate(result.front):
+        rel = d["front"]["members"][k]["file"]
+        assert rel == f"front/member-{k}.pt" and rel in d["files"]["front"]
+        module = torch.jit.load(str(out / rel))
+        assert torch.allclose(module(*[terms[t] for t in node.terminals()]), evaluate(node, terms))
+    knee = torch.jit.load(str(out / "cam.pt"))
+    assert torch.allclose(knee(*[terms[t] for t in result.best.terminals()]), evaluate(result.best, terms))
+
+
+def test_the_report_has_the_front_table_and_plot(front):
+    result, _, out = front
+    report = (out / "report.md").read_text()
+    assert f"the Pareto front ({len(result.front)} members)" in report
+    assert "![front](front.png)" in report and (out / "front.png").stat().st_size > 1000
+    assert not (out / "score.png").exists()
+    for node in result.front:
+        assert f"`{to_sexpr(node)}`" in report
+    assert f"| {result.knee} (knee) |" in report
+    assert "**deletion** (steps=4" in report and "**insertion**" in report
+
+
+def test_compile_and_deploy_pick_a_member(front, tmp_path, capsys):
+    result, _, out = front
+    last = len(result.front) - 1
+    assert load_method(out, member=last) == result.front[last]
+    assert load_method(out / "result.json", member="knee") == result.best == load_method(out)
+    with pytest.raises(MethodError, match=f"front member {last + 1}: .* has {last + 1} members"):
+        load_method(out, member=last + 1)
+    with pytest.raises(MethodError, match="output folder or its result.json only"):
+        load_method("(relu grads)", member=0)
+    target = tmp_path / "m.pt"
+    assert main(["compile", str(out / "result.json"), "--member", str(last), "-o", str(target)]) == 0
+    assert to_sexpr(result.front[last]) in capsys.readouterr().out or target.is_file()
+    assert target.is_file()
+    assert main(["compile", str(out / "result.json"), "--member", "x", "-o", str(target)]) == 2
+    assert "give its number" in capsys.readouterr().err
+
+
+def test_a_member_of_a_single_metric_result_is_refused(tmp_path, capsys):
+    x, masks = data(16)
+    synthesize(tiny_model(), "features", x, metric="deletion", metric_options={"steps": 4},
+               budget=Budget(candidates=4), data=DataOptions(use_cache=False),
+               search=SearchOptions(level_sizes=(4, 8, None), equivalence_size=4),
+               output=OutputOptions(progress=False, report_images=0), out_dir=tmp_path / "one")
+    assert main(["compile", str(tmp_path / "one" / "result.json"), "--member", "0", "-o",
+                 str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "has no Pareto front" in err and len(err.strip().splitlines()) == 1
+
+
+def test_per_class_fronts(tmp_path):
+    result, _ = front_run(tmp_path, per_class=True,
+                          search=SearchOptions(level_sizes=(4, 8, None), equivalence_size=4, min_class_images=4))
+    d = json.loads((tmp_path / "run" / "result.json").read_text())
+    jsonschema.validate(d, SCHEMA)
+    classes = d["per_class"]["classes"]
+    assert classes and all(part["front"] is not None for part in classes.values())
+    for c, part in classes.items():
+        # each class's expression is its own front's knee member
+        assert part["expression"] == part["front"]["members"][part["front"]["knee"]]["expression"]
+        assert (tmp_path / "run" / "classes" / f"class-{c}" / "front.png").is_file()
+    assert d["front"] is None and result.dispatch is not None
+
+
+def test_one_threshold_per_metric_and_distinct_metrics(tmp_path, capsys):
+    common = ["synth", "--quiet", "-o", str(tmp_path / "o")]  # the bundled benchmark: refused before any search
+    assert main([*common, "--metric", "deletion,insertion", "--until", "0.1"]) == 2
+    assert "one threshold per metric (2)" in capsys.readouterr().err
+    assert main([*common, "--metric", "deletion,deletion"]) == 2
+    assert "named twice" in capsys.readouterr().err
