@@ -4,6 +4,7 @@ oracle never changes which candidate wins."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,6 +74,94 @@ def test_builtin_metrics_use_the_cache_and_give_the_same_scores():
         hits = cache.stats.hits
         c = metric(sub.with_heatmaps(h[:, [4, 1]], s[:, [4, 1]])).per_image
         assert torch.allclose(c, b[:, [4, 1]], atol=1e-6) and cache.stats.hits == hits + 2 * 2 * 8
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal scores up to float32 rounding: a cached score may come from a batch of other images and
+    steps than the plain curve's, and CPU kernels need not give bit-identical results across batches
+    (as in ``test_memoized_curve_equals_the_plain_one``); a wrong cache entry is off by far more."""
+    return a.shape == b.shape and torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def _untied(hw: tuple[int, int], seed: int, candidates: int = 1) -> torch.Tensor:
+    """Saliency ``[candidates, 6, h, w]`` with no ties: a random permutation of the cells per map."""
+    g = torch.Generator().manual_seed(seed)
+    cells = hw[0] * hw[1]
+    return torch.stack([torch.randperm(cells, generator=g) for _ in range(candidates * 6)]).float().reshape(
+        candidates, 6, *hw)
+
+
+@pytest.mark.parametrize("hw", [(3, 3), (4, 4), (3, 5)])  # 9 and 15 cells: packed sets with padding bits
+def test_insertion_of_the_reversed_ranking_reuses_the_deletion_images(hw):
+    """Deletion step p of S builds x with the top-p cells of S blurred; Insertion step q of -S builds x~
+    with the top-q cells of -S (the bottom q of S) from x: the same image when p = T - q. Through one
+    cache the second curve costs one forward pass per image (q = T: x itself), and its scores are the
+    plain ones."""
+    cells = hw[0] * hw[1]
+    s = _untied(hw, seed=cells)[0]
+    counting = ForwardCounter(MODEL)
+    cache, ids = ScoreCache(1.0), torch.arange(6)
+    dele = memoized_curve(counting, IMAGES, TARGETS, s, cells, False, BLUR, ids, cache, "blur:sigma=10.0")
+    assert cache.stats.hits == 0 and cache.stats.misses == counting.images == 6 * cells
+    ins = memoized_curve(counting, IMAGES, TARGETS, -s, cells, True, BLUR, ids, cache, "blur:sigma=10.0")
+    assert cache.stats.hits == 6 * (cells - 1)
+    assert cache.stats.misses == counting.images == 6 * cells + 6 and cache.stats.deduplicated == 0
+    assert _same(dele, perturbation_curve(MODEL, IMAGES, TARGETS, s, cells, False, blurred_images=BLUR))
+    assert _same(ins, perturbation_curve(MODEL, IMAGES, TARGETS, -s, cells, True, blurred_images=BLUR))
+    assert torch.equal(ins[:, :-1], dele.flip(-1)[:, 1:])  # step q is Deletion step T - q: the cached value
+    # the other order: Insertion first, then Deletion finds all of its images but the fully blurred one
+    cache = ScoreCache(1.0)
+    memoized_curve(MODEL, IMAGES, TARGETS, -s, cells, True, BLUR, ids, cache, "blur:sigma=10.0")
+    again = memoized_curve(MODEL, IMAGES, TARGETS, s, cells, False, BLUR, ids, cache, "blur:sigma=10.0")
+    assert cache.stats.hits == 6 * (cells - 1) and _same(again, dele)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), candidates=st.integers(1, 3), steps=st.integers(1, 16),
+       levels=st.integers(2, 6), reversed_too=st.booleans())
+def test_a_shared_cache_gives_the_scores_of_separate_caches_and_of_none(seed, candidates, steps, levels,
+                                                                       reversed_too):
+    """Deletion and Insertion (of S, and of -S) through one cache equal each through its own cache and
+    the plain curves, ties (few levels) included."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, levels, (candidates, 6, 4, 4), generator=g).float()
+    runs = [(s, False), (s, True)] + ([(-s, True), (-s, False)] if reversed_too else [])
+    ids = torch.arange(6)
+    shared = ScoreCache(1.0)
+    for sal, insert in runs:
+        plain = perturbation_curve(MODEL, IMAGES, TARGETS, sal, steps, insert, blurred_images=BLUR)
+        alone = memoized_curve(MODEL, IMAGES, TARGETS, sal, steps, insert, BLUR, ids, ScoreCache(1.0), "blur:s")
+        both = memoized_curve(MODEL, IMAGES, TARGETS, sal, steps, insert, BLUR, ids, shared, "blur:s")
+        assert _same(alone, plain) and _same(both, plain)
+
+
+def test_builtin_blur_metrics_share_the_cache_only_at_the_same_blur_and_precision():
+    """Through the built-in metrics: AOPC MoRF after Deletion and Insertion after AOPC LeRF of the same S
+    (whose ranking it reverses) find their images in the cache, with the scores of no cache; at another
+    blur sigma or another precision the same metrics read no entry of the first: they count the hits and
+    misses, and give the scores, of a cache of their own."""
+    s = _untied((4, 4), seed=9, candidates=2)
+    lookups = 2 * 6 * 16
+    cache = ScoreCache(4.0)
+    shared = MetricInputs(IMAGES, TARGETS, model=MODEL, memo=cache).with_heatmaps(None, s)
+    plain = MetricInputs(IMAGES, TARGETS, model=MODEL).with_heatmaps(None, s)
+    for first, second, hits in (("deletion", "aopc_morf", lookups), ("aopc_lerf", "insertion", lookups - 2 * 6)):
+        assert _same(get_metric(first)(shared).per_image, get_metric(first)(plain).per_image), first
+        before = cache.stats.hits
+        assert _same(get_metric(second)(shared).per_image, get_metric(second)(plain).per_image), second
+        assert cache.stats.hits - before == hits, second  # all but Insertion's last step (x itself)
+    for options, precision in (({"blur_sigma": 5.0}, "fp32"), ({}, "bf16"), ({"blur_sigma": 5.0}, "bf16")):
+        own = ScoreCache(4.0)
+        runs = []
+        for memo in (own, cache):
+            inputs = MetricInputs(IMAGES, TARGETS, model=MODEL, memo=memo, precision=precision).with_heatmaps(None, s)
+            hits, misses, size = memo.stats.hits, memo.stats.misses, len(memo)
+            scores = [get_metric(name, **options)(inputs).per_image
+                      for name in ("deletion", "aopc_morf", "aopc_lerf", "insertion")]
+            runs.append((scores, memo.stats.hits - hits, memo.stats.misses - misses, len(memo) - size))
+        (alone, *counts), (together, *shared_counts) = runs
+        assert shared_counts == counts and counts[1] == counts[2] > 0, (options, precision)
+        assert all(_same(a, b) for a, b in zip(alone, together)), (options, precision)
 
 
 @settings(max_examples=40, deadline=None)

@@ -72,7 +72,8 @@ def _curve(inputs: MetricInputs, steps: int | None, blur_sigma: float, insert: b
     if inputs.memo is None:
         return perturbation_curve(inputs.model, inputs.images, inputs.targets, s, p, insert,
                                   inputs.device, _batch(inputs), blur_sigma, blur, **inputs.forward_options)
-    kind = f"{'insertion' if insert else 'deletion'}:sigma={float(blur_sigma)!r}"
+    # the blur, not the metric: Deletion, AOPC and Insertion share the images they all build (memo.py)
+    kind = f"blur:sigma={float(blur_sigma)!r}"
     if inputs.precision != DEFAULT_PRECISION:  # a cache shared across precisions never mixes their scores
         kind += f":{inputs.precision}"
     return memoized_curve(inputs.model, inputs.images, inputs.targets, s, p, insert, blur,

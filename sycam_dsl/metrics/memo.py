@@ -1,17 +1,25 @@
 """Memoized Deletion and Insertion: a bounded cache of the model's scores of perturbed images.
 
-At step ``p`` of Deletion the image is ``x`` with its ``p`` top-ranked cells taken from ``x~``
-(Insertion: ``x~`` with those cells taken from ``x``), so the model's score there depends only on
-(image, target class, the *set* of the top ``p`` cells), not on the heatmap that ranked them. The
-cache maps that key to ``y_c``. A candidate computes its cell rankings, looks every step up, and
-sends only the misses (deduplicated within the call too) through the model, in one batched pass
-for all its images and steps. Two candidates whose top-``P`` rankings agree cost no forward pass
-for the second.
+At step ``p`` of Deletion the image is ``x`` with its ``p`` top-ranked cells taken from ``x~``; at
+step ``q`` of Insertion it is ``x~`` with its ``q`` top-ranked cells taken from ``x``, i.e. ``x``
+with every cell *but* the top ``q`` taken from ``x~``. Either way the image, and so the model's
+score of it, depends only on (image, target class, the *set* of cells taken from ``x~``), not on
+the heatmap that ranked them nor on which of the two metrics built it. The cache maps that key to
+``y_c``. A candidate computes its cell rankings, looks every step up, and sends only the misses
+(deduplicated within the call too) through the model, in one batched pass for all its images and
+steps. Two candidates whose top-``P`` rankings agree cost no forward pass for the second, and
+Deletion (or AOPC) and Insertion share the images they both build: Deletion step ``p`` of a
+ranking is Insertion step ``h*w - p`` of the reversed ranking (e.g. AOPC LeRF's and Insertion's of
+one saliency without ties; of one ranking, Deletion and Insertion build no common image).
 
-Keys are ``(kind, image id, target, cell set)`` with the cell set packed into a bit string
-(``ceil(h*w / 8)`` bytes) and the image id a stable index into the full image set (a subset keeps
-its images' ids), so every subset and every candidate of a search shares one cache. The cache is
-LRU-bounded by an estimate of its memory (``max_mb``).
+Keys are ``(kind, image id, target, cell set)``: the cells taken from ``x~`` (Deletion: the top
+``p``; Insertion: all but the top ``q``) packed into a bit string (``ceil(h*w / 8)`` bytes, the
+padding bits 0), the image id a stable index into the full image set (a subset keeps its images'
+ids), so every subset, every candidate and every blur-based metric of a search shares one cache;
+``kind`` names how ``x~`` is made and how the model runs (``"blur:sigma=10.0"``, plus
+``":bf16"`` / ``":fp16"`` for a lower precision), never the metric, so only images built with the
+same blur and precision meet. (ROAD keeps its own entries, under kinds that start with
+``"road:"``.) The cache is LRU-bounded by an estimate of its memory (``max_mb``).
 """
 
 from __future__ import annotations
@@ -91,11 +99,14 @@ class ScoreCache:
             self.stats.evictions += 1
 
 
-def step_cell_sets(ranks: torch.Tensor, steps: int) -> np.ndarray:
-    """The top-``p`` cell sets of every ranking row and step, packed: ``[R, P, ceil(h*w/8)]`` uint8
-    for cell ranks ``[R, h*w]``."""
-    covered = ranks[:, None, :] < torch.arange(1, steps + 1, device=ranks.device)[None, :, None]
-    return np.packbits(covered.cpu().numpy(), axis=-1)
+def step_cell_sets(ranks: torch.Tensor, steps: int, insert: bool = False) -> np.ndarray:
+    """The cells taken from ``x~`` at every ranking row and step ``p = 1..steps``, packed:
+    ``[R, P, ceil(h*w/8)]`` uint8 for cell ranks ``[R, h*w]``. Deletion: the top-``p`` cells;
+    Insertion (``insert``): every cell but the top ``p``. The padding bits are 0 either way."""
+    rank = ranks[:, None, :]
+    step = torch.arange(1, steps + 1, device=ranks.device)[None, :, None]
+    taken = rank >= step if insert else rank < step
+    return np.packbits(taken.cpu().numpy(), axis=-1)
 
 
 def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, saliency: torch.Tensor,
@@ -105,15 +116,17 @@ def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
                    channels_last: bool = False) -> torch.Tensor:
     """``perturbation_curve`` through ``cache``: ``y_c`` after each step, ``[..., N, P]``, for
     saliency ``[..., N, h, w]``; ``image_ids`` ``[N]`` name the images in the cache and ``kind``
-    the perturbation (it must include everything the perturbed image depends on besides the
-    image, its target and the cell set, e.g. ``"deletion:sigma=10"``, and the precision when it is not
-    fp32). ``precision``, ``channels_last``: how the model runs (``scores_of``)."""
+    the perturbation (it must include everything the score depends on besides the image, its
+    target and the set of cells taken from ``x~``, e.g. ``"blur:sigma=10.0"``, and the precision
+    when it is not fp32, but not whether the curve is Deletion or Insertion: the two share the
+    entries of the images they both build). ``precision``, ``channels_last``: how the model runs
+    (``scores_of``)."""
     check_curve_inputs(images, targets, saliency, steps)
     n = images.shape[0]
     if image_ids.shape != (n,):
         raise MetricError(f"image_ids must be [{n}], one per image, got {list(image_ids.shape)}")
     ranks = cell_ranks(saliency).reshape(-1, *saliency.shape[-2:])
-    packed = step_cell_sets(ranks.flatten(1), steps)
+    packed = step_cell_sets(ranks.flatten(1), steps, insert)
     rows = packed.shape[0]
     ids, tgt = image_ids.tolist(), targets.tolist()
     values = np.empty(rows * steps, dtype=np.float64)
