@@ -195,11 +195,29 @@ def _front(out) -> list[tuple[str, tuple[float, ...]]]:
     return [(m.expression, tuple(m.means)) for m in out.front]
 
 
+class Counting:
+    """Wraps a scorer, counting the (candidate, image) scores computed."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.levels, self.work = inner, inner.levels, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def score(self, nodes, j, c):
+        self.work += len(nodes) * self.inner.chunk_size(j, c)
+        return self.inner.score(nodes, j, c)
+
+
 def test_the_front_is_the_same_with_and_without_early_stopping_and_batching():
-    plain = Search(planted(), GRAMMAR, config(early_stop=False, candidate_batch=1, image_chunk=None),
-                   progress=False).run()
-    fast = Search(planted(), GRAMMAR, config(early_stop=True, candidate_batch=8, image_chunk=4),
-                  progress=False).run()
+    searches = [Search(planted(), GRAMMAR, config(early_stop=False, candidate_batch=1, image_chunk=None),
+                       progress=False),
+                Search(planted(), GRAMMAR, config(early_stop=True, candidate_batch=8, image_chunk=4),
+                       progress=False)]
+    for s in searches:
+        s.scorer = Counting(s.scorer)
+    plain, fast = (s.run() for s in searches)
+    assert searches[1].scorer.work < searches[0].scorer.work  # early stopping saved work
     assert _front(plain) == _front(fast)
     assert [h["expression"] for h in plain.state.history] == [h["expression"] for h in fast.state.history]
     assert fast.state.counts.rejected == plain.state.counts.rejected
@@ -261,6 +279,15 @@ def test_the_baselines_the_grammar_expresses_are_offered_to_the_front_at_the_end
                  progress=False)
     off.scorer = TableScorer(off.scorer, {"grads": [0.5, 0.5], "cic": cic}, [0.0, 1.0])
     assert [m.expression for m in off.run().front] == ["grads"]  # the plain oracle: no check
+
+
+def test_a_single_metric_search_keeps_its_incumbent_and_checkpoint_format(tmp_path):
+    out = Search(planted(), GRAMMAR, SearchConfig(MASS_A, Budget(candidates=10), level_sizes=LEVELS, equivalence_size=6,
+                                                  max_size=5, baselines=()), tmp_path, progress=False).run()
+    assert out.state.incumbent is not None and out.front == [] and out.knee is None
+    assert all("score" in h and "scores" not in h and "evicted" not in h for h in out.state.history)
+    saved = json.loads((tmp_path / CHECKPOINT_NAME).read_text())["state"]
+    assert "front" not in saved and saved["incumbent"]["expression"] == to_sexpr(out.best)
 
 
 def test_passes_against_is_the_single_metric_oracle_on_each_metric():

@@ -16,15 +16,17 @@ from sycam_dsl.deploy.method import MethodError, load_method
 from sycam_dsl.evaluate import evaluate
 from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+from sycam_dsl.synthesis.front import covers
+from sycam_dsl.synthesis.pareto import knee
 from tests.test_synthesize_api import SCHEMA, data, tiny_model
 
 
 def front_run(tmp_path, name="run", **kw):
     x, masks = data(24)
-    args = dict(metric="deletion,insertion", metric_options={"steps": 4}, budget=Budget(candidates=20),
+    args = dict(metric="deletion,average_drop", metric_options={"steps": 4}, budget=Budget(candidates=20),
                 data=DataOptions(masks=masks, use_cache=False),
                 search=SearchOptions(level_sizes=(6, 12, None), equivalence_size=4),
-                output=OutputOptions(report_metrics=["average_drop"], progress=False, report_images=2),
+                output=OutputOptions(report_metrics=["insertion"], progress=False, report_images=2),
                 out_dir=tmp_path / name)
     args.update(kw)
     return synthesize(tiny_model(), "features", x, **args), x
@@ -42,9 +44,12 @@ def test_result_json_holds_the_front_and_validates(front):
     d = json.loads((out / "result.json").read_text())
     jsonschema.validate(d, SCHEMA)
     f = d["front"]
-    assert [m["name"] for m in f["metrics"]] == ["deletion", "insertion"]
-    assert [m["options"]["steps"] for m in f["metrics"]] == [4, 4]
-    assert len(f["members"]) == len(result.front) >= 1
+    assert [m["name"] for m in f["metrics"]] == ["deletion", "average_drop"]
+    assert f["metrics"][0]["options"]["steps"] == 4 and f["metrics"][1]["options"] == {}
+    assert len(f["members"]) == len(result.front) >= 2  # a trade-off on this model and these images
+    names, higher = ["deletion", "average_drop"], [True, False]
+    assert f["knee"] == knee([[m["search"][n] for n in names] for m in f["members"]],
+                             [[b[n] for n in names] for b in f["baselines"].values()], higher)
     assert [m["expression"] for m in f["members"]] == [to_sexpr(n) for n in result.front]
     assert d["expression"] == f["members"][f["knee"]]["expression"] == result.expression
     assert [m["knee"] for m in f["members"]].count(True) == 1
@@ -57,9 +62,9 @@ def test_result_json_holds_the_front_and_validates(front):
     for ev in d["evaluation"][:2]:
         sycam = next(m for m in ev["methods"] if m["name"] == "SyCAM")
         assert sycam["mean"] == pytest.approx(f["members"][f["knee"]]["test"][ev["metric"]], abs=1e-9)
-    # no member's means beat another's on both metrics (both higher is better)
-    pts = [(m["search"]["deletion"], m["search"]["insertion"]) for m in f["members"]]
-    assert not any(a[0] >= b[0] and a[1] >= b[1] and a != b for a in pts for b in pts)
+    # no member's means are at least as good as another's on both metrics
+    pts = [[m["search"][n] for n in names] for m in f["members"]]
+    assert not any(covers(a, b, higher) for a in pts for b in pts if a is not b)
     assert set(f["baselines"]) == {"GradCAM", "GradCAM++", "ScoreCAM", "AblationCAM"}
     assert all("scores" in h and "evicted" in h for h in d["history"])
     assert d["level_scores"] == {}
@@ -88,7 +93,7 @@ def test_the_report_has_the_front_table_and_plot(front):
     for node in result.front:
         assert f"`{to_sexpr(node)}`" in report
     assert f"| {result.knee} (knee) |" in report
-    assert "**deletion** (steps=4" in report and "**insertion**" in report
+    assert "**deletion** (steps=4" in report and "**average_drop**, lower is better" in report
 
 
 def test_compile_and_deploy_pick_a_member(front, tmp_path, capsys):
@@ -96,7 +101,7 @@ def test_compile_and_deploy_pick_a_member(front, tmp_path, capsys):
     last = len(result.front) - 1
     assert load_method(out, member=last) == result.front[last]
     assert load_method(out / "result.json", member="knee") == result.best == load_method(out)
-    with pytest.raises(MethodError, match=f"front member {last + 1}: .* has {last + 1} members"):
+    with pytest.raises(MethodError, match=f"front member {last + 1}: the front has {last + 1} member"):
         load_method(out, member=last + 1)
     with pytest.raises(MethodError, match="output folder or its result.json only"):
         load_method("(relu grads)", member=0)
@@ -140,3 +145,13 @@ def test_one_threshold_per_metric_and_distinct_metrics(tmp_path, capsys):
     assert "one threshold per metric (2)" in capsys.readouterr().err
     assert main([*common, "--metric", "deletion,deletion"]) == 2
     assert "named twice" in capsys.readouterr().err
+
+
+def test_a_front_of_one_member_is_a_warning(tmp_path):
+    # on this untrained model pgrads is at least as good as every other candidate on both metrics
+    result, _ = front_run(tmp_path, metric="deletion,insertion", output=OutputOptions(progress=False,
+                                                                                      report_images=0))
+    d = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert len(result.front) == 1
+    assert any(w.startswith(f"the Pareto front has one member, {result.expression}") for w in d["warnings"])
+    assert "## Warnings" in (tmp_path / "run" / "report.md").read_text()

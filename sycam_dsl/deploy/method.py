@@ -13,6 +13,7 @@ from ..lang.sexpr import parse_expr
 from ..lang.terminals import TERMINALS, terminal_types
 from ..lang.types import Type
 from ..synthesis.dispatch import Dispatch
+from ..synthesis.result import front_index
 
 Method = Node | Dispatch
 
@@ -53,13 +54,10 @@ def front_member(data: Any, member: int | str, where: str) -> str:
     if not isinstance(front, dict) or not isinstance(front.get("members"), list):
         raise MethodError(f"{where} has no Pareto front (its search optimized one metric): drop the member choice")
     members = front["members"]
-    chosen: Any = front.get("knee") if member == "knee" else member
     try:
-        k = int(chosen)
-    except (TypeError, ValueError):
-        raise MethodError(f"front member {member!r}: give its number (0 to {len(members) - 1}) or knee") from None
-    if not 0 <= k < len(members):
-        raise MethodError(f"front member {k}: {where} has {len(members)} members, numbered 0 to {len(members) - 1}")
+        k = front_index(front.get("knee") if member == "knee" else member, len(members))
+    except SycamError as e:
+        raise MethodError(f"{where}: {e}") from None
     expression = members[k].get("expression") if isinstance(members[k], dict) else None
     if not isinstance(expression, str):
         raise MethodError(f"{where}: front.members[{k}] has no expression")

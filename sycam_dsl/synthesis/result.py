@@ -108,7 +108,7 @@ class Result:
         return compile_torchscript(node)
 
 
-def front_index(member: int | str, size: int) -> int:
+def front_index(member: Any, size: int) -> int:
     """``member`` (an index or its text) as an index into a front of ``size`` members; a one-line error
     when it is not one."""
     try:
@@ -253,7 +253,11 @@ def _warnings(record: RunRecord) -> list[str]:
     sanity = record.sanity
     sanity_warning = [] if sanity is None else (
         [f"sanity check not run: {sanity['error']}"] if "error" in sanity else check_warnings(sanity))
-    return split_warning + method_warnings(methods, shown) + sanity_warning
+    outcomes = r.outcomes if r.dispatch is None else []
+    front_warning = [f"the Pareto front has one member, {outcomes[0].front[0].expression}: no trade-off between "
+                     f"{', '.join(m.name for m in outcomes[0].metrics)} was found among the candidates scored"]\
+        if outcomes and len(outcomes[0].front) == 1 else []
+    return split_warning + front_warning + method_warnings(methods, shown) + sanity_warning
 
 
 def _evaluation(tables: list[tuple[Metric, list[Row]]]) -> list[dict[str, Any]]:
