@@ -12,6 +12,7 @@ import torch
 from sycam_dsl.errors import SycamError
 from sycam_dsl.evaluate import Terminals
 from sycam_dsl.lang.ast import to_sexpr
+from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.metrics import MetricInputs
 from sycam_dsl.metrics.errors import MetricError
 from sycam_dsl.metrics.objectives import Objectives, bind_options, objective_of
@@ -221,6 +222,20 @@ def test_the_front_is_the_same_with_and_without_early_stopping_and_batching():
     assert _front(plain) == _front(fast)
     assert [h["expression"] for h in plain.state.history] == [h["expression"] for h in fast.state.history]
     assert fast.state.counts.rejected == plain.state.counts.rejected
+
+
+def test_a_guided_search_keeps_a_front_too():
+    # the guided order reaches larger expressions (costs fall below a node's 4), so its front is not
+    # the size order's; it must still be a front of its members' true means
+    s = Search(planted(), GRAMMAR, config(strategy="guided", candidates=400), progress=False)
+    out = s.run()
+    assert s.restarts >= 1 and len(out.front) >= 3
+    problem = planted()
+    for m in out.front:
+        node = parse_expr(m.expression, GRAMMAR.inputs)
+        got = method_scores(node, [MASS_A, SPILL_B], problem)
+        assert _key([float(got["mass_a"].mean()), float(got["spill_b"].mean())]) == _key(m.means)
+    assert not any(covers(a.means, b.means, [True, False]) for a in out.front for b in out.front if a is not b)
 
 
 def test_resume_gives_the_same_front(tmp_path):

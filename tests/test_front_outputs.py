@@ -111,6 +111,11 @@ def test_compile_and_deploy_pick_a_member(front, tmp_path, capsys):
     assert target.is_file()
     assert main(["compile", str(out / "result.json"), "--member", "x", "-o", str(target)]) == 2
     assert "give its number" in capsys.readouterr().err
+    exported = tmp_path / "e.pt"
+    capsys.readouterr()
+    assert main(["export", str(out), "--member", str(last), "--model", "bundled", "-o", str(exported)]) == 0
+    said = capsys.readouterr().out
+    assert exported.is_file() and all(t in said for t in result.front[last].terminals())
 
 
 def test_a_member_of_a_single_metric_result_is_refused(tmp_path, capsys):
@@ -123,6 +128,9 @@ def test_a_member_of_a_single_metric_result_is_refused(tmp_path, capsys):
                  str(tmp_path / "m.pt")]) == 2
     err = capsys.readouterr().err
     assert "has no Pareto front" in err and len(err.strip().splitlines()) == 1
+    assert main(["export", str(tmp_path / "one"), "--member", "knee", "--model", "bundled", "-o",
+                 str(tmp_path / "e.pt")]) == 2
+    assert "has no Pareto front" in capsys.readouterr().err
 
 
 def test_per_class_fronts(tmp_path):

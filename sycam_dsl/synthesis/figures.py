@@ -219,6 +219,20 @@ def _value_range(values: list[float]) -> tuple[float, float]:
     return lo - margin, hi + margin
 
 
+def _backend(backend: str | None) -> str:
+    """``"matplotlib"`` or ``"pil"``: the one asked for, or (None) matplotlib when installed, else PIL."""
+    if backend not in (None, "matplotlib", "pil"):
+        raise ValueError(f"unknown backend {backend!r}: use 'matplotlib', 'pil' or None")
+    if backend != "pil":
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            if backend == "matplotlib":
+                raise
+            return "pil"
+    return "matplotlib" if backend is None else backend
+
+
 def save_score_plot(history: Sequence[tuple[float, float]], path: str | Path, metric: str,
                     higher_is_better: bool, baselines: Mapping[str, float] | None = None,
                     x_label: str = "seconds", end: float | None = None,
@@ -230,19 +244,11 @@ def save_score_plot(history: Sequence[tuple[float, float]], path: str | Path, me
     (name -> score) are dashed horizontal lines with their names. An empty history still gives a plot
     (baselines and the note "no candidate scored"). ``backend``: ``"matplotlib"``, ``"pil"`` or
     ``None`` (matplotlib when installed, else PIL)."""
-    if backend not in (None, "matplotlib", "pil"):
-        raise ValueError(f"unknown backend {backend!r}: use 'matplotlib', 'pil' or None")
+    backend = _backend(backend)
     points = _clean_history(history)
     baselines = {str(k): float(v) for k, v in (baselines or {}).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if backend != "pil":
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            if backend == "matplotlib":
-                raise
-            backend = "pil"
     if backend == "pil":
         _score_plot_pil(points, path, metric, higher_is_better, baselines, x_label, end)
     else:
@@ -467,19 +473,11 @@ def save_front_plot(front: Sequence[tuple[str, Sequence[float]]], metrics: Seque
     "empty front"). ``backend``: ``"matplotlib"``, ``"pil"`` or ``None`` (matplotlib when installed,
     else PIL). Raises ``ValueError`` for fewer than two metrics, a point without one value per
     metric, or a ``knee`` that is not a member's index."""
-    if backend not in (None, "matplotlib", "pil"):
-        raise ValueError(f"unknown backend {backend!r}: use 'matplotlib', 'pil' or None")
+    backend = _backend(backend)
     labels, values, base = _front_data(front, metrics, baselines, knee)
     metrics = [(str(name), bool(high)) for name, high in metrics]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if backend != "pil":
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            if backend == "matplotlib":
-                raise
-            backend = "pil"
     if backend == "pil":
         _front_plot_pil(labels, values, metrics, base, knee, path)
     else:
