@@ -557,6 +557,8 @@ class Search:
         (a list over several metrics), built once per member rather than once per check."""
         got = self._levels.get((id(inc), j))
         if got is None or got[0] is not inc:  # a new member may reuse an evicted one's id
+            if len(self._levels) > 4 * len(self.level_names) * (len(self._state.front) + 1 if self._state else 1):
+                self._levels = {}  # drop those of replaced incumbents and evicted members
             level = torch.tensor(sum(inc.blocks[:j + 1], []), dtype=torch.float64)
             mean = float(level.mean()) if self.objectives is None else level.mean(dim=0).tolist()
             got = self._levels[(id(inc), j)] = (inc, level, mean)
@@ -574,6 +576,8 @@ class Search:
             else:
                 ok, share = passes_against(blocks, level, self.higher, self.config.small_level)
             passed, fit = passed and ok, min(fit, share)
+            if not passed and self.guide is None:  # the fit is only the guide's
+                break
         return passed, fit
 
     def _score_baseline(self, name: str, state: SearchState) -> list[float]:
@@ -609,10 +613,7 @@ class Search:
         mean = sum(scores) / len(scores)
         if state.incumbent is not None and not better(mean, state.incumbent.mean, self.higher[0]):
             return
-        blocks, at = [], 0
-        for size in self.subsets.level_sizes:
-            blocks.append(scores[at:size])
-            at = size
+        blocks = self._level_blocks(scores)
         text = to_sexpr(node)
         with self._interrupts.deferred():
             seconds = self._elapsed(state)
@@ -620,18 +621,18 @@ class Search:
             state.history.append({"expression": text, "score": mean, "seconds": seconds, "candidate": None,
                                   "baseline": name})
 
+    def _level_blocks(self, scores: list[Any]) -> list[list[Any]]:
+        """Per-image ``I1`` scores (in ``Subsets`` order) cut into the level blocks."""
+        sizes = list(self.subsets.level_sizes)
+        return [scores[a:b] for a, b in zip([0] + sizes, sizes)]
+
     def _offer_baselines(self, state: SearchState) -> None:
         """The final check over several metrics: each scored baseline the grammar expresses, in the
         order of ``baselines``, enters the front when no member's ``I1`` means are at least as good on
         every metric (``front``)."""
         scored = [b for b in self.config.baselines if b in state.baselines]
         for name, node in grammar_baselines(self.grammar, scored).items():
-            scores = state.baselines[name]
-            blocks, at = [], 0
-            for size in self.subsets.level_sizes:
-                blocks.append(scores[at:size])
-                at = size
-            member = Member(to_sexpr(node), blocks, self._elapsed(state), None, name)
+            member = Member(to_sexpr(node), self._level_blocks(state.baselines[name]), self._elapsed(state), None, name)
             if any(covers(f.means, member.means, self.higher) for f in state.front):
                 continue
             with self._interrupts.deferred():
@@ -708,12 +709,11 @@ class Search:
         candidate beats a member (its weakest against any member; over several metrics, on its best metric)."""
         if not len(scored):
             return 0.0
+        higher = torch.tensor(self.higher if self.objectives is not None else self.higher[0])  # [M] or []
         shares = []
         for inc in members:
             level = self._incumbent_level(inc, j)[0][:len(scored)]
-            higher = torch.tensor(self.higher).reshape(1, -1) if self.objectives is not None else \
-                self.higher[0]
-            better = torch.where(torch.as_tensor(higher), scored > level, scored < level)
+            better = torch.where(higher, scored > level, scored < level)
             shares.append(float(better.double().mean(dim=0).max()))
         return min(shares)
 
