@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.objectives import objective_of
-from ..metrics.registry import known_metrics
+from ..metrics.registry import known_metrics, metric_key
 from ..synthesis.config import DEFAULT_MAX_SIZE, TERMINAL_MODES
 from ..synthesis.guide import STRATEGIES
 from ..synthesis.incumbent import parse_untils
@@ -190,7 +190,7 @@ def _search(args: argparse.Namespace, out: Path) -> int:
     metric = objective_of(search_metrics)  # several metrics: their Pareto front (Objectives checks they differ)
     report = args.report_metrics or (BUNDLED["report_metrics"] if bundled else metric.name)
     report_metrics = search_metrics + [metric_from_args(n.strip(), args, strict=False) for n in report.split(",")
-                                 if n.strip() and n.strip().replace("-", "_").lower() not in metric.name.split(",")]
+                                 if n.strip() and metric_key(n) not in metric.name.split(",")]
     check_metric_options(args, report_metrics)
     seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_TIME)
     levels = args.levels or (_level_sizes(BUNDLED["levels"]) if bundled else None)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .errors import MetricError
-from .registry import Metric, MetricInputs
+from .registry import Metric, MetricInputs, metric_key
 
 
 @dataclass(frozen=True)
@@ -107,24 +107,24 @@ def best_scores(objective: Objective, inputs: MetricInputs) -> torch.Tensor | No
 def options_for(metric: Metric, options: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of ``options`` that apply to ``metric``: a plain ``KEY`` it takes, and ``NAME.KEY``
     for its name (``deletion.steps``: Deletion's steps only)."""
-    out = {k: v for k, v in options.items() if "." not in k and k in metric.option_names}
+    out = {}
     for k, v in options.items():
-        name, dot, key = k.rpartition(".")
-        if dot and name.strip().lower().replace("-", "_") == metric.name:
+        owner, key = _owner(k)
+        if (owner is None and key in metric.option_names) or owner == metric.name:
             out[key] = v
     return out
 
 
+def _owner(option: str) -> tuple[str | None, str]:
+    """``NAME.KEY`` as (NAME as the registry keys it, KEY); a plain ``KEY`` as (None, KEY)."""
+    name, dot, key = option.rpartition(".")
+    return (metric_key(name), key) if dot else (None, option)
+
+
 def unused_options(metrics: Sequence[Metric], options: Mapping[str, Any]) -> list[str]:
     """The keys of ``options`` no metric of ``metrics`` takes (``NAME.KEY`` must name one that has ``KEY``)."""
-    used = set()
-    for m in metrics:
-        for k in options:
-            name, dot, key = k.rpartition(".")
-            if (not dot and k in m.option_names) or (
-                    dot and name.strip().lower().replace("-", "_") == m.name and key in m.option_names):
-                used.add(k)
-    return sorted(set(options) - used)
+    return sorted(k for k in options if not any(
+        _owner(k)[0] in (None, m.name) and _owner(k)[1] in m.option_names for m in metrics))
 
 
 def bind_options(metrics: Sequence[Metric], options: Mapping[str, Any] | None) -> list[Metric]:

@@ -203,7 +203,8 @@ _REGISTRY: dict[str, Metric] = {}
 _FAMILIES: dict[str, Callable[[str], Metric]] = {}
 
 
-def _key(name: str) -> str:
+def metric_key(name: str) -> str:
+    """A metric's name as the registry keys it: case-insensitive, ``-`` equal to ``_``."""
     return name.strip().lower().replace("-", "_")
 
 
@@ -218,7 +219,7 @@ def register_metric(name: str, fn: MetricFn, higher_is_better: bool, *, needs_mo
     if given, must hold for every heatmap (the search uses it to stop scoring hopeless candidates).
     ``needs_heatmaps=False``: ``fn`` can score from ``inputs.saliency`` alone when ``inputs.heatmaps``
     is None, and the search then skips building full-resolution heatmaps."""
-    key = _key(name)
+    key = metric_key(name)
     if not key:
         raise MetricError("a metric needs a non-empty name")
     if not callable(fn):
@@ -234,25 +235,25 @@ def register_metric(name: str, fn: MetricFn, higher_is_better: bool, *, needs_mo
 
 def unregister_metric(name: str) -> None:
     """Remove a registered metric (no error if it is not there)."""
-    _REGISTRY.pop(_key(name), None)
+    _REGISTRY.pop(metric_key(name), None)
 
 
 def register_metric_family(prefix: str, factory: Callable[[str], Metric]) -> None:
     """Make ``PREFIX:NAME`` resolve to ``factory(NAME)`` (a ``Metric``), e.g. ``quantus:RegionPerturbation``."""
-    _FAMILIES[_key(prefix)] = factory
+    _FAMILIES[metric_key(prefix)] = factory
 
 
 def get_metric(name: str, **options: Any) -> Metric:
     """The metric registered as ``name`` (or made by the family of its ``PREFIX:``), with ``options`` bound."""
     prefix, colon, rest = name.partition(":")
     if colon:
-        factory = _FAMILIES.get(_key(prefix))
+        factory = _FAMILIES.get(metric_key(prefix))
         if factory is None:
             raise MetricError(f"unknown metric family {prefix!r} in {name!r} (known: "
                               f"{', '.join(f'{p}:NAME' for p in sorted(_FAMILIES)) or 'none'})")
         metric: Metric | None = factory(rest)
     else:
-        metric = _REGISTRY.get(_key(name))
+        metric = _REGISTRY.get(metric_key(name))
     if metric is None:
         families = "".join(f", {p}:NAME" for p in sorted(_FAMILIES))
         raise MetricError(f"unknown metric {name!r} (known: {', '.join(known_metrics())}{families}); "

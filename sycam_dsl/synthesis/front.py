@@ -48,8 +48,12 @@ class Member:
     @property
     def means(self) -> list[float]:
         """The mean score on each metric over ``I1`` (every block), summed in ``I1`` order."""
-        rows = [x for b in self.blocks for x in b]
-        return [sum(r[m] for r in rows) / len(rows) for m in range(len(rows[0]))]
+        return column_means([x for b in self.blocks for x in b])
+
+
+def column_means(rows: Sequence[Sequence[float]]) -> list[float]:
+    """The mean of each metric over per-image rows of one score per metric (summed in row order)."""
+    return [sum(r[m] for r in rows) / len(rows) for m in range(len(rows[0]))]
 
 
 def covers(a: Sequence[float], b: Sequence[float], higher: Sequence[bool]) -> bool:

@@ -24,7 +24,7 @@ from ..parse.grammar import Grammar
 from ..version import __version__
 from .dispatch import Dispatch
 from .evaluation import Method, method_warnings
-from .front import covers
+from .front import column_means, covers
 from .incumbent import better, in_grammar, not_chosen_reason
 from .on_demand import OnDemandTerminals
 from .oracle import SMALL_LEVEL
@@ -220,7 +220,7 @@ def front_part(o: SearchOutcome, test: list[dict[str, float]] | None = None) -> 
         return None
     metrics = o.metrics
     names = [m.name for m in metrics]
-    baselines = {b: dict(zip(names, [sum(r[m] for r in v) / len(v) for m in range(len(names))]))
+    baselines = {b: dict(zip(names, column_means(v)))
                  for b, v in o.state.baselines.items()}
     return {"metrics": [{"name": m.name, "options": dict(m.options), "higher_is_better": m.higher_is_better}
                         for m in metrics],
@@ -383,7 +383,7 @@ def front_reason(name: str, grammar: Grammar, o: SearchOutcome) -> str:
     if name not in o.state.baselines:
         return "in the grammar, but the search was interrupted before scoring it"
     scores = o.state.baselines[name]
-    means = [sum(r[m] for r in scores) / len(scores) for m in range(len(o.metrics))]
+    means = column_means(scores)
     for k, f in enumerate(o.front):
         if covers(f.means, means, [m.higher_is_better for m in o.metrics]):
             return (f"in the grammar, but front member {k} is at least as good on every metric on the searched "

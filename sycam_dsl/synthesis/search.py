@@ -60,7 +60,7 @@ from ..models.precision import DEFAULT_PRECISION
 from ..parse.grammar import Grammar
 from ..util.progress import StatusLine
 from .config import SearchConfig
-from .front import Member, cannot_pass, covers, passes_against, reached
+from .front import Member, cannot_pass, column_means, covers, passes_against, reached
 from .guide import Guide
 from .incumbent import best_baseline, better, grammar_baselines, parse_untils
 from .on_demand import OnDemandTerminals, terminal_status
@@ -370,7 +370,7 @@ class Search:
             stopped_by = "interrupted"
         best, knee_at = None, None
         if state.front:
-            means = [[sum(r[m] for r in v) / len(v) for m in range(len(self.higher))] for v in state.baselines.values()]
+            means = [column_means(v) for v in state.baselines.values()]
             knee_at = knee([f.means for f in state.front], means, self.higher)
         chosen = state.incumbent if state.incumbent is not None else (
             state.front[knee_at] if knee_at is not None else None)
