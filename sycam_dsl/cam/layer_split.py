@@ -337,8 +337,14 @@ class TailRunner:
     ``carry(x)`` gives what each image's rows need besides their activations (once per image group);
     ``runner(acts, carried_rows)`` the logits ``[B, C]``."""
 
-    def __init__(self, method: str, access: LayerAccess, split: LayerSplit | None = None) -> None:
-        self.method, self.access, self.split = method, access, split
+    def __init__(self, method: str, access: LayerAccess, split: LayerSplit | None = None,
+                 tail: Callable[..., torch.Tensor] | None = None) -> None:
+        self.method, self.access, self.split, self.tail = method, access, split, tail
+
+    def with_tail(self, tail: Callable[..., torch.Tensor]) -> TailRunner:
+        """This runner with the split's tail run by ``tail(acts, *carried)`` (the tail converted for an
+        inference runtime, say)."""
+        return TailRunner(self.method, self.access, self.split, tail)
 
     def carry(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.split is not None:
@@ -348,6 +354,8 @@ class TailRunner:
         return []
 
     def __call__(self, acts: torch.Tensor, carried: list[torch.Tensor]) -> torch.Tensor:
+        if self.tail is not None:
+            return _logits(self.tail(acts, *carried), "the model")
         if self.split is not None:
             return self.split.run_tail(acts, carried)
         return self.access.tail(acts, carried[0] if carried else None)

@@ -35,18 +35,18 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
 
 from ..evaluate.terminals import Terminals
 from ..models.batching import BatchSize
-from ..models.layers import kind as module_kind
+from ..models.digest import model_digest
 from ..models.loaded import LoadedModel
 from ..models.precision import DEFAULT_PRECISION
+from ..models.runtime import RuntimeSpec
 from ..util.digests import update_digest
 from ..util.files import atomic_torch_save
 from ..util.modes import eval_mode
@@ -97,36 +97,6 @@ def default_max_bytes() -> int:
         raise StoreError(f"SYCAM_DSL_CACHE_SIZE: {e}") from None
 
 
-#: module -> (stamp, digest) of its last ``model_digest``: the bytes are hashed again only when the
-#: stamp changes (terminals on demand ask for the digest at every computation).
-_DIGESTS: WeakKeyDictionary[nn.Module, tuple[tuple, str]] = WeakKeyDictionary()
-
-
-def _stamp(header: str, state: dict[str, object]) -> tuple:
-    """What changes whenever a hash of ``state`` could: the architecture text, and each tensor's name,
-    storage, version counter (bumped by every in-place change), dtype, shape and device."""
-    return (header, *((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.device)
-                      if isinstance(t, torch.Tensor) else (name, repr(t)) for name, t in state.items()))
-
-
-def model_digest(module: nn.Module) -> str:
-    """A hash of ``module``'s architecture (class and repr) and of every state-dict tensor's bytes."""
-    header = f"{module_kind(module)}\n{module!r}\n"
-    state = module.state_dict()
-    stamp = _stamp(header, state)
-    cached = _DIGESTS.get(module)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    h = hashlib.sha256()
-    h.update(header.encode())
-    for name, t in state.items():
-        h.update(name.encode())
-        if isinstance(t, torch.Tensor):
-            update_digest(h, t)
-    _DIGESTS[module] = (stamp, h.hexdigest())
-    return h.hexdigest()
-
-
 def image_digests(images: torch.Tensor) -> list[str]:
     """One hash per image of ``images`` ``[N, ...]``: its shape, dtype and bytes."""
     out = []
@@ -159,6 +129,8 @@ def record_settings(kind: str, run: TerminalRun) -> str:
     settings = {"ablation": run.ablation} if kind == ABL else {}
     if kind in (CIC, ABL) and run.precision != DEFAULT_PRECISION:  # fp32 keys stay as they were
         settings["precision"] = run.precision
+    if kind in (CIC, ABL) and run.runtime_of(kind) != "torch":  # torch keys stay as they were
+        settings["runtime"] = run.runtime_of(kind)
     return ",".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
@@ -228,6 +200,12 @@ class TerminalStore:
         self._bytes: int | None = None  # the store's size as this process knows it; None until scanned
         self._last_ns = 0
         self._cannot_write = False
+
+    def runtime_spec(self, runtime: RuntimeSpec | None) -> RuntimeSpec | None:
+        """``runtime`` with this store's cache dir for its converted models, unless it names one."""
+        if runtime is None or runtime.cache_dir is not None:
+            return runtime
+        return replace(runtime, cache_dir=self.folder)
 
     # -- entries ------------------------------------------------------------------------------------
 
@@ -385,12 +363,15 @@ def compute_terminals_stored(model: nn.Module | LoadedModel, layer: str | None, 
                              targets: torch.Tensor | None, names: Sequence[str],
                              device: str | torch.device = "cpu", chunk_size: BatchSize = DEFAULT_CHUNK_SIZE,
                              progress: bool = True, ablation: str = "auto", precision: str = DEFAULT_PRECISION, *,
-                             store: TerminalStore) -> tuple[Terminals, TerminalInfo]:
+                             store: TerminalStore,
+                             runtime: RuntimeSpec | None = None) -> tuple[Terminals, TerminalInfo]:
     """``compute_terminals`` through ``store``: loads the stored records of these images, checks the
     stored logits of the first ``chunk_size`` of them against a fresh forward pass, computes only
     the missing records (``chunk_size`` images at a time) and writes each chunk's as it completes.
-    ``info.stored`` is the number of images that came whole from the store."""
-    run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation, precision)
+    ``info.stored`` is the number of images that came whole from the store. ``runtime``: as for
+    ``compute_terminals`` (converted models go beside the store when its cache dir is not given)."""
+    run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation, precision,
+                      store.runtime_spec(runtime))
     keys = record_keys(run, images)
     records = _load_all(store, keys, run.x.device)
     with eval_mode(run.module):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from ..models.devices import resolve_device
 from ..models.errors import LayerError, ModelError
 from ..models.loaded import LoadedModel
 from ..models.precision import DEFAULT_PRECISION, check_precision, float32_model, forward_precision
+from ..models.runtime import RuntimeModule, RuntimeSpec, check_support, forward_module, runtime_name
 from ..template.saliency import minmax_normalize
 from ..util.modes import eval_mode
 from ..util.progress import progress as progress_bar
@@ -206,11 +207,13 @@ def _image_runs(offsets: list[int], start: int, end: int) -> list[tuple[int, int
 
 @torch.no_grad()
 def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.Tensor, chunk: BatchSize,
-         show: bool, precision: str = DEFAULT_PRECISION,
-         sizes: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+         show: bool, precision: str = DEFAULT_PRECISION, sizes: dict[str, int] | None = None,
+         forward: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(``cic`` ``[N, K]``, ``z_c(x * M_k)`` ``[N, K]``); the baseline ``x_b = 0`` is one forward pass,
     since every image shares it. ``chunk``: masked images per forward pass, or ``"auto"``;
-    ``precision``: of the forward passes (the masks are built in float32 either way).
+    ``precision``: of the forward passes (the masks are built in float32 either way); ``forward``:
+    what runs them (``models.runtime.forward_module``'s; default ``model`` in torch), while ``model``
+    sizes the batches.
 
     A channel whose activation map is constant (a dead ReLU channel, common at deep layers) has an
     all-zero mask, so its masked image *is* the baseline: its scores are the baseline's, exactly,
@@ -222,8 +225,9 @@ def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.T
     n, k = acts.shape[:2]
     size = (x.shape[2], x.shape[3])
     dev = x.device
+    forward = model if forward is None else forward
     with forward_precision(precision, dev):
-        base_logits = model(torch.zeros_like(x[:1])).to(x.dtype)  # autocast's half logits to float32
+        base_logits = forward(torch.zeros_like(x[:1])).to(x.dtype)  # autocast's half logits to float32
     base_z, base_y = _target_scores(base_logits.expand(n, -1), targets)
     masked_z = base_z[:, None].repeat(1, k)
     masked_y = base_y[:, None].repeat(1, k)
@@ -235,8 +239,10 @@ def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.T
     # batch's runs of one image need no sync
     offsets = [0, *torch.bincount(live_img, minlength=n).cumsum(0).tolist()]
     # Convolutions run about 1.4x faster on channels-last input here (oneDNN); a model that cannot
-    # take it (a .view() on its input, say) gets contiguous input for the whole run instead.
-    layout = torch.channels_last if x.dim() == 4 else torch.contiguous_format
+    # take it (a .view() on its input, say) gets contiguous input for the whole run instead. An
+    # inference runtime takes contiguous arrays.
+    layout = torch.channels_last if x.dim() == 4 and not isinstance(forward, RuntimeModule) \
+        else torch.contiguous_format
     auto = chunk == AUTO
     if auto:
         def run(batch: torch.Tensor) -> object:
@@ -286,13 +292,13 @@ def _cic(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.T
                         torch.mul(x[i:i + 1], masks[first:last], out=masked[first:last])
                 try:
                     with forward_precision(precision, dev):
-                        out = model(masked)
+                        out = forward(masked)
                 except RuntimeError as e:
                     if layout == torch.contiguous_format or start > 0 or not layout_error(e):
                         raise
                     layout = torch.contiguous_format
                     with forward_precision(precision, dev):
-                        out = model(masked.contiguous())
+                        out = forward(masked.contiguous())
                 z_live[start:end], y_live[start:end] = _target_scores(out.to(x.dtype), target_of[start:end])
             bar.update(end - start)
     finally:
@@ -328,7 +334,8 @@ def ablation_layout(n: int, k: int, chunk: int) -> tuple[int, int]:
 @torch.no_grad()
 def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
          chunk: BatchSize, method: str, show: bool, precision: str = DEFAULT_PRECISION,
-         sizes: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+         sizes: dict[str, int] | None = None, runtime: RuntimeSpec | None = None,
+         prefer: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(``abl`` ``[N, K]``, ``z_c^(k)`` ``[N, K]``, method used). ``chunk`` ablated rows per pass of the
     layers after the target layer (``"auto"``: ``auto_batch_size`` of that pass), laid out by
     ``ablation_layout``: blocks of ``B`` images, whose values carried around the layer are computed
@@ -342,7 +349,9 @@ def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch
     In float32 ``z_c`` is the model's logit; at a lower ``precision`` it is the tail's own logit for
     the unablated activations at that precision, so that ``z_c - z_c^(k)`` compares two values with the
     same rounding (the model's float32 logit would add the precision's error to every channel alike).
-    No host-device sync per batch."""
+    ``runtime``: where the fx split's tail runs (``models.runtime.forward_module``; None: torch); the
+    hook and script methods rerun the model in torch; ``prefer``: the whole model's runtime. No
+    host-device sync per batch."""
     n, k = acts.shape[:2]
     dev = x.device
     runner = tail_runner(access, method)
@@ -365,6 +374,8 @@ def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch
         tail = runner.split.tail if runner.split is not None else access.model
         chunk = auto_batch_size(run, acts[:1], dev, cap=n * k, module=tail, extra_inputs=1, what="terminals: abl")
     assert isinstance(chunk, int)
+    if runtime is not None and runner.split is not None:
+        runner = runner.with_tail(tail_forward(runner, [acts[:1], *runner.carry(x[:1])], runtime, show, prefer))
     if sizes is not None:
         sizes["abl"] = chunk
     block, per = ablation_layout(n, k, chunk)
@@ -412,6 +423,16 @@ def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch
     if reference is not None:
         z_c = reference
     return (z_c[:, None] - ablated) / z_c[:, None], ablated, runner.method
+
+
+def tail_forward(runner: TailRunner, example: list[torch.Tensor], runtime: RuntimeSpec, show: bool,
+                 prefer: str | None) -> nn.Module:
+    """What runs ``runner``'s fx tail under ``runtime``; ``example``: its inputs (activations, then the
+    carried values) for one image; ``prefer``: the whole model's runtime (``forward_module``)."""
+    assert runner.split is not None
+    layer = runner.access.name
+    return forward_module(runner.split.tail, example, runtime, part=f"tail@{layer}",
+                          what=f"the layers after {layer!r}", show=show, prefer=prefer)
 
 
 def _buffer(t: torch.Tensor, times: int) -> torch.Tensor:
@@ -498,7 +519,8 @@ class TerminalRun:
     """Terminal work ready to run (``prepare_run``): the checked ``module`` and its layer ``access``,
     the images ``x`` ``[N, 3, H, W]`` on the device, the ``targets`` ``[N]`` (None: the predicted
     classes), the terminal ``names``, and how: ``chunk_size`` (rows per forward pass, or ``"auto"``),
-    ``progress``, ``ablation``, ``precision``; ``sizes``: the rows per forward pass each loop used."""
+    ``progress``, ``ablation``, ``precision``, ``runtime`` (where the forward-only passes run; None:
+    torch); ``sizes``: the rows per forward pass each loop used."""
 
     module: nn.Module
     access: LayerAccess
@@ -510,6 +532,34 @@ class TerminalRun:
     ablation: str
     precision: str = DEFAULT_PRECISION
     sizes: dict[str, int] = field(default_factory=dict)
+    runtime: RuntimeSpec | None = None
+    forwards: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+
+    def model_forward(self) -> nn.Module:
+        """What runs the model's forward-only passes (``cic``): the model, or a ``RuntimeModule``
+        (``models.runtime.forward_module``, resolved once per run)."""
+        if self.runtime is None:
+            return self.access.model
+        if "model" not in self.forwards:
+            self.forwards["model"] = forward_module(self.access.model, [self.x[:1]], self.runtime, show=self.progress)
+        return self.forwards["model"]
+
+    def runtime_of(self, kind: str) -> str:
+        """The runtime that computes ``kind``'s records: ``cic`` the model's, ``abl`` the tail's (torch for
+        the hook and script methods), ``base`` torch (gradients)."""
+        if self.runtime is None or self.runtime.name == "torch" or kind == BASE:
+            return "torch"
+        if kind == CIC:
+            return runtime_name(self.model_forward())
+        if "tail" not in self.forwards:
+            runner = tail_runner(self.access, self.ablation)
+            if runner.split is None:
+                return "torch"
+            with eval_mode(self.module), torch.no_grad():
+                example = [runner.split.run_head(self.x[:1])[0], *runner.carry(self.x[:1])]
+                self.forwards["tail"] = tail_forward(runner, example, self.runtime, self.progress,
+                                                     runtime_name(self.model_forward()))
+        return runtime_name(self.forwards["tail"])
 
     @property
     def images_per_chunk(self) -> int:
@@ -536,22 +586,26 @@ class TerminalRun:
 def prepare_run(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                 targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
                 chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, progress: bool = True, ablation: str = "auto",
-                precision: str = DEFAULT_PRECISION) -> TerminalRun:
-    """The arguments of ``compute_terminals`` checked (``prepare_model``; targets in range) and ready."""
+                precision: str = DEFAULT_PRECISION, runtime: RuntimeSpec | None = None) -> TerminalRun:
+    """The arguments of ``compute_terminals`` checked (``prepare_model``; targets in range) and ready;
+    ``runtime`` runs at ``precision`` (its own precision is replaced)."""
     names = check_names(names)
+    dev = resolve_device(device)
     try:
         check_batch_size(chunk_size, "chunk_size")
         check_precision(precision)
+        if runtime is not None:
+            runtime = replace(runtime, precision=precision)
+            check_support(runtime.name, precision, dev)
     except ModelError as e:
         raise TerminalError(str(e)) from None
-    dev = resolve_device(device)
     module, access, x, n_classes = prepare_model(model, layer, images, names, dev)
     t = _check_targets(targets, x.shape[0], dev)
     if t is not None and (int(t.min()) < 0 or int(t.max()) >= n_classes):
         bad = int(((t < 0) | (t >= n_classes)).nonzero()[0])
         raise TerminalError(f"target class {int(t[bad])} of image {bad} is out of range: the model has {n_classes} "
                             f"classes")
-    return TerminalRun(module, access, x, t, names, chunk_size, progress, ablation, precision)
+    return TerminalRun(module, access, x, t, names, chunk_size, progress, ablation, precision, runtime=runtime)
 
 
 def _split(values: dict[str, torch.Tensor], n: int) -> list[Record]:
@@ -577,10 +631,11 @@ def _compute_chunk(run: TerminalRun, kind: str, idx: list[int], base: list[Recor
     acts, targets = _stack(done, "A"), _stack(done, "targets")
     if kind == CIC:
         cic, masked = _cic(run.access.model, x, acts, targets, run.chunk_size, run.progress, run.precision,
-                           run.sizes)
+                           run.sizes, run.model_forward())
         return _split({"cic": cic, "mlogits": masked}, len(idx))
     abl, ablated, method = _abl(run.access, x, acts, _stack(done, "logits"), targets, run.chunk_size, ablation,
-                                run.progress, run.precision, run.sizes)
+                                run.progress, run.precision, run.sizes, run.runtime,
+                                None if run.runtime is None else runtime_name(run.model_forward()))
     return [{**r, "abl_method": method} for r in _split({"abl": abl, "ablated_logits": ablated}, len(idx))]
 
 
@@ -647,7 +702,8 @@ def assemble(run: TerminalRun, records: dict[str, list[Record | None]]) -> tuple
 def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                       targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
                       chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, progress: bool = True,
-                      ablation: str = "auto", precision: str = DEFAULT_PRECISION) -> tuple[Terminals, TerminalInfo]:
+                      ablation: str = "auto", precision: str = DEFAULT_PRECISION,
+                      runtime: RuntimeSpec | None = None) -> tuple[Terminals, TerminalInfo]:
     """The terminals ``names`` of ``model`` at ``layer`` for ``images``.
 
     ``images``: ``[N, 3, H, W]``, normalized as the model expects; ``targets``: ``[N]`` class indices,
@@ -657,12 +713,14 @@ def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images:
     with ``models.batching.auto_batch_size``; ``info.batch_sizes`` says what; records then go
     ``DEFAULT_CHUNK_SIZE`` images at a time). ``ablation``: ``auto`` (fx split, hook fallback), ``fx``
     or ``hook``. ``precision``: fp32 (default), bf16 or fp16 for the forward passes of ``cic`` and
-    ``abl`` (autocast; the gradient pass, ``A`` and the logits stay float32). The model is checked
+    ``abl`` (autocast; the gradient pass, ``A`` and the logits stay float32); ``runtime``: where those
+    passes run (``models.runtime``: ONNX Runtime or OpenVINO on the CPU; None: torch). The model is checked
     first (``prepare_model``: float32, logits, input size, autograd), moved to ``device`` and run in
     eval mode; its modes are restored and its hooks removed on every exit. Vec terminals are
     ``[N, K]``, Map terminals ``[N, K, h, w]``, on ``device``. ``cam.store.compute_terminals_stored``
     is the same through the on-disk store."""
-    run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation, precision)
+    run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation, precision,
+                      runtime)
     records: dict[str, list[Record | None]] = {kind: [None] * run.n for kind in run.kinds}
     with eval_mode(run.module):
         compute_records(run, records)

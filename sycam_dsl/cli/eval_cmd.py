@@ -25,6 +25,7 @@ from .options import (
     metrics_from_args,
     note_metric_batch,
     output_file,
+    runtime_from,
     targets_from,
     warn,
     weight_expression,
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> None:
     if not args.no_cache:
         print(f"terminals: {from_store(info.stored, len(data))}", file=sys.stderr)
     inputs = MetricInputs(data.images, info.targets, masks=data.masks, model=model.module, device=args.device,
-                          batch_size=args.batch_size, precision=args.precision)
+                          batch_size=args.batch_size, precision=args.precision,
+                          runtime=runtime_from(args), progress=not args.quiet)
     note_metric_batch(args, inputs)
     results = score_methods(methods, metrics, inputs, terms, info.acts)
     for name, (_, node) in methods.items():

@@ -15,6 +15,7 @@ from .options import (
     metric_from_args,
     note_metric_batch,
     output_file,
+    runtime_from,
     warn,
     weight_expression,
 )
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
     targets = torch.tensor([args.target]) if args.target is not None else None
     terms, info = compute_terminals_from(args, model, x, targets, sorted(node.terminals()))
     inputs = MetricInputs(x, info.targets, model=model.module, device=args.device, batch_size=args.batch_size,
-                          precision=args.precision)
+                          precision=args.precision, runtime=runtime_from(args))
     if metric is not None:
         note_metric_batch(args, inputs)
     h = expression_inputs(node, inputs, terms, info.acts).heatmaps

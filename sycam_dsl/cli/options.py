@@ -20,6 +20,7 @@ from ..metrics.perturbation import DEFAULT_BLUR_SIGMA
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models.batching import AUTO
 from ..models.precision import DEFAULT_PRECISION, PRECISIONS
+from ..models.runtime import DEFAULT_RUNTIME, RUNTIMES
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from ..cam.store import TerminalStore
     from ..lang.ast import Node
     from ..metrics.registry import Metric
+    from ..models.runtime import RuntimeSpec
 
 #: Defaults shared by several commands.
 DEFAULT_DEVICE = "cpu"
@@ -118,9 +120,29 @@ def add_chunk_size(p: argparse.ArgumentParser, follows_batch_size: bool = False)
 
 
 def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--runtime``: how the forward-only passes run."""
     p.add_argument("--precision", choices=tuple(PRECISIONS), default=DEFAULT_PRECISION,
-                   help=f"precision of the forward passes of cic, abl and the metrics (autocast; gradients stay "
-                        f"float32; default {DEFAULT_PRECISION}); terminals at bf16 / fp16 are not cached")
+                   help=f"precision of the forward passes of cic, abl and the metrics (gradients stay float32; "
+                        f"default {DEFAULT_PRECISION}); bf16 runs on torch (autocast) or on OpenVINO with a CPU that "
+                        f"has bf16 instructions, fp16 on torch")
+    p.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
+                   help="where the forward passes of cic, abl and the metrics run: auto (default) picks the fastest "
+                        "of torch and the installed runtimes that convert the model, timed once per model; "
+                        "onnxruntime and openvino run the model converted to ONNX (kept in the cache folder) on the "
+                        "CPU; the gradient pass stays in torch")
+
+
+def runtime_from(args: argparse.Namespace) -> RuntimeSpec:
+    """``--runtime`` at ``--precision``, converted models kept in the cache folder (unless
+    ``--no-cache``); a runtime that cannot run here is one line before any work."""
+    from ..models.devices import resolve_device
+    from ..models.runtime import RuntimeSpec, check_support
+
+    precision = getattr(args, "precision", DEFAULT_PRECISION)
+    runtime = getattr(args, "runtime", DEFAULT_RUNTIME)
+    check_support(runtime, precision, resolve_device(getattr(args, "device", "cpu")))
+    cache = None if getattr(args, "no_cache", False) else store_from(args).folder
+    return RuntimeSpec(runtime, precision, cache)
 
 
 def chunk_size_from(args: argparse.Namespace) -> int | str:
@@ -200,7 +222,7 @@ def compute_terminals_from(args: argparse.Namespace, model: Any, images: torch.T
     from ..cam.terminals import compute_terminals
 
     common = dict(device=args.device, chunk_size=chunk_size_from(args), progress=not args.quiet,
-                  precision=getattr(args, "precision", DEFAULT_PRECISION), **extra)
+                  precision=getattr(args, "precision", DEFAULT_PRECISION), runtime=runtime_from(args), **extra)
     if args.no_cache:
         terms, info = compute_terminals(model, args.layer, images, targets, names, **common)
     else:

@@ -204,7 +204,7 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                         budget=Budget(seconds, args.candidates), per_class=args.per_class, out_dir=out,
                         resume=args.resume, device=args.device,
                         data=DataOptions(targets=targets, batch_size=args.batch_size, chunk_size=chunk_size_from(args),
-                                         precision=args.precision, cache_dir=args.cache_dir,
+                                         precision=args.precision, runtime=args.runtime, cache_dir=args.cache_dir,
                                          use_cache=not args.no_cache, cache_size=args.cache_size),
                         search=SearchOptions(seed=args.seed, test_split=args.test_split,
                                              equivalence_size=args.equivalence_images, max_size=args.max_size,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.runtime import reference_of
 from .errors import MetricError
 from .registry import Metric, MetricInputs
 
@@ -95,7 +96,7 @@ def quantus_metric(name: str) -> Metric:
             raise MetricError(f"quantus:{key}: {e}") from None
         n = inputs.images.shape[0]
         s_batch = None if inputs.masks is None else inputs.masks[:, None].float().cpu().numpy()
-        scores = metric(model=inputs.model.eval(), x_batch=inputs.images.detach().cpu().numpy(),
+        scores = metric(model=reference_of(inputs.model).eval(), x_batch=inputs.images.detach().cpu().numpy(),
                         y_batch=inputs.targets.cpu().numpy(), a_batch=inputs.heatmaps[:, None].detach().cpu().numpy(),
                         s_batch=s_batch, channel_first=True, explain_func=_explain_again,
                         device=str(inputs.device), batch_size=inputs.batch_size if isinstance(inputs.batch_size, int)

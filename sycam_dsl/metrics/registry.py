@@ -27,6 +27,7 @@ from torch import nn
 
 from ..models.batching import AUTO
 from ..models.precision import DEFAULT_PRECISION
+from ..models.runtime import RuntimeModule, RuntimeSpec, forward_module
 from .errors import MetricError
 from .scoring import DEFAULT_BATCH_SIZE, Device, plan_forward
 
@@ -48,7 +49,9 @@ class MetricInputs:
     ``batch_size``: images per forward pass, or ``"auto"`` (picked once, here, by
     ``scoring.plan_forward``); ``precision``: fp32, bf16 or fp16 forward passes; ``channels_last``:
     channels-last batches, None to let ``plan_forward`` decide (on for convolutional models with
-    ``"auto"`` or a lower precision, whose bits differ anyway; off for fp32 at a fixed batch size)."""
+    ``"auto"`` or a lower precision, whose bits differ anyway; off for fp32 at a fixed batch size);
+    ``runtime``: where the forward passes run (``models.runtime``: the model is replaced by what
+    ``forward_module`` gives, once; None: torch); ``progress``: print the conversion line."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -63,10 +66,16 @@ class MetricInputs:
     memo: Any = None
     precision: str = DEFAULT_PRECISION
     channels_last: bool | None = None
+    runtime: RuntimeSpec | None = None
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.image_ids is None:
             self.image_ids = torch.arange(self.images.shape[0])
+        # the model's forward passes move to the runtime once: copies carry the converted model
+        if self.model is not None and self.runtime is not None and not isinstance(self.model, RuntimeModule):
+            spec = replace(self.runtime, precision=self.precision)
+            self.model = forward_module(self.model, [self.images[:1].to(self.device)], spec, show=self.progress)
         # decided once: copies (with_heatmaps, subset) carry the decision
         if self.model is not None and (self.batch_size == AUTO or self.channels_last is None):
             size, channels_last = plan_forward(self.model, self.images, self.device, self.batch_size, self.precision)

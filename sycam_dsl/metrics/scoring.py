@@ -15,6 +15,7 @@ from torch import nn
 from ..models.batching import AUTO, auto_batch_size, has_convolutions, layout_error, takes_channels_last
 from ..models.errors import ModelError
 from ..models.precision import DEFAULT_PRECISION, check_precision, forward_precision
+from ..models.runtime import reference_of
 from ..util.modes import eval_mode
 from .errors import MetricError
 
@@ -106,17 +107,19 @@ def plan_forward(model: nn.Module, images: torch.Tensor, device: Device = "cpu",
     _check_device(model, device)
     precision = _checked_precision(precision)
     sample = images[:1].to(device)
+    reference = reference_of(model)  # a runtime's batches are sized by the torch model's layers
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), forward_precision(precision, device):
-            return model(batch)
+            return reference(batch)
 
-    with eval_mode(model):
+    with eval_mode(reference):
+        # an inference runtime takes contiguous arrays (a RuntimeModule has no convolutions of its own)
         channels_last = has_convolutions(model) and takes_channels_last(run, sample)
         if isinstance(batch_size, int):
             return batch_size, channels_last
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        size = auto_batch_size(run, sample.contiguous(memory_format=fmt), device, module=model, extra_inputs=2,
+        size = auto_batch_size(run, sample.contiguous(memory_format=fmt), device, module=reference, extra_inputs=2,
                                what="metrics")
     return size, channels_last
 

@@ -38,6 +38,8 @@ from ..metrics import get_metric
 from ..metrics.objectives import Objective, Objectives, bind_options, metric_list, objective_of
 from ..metrics.registry import Metric
 from ..models import LoadedModel, Normalization, load_model
+from ..models.devices import resolve_device
+from ..models.runtime import RuntimeSpec, check_support, runtime_name
 from ..parse import resolve_grammar
 from ..parse.grammar import Grammar
 from ..util.progress import note
@@ -193,6 +195,7 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
     """``synthesize`` once the output folder is claimed."""
     if cluster.on:
         import_ray()  # one line, before any work, when Ray is missing
+    check_support(data.runtime, data.precision, resolve_device(device))  # one line, before any work
     search_metric = resolve_objective(metric, metric_options)
     shown = metric_list(search_metric)
     parse_untils(search.until, len(shown))  # one threshold per metric, refused before any work
@@ -215,7 +218,7 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
         if cluster.on:  # the workers run the gradient pass of their shards, then cic and abl on demand
             settings = {"batch_size": data.batch_size, "chunk_size": data.chunk_size, "cache_dir": data.cache_dir,
                         "use_cache": data.use_cache, "memo_mb": search.memo_mb, "cache_size": data.cache_size,
-                        "precision": data.precision}
+                        "precision": data.precision, "runtime": RuntimeSpec(data.runtime, data.precision)}
             spec = WorkerSpec(loaded, layer, tuple(names), search_metric, gram.start.type, settings)
             pool = stack.enter_context(shard_pool(cluster, spec, images_data.images, data.targets,
                                                   images_data.masks))
@@ -223,7 +226,7 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
                                       data.chunk_size, data.cache_dir, data.use_cache, output.progress,
                                       search.memo_mb, data.cache_size,
                                       on_demand=search.terminals == "on-demand" or pool is not None,
-                                      precision=data.precision,
+                                      precision=data.precision, runtime=RuntimeSpec(data.runtime, data.precision),
                                       up_front=None if pool is None else partial(pool.up_front, device=device))
         if pool is not None and isinstance(problem.terminals, OnDemandTerminals):
             use_pool(problem.terminals.source, pool, search.terminals == "eager", output.progress)
@@ -311,6 +314,7 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
         "level_sizes": [s for s in search.level_sizes], "equivalence_size": search.equivalence_size,
         "max_size": search.max_size, "report_metrics": [m.name for m in shown], "device": str(device),
         "batch_size": data.batch_size, "chunk_size": data.chunk_size, "precision": data.precision,
+        "runtime": {"asked": data.runtime, "used": runtime_name(problem.inputs.model)},
         "forward": {"batch_size": problem.inputs.batch_size, "channels_last": problem.inputs.channels_last,
                     "terminal_batch_sizes": problem.terminal_batch_sizes},
         "min_class_images": search.min_class_images,

@@ -16,6 +16,7 @@ from ..metrics.registry import MetricInputs
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models import LoadedModel
 from ..models.precision import DEFAULT_PRECISION
+from ..models.runtime import RuntimeSpec
 from .on_demand import EXPENSIVE, OnDemandTerminals, TerminalSource
 from .problem import Data, Problem
 
@@ -29,7 +30,8 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
                   use_cache: bool = True, progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
                   cache_size: int | None = None, on_demand: bool = False,
                   precision: str = DEFAULT_PRECISION,
-                  up_front: UpFrontFn | None = None) -> tuple[Problem, TerminalInfo]:
+                  up_front: UpFrontFn | None = None,
+                  runtime: RuntimeSpec | None = None) -> tuple[Problem, TerminalInfo]:
     """Compute the terminals ``names`` (through the terminal store in ``cache_dir``, bounded to
     ``cache_size`` bytes, unless not ``use_cache``) and wrap everything a search scores on into a
     ``Problem``; returns it with the ``TerminalInfo`` (the target layer's name, ``stored``: the
@@ -39,7 +41,8 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     the metrics. ``on_demand``: only the gradient pass runs now; ``cic`` and ``abl`` are computed per
     image when first read (``on_demand.py``), for the images they are read on, with the targets of
     the gradient pass (through the store too). ``up_front``: computes the terminals computed up front
-    (given their names) instead of this process (a ``distributed`` pool's workers, for their shards)."""
+    (given their names) instead of this process (a ``distributed`` pool's workers, for their shards).
+    ``runtime``: where the forward-only passes (``cic``, ``abl``, the metrics) run (None: torch)."""
     from functools import partial
 
     from ..cam.store import model_digest
@@ -48,7 +51,9 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     names = list(dict.fromkeys(names))
     if use_cache:
         from ..cam.store import TerminalStore, compute_terminals_stored
-        compute = partial(compute_terminals_stored, store=TerminalStore(cache_dir, cache_size))
+        store = TerminalStore(cache_dir, cache_size)
+        runtime = store.runtime_spec(runtime)  # converted models beside the store, for the metrics too
+        compute = partial(compute_terminals_stored, store=store)
     else:
         compute = compute_terminals  # type: ignore[assignment]
     now = [n for n in names if n not in EXPENSIVE] if on_demand else names
@@ -56,7 +61,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
         terms, info = up_front(now or ["acts"])
     else:
         terms, info = compute(model, layer, data.images, targets, now or ["acts"], device=device,
-                              chunk_size=chunk_size, progress=progress, precision=precision)
+                              chunk_size=chunk_size, progress=progress, precision=precision, runtime=runtime)
     dev = terms.device
     key = f"{model_digest(model.module)[:16]} {info.layer}"
     if on_demand and len(now) < len(names):
@@ -69,10 +74,10 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
             # makes the predicted class of an image differ: then those of the gradient pass
             given = None if targets is None else fixed[index]
             got, got_info = compute(model, info.layer, data.images[index], given, asked, device=device,
-                                    chunk_size=chunk_size, progress=show, precision=precision)
+                                    chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime)
             if given is None and not torch.equal(got_info.targets.detach().cpu(), fixed[index]):
                 got, _ = compute(model, info.layer, data.images[index], fixed[index], asked, device=device,
-                                 chunk_size=chunk_size, progress=show, precision=precision)
+                                 chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime)
             return dict(got)
 
         known = {n: terms[n] for n in now} if now else {"acts": terms["acts"]}
@@ -81,7 +86,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
                           masks=None if data.masks is None else data.masks.to(dev), model=model.module,
                           device=dev, batch_size=batch_size, memo=ScoreCache(memo_mb) if memo_mb > 0 else None,
-                          precision=precision)
+                          precision=precision, runtime=runtime, progress=progress)
     classes = data.labels if data.labels is not None else info.targets
     problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
                       torch.arange(data.images.shape[0]), terminal_key=key,

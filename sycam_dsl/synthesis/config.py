@@ -21,6 +21,7 @@ from ..metrics.registry import Metric
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models.batching import check_batch_size
 from ..models.precision import DEFAULT_PRECISION, check_precision
+from ..models.runtime import DEFAULT_RUNTIME, check_runtime
 from .guide import STRATEGIES
 from .incumbent import parse_untils
 from .oracle import SMALL_LEVEL
@@ -65,7 +66,9 @@ class DataOptions:
     fp16 forward passes of ``cic``, ``abl`` and the metrics (autocast; gradients stay float32);
     terminals are kept in the terminal store in ``cache_dir`` (bounded to ``cache_size`` bytes; None:
     ``$SYCAM_DSL_CACHE_SIZE`` or 2 GB; the precision is part of each entry's key) unless ``use_cache``
-    is False."""
+    is False. ``runtime``: where the forward-only passes run (``models.runtime``: ``auto``, the
+    default, picks the fastest of torch, ONNX Runtime and OpenVINO that converts the model; ``torch``,
+    ``onnxruntime``, ``openvino``); converted models are kept in ``cache_dir`` too."""
 
     masks: torch.Tensor | str | Path | None = None
     labels: torch.Tensor | None = None
@@ -77,12 +80,14 @@ class DataOptions:
     use_cache: bool = True
     cache_size: int | None = None
     precision: str = DEFAULT_PRECISION
+    runtime: str = DEFAULT_RUNTIME
 
     def __post_init__(self) -> None:
         # bad values are refused before any work (terminals can take minutes)
         check_batch_size(self.batch_size, "batch_size")
         check_batch_size(self.chunk_size, "chunk_size")
         check_precision(self.precision)
+        check_runtime(self.runtime)
 
 
 #: How ``synthesize`` computes the expensive terminals (``SearchOptions.terminals``).

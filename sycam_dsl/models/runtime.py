@@ -1,0 +1,474 @@
+"""Forward-only passes on an inference runtime: ``--runtime auto|torch|onnxruntime|openvino``.
+
+``cic``, ``abl`` and the perturbation metrics only read a model's outputs, and on the CPU an
+inference runtime runs those passes several times faster than eager PyTorch. ``forward_module``
+gives what runs them: the torch module itself, or a ``RuntimeModule`` that runs the module converted
+to ONNX (``torch.onnx.export``, traced, with a dynamic batch) on ONNX Runtime or OpenVINO. The
+gradient pass always stays in torch.
+
+- **Convert once.** The ONNX file is kept in ``<cache dir>/runtime/`` under a digest of the model
+  (architecture and weights), the part converted (the whole model, or the layers after a target
+  layer), the input shapes without the batch, the opset and torch's version; the conversion time is
+  printed once. The precision is not part of the file: bf16 is OpenVINO's compile-time hint.
+- **Checked.** A trace that would bake in a decision on tensor values (``TracerWarning``) fails the
+  conversion, and so does a converted model whose fp32 logits differ from torch's on the example
+  beyond float rounding (checked at another batch size than the export's, so a baked batch shows).
+- **``auto``** picks, once per model, part, input shape, precision, thread count and CPU, the fastest
+  of torch and each installed runtime that converts the model, by timing a few batches; the choice is
+  kept beside the converted files. A conversion that fails under ``auto`` is one warning line and
+  torch runs; under an explicit runtime it is a ``ConversionError``.
+- **Precision.** ``fp32`` everywhere; ``bf16`` in torch (autocast) or OpenVINO on a CPU that has bf16
+  instructions (its inference-precision hint); ``fp16`` in torch only. A runtime that cannot run the
+  precision asked for is refused in one line (explicit) or not considered (``auto``): nothing runs in
+  a precision the user did not ask for.
+- Runtimes run on the CPU with torch's thread count (``torch.get_num_threads()``); on CUDA, ``auto``
+  is torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import platform
+import re
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..util.files import atomic_write, atomic_write_text
+from ..util.modes import eval_mode
+from ..util.progress import note
+from .digest import model_digest
+from .errors import ModelError
+from .precision import DEFAULT_PRECISION, check_precision, forward_precision
+
+log = logging.getLogger(__name__)
+
+#: ``--runtime`` values; ``auto`` is the default.
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+DEFAULT_RUNTIME = "auto"
+#: The runtimes that run a converted model, with the extra that installs each.
+EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+ONNX_OPSET = 17
+#: The folder under the cache dir that holds the converted models and ``auto``'s choices; the names
+#: of its files (what ``cache clear`` may delete there).
+FOLDER = "runtime"
+FILE_NAMES = re.compile(r"[0-9a-f]{40}\.onnx|choice-[0-9a-f]{40}\.json")
+#: ``auto``'s timing: rows per batch (at most), batches per round, rounds (the best round counts).
+TIMING_ROWS = 8
+TIMING_BATCHES = 1
+TIMING_ROUNDS = 3
+#: How far a converted model's fp32 logits may lie from torch's: ``FP32_TOLERANCE * max(1, |logits|)``.
+FP32_TOLERANCE = 1e-3
+
+
+class RuntimeUnavailable(ModelError):
+    """A runtime that is not installed, or cannot run here (device, precision)."""
+
+
+class ConversionError(ModelError):
+    """A model (or part of one) that a runtime cannot run."""
+
+
+def check_runtime(name: str) -> str:
+    """``name`` when it is one of ``RUNTIMES``; else a one-line ``ModelError``."""
+    if name not in RUNTIMES:
+        raise ModelError(f"unknown runtime {name!r}; use {', '.join(RUNTIMES)}")
+    return name
+
+
+def is_installed(name: str) -> bool:
+    """Whether runtime ``name`` can be imported, with ``onnx`` (which ``torch.onnx.export`` writes with);
+    torch always can."""
+    if name == "torch":
+        return True
+    return all(importlib.util.find_spec(m) is not None for m in (EXTRAS[name], "onnx"))
+
+
+def _openvino_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 here (the CPU has bf16 instructions: AMX or AVX512-BF16)."""
+    return "BF16" in _openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def unsupported(runtime: str, precision: str, device: torch.device) -> str | None:
+    """Why ``runtime`` cannot run ``precision`` on ``device`` (one phrase), or None when it can."""
+    if runtime == "torch":
+        return None
+    if device.type != "cpu":
+        return f"runtime {runtime} runs on the CPU, not on {device.type}; use --runtime torch or auto"
+    if not is_installed(runtime):
+        return f"runtime {runtime} is not installed: pip install 'sycam-dsl[{EXTRAS[runtime]}]'"
+    if precision == "fp16":
+        return f"runtime {runtime} does not run fp16 on the CPU; use --precision fp32 or bf16, or --runtime torch"
+    if precision == "bf16" and runtime == "onnxruntime":
+        return "runtime onnxruntime runs fp32 only on the CPU; for bf16 use --runtime openvino or torch"
+    if precision == "bf16" and not _openvino_bf16():
+        return ("OpenVINO runs bf16 only on a CPU with bf16 instructions (AMX or AVX512-BF16), which this one "
+                "lacks; use --precision fp32, or --runtime torch for bf16 through autocast")
+    return None
+
+
+def check_support(runtime: str, precision: str, device: str | torch.device) -> None:
+    """A one-line ``RuntimeUnavailable`` when an explicitly asked ``runtime`` cannot run ``precision``
+    on ``device`` (``auto`` always can: it only considers the runtimes that can)."""
+    check_runtime(runtime)
+    check_precision(precision)
+    if runtime != "auto":
+        why = unsupported(runtime, precision, torch.device(device))
+        if why is not None:
+            raise RuntimeUnavailable(why)
+
+
+def candidates(runtime: str, precision: str, device: torch.device) -> list[str]:
+    """The runtimes ``runtime`` may pick for ``precision`` on ``device``: itself, or for ``auto`` torch
+    and every installed runtime that can run the precision there."""
+    if runtime != "auto":
+        check_support(runtime, precision, device)
+        return [runtime]
+    return ["torch"] + [r for r in EXTRAS if unsupported(r, precision, device) is None]
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """How forward-only passes run: ``name`` (one of ``RUNTIMES``), ``precision`` and the cache dir whose
+    ``runtime/`` folder keeps converted models (None: converted anew in each process, in memory)."""
+
+    name: str = DEFAULT_RUNTIME
+    precision: str = DEFAULT_PRECISION
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_runtime(self.name)
+        check_precision(self.precision)
+
+    @property
+    def folder(self) -> Path | None:
+        return None if self.cache_dir is None else Path(self.cache_dir) / FOLDER
+
+
+class RuntimeModule(nn.Module):
+    """A converted model run by ``runtime``: ``forward(*inputs)`` takes torch tensors (any layout; on
+    the CPU) and returns the output ``[B, ...]`` as a float32 torch tensor. ``torch_reference`` is the
+    torch module it was converted from (not a submodule: this module has no parameters and no hooks,
+    so layout and batch-size decisions look at the reference)."""
+
+    def __init__(self, runtime: str, precision: str, run: Callable[[list[np.ndarray]], np.ndarray],
+                 reference: nn.Module, seconds: float) -> None:
+        super().__init__()
+        self.runtime, self.precision, self.seconds = runtime, precision, seconds
+        self._run = run
+        self.__dict__["torch_reference"] = reference
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        arrays = [np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()) for x in inputs]
+        return torch.from_numpy(self._run(arrays))
+
+    def extra_repr(self) -> str:
+        return f"runtime={self.runtime}, precision={self.precision}"
+
+
+def reference_of(model: nn.Module) -> nn.Module:
+    """The torch module behind ``model`` (``model`` itself unless it is a ``RuntimeModule``)."""
+    return getattr(model, "torch_reference", model)
+
+
+def runtime_name(model: nn.Module | None) -> str:
+    """The runtime that runs ``model``'s forward passes (torch for None)."""
+    return model.runtime if isinstance(model, RuntimeModule) else "torch"
+
+
+_CORE: Any = None
+
+
+def _openvino_core() -> Any:
+    global _CORE
+    if _CORE is None:
+        import openvino as ov
+
+        _CORE = ov.Core()
+    return _CORE
+
+
+def _session(runtime: str, onnx: bytes | Path, precision: str) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """A function running the ONNX model ``onnx`` (a file or its bytes) on ``runtime``: input arrays ->
+    the first output as a float32 array of its own (not a view of the runtime's buffers)."""
+    threads = torch.get_num_threads()
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
+        source = str(onnx) if isinstance(onnx, Path) else onnx
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+
+        def run_ort(arrays: list[np.ndarray]) -> np.ndarray:
+            out = session.run(None, dict(zip(names, arrays)))[0]
+            return np.asarray(out, dtype=np.float32)
+
+        return run_ort
+    core = _openvino_core()
+    model = core.read_model(str(onnx)) if isinstance(onnx, Path) else core.read_model(onnx, b"")
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run_ov(arrays: list[np.ndarray]) -> np.ndarray:
+        request.infer(arrays, share_inputs=True)
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the buffer is reused
+
+    return run_ov
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def export_onnx(module: nn.Module, example: Sequence[torch.Tensor], path: str | Path | None, what: str) -> bytes | Path:
+    """``module`` traced to ONNX (opset ``ONNX_OPSET``, every input's and the output's first dimension
+    dynamic) into ``path`` (written atomically), or its bytes when ``path`` is None. A trace that
+    records a Python decision on tensor values (``TracerWarning``), or any failure of the exporter, is
+    a ``ConversionError`` naming ``what``."""
+    names = [f"input{i}" for i in range(len(example))]
+    axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in (*names, "output")}
+
+    def write(target: Any) -> None:
+        with eval_mode(module), torch.no_grad(), warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")  # recorded, not shown: the exporter's deprecation notes among them
+            torch.onnx.export(module, tuple(example), target, dynamo=False, input_names=names,
+                              output_names=["output"], dynamic_axes=axes, opset_version=ONNX_OPSET)
+        traced = [w for w in seen if issubclass(w.category, torch.jit.TracerWarning)]
+        if traced:  # raised here, after the export: raised inside the trace it surfaces as a SystemError
+            raise ConversionError(f"{what} cannot be converted to ONNX: its forward makes a Python decision on "
+                                  f"tensor values, which a trace would fix to this input "
+                                  f"({str(traced[0].message).strip().splitlines()[0]})")
+
+    try:
+        if path is None:
+            import io
+
+            buffer = io.BytesIO()
+            write(buffer)
+            return buffer.getvalue()
+        atomic_write(path, write)
+        return Path(path)
+    except ConversionError:
+        raise
+    except Exception as e:  # the exporter raises many types (RuntimeError, SymbolicValueError, ...)
+        raise ConversionError(f"{what} cannot be converted to ONNX ({_first_line(e)})") from None
+
+
+def _key(module: nn.Module, part: str, example: Sequence[torch.Tensor]) -> str:
+    shapes = [list(t.shape[1:]) for t in example]
+    text = json.dumps([model_digest(module), part, shapes, ONNX_OPSET, torch.__version__])
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+#: (key, runtime, precision, threads) -> the built ``RuntimeModule``: one session per process.
+_BUILT: dict[tuple[str, str, str, int], RuntimeModule] = {}
+#: key -> the ONNX model, when there is no cache dir.
+_ONNX: dict[str, bytes | Path] = {}
+#: choice key -> ``auto``'s pick in this process (so that every pass of a run uses one runtime).
+_CHOSEN: dict[str, str] = {}
+#: The ``auto`` fallback warnings given in this process.
+_WARNED: set[str] = set()
+#: key -> why its conversion failed (tried once per process).
+_FAILED: dict[str, ConversionError] = {}
+
+
+def _onnx(module: nn.Module, example: Sequence[torch.Tensor], key: str, spec: RuntimeSpec, what: str,
+          show: bool) -> tuple[bytes | Path, float]:
+    """The ONNX model of ``module`` (converted once; kept in ``spec.folder``) and the seconds the
+    conversion took here (0 when it was there already)."""
+    folder = spec.folder
+    path = None if folder is None else folder / f"{key}.onnx"
+    if path is not None and path.is_file() and not path.is_symlink():
+        return path, 0.0
+    if path is None and key in _ONNX:
+        return _ONNX[key], 0.0
+    if key in _FAILED:
+        raise _FAILED[key]
+    start = time.perf_counter()
+    try:
+        onnx = export_onnx(module, example, path, what)
+    except ConversionError as e:
+        _FAILED[key] = e
+        raise
+    seconds = time.perf_counter() - start
+    note(f"runtime: converted {what} to ONNX in {seconds:.1f} s" + (f" ({path})" if path else ""), show)
+    if path is None:
+        _ONNX[key] = onnx
+    return onnx, seconds
+
+
+def _check_outputs(got: torch.Tensor, want: torch.Tensor, runtime: str, precision: str, what: str) -> None:
+    if got.shape != want.shape:
+        raise ConversionError(f"{what} on {runtime} gives outputs of shape {list(got.shape)}, torch "
+                              f"{list(want.shape)}")
+    if not bool(torch.isfinite(got).all()) and bool(torch.isfinite(want).all()):
+        raise ConversionError(f"{what} on {runtime} gives NaN or Inf outputs where torch does not")
+    if precision == "fp32":
+        diff = float((got - want).abs().max()) if got.numel() else 0.0
+        if diff > FP32_TOLERANCE * max(1.0, float(want.abs().max())):
+            raise ConversionError(f"{what} on {runtime} does not reproduce torch's outputs (largest difference "
+                                  f"{diff:.3g}); use --runtime torch")
+
+
+def _build(runtime: str, module: nn.Module, example: Sequence[torch.Tensor], key: str, spec: RuntimeSpec,
+           what: str, show: bool) -> RuntimeModule:
+    threads = torch.get_num_threads()
+    memo = (key, runtime, spec.precision, threads)
+    if memo in _BUILT:
+        return _BUILT[memo]
+    onnx, seconds = _onnx(module, _rows(example, 2), key, spec, what, show)
+    try:
+        run = _session(runtime, onnx, spec.precision)
+        built = RuntimeModule(runtime, spec.precision, run, module, seconds)
+        check = _rows(example, 3)  # not the export's 2 rows, so a batch size fixed by the trace shows
+        with eval_mode(module), torch.inference_mode():
+            want = module(*check).float()
+            got = built(*check)
+    except ConversionError:
+        raise
+    except Exception as e:  # the runtime's own loader or kernels
+        raise ConversionError(f"{what} does not run on {runtime} ({_first_line(e)})") from None
+    _check_outputs(got, want, runtime, spec.precision, what)
+    _BUILT[memo] = built
+    return built
+
+
+def _rows(example: Sequence[torch.Tensor], rows: int) -> list[torch.Tensor]:
+    """``example`` with ``rows`` rows each (its rows repeated)."""
+    out = []
+    for t in example:
+        reps = -(-rows // t.shape[0])
+        out.append(t.repeat(reps, *([1] * (t.dim() - 1)))[:rows].contiguous())
+    return out
+
+
+def _time(run: Callable[[], object]) -> float:
+    """Seconds per batch of ``run``: the best of ``TIMING_ROUNDS`` rounds of ``TIMING_BATCHES``, after one
+    warm-up."""
+    run()
+    best = float("inf")
+    for _ in range(TIMING_ROUNDS):
+        start = time.perf_counter()
+        for _ in range(TIMING_BATCHES):
+            run()
+        best = min(best, (time.perf_counter() - start) / TIMING_BATCHES)
+    return best
+
+
+def _torch_run(module: nn.Module, batch: list[torch.Tensor], precision: str) -> Callable[[], object]:
+    channels_last = len(batch) == 1 and batch[0].dim() == 4 and any(isinstance(m, nn.Conv2d) for m in module.modules())
+    if channels_last:  # torch's best layout on the CPU (oneDNN), as the loops feed it
+        batch = [batch[0].contiguous(memory_format=torch.channels_last)]
+
+    def run() -> object:
+        with torch.inference_mode(), forward_precision(precision, batch[0].device):
+            return module(*batch)
+
+    return run
+
+
+def _choose(built: dict[str, nn.Module], module: nn.Module, example: Sequence[torch.Tensor], key: str,
+            spec: RuntimeSpec, what: str, show: bool) -> str:
+    """``auto``'s pick among ``built`` (torch included): the one kept for this model, part, shape,
+    precision, thread count and CPU, else the fastest on a few batches (then kept)."""
+    threads = torch.get_num_threads()
+    choice_key = hashlib.sha256(json.dumps([key, spec.precision, threads, _cpu_name(), sorted(built)])
+                                .encode()).hexdigest()[:40]
+    if choice_key in _CHOSEN and _CHOSEN[choice_key] in built:
+        return _CHOSEN[choice_key]
+    path = None if spec.folder is None else spec.folder / f"choice-{choice_key}.json"
+    if path is not None and path.is_file() and not path.is_symlink():
+        try:
+            kept = json.loads(path.read_text()).get("runtime")
+        except (OSError, ValueError, AttributeError):
+            kept = None
+        if kept in built:
+            _CHOSEN[choice_key] = str(kept)
+            return str(kept)
+    batch = _rows(example, TIMING_ROWS)
+    seconds: dict[str, float] = {}
+    with eval_mode(module):
+        for name, m in built.items():
+            seconds[name] = _time(_torch_run(m, batch, spec.precision) if name == "torch" else partial(m, *batch))
+    best = min(seconds, key=lambda n: seconds[n])
+    rates = ", ".join(f"{n} {TIMING_ROWS / s:,.0f}/s" for n, s in sorted(seconds.items(), key=lambda kv: kv[1]))
+    _CHOSEN[choice_key] = best
+    note(f"runtime: {what} runs fastest on {best} ({spec.precision}; {rates})", show)
+    if path is not None:
+        try:
+            atomic_write_text(path, json.dumps({"runtime": best, "rows_per_second": {
+                n: TIMING_ROWS / s for n, s in seconds.items()}, "what": what}))
+        except OSError as e:
+            log.warning("runtime: could not keep the choice in %s (%s)", path, e)
+    return best
+
+
+def forward_module(module: nn.Module, example: Sequence[torch.Tensor], spec: RuntimeSpec, *, part: str = "model",
+                   what: str = "the model", show: bool = False, prefer: str | None = None) -> nn.Module:
+    """What runs ``module``'s forward-only passes under ``spec``: ``module`` itself (torch; the caller
+    keeps applying ``forward_precision``) or a ``RuntimeModule``. ``example``: the module's inputs, at
+    least one row each, on the module's device; ``part`` names the part of the model converted (``model``,
+    ``tail@LAYER``) in the cache key; ``what`` names it in messages; ``show``: print the conversion and
+    the ``auto`` choice as lines on stderr; ``prefer``: under ``auto``, the runtime to take without
+    timing when it converts ``module`` (the whole model's pick, for the layers after its target layer,
+    so that one runtime runs a model's passes).
+
+    An explicit runtime that cannot convert ``module`` raises ``ConversionError`` (one line naming what
+    failed); under ``auto`` a failed conversion is a warning and torch runs."""
+    device = example[0].device
+    names = candidates(spec.name, spec.precision, device)
+    if names == ["torch"]:
+        return module
+    key = _key(module, part, example)
+    built: dict[str, nn.Module] = {"torch": module} if spec.name == "auto" else {}
+    for name in names:
+        if name == "torch":
+            continue
+        try:
+            built[name] = _build(name, module, example, key, spec, what, show)
+        except ConversionError as e:
+            if spec.name != "auto":
+                raise
+            if str(e) not in _WARNED:  # once per process, not once per runtime and chunk
+                _WARNED.add(str(e))
+                log.warning("runtime auto: %s; running it in torch", e)
+    if len(built) == 1:
+        return next(iter(built.values()))
+    if prefer in built:
+        return built[prefer]
+    return built[_choose(built, module, example, key, spec, what, show)]
+
+
+def precision_context(model: nn.Module, precision: str, device: str | torch.device) -> Any:
+    """The context a forward pass of ``model`` runs in: ``forward_precision`` for torch, nothing for a
+    ``RuntimeModule`` (its precision is compiled in)."""
+    return nullcontext() if isinstance(model, RuntimeModule) else forward_precision(precision, device)

@@ -1,0 +1,274 @@
+"""Forward-only passes on an inference runtime (``models.runtime``): the converted model agrees with
+torch to float rounding in fp32 (outputs, ``cic``, ``abl``, heatmaps, metric scores and a whole
+search), is converted once and kept, ``auto`` picks and keeps one runtime, and every bad case is one
+line: a runtime that is not installed, one that cannot run the precision, a model that cannot be
+converted (explicit: an error; ``auto``: a warning and torch)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sycam_dsl.cam.store import TerminalStore, compute_terminals_stored, record_settings
+from sycam_dsl.cam.terminals import CIC, compute_terminals
+from sycam_dsl.metrics import get_metric
+from sycam_dsl.metrics.registry import MetricInputs
+from sycam_dsl.models import runtime as rt
+from sycam_dsl.models.runtime import (
+    ConversionError,
+    RuntimeModule,
+    RuntimeSpec,
+    RuntimeUnavailable,
+    forward_module,
+    reference_of,
+)
+from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+from tests.cam_reference import TinyCNN
+
+pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install 'sycam-dsl[onnxruntime]')")
+pytest.importorskip("openvino", reason="needs openvino (pip install 'sycam-dsl[openvino]')")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONVERTED = ["onnxruntime", "openvino"]
+
+
+def _model(seed: int = 0, classes: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return TinyCNN(classes=classes).eval()
+
+
+def _images(n: int = 6, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state():
+    """Each test converts and chooses as a new process would."""
+    for memo in (rt._BUILT, rt._ONNX, rt._FAILED, rt._CHOSEN):
+        memo.clear()
+    rt._WARNED.clear()
+    yield
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_a_converted_model_gives_torchs_outputs_and_is_kept_once(tmp_path, name):
+    model, x = _model(), _images(5)
+    run = forward_module(model, [x[:1]], RuntimeSpec(name, cache_dir=tmp_path))
+    assert isinstance(run, RuntimeModule) and run.runtime == name and reference_of(run) is model
+    with torch.inference_mode():
+        assert torch.allclose(run(x), model(x), atol=1e-5, rtol=1e-5)
+        # channels-last and non-contiguous input give the same values (the runtime takes contiguous arrays)
+        assert torch.allclose(run(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-5)
+    files = sorted(p.name for p in (tmp_path / rt.FOLDER).iterdir())
+    assert len(files) == 1 and rt.FILE_NAMES.fullmatch(files[0]), files
+    stamp = (tmp_path / rt.FOLDER / files[0]).stat().st_mtime_ns
+    rt._BUILT.clear()  # a new process: the file is read, not converted again
+    again = forward_module(model, [x[:1]], RuntimeSpec(name, cache_dir=tmp_path))
+    assert again is not run and again.seconds == 0.0
+    assert (tmp_path / rt.FOLDER / files[0]).stat().st_mtime_ns == stamp
+
+
+def test_other_weights_or_input_sizes_are_converted_apart(tmp_path):
+    spec = RuntimeSpec("onnxruntime", cache_dir=tmp_path)
+    forward_module(_model(0), [_images(1)], spec)
+    forward_module(_model(1), [_images(1)], spec)  # other weights
+    forward_module(_model(0), [torch.randn(1, 3, 48, 48)], spec)  # another input size
+    assert len(list((tmp_path / rt.FOLDER).glob("*.onnx"))) == 3
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_terminals_on_a_runtime_match_torch(name):
+    model, x = _model(), _images(6)
+    want, _ = compute_terminals(model, "features", x, None, ["cic", "abl", "grads"], progress=False)
+    got, info = compute_terminals(model, "features", x, None, ["cic", "abl", "grads"], progress=False,
+                                  runtime=RuntimeSpec(name))
+    assert info.abl_method == "fx"
+    for t in ("cic", "abl"):
+        assert torch.allclose(got[t], want[t], atol=1e-4, rtol=0), t
+    assert torch.equal(got["grads"], want["grads"])  # the gradient pass stays in torch
+    # the heatmaps ReLU(sum_k w_k A_k) of ScoreCAM and AblationCAM agree to Pearson >= 0.99999
+    acts = info.acts
+    for t in ("cic", "abl"):
+        h_want = torch.relu((want[t][:, :, None, None] * acts).sum(1)).flatten(1)
+        h_got = torch.relu((got[t][:, :, None, None] * acts).sum(1)).flatten(1)
+        for a, b in zip(h_want, h_got):
+            if a.std() > 0:
+                assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) >= 0.99999
+
+
+def test_metric_scores_on_a_runtime_match_torch():
+    model, x = _model(), _images(6)
+    targets = model(x).argmax(1)
+    heat = torch.rand(6, 32, 32, generator=torch.Generator().manual_seed(3))
+    metric = get_metric("deletion", steps=4)
+    want = metric(MetricInputs(x, targets, heatmaps=heat, saliency=heat[:, ::4, ::4], model=model)).per_image
+    inputs = MetricInputs(x, targets, heatmaps=heat, saliency=heat[:, ::4, ::4], model=model,
+                          runtime=RuntimeSpec("openvino"))
+    assert isinstance(inputs.model, RuntimeModule) and inputs.channels_last is False
+    got = metric(inputs).per_image
+    assert torch.allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_the_store_keeps_runtime_values_apart(tmp_path):
+    model, x = _model(), _images(4)
+    store = TerminalStore(tmp_path)
+    a, _ = compute_terminals_stored(model, "features", x, None, ["cic"], progress=False, store=store,
+                                    runtime=RuntimeSpec("onnxruntime"))
+    b, info = compute_terminals_stored(model, "features", x, None, ["cic"], progress=False, store=store,
+                                       runtime=RuntimeSpec("torch"))
+    assert info.stored == 0, "torch's cic came from onnxruntime's records"
+    assert torch.allclose(a["cic"], b["cic"], atol=1e-4)
+    # the converted model lives beside the store
+    assert list((tmp_path / rt.FOLDER).glob("*.onnx"))
+
+
+def test_record_settings_name_the_runtime_only_when_not_torch():
+    from sycam_dsl.cam.terminals import prepare_run
+
+    model, x = _model(), _images(2)
+    on = prepare_run(model, "features", x, None, ["cic"], progress=False, runtime=RuntimeSpec("onnxruntime"))
+    off = prepare_run(model, "features", x, None, ["cic"], progress=False)
+    assert "runtime=onnxruntime" in record_settings(CIC, on)
+    assert record_settings(CIC, off) == ""  # torch's keys are those of earlier versions
+
+
+def test_auto_picks_one_runtime_and_keeps_the_choice(tmp_path, monkeypatch):
+    model, x = _model(), _images(2)
+    spec = RuntimeSpec("auto", cache_dir=tmp_path)
+    first = forward_module(model, [x[:1]], spec)
+    choices = list((tmp_path / rt.FOLDER).glob("choice-*.json"))
+    assert len(choices) == 1
+    kept = json.loads(choices[0].read_text())
+    assert kept["runtime"] == rt.runtime_name(first)
+    assert set(kept["rows_per_second"]) == {"torch", *CONVERTED}
+    # a new process reads the choice: no timing (a timing would fail here)
+    rt._CHOSEN.clear()
+    rt._BUILT.clear()
+    monkeypatch.setattr(rt, "_time", lambda run: pytest.fail("timed again"))
+    assert rt.runtime_name(forward_module(model, [x[:1]], spec)) == kept["runtime"]
+
+
+def test_auto_takes_the_faster_runtime(tmp_path, monkeypatch):
+    speed = {"torch": 3.0, "onnxruntime": 1.0, "openvino": 2.0}
+    calls = []
+
+    def fake_time(run):
+        name = "torch" if not isinstance(getattr(run, "func", None), RuntimeModule) else run.func.runtime
+        calls.append(name)
+        return speed[name]
+
+    monkeypatch.setattr(rt, "_time", fake_time)
+    chosen = forward_module(_model(), [_images(1)], RuntimeSpec("auto", cache_dir=tmp_path))
+    assert sorted(calls) == sorted(speed) and rt.runtime_name(chosen) == "onnxruntime"
+
+
+class DataDependent(nn.Module):
+    """Python control flow on a tensor's value: a trace would bake in one branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyCNN(classes=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if y.sum() > 0:
+            return y
+        return -y
+
+
+def test_a_model_that_cannot_be_converted(tmp_path, caplog):
+    model, x = DataDependent().eval(), _images(2)
+    with pytest.raises(ConversionError, match="Python decision on tensor values") as e:
+        forward_module(model, [x[:1]], RuntimeSpec("onnxruntime", cache_dir=tmp_path))
+    assert "\n" not in str(e.value)
+    with caplog.at_level(logging.WARNING, logger="sycam_dsl"):
+        got = forward_module(model, [x[:1]], RuntimeSpec("auto", cache_dir=tmp_path))
+    assert got is model  # torch
+    warned = [r.getMessage() for r in caplog.records if "runtime auto" in r.getMessage()]
+    assert len(warned) == 1 and "running it in torch" in warned[0]
+    assert not list((tmp_path / rt.FOLDER).glob("*.onnx"))
+
+
+def test_a_runtime_that_is_not_installed_names_its_extra(monkeypatch):
+    real = rt.is_installed
+    monkeypatch.setattr(rt, "is_installed", lambda name: name != "openvino" and real(name))
+    with pytest.raises(RuntimeUnavailable, match=r"pip install 'sycam-dsl\[openvino\]'"):
+        forward_module(_model(), [_images(1)], RuntimeSpec("openvino"))
+    assert rt.candidates("auto", "fp32", torch.device("cpu")) == ["torch", "onnxruntime"]
+
+
+@pytest.mark.parametrize("name, precision, message", [
+    ("onnxruntime", "bf16", "fp32 only"),
+    ("onnxruntime", "fp16", "does not run fp16"),
+    ("openvino", "fp16", "does not run fp16"),
+])
+def test_a_precision_a_runtime_cannot_run_is_refused(name, precision, message):
+    with pytest.raises(RuntimeUnavailable, match=message):
+        rt.check_support(name, precision, "cpu")
+    assert name not in rt.candidates("auto", precision, torch.device("cpu"))
+
+
+def test_openvino_bf16_follows_the_cpu():
+    if rt._openvino_bf16():
+        assert "openvino" in rt.candidates("auto", "bf16", torch.device("cpu"))
+    else:
+        with pytest.raises(RuntimeUnavailable, match="bf16 instructions"):
+            rt.check_support("openvino", "bf16", "cpu")
+        assert rt.candidates("auto", "bf16", torch.device("cpu")) == ["torch"]
+
+
+def test_runtimes_run_on_the_cpu_only():
+    with pytest.raises(RuntimeUnavailable, match="runs on the CPU"):
+        rt.check_support("onnxruntime", "fp32", "cuda")
+    assert rt.candidates("auto", "fp32", torch.device("cuda")) == ["torch"]
+
+
+def _search(tmp_path: Path, name: str):
+    x = _images(16, seed=4)
+    return synthesize(_model(), "features", x, metric="deletion", metric_options={"steps": 4},
+                      budget=Budget(candidates=60), data=DataOptions(use_cache=False, runtime=name),
+                      search=SearchOptions(level_sizes=(4, 8, None), equivalence_size=4, test_split=0.25),
+                      output=OutputOptions(report_metrics=["average_drop"], progress=False, report_images=0),
+                      out_dir=tmp_path / name)
+
+
+def test_a_search_on_a_runtime_finds_what_torch_finds(tmp_path):
+    want, got = _search(tmp_path, "torch"), _search(tmp_path, "onnxruntime")
+    w = json.loads((tmp_path / "torch" / "result.json").read_text())
+    g = json.loads((tmp_path / "onnxruntime" / "result.json").read_text())
+    assert g["expression"] == w["expression"]
+    assert [h["expression"] for h in g["history"]] == [h["expression"] for h in w["history"]]
+    for a, b in zip(g["history"], w["history"]):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+    assert g["settings"]["runtime"] == {"asked": "onnxruntime", "used": "onnxruntime"}
+    assert w["settings"]["runtime"]["used"] == "torch"
+    assert want.best is not None and got.best is not None
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sycam_dsl.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("command", ["synth", "eval"])
+def test_cli_refuses_a_runtime_that_cannot_run_in_one_line(tmp_path, command):
+    if command == "synth":
+        args = ["synth", "--candidates", "1", "-o", str(tmp_path / "run")]
+    else:
+        from PIL import Image
+
+        (tmp_path / "img").mkdir()
+        Image.new("RGB", (64, 64), (90, 30, 200)).save(tmp_path / "img" / "a.png")
+        args = ["eval", "grads", "--model", "bundled", "--images", str(tmp_path / "img"), "--cache-dir",
+                str(tmp_path / "cache")]
+    proc = _cli(*args, "--runtime", "onnxruntime", "--precision", "bf16")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fp32 only" in lines[0], lines
