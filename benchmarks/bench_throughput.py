@@ -31,6 +31,15 @@ of the per-image Deletion scores, and the mean per-image Pearson and Spearman co
 
     python benchmarks/bench_throughput.py [--models bundled,resnet18] [--precision fp32,bf16]
         [--batch 32|auto] [--device cpu|cuda] [--repeat 2]
+
+``--runtime torch,onnxruntime,openvino`` compares the inference runtimes instead (``models.runtime``):
+for each model (add ``efficientnet_lite0``, the shipped weights) and precision, each runtime's raw
+throughput at its own best batch (of 1..64; the tail's up to 4,096 rows), the ``cic``, ``abl`` and
+Deletion loops at the library's batch sizes as a share of it, and each loop as a multiple of torch
+fp32 eager's raw throughput at torch's best batch (the tail's for ``abl``)::
+
+    python benchmarks/bench_throughput.py --runtime torch,onnxruntime,openvino \
+        --models bundled,resnet18,efficientnet_lite0 --precision fp32,bf16
 """
 
 from __future__ import annotations
@@ -117,12 +126,13 @@ def setups(args: argparse.Namespace) -> list[Setup]:
             x = bundled_images(args.bundled_images).images
             out.append(Setup("bundled small CNN, 64 px", m.module, m.target_layer, x, None))
         else:
-            m = load_model(name, args.weights, args.device)
+            m = load_model(name, None if name.startswith("efficientnet") else args.weights, args.device)
             gen = torch.Generator().manual_seed(0)
             # smooth random images: noise blurred so that activations have spatial structure
             x = F.avg_pool2d(torch.randn(args.images, 3, args.size + 8, args.size + 8, generator=gen), 9, stride=1) * 3
-            layer, _ = resolve_layer(m, None)
-            out.append(Setup(f"{name} ({args.weights}), {args.size} px", m.module, layer, x, args.cic_channels or None))
+            layer = m.target_layer or resolve_layer(m, None)[0]
+            out.append(Setup(f"{name} ({'shipped weights' if name.startswith('efficientnet') else args.weights}), "
+                             f"{args.size} px", m.module, layer, x, args.cic_channels or None))
     return out
 
 
@@ -320,6 +330,115 @@ def compare(ref: Run, low: Run, precision: str, size: tuple[int, int]) -> None:
           f"{sa.numel()} (map, image) scores; largest |y_c difference| on the curve {float((ca - cb).abs().max()):.3g}")
 
 
+# -- --runtime: each inference runtime against torch fp32 eager ---------------------------------------
+
+#: Batch sizes tried for a runtime's raw throughput ("its own best batch").
+SWEEP = (1, 2, 4, 8, 16, 32, 64)
+
+
+def best_rate(run: Callable[[torch.Tensor], object], rows: Callable[[int], torch.Tensor], cap: int,
+              args: argparse.Namespace, dev: torch.device) -> tuple[float, int]:
+    """(rows per second, batch) of ``run`` at its best batch of ``SWEEP`` (up to ``cap``)."""
+    best = (0.0, 1)
+    for b in [b for b in SWEEP if b <= cap]:
+        xb = rows(b)
+        r = rate(Task(lambda xb=xb: run(xb), b, b, "model"), args.min_seconds, dev)
+        best = max(best, (r, b))
+    return best
+
+
+def runtime_rows(s: Setup, args: argparse.Namespace, name: str, precision: str, dev: torch.device,
+                 folder: str) -> dict[str, tuple[float, int]] | str:
+    """``{what: (rows per second, batch)}`` of one runtime at one precision: the model's and the tail's raw
+    throughput at their best batch, and the cic, abl and Deletion loops at the library's batch
+    (``auto``); a string saying why when the runtime cannot run it."""
+    from sycam_dsl.models.runtime import RuntimeSpec, forward_module, unsupported
+
+    why = unsupported(name, precision, dev)
+    if why is not None:
+        return why
+    spec = RuntimeSpec(name, precision, folder)
+    module, x = s.module, s.x.to(dev)
+    access = layer_access(module, s.layer)
+    with torch.no_grad():
+        acts, logits = access.forward(x)
+    targets = logits.argmax(1)
+    n, k, h, w = acts.shape
+    cic_acts = acts[:, :s.cic_channels] if s.cic_channels else acts
+    cflat = cic_acts.flatten(2)
+    live = int((cflat.amax(2) > cflat.amin(2)).sum())
+    fwd = forward_module(module, [x[:1]], spec, show=True)
+    runner = tail_runner(access)
+    carried = runner.carry(x[:1])
+    tail = runner
+    if name != "torch" and runner.split is not None:
+        tail = runner.with_tail(forward_module(runner.split.tail, [acts[:1], *carried], spec, part=f"tail@{s.layer}",
+                                               what="the tail", show=True))
+    convs = name == "torch" and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+    fmt = torch.channels_last if convs else torch.contiguous_format  # torch's best layout here
+
+    def model_run(xb: torch.Tensor) -> object:
+        with torch.inference_mode(), forward_precision(precision, dev):
+            return fwd(xb)
+
+    def tail_run(ab: torch.Tensor) -> object:
+        rows = torch.zeros(ab.shape[0], dtype=torch.long, device=dev)
+        with torch.inference_mode(), forward_precision(precision, dev):
+            return tail(ab, [c[rows] for c in carried])
+
+    out = {"model": best_rate(model_run, lambda b: x[torch.arange(b) % n].contiguous(memory_format=fmt), 64,
+                              args, dev),
+           "tail": best_rate(tail_run, lambda b: acts[torch.arange(b) % n].clone(), 4096, args, dev)}
+    sizes: dict[str, int] = {}
+    steps = min(args.steps, h * w)
+    sal = torch.rand(args.candidates, n, h, w, generator=torch.Generator().manual_seed(1)).to(dev)
+    blur = blurred(x)
+    b_del, cl_del = plan_forward(fwd, x, dev, "auto", precision)
+    loops: dict[str, tuple[Callable[[], object], int]] = {
+        "cic": (lambda: T._cic(module, x, cic_acts, targets, "auto", False, precision, sizes, fwd), live),
+        "abl": (lambda: T._abl(access, x, acts, logits, targets, "auto", "auto", False, precision, sizes,
+                               None if name == "torch" else spec, name), n * k),
+        "Deletion": (lambda: perturbation_curve(fwd, x, targets, sal, steps, False, dev, b_del, blurred_images=blur,
+                                                precision=precision, channels_last=cl_del),
+                     args.candidates * n * steps)}
+    for what, (fn, items) in loops.items():
+        fn()  # warm-up; the batch sizes are known after it
+        best = max(rate(Task(fn, items, 0, "loop"), args.min_seconds, dev) for _ in range(args.repeat))
+        out[what] = (best, {"cic": sizes.get("cic", 0), "abl": sizes.get("abl", 0), "Deletion": b_del}[what])
+    return out
+
+
+def runtime_main(args: argparse.Namespace, dev: torch.device) -> None:
+    """``--runtime``: each runtime's raw throughput at its own best batch, the loops as a share of it and
+    as a multiple of torch fp32 eager at torch's best batch."""
+    import tempfile
+
+    names = [r for r in args.runtime.split(",") if r]
+    precisions = [p for p in args.precision.split(",") if p]
+    folder = tempfile.mkdtemp(prefix="bench-runtime-")
+    for s in setups(args):
+        s.module.to(dev).eval()
+        print(f"\n{s.name}, layer {s.layer}, {s.x.shape[0]} images")
+        results = {(r, p): runtime_rows(s, args, r, p, dev, folder) for p in precisions for r in names}
+        base = results.get(("torch", "fp32"))
+        print(f"  {'runtime':12} {'prec':5} {'model/s (batch)':>18} {'tail rows/s (batch)':>21}   "
+              f"{'cic: /s, share, x torch':>26}   {'abl: /s, share, x torch':>26}   "
+              f"{'Deletion: /s, share, x torch':>30}")
+        for (r, p), res in results.items():
+            if isinstance(res, str):
+                print(f"  {r:12} {p:5} not run: {res}")
+                continue
+            cells = [f"{res['model'][0]:10,.1f} ({res['model'][1]:3d})",
+                     f"{res['tail'][0]:12,.0f} ({res['tail'][1]:4d})"]
+            for loop, limit in (("cic", "model"), ("abl", "tail"), ("Deletion", "model")):
+                got = res[loop][0]
+                ref = base[limit][0] if isinstance(base, dict) else float("nan")
+                cells.append(f"{got:10,.1f} {got / res[limit][0]:6.1%} {got / ref:6.2f}x")
+            print(f"  {r:12} {p:5} {cells[0]:>18} {cells[1]:>21}   {cells[2]:>26}   {cells[3]:>26}   {cells[4]:>30}")
+        print("  (share: of the runtime's own raw throughput at its best batch, the tail's for abl; x torch: against "
+              "torch fp32 eager's raw throughput at torch's best batch)")
+
+
 def main() -> None:
     keep_freed_memory()  # as the CLI does (see sycam_dsl.allocator)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -338,6 +457,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best counts (default 3)")
     ap.add_argument("--min-seconds", type=float, default=0.5, help="least time per measurement (default 0.5)")
+    ap.add_argument("--runtime", help="comma-separated torch, onnxruntime, openvino: compare the runtimes instead "
+                                       "(raw throughput at each one's best batch; loops as a share of it and as a "
+                                       "multiple of torch fp32 eager); --models also takes efficientnet_lite0")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a shared "
                                                 "machine, where one busy core stalls every multi-threaded kernel)")
     args = ap.parse_args()
@@ -346,6 +468,12 @@ def main() -> None:
     if args.batch != "auto" and not (args.batch.isdigit() and int(args.batch) > 0):
         ap.error(f"--batch: expected a positive integer or auto, got {args.batch!r}")
     dev = resolve_device(args.device)
+    if args.runtime:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}, best of {args.repeat}")
+        t0 = time.perf_counter()
+        runtime_main(args, dev)
+        print(f"\n{time.perf_counter() - t0:.0f} s")
+        return
     precisions = [p for p in args.precision.split(",") if p]
     if "fp32" not in precisions and len(precisions) > 0:
         precisions.insert(0, "fp32")  # the reference of the comparisons

@@ -151,7 +151,7 @@ def test_auto_picks_one_runtime_and_keeps_the_choice(tmp_path, monkeypatch):
     # a new process reads the choice: no timing (a timing would fail here)
     rt._CHOSEN.clear()
     rt._BUILT.clear()
-    monkeypatch.setattr(rt, "_time", lambda run: pytest.fail("timed again"))
+    monkeypatch.setattr(rt, "_time", lambda run, device=None: pytest.fail("timed again"))
     assert rt.runtime_name(forward_module(model, [x[:1]], spec)) == kept["runtime"]
 
 
@@ -159,7 +159,7 @@ def test_auto_takes_the_faster_runtime(tmp_path, monkeypatch):
     speed = {"torch": 3.0, "onnxruntime": 1.0, "openvino": 2.0}
     calls = []
 
-    def fake_time(run):
+    def fake_time(run, device=None):
         name = "torch" if not isinstance(getattr(run, "func", None), RuntimeModule) else run.func.runtime
         calls.append(name)
         return speed[name]
@@ -272,3 +272,13 @@ def test_cli_refuses_a_runtime_that_cannot_run_in_one_line(tmp_path, command):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "fp32 only" in lines[0], lines
+
+
+def test_torch_compile_is_a_runtime_too():
+    model, x = _model(), _images(5)
+    compiled = forward_module(model, [x[:1]], RuntimeSpec("compile"))
+    assert rt.runtime_name(compiled) == "compile" and reference_of(compiled) is model
+    with torch.inference_mode():
+        assert torch.allclose(compiled(x), model(x), atol=1e-5)
+    assert "compile" not in rt.candidates("auto", "fp32", torch.device("cpu"))  # auto: on CUDA only
+    assert rt.candidates("auto", "fp32", torch.device("cuda")) == ["torch", "compile"]

@@ -41,6 +41,7 @@ from ..lang.ast import Node
 from ..models.devices import resolve_device
 from ..models.layers import resolve_layer, split_call
 from ..models.loaded import LoadedModel
+from ..models.runtime import RuntimeSpec
 from ..template.heatmaps import heatmaps
 from ..util.modes import eval_mode
 from .errors import TerminalError
@@ -233,10 +234,10 @@ class SanityReport:
 
 def _method_heatmaps(methods: dict[str, Node], model: nn.Module, layer: str | None, images: torch.Tensor,
                      targets: torch.Tensor | None, names: list[str], device: str | torch.device, chunk_size: int | str,
-                     progress: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, str]:
+                     progress: bool, runtime: RuntimeSpec | None) -> tuple[dict[str, torch.Tensor], torch.Tensor, str]:
     """name -> heatmaps ``[N, H, W]`` on the CPU, the targets ``[N]`` and the layer's name."""
     terms, info = compute_terminals(model, layer, images, targets, names, device=device, chunk_size=chunk_size,
-                                    progress=progress)
+                                    progress=progress, runtime=runtime)
     size = tuple(images.shape[-2:])
     out = {n: heatmaps(evaluate(node, terms), info.acts, node.type, size).cpu() for n, node in methods.items()}
     return out, info.targets.cpu(), info.layer
@@ -253,12 +254,14 @@ def randomization_check(model: nn.Module | LoadedModel, layer: str | None, image
                         targets: torch.Tensor | None, methods: dict[str, Node], seed: int = 0,
                         start: str | None = None, modules: Sequence[str] | None = None,
                         device: str | torch.device = "cpu", chunk_size: int | str = DEFAULT_CHUNK_SIZE,
-                        progress: bool = False, keep_heatmaps: bool = False) -> SanityReport:
+                        progress: bool = False, keep_heatmaps: bool = False,
+                        runtime: RuntimeSpec | None = None) -> SanityReport:
     """Compare each method's heatmaps on ``images`` ``[N, 3, H, W]`` under the model and under a copy
     whose modules from ``start`` (default: the target ``layer``) to the output are re-initialized
     with ``seed``; ``modules`` names the modules to re-initialize instead (``[]``: none, a control
     whose similarities are 1). ``targets`` ``[N]`` or None (the original model's predictions) are
-    explained under both models. Only the terminals the methods read are computed."""
+    explained under both models. Only the terminals the methods read are computed; ``runtime``: where
+    their forward-only passes run (``cam.terminals.compute_terminals``), for both models."""
     if not methods:
         raise SanityError("no methods to check")
     module = _module_of(model)
@@ -272,9 +275,9 @@ def randomization_check(model: nn.Module | LoadedModel, layer: str | None, image
             module.to(dev)
         modules = modules_after(module, start if start is not None else layer, images[:1])
     before, t, layer_name = _method_heatmaps(methods, module, layer, images, targets, names, dev, chunk_size,
-                                             progress)
+                                             progress, runtime)
     randomized = randomized_copy(module, modules, seed)
-    after, _, _ = _method_heatmaps(methods, randomized, layer, images, t, names, dev, chunk_size, progress)
+    after, _, _ = _method_heatmaps(methods, randomized, layer, images, t, names, dev, chunk_size, progress, runtime)
     report = SanityReport({n: Similarity(spearman(before[n], after[n]), ssim(before[n], after[n]))
                            for n in methods}, list(modules), t, layer_name, seed)
     if keep_heatmaps:
@@ -302,13 +305,14 @@ def spread(total: int, n: int) -> torch.Tensor:
 def check_result(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                  methods: dict[str, Node], expressions: dict[str, str], subject: str, seed: int = 0,
                  start: str | None = None, device: str | torch.device = "cpu",
-                 chunk_size: int | str = DEFAULT_CHUNK_SIZE, progress: bool = False) -> dict:
+                 chunk_size: int | str = DEFAULT_CHUNK_SIZE, progress: bool = False,
+                 runtime: RuntimeSpec | None = None) -> dict:
     """``randomization_check`` of ``methods`` (the result ``subject`` and the baselines) on ``images``
     ``[N, 3, H, W]``, as plain data for ``result.json`` and ``--json``: per method the mean Spearman
     and SSIM (per image too), and whether ``subject`` is flagged as markedly less sensitive than
     ``REFERENCE``. Raises ``SanityError`` when nothing runs at or after the layer (or ``start``)."""
     report = randomization_check(model, layer, images, None, methods, seed=seed, start=start, device=device,
-                                 chunk_size=chunk_size, progress=progress)
+                                 chunk_size=chunk_size, progress=progress, runtime=runtime)
     if not report.randomized:
         raise SanityError(f"no module with parameters runs at or after {start or report.layer!r}; nothing to "
                           f"randomize")

@@ -141,7 +141,11 @@ def runtime_from(args: argparse.Namespace) -> RuntimeSpec:
     precision = getattr(args, "precision", DEFAULT_PRECISION)
     runtime = getattr(args, "runtime", DEFAULT_RUNTIME)
     check_support(runtime, precision, resolve_device(getattr(args, "device", "cpu")))
-    cache = None if getattr(args, "no_cache", False) else store_from(args).folder
+    cache = None
+    if not getattr(args, "no_cache", False):
+        from ..cam.store import TerminalStore
+
+        cache = TerminalStore(getattr(args, "cache_dir", None), getattr(args, "cache_size", None)).folder
     return RuntimeSpec(runtime, precision, cache)
 
 

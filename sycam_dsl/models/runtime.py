@@ -21,8 +21,9 @@ gradient pass always stays in torch.
   instructions (its inference-precision hint); ``fp16`` in torch only. A runtime that cannot run the
   precision asked for is refused in one line (explicit) or not considered (``auto``): nothing runs in
   a precision the user did not ask for.
-- Runtimes run on the CPU with torch's thread count (``torch.get_num_threads()``); on CUDA, ``auto``
-  is torch.
+- Runtimes run on the CPU with torch's thread count (``torch.get_num_threads()``). On CUDA ``auto``
+  chooses between torch and ``compile`` (``torch.compile`` of the module, under autocast like torch),
+  by the same timing; ``--runtime compile`` also works on the CPU.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ from .precision import DEFAULT_PRECISION, check_precision, forward_precision
 log = logging.getLogger(__name__)
 
 #: ``--runtime`` values; ``auto`` is the default.
-RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino", "compile")
 DEFAULT_RUNTIME = "auto"
 #: The runtimes that run a converted model, with the extra that installs each.
 EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -91,8 +92,8 @@ def check_runtime(name: str) -> str:
 
 def is_installed(name: str) -> bool:
     """Whether runtime ``name`` can be imported, with ``onnx`` (which ``torch.onnx.export`` writes with);
-    torch always can."""
-    if name == "torch":
+    torch (and its ``torch.compile``) always can."""
+    if name in ("torch", "compile"):
         return True
     return all(importlib.util.find_spec(m) is not None for m in (EXTRAS[name], "onnx"))
 
@@ -106,6 +107,8 @@ def unsupported(runtime: str, precision: str, device: torch.device) -> str | Non
     """Why ``runtime`` cannot run ``precision`` on ``device`` (one phrase), or None when it can."""
     if runtime == "torch":
         return None
+    if runtime == "compile":
+        return None if hasattr(torch, "compile") else "this torch has no torch.compile; use --runtime torch"
     if device.type != "cpu":
         return f"runtime {runtime} runs on the CPU, not on {device.type}; use --runtime torch or auto"
     if not is_installed(runtime):
@@ -137,6 +140,8 @@ def candidates(runtime: str, precision: str, device: torch.device) -> list[str]:
     if runtime != "auto":
         check_support(runtime, precision, device)
         return [runtime]
+    if device.type == "cuda":  # torch.compile's kernels (its compile time pays off on a GPU's long runs)
+        return ["torch", "compile"]
     return ["torch"] + [r for r in EXTRAS if unsupported(r, precision, device) is None]
 
 
@@ -186,7 +191,28 @@ def reference_of(model: nn.Module) -> nn.Module:
 
 def runtime_name(model: nn.Module | None) -> str:
     """The runtime that runs ``model``'s forward passes (torch for None)."""
-    return model.runtime if isinstance(model, RuntimeModule) else "torch"
+    if isinstance(model, RuntimeModule):
+        return model.runtime
+    return "compile" if model is not None and "torch_reference" in model.__dict__ else "torch"
+
+
+def _compiled(module: nn.Module, example: Sequence[torch.Tensor], spec: RuntimeSpec, what: str,
+              show: bool) -> nn.Module:
+    """``torch.compile(module)`` (a dynamic batch), compiled now on ``example`` and checked against
+    ``module``; it runs under ``forward_precision`` like the module."""
+    compiled = cast(nn.Module, torch.compile(module, dynamic=True))
+    compiled.__dict__["torch_reference"] = module
+    check = _rows(example, 3)
+    start = time.perf_counter()
+    try:
+        with eval_mode(module), torch.inference_mode(), forward_precision(spec.precision, check[0].device):
+            got = compiled(*check).float()
+            want = module(*check).float()
+    except Exception as e:  # inductor's errors are of many types
+        raise ConversionError(f"torch.compile fails on {what} ({_first_line(e)})") from None
+    note(f"runtime: compiled {what} with torch.compile in {time.perf_counter() - start:.1f} s", show)
+    _check_outputs(got, want, "compile", spec.precision, what)
+    return compiled
 
 
 _CORE: Any = None
@@ -289,8 +315,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-#: (key, runtime, precision, threads) -> the built ``RuntimeModule``: one session per process.
-_BUILT: dict[tuple[str, str, str, int], RuntimeModule] = {}
+#: (key, runtime, precision, threads) -> the built module: one session (or compilation) per process.
+_BUILT: dict[tuple[str, str, str, int], nn.Module] = {}
 #: key -> the ONNX model, when there is no cache dir.
 _ONNX: dict[str, bytes | Path] = {}
 #: choice key -> ``auto``'s pick in this process (so that every pass of a run uses one runtime).
@@ -340,10 +366,13 @@ def _check_outputs(got: torch.Tensor, want: torch.Tensor, runtime: str, precisio
 
 
 def _build(runtime: str, module: nn.Module, example: Sequence[torch.Tensor], key: str, spec: RuntimeSpec,
-           what: str, show: bool) -> RuntimeModule:
+           what: str, show: bool) -> nn.Module:
     threads = torch.get_num_threads()
     memo = (key, runtime, spec.precision, threads)
     if memo in _BUILT:
+        return _BUILT[memo]
+    if runtime == "compile":
+        _BUILT[memo] = _compiled(module, example, spec, what, show)
         return _BUILT[memo]
     onnx, seconds = _onnx(module, _rows(example, 2), key, spec, what, show)
     try:
@@ -371,21 +400,28 @@ def _rows(example: Sequence[torch.Tensor], rows: int) -> list[torch.Tensor]:
     return out
 
 
-def _time(run: Callable[[], object]) -> float:
+def _time(run: Callable[[], object], device: torch.device | None = None) -> float:
     """Seconds per batch of ``run``: the best of ``TIMING_ROUNDS`` rounds of ``TIMING_BATCHES``, after one
-    warm-up."""
+    warm-up (on CUDA, up to the device's end of the work)."""
+    def sync() -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     run()
     best = float("inf")
     for _ in range(TIMING_ROUNDS):
+        sync()
         start = time.perf_counter()
         for _ in range(TIMING_BATCHES):
             run()
+        sync()
         best = min(best, (time.perf_counter() - start) / TIMING_BATCHES)
     return best
 
 
 def _torch_run(module: nn.Module, batch: list[torch.Tensor], precision: str) -> Callable[[], object]:
-    channels_last = len(batch) == 1 and batch[0].dim() == 4 and any(isinstance(m, nn.Conv2d) for m in module.modules())
+    channels_last = len(batch) == 1 and batch[0].dim() == 4 and any(
+        isinstance(m, nn.Conv2d) for m in reference_of(module).modules())
     if channels_last:  # torch's best layout on the CPU (oneDNN), as the loops feed it
         batch = [batch[0].contiguous(memory_format=torch.channels_last)]
 
@@ -418,7 +454,9 @@ def _choose(built: dict[str, nn.Module], module: nn.Module, example: Sequence[to
     seconds: dict[str, float] = {}
     with eval_mode(module):
         for name, m in built.items():
-            seconds[name] = _time(_torch_run(m, batch, spec.precision) if name == "torch" else partial(m, *batch))
+            torch_like = name in ("torch", "compile")  # run under autocast, in torch's best layout
+            seconds[name] = _time(_torch_run(m, batch, spec.precision) if torch_like else partial(m, *batch),
+                                  batch[0].device)
     best = min(seconds, key=lambda n: seconds[n])
     rates = ", ".join(f"{n} {TIMING_ROWS / s:,.0f}/s" for n, s in sorted(seconds.items(), key=lambda kv: kv[1]))
     _CHOSEN[choice_key] = best

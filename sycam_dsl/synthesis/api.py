@@ -127,7 +127,7 @@ def _data(images: ImageSet | torch.Tensor | str | Path, masks: torch.Tensor | st
 
 
 def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, device: str, chunk_size: int | str,
-                  progress: bool) -> dict[str, Any]:
+                  progress: bool, runtime: RuntimeSpec | None = None) -> dict[str, Any]:
     """``synth --sanity``: the randomization check (``cam.sanity.check_result``, seed 0) of ``best``
     and the baselines on at most ``DEFAULT_SANITY_IMAGES`` of ``problem``'s images, spread evenly;
     a check that cannot run gives ``{"error": why}`` instead of failing the finished search."""
@@ -138,7 +138,7 @@ def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, 
     texts = {SYCAM: to_sexpr(best), **{b: baseline(b).expression for b in SEARCH_BASELINES}}
     try:
         return check_result(model, layer, images, methods, texts, SYCAM, device=device, chunk_size=chunk_size,
-                            progress=progress)
+                            progress=progress, runtime=runtime)
     except SycamError as e:
         return {"error": str(e)}
 
@@ -228,6 +228,8 @@ def _synthesize(model: LoadedModel | nn.Module | str, layer: str | None, images:
                                       on_demand=search.terminals == "on-demand" or pool is not None,
                                       precision=data.precision, runtime=RuntimeSpec(data.runtime, data.precision),
                                       up_front=None if pool is None else partial(pool.up_front, device=device))
+        note(f"forward passes: {runtime_name(problem.inputs.model)}, {data.precision} (asked: {data.runtime})",
+             output.progress)
         if pool is not None and isinstance(problem.terminals, OnDemandTerminals):
             use_pool(problem.terminals.source, pool, search.terminals == "eager", output.progress)
         return _search_and_write(loaded, images_data, problem, info, gram, search_metric, shown, budget, per_class,
@@ -290,8 +292,9 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
     sanity = None
     if output.sanity and best is not None:
         t0 = time.perf_counter()
+        # the randomized model is converted in memory only: its file would never be read again
         sanity = result_sanity(loaded, layer_name, test_problem or eval_problem, best, device, data.chunk_size,
-                               output.progress)
+                               output.progress, RuntimeSpec(runtime_name(problem.inputs.model), data.precision))
         eval_seconds += time.perf_counter() - t0
 
     knee = outcomes[0].knee if front else None

@@ -11,6 +11,13 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}"
 
 
+def _runtime_line(settings: dict) -> str:
+    """Where the forward-only passes ran and at which precision (results before runtimes: torch)."""
+    runtime = settings.get("runtime") or {"asked": "torch", "used": "torch"}
+    asked = "" if runtime["asked"] == runtime["used"] else f" (asked: {runtime['asked']})"
+    return f"{runtime['used']}{asked}, {settings.get('precision', 'fp32')}; gradients in torch, float32"
+
+
 def _budget(settings: dict[str, Any]) -> str:
     parts = []
     if settings["budget_seconds"] is not None:
@@ -96,6 +103,7 @@ def markdown_report(d: dict[str, Any]) -> str:
     evaluated = "" if split_on else f" ({d['images']['evaluated']} in the evaluation set)"
     lines = ["# sycam-dsl synthesis report", "",
              f"- model: `{s['model']}`, layer `{s['layer']}`, {s['size']} px, device {s['device']}",
+             f"- forward passes: {_runtime_line(s)}",
              f"- images: {d['images']['total']} from `{d['images']['source']}`{evaluated}",
              f"- test split: {_split_line(d)}",
              _metric_line(d, metric, opts),
