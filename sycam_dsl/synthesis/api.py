@@ -30,6 +30,7 @@ from ..allocator import keep_freed_memory
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
 from ..cam.sanity import check_sanity_size
+from ..cam.store import reuse_line
 from ..cam.terminals import TerminalInfo
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
@@ -243,7 +244,7 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
     if data.use_cache:
         later = " (the gradient pass; cic and abl come on demand)" if isinstance(problem.terminals,
                                                                                 OnDemandTerminals) else ""
-        note(f"terminals: {info.stored} of {problem.n} images from the store{later}", output.progress)
+        note(f"terminals: {reuse_line(info.stored, problem.n)}{later}", output.progress)
     terminal_seconds = time.perf_counter() - t0
     # the test split is set aside before any search: the searches only ever get ``search_problem``
     split = make_split(problem, search.test_split, search.seed, problem.targets if per_class else problem.classes)

