@@ -140,3 +140,50 @@ def test_the_store_says_that_only_the_weights_and_logits_are_checked(tmp_path):
     assert code == 0 and "0 of 2 images from the store" in out and "checked" not in out, out
     code, _, out = _cli(*args)
     assert code == 0 and "2 of 2 images from the store (only the weights and the logits are checked" in out, out
+
+
+# -- S3, S4: a float or 32-bit integer TIFF's scale comes from its values ------------------------------
+
+def _ramp(dtype, top: float) -> np.ndarray:
+    return (np.linspace(0, 1, 32 * 32).reshape(32, 32) * top).astype(dtype)
+
+
+def test_a_unit_float_image_with_a_slight_overshoot_stays_in_0_1(tmp_path, caplog):
+    array = _ramp(np.float32, 1.0)
+    array[0, 0] = 1.0005  # a resampled overshoot
+    Image.fromarray(array).save(tmp_path / "f.tif")
+    x = load_images(tmp_path, size=32, normalize=None).images
+    assert float(x.amax()) == pytest.approx(1.0, abs=0.01) and float(x.mean()) > 0.4, "read as nearly black"
+    assert not caplog.records
+
+
+def test_a_float_image_just_over_1_is_read_as_0_255_with_a_warning(tmp_path, caplog):
+    array = _ramp(np.float32, 1.0)
+    array[0, 0] = 1.5
+    Image.fromarray(array).save(tmp_path / "f.tif")
+    x = load_images(tmp_path, size=32, normalize=None).images
+    assert float(x.amax()) < 0.01
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "f.tif (float) has values up to 1.5: read as 0..255" in lines[0], lines
+
+
+def test_a_float_image_in_0_255_is_divided_by_255(tmp_path, caplog):
+    Image.fromarray(_ramp(np.float32, 255.0)).save(tmp_path / "f.tif")
+    assert float(load_images(tmp_path, size=32, normalize=None).images.amax()) == pytest.approx(1.0, rel=0.02)
+    assert not caplog.records
+
+
+def test_a_32_bit_integer_image_in_0_255_is_read_as_8_bit_with_one_warning(tmp_path, caplog):
+    Image.fromarray(_ramp(np.int32, 255)).save(tmp_path / "i.tif")
+    assert Image.open(tmp_path / "i.tif").mode == "I"
+    x = load_images(tmp_path, size=32, normalize=None).images
+    assert float(x.amax()) == pytest.approx(1.0, rel=0.02)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "i.tif is a 32-bit integer image with values in 0..255: read as 8-bit" in lines[0]
+
+
+def test_a_32_bit_integer_image_over_255_is_still_16_bit(tmp_path, caplog):
+    Image.fromarray(_ramp(np.int32, 4095)).save(tmp_path / "i.tif")
+    x = load_images(tmp_path, size=32, normalize=None).images
+    assert float(x.amax()) == pytest.approx(4095 / 65535, rel=0.02)
+    assert not caplog.records
