@@ -7,6 +7,7 @@ CLI cases run ``sycam-dsl`` in a subprocess, as in ``test_bad_inputs.py``."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -187,3 +188,56 @@ def test_a_32_bit_integer_image_over_255_is_still_16_bit(tmp_path, caplog):
     x = load_images(tmp_path, size=32, normalize=None).images
     assert float(x.amax()) == pytest.approx(4095 / 65535, rel=0.02)
     assert not caplog.records
+
+
+# -- S5: sanity checks the images its result's search read ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def relative_result(tmp_path_factory):
+    """A search run in ``work/`` on ``--images photos`` (a relative path), its result in ``work/run``."""
+    work = tmp_path_factory.mktemp("work")
+    _photos(work / "photos", 10)
+    code, err, _ = _cli("synth", *MODEL, "--quiet", "--images", "photos", "--metric", "deletion", "--steps", "3",
+                        "--candidates", "3", "--report-images", "0", "--no-cache", "-o", "run",
+                        cwd=work)
+    assert code == 0, err
+    return work
+
+
+def _sanity(result: Path, cwd: Path, out: Path) -> tuple[int, list[str]]:
+    code, err, _ = _cli("sanity", str(result), "--images", "2", "--quiet", "--json", str(out), cwd=cwd)
+    return code, err
+
+
+def test_sanity_reads_a_relative_image_folder_from_where_the_search_ran(relative_result, tmp_path):
+    other = tmp_path / "elsewhere" / "photos"
+    _photos(other, 10, seed=5)  # same names and count: before, sanity checked these without a word
+    (other / "im0.png").write_bytes(b"not the search's images")  # so that reading them shows
+    for cwd in (relative_result, other.parent):
+        code, err = _sanity(relative_result / "run", cwd, tmp_path / "s.json")
+        assert code == 0, err
+        assert json.loads((tmp_path / "s.json").read_text())["images"] == 2
+
+
+@pytest.mark.parametrize("change, pattern", [
+    ("rename", r"is not the one the search read: its image \d+ is 'im\d+x?\.png', the result's test split has"),
+    ("add", "holds 11 images, the result's search read 10"),
+])
+def test_sanity_refuses_images_that_are_not_the_results(relative_result, tmp_path, change, pattern):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(relative_result / "photos", copy / "photos")
+    shutil.copytree(relative_result / "run", copy / "run")
+    data = json.loads((copy / "run" / "result.json").read_text())
+    data["settings"]["working_dir"] = str(copy)
+    (copy / "run" / "result.json").write_text(json.dumps(data))
+    held_out = data["test_split"]["files"]
+    assert held_out
+    if change == "rename":
+        (copy / "photos" / held_out[0]).rename(copy / "photos" / held_out[0].replace(".png", "x.png"))
+    else:
+        shutil.copy(copy / "photos" / held_out[0], copy / "photos" / "zz.png")
+    code, err = _sanity(copy / "run", copy, tmp_path / "s.json")
+    assert code == 2 and len(err) == 1, err
+    assert re.search(pattern, err[0]), err[0]

@@ -15,6 +15,7 @@ the heatmap grid and the score plot; see ``outputs.py``).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
@@ -306,7 +307,8 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
         timings["first_scored_s"] = terminal_seconds + min(first)
     run_settings = {
         "model": loaded.name, "model_source": loaded.source, "weights": weights, "layer": layer_name,
-        "images": images_data.source, "size": int(images_data.images.shape[-1]), "metric": search_metric.name,
+        "images": images_data.source, "working_dir": os.getcwd(),  # where a relative images path is (sanity)
+        "size": int(images_data.images.shape[-1]), "metric": search_metric.name,
         "metric_options": dict(search_metric.options), "grammar": gram.source, "budget_seconds": config.budget.seconds,
         "budget_candidates": config.budget.candidates, "per_class": per_class, "seed": search.seed,
         "level_sizes": [s for s in search.level_sizes], "equivalence_size": search.equivalence_size,
