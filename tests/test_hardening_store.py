@@ -241,3 +241,41 @@ def test_sanity_refuses_images_that_are_not_the_results(relative_result, tmp_pat
     code, err = _sanity(copy / "run", copy, tmp_path / "s.json")
     assert code == 2 and len(err) == 1, err
     assert re.search(pattern, err[0]), err[0]
+
+
+# -- progress: the status line says when the values come from the store -------------------------------
+
+def test_terminals_on_demand_say_when_they_come_from_the_store(tmp_path):
+    from sycam_dsl.models import load_model
+    from sycam_dsl.synthesis.build import build_problem
+    from sycam_dsl.synthesis.problem import Data
+
+    model = load_model("tests.cam_reference:TinyCNN", "random:0", "cpu")
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def busy_texts(n: int) -> list[str]:
+        problem, _ = build_problem(model, "features.4", Data(x[:n], [str(i) for i in range(n)]), ["acts", "cic"],
+                                   cache_dir=tmp_path, on_demand=True, progress=False)
+        texts: list[str] = []
+        problem.terminals.source.busy = lambda text: texts.append(text) if text else None
+        problem.terminals.subset(torch.arange(3))["cic"]
+        problem.terminals["cic"]
+        return texts
+
+    assert busy_texts(6) == ["computing cic of 3 image(s)", "computing cic of 3 image(s)"]
+    assert busy_texts(6) == ["reading cic of 3 image(s) from the store"] * 2
+    assert busy_texts(8) == ["reading cic of 3 image(s) from the store",
+                             "computing cic of 2 image(s), reading 3 from the store"]
+
+
+def test_the_search_status_line_says_reading_from_the_store(tmp_path):
+    images = _photos(tmp_path / "im", 6)
+    args = ["synth", *MODEL, "--images", str(images), "--metric", "deletion", "--steps", "3", "--candidates", "3",
+            "--report-images", "0", "--cache-dir", str(tmp_path / "c")]
+    code, first, _ = _cli(*args, "-o", str(tmp_path / "r1"))
+    assert code == 0, first
+    assert any("| computing cic of" in line for line in first), first
+    code, second, _ = _cli(*args, "-o", str(tmp_path / "r2"))
+    assert code == 0, second
+    assert any("| reading cic of" in line and "from the store" in line for line in second), second
+    assert not any("computing cic" in line for line in second), second

@@ -483,6 +483,16 @@ def _finite(record: Record) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in record.values() if isinstance(v, torch.Tensor))
 
 
+def stored_images(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
+                  targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
+                  ablation: str = "auto", precision: str = DEFAULT_PRECISION, *, store: TerminalStore) -> int:
+    """How many of ``images`` have every record ``names`` need in ``store``, by their files (not read:
+    a status line's guess of what ``compute_terminals_stored`` will read rather than compute)."""
+    run = prepare_run(model, layer, images, targets, names, device, DEFAULT_CHUNK_SIZE, False, ablation, precision)
+    keys = record_keys(run, images)
+    return sum(all(store.path(keys[kind][i]).is_file() for kind in run.kinds) for i in range(run.n))
+
+
 def compute_terminals_stored(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                              targets: torch.Tensor | None, names: Sequence[str],
                              device: str | torch.device = "cpu", chunk_size: BatchSize = DEFAULT_CHUNK_SIZE,
