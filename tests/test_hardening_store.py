@@ -97,6 +97,17 @@ def test_cache_clear_deletes_only_the_stores_own_files(tmp_path):
     _survive(survivors, cache)
 
 
+def test_a_linked_store_folder_is_not_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    _fill(elsewhere)  # files of the store's own names and format, in a folder the link points to
+    files = sorted(elsewhere.rglob("*.pt"))
+    (tmp_path / "S").mkdir()
+    (tmp_path / "S" / "terminal-store").symlink_to(elsewhere / "terminal-store")
+    code, err, out = _cli("cache", "clear", "--cache-dir", str(tmp_path / "S"))
+    assert code == 0 and out.startswith("removed 0 entries"), (err, out)
+    assert all(p.is_file() for p in files)
+
+
 def test_cache_info_does_not_count_through_links(tmp_path):
     cache = tmp_path / "S"
     _fill(cache)

@@ -373,7 +373,8 @@ class TerminalStore:
         except FileNotFoundError:  # evicted by another process meanwhile
             size = 0
         if self._bytes is None:
-            self._bytes = sum(e.size for e in self._entries())  # the new entry included
+            # by name only (files are not opened): what decides whether to evict, which checks more
+            self._bytes = sum(e.size for e in self._entries(formats=False))  # the new entry included
         else:
             self._bytes += size
         if self._bytes > self.max_bytes:
@@ -381,19 +382,22 @@ class TerminalStore:
 
     # -- the folder as a whole ----------------------------------------------------------------------
 
-    def _entries(self) -> Iterator[_Entry]:
+    def _entries(self, formats: bool = True) -> Iterator[_Entry]:
         """Every owned file (``OWNED``: entries and files of the old whole-set cache, by folder, name
-        and format), never through a link; removes the temporary files that killed writers left behind."""
+        and, unless not ``formats``, format), never through a link; removes the temporary files that
+        killed writers left behind."""
         for kind in OWNED:
             for folder in _folders(self.folder, kind.folders):
                 for f in _scan(folder):
                     if kind.owns(f.name):
-                        head = _head(f.path)  # None for a link or a file removed meanwhile
                         try:
+                            if not f.is_file(follow_symlinks=False):
+                                continue
                             st = f.stat(follow_symlinks=False)
-                        except FileNotFoundError:
+                        except FileNotFoundError:  # removed by another process meanwhile
                             continue
-                        if head is not None and kind.format(head):
+                        head = _head(f.path) if formats else None  # None too for a file removed meanwhile
+                        if not formats or (head is not None and kind.format(head)):
                             yield _Entry(st.st_mtime_ns, st.st_size, Path(f.path), kind)
                     elif kind.owns_temporary(f.name):
                         self._remove_temporary(f, stale_only=True)
