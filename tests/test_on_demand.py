@@ -129,7 +129,7 @@ def test_the_status_line_shows_the_terminal_work():
     search.run()
     text = search._status_text(search._state, 1.0)
     assert "| terminals: cic 8/8, abl 8/8" in text  # the baselines' final check read them all
-    search._busy_text = "cic of 4 image(s)"
+    search._busy_text = "computing cic of 4 image(s)"
     assert search._status_text(search._state, 1.0).endswith("| computing cic of 4 image(s)")
 
 

@@ -282,3 +282,20 @@ def test_torch_compile_is_a_runtime_too():
         assert torch.allclose(compiled(x), model(x), atol=1e-5)
     assert "compile" not in rt.candidates("auto", "fp32", torch.device("cpu"))  # auto: on CUDA only
     assert rt.candidates("auto", "fp32", torch.device("cuda")) == ["torch", "compile"]
+
+
+def test_cache_info_clear_and_the_size_bound_cover_the_converted_models(tmp_path):
+    forward_module(_model(), [_images(1)], RuntimeSpec("auto", cache_dir=tmp_path))
+    folder = tmp_path / rt.FOLDER
+    assert len(list(folder.glob("*.onnx"))) == 1 and len(list(folder.glob("choice-*.json"))) == 1
+    (folder / "mine.onnx").write_bytes(b"\x08 a user's file, not a name the store writes")
+    info = _cli("cache", "info", "--cache-dir", str(tmp_path))
+    assert info.returncode == 0 and "2 converted model file(s)" in info.stdout, info.stdout
+    # the size bound evicts them like terminal records
+    TerminalStore(tmp_path, max_bytes=1).evict()
+    assert not list(folder.glob("[0-9a-f]*.onnx")) and not list(folder.glob("choice-*.json"))
+    forward_module(_model(1), [_images(1)], RuntimeSpec("onnxruntime", cache_dir=tmp_path))
+    assert list(folder.glob("[0-9a-f]*.onnx"))
+    cleared = _cli("cache", "clear", "--cache-dir", str(tmp_path))
+    assert cleared.returncode == 0, cleared.stderr
+    assert not list(folder.glob("[0-9a-f]*.onnx")) and (folder / "mine.onnx").exists()

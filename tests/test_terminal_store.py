@@ -393,7 +393,7 @@ def test_cache_info_and_clear(tmp_path, capsys):
     assert capsys.readouterr().out == f"terminal store {folder / 'terminal-store'}: 0 entries, 0 B of 2.0 GB\n"
     stored(tiny(), images(3), ["grads", "cic"], folder)
     legacy = folder / f"terminals-{'a' * 40}.pt"  # a file of the whole-set cache before the store
-    legacy.write_bytes(b"x" * 10)
+    torch.save({"terminals": {}}, legacy)
     (folder / "notes.txt").write_text("not ours")
     assert main(["cache", "info", "--cache-dir", str(folder), "--cache-size", "1MB"]) == 0
     line = capsys.readouterr().out

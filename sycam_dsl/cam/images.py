@@ -26,8 +26,14 @@ _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.Decompression
 #: PIL modes of 8-bit channels, which ``convert("RGB")`` maps exactly.
 _EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
                               "LAB", "HSV"})
-#: 16-bit integer modes (PNG and TIFF grayscale); ``"I"`` is 32-bit, as Pillow opens some 16-bit files.
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+#: 16-bit integer modes (PNG and TIFF grayscale).
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+#: Float pixels up to this share above a range's top still mean that range (rounding, a resampled
+#: overshoot): a [0, 1] image with one pixel at 1.0005 is not a nearly black [0, 255] one.
+_FLOAT_TOLERANCE = 0.01
+#: A float image whose brightest pixel is between the [0, 1] range (with its tolerance) and this is
+#: read as [0, 255] with a warning: it could also be a [0, 1] image that overshoots.
+_FLOAT_AMBIGUOUS_BELOW = 2.0
 log = logging.getLogger(__name__)
 
 
@@ -82,29 +88,45 @@ def _open(path: Path, what: str) -> Image.Image:
         raise ImageError(f"cannot read {what} {str(path)!r}: {e}") from None
 
 
+def _float_scale(lo: float, hi: float, path: Path) -> float:
+    """The range a float image's values ``[lo, hi]`` are in: 1, 255 or 65535, each with a small tolerance
+    above its top; one warning line when the values could mean two ranges."""
+    scale = next((s for s in (1.0, 255.0, 65535.0) if lo >= 0 and hi <= s * (1 + _FLOAT_TOLERANCE)), None)
+    if scale is None:
+        raise ImageError(f"image {str(path)!r} (float) has values in [{lo:g}, {hi:g}]; scale it to [0, 1] "
+                         f"or save it as an 8- or 16-bit image")
+    if scale == 255.0 and hi < _FLOAT_AMBIGUOUS_BELOW:
+        log.warning("image %s (float) has values up to %.4g: read as 0..255 (nearly black); scale it to [0, 1] "
+                    "if that is its range", path, hi)
+    return scale
+
+
 def _pixels(im: Image.Image, path: Path) -> torch.Tensor:
     """``[3, H, W]`` pixels in ``[0, 1]`` (float32) of an image of any supported mode.
 
-    8-bit modes go through ``convert("RGB")``; 16-bit grayscale is scaled by 65535 and float
-    grayscale (``F``, e.g. TIFF) is taken as ``[0, 1]``, ``[0, 255]`` or ``[0, 65535]`` by its range
-    (``convert("RGB")`` would clip both to white or black). Anything else is refused."""
+    8-bit modes go through ``convert("RGB")``; 16-bit grayscale is scaled by 65535. Float grayscale
+    (``F``, e.g. TIFF) is taken as ``[0, 1]``, ``[0, 255]`` or ``[0, 65535]`` by its range, and 32-bit
+    integer grayscale (``I``) as 8-bit when its values fit 0..255 (one warning line: the file does not
+    say its depth), else as 16-bit (``convert("RGB")`` would clip them to white or black). Anything
+    else is refused."""
     if im.mode in _EIGHT_BIT_MODES:
         return TF.pil_to_tensor(im.convert("RGB"))
     arr = np.asarray(im)
-    if im.mode in _SIXTEEN_BIT_MODES:
+    if im.mode in _SIXTEEN_BIT_MODES or im.mode == "I":
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ImageError(f"image {str(path)!r} ({im.mode}) has values outside 0..65535; save it as an 8- or "
                              f"16-bit image")
-        gray: np.ndarray = arr.astype(np.float32) / 65535
+        scale = 65535.0
+        if im.mode == "I" and arr.size and int(arr.max()) <= 255:
+            scale = 255.0
+            log.warning("image %s is a 32-bit integer image with values in 0..%d: read as 8-bit (0..255), not "
+                        "16-bit; save it as an 8- or 16-bit image to say which", path, int(arr.max()))
+        gray: np.ndarray = arr.astype(np.float32) / scale
     elif im.mode == "F":
         if not np.isfinite(arr).all():
             raise ImageError(f"image {str(path)!r} (float) has NaN or infinite pixels")
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-        scale = next((s for s in (1.0, 255.0, 65535.0) if lo >= 0 and hi <= s), None)
-        if scale is None:
-            raise ImageError(f"image {str(path)!r} (float) has values in [{lo:g}, {hi:g}]; scale it to [0, 1] "
-                             f"or save it as an 8- or 16-bit image")
-        gray = arr.astype(np.float32) / scale
+        gray = arr.astype(np.float32) / _float_scale(lo, hi, path)
     else:
         raise ImageError(f"image {str(path)!r} has PIL mode {im.mode!r}, which sycam-dsl does not read; save it "
                          f"as an 8-bit RGB or grayscale image")

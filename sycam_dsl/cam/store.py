@@ -19,11 +19,16 @@ first chunk of stored images are checked against a fresh forward pass; on a mism
 line says so and everything is computed again and overwritten. Unreadable or foreign files are
 ignored with one warning line and computed again.
 
+What is checked on reuse: only the weights (``model_digest``) and the logits. A model whose code
+changes its gradients but not its logits (a custom backward, a hook) gets the stored gradient
+terminals of the old code: clear the store (``sycam-dsl cache clear``) or pass ``--no-cache``.
+
 Layout: ``<folder>/terminal-store/<2 hex>/<40 hex>.pt`` where ``folder`` is the cache folder
 (``$SYCAM_DSL_CACHE``, default ``~/.cache/sycam-dsl``). The store is bounded (``max_bytes``, default
 ``$SYCAM_DSL_CACHE_SIZE`` or 2 GB): reading an entry marks it as used (its modification time), and when
 writes take the store over its bound the least recently used entries are removed until it is under
-90% of it.
+90% of it. Counting, the bound and ``clear`` touch only the files ``OWNED`` describes (their folders,
+names and format), never through a symbolic link: other files in the cache folder are left alone.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ import json
 import logging
 import os
 import re
+import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -46,7 +52,8 @@ from ..models.batching import BatchSize
 from ..models.digest import model_digest
 from ..models.loaded import LoadedModel
 from ..models.precision import DEFAULT_PRECISION
-from ..models.runtime import RuntimeSpec
+from ..models.runtime import CHOICE_FILE, ONNX_FILE, RuntimeSpec
+from ..models.runtime import FOLDER as RUNTIME_FOLDER
 from ..util.digests import update_digest
 from ..util.files import atomic_torch_save
 from ..util.modes import eval_mode
@@ -75,9 +82,64 @@ DEFAULT_MAX_BYTES = 2 * 2**30
 EVICT_TO = 0.9
 #: What each record kind must hold to be used.
 _FIELDS = {BASE: ("A", "logits", "targets"), CIC: ("cic", "mlogits"), ABL: ("abl", "ablated_logits", "abl_method")}
-#: The whole-set cache files sycam-dsl wrote before the store: counted, evicted and cleared with it.
-_LEGACY = re.compile(r"terminals-[0-9a-f]{40}\.pt")
 _STALE_TMP_SECONDS = 3600
+#: The first bytes of a zip archive, the format ``torch.save`` writes.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _is_torch_file(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) starts a ``torch.save`` archive: a zip whose first
+    member is ``<name>/data.pkl``."""
+    if len(head) < 30 or not head.startswith(_ZIP_MAGIC):
+        return False
+    n = int.from_bytes(head[26:28], "little")
+    return head[30:30 + n].endswith(b"/data.pkl")
+
+
+def _is_partial_torch_file(head: bytes) -> bool:
+    """A killed writer's temporary file: empty, or the start of a zip archive."""
+    return not head or head.startswith(_ZIP_MAGIC[:len(head)])
+
+
+@dataclass(frozen=True)
+class Owned:
+    """One kind of file the cache owns: those below the cache folder in the folders ``folders``
+    (one pattern per level, each a real folder, never a link), whose names match ``name`` and
+    whose first bytes pass ``format``. Their temporary files (``atomic_write``'s ``<name><random>.tmp``)
+    are owned too, and removed once stale."""
+
+    folders: tuple[str, ...]
+    name: str
+    format: Callable[[bytes], bool]
+
+    def owns(self, file_name: str) -> bool:
+        return re.fullmatch(self.name, file_name) is not None
+
+    def owns_temporary(self, file_name: str) -> bool:
+        return re.fullmatch(f"(?:{self.name})[a-z0-9_]+\\.tmp", file_name) is not None
+
+
+#: Everything the cache owns, the one place that says it: ``info``, the size bound and ``clear`` count
+#: and remove these files and nothing else. Another kind of cache file (an inference runtime's
+#: converted models in ``<cache-dir>/runtime/``, say) is one more row here.
+OWNED: tuple[Owned, ...] = (
+    Owned((STORE_DIR, "[0-9a-f]{2}"), r"[0-9a-f]{40}\.pt", _is_torch_file),
+    # the whole-set cache files sycam-dsl wrote before the store: counted, evicted and cleared with it
+    Owned((), r"terminals-[0-9a-f]{40}\.pt", _is_torch_file),
+    # the inference runtimes' converted models (an ONNX ModelProto opens with ir_version, field 1) and
+    # ``auto``'s kept choices (models.runtime)
+    Owned((RUNTIME_FOLDER,), ONNX_FILE, lambda head: head[:1] == b"\x08"),
+    Owned((RUNTIME_FOLDER,), CHOICE_FILE, lambda head: head.lstrip()[:1] == b"{"),
+)
+#: Bytes read to check a file's format (a zip header and its first member's name).
+_HEAD_BYTES = 512
+
+
+def reuse_line(stored: int, total: int) -> str:
+    """``6 of 12 images from the store`` and, when any came from it, what was checked (module docstring)."""
+    checked = (" (only the weights and the logits are checked: --no-cache after a change to the model's code that "
+               "keeps its logits but changes its gradients)") if stored else ""
+    return f"{stored} of {total} images from the store{checked}"
 
 
 def default_cache_dir() -> Path:
@@ -149,16 +211,21 @@ class BadEntry(Exception):
 
 @dataclass(frozen=True)
 class StoreInfo:
-    """The store's folder, its number of entries, their bytes and the bound."""
+    """The store's folder, its number of entries, their bytes and the bound; ``converted``: how many
+    of the entries (and their bytes) are the inference runtimes' files (``models.runtime``)."""
 
     folder: Path
     entries: int
     bytes: int
     max_bytes: int
+    converted: tuple[int, int] = (0, 0)
 
     def line(self) -> str:
+        files, size = self.converted
+        runtime = (f", of which {files:,} converted model file(s) and runtime choices in "
+                   f"{self.folder.parent / RUNTIME_FOLDER} ({format_size(size)})") if files else ""
         return (f"terminal store {self.folder}: {self.entries:,} entries, {format_size(self.bytes)} of "
-                f"{format_size(self.max_bytes)}")
+                f"{format_size(self.max_bytes)}{runtime}")
 
 
 @dataclass(frozen=True)
@@ -166,6 +233,13 @@ class _Entry:
     used_ns: int
     size: int
     path: Path
+    kind: Owned
+
+
+def _converted(entries: Sequence[_Entry]) -> tuple[int, int]:
+    """(files, bytes) of ``entries`` in the runtimes' folder."""
+    mine = [e for e in entries if e.kind.folders[:1] == (RUNTIME_FOLDER,)]
+    return len(mine), sum(e.size for e in mine)
 
 
 def _scan(folder: str | Path) -> list[os.DirEntry[str]]:
@@ -176,7 +250,37 @@ def _scan(folder: str | Path) -> list[os.DirEntry[str]]:
         return []
 
 
-def _unlink(path: str | Path) -> bool:
+def _folders(top: Path, patterns: tuple[str, ...]) -> list[Path]:
+    """The real folders (not links) below ``top`` whose path matches ``patterns``, one per level."""
+    found = [top]
+    for pattern in patterns:
+        found = [Path(e.path) for d in found for e in _scan(d)
+                 if re.fullmatch(pattern, e.name) and e.is_dir(follow_symlinks=False)]
+    return found
+
+
+def _head(path: str | Path) -> bytes | None:
+    """The first bytes of the regular file ``path``, opened without following a link; None for
+    anything else (a link, a folder, a file that is gone or cannot be read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, _HEAD_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str | Path, format: Callable[[bytes], bool]) -> bool:
+    """Remove ``path`` if it is a regular file (not a link) whose first bytes pass ``format``."""
+    head = _head(path)
+    if head is None or not format(head):
+        return False
     try:
         os.unlink(path)
         return True
@@ -222,8 +326,8 @@ class TerminalStore:
     def _touch(self, path: Path) -> None:
         now = self._now_ns()
         try:
-            os.utime(path, ns=(now, now))
-        except OSError:  # a read-only store still serves its entries
+            os.utime(path, ns=(now, now), follow_symlinks=False)
+        except (OSError, NotImplementedError):  # a read-only store still serves its entries
             pass
 
     def load(self, key: RecordKey, device: torch.device | str = "cpu") -> Record | None:
@@ -263,7 +367,8 @@ class TerminalStore:
         except FileNotFoundError:  # evicted by another process meanwhile
             size = 0
         if self._bytes is None:
-            self._bytes = sum(e.size for e in self._entries())  # the new entry included
+            # by name only (files are not opened): what decides whether to evict, which checks more
+            self._bytes = sum(e.size for e in self._entries(formats=False))  # the new entry included
         else:
             self._bytes += size
         if self._bytes > self.max_bytes:
@@ -271,20 +376,34 @@ class TerminalStore:
 
     # -- the folder as a whole ----------------------------------------------------------------------
 
-    def _entries(self) -> Iterator[_Entry]:
-        """Every entry (and file of the old whole-set cache); removes the temporary files that killed
-        writers left behind."""
-        shards = [s for s in _scan(self.root) if s.is_dir()]
-        legacy = [f for f in _scan(self.folder) if _LEGACY.fullmatch(f.name)]
-        for f in legacy + [f for s in shards for f in _scan(s.path)]:
-            try:
-                st = f.stat()
-            except FileNotFoundError:  # removed by another process meanwhile
-                continue
-            if f.name.endswith(".pt"):
-                yield _Entry(st.st_mtime_ns, st.st_size, Path(f.path))
-            elif f.name.endswith(".tmp") and time.time() - st.st_mtime > _STALE_TMP_SECONDS:
-                _unlink(f.path)
+    def _entries(self, formats: bool = True) -> Iterator[_Entry]:
+        """Every owned file (``OWNED``: entries and files of the old whole-set cache, by folder, name
+        and, unless not ``formats``, format), never through a link; removes the temporary files that
+        killed writers left behind."""
+        for kind in OWNED:
+            for folder in _folders(self.folder, kind.folders):
+                for f in _scan(folder):
+                    if kind.owns(f.name):
+                        try:
+                            if not f.is_file(follow_symlinks=False):
+                                continue
+                            st = f.stat(follow_symlinks=False)
+                        except FileNotFoundError:  # removed by another process meanwhile
+                            continue
+                        head = _head(f.path) if formats else None  # None too for a file removed meanwhile
+                        if not formats or (head is not None and kind.format(head)):
+                            yield _Entry(st.st_mtime_ns, st.st_size, Path(f.path), kind)
+                    elif kind.owns_temporary(f.name):
+                        self._remove_temporary(f, stale_only=True)
+
+    @staticmethod
+    def _remove_temporary(f: os.DirEntry[str], stale_only: bool) -> None:
+        try:
+            st = f.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stale_only or time.time() - st.st_mtime > _STALE_TMP_SECONDS:
+            _unlink(f.path, _is_partial_torch_file)
 
     def evict(self, goal: int | None = None) -> int:
         """Remove the least recently used entries: with no ``goal``, down to ``EVICT_TO`` of the bound
@@ -297,29 +416,32 @@ class TerminalStore:
             for e in entries:
                 if total <= target:
                     break
-                removed += _unlink(e.path)
+                removed += _unlink(e.path, e.kind.format)
                 total -= e.size
         self._bytes = total
         return removed
 
     def info(self) -> StoreInfo:
         entries = list(self._entries())
-        return StoreInfo(self.root, len(entries), sum(e.size for e in entries), self.max_bytes)
+        return StoreInfo(self.root, len(entries), sum(e.size for e in entries), self.max_bytes, _converted(entries))
 
     def clear(self) -> StoreInfo:
-        """Remove every entry (and leftover temporary file); returns what was removed."""
-        before = self.info()
-        self.evict(goal=0)
-        for shard in _scan(self.root):
-            if shard.is_dir():
-                for f in _scan(shard.path):
-                    if f.name.endswith(".tmp"):
-                        _unlink(f.path)
-                try:
-                    os.rmdir(shard.path)
-                except OSError:  # another process wrote meanwhile
-                    pass
-        return before
+        """Remove every entry (and leftover temporary file) and the store's emptied folders; returns
+        what was removed. Files that are not the store's, and links, stay."""
+        entries = list(self._entries())
+        gone = [e for e in entries if _unlink(e.path, e.kind.format)]
+        for kind in OWNED:
+            for folder in _folders(self.folder, kind.folders):
+                for f in _scan(folder):
+                    if kind.owns_temporary(f.name):
+                        self._remove_temporary(f, stale_only=False)
+                if kind.folders:
+                    try:
+                        os.rmdir(folder)
+                    except OSError:  # not empty: another process wrote meanwhile, or files not the store's
+                        pass
+        self._bytes = None
+        return StoreInfo(self.root, len(gone), sum(e.size for e in gone), self.max_bytes, _converted(gone))
 
 
 # -- computing through the store ----------------------------------------------------------------------
@@ -357,6 +479,18 @@ def _load_all(store: TerminalStore, keys: dict[str, list[RecordKey]],
 
 def _finite(record: Record) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in record.values() if isinstance(v, torch.Tensor))
+
+
+def stored_images(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
+                  targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
+                  ablation: str = "auto", precision: str = DEFAULT_PRECISION, *, store: TerminalStore,
+                  runtime: RuntimeSpec | None = None) -> int:
+    """How many of ``images`` have every record ``names`` need in ``store``, by their files (not read:
+    a status line's guess of what ``compute_terminals_stored`` will read rather than compute)."""
+    run = prepare_run(model, layer, images, targets, names, device, DEFAULT_CHUNK_SIZE, False, ablation, precision,
+                      store.runtime_spec(runtime))
+    keys = record_keys(run, images)
+    return sum(all(store.path(keys[kind][i]).is_file() for kind in run.kinds) for i in range(run.n))
 
 
 def compute_terminals_stored(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,

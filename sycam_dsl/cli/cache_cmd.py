@@ -11,7 +11,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.description = ("The terminal store keeps the terminals that terminals, eval, explain and synth compute, per "
                      "image, in $SYCAM_DSL_CACHE (default ~/.cache/sycam-dsl) up to a size bound "
                      "($SYCAM_DSL_CACHE_SIZE, default 2GB; the least recently used entries go first). info: its "
-                     "folder, entries, size and bound; clear: remove every entry.")
+                     "folder, entries, size and bound; clear: remove every entry. Only the store's own files count and "
+                     "go (by folder, name and format); links in the cache folder are never followed.")
     p.add_argument("action", choices=("info", "clear"), help="info or clear")
     add_store_location(p)
     p.set_defaults(handler=run)

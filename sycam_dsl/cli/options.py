@@ -239,8 +239,10 @@ def compute_terminals_from(args: argparse.Namespace, model: Any, images: torch.T
 
 
 def from_store(stored: int, total: int) -> str:
-    """``6 of 12 images from the store``."""
-    return f"{stored} of {total} images from the store"
+    """``6 of 12 images from the store``, with what the store checks (``cam.store.reuse_line``)."""
+    from ..cam.store import reuse_line  # torch is loaded by then: the terminals were computed
+
+    return reuse_line(stored, total)
 
 
 def note_metric_batch(args: argparse.Namespace, inputs: Any) -> None:

@@ -94,6 +94,37 @@ def _model(data: dict[str, Any], f: Path, device: str) -> Any:
     return load_model(str(_needed(data, "model", f)), s.get("weights"), device)
 
 
+def _image_folder(data: dict[str, Any], f: Path) -> Path:
+    """The result's image folder: a relative ``settings.images`` is taken from the folder the search
+    ran in (``settings.working_dir``), not from this one; the current folder only for results that
+    do not record it (``_check_files`` then catches other images)."""
+    given = str(_needed(data, "images", f))
+    recorded = data["settings"].get("working_dir")
+    folder = Path(recorded) / given if isinstance(recorded, str) else Path(given)
+    if not folder.is_dir():
+        where = f" (from {recorded})" if isinstance(recorded, str) and not Path(given).is_absolute() else ""
+        raise SycamError(f"{f}: the result's image folder {given!r}{where} does not exist here")
+    return folder
+
+
+def _check_files(data: dict[str, Any], f: Path, folder: Path, files: list[str]) -> None:
+    """Refuse an image folder whose images are not the result's: another number of images, or
+    other test-split files at the test split's positions."""
+    total = (data.get("images") or {}).get("total")
+    if isinstance(total, int) and total != len(files):
+        raise SycamError(f"{f}: the image folder {str(folder)!r} holds {len(files)} images, the result's search "
+                         f"read {total}; give sanity the result of a search on these images")
+    split = data.get("test_split") or {}
+    indices, names = split.get("indices") or [], split.get("files")
+    if not isinstance(names, list) or len(names) != len(indices) or not all(
+            isinstance(i, int) and 0 <= i < len(files) for i in indices):
+        return  # an older result without the names; the indices are checked by the caller
+    for i, name in zip(indices, names):
+        if files[i] != name:
+            raise SycamError(f"{f}: the image folder {str(folder)!r} is not the one the search read: its image {i} "
+                             f"is {files[i]!r}, the result's test split has {name!r} there")
+
+
 def _images(data: dict[str, Any], f: Path, model: Any, n: int) -> Any:
     """At most ``n`` of the result's test-split images ``[n, 3, H, W]`` (all its images when the
     split is off), spread evenly over them."""
@@ -108,13 +139,13 @@ def _images(data: dict[str, Any], f: Path, model: Any, n: int) -> Any:
             raise SycamError(f"{f}: images.total is missing, so the bundled images cannot be reproduced")
         images = bundled_images(total).images
     else:
-        folder = str(_needed(data, "images", f))
-        if not Path(folder).is_dir():
-            raise SycamError(f"{f}: the result's image folder {folder!r} does not exist here")
+        folder = _image_folder(data, f)
         size = _needed(data, "size", f)
         if not isinstance(size, int) or size < 1:
             raise SycamError(f"{f}: settings.size must be a positive integer, got {size!r}")
-        images = load_images(folder, size=size, normalize=model.normalize).images
+        loaded = load_images(folder, size=size, normalize=model.normalize)
+        _check_files(data, f, folder, loaded.files)
+        images = loaded.images
     held_out = (data.get("test_split") or {}).get("indices") or []
     if held_out:
         if not all(isinstance(i, int) and 0 <= i < images.shape[0] for i in held_out):

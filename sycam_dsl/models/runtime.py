@@ -66,7 +66,9 @@ ONNX_OPSET = 17
 #: The folder under the cache dir that holds the converted models and ``auto``'s choices; the names
 #: of its files (what ``cache clear`` may delete there).
 FOLDER = "runtime"
-FILE_NAMES = re.compile(r"[0-9a-f]{40}\.onnx|choice-[0-9a-f]{40}\.json")
+ONNX_FILE = r"[0-9a-f]{40}\.onnx"
+CHOICE_FILE = r"choice-[0-9a-f]{40}\.json"
+FILE_NAMES = re.compile(f"{ONNX_FILE}|{CHOICE_FILE}")
 #: ``auto``'s timing: rows per batch (at most), batches per round, rounds (the best round counts).
 TIMING_ROWS = 8
 TIMING_BATCHES = 1

@@ -15,6 +15,7 @@ the heatmap grid and the score plot; see ``outputs.py``).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
@@ -30,6 +31,7 @@ from ..allocator import keep_freed_memory
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
 from ..cam.sanity import check_sanity_size
+from ..cam.store import reuse_line
 from ..cam.terminals import TerminalInfo
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
@@ -248,7 +250,7 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
     if data.use_cache:
         later = " (the gradient pass; cic and abl come on demand)" if isinstance(problem.terminals,
                                                                                 OnDemandTerminals) else ""
-        note(f"terminals: {info.stored} of {problem.n} images from the store{later}", output.progress)
+        note(f"terminals: {reuse_line(info.stored, problem.n)}{later}", output.progress)
     terminal_seconds = time.perf_counter() - t0
     # the test split is set aside before any search: the searches only ever get ``search_problem``
     split = make_split(problem, search.test_split, search.seed, problem.targets if per_class else problem.classes)
@@ -311,7 +313,8 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
         timings["first_scored_s"] = terminal_seconds + min(first)
     run_settings = {
         "model": loaded.name, "model_source": loaded.source, "weights": weights, "layer": layer_name,
-        "images": images_data.source, "size": int(images_data.images.shape[-1]), "metric": search_metric.name,
+        "images": images_data.source, "working_dir": os.getcwd(),  # where a relative images path is (sanity)
+        "size": int(images_data.images.shape[-1]), "metric": search_metric.name,
         "metric_options": dict(search_metric.options), "grammar": gram.source, "budget_seconds": config.budget.seconds,
         "budget_candidates": config.budget.candidates, "per_class": per_class, "seed": search.seed,
         "level_sizes": [s for s in search.level_sizes], "equivalence_size": search.equivalence_size,

@@ -49,6 +49,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     from ..cam.terminals import compute_terminals
 
     names = list(dict.fromkeys(names))
+    store = None
     if use_cache:
         from ..cam.store import TerminalStore, compute_terminals_stored
         store = TerminalStore(cache_dir, cache_size)
@@ -80,8 +81,16 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
                                  chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime)
             return dict(got)
 
+        def stored(asked: list[str], index: torch.Tensor) -> int:
+            from ..cam.store import stored_images
+
+            assert store is not None
+            return stored_images(model, info.layer, data.images[index], None if targets is None else fixed[index],
+                                 asked, device=device, precision=precision, store=store, runtime=runtime)
+
         known = {n: terms[n] for n in now} if now else {"acts": terms["acts"]}
-        source = TerminalSource(names, known, values, groups=[("cic", "mlogits")])
+        source = TerminalSource(names, known, values, groups=[("cic", "mlogits")],
+                                stored=stored if store is not None else None)
         terms = OnDemandTerminals(source)
     inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
                           masks=None if data.masks is None else data.masks.to(dev), model=model.module,

@@ -330,7 +330,7 @@ def use_pool(source: TerminalSource, pool: ShardPool, eager: bool, show: bool) -
     def compute(names: list[str], index: torch.Tensor) -> Mapping[str, torch.Tensor]:
         def progress(done: int, total: int) -> None:
             if source.busy is not None:
-                source.busy(f"{'+'.join(names)} on {len(pool.workers)} workers: {done}/{total} image(s)")
+                source.busy(f"computing {'+'.join(names)} on {len(pool.workers)} workers: {done}/{total} image(s)")
             if bar is not None:
                 bar.update(done - seen[0])
                 seen[0] = done

@@ -31,6 +31,9 @@ EXPENSIVE = frozenset({"cic", "mlogits", "abl"})
 #: ``(names, index [m] long) -> name -> values [m, ...]`` for the images at ``index`` (positions in
 #: the source's ``N`` images); may give more names than asked (``cic`` and ``mlogits`` come together).
 ComputeFn = Callable[[list[str], torch.Tensor], Mapping[str, torch.Tensor]]
+#: ``(names, index [m] long) -> how many of those images a ``ComputeFn`` will read from the terminal
+#: store rather than compute`` (for the status line).
+StoredFn = Callable[[list[str], torch.Tensor], int]
 
 
 @dataclass
@@ -54,10 +57,13 @@ class TerminalSource:
     """The values of terminals ``names`` for ``n`` images: ``known`` (name -> ``[n, ...]``) from the
     start, the others from ``compute`` as they are read. ``groups`` lists terminals computed
     together (asking for one computes all of its group); ``busy`` is called with a short text while
-    a computation runs and with None after it (for a status line)."""
+    a computation runs (``computing cic of 10 image(s)``, or ``reading ... from the store`` when
+    ``stored`` says that the images' values are in the terminal store) and with None after it (for a
+    status line)."""
 
     def __init__(self, names: Sequence[str], known: Mapping[str, torch.Tensor], compute: ComputeFn,
-                 groups: Sequence[Sequence[str]] = (), busy: Callable[[str | None], None] | None = None) -> None:
+                 groups: Sequence[Sequence[str]] = (), busy: Callable[[str | None], None] | None = None,
+                 stored: StoredFn | None = None) -> None:
         if not known:
             raise ShapeError("an on-demand terminal source needs at least one terminal computed up front")
         self.names = list(dict.fromkeys(names))
@@ -70,6 +76,7 @@ class TerminalSource:
         self._compute = compute
         self._groups = {name: list(g) for g in groups for name in g}
         self.busy = busy
+        self.stored = stored
         self.work = TerminalWork()
 
     def compute_with(self, compute: ComputeFn) -> None:
@@ -95,7 +102,7 @@ class TerminalSource:
             return
         names = self.group(name)
         if self.busy is not None:
-            self.busy(f"{'+'.join(names)} of {missing.numel()} image(s)")
+            self.busy(self._busy_text(names, missing))
         t0 = time.perf_counter()
         try:
             got = self._compute(names, missing)
@@ -113,6 +120,14 @@ class TerminalSource:
             self.have[g][missing] = True
         if not bool(self.have.get(name, torch.zeros(1, dtype=torch.bool))[missing].all()):
             raise ShapeError(f"computing terminal {name!r} on demand gave no values for it")
+
+    def _busy_text(self, names: list[str], missing: torch.Tensor) -> str:
+        """What ``ensure`` does now: computing, or reading from the store, the values of ``missing``."""
+        what, m = "+".join(names), int(missing.numel())
+        stored = min(self.stored(names, missing), m) if self.stored is not None else 0
+        if stored == m:
+            return f"reading {what} of {m} image(s) from the store"
+        return f"computing {what} of {m - stored} image(s)" + (f", reading {stored} from the store" if stored else "")
 
     def seconds_per_image(self, name: str) -> float | None:
         """Measured seconds per image of ``name``'s group (None before its first computation)."""

@@ -447,7 +447,7 @@ class Search:
         elif state.front:
             best = f"a front of {len(state.front)}, newest {_short(state.front[-1].expression, 32)}"
         terms = terminal_status(self.problem.terminals)
-        work = f" | computing {self._busy_text}" if self._busy_text else (f" | terminals: {terms}" if terms else "")
+        work = f" | {self._busy_text}" if self._busy_text else (f" | terminals: {terms}" if terms else "")
         return (f"search{self.label}: {self._elapsed(state):6.1f} s | {state.next_candidate} candidates "
                 f"({rate:.1f}/s) | best: {best}{work}")
 
