@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from ..util.files import atomic_write_json
 from .options import (
     DEFAULT_DEVICE,
     add_chunk_size,
+    add_precision,
     add_quiet,
     chunk_size_from,
     nonnegative_int,
     output_file,
     positive_int,
+    runtime_from,
     warn,
 )
 
@@ -55,6 +58,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
     p.add_argument("--json", metavar="FILE", help="also write the figures (per image too) as JSON")
     add_chunk_size(p)
+    add_precision(p)
     add_quiet(p)
     p.set_defaults(handler=run)
 
@@ -175,8 +179,11 @@ def run(args: argparse.Namespace) -> int:
     images = _images(data, f, model, args.images)
     methods = {SYCAM: node, **{b: baseline(b).node for b in SEARCH_BASELINES}}
     texts = {SYCAM: expression, **{b: baseline(b).expression for b in SEARCH_BASELINES}}
+    # converted in memory only: the randomized model's file would never be read again
+    runtime = replace(runtime_from(args), cache_dir=None)
     check = check_result(model, layer, images, methods, texts, SYCAM, seed=args.seed, start=args.start,
-                         device=args.device, chunk_size=chunk_size_from(args), progress=not args.quiet)
+                         device=args.device, chunk_size=chunk_size_from(args), progress=not args.quiet,
+                         runtime=runtime)
     print("\n".join(check_lines(check)))
     warn(check_warnings(check))
     if out is not None:
