@@ -374,7 +374,7 @@ def runtime_rows(s: Setup, args: argparse.Namespace, name: str, precision: str, 
     if name != "torch" and runner.split is not None:
         tail = runner.with_tail(forward_module(runner.split.tail, [acts[:1], *carried], spec, part=f"tail@{s.layer}",
                                                what="the tail", show=True))
-    convs = name == "torch" and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+    convs = name in ("torch", "compile") and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
     fmt = torch.channels_last if convs else torch.contiguous_format  # torch's best layout here
 
     def model_run(xb: torch.Tensor) -> object:
