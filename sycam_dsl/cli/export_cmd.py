@@ -19,7 +19,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                      "torch.jit.load(FILE)(images, targets=None) returns heatmaps [N, H, W] without sycam-dsl.")
     p.add_argument("method", metavar="RESULT_DIR_OR_EXPR",
                    help="a weight expression, a file holding one, or a sycam-dsl synth output folder (or its "
-                        "result.json; a per-class result exports its dispatch)")
+                        "result.json; a per-class result exports its dispatch; a result searched on a model "
+                        "with another number of classes is refused)")
     p.add_argument("--member", metavar="K|knee", help="of the output of a search over several metrics: export front "
                                                      "member K (default: the knee member, the result's expression)")
     add_model_options(p)
@@ -81,7 +82,6 @@ def _check_classes(result: Path, settings: dict[str, Any], model: Any, example: 
     name = settings.get("model")
     if not isinstance(name, str) or name == model.name:
         return
-    n = _n_classes(model.module, example.shape[-1], example.device)
     spec = "bundled" if settings.get("model_source") == "bundled" else name
     try:
         if settings.get("model_source") == "torchscript":
@@ -91,6 +91,10 @@ def _check_classes(result: Path, settings: dict[str, Any], model: Any, example: 
     except Exception as e:  # the recorded model may be gone or not load here: the check is then skipped
         warn([f"{result} was searched on {name}, which cannot be loaded here to check that its classes are "
               f"{model.name}'s ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"])
+        return
+    try:
+        n = _n_classes(model.module, example.shape[-1], example.device)
+    except Exception:  # the explainer's own checks say what is wrong with the model
         return
     if n is None or searched is None or n == searched:
         return

@@ -145,7 +145,8 @@ class SyCAM:
     engine's (``compute_terminals``). ``cam(images [N, 3, H, W], targets=None)`` returns heatmaps
     ``[N, H, W]`` in ``[0, 1]`` on the images' device (the model is moved there); ``targets``: None
     (the predicted classes), a class index for all images, ``[N]`` class indices (list or tensor), or
-    ``N`` grad-cam targets (``ClassifierOutputTarget(c)``: the class whose logit is explained)."""
+    ``N`` grad-cam targets (``ClassifierOutputTarget(c)``: the class whose logit is explained). Images whose
+    weights are NaN or Inf (an expression that overflows) get blank heatmaps and ``explain``'s warning (logged)."""
 
     def __init__(self, model: nn.Module | LoadedModel, target_layer: nn.Module | str | Sequence[nn.Module] | None,
                  method: Method | str | Path, chunk_size: int | str = DEFAULT_CHUNK_SIZE,

@@ -203,7 +203,9 @@ class Explainer(nn.Module):
     ``forward(classes, grads, pgrads, cic, abl, mlogits, acts, G, A)`` -> W (``WEIGHT_INPUTS`` order;
     the terminals the method does not read get zero stand-ins); ``names``: the terminals to compute;
     ``chunk``: masked images / ablated copies per forward pass, as the engine's ``chunk_size``.
-    Targets: the class to explain per image; None, or a negative entry, for the predicted class."""
+    Targets: the class to explain per image; None, or a negative entry, for the predicted class. Scripted, it
+    checks as the engine does: ``ValueError`` for NaN or Inf images or logits and for a target beyond the
+    model's classes, and ``warnings.warn`` (a C++ warning under libtorch) when the weights are NaN or Inf."""
 
     def __init__(self, head: nn.Module, tail: nn.Module, weights: nn.Module, names: list[str], vec: bool,
                  chunk: int = DEFAULT_CHUNK_SIZE) -> None:
