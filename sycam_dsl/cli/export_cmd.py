@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
-from .options import add_model_options, output_file, positive_int
+from ..errors import SycamError
+from .options import add_model_options, output_file, positive_int, warn
 
 SUFFIXES = {"torchscript": ".pt", "export": ".pt2"}
 
@@ -16,7 +19,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                      "torch.jit.load(FILE)(images, targets=None) returns heatmaps [N, H, W] without sycam-dsl.")
     p.add_argument("method", metavar="RESULT_DIR_OR_EXPR",
                    help="a weight expression, a file holding one, or a sycam-dsl synth output folder (or its "
-                        "result.json; a per-class result exports its dispatch)")
+                        "result.json; a per-class result exports its dispatch; a result searched on a model "
+                        "with another number of classes is refused)")
     p.add_argument("--member", metavar="K|knee", help="of the output of a search over several metrics: export front "
                                                      "member K (default: the knee member, the result's expression)")
     add_model_options(p)
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> None:
 
     from ..cam.terminals import DEFAULT_CHUNK_SIZE
     from ..deploy.explainer import explainer_size, export_explainer, save_explainer
-    from ..deploy.method import load_method, method_terminals
+    from ..deploy.method import load_method, method_terminals, result_settings
+    from ..lang.ast import Node
     from ..models import load_model, resolve_layer
     from ..models.devices import resolve_device
 
@@ -46,6 +51,9 @@ def run(args: argparse.Namespace) -> None:
     size = args.size or model.input_size
     # the split is checked, and a half that cannot be scripted is traced, on two seeded example images
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(resolve_device(args.device))
+    searched = result_settings(args.method)
+    if searched is not None:
+        _check_classes(*searched, model, example, per_class=not isinstance(method, Node))
     layer = resolve_layer(model.module, args.layer or model.target_layer)[0]
     if args.format == "export":
         export_explainer(model.module, layer, method, out, example)
@@ -55,3 +63,42 @@ def run(args: argparse.Namespace) -> None:
         call = "torch.jit.load(FILE)(images, targets=None)"
     print(f"wrote {out} ({explainer_size(out)}, {args.format}): {model.name} at layer {layer}, "
           f"terminals {' '.join(method_terminals(method))}; {call} -> heatmaps [N, H, W]")
+
+
+def _n_classes(module: Any, size: int, device: Any = "cpu") -> int | None:
+    """The number of logits ``module`` gives for one image of ``size`` px (None: no logits [1, C])."""
+    import torch
+
+    with torch.no_grad():
+        out = module(torch.zeros(1, 3, size, size, device=device))
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+
+
+def _check_classes(result: Path, settings: dict[str, Any], model: Any, example: Any, per_class: bool) -> None:
+    """Refuse a result searched on a model with another number of classes than ``model``'s: a per-class
+    result's expressions are chosen by class index, and a search's scores hold for its own model only."""
+    from ..models import load_model
+
+    name = settings.get("model")
+    if not isinstance(name, str) or name == model.name:
+        return
+    spec = "bundled" if settings.get("model_source") == "bundled" else name
+    try:
+        if settings.get("model_source") == "torchscript":
+            raise SycamError("a TorchScript model is recorded by its file's stem only")
+        other = load_model(spec, settings.get("weights"), "cpu")
+        searched = _n_classes(other.module, int(settings.get("size") or other.input_size))
+    except Exception as e:  # the recorded model may be gone or not load here: the check is then skipped
+        warn([f"{result} was searched on {name}, which cannot be loaded here to check that its classes are "
+              f"{model.name}'s ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"])
+        return
+    try:
+        n = _n_classes(model.module, example.shape[-1], example.device)
+    except Exception:  # the explainer's own checks say what is wrong with the model
+        return
+    if n is None or searched is None or n == searched:
+        return
+    what = "its per-class expressions are chosen by class index" if per_class else "its scores hold for that model"
+    raise SycamError(f"{result} was searched on {name} ({searched} classes), not on {model.name} ({n} classes): "
+                     f"{what}; export it with --model {spec}, or give the expression itself as text to use it "
+                     f"on {model.name}")

@@ -9,6 +9,8 @@ outlives a call; leaving the ``with`` block closes the object.
 
 from __future__ import annotations
 
+import logging
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -19,11 +21,14 @@ from torch import nn
 
 from ..cam.terminals import DEFAULT_CHUNK_SIZE, compute_terminals
 from ..evaluate import Terminals, evaluate
-from ..lang.ast import Node
+from ..lang.ast import Node, to_sexpr
+from ..metrics.diagnostics import nonfinite_weights
 from ..models.layers import resolve_layer
 from ..models.loaded import LoadedModel
 from ..template.heatmaps import heatmaps
 from .method import Method, MethodError, load_method, method_terminals
+
+log = logging.getLogger(__name__)
 
 Targets = None | int | Sequence[int] | torch.Tensor | Sequence[Callable[[torch.Tensor], Any]]
 
@@ -33,12 +38,29 @@ def method_heatmaps(method: Method, terms: Terminals, acts: torch.Tensor, classe
     """Heatmaps ``[N, H, W]`` of ``method`` from terminals and activations ``acts`` ``[N, K, h, w]``; a
     dispatch gives each image the expression of its class (``classes`` ``[N]``, the explained ones)."""
     if isinstance(method, Node):
-        return heatmaps(evaluate(method, terms), acts, method.type, size)
+        return heatmaps(checked_weights(method, terms), acts, method.type, size)
     out = acts.new_zeros((acts.shape[0], *size))
     for node, idx in method.groups(classes).items():
         idx = idx.to(acts.device)
-        out[idx] = heatmaps(evaluate(node, terms.subset(idx)), acts[idx], node.type, size)
+        out[idx] = heatmaps(checked_weights(node, terms.subset(idx)), acts[idx], node.type, size)
     return out
+
+
+def checked_weights(node: Node, terms: Terminals) -> torch.Tensor:
+    """``evaluate(node, terms)``, with ``explain``'s warning (``metrics.diagnostics``) logged when some images'
+    weights are NaN or Inf (an expression that overflows): their heatmaps are blank."""
+    weights = evaluate(node, terms)
+    for line in nonfinite_weights(to_sexpr(node), weights)[1]:
+        log.warning("%s", line)
+    return weights
+
+
+def check_model(model: Any) -> nn.Module:
+    """``model`` when it is an ``nn.Module``; else ``MethodError`` saying how to get one."""
+    if isinstance(model, nn.Module):
+        return model
+    hint = f": load it with sycam_dsl.models.load_model({model!r}).module" if isinstance(model, str) else ""
+    raise MethodError(f"model must be a torch.nn.Module (or a LoadedModel), got {type(model).__name__}{hint}")
 
 
 def layer_name(model: nn.Module, target_layer: nn.Module | str | Sequence[nn.Module] | None) -> str:
@@ -64,8 +86,11 @@ def _class_of(target: Callable[[torch.Tensor], Any], n_classes: int, device: tor
     category = getattr(target, "category", None)
     if isinstance(category, int):
         return category
-    scores = torch.stack([torch.as_tensor(target(row)).reshape(()).float()
-                          for row in torch.eye(n_classes, device=device)])
+    outs = [torch.as_tensor(target(row)) for row in torch.eye(n_classes, device=device)]
+    if any(out.numel() != 1 for out in outs):  # RawScoresOutputTarget and the like: the whole output row
+        raise MethodError(f"target {type(target).__name__} gives {outs[0].numel()} scores, not one class logit; "
+                          f"SyCAM explains one class per image: pass class indices or ClassifierOutputTarget(c)")
+    scores = torch.stack([out.reshape(()).float() for out in outs])
     best = scores.argmax()
     if int((scores == scores[best]).sum()) != 1:
         raise MethodError(f"target {type(target).__name__} does not single out one class; SyCAM explains one class "
@@ -82,9 +107,10 @@ def resolve_targets(targets: Targets, model: nn.Module, images: torch.Tensor) ->
         return torch.full((n,), targets, dtype=torch.long, device=dev)
     if isinstance(targets, torch.Tensor):
         return targets.to(dev)
-    if isinstance(targets, bool) or not isinstance(targets, Sequence):
+    if isinstance(targets, (bool, str, bytes)) or not isinstance(targets, Sequence):
+        hint = "; map class names to their indices first" if isinstance(targets, str) else ""
         raise MethodError(f"targets must be None, a class index, class indices or grad-cam targets, got "
-                          f"{type(targets).__name__}")
+                          f"{type(targets).__name__}{hint}")
     items: list[Any] = list(targets)
     if items and all(callable(t) for t in items):
         if len(items) != n:
@@ -94,7 +120,19 @@ def resolve_targets(targets: Targets, model: nn.Module, images: torch.Tensor) ->
             with torch.no_grad():
                 n_classes = int(model(images[:1]).shape[1])
         return torch.tensor([_class_of(t, n_classes, dev) for t in items], dtype=torch.long, device=dev)
-    return torch.as_tensor(items, device=dev)
+    odd = next((t for t in items if not _is_index(t)), None)
+    if odd is not None:  # e.g. class names: torch.as_tensor would say "too many dimensions 'str'"
+        hint = "; map class names to their indices first" if isinstance(odd, str) else ""
+        raise MethodError(f"targets must be class indices (ints) or grad-cam targets, got {type(odd).__name__} "
+                          f"{str(odd)[:40]!r}{hint}")
+    return torch.as_tensor([int(t) for t in items], dtype=torch.long, device=dev)
+
+
+def _is_index(t: Any) -> bool:
+    """Whether ``t`` is one class index: an integer (Python, NumPy) or a one-element integer tensor."""
+    if isinstance(t, torch.Tensor):
+        return t.numel() == 1 and not t.is_floating_point() and t.dtype != torch.bool
+    return isinstance(t, numbers.Integral) and not isinstance(t, bool)
 
 
 class SyCAM:
@@ -107,7 +145,8 @@ class SyCAM:
     engine's (``compute_terminals``). ``cam(images [N, 3, H, W], targets=None)`` returns heatmaps
     ``[N, H, W]`` in ``[0, 1]`` on the images' device (the model is moved there); ``targets``: None
     (the predicted classes), a class index for all images, ``[N]`` class indices (list or tensor), or
-    ``N`` grad-cam targets (``ClassifierOutputTarget(c)``: the class whose logit is explained)."""
+    ``N`` grad-cam targets (``ClassifierOutputTarget(c)``: the class whose logit is explained). Images whose
+    weights are NaN or Inf (an expression that overflows) get blank heatmaps and ``explain``'s warning (logged)."""
 
     def __init__(self, model: nn.Module | LoadedModel, target_layer: nn.Module | str | Sequence[nn.Module] | None,
                  method: Method | str | Path, chunk_size: int | str = DEFAULT_CHUNK_SIZE,
@@ -115,7 +154,7 @@ class SyCAM:
         if isinstance(model, LoadedModel):  # its default layer, when none is named
             target_layer = target_layer if target_layer is not None else model.target_layer
             model = model.module
-        self.model = model
+        self.model = check_model(model)
         self.layer = layer_name(model, target_layer)
         self.method = load_method(method, member=member)
         self.names = method_terminals(self.method)

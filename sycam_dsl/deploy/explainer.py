@@ -29,7 +29,7 @@ from torch import Tensor, fx, nn
 
 from ..backend.dispatch import compile_dispatch, generate_dispatch_source
 from ..backend.export import python_module
-from ..cam.layer_split import SplitError, split_model
+from ..cam.layer_split import SplitError, layer_access, split_model
 from ..cam.terminals import DEFAULT_CHUNK_SIZE, ablation_layout
 from ..errors import SycamError
 from ..lang.ast import Node
@@ -178,6 +178,24 @@ class _IgnoreClasses(nn.Module):
                                                                                      acts, G, A))})
 
 
+def _check_finite(values: Tensor, message: str) -> None:
+    """Raise ``ValueError(message.format(i))`` for the first row ``i`` of ``values`` ``[N, ...]`` with a NaN or
+    Inf (a TorchScript error: its last line is the message)."""
+    bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        raise ValueError(message.format(int(bad.nonzero()[0, 0])))
+
+
+def _check_targets(targets: Tensor, n_classes: int) -> None:
+    """Raise ``ValueError`` for the first target class beyond the model's ``n_classes`` (negative ones: the
+    predicted class)."""
+    bad = targets >= n_classes
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"target class {int(targets[i])} of image {i} is out of range: the model has {n_classes} "
+                         f"classes (a negative target explains the predicted class)")
+
+
 class Explainer(nn.Module):
     """``forward(images [N, 3, H, W], targets [N] | None) -> heatmaps [N, H, W]`` in ``[0, 1]``.
 
@@ -185,7 +203,9 @@ class Explainer(nn.Module):
     ``forward(classes, grads, pgrads, cic, abl, mlogits, acts, G, A)`` -> W (``WEIGHT_INPUTS`` order;
     the terminals the method does not read get zero stand-ins); ``names``: the terminals to compute;
     ``chunk``: masked images / ablated copies per forward pass, as the engine's ``chunk_size``.
-    Targets: the class to explain per image; None, or a negative entry, for the predicted class."""
+    Targets: the class to explain per image; None, or a negative entry, for the predicted class. Scripted, it
+    checks as the engine does: ``ValueError`` for NaN or Inf images or logits and for a target beyond the
+    model's classes, and ``warnings.warn`` (a C++ warning under libtorch) when the weights are NaN or Inf."""
 
     def __init__(self, head: nn.Module, tail: nn.Module, weights: nn.Module, names: list[str], vec: bool,
                  chunk: int = DEFAULT_CHUNK_SIZE) -> None:
@@ -207,16 +227,23 @@ class Explainer(nn.Module):
         n = x.shape[0]
         assert x.dim() == 4, "images must be [N, 3, H, W]"
         assert targets is None or (targets.dim() == 1 and targets.shape[0] == n), "targets must be class indices [N]"
+        if torch.jit.is_scripting():  # data-dependent checks: torch.export cannot trace them
+            _check_finite(x, "image {} has NaN or Inf values; the explainer needs finite images")
         # gradients even when called under torch.no_grad(); the caller's mode comes back below
         grad_was = torch.is_grad_enabled()
         torch.set_grad_enabled(self.need_grad)
         parts = self.head(x)
         acts = parts[0].detach().requires_grad_(self.need_grad)  # a leaf: dz_c/dA is one autograd.grad away
         logits = self.tail(acts.clone(), parts[1:])
+        if torch.jit.is_scripting():  # as the engine's checks (cam.terminals), so the file fails as explain does
+            _check_finite(logits.detach(), "the model's logits have NaN or Inf values for image {}; check the "
+                                            "model weights and the input images")
         predicted = logits.detach().argmax(dim=1)
         t = predicted
         if targets is not None:
             given = targets.to(device=x.device, dtype=torch.long)
+            if torch.jit.is_scripting():
+                _check_targets(given, logits.shape[1])
             t = torch.where(given < 0, predicted, given)
         k = acts.shape[1]
         zero_vec = x.new_zeros([1, 1]).expand(n, k)
@@ -237,6 +264,11 @@ class Explainer(nn.Module):
         if self.need_abl:
             abl = self.abl(x, a, logits, t)
         w = self.weights(t, grads, pgrads, cic, abl, mlogits, a.mean(dim=(2, 3)), g.detach(), a)
+        if torch.jit.is_scripting():  # the warning explain and the Python API give (metrics.diagnostics)
+            bad = ~torch.isfinite(w.reshape(n, -1)).all(dim=1)
+            if bool(bad.any()):
+                warnings.warn(f"the expression: weights are NaN or Inf on {int(bad.sum())} of {n} images (their "
+                              f"heatmaps are blank)", stacklevel=2)
         s = vec_saliency(w, a) if self.vec else map_saliency(w, a)
         return minmax_normalize(self.upsample(s, x.shape[2], x.shape[3])).detach()
 
@@ -326,6 +358,8 @@ def build_explainer(model: nn.Module, layer: str | None, method: Method, example
     ``example``: images ``[n, 3, H, W]`` the model takes (a few; to check the split, trace a half
     that cannot be scripted, and check the result). ``ExportError`` names the part that fails."""
     module, name = _prepare(model, layer)
+    with torch.no_grad():  # the engine's own check of the layer (outputs [N, K, h, w], runs once), as terminals'
+        layer_access(module, name).forward(example[:1])
     names = method_terminals(method)
     head, tail = model_halves(module, name, example)
     weights: nn.Module

@@ -109,6 +109,20 @@ def load_method(method: Any, types: dict[str, Type] | None = None, member: int |
     return _weight_node(parse_expr(text.strip(), types), text.strip())
 
 
+def result_settings(method: Any) -> tuple[Path, dict[str, Any]] | None:
+    """(the ``result.json``, its ``settings``: the model, weights and layer searched on) when ``method`` names a
+    search's output folder or its ``result.json`` that records them, else None."""
+    if not _is_result(method):
+        return None
+    p = Path(method)
+    p = p / "result.json" if p.is_dir() else p
+    try:
+        settings = json.loads(p.read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):  # load_method says what is wrong with the file
+        return None
+    return (p, settings) if isinstance(settings, dict) and settings else None
+
+
 def _is_result(method: Any) -> bool:
     """Whether ``method`` names a search's output folder or a ``.json`` file."""
     if not isinstance(method, (str, Path)):

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..cam.terminals import DEFAULT_CHUNK_SIZE, compute_terminals
+from ..deploy.api import checked_weights
 from ..deploy.method import load_method
-from ..evaluate import evaluate
 from ..lang.ast import Node
 from ..models.batching import BatchSize
 from ..models.precision import DEFAULT_PRECISION
@@ -39,9 +39,14 @@ def expression_weights(model: nn.Module, layer: str, node: Node, images: torch.T
                        ablation: str = "auto", precision: str = DEFAULT_PRECISION) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W, A)``: the expression's weights for ``images`` ``[N, 3, H, W]`` and target ``classes`` ``[N]``,
     ``[N, K]`` for a Vec or ``[N, K, h, w]`` (``[N, K, 1, 1]`` when constant over positions) for a Map, and
-    the layer's activations ``A`` ``[N, K, h, w]``; on the model's device, without autograd history."""
+    the layer's activations ``A`` ``[N, K, h, w]``; on the model's device, without autograd history. Images whose
+    weights are NaN or Inf (an expression that overflows) get zero weights, with the API's warning."""
     targets = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
     terms, info = compute_terminals(model, layer, images.detach(), targets, sorted(node.terminals()),
                                     device=model_device(model), chunk_size=chunk_size, progress=False,
                                     ablation=ablation, precision=precision)
-    return evaluate(node, terms).detach(), info.acts.detach()
+    weights = checked_weights(node, terms).detach()
+    # NaN or Inf weights give blank maps, as in the engine's template (grad-cam's weighted sum would be all NaN)
+    bad = ~torch.isfinite(weights.reshape(weights.shape[0], -1)).all(dim=1)
+    weights = weights.masked_fill(bad.reshape(-1, *[1] * (weights.dim() - 1)), 0.0)  # not in place: may be a terminal
+    return weights, info.acts.detach()

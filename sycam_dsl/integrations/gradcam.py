@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from ..cam.terminals import DEFAULT_CHUNK_SIZE
-from ..deploy.api import layer_name, resolve_targets
+from ..deploy.api import check_model, layer_name, resolve_targets
 from ..lang.ast import Node
 from ..lang.types import Type
 from ..models.batching import BatchSize
+from ..models.layers import resolve_layer
 from ..models.precision import DEFAULT_PRECISION
 from ..template.heatmaps import layer_saliency
 from .engine import expression_weights, weight_expression
@@ -43,14 +44,26 @@ except ImportError:
     raise missing("grad-cam (pytorch-grad-cam)", "gradcam") from None
 
 
+def _layer_modules(model: nn.Module, target_layers: Any) -> list[nn.Module]:
+    """grad-cam's list of layer modules from a list of modules or dotted names, or one of either (a name
+    alone is not split into letters)."""
+    layers = [target_layers] if isinstance(target_layers, (str, nn.Module)) else target_layers
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise IntegrationError(f"target_layers must be a list of layers (modules or dotted names), got "
+                               f"{type(target_layers).__name__}")
+    return [resolve_layer(model, layer)[1] if isinstance(layer, str) else layer for layer in layers]
+
+
 class SyCAMGradCAM(BaseCAM):
     """pytorch-grad-cam ``BaseCAM`` for the weight expression ``expression`` (s-expression text or a parsed
     ``Node``). ``chunk_size``, ``ablation`` and ``precision``: how the terminal engine runs
     (``cam.terminals.compute_terminals``)."""
 
-    def __init__(self, model: nn.Module, target_layers: list[nn.Module], expression: str | Node, *,
-                 chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, ablation: str = "auto",
+    def __init__(self, model: nn.Module, target_layers: list[nn.Module] | list[str] | nn.Module | str,
+                 expression: str | Node, *, chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, ablation: str = "auto",
                  precision: str = DEFAULT_PRECISION) -> None:
+        check_model(model)
+        target_layers = _layer_modules(model, target_layers)
         self.expression = weight_expression(expression)
         self._layers = {id(layer): layer_name(model, layer) for layer in target_layers}
         self._engine: dict[str, Any] = {"chunk_size": chunk_size, "ablation": ablation, "precision": precision}

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..cam.terminals import DEFAULT_CHUNK_SIZE
+from ..deploy.api import check_model
 from ..lang.ast import Node
 from ..models.batching import BatchSize
 from ..models.precision import DEFAULT_PRECISION
@@ -42,6 +43,7 @@ class SyCAMTorchCAM(_CAM):
     def __init__(self, model: nn.Module, target_layer: Any = None, expression: str | Node | None = None,
                  input_shape: tuple[int, ...] = (3, 224, 224), *, chunk_size: BatchSize = DEFAULT_CHUNK_SIZE,
                  ablation: str = "auto", precision: str = DEFAULT_PRECISION, **kwargs: Any) -> None:
+        check_model(model)
         if expression is None:
             raise IntegrationError("SyCAMTorchCAM needs a weight expression, e.g. expression='(* grads cic)'")
         if kwargs.get("reshape_transform") is not None:

@@ -38,15 +38,22 @@ def _cause(weights: torch.Tensor, acts: torch.Tensor) -> str:
     return "its weighted activations are nowhere positive"
 
 
+def nonfinite_weights(name: str, weights: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """``[N]`` bool: the images whose weights ``[N, ...]`` have a NaN or Inf, and the one line saying so
+    (none when all are finite); ``explain``, ``eval`` and the Python API warn with it."""
+    n = weights.shape[0]
+    bad = ~torch.isfinite(weights.reshape(n, -1)).all(dim=1)
+    if not bool(bad.any()):
+        return bad, []
+    return bad, [f"{name}: weights are NaN or Inf on {int(bad.sum())} of {n} images (their heatmaps are blank)"]
+
+
 def weight_problems(name: str, node: Node, terms: Terminals, acts: torch.Tensor) -> list[str]:
     """One line for NaN/Inf weights and one for blank heatmaps on more than ``DEGENERATE_SHARE`` of
     the images of ``acts`` ``[N, K, h, w]``; empty when the method is sound."""
     weights = evaluate(node, terms)
     n = acts.shape[0]
-    lines = []
-    bad = ~torch.isfinite(weights.reshape(n, -1)).all(dim=1)
-    if bool(bad.any()):
-        lines.append(f"{name}: weights are NaN or Inf on {int(bad.sum())} of {n} images (their heatmaps are blank)")
+    bad, lines = nonfinite_weights(name, weights)
     flat = constant_maps(layer_saliency(weights, acts, node.type)) & ~bad
     if int(flat.sum()) > DEGENERATE_SHARE * n:
         idx = flat.nonzero().flatten()
