@@ -299,3 +299,15 @@ def test_cache_info_clear_and_the_size_bound_cover_the_converted_models(tmp_path
     cleared = _cli("cache", "clear", "--cache-dir", str(tmp_path))
     assert cleared.returncode == 0, cleared.stderr
     assert not list(folder.glob("[0-9a-f]*.onnx")) and (folder / "mine.onnx").exists()
+
+
+def test_the_sycam_api_runs_on_a_runtime(tmp_path):
+    from sycam_dsl import SyCAM
+
+    model, x = _model(), _images(3)
+    want = SyCAM(model, "features", "(relu (+ cic abl))", runtime="torch")(x)
+    cam = SyCAM(model, "features", "(relu (+ cic abl))", runtime="onnxruntime", cache_dir=tmp_path)
+    got = cam(x)
+    assert list((tmp_path / rt.FOLDER).glob("*.onnx")), "not converted into the given cache folder"
+    for a, b in zip(want.flatten(1), got.flatten(1)):
+        assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) >= 0.99999

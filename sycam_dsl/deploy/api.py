@@ -19,12 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cam.store import default_cache_dir
 from ..cam.terminals import DEFAULT_CHUNK_SIZE, compute_terminals
 from ..evaluate import Terminals, evaluate
 from ..lang.ast import Node, to_sexpr
 from ..metrics.diagnostics import nonfinite_weights
 from ..models.layers import resolve_layer
 from ..models.loaded import LoadedModel
+from ..models.precision import DEFAULT_PRECISION
+from ..models.runtime import DEFAULT_RUNTIME, RuntimeSpec
 from ..template.heatmaps import heatmaps
 from .method import Method, MethodError, load_method, method_terminals
 
@@ -141,8 +144,11 @@ class SyCAM:
 
     ``method``: an s-expression, a ``Node``, a ``Dispatch``, or a search's output folder / result.json
     (a per-class result dispatches on each image's target class; ``member``: of a search over several
-    metrics, that front member, a number or ``knee``, the default). ``chunk_size`` and ``ablation`` are the
-    engine's (``compute_terminals``). ``cam(images [N, 3, H, W], targets=None)`` returns heatmaps
+    metrics, that front member, a number or ``knee``, the default). ``chunk_size``, ``ablation``, ``precision``
+    and ``runtime`` are the engine's (``compute_terminals``; ``runtime``: ``auto``, the default, runs the
+    forward-only passes of ``cic`` and ``abl`` on the fastest of torch, ONNX Runtime and OpenVINO that
+    converts the model, kept converted in ``cache_dir``, default the terminal store's folder).
+    ``cam(images [N, 3, H, W], targets=None)`` returns heatmaps
     ``[N, H, W]`` in ``[0, 1]`` on the images' device (the model is moved there); ``targets``: None
     (the predicted classes), a class index for all images, ``[N]`` class indices (list or tensor), or
     ``N`` grad-cam targets (``ClassifierOutputTarget(c)``: the class whose logit is explained). Images whose
@@ -150,7 +156,8 @@ class SyCAM:
 
     def __init__(self, model: nn.Module | LoadedModel, target_layer: nn.Module | str | Sequence[nn.Module] | None,
                  method: Method | str | Path, chunk_size: int | str = DEFAULT_CHUNK_SIZE,
-                 ablation: str = "auto", member: int | str | None = None) -> None:
+                 ablation: str = "auto", member: int | str | None = None, *, precision: str = DEFAULT_PRECISION,
+                 runtime: str = DEFAULT_RUNTIME, cache_dir: str | Path | None = None) -> None:
         if isinstance(model, LoadedModel):  # its default layer, when none is named
             target_layer = target_layer if target_layer is not None else model.target_layer
             model = model.module
@@ -159,6 +166,8 @@ class SyCAM:
         self.method = load_method(method, member=member)
         self.names = method_terminals(self.method)
         self.chunk_size, self.ablation = chunk_size, ablation
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.runtime = RuntimeSpec(runtime, precision, folder)
         self.closed = False
 
     def __call__(self, images: torch.Tensor, targets: Targets = None) -> torch.Tensor:
@@ -169,7 +178,8 @@ class SyCAM:
             raise MethodError(f"images must be a tensor [N, 3, H, W], got {what}")
         t = resolve_targets(targets, self.model, images)
         terms, info = compute_terminals(self.model, self.layer, images, t, self.names, device=images.device,
-                                        chunk_size=self.chunk_size, progress=False, ablation=self.ablation)
+                                        chunk_size=self.chunk_size, progress=False, ablation=self.ablation,
+                                        precision=self.runtime.precision, runtime=self.runtime)
         return method_heatmaps(self.method, terms, info.acts, info.targets, (images.shape[2], images.shape[3]))
 
     def close(self) -> None:
