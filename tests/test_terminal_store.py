@@ -140,8 +140,10 @@ def test_model_digest_hashes_the_weights_again_only_after_they_change(monkeypatc
     a = TinyCNN()
     first = store_mod.model_digest(a)
     hashed = []
-    real = store_mod.update_digest
-    monkeypatch.setattr(store_mod, "update_digest", lambda h, t: (hashed.append(1), real(h, t)))
+    from sycam_dsl.models import digest as digest_mod  # model_digest's home
+
+    real = digest_mod.update_digest
+    monkeypatch.setattr(digest_mod, "update_digest", lambda h, t: (hashed.append(1), real(h, t)))
     assert store_mod.model_digest(a) == first and not hashed  # nothing changed: the bytes are not read
     with torch.no_grad():
         a.features[0].weight.mul_(2)  # in place: the version counter moves
