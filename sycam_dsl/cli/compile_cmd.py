@@ -8,7 +8,7 @@ from pathlib import Path
 from ..deploy.method import per_class_result
 from ..errors import SycamError
 from ..lang.ast import Node
-from .options import height_width, output_file, positive_int, weight_expression
+from .options import expression_source, height_width, output_file, positive_int, weight_expression
 
 
 def configure(k: argparse.ArgumentParser) -> None:
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> None:
     from ..parse import resolve_grammar
 
     output_file(args.output)
+    args.expression = expression_source(args.expression)  # a result folder: its result.json
     types = dict(resolve_grammar(args.grammar).inputs) if args.grammar else terminal_types()
     per_class = per_class_result(args.expression)
     if args.member is not None:

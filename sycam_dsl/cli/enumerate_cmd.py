@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .options import height_width, positive_int
+from .options import height_width, positive_int, seed_int
 
 
 def configure(e: argparse.ArgumentParser) -> None:
@@ -14,7 +14,7 @@ def configure(e: argparse.ArgumentParser) -> None:
     e.add_argument("grammar", help="grammar file (.sy), or a bundled grammar: g1, g2, maps")
     e.add_argument("--max-size", type=positive_int, required=True, help="largest term size (node count)")
     e.add_argument("--limit", type=positive_int, help="stop after this many candidates")
-    e.add_argument("--seed", type=int, default=0, help="seed of the random terminal values (default 0)")
+    e.add_argument("--seed", type=seed_int, default=0, help="seed of the random terminal values (default 0)")
     e.add_argument("--images", type=positive_int, default=10, help="N, images in the equivalence subset (default 10)")
     e.add_argument("--channels", type=positive_int, default=64, help="K, channels (default 64)")
     e.add_argument("--hw", type=height_width, default=(7, 7), help="h x w of Map terminals (default 7x7)")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from .options import add_model_options, output_file, positive_int
+from ..errors import SycamError
+
+from .options import add_model_options, expression_source, output_file, positive_int
 
 SUFFIXES = {"torchscript": ".pt", "export": ".pt2"}
 
@@ -31,6 +34,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=run)
 
 
+def _probe(module: Any, example: Any, size: int) -> None:
+    """One example image through the model, so that a size it cannot take is one line, not a traceback."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            module(example[:1])
+    except Exception as e:  # the user's model code: torch raises RuntimeError, ValueError, ... on bad sizes
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SycamError(f"the model fails on one {size}x{size} image ({first}); use a larger --size") from None
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
@@ -41,12 +56,13 @@ def run(args: argparse.Namespace) -> None:
     from ..models.devices import resolve_device
 
     out = output_file(args.output, (SUFFIXES[args.format],))
-    method = load_method(args.method, member=args.member)
+    method = load_method(expression_source(args.method), member=args.member)
     model = load_model(args.model, args.weights, args.device)
     size = args.size or model.input_size
     # the split is checked, and a half that cannot be scripted is traced, on two seeded example images
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(resolve_device(args.device))
     layer = resolve_layer(model.module, args.layer or model.target_layer)[0]
+    _probe(model.module, example, size)
     if args.format == "export":
         export_explainer(model.module, layer, method, out, example)
         call = "torch.export.load(FILE).module()(images, targets) (targets [N]; -1: the predicted class)"

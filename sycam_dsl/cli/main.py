@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
+from types import FrameType
 
 from ..errors import SycamError
 
@@ -72,6 +76,22 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _stop_signals_as_interrupts() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) raise ``KeyboardInterrupt`` as Ctrl-C does, so that a
+    run stops the same way: its ``finally`` blocks run (a local Ray cluster is shut down) and a search
+    writes its results. An ignored signal (``nohup``) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)  # no SIGHUP on Windows
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     from ..allocator import keep_freed_memory
@@ -81,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()
     _show_warnings()
+    _stop_signals_as_interrupts()
     try:
         code = args.handler(args)
     except KeyboardInterrupt:
@@ -89,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except (SycamError, OSError) as e:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, and still the exit code of an expected error
+            traceback.print_exc()
         print(f"sycam-dsl: error: {e}", file=sys.stderr)
         return 2
     return code if isinstance(code, int) else 0

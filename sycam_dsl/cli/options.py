@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,6 +61,9 @@ def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool], wanted
 
 
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+#: what torch's generators take (a larger seed overflowed deep inside torch)
+MAX_SEED = 2**63 - 1
+seed_int = _number(int, lambda v: abs(v) <= MAX_SEED, f"an integer seed of at most {MAX_SEED}")
 _positive_int_or_auto = _number(int, lambda v: v >= 1, "a positive integer or auto")
 
 
@@ -255,11 +259,37 @@ def warn(lines: list[str]) -> None:
         print(f"sycam-dsl: warning: {line}", file=sys.stderr)
 
 
-def read_expression(text: str) -> str:
-    """The expression text itself, or the contents of a .sexp/.txt file or a result .json file."""
+def expression_source(text: str) -> str:
+    """``text`` with a search's output folder replaced by its ``result.json``; what looks like a path
+    (a ``/`` or a file suffix, no ``(``) but does not exist is refused here, not parsed as a terminal."""
+    if text.lstrip().startswith("("):
+        return text
     p = Path(text)
-    if not text.lstrip().startswith("(") and p.suffix in (".sexp", ".txt", ".json") and p.is_file():
-        content = p.read_text()
+    if p.is_dir():
+        if not (p / "result.json").is_file():
+            raise SycamError(f"{text!r} is a folder without a result.json; give the output folder of a "
+                             f"sycam-dsl synth run, or an expression such as '(relu grads)'")
+        return str(p / "result.json")
+    if not p.exists() and ("/" in text or "\\" in text or p.suffix.lower() in _EXPRESSION_FILES):
+        raise SycamError(f"{text!r} does not exist; give an expression such as '(relu grads)', a file holding "
+                         f"one, or the output folder of a sycam-dsl synth run (or its result.json)")
+    return text
+
+
+#: suffixes of files that hold an expression, and of the result files that hold one
+_EXPRESSION_FILES = (".sexp", ".txt", ".json")
+
+
+def read_expression(text: str) -> str:
+    """The expression text itself, or the contents of a .sexp/.txt file or a result .json file (or folder)."""
+    text = expression_source(text)
+    p = Path(text)
+    if not text.lstrip().startswith("(") and p.suffix in _EXPRESSION_FILES and p.is_file():
+        try:
+            content = p.read_text()
+        except UnicodeDecodeError:
+            raise SycamError(f"{p} is not a text file; give an expression such as '(relu grads)' or a file "
+                             f"holding one") from None
         if p.suffix == ".json":
             try:
                 expression = json.loads(content)["expression"]
@@ -309,8 +339,26 @@ def metric_from_args(name: str, args: argparse.Namespace, strict: bool = True) -
     chosen = metric_options(args)
     if strict and unused_options([metric], chosen):  # raises, naming the options the metric has
         metric.with_options(**{k: chosen[k] for k in unused_options([metric], chosen)})
-    options.update(options_for(metric, chosen))  # NAME.KEY: this metric's only
+    own = options_for(metric, chosen)  # NAME.KEY: this metric's only
+    _check_option_types(metric, own)
+    options.update(own)
     return metric.with_options(**{k: v for k, v in options.items() if k in metric.option_names and v is not None})
+
+
+def _check_option_types(metric: Metric, options: dict[str, Any]) -> None:
+    """A text value for an option that takes a number is refused here, in one line (it failed deep in
+    the metric, after the terminals)."""
+    import inspect
+
+    params = inspect.signature(metric.fn).parameters
+    for key, value in options.items():
+        p = params.get(key)
+        if p is None or not isinstance(value, str):
+            continue
+        numeric = isinstance(p.default, int | float) and not isinstance(p.default, bool)
+        hint = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        if numeric or (re.search(r"\b(int|float)\b", str(hint)) and "str" not in str(hint)):
+            raise SycamError(f"--metric-option {key}={value!r}: metric {metric.name!r} takes a number for {key}")
 
 
 def check_metric_options(args: argparse.Namespace, metrics: Sequence[Metric]) -> None:

@@ -36,6 +36,7 @@ from .options import (
     nonnegative_int,
     positive_float,
     positive_int,
+    seed_int,
     targets_from,
     warn,
 )
@@ -104,7 +105,7 @@ def configure(s: argparse.ArgumentParser) -> None:
                    help="oracle level sizes, smallest first (default 100,1000,all; 50,100,all for the benchmark)")
     s.add_argument("--equivalence-images", type=positive_int, default=DEFAULT_EQUIVALENCE_SIZE, metavar="N",
                    help=f"images of the observational-equivalence subset (default {DEFAULT_EQUIVALENCE_SIZE})")
-    s.add_argument("--seed", type=int, default=0, help="seed of the image subsets and the test split (default 0)")
+    s.add_argument("--seed", type=seed_int, default=0, help="seed of the image subsets and the test split (default 0)")
     s.add_argument("--test-split", type=_fraction, default=DEFAULT_TEST_SPLIT, metavar="FRACTION",
                    help=f"share of the images held out before the search, stratified by class, and scored only in "
                         f"the final tables (default {DEFAULT_TEST_SPLIT:g}; 0: off; off with a warning when either "

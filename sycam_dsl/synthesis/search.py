@@ -150,7 +150,7 @@ class _Interrupts:
 
     def __enter__(self) -> _Interrupts:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
                 prev = signal.getsignal(sig)
                 if prev is signal.SIG_IGN or (sig == signal.SIGINT and prev is not signal.default_int_handler):
                     continue
