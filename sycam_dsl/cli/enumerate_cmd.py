@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .options import height_width, positive_int, seed_int
+from .options import check_memory, height_width, positive_int, seed_int, terminal_values_memory
 
 
 def configure(e: argparse.ArgumentParser) -> None:
@@ -30,6 +30,10 @@ def run(args: argparse.Namespace) -> None:
     from ..parse import resolve_grammar
 
     g = resolve_grammar(args.grammar)
+    # the terminals' values and those of the first terms kept for the equivalence check, at the least
+    need = terminal_values_memory(list(g.inputs), args.images, args.channels, args.hw, copies=len(g.inputs) + 16)
+    check_memory(need, f"enumerating {args.grammar} on {args.images} images x {args.channels} channels at "
+                       f"{args.hw[0]}x{args.hw[1]}", "use a smaller --channels, --hw or --images")
     terms = Terminals.random(list(g.inputs), n=args.images, k=args.channels, hw=args.hw, seed=args.seed)
     en = Enumerator(g, terms, args.max_size, canonicalize=not args.no_canonicalize,
                     equivalence=not args.no_equivalence)

@@ -92,6 +92,11 @@ def _stop_signals_as_interrupts() -> None:
             signal.signal(sig, interrupt)
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is torch's out-of-memory error (CUDA, or the CPU allocator's)."""
+    return type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e) or "out of memory" in str(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     from ..allocator import keep_freed_memory
@@ -113,6 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:  # the traceback, and still the exit code of an expected error
             traceback.print_exc()
         print(f"sycam-dsl: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        # the last resort for sizes the up-front estimates let through (torch's OutOfMemoryError and its
+        # CPU allocator's failures are RuntimeErrors); any other RuntimeError is a bug: its traceback
+        if not isinstance(e, MemoryError) and not _out_of_memory(e):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"sycam-dsl: error: out of memory ({first}); use smaller sizes, fewer images or a smaller "
+              f"--batch-size / --chunk-size", file=sys.stderr)
         return 2
     return code if isinstance(code, int) else 0
 

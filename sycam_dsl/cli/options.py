@@ -67,6 +67,38 @@ seed_int = _number(int, lambda v: abs(v) <= MAX_SEED, f"an integer seed of at mo
 _positive_int_or_auto = _number(int, lambda v: v >= 1, "a positive integer or auto")
 
 
+def check_memory(nbytes: int, what: str, fix: str) -> None:
+    """Refuse, in one line and before allocating, what needs more than the memory available now
+    (``what`` needs about ``nbytes``; ``fix`` says what to change)."""
+    from ..models.batching import available_host_memory
+    from ..util.sizes import format_size
+
+    available = available_host_memory()
+    if available is not None and nbytes > available:
+        raise SycamError(f"{what} needs at least {format_size(nbytes)} of memory, more than the "
+                         f"{format_size(available)} available; {fix}")
+
+
+def image_size(text: str) -> int:
+    """``--size``: a positive integer whose images fit in memory (one image as float32, and its decoded
+    copy, at the least)."""
+    px = positive_int(text)
+    try:
+        check_memory(2 * 3 * 4 * px * px, f"one {px}x{px} image", "use a smaller --size")
+    except SycamError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return px
+
+
+def terminal_values_memory(names: Sequence[str], n: int, k: int, hw: tuple[int, int], copies: int = 1) -> int:
+    """Bytes of ``copies`` sets of float32 stand-in values of terminals ``names`` (``Terminals.random``)."""
+    from ..lang.terminals import TERMINALS
+    from ..lang.types import Type
+
+    per = sum(n * k * (1 if TERMINALS[t][0] == Type.VEC else hw[0] * hw[1]) for t in names if t in TERMINALS)
+    return 4 * per * copies
+
+
 def batch_size_arg(text: str) -> int | str:
     """A positive integer, or ``auto`` (the batch size is picked for the device)."""
     return AUTO if text.strip().lower() == AUTO else _positive_int_or_auto(text)
@@ -107,7 +139,7 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
                                                    "PATH@N (0-based, negative from the end) reads one call of a "
                                                    "module that runs more than once per forward pass, e.g. "
                                                    "_swish@last, efficientnet_lite0's default")
-    p.add_argument("--size", type=positive_int, metavar="PX",
+    p.add_argument("--size", type=image_size, metavar="PX",
                    help="images are resized (shorter side) and center-cropped to PX x PX (default: the model's "
                         "input size, 224 for most)")
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
