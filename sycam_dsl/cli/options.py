@@ -99,6 +99,11 @@ def terminal_values_memory(names: Sequence[str], n: int, k: int, hw: tuple[int, 
     return 4 * per * copies
 
 
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type=`` for a whole number from ``low`` to ``high``."""
+    return _number(int, lambda v: low <= v <= high, f"a whole number from {low} to {high}")
+
+
 def batch_size_arg(text: str) -> int | str:
     """A positive integer, or ``auto`` (the batch size is picked for the device)."""
     return AUTO if text.strip().lower() == AUTO else _positive_int_or_auto(text)
