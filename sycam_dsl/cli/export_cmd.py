@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from ..errors import SycamError
-
 from .options import add_model_options, expression_source, output_file, positive_int
 
 SUFFIXES = {"torchscript": ".pt", "export": ".pt2"}
