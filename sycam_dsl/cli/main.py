@@ -15,6 +15,7 @@ import threading
 import traceback
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from ..errors import SycamError
 
@@ -76,12 +77,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _stop_signals_as_interrupts() -> None:
+def _stop_signals_as_interrupts() -> dict[int, Any]:
     """SIGTERM and SIGHUP (a closed terminal) raise ``KeyboardInterrupt`` as Ctrl-C does, so that a
     run stops the same way: its ``finally`` blocks run (a local Ray cluster is shut down) and a search
-    writes its results. An ignored signal (``nohup``) stays ignored."""
+    writes its results. An ignored signal (``nohup``) stays ignored. Returns the handlers replaced."""
+    previous: dict[int, Any] = {}
     if threading.current_thread() is not threading.main_thread():
-        return
+        return previous
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -89,7 +91,8 @@ def _stop_signals_as_interrupts() -> None:
     for name in ("SIGTERM", "SIGHUP"):
         sig = getattr(signal, name, None)  # no SIGHUP on Windows
         if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
-            signal.signal(sig, interrupt)
+            previous[sig] = signal.signal(sig, interrupt)
+    return previous
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -106,7 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()
     _show_warnings()
-    _stop_signals_as_interrupts()
+    previous = _stop_signals_as_interrupts()
+    try:
+        return _run(args)
+    finally:  # main() called in a process that goes on (tests, notebooks) leaves its handlers as they were
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``args.handler(args)``, its expected errors as one line and exit code 2."""
     try:
         code = args.handler(args)
     except KeyboardInterrupt:

@@ -139,7 +139,9 @@ def configure(s: argparse.ArgumentParser) -> None:
                         "for comparisons)")
     s.add_argument("--workers", type=nonnegative_int, default=0, metavar="N",
                    help="Ray workers, each holding a shard of the images: cic, abl and the scoring run there, the "
-                        "search here (default 0: this process only; needs pip install 'sycam-dsl[distributed]')")
+                        "search here (default 0: this process only; needs pip install 'sycam-dsl[distributed]'); "
+                        "the local Ray cluster stops with the run, also on Ctrl-C, SIGTERM and SIGHUP, but not "
+                        "after kill -9 (then: ray stop)")
     s.add_argument("--ray-address", metavar="ADDR",
                    help="join this Ray cluster (from ray start --head) instead of starting a local one; needs "
                         "--workers")
