@@ -20,12 +20,14 @@ from .shapes import render
 
 #: Seed of the evaluation split (the training script uses other seeds).
 EVAL_SEED = 0
+#: The most images the set renders (they are made in memory at once, about 64 KB each).
+MAX_BUNDLED_IMAGES = 20_000
 
 
 def _ordered(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Rendered arrays sorted by (class, index), with their relative file names."""
-    if n < 1:
-        raise ValueError(f"the bundled set needs n >= 1 images, got {n}")
+    if not 1 <= n <= MAX_BUNDLED_IMAGES:
+        raise ValueError(f"the bundled set has 1 to {MAX_BUNDLED_IMAGES} images, got {n}")
     images, masks, labels = render(n, seed, INPUT_SIZE)
     order = np.argsort(labels, kind="stable")  # CLASSES is sorted, so label order is folder order
     files = [f"{CLASSES[labels[i]]}/{i:04d}.png" for i in order]

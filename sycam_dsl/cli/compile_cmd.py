@@ -8,7 +8,15 @@ from pathlib import Path
 from ..deploy.method import per_class_result
 from ..errors import SycamError
 from ..lang.ast import Node
-from .options import height_width, output_file, positive_int, weight_expression
+from .options import (
+    check_memory,
+    expression_source,
+    height_width,
+    output_file,
+    positive_int,
+    terminal_values_memory,
+    weight_expression,
+)
 
 
 def configure(k: argparse.ArgumentParser) -> None:
@@ -36,6 +44,7 @@ def run(args: argparse.Namespace) -> None:
     from ..parse import resolve_grammar
 
     output_file(args.output)
+    args.expression = expression_source(args.expression)  # a result folder: its result.json
     types = dict(resolve_grammar(args.grammar).inputs) if args.grammar else terminal_types()
     per_class = per_class_result(args.expression)
     if args.member is not None:
@@ -59,6 +68,10 @@ def run(args: argparse.Namespace) -> None:
     if args.format == "torchscript":
         save_torchscript(node, out)
     else:
-        example = Terminals.random(node.terminals(), n=2, k=args.channels, hw=args.hw)
+        names = sorted(node.terminals())
+        check_memory(terminal_values_memory(names, 2, args.channels, args.hw, copies=2),
+                     f"the export's example input ({args.channels} channels at {args.hw[0]}x{args.hw[1]})",
+                     "use a smaller --channels or --hw (the exported program takes any size)")
+        example = Terminals.random(names, n=2, k=args.channels, hw=args.hw)
         save_export(node, out, example)
     print(f"wrote {out} ({args.format}): forward({', '.join(node.terminals())}) -> {node.type} weights")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .options import height_width, positive_int
+from .options import check_memory, height_width, positive_int, seed_int, terminal_values_memory
 
 
 def configure(e: argparse.ArgumentParser) -> None:
@@ -14,7 +14,7 @@ def configure(e: argparse.ArgumentParser) -> None:
     e.add_argument("grammar", help="grammar file (.sy), or a bundled grammar: g1, g2, maps")
     e.add_argument("--max-size", type=positive_int, required=True, help="largest term size (node count)")
     e.add_argument("--limit", type=positive_int, help="stop after this many candidates")
-    e.add_argument("--seed", type=int, default=0, help="seed of the random terminal values (default 0)")
+    e.add_argument("--seed", type=seed_int, default=0, help="seed of the random terminal values (default 0)")
     e.add_argument("--images", type=positive_int, default=10, help="N, images in the equivalence subset (default 10)")
     e.add_argument("--channels", type=positive_int, default=64, help="K, channels (default 64)")
     e.add_argument("--hw", type=height_width, default=(7, 7), help="h x w of Map terminals (default 7x7)")
@@ -30,6 +30,10 @@ def run(args: argparse.Namespace) -> None:
     from ..parse import resolve_grammar
 
     g = resolve_grammar(args.grammar)
+    # the terminals' values and those of the first terms kept for the equivalence check, at the least
+    need = terminal_values_memory(list(g.inputs), args.images, args.channels, args.hw, copies=len(g.inputs) + 16)
+    check_memory(need, f"enumerating {args.grammar} on {args.images} images x {args.channels} channels at "
+                       f"{args.hw[0]}x{args.hw[1]}", "use a smaller --channels, --hw or --images")
     terms = Terminals.random(list(g.inputs), n=args.images, k=args.channels, hw=args.hw, seed=args.seed)
     en = Enumerator(g, terms, args.max_size, canonicalize=not args.no_canonicalize,
                     equivalence=not args.no_equivalence)

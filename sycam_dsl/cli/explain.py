@@ -48,8 +48,13 @@ def _load_one(path: str, size: int, normalize: Any):
     if not src.is_file():
         raise ImageError(f"image {path!r} does not exist")
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(src, Path(tmp) / src.name)
-        return load_images(tmp, size=size, normalize=normalize).images
+        copy = Path(tmp) / src.name
+        shutil.copy(src, copy)
+        try:
+            return load_images(tmp, size=size, normalize=normalize).images
+        except ImageError as e:  # name the user's file, not the temporary copy
+            message = str(e).replace(str(copy), path).replace(f"in {tmp!r}", f"in {path!r}").replace(tmp, path)
+            raise ImageError(message) from None
 
 
 def _class_name(model: Any, c: int, n_classes: int) -> str | None:

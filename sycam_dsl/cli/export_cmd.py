@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SycamError
-from .options import add_model_options, output_file, positive_int, warn
+from .options import add_model_options, expression_source, output_file, positive_int, warn
 
 SUFFIXES = {"torchscript": ".pt", "export": ".pt2"}
 
@@ -35,6 +35,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=run)
 
 
+def _probe(module: Any, example: Any, size: int) -> None:
+    """One example image through the model, so that a size it cannot take is one line, not a traceback."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            module(example[:1])
+    except Exception as e:  # the user's model code: torch raises RuntimeError, ValueError, ... on bad sizes
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SycamError(f"the model fails on one {size}x{size} image ({first}); use a larger --size") from None
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
@@ -46,7 +58,7 @@ def run(args: argparse.Namespace) -> None:
     from ..models.devices import resolve_device
 
     out = output_file(args.output, (SUFFIXES[args.format],))
-    method = load_method(args.method, member=args.member)
+    method = load_method(expression_source(args.method), member=args.member)
     model = load_model(args.model, args.weights, args.device)
     size = args.size or model.input_size
     # the split is checked, and a half that cannot be scripted is traced, on two seeded example images
@@ -55,6 +67,7 @@ def run(args: argparse.Namespace) -> None:
     if searched is not None:
         _check_classes(*searched, model, example, per_class=not isinstance(method, Node))
     layer = resolve_layer(model.module, args.layer or model.target_layer)[0]
+    _probe(model.module, example, size)
     if args.format == "export":
         export_explainer(model.module, layer, method, out, example)
         call = "torch.export.load(FILE).module()(images, targets) (targets [N]; -1: the predicted class)"

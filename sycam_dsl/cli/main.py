@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
+from types import FrameType
+from typing import Any
 
 from ..errors import SycamError
 
@@ -72,6 +77,29 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _stop_signals_as_interrupts() -> dict[int, Any]:
+    """SIGTERM and SIGHUP (a closed terminal) raise ``KeyboardInterrupt`` as Ctrl-C does, so that a
+    run stops the same way: its ``finally`` blocks run (a local Ray cluster is shut down) and a search
+    writes its results. An ignored signal (``nohup``) stays ignored. Returns the handlers replaced."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)  # no SIGHUP on Windows
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, interrupt)
+    return previous
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is torch's out-of-memory error (CUDA, or the CPU allocator's)."""
+    return type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e) or "out of memory" in str(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     from ..allocator import keep_freed_memory
@@ -81,6 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()
     _show_warnings()
+    previous = _stop_signals_as_interrupts()
+    try:
+        return _run(args)
+    finally:  # main() called in a process that goes on (tests, notebooks) leaves its handlers as they were
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``args.handler(args)``, its expected errors as one line and exit code 2."""
     try:
         code = args.handler(args)
     except KeyboardInterrupt:
@@ -89,9 +127,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except (SycamError, OSError) as e:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, and still the exit code of an expected error
+            traceback.print_exc()
         print(f"sycam-dsl: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        # the last resort for sizes the up-front estimates let through (torch's OutOfMemoryError and its
+        # CPU allocator's failures are RuntimeErrors); any other RuntimeError is a bug: its traceback
+        if not isinstance(e, MemoryError) and not _out_of_memory(e):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"sycam-dsl: error: out of memory ({first}); use smaller sizes, fewer images or a smaller "
+              f"--batch-size / --chunk-size", file=sys.stderr)
         return 2
     return code if isinstance(code, int) else 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,7 +63,47 @@ def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool], wanted
 
 
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+#: what torch's generators take (a larger seed overflowed deep inside torch)
+MAX_SEED = 2**63 - 1
+seed_int = _number(int, lambda v: abs(v) <= MAX_SEED, f"an integer seed of at most {MAX_SEED}")
 _positive_int_or_auto = _number(int, lambda v: v >= 1, "a positive integer or auto")
+
+
+def check_memory(nbytes: int, what: str, fix: str) -> None:
+    """Refuse, in one line and before allocating, what needs more than the memory available now
+    (``what`` needs about ``nbytes``; ``fix`` says what to change)."""
+    from ..models.batching import available_host_memory
+    from ..util.sizes import format_size
+
+    available = available_host_memory()
+    if available is not None and nbytes > available:
+        raise SycamError(f"{what} needs at least {format_size(nbytes)} of memory, more than the "
+                         f"{format_size(available)} available; {fix}")
+
+
+def image_size(text: str) -> int:
+    """``--size``: a positive integer whose images fit in memory (one image as float32, and its decoded
+    copy, at the least)."""
+    px = positive_int(text)
+    try:
+        check_memory(2 * 3 * 4 * px * px, f"one {px}x{px} image", "use a smaller --size")
+    except SycamError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return px
+
+
+def terminal_values_memory(names: Sequence[str], n: int, k: int, hw: tuple[int, int], copies: int = 1) -> int:
+    """Bytes of ``copies`` sets of float32 stand-in values of terminals ``names`` (``Terminals.random``)."""
+    from ..lang.terminals import TERMINALS
+    from ..lang.types import Type
+
+    per = sum(n * k * (1 if TERMINALS[t][0] == Type.VEC else hw[0] * hw[1]) for t in names if t in TERMINALS)
+    return 4 * per * copies
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type=`` for a whole number from ``low`` to ``high``."""
+    return _number(int, lambda v: low <= v <= high, f"a whole number from {low} to {high}")
 
 
 def batch_size_arg(text: str) -> int | str:
@@ -105,7 +146,7 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
                                                    "PATH@N (0-based, negative from the end) reads one call of a "
                                                    "module that runs more than once per forward pass, e.g. "
                                                    "_swish@last, efficientnet_lite0's default")
-    p.add_argument("--size", type=positive_int, metavar="PX",
+    p.add_argument("--size", type=image_size, metavar="PX",
                    help="images are resized (shorter side) and center-cropped to PX x PX (default: the model's "
                         "input size, 224 for most)")
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
@@ -283,11 +324,37 @@ def warn(lines: list[str]) -> None:
         print(f"sycam-dsl: warning: {line}", file=sys.stderr)
 
 
-def read_expression(text: str) -> str:
-    """The expression text itself, or the contents of a .sexp/.txt file or a result .json file."""
+def expression_source(text: str) -> str:
+    """``text`` with a search's output folder replaced by its ``result.json``; what looks like a path
+    (a ``/`` or a file suffix, no ``(``) but does not exist is refused here, not parsed as a terminal."""
+    if text.lstrip().startswith("("):
+        return text
     p = Path(text)
-    if not text.lstrip().startswith("(") and p.suffix in (".sexp", ".txt", ".json") and p.is_file():
-        content = p.read_text()
+    if p.is_dir():
+        if not (p / "result.json").is_file():
+            raise SycamError(f"{text!r} is a folder without a result.json; give the output folder of a "
+                             f"sycam-dsl synth run, or an expression such as '(relu grads)'")
+        return str(p / "result.json")
+    if not p.exists() and ("/" in text or "\\" in text or p.suffix.lower() in _EXPRESSION_FILES):
+        raise SycamError(f"{text!r} does not exist; give an expression such as '(relu grads)', a file holding "
+                         f"one, or the output folder of a sycam-dsl synth run (or its result.json)")
+    return text
+
+
+#: suffixes of files that hold an expression, and of the result files that hold one
+_EXPRESSION_FILES = (".sexp", ".txt", ".json")
+
+
+def read_expression(text: str) -> str:
+    """The expression text itself, or the contents of a .sexp/.txt file or a result .json file (or folder)."""
+    text = expression_source(text)
+    p = Path(text)
+    if not text.lstrip().startswith("(") and p.suffix in _EXPRESSION_FILES and p.is_file():
+        try:
+            content = p.read_text()
+        except UnicodeDecodeError:
+            raise SycamError(f"{p} is not a text file; give an expression such as '(relu grads)' or a file "
+                             f"holding one") from None
         if p.suffix == ".json":
             try:
                 expression = json.loads(content)["expression"]
@@ -337,8 +404,26 @@ def metric_from_args(name: str, args: argparse.Namespace, strict: bool = True) -
     chosen = metric_options(args)
     if strict and unused_options([metric], chosen):  # raises, naming the options the metric has
         metric.with_options(**{k: chosen[k] for k in unused_options([metric], chosen)})
-    options.update(options_for(metric, chosen))  # NAME.KEY: this metric's only
+    own = options_for(metric, chosen)  # NAME.KEY: this metric's only
+    _check_option_types(metric, own)
+    options.update(own)
     return metric.with_options(**{k: v for k, v in options.items() if k in metric.option_names and v is not None})
+
+
+def _check_option_types(metric: Metric, options: dict[str, Any]) -> None:
+    """A text value for an option that takes a number is refused here, in one line (it failed deep in
+    the metric, after the terminals)."""
+    import inspect
+
+    params = inspect.signature(metric.fn).parameters
+    for key, value in options.items():
+        p = params.get(key)
+        if p is None or not isinstance(value, str):
+            continue
+        numeric = isinstance(p.default, int | float) and not isinstance(p.default, bool)
+        hint = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        if numeric or (re.search(r"\b(int|float)\b", str(hint)) and "str" not in str(hint)):
+            raise SycamError(f"--metric-option {key}={value!r}: metric {metric.name!r} takes a number for {key}")
 
 
 def check_metric_options(args: argparse.Namespace, metrics: Sequence[Metric]) -> None:

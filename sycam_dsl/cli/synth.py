@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..bundled.data import MAX_BUNDLED_IMAGES
 from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
 from ..metrics.objectives import objective_of
@@ -31,11 +32,13 @@ from .options import (
     check_metric_options,
     chunk_size_from,
     from_store,
+    int_in,
     metric_from_args,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
+    seed_int,
     targets_from,
     warn,
 )
@@ -68,6 +71,10 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
     except SycamError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+#: rendered in memory before the search, so bounded (a run of this many takes minutes already)
+_bundled_count = int_in(1, MAX_BUNDLED_IMAGES)
 
 
 def configure(s: argparse.ArgumentParser) -> None:
@@ -104,7 +111,7 @@ def configure(s: argparse.ArgumentParser) -> None:
                    help="oracle level sizes, smallest first (default 100,1000,all; 50,100,all for the benchmark)")
     s.add_argument("--equivalence-images", type=positive_int, default=DEFAULT_EQUIVALENCE_SIZE, metavar="N",
                    help=f"images of the observational-equivalence subset (default {DEFAULT_EQUIVALENCE_SIZE})")
-    s.add_argument("--seed", type=int, default=0, help="seed of the image subsets and the test split (default 0)")
+    s.add_argument("--seed", type=seed_int, default=0, help="seed of the image subsets and the test split (default 0)")
     s.add_argument("--test-split", type=_fraction, default=DEFAULT_TEST_SPLIT, metavar="FRACTION",
                    help=f"share of the images held out before the search, stratified by class, and scored only in "
                         f"the final tables (default {DEFAULT_TEST_SPLIT:g}; 0: off; off with a warning when either "
@@ -116,8 +123,9 @@ def configure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--sanity", action="store_true",
                    help="after the search, the model-parameter randomization check (as sycam-dsl sanity, seed 0) "
                         "of the result and the baselines on the test split")
-    s.add_argument("--bundled-images", type=positive_int, default=BUNDLED["images"], metavar="N",
-                   help=f"images of the built-in benchmark (default {BUNDLED['images']})")
+    s.add_argument("--bundled-images", type=_bundled_count, default=BUNDLED["images"], metavar="N",
+                   help=f"images of the built-in benchmark (default {BUNDLED['images']}, at most "
+                        f"{MAX_BUNDLED_IMAGES})")
     s.add_argument("--memo-mb", type=nonnegative_float, default=DEFAULT_MAX_MB, metavar="MB",
                    help=f"memory for memoized Deletion / Insertion forward passes (default {DEFAULT_MAX_MB:g}; 0: off)")
     s.add_argument("--terminals", choices=TERMINAL_MODES, default="on-demand",
@@ -131,9 +139,12 @@ def configure(s: argparse.ArgumentParser) -> None:
                         "for comparisons)")
     s.add_argument("--workers", type=nonnegative_int, default=0, metavar="N",
                    help="Ray workers, each holding a shard of the images: cic, abl and the scoring run there, the "
-                        "search here (default 0: this process only; needs pip install 'sycam-dsl[distributed]')")
+                        "search here (default 0: this process only; needs pip install 'sycam-dsl[distributed]'); "
+                        "the local Ray cluster stops with the run, also on Ctrl-C, SIGTERM and SIGHUP, but not "
+                        "after kill -9 (then: ray stop)")
     s.add_argument("--ray-address", metavar="ADDR",
-                   help="join this Ray cluster (from ray start --head) instead of starting a local one")
+                   help="join this Ray cluster (from ray start --head) instead of starting a local one; needs "
+                        "--workers")
     s.add_argument("--worker-cpus", type=positive_float, default=1.0, metavar="N",
                    help="CPUs each worker asks Ray for (default 1; also its torch threads)")
     s.add_argument("--worker-gpus", type=nonnegative_float, default=0.0, metavar="N",
@@ -157,11 +168,27 @@ def _data(args: argparse.Namespace):
     return model, data, False
 
 
+def _check_grammar_size(args: argparse.Namespace) -> None:
+    """Refuse a grammar whose smallest program is larger than ``--max-size``: the search would grow
+    its other non-terminals for as long as memory lasts and never score a candidate."""
+    from ..enumerate import smallest_size
+    from ..parse import resolve_grammar
+
+    smallest = smallest_size(resolve_grammar(args.grammar))
+    if smallest is not None and smallest > args.max_size:
+        raise SycamError(f"the smallest program of grammar {args.grammar} has {smallest} nodes, more than "
+                         f"--max-size {args.max_size}: raise --max-size to at least {smallest}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the search, print the result and the tables; 130 when interrupted (Ctrl-C or SIGTERM)."""
     from ..synthesis.outputs import claim_output_folder
     from ..synthesis.per_class import check_resume_kind, checkpoint_kind
 
+    if args.ray_address is not None and not args.workers:
+        raise SycamError("--ray-address needs --workers N (the workers run on that cluster); without it the "
+                         "search would run here and ignore the address")
+    _check_grammar_size(args)
     out = Path(args.out) if args.out else Path("runs") / f"synth-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     if args.resume and not out.is_dir():
         raise SycamError(f"--resume: no checkpoint in {out} (give the --out folder of the search to continue)")
@@ -182,6 +209,15 @@ def _search(args: argparse.Namespace, out: Path) -> int:
     from ..synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
     from ..synthesis.distributed import ClusterOptions
 
+    cluster = ClusterOptions(args.workers, args.ray_address, args.worker_cpus, args.worker_gpus)
+    if cluster.on and cluster.address is None:  # a local cluster: its GPUs are this machine's, known now
+        import math
+
+        import torch
+
+        from ..synthesis.distributed import check_resources
+
+        check_resources(cluster, {"CPU": math.inf, "GPU": torch.cuda.device_count()}, "this machine")
     model, data, bundled = _data(args)
     metric_name = args.metric or BUNDLED["metric"]
     if bundled and args.steps is None and {"deletion", "insertion"} & {n.strip() for n in metric_name.split(",")}:
@@ -213,7 +249,7 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                         output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
                                              progress=not args.quiet, settings={"bundled_benchmark": bundled},
                                              sanity=args.sanity),
-                        cluster=ClusterOptions(args.workers, args.ray_address, args.worker_cpus, args.worker_gpus))
+                        cluster=cluster)
     d = result.data
     warn(d.get("warnings", []))
     if result.dispatch is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import positive_int
+from .options import output_file, positive_int, seed_int
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                                                                   "package's weights file)")
     p.add_argument("--epochs", type=positive_int, default=6, help="epochs (default 6)")
     p.add_argument("--train-size", type=positive_int, default=6000, help="training images (default 6000)")
-    p.add_argument("--seed", type=int, default=TRAIN_SEED, help=f"training images and initialization "
+    p.add_argument("--seed", type=seed_int, default=TRAIN_SEED, help=f"training images and initialization "
                                                                f"(default {TRAIN_SEED})")
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads, fixed for reproducibility "
                                                                    "(default 2)")
@@ -28,5 +28,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..bundled.train import train_and_save
 
+    output_file(str(args.out))  # a folder or an unwritable path is refused before the training
     for line in train_and_save(args.out, args.epochs, args.train_size, args.seed, args.threads):
         print(line)

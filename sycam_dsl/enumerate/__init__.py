@@ -1,5 +1,5 @@
 """Stage 2: bottom-up enumeration of a grammar's terms, smallest first, streaming."""
 
-from .enumerator import Candidate, EnumerationStats, Enumerator, SizeStats, compositions
+from .enumerator import Candidate, EnumerationStats, Enumerator, SizeStats, compositions, smallest_size
 
-__all__ = ["Candidate", "EnumerationStats", "Enumerator", "SizeStats", "compositions"]
+__all__ = ["Candidate", "EnumerationStats", "Enumerator", "SizeStats", "compositions", "smallest_size"]

@@ -254,7 +254,8 @@ class Enumerator:
     def __init__(self, grammar: Grammar, terminals: Terminals, max_size: int, *, canonicalize: bool = True,
                  equivalence: bool = True, mantissa_bits: int = DEFAULT_MANTISSA_BITS, chunk: int = 64,
                  on_prune: Callable[[str, Node, str, Node], None] | None = None,
-                 costs: Mapping[Production, int] | None = None) -> None:
+                 costs: Mapping[Production, int] | None = None,
+                 interrupt: Callable[[], None] | None = None) -> None:
         missing = [n for n in grammar.inputs if n not in terminals]
         if missing:
             raise ValueError(f"no values for terminal(s) {', '.join(missing)} of grammar {grammar.source}")
@@ -268,6 +269,9 @@ class Enumerator:
         self.mantissa_bits = mantissa_bits
         self.chunk = chunk
         self.on_prune = on_prune
+        # called between chunks of combinations, so that a caller's deadline can stop (by raising)
+        # the growth of sizes that yield no candidate for a long time
+        self.interrupt = interrupt
         self.costs = _check_costs(grammar, costs)
         self.stats = EnumerationStats()
         self.canon = Canonicalizer()
@@ -359,6 +363,8 @@ class Enumerator:
                         yield from self._process(st, prod, size, combos[lo:lo + self.chunk], buckets)
                     continue
                 for combos in self._chunks(buckets):
+                    if self.interrupt is not None:
+                        self.interrupt()
                     yield from self._process(st, prod, size, combos, buckets)
 
     def _chunks(self, buckets: list[_Bucket]) -> Iterator[list[tuple[int, ...]]]:
@@ -526,6 +532,24 @@ def _batch_shape(v: torch.Tensor, b: int, t: Type, map_shape: tuple[int, ...]) -
     if tuple(v.shape) != full:
         v = torch.broadcast_to(v, full).contiguous()
     return v
+
+
+def smallest_size(grammar: Grammar, nt: str | None = None) -> int | None:
+    """The size of the smallest term non-terminal ``nt`` (default: the start symbol) derives, None if
+    it derives none: a search with a smaller ``max_size`` can only grow its other non-terminals."""
+    least: dict[str, int] = {}
+    changed = True
+    while changed:  # a fixed point: each pass may lower a non-terminal through another's new minimum
+        changed = False
+        for name, n in grammar.nonterminals.items():
+            for p in n.productions:
+                holes = [least.get(cast(str, h.head)) for h in p.holes]
+                if all(h is not None for h in holes):
+                    size = p.fixed_size + sum(cast(int, h) for h in holes)
+                    if size < least.get(name, size + 1):
+                        least[name] = size
+                        changed = True
+    return least.get(nt if nt is not None else grammar.start.name)
 
 
 def _check_costs(grammar: Grammar, costs: Mapping[Production, int] | None) -> dict[Production, int]:

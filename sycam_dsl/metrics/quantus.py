@@ -28,6 +28,12 @@ from .registry import Metric, MetricInputs
 PREFIX = "quantus"
 #: Constructor arguments the bridge sets unless given: no aggregation (per-image scores), quiet.
 _QUIET = {"return_aggregate": False, "disable_warnings": True, "display_progressbar": False}
+#: The score of a candidate whose heatmaps are all blank (all zero), in the metric's worse direction:
+#: finite, so that means and the oracle's margins stay comparable, and beyond any score a Quantus
+#: metric gives a real heatmap.
+BLANK_SCORE = 1e9
+#: Options that must be positive whole numbers (0 divides by zero inside Quantus).
+_POSITIVE_OPTIONS = ("patch_size", "features_in_step", "subset_size", "nr_samples", "nr_runs")
 
 
 def _quantus() -> Any:
@@ -51,6 +57,10 @@ class QuantusMetric(Metric):
     """A Quantus metric; the option ``higher_is_better`` sets the direction."""
 
     def with_options(self, **options: Any) -> Metric:
+        for k in _POSITIVE_OPTIONS:
+            v = options.get(k)
+            if isinstance(v, int | float) and not isinstance(v, bool) and v < 1:
+                raise MetricError(f"metric {self.name!r}: {k} must be 1 or more, got {v!r}")
         m = super().with_options(**options)
         direction = m.options.get("higher_is_better")
         if direction is None:
@@ -95,13 +105,29 @@ def quantus_metric(name: str) -> Metric:
         except (TypeError, ValueError, AssertionError) as e:
             raise MetricError(f"quantus:{key}: {e}") from None
         n = inputs.images.shape[0]
+        higher_is_better = options.get("higher_is_better")
+        worst = -BLANK_SCORE if (higher if higher_is_better is None else higher_is_better) else BLANK_SCORE
+        # Quantus refuses a batch of all-zero heatmaps (an assertion) and gives NaN for some metrics on
+        # one: a blank candidate scores as the worst instead of ending the search; blank maps among
+        # others keep the score Quantus gives them (0 sparseness, ...) unless it is not finite
+        blank = ~(inputs.heatmaps.detach().flatten(1) != 0).any(dim=1).cpu()
+        if bool(blank.all()):
+            return torch.full((n,), worst, dtype=torch.float64)
         s_batch = None if inputs.masks is None else inputs.masks[:, None].float().cpu().numpy()
-        scores = metric(model=reference_of(inputs.model).eval(), x_batch=inputs.images.detach().cpu().numpy(),
-                        y_batch=inputs.targets.cpu().numpy(), a_batch=inputs.heatmaps[:, None].detach().cpu().numpy(),
-                        s_batch=s_batch, channel_first=True, explain_func=_explain_again,
-                        device=str(inputs.device), batch_size=inputs.batch_size if isinstance(inputs.batch_size, int)
-                        else 64)
-        return _per_image(scores, n, key)
+        try:
+            scores = metric(model=reference_of(inputs.model).eval(), x_batch=inputs.images.detach().cpu().numpy(),
+                            y_batch=inputs.targets.cpu().numpy(),
+                            a_batch=inputs.heatmaps[:, None].detach().cpu().numpy(), s_batch=s_batch,
+                            channel_first=True, explain_func=_explain_again, device=str(inputs.device),
+                            batch_size=inputs.batch_size if isinstance(inputs.batch_size, int) else 64)
+        except MetricError:
+            raise
+        except Exception as e:  # Quantus checks its options with asserts and fails on bad ones deep inside
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MetricError(f"quantus:{key} failed ({type(e).__name__}: {first}); check its "
+                              f"--metric-option values") from None
+        out = _per_image(scores, n, key)
+        return torch.where(blank & ~torch.isfinite(out), torch.full_like(out, worst), out)
 
     options = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default) for p in params]
     options.append(inspect.Parameter("higher_is_better", inspect.Parameter.KEYWORD_ONLY, default=None))

@@ -16,12 +16,20 @@ from torch import nn
 from .errors import ModelError
 
 _RANDOM = re.compile(r"random:(-?\d+)")
+#: the largest seed torch's generators take
+_MAX_SEED = 2**63 - 1
 
 
 def random_seed(weights: str | None) -> int | None:
-    """The seed of a ``random:SEED`` weights spec, else None."""
-    m = _RANDOM.fullmatch(weights.strip()) if weights else None
-    return int(m.group(1)) if m else None
+    """The seed of a ``random:SEED`` weights spec, else None; a malformed or too large seed is a
+    ``ModelError`` (not a weights file that does not exist)."""
+    if not weights or not weights.strip().lower().startswith("random:"):
+        return None
+    m = _RANDOM.fullmatch(weights.strip())
+    if m is None or abs(int(m.group(1))) > _MAX_SEED:
+        raise ModelError(f"--weights {weights.strip()!r}: expected random:SEED with an integer SEED of at most "
+                         f"{_MAX_SEED}, e.g. random:0")
+    return int(m.group(1))
 
 
 def no_weights_error(name: str) -> ModelError:

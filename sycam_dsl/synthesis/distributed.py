@@ -14,6 +14,11 @@ for the values it reads itself (the equivalence subset, the final tables). Each 
 once, by the worker that holds the image.
 
 Ray is an optional dependency (``pip install 'sycam-dsl[distributed]'``), imported when a pool starts.
+
+A local Ray cluster started for the run is shut down when the run ends, also on Ctrl-C, SIGTERM and
+SIGHUP (the command line turns both into an interrupt). ``kill -9`` of the driver cannot be caught:
+Ray's own helper processes (``DashboardAgent``, ``RuntimeEnvAgent``, raylet) then outlive it until
+Ray notices the driver is gone; ``ray stop`` ends them at once.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ class ClusterOptions:
             raise SycamError(f"workers must be 0 or more, got {self.workers}")
         if self.worker_cpus <= 0 or self.worker_gpus < 0:
             raise SycamError("worker_cpus must be positive and worker_gpus 0 or more")
+        if self.address is not None and not self.on:
+            raise SycamError(f"a Ray address ({self.address}) without workers would be ignored: give the number of "
+                             f"workers to run there (--workers N), or drop the address")
 
     @property
     def on(self) -> bool:
@@ -288,6 +296,37 @@ class RayScorer(LocalScorer):
         return self.pool.score([to_sexpr(n) for n in nodes], part.index)
 
 
+#: Seconds to wait for a Ray cluster's address to accept a connection (Ray itself retries for minutes).
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, in one line and within ``timeout`` seconds, a ``host:port`` (or ``ray://host:port``)
+    Ray address that accepts no connection; ``auto`` and ``local`` are left to Ray."""
+    import socket
+
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise SycamError(f"no Ray cluster answers at {address} within {timeout:g} s ({e.strerror or e}); start one "
+                         f"there with ray start --head, or leave the address out for a local one") from None
+
+
+def check_resources(cluster: ClusterOptions, resources: Mapping[str, float], where: str = "the Ray cluster") -> None:
+    """Refuse, in one line, workers the cluster can never place (Ray would wait for them forever)."""
+    for name, option, each in (("GPU", "--worker-gpus", cluster.worker_gpus),
+                               ("CPU", "--worker-cpus", cluster.worker_cpus)):
+        have, need = float(resources.get(name, 0.0)), cluster.workers * each
+        if need > have:
+            raise SycamError(f"{cluster.workers} worker(s) x {each:g} {name}(s) ({option}) need {need:g} {name}(s) "
+                             f"but {where} has {have:g}; lower {option}"
+                             + (" (0: no GPU)" if name == "GPU" else "") + ", --workers, or add resources")
+
+
 @contextmanager
 def shard_pool(cluster: ClusterOptions, spec: WorkerSpec, images: torch.Tensor, targets: torch.Tensor | None,
                masks: torch.Tensor | None) -> Iterator[ShardPool]:
@@ -299,11 +338,18 @@ def shard_pool(cluster: ClusterOptions, spec: WorkerSpec, images: torch.Tensor, 
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
         if cluster.address is not None:
+            check_reachable(cluster.address)
             kwargs["address"] = cluster.address
         else:
             kwargs["num_cpus"] = max(1, int(cluster.workers * cluster.worker_cpus + 0.999))
         ray.init(**kwargs)
         started = True
+    try:
+        check_resources(cluster, ray.cluster_resources())
+    except SycamError:
+        if started:
+            ray.shutdown()
+        raise
     actor = ray.remote(num_cpus=cluster.worker_cpus, num_gpus=cluster.worker_gpus)(ShardWorker)
     parts = shards(images.shape[0], cluster.workers)
     cpu, spec_ref = images.cpu(), ray.put(spec)

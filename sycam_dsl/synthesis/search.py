@@ -38,7 +38,7 @@ import hashlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -150,7 +150,7 @@ class _Interrupts:
 
     def __enter__(self) -> _Interrupts:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
                 prev = signal.getsignal(sig)
                 if prev is signal.SIG_IGN or (sig == signal.SIGINT and prev is not signal.default_int_handler):
                     continue
@@ -313,6 +313,7 @@ class Search:
         self._next_checkpoint = time.monotonic()
         stopped_by = "exhausted"
         self._enum: Enumerator | None = None
+        self._interrupt: Callable[[], None] | None = None
         with _Interrupts() as interrupts:
             self._interrupts = interrupts
             source = self.problem.terminals.source if isinstance(self.problem.terminals, OnDemandTerminals) else None
@@ -330,6 +331,12 @@ class Search:
                 # The first batches are small (1, 2, 4, ... candidates): the first candidates are
                 # scored at once, before the enumerator reads terminals later ones need.
                 batch = 1
+
+                def out_of_time() -> None:  # also while the enumerator grows sizes that yield nothing
+                    if self._out_of_time(state):
+                        raise _Stop
+
+                self._interrupt = out_of_time
                 for term, value, at in self._stream(eq_terms):
                     if budget.candidates is not None and at >= budget.candidates:
                         stopped_by = "candidates"
@@ -395,7 +402,7 @@ class Search:
         candidates and none is judged twice."""
         guide = self.guide
         if guide is None:
-            self._enum = Enumerator(self.grammar, eq_terms, self.config.max_size)
+            self._enum = Enumerator(self.grammar, eq_terms, self.config.max_size, interrupt=self._interrupt)
             for cand in self._enum.candidates():
                 yield cand.term, cand.value, cand.index
             return
@@ -404,7 +411,7 @@ class Search:
         while True:
             version = guide.version
             self._enum = Enumerator(self.grammar, eq_terms, guide.max_cost(self.config.max_size),
-                                    costs=guide.costs())
+                                    costs=guide.costs(), interrupt=self._interrupt)
             for cand in self._enum.candidates():
                 if guide.version != version:
                     break
