@@ -247,8 +247,10 @@ def _search(args: argparse.Namespace, out: Path) -> int:
           f"{d['images']['total']} images{searched}{stored}; total {d['timings']['total_s']:.1f} s")
     print(f"wrote {out}/: " + ", ".join(v if isinstance(v, str) else ", ".join(v) for v in d["files"].values()))
     if d["stopped_by"] == "interrupted":
-        print(f"sycam-dsl: interrupted; the results so far are in {out}; continue with --resume -o {out}",
-              file=sys.stderr)
+        # a guided search cannot be resumed yet (Search.run refuses it): do not suggest it
+        more = ("start it again with another --out (a guided search cannot be resumed yet)"
+                if d["settings"].get("strategy") == "guided" else f"continue with --resume -o {out}")
+        print(f"sycam-dsl: interrupted; the results so far are in {out}; {more}", file=sys.stderr)
         return 130
     if result.best is None:
         # the tables above hold only the baselines: say so as an error, not a result

@@ -30,6 +30,7 @@ from ..allocator import keep_freed_memory
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
 from ..cam.sanity import check_sanity_size
+from ..cam.store import image_digests
 from ..cam.terminals import TerminalInfo
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
@@ -250,7 +251,9 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
     search_problem = problem.subset(split.search) if split.on else problem
     test_problem = problem.subset(split.test) if split.on else None
     options = {f.name: getattr(search, f.name) for f in fields(SearchOptions)}
-    config = SearchConfig(search_metric, as_budget(budget), **{**options, "level_sizes": tuple(search.level_sizes)})
+    held_out = tuple(image_digests(test_problem.inputs.images)) if test_problem is not None else ()
+    config = SearchConfig(search_metric, as_budget(budget), **{**options, "level_sizes": tuple(search.level_sizes)},
+                          held_out=held_out)
 
     t0 = time.perf_counter()
     dispatch: Dispatch | None = None

@@ -38,7 +38,7 @@ import hashlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,7 +68,7 @@ from .oracle import SMALL_LEVEL, SMALL_LEVEL_MARGIN, hopeless, judge
 from .pareto import knee
 from .problem import Problem
 from .scorer import LocalScorer, Scorer, ScorerFactory, score_levels
-from .state import Expected, Incumbent, SearchState, load_checkpoint, save_checkpoint
+from .state import CHECKPOINT_NAME, Expected, Incumbent, SearchState, load_checkpoint, save_checkpoint
 from .subsets import Subsets, make_subsets
 
 
@@ -119,10 +119,19 @@ def _short(text: str, width: int = 48) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def _numbers(t: torch.Tensor) -> str:
+    """Scores (one, or one per metric) as text."""
+    return ", ".join(f"{float(x):.6g}" for x in t.reshape(-1))
+
+
 def grammar_digest(grammar: Grammar) -> str:
     """A hash of the grammar's rules (not of its file name)."""
     return hashlib.sha256("\n".join(grammar.summary().splitlines()[1:]).encode()).hexdigest()[:16]
 
+
+#: How far a score read from a checkpoint may be from the same expression scored again (relative,
+#: absolute): rounding only, since scores are stored exactly and computed the same way.
+SCORE_RTOL, SCORE_ATOL = 1e-4, 1e-6
 
 #: Seconds to the second checkpoint; the interval then doubles up to ``checkpoint_seconds``, so a
 #: search killed early loses little while a long one writes rarely.
@@ -262,6 +271,8 @@ class Search:
                 "oracle": {"baseline_check": c.baseline_check, "small_level": c.small_level,
                            "small_level_margin": SMALL_LEVEL_MARGIN},
                 **({"test_split": c.test_split} if c.test_split else {}),
+                # the problem's digest covers the searched images only; the held-out ones are in the tables
+                **({"test_images": list(c.held_out)} if c.held_out else {}),
                 **({"strategy": c.strategy} if c.strategy != "size" else {}),
                 # scores at another precision differ; fp32 stays out so older checkpoints still match
                 **({"precision": self.problem.inputs.precision}
@@ -292,16 +303,66 @@ class Search:
         a caller can check every checkpoint before any search starts."""
         if self.out_dir is not None and not self._resumed_loaded:
             self._resumed = load_checkpoint(self.out_dir, self.fingerprint(), self.expected())
+            if self._resumed is not None:
+                self._verify(self._resumed, self.out_dir / CHECKPOINT_NAME)
             self._resumed_loaded = True
         return self._resumed
+
+    def _verify(self, state: SearchState, path: Path) -> None:
+        """Score again what the checkpoint says was scored (the incumbent or the front's members, the
+        baselines, every history entry: one expression each, on ``I1``) and refuse it in one line naming
+        the first field whose scores differ beyond float tolerance: a forged score would otherwise
+        keep out every better candidate and reach the report. The checkpoint's own values are kept
+        (equal up to rounding), so a resumed search still compares against the same numbers."""
+        got: dict[str, torch.Tensor | None] = {}
+
+        def check(where: Callable[[int], str], node: Node, saved: list[Any], mean: bool = False) -> None:
+            text = to_sexpr(node)
+            if text not in got:
+                s = score_levels(self.scorer, node)
+                got[text] = None if s is None else s.detach().to("cpu", torch.float64)
+            now = got[text]
+            if now is None:
+                raise SycamError(f"cannot resume from {path}: {where(0)}: {_short(text)} now gives NaN or Inf "
+                                 f"heatmaps; the checkpoint does not come from these images and model")
+            now = now.mean(dim=0) if mean else now
+            want = torch.tensor(saved, dtype=torch.float64).reshape(now.shape)
+            bad = (~torch.isclose(want, now, rtol=SCORE_RTOL, atol=SCORE_ATOL)).reshape(len(saved), -1).any(dim=1)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                row = (lambda t: t) if mean else (lambda t: t[i])  # noqa: E731
+                raise SycamError(f"cannot resume from {path}: {where(i)} is {_numbers(row(want))}, but {_short(text)} "
+                                 f"scores {_numbers(row(now))} there; the checkpoint was changed, or does not come "
+                                 f"from these images and model")
+
+        def in_blocks(field: str) -> Callable[[int], str]:
+            starts = [sum(self.subsets.level_sizes[:j]) for j in range(len(self.subsets.level_sizes))]
+
+            def name(i: int) -> str:
+                j = max(j for j, a in enumerate(starts) if a <= i)
+                return f"{field}[{j}][{i - starts[j]}]"
+            return name
+
+        flat = lambda blocks: [x for b in blocks for x in b]  # noqa: E731
+        parse = lambda text: parse_expr(text, self.grammar.inputs, source="<checkpoint>")  # noqa: E731
+        if state.incumbent is not None:
+            check(in_blocks("state.incumbent.blocks"), parse(state.incumbent.expression), flat(state.incumbent.blocks))
+        for k, m in enumerate(state.front):
+            check(in_blocks(f"state.front[{k}].blocks"), parse(m.expression), flat(m.blocks))
+        for b, saved in state.baselines.items():
+            check(lambda i, b=b: f"state.baselines.{b}[{i}]", baseline(b).node, saved)
+        for k, h in enumerate(state.history):
+            key = "scores" if "scores" in h else "score"
+            check(lambda i, k=k, key=key: f"state.history[{k}].{key}", parse(h["expression"]),
+                  h["scores"] if key == "scores" else [h["score"]], mean=True)
 
     def run(self, resume: bool = True) -> SearchOutcome:
         """Search until the budget, the grammar's end, Ctrl-C or SIGTERM; returns the incumbent."""
         fingerprint = self.fingerprint() if self.out_dir is not None else {}  # only checkpoints use it
         state = (self.resumed_state() if resume else None) or SearchState()
         if self.guide is not None and state.next_candidate > 0:
-            raise SycamError("resuming a guided search is not supported yet: run it again, or search with "
-                             "--strategy size")
+            raise SycamError("resuming a guided search is not supported yet: run it again with another "
+                             "output folder, or search with --strategy size")
         self._state = state
         self._resumed, self._resumed_loaded = None, False  # a second run reads the checkpoint afresh
         for name in self.level_names:
