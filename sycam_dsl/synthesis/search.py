@@ -133,6 +133,12 @@ def grammar_digest(grammar: Grammar) -> str:
 #: absolute): rounding only, since scores are stored exactly and computed the same way.
 SCORE_RTOL, SCORE_ATOL = 1e-4, 1e-6
 
+#: A batch of candidates is sized so that scoring it on one image chunk takes about this share of the
+#: time budget (at the cost per candidate measured so far), within ``BATCH_SECONDS``: the deadline is
+#: checked between chunks, so this bounds the overshoot on a slow model.
+BATCH_SHARE = 0.02
+BATCH_SECONDS = (2.0, 10.0)
+
 #: Seconds to the second checkpoint; the interval then doubles up to ``checkpoint_seconds``, so a
 #: search killed early loses little while a long one writes rarely.
 FIRST_CHECKPOINT_SECONDS = 1.0
@@ -252,6 +258,8 @@ class Search:
         self._fingerprint: dict[str, Any] | None = None
         self._busy_text: str | None = None
         self._state: SearchState | None = None
+        self._image_seconds: float | None = None  # the last scoring's seconds per candidate and image
+        self._limit: float | None = None  # the search seconds (over every run) at which time is up
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -349,12 +357,18 @@ class Search:
             check(in_blocks("state.incumbent.blocks"), parse(state.incumbent.expression), flat(state.incumbent.blocks))
         for k, m in enumerate(state.front):
             check(in_blocks(f"state.front[{k}].blocks"), parse(m.expression), flat(m.blocks))
+        def indexed(field: str) -> Callable[[int], str]:
+            return lambda i: f"{field}[{i}]"
+
+        def whole(field: str) -> Callable[[int], str]:
+            return lambda i: field
+
         for b, saved in state.baselines.items():
-            check(lambda i, b=b: f"state.baselines.{b}[{i}]", baseline(b).node, saved)
+            check(indexed(f"state.baselines.{b}"), baseline(b).node, saved)
         for k, h in enumerate(state.history):
             key = "scores" if "scores" in h else "score"
-            check(lambda i, k=k, key=key: f"state.history[{k}].{key}", parse(h["expression"]),
-                  h["scores"] if key == "scores" else [h["score"]], mean=True)
+            check(whole(f"state.history[{k}].{key}"), parse(h["expression"]), h[key] if key == "scores" else [h[key]],
+                  mean=True)
 
     def run(self, resume: bool = True) -> SearchOutcome:
         """Search until the budget, the grammar's end, Ctrl-C or SIGTERM; returns the incumbent."""
@@ -370,6 +384,9 @@ class Search:
             state.counts.rejected.setdefault(name, 0)
         t0 = time.perf_counter()
         self._clock = (state.seconds, t0, state.next_candidate)
+        seconds = self.config.budget.seconds
+        # a whole-run budget bounds this run: a resumed search's earlier runs do not count
+        self._limit = None if seconds is None else seconds + (state.seconds if self.config.budget.whole_run else 0.0)
         self._checkpoint_interval = min(FIRST_CHECKPOINT_SECONDS, self.config.checkpoint_seconds)
         self._next_checkpoint = time.monotonic()
         stopped_by = "exhausted"
@@ -405,7 +422,7 @@ class Search:
                     if len(pending) >= batch:
                         self._process(pending, state, fingerprint)
                         pending = []
-                        batch = min(2 * batch, self.config.candidate_batch)
+                        batch = min(2 * batch, self._batch_cap())
                 self._process(pending, state, fingerprint)
             except _Stop:
                 stopped_by = "time"
@@ -520,8 +537,19 @@ class Search:
 
     def _out_of_time(self, state: SearchState) -> bool:
         """Whether the budget, less the terminal work the end still needs, has run out."""
-        budget = self.config.budget.seconds
-        return budget is not None and self._elapsed(state) + self._reserve() >= budget
+        limit = self._limit
+        return limit is not None and self._elapsed(state) + self._reserve() >= limit
+
+    def _batch_cap(self) -> int:
+        """The most candidates to score together: ``candidate_batch``, fewer when one candidate's
+        scoring on an ``I3`` chunk is slow (about ``BATCH_SHARE`` of the budget per batch and chunk)."""
+        cap = self.config.candidate_batch
+        if self._image_seconds is None or self._limit is None:
+            return cap
+        low, high = BATCH_SECONDS
+        target = min(high, max(low, BATCH_SHARE * self.config.budget.seconds)) if self.config.budget.seconds else low
+        per_candidate = self._image_seconds * self.scorer.chunk_size(0, 0)
+        return max(1, min(cap, int(target / max(per_candidate, 1e-9))))
 
     def _reserve(self) -> float:
         """Seconds of on-demand terminal work the baselines' check and the final tables will still
@@ -543,7 +571,9 @@ class Search:
         try:
             return self.scorer.score(nodes, level, chunk)
         finally:
-            state.scoring_seconds += time.perf_counter() - t
+            spent = time.perf_counter() - t
+            state.scoring_seconds += spent
+            self._image_seconds = spent / max(1, len(nodes) * self.scorer.chunk_size(level, chunk))
 
     def _process(self, pending: list[tuple[Node, int, object]], state: SearchState,
                  fingerprint: dict[str, Any]) -> None:
@@ -574,10 +604,14 @@ class Search:
         for c in range(self.scorer.chunks(0)):
             if not alive:
                 break
+            scores: list[torch.Tensor | None] = []
             try:
-                scores = self._score([nodes[k] for k in alive], 0, c, state)
+                # in groups of what the cost allows, the deadline checked before each group
+                while len(scores) < len(alive):
+                    group = alive[len(scores):len(scores) + self._batch_cap()]
+                    scores += self._score([nodes[k] for k in group], 0, c, state)
             except _Stop:
-                break  # keep what is scored: _consider judges the candidates it suffices for
+                alive = alive[:len(scores)]  # keep what is scored: _consider judges those it suffices for
             still = []
             for k, s in zip(alive, scores):
                 out[k].append(s)
