@@ -193,8 +193,9 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     (taking images as given). ``images``: a folder, an ``ImageSet`` or a tensor ``[N, 3, H, W]``
     normalized for the model. ``metric_options``: the metric's options (e.g. ``{"steps": 10}``; with
     several metrics each takes those it has, ``"deletion.steps"`` names one).
-    ``budget``: a ``Budget`` or seconds. ``per_class``: one search per predicted class, compiled
-    into one dispatching module. An ``out_dir`` that holds a checkpoint of the same search is
+    ``budget``: a ``Budget`` or seconds (of search; ``Budget(seconds, whole_run=True)``: of the whole
+    call, the work after the search estimated and set aside, see ``budget.py``). ``per_class``: one
+    search per predicted class, compiled into one dispatching module. An ``out_dir`` that holds a checkpoint of the same search is
     resumed when ``resume`` is True (a single search's checkpoint only without ``per_class``, and
     per-class ones only with it). ``out_dir`` is created and locked first: a file, a folder that
     cannot be written, or one another run holds is refused before any work. A search that scored

@@ -22,12 +22,20 @@ the deadline is checked before every image chunk scored, so the search ends at m
 scoring after it; with terminals on demand it comes earlier by the estimated time the terminals
 still missing for the baselines and the final tables will take (at the rates measured so far).
 Candidates fully judged by then count (a batch cut short keeps those finished, in stream order);
-one cut short leaves no trace. Once the deadline passes the search stops even without an
+one cut short leaves no trace. Batches grow 1, 2, 4, ... up to ``candidate_batch``, but no further
+than a batch's scoring on one image chunk taking about ``BATCH_SHARE`` of the budget at the cost
+per candidate measured so far, and a chunk is scored in groups of that size with the deadline
+checked before each: on a slow model a batch cannot overshoot by minutes. A whole-run budget
+(``Budget.whole_run``) counts this run only; ``synthesize`` has already set aside the work after
+the search (``budget.py``). Once the deadline passes the search stops even without an
 incumbent; the final check may then still give one (``stopped_by`` ``time``).
 
 With an output folder it writes ``checkpoint.json`` there when it starts,
 then after 1, 2, 4, ... s up to every ``checkpoint_seconds``, and when it stops; a search started
-on the same folder resumes: the checkpoint is checked field by field first, then the enumerator
+on the same folder resumes: the checkpoint is checked field by field first, and what it says was
+scored (the incumbent or the front's members, the baselines, each history entry's score) is scored
+again and compared (a forged score would keep out every better candidate and reach the report;
+the held-out images' digests are in the fingerprint too), then the enumerator
 replays the candidates already processed (checking their heatmaps, not scoring them) and carries
 on from the first unprocessed one.
 """
@@ -260,6 +268,7 @@ class Search:
         self._state: SearchState | None = None
         self._image_seconds: float | None = None  # the last scoring's seconds per candidate and image
         self._limit: float | None = None  # the search seconds (over every run) at which time is up
+        self._verify_seconds = 0.0  # spent scoring the checkpoint's scores again (a whole-run budget's)
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -312,7 +321,9 @@ class Search:
         if self.out_dir is not None and not self._resumed_loaded:
             self._resumed = load_checkpoint(self.out_dir, self.fingerprint(), self.expected())
             if self._resumed is not None:
+                t = time.perf_counter()
                 self._verify(self._resumed, self.out_dir / CHECKPOINT_NAME)
+                self._verify_seconds = time.perf_counter() - t
             self._resumed_loaded = True
         return self._resumed
 
@@ -386,7 +397,9 @@ class Search:
         self._clock = (state.seconds, t0, state.next_candidate)
         seconds = self.config.budget.seconds
         # a whole-run budget bounds this run: a resumed search's earlier runs do not count
-        self._limit = None if seconds is None else seconds + (state.seconds if self.config.budget.whole_run else 0.0)
+        if seconds is not None and self.config.budget.whole_run:  # the checks of the checkpoint were part of the run
+            seconds = max(seconds - self._verify_seconds, 1e-3) + state.seconds
+        self._limit = seconds
         self._checkpoint_interval = min(FIRST_CHECKPOINT_SECONDS, self.config.checkpoint_seconds)
         self._next_checkpoint = time.monotonic()
         stopped_by = "exhausted"
