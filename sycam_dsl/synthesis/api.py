@@ -195,11 +195,12 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     several metrics each takes those it has, ``"deletion.steps"`` names one).
     ``budget``: a ``Budget`` or seconds (of search; ``Budget(seconds, whole_run=True)``: of the whole
     call, the work after the search estimated and set aside, see ``budget.py``). ``per_class``: one
-    search per predicted class, compiled into one dispatching module. An ``out_dir`` that holds a checkpoint of the same search is
-    resumed when ``resume`` is True (a single search's checkpoint only without ``per_class``, and
-    per-class ones only with it). ``out_dir`` is created and locked first: a file, a folder that
-    cannot be written, or one another run holds is refused before any work. A search that scored
-    no candidate before its time ran out gives ``best`` None (``expression: null``).
+    search per predicted class, compiled into one dispatching module. An ``out_dir`` that holds a
+    checkpoint of the same search is resumed when ``resume`` is True (a single search's checkpoint
+    only without ``per_class``, and per-class ones only with it). ``out_dir`` is created and locked
+    first: a file, a folder that cannot be written, or one another run holds is refused before any
+    work. A search that scored no candidate before its time ran out gives ``best`` None
+    (``expression: null``).
 
     The rest comes in groups: ``data`` (masks, labels, targets, image size, batch sizes, the
     terminal cache; ``DataOptions``), ``search`` (subsets, expression size, the evaluation engine;
