@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> None:
     from ..metrics.expression import score_methods
     from ..metrics.registry import MetricInputs
     from ..models import load_model
+    from ..util.progress import progress
 
     out = output_file(args.json, (".json",)) if args.json else None  # checked before any work
     methods = {b.name: (b.expression, b.node) for b in baselines(args.baselines)}
@@ -97,7 +98,17 @@ def run(args: argparse.Namespace) -> None:
                           batch_size=args.batch_size, precision=args.precision,
                           runtime=runtime_from(args), progress=not args.quiet)
     note_metric_batch(args, inputs)
-    results = score_methods(methods, metrics, inputs, terms, info.acts)
+    # a bar over the methods: on a real model the metrics take minutes after the terminals
+    bar = progress(len(methods), f"scoring {', '.join(m.name for m in metrics)} of {len(methods)} methods on "
+                                 f"{len(data)} images", not args.quiet)
+    results: dict[str, dict] = {m.name: {} for m in metrics}
+    try:
+        for name, method in methods.items():
+            for metric_name, by_method in score_methods({name: method}, metrics, inputs, terms, info.acts).items():
+                results[metric_name].update(by_method)
+            bar.update()
+    finally:
+        bar.close()
     for name, (_, node) in methods.items():
         warn(weight_problems(name, node, terms, info.acts)
              + score_problems(name, {m.name: results[m.name][name] for m in metrics}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +96,16 @@ def configure(s: argparse.ArgumentParser) -> None:
                         f"metric's option)")
     s.add_argument("--grammar", default="g2", metavar="FILE|NAME",
                    help="grammar file, or a bundled grammar: g1, g2 (default), maps")
-    s.add_argument("--time", type=positive_float, metavar="SECONDS",
-                   help=f"search time budget, counted over every run of a resumed search (default {DEFAULT_TIME:g} s; "
-                        f"{BUNDLED['time']:g} s for the built-in benchmark)")
+    budget = s.add_mutually_exclusive_group()
+    budget.add_argument("--time", type=positive_float, metavar="SECONDS",
+                        help=f"time budget of the whole run: loading, terminals, search, the baselines' check, the "
+                             f"final tables, --sanity and the files (the search stops early enough to leave the rest "
+                             f"their estimated time; the run says at the start when that is more than the budget "
+                             f"leaves); each run of a resumed search gets it anew (default {DEFAULT_TIME:g} s; "
+                             f"{BUNDLED['time']:g} s for the built-in benchmark)")
+    budget.add_argument("--search-time", type=positive_float, metavar="SECONDS",
+                        help="time budget of the search alone, counted over every run of a resumed search; the final "
+                             "tables come after it (the meaning --time had before)")
     s.add_argument("--until", type=_until, metavar="T",
                    help="stop at the first incumbent whose I1 mean beats T: a number, or a baseline name with an "
                         "optional margin in the metric's better direction (0.40, ScoreCAM, ScoreCAM+0.005: for a "
@@ -182,6 +190,7 @@ def _check_grammar_size(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the search, print the result and the tables; 130 when interrupted (Ctrl-C or SIGTERM)."""
+    args.started = time.perf_counter()  # --time counts from here: the imports and the model load are part of the run
     from ..synthesis.outputs import claim_output_folder
     from ..synthesis.per_class import check_resume_kind, checkpoint_kind
 
@@ -228,7 +237,11 @@ def _search(args: argparse.Namespace, out: Path) -> int:
     report_metrics = search_metrics + [metric_from_args(n.strip(), args, strict=False) for n in report.split(",")
                                  if n.strip() and metric_key(n) not in metric.name.split(",")]
     check_metric_options(args, report_metrics)
-    seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_TIME)
+    if args.search_time is not None:
+        seconds, budget = args.search_time, Budget(args.search_time, args.candidates)
+    else:  # what the start-up already took is part of the run
+        seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_TIME)
+        budget = Budget(max(seconds - (time.perf_counter() - args.started), 1e-3), args.candidates, whole_run=True)
     levels = args.levels or (_level_sizes(BUNDLED["levels"]) if bundled else None)
     targets = targets_from(args, data.labels)
     engine = {} if levels is None else {"level_sizes": levels}
@@ -237,7 +250,7 @@ def _search(args: argparse.Namespace, out: Path) -> int:
     else:
         engine.update(memo_mb=args.memo_mb)
     result = synthesize(model, args.layer, data, metric=metric, grammar=args.grammar,
-                        budget=Budget(seconds, args.candidates), per_class=args.per_class, out_dir=out,
+                        budget=budget, per_class=args.per_class, out_dir=out,
                         resume=args.resume, device=args.device,
                         data=DataOptions(targets=targets, batch_size=args.batch_size, chunk_size=chunk_size_from(args),
                                          precision=args.precision, runtime=args.runtime, cache_dir=args.cache_dir,
@@ -247,7 +260,8 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                                              until=args.until, terminals=args.terminals,
                                              strategy=args.strategy, **engine),
                         output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
-                                             progress=not args.quiet, settings={"bundled_benchmark": bundled},
+                                             progress=not args.quiet,
+                                             settings={"bundled_benchmark": bundled, "budget_seconds": seconds},
                                              sanity=args.sanity),
                         cluster=cluster)
     d = result.data
@@ -283,8 +297,10 @@ def _search(args: argparse.Namespace, out: Path) -> int:
           f"{d['images']['total']} images{searched}{stored}; total {d['timings']['total_s']:.1f} s")
     print(f"wrote {out}/: " + ", ".join(v if isinstance(v, str) else ", ".join(v) for v in d["files"].values()))
     if d["stopped_by"] == "interrupted":
-        print(f"sycam-dsl: interrupted; the results so far are in {out}; continue with --resume -o {out}",
-              file=sys.stderr)
+        # a guided search cannot be resumed yet (Search.run refuses it): do not suggest it
+        more = ("start it again with another --out (a guided search cannot be resumed yet)"
+                if d["settings"].get("strategy") == "guided" else f"continue with --resume -o {out}")
+        print(f"sycam-dsl: interrupted; the results so far are in {out}; {more}", file=sys.stderr)
         return 130
     if result.best is None:
         # the tables above hold only the baselines: say so as an error, not a result

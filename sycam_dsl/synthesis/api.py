@@ -31,7 +31,7 @@ from ..allocator import keep_freed_memory
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.images import ImageSet, load_images
 from ..cam.sanity import check_sanity_size
-from ..cam.store import reuse_line
+from ..cam.store import image_digests, reuse_line
 from ..cam.terminals import TerminalInfo
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
@@ -57,7 +57,7 @@ from .per_class import ClassSearch, check_resume_kind, dispatch_of, search_per_c
 from .problem import Data, Problem
 from .result import SYCAM, Result, RunRecord
 from .search import Search
-from .split import make_split
+from .split import Split, make_split
 
 
 def resolve_metric(metric: str | Metric, options: dict[str, Any] | None) -> Metric:
@@ -145,6 +145,39 @@ def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, 
         return {"error": str(e)}
 
 
+#: The least share of a whole-run budget the search gets, even when the rest of the run needs more
+#: (the run then says so at the start, and overruns).
+MIN_SEARCH_SHARE = 0.05
+
+
+def _search_budget(budget: Budget, problem: Problem, split: Split, search_metric: Objective, shown: list[Metric],
+                   output: OutputOptions, terminal_seconds: float, t_start: float) -> Budget:
+    """The search's budget: ``budget`` itself, or for a whole-run budget what is left of it once the
+    time spent since ``t_start`` and the estimated cost of the work after the search (``budget.py``)
+    are set aside; when that work needs more than what is left, one line says so now."""
+    if not budget.whole_run or budget.seconds is None:
+        return budget
+    from ..cam.sanity import DEFAULT_SANITY_IMAGES
+    from .budget import estimate_reserve
+
+    names = [t for b in SEARCH_BASELINES for t in baseline(b).terminals]
+    everything = torch.arange(problem.n)
+    reserve = estimate_reserve(problem, split.search if split.on else everything, split.test if split.on else None,
+                               metric_list(search_metric), shown, names, SEARCH_BASELINES, len(SEARCH_BASELINES) + 1,
+                               min(DEFAULT_SANITY_IMAGES, problem.n) if output.sanity else 0,
+                               terminal_seconds / max(1, problem.n))
+    left = budget.seconds - (time.perf_counter() - t_start)
+    search_seconds = left - reserve.set_aside
+    floor = MIN_SEARCH_SHARE * budget.seconds
+    if left - reserve.total < floor:
+        total = budget.seconds - left + max(search_seconds, floor) + reserve.total
+        note(f"sycam-dsl: warning: the work after the search needs about {reserve.total:.0f} s "
+             f"({reserve.describe()}), more than the {max(left, 0.0):.0f} s left of the time budget: the search gets "
+             f"{max(search_seconds, floor):.1f} s and the run will take about {total:.0f} s in all (give more time, "
+             f"or fewer images or report metrics)")
+    return Budget(max(search_seconds, floor), budget.candidates, whole_run=True)
+
+
 def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
                images: ImageSet | torch.Tensor | str | Path | None = None, *,
                metric: str | Objective | Sequence[str | Metric] = "deletion",
@@ -163,12 +196,14 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     (taking images as given). ``images``: a folder, an ``ImageSet`` or a tensor ``[N, 3, H, W]``
     normalized for the model. ``metric_options``: the metric's options (e.g. ``{"steps": 10}``; with
     several metrics each takes those it has, ``"deletion.steps"`` names one).
-    ``budget``: a ``Budget`` or seconds. ``per_class``: one search per predicted class, compiled
-    into one dispatching module. An ``out_dir`` that holds a checkpoint of the same search is
-    resumed when ``resume`` is True (a single search's checkpoint only without ``per_class``, and
-    per-class ones only with it). ``out_dir`` is created and locked first: a file, a folder that
-    cannot be written, or one another run holds is refused before any work. A search that scored
-    no candidate before its time ran out gives ``best`` None (``expression: null``).
+    ``budget``: a ``Budget`` or seconds (of search; ``Budget(seconds, whole_run=True)``: of the whole
+    call, the work after the search estimated and set aside, see ``budget.py``). ``per_class``: one
+    search per predicted class, compiled into one dispatching module. An ``out_dir`` that holds a
+    checkpoint of the same search is resumed when ``resume`` is True (a single search's checkpoint
+    only without ``per_class``, and per-class ones only with it). ``out_dir`` is created and locked
+    first: a file, a folder that cannot be written, or one another run holds is refused before any
+    work. A search that scored no candidate before its time ran out gives ``best`` None
+    (``expression: null``).
 
     The rest comes in groups: ``data`` (masks, labels, targets, image size, batch sizes, the
     terminal cache; ``DataOptions``), ``search`` (subsets, expression size, the evaluation engine;
@@ -257,7 +292,11 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
     search_problem = problem.subset(split.search) if split.on else problem
     test_problem = problem.subset(split.test) if split.on else None
     options = {f.name: getattr(search, f.name) for f in fields(SearchOptions)}
-    config = SearchConfig(search_metric, as_budget(budget), **{**options, "level_sizes": tuple(search.level_sizes)})
+    held_out = tuple(image_digests(test_problem.inputs.images)) if test_problem is not None else ()
+    run_budget = _search_budget(as_budget(budget), problem, split, search_metric, shown, output, terminal_seconds,
+                                t_start)
+    config = SearchConfig(search_metric, run_budget, **{**options, "level_sizes": tuple(search.level_sizes)},
+                          held_out=held_out)
 
     t0 = time.perf_counter()
     dispatch: Dispatch | None = None
@@ -288,12 +327,14 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
         methods[SYCAM] = ("per-class dispatch", dispatch)
     elif best is not None:
         methods[SYCAM] = (to_sexpr(best), best)
-    search_tables = evaluate_methods(methods, shown, eval_problem)
-    test_tables = evaluate_methods(methods, shown, test_problem) if test_problem is not None else None
+    search_tables = evaluate_methods(methods, shown, eval_problem, output.progress, "final tables, searched images")
+    test_tables = evaluate_methods(methods, shown, test_problem, output.progress, "final tables, test split") \
+        if test_problem is not None else None
     eval_seconds = time.perf_counter() - t0
     sanity = None
     if output.sanity and best is not None:
         t0 = time.perf_counter()
+        note(f"sanity check: the result and {len(SEARCH_BASELINES)} baselines on a randomized model", output.progress)
         # the randomized model is converted in memory only: its file would never be read again
         sanity = result_sanity(loaded, layer_name, test_problem or eval_problem, best, device, data.chunk_size,
                                output.progress, RuntimeSpec(runtime_name(problem.inputs.model), data.precision))
@@ -315,8 +356,10 @@ def _search_and_write(loaded: LoadedModel, images_data: Data, problem: Problem, 
         "model": loaded.name, "model_source": loaded.source, "weights": weights, "layer": layer_name,
         "images": images_data.source, "working_dir": os.getcwd(),  # where a relative images path is (sanity)
         "size": int(images_data.images.shape[-1]), "metric": search_metric.name,
-        "metric_options": dict(search_metric.options), "grammar": gram.source, "budget_seconds": config.budget.seconds,
-        "budget_candidates": config.budget.candidates, "per_class": per_class, "seed": search.seed,
+        "metric_options": dict(search_metric.options), "grammar": gram.source,
+        "budget_seconds": as_budget(budget).seconds,
+        "budget_candidates": config.budget.candidates, "budget_whole_run": config.budget.whole_run,
+        "search_budget_seconds": config.budget.seconds, "per_class": per_class, "seed": search.seed,
         "level_sizes": [s for s in search.level_sizes], "equivalence_size": search.equivalence_size,
         "max_size": search.max_size, "report_metrics": [m.name for m in shown], "device": str(device),
         "batch_size": data.batch_size, "chunk_size": data.chunk_size, "precision": data.precision,

@@ -41,10 +41,16 @@ class Budget:
     """When to stop: after ``seconds`` of search time (baselines included, over every run of a
     resumed search; the search ends at most one image chunk's scoring later, even with no
     candidate scored) and/or ``candidates`` enumerated candidates (None: no bound). The grammar's
-    end (up to ``max_size``) always stops the search."""
+    end (up to ``max_size``) always stops the search.
+
+    ``whole_run``: ``seconds`` bound this run as a whole (``synth --time``): ``synthesize`` gives the
+    search what is left once the time already spent and the estimated cost of what comes after it
+    (the baselines' check, the final tables, the sanity check, the files) are set aside; a resumed
+    search then counts this run's time only."""
 
     seconds: float | None = None
     candidates: int | None = None
+    whole_run: bool = False
 
     def __post_init__(self) -> None:
         if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
@@ -147,7 +153,7 @@ class SearchConfig(SearchOptions):
     often a checkpoint is written. ``baseline_check``: at the end, the best scored baseline the
     grammar expresses replaces a result with a worse ``I1`` mean (see ``incumbent``); ``small_level``:
     levels with fewer images are judged by the mean with a margin (see ``oracle``; 0: always the
-    half-the-images rule).
+    half-the-images rule); ``held_out``: the test split's image digests, for the checkpoint.
 
     None of the engine's settings change which candidate wins (``candidate_batch=1,
     early_stop=False`` is the plain oracle)."""
@@ -158,6 +164,9 @@ class SearchConfig(SearchOptions):
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
     baseline_check: bool = True
     small_level: int = SMALL_LEVEL
+    #: digests (``cam.store.image_digests``) of the test split's images, which the search never sees:
+    #: a checkpoint records them, so that a resume with other held-out images is refused
+    held_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from ..metrics.compare import Row, compare
 from ..metrics.diagnostics import weight_problems
 from ..metrics.expression import score_expression
 from ..metrics.registry import Metric, MetricResult
+from ..util.progress import progress as progress_bar
 from .dispatch import Dispatch
 from .problem import Problem
 
@@ -30,12 +31,20 @@ def method_scores(method: Method, metrics: list[Metric], problem: Problem) -> di
     return out
 
 
-def evaluate_methods(methods: dict[str, tuple[str, Method]], metrics: list[Metric],
-                     problem: Problem) -> list[tuple[Metric, list[Row]]]:
+def evaluate_methods(methods: dict[str, tuple[str, Method]], metrics: list[Metric], problem: Problem,
+                     progress: bool = False, label: str = "final tables") -> list[tuple[Metric, list[Row]]]:
     """One comparison table per metric: each method's mean and share of images where it is best.
 
-    ``methods``: name -> (expression text shown in the table, method)."""
-    scores = {name: method_scores(method, metrics, problem) for name, (_, method) in methods.items()}
+    ``methods``: name -> (expression text shown in the table, method); ``progress``: a bar over the
+    methods on stderr, named ``label`` (on a slow model the tables take minutes)."""
+    bar = progress_bar(len(methods), f"{label}: {len(methods)} methods on {problem.n} images", progress)
+    scores = {}
+    try:
+        for name, (_, method) in methods.items():
+            scores[name] = method_scores(method, metrics, problem)
+            bar.update()
+    finally:
+        bar.close()
     texts = {name: text for name, (text, _) in methods.items()}
     tables = []
     for m in metrics:

@@ -75,7 +75,7 @@ def search_per_class(problem: Problem, grammar: Grammar, config: SearchConfig, o
                          f"none has (give more images, or search without --per-class)")
     seconds = config.budget.seconds
     share = replace(config, budget=Budget(seconds / len(classes) if seconds is not None else None,
-                                          config.budget.candidates))
+                                          config.budget.candidates, config.budget.whole_run))
     done: list[ClassSearch] = []
     stopped_by = "exhausted"
     searches = []

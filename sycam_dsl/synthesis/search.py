@@ -22,12 +22,20 @@ the deadline is checked before every image chunk scored, so the search ends at m
 scoring after it; with terminals on demand it comes earlier by the estimated time the terminals
 still missing for the baselines and the final tables will take (at the rates measured so far).
 Candidates fully judged by then count (a batch cut short keeps those finished, in stream order);
-one cut short leaves no trace. Once the deadline passes the search stops even without an
+one cut short leaves no trace. Batches grow 1, 2, 4, ... up to ``candidate_batch``, but no further
+than a batch's scoring on one image chunk taking about ``BATCH_SHARE`` of the budget at the cost
+per candidate measured so far, and a chunk is scored in groups of that size with the deadline
+checked before each: on a slow model a batch cannot overshoot by minutes. A whole-run budget
+(``Budget.whole_run``) counts this run only; ``synthesize`` has already set aside the work after
+the search (``budget.py``). Once the deadline passes the search stops even without an
 incumbent; the final check may then still give one (``stopped_by`` ``time``).
 
 With an output folder it writes ``checkpoint.json`` there when it starts,
 then after 1, 2, 4, ... s up to every ``checkpoint_seconds``, and when it stops; a search started
-on the same folder resumes: the checkpoint is checked field by field first, then the enumerator
+on the same folder resumes: the checkpoint is checked field by field first, and what it says was
+scored (the incumbent or the front's members, the baselines, each history entry's score) is scored
+again and compared (a forged score would keep out every better candidate and reach the report;
+the held-out images' digests are in the fingerprint too), then the enumerator
 replays the candidates already processed (checking their heatmaps, not scoring them) and carries
 on from the first unprocessed one.
 """
@@ -68,7 +76,7 @@ from .oracle import SMALL_LEVEL, SMALL_LEVEL_MARGIN, hopeless, judge
 from .pareto import knee
 from .problem import Problem
 from .scorer import LocalScorer, Scorer, ScorerFactory, score_levels
-from .state import Expected, Incumbent, SearchState, load_checkpoint, save_checkpoint
+from .state import CHECKPOINT_NAME, Expected, Incumbent, SearchState, load_checkpoint, save_checkpoint
 from .subsets import Subsets, make_subsets
 
 
@@ -119,10 +127,25 @@ def _short(text: str, width: int = 48) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def _numbers(t: torch.Tensor) -> str:
+    """Scores (one, or one per metric) as text."""
+    return ", ".join(f"{float(x):.6g}" for x in t.reshape(-1))
+
+
 def grammar_digest(grammar: Grammar) -> str:
     """A hash of the grammar's rules (not of its file name)."""
     return hashlib.sha256("\n".join(grammar.summary().splitlines()[1:]).encode()).hexdigest()[:16]
 
+
+#: How far a score read from a checkpoint may be from the same expression scored again (relative,
+#: absolute): rounding only, since scores are stored exactly and computed the same way.
+SCORE_RTOL, SCORE_ATOL = 1e-4, 1e-6
+
+#: A batch of candidates is sized so that scoring it on one image chunk takes about this share of the
+#: time budget (at the cost per candidate measured so far), within ``BATCH_SECONDS``: the deadline is
+#: checked between chunks, so this bounds the overshoot on a slow model.
+BATCH_SHARE = 0.02
+BATCH_SECONDS = (2.0, 10.0)
 
 #: Seconds to the second checkpoint; the interval then doubles up to ``checkpoint_seconds``, so a
 #: search killed early loses little while a long one writes rarely.
@@ -243,6 +266,9 @@ class Search:
         self._fingerprint: dict[str, Any] | None = None
         self._busy_text: str | None = None
         self._state: SearchState | None = None
+        self._image_seconds: float | None = None  # the last scoring's seconds per candidate and image
+        self._limit: float | None = None  # the search seconds (over every run) at which time is up
+        self._verify_seconds = 0.0  # spent scoring the checkpoint's scores again (a whole-run budget's)
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -262,6 +288,8 @@ class Search:
                 "oracle": {"baseline_check": c.baseline_check, "small_level": c.small_level,
                            "small_level_margin": SMALL_LEVEL_MARGIN},
                 **({"test_split": c.test_split} if c.test_split else {}),
+                # the problem's digest covers the searched images only; the held-out ones are in the tables
+                **({"test_images": list(c.held_out)} if c.held_out else {}),
                 **({"strategy": c.strategy} if c.strategy != "size" else {}),
                 # scores at another precision differ; fp32 stays out so older checkpoints still match
                 **({"precision": self.problem.inputs.precision}
@@ -292,16 +320,74 @@ class Search:
         a caller can check every checkpoint before any search starts."""
         if self.out_dir is not None and not self._resumed_loaded:
             self._resumed = load_checkpoint(self.out_dir, self.fingerprint(), self.expected())
+            if self._resumed is not None:
+                t = time.perf_counter()
+                self._verify(self._resumed, self.out_dir / CHECKPOINT_NAME)
+                self._verify_seconds = time.perf_counter() - t
             self._resumed_loaded = True
         return self._resumed
+
+    def _verify(self, state: SearchState, path: Path) -> None:
+        """Score again what the checkpoint says was scored (the incumbent or the front's members, the
+        baselines, every history entry: one expression each, on ``I1``) and refuse it in one line naming
+        the first field whose scores differ beyond float tolerance: a forged score would otherwise
+        keep out every better candidate and reach the report. The checkpoint's own values are kept
+        (equal up to rounding), so a resumed search still compares against the same numbers."""
+        got: dict[str, torch.Tensor | None] = {}
+
+        def check(where: Callable[[int], str], node: Node, saved: list[Any], mean: bool = False) -> None:
+            text = to_sexpr(node)
+            if text not in got:
+                s = score_levels(self.scorer, node)
+                got[text] = None if s is None else s.detach().to("cpu", torch.float64)
+            now = got[text]
+            if now is None:
+                raise SycamError(f"cannot resume from {path}: {where(0)}: {_short(text)} now gives NaN or Inf "
+                                 f"heatmaps; the checkpoint does not come from these images and model")
+            now = now.mean(dim=0) if mean else now
+            want = torch.tensor(saved, dtype=torch.float64).reshape(now.shape)
+            bad = (~torch.isclose(want, now, rtol=SCORE_RTOL, atol=SCORE_ATOL)).reshape(len(saved), -1).any(dim=1)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                row = (lambda t: t) if mean else (lambda t: t[i])  # noqa: E731
+                raise SycamError(f"cannot resume from {path}: {where(i)} is {_numbers(row(want))}, but {_short(text)} "
+                                 f"scores {_numbers(row(now))} there; the checkpoint was changed, or does not come "
+                                 f"from these images and model")
+
+        def in_blocks(field: str) -> Callable[[int], str]:
+            starts = [sum(self.subsets.level_sizes[:j]) for j in range(len(self.subsets.level_sizes))]
+
+            def name(i: int) -> str:
+                j = max(j for j, a in enumerate(starts) if a <= i)
+                return f"{field}[{j}][{i - starts[j]}]"
+            return name
+
+        flat = lambda blocks: [x for b in blocks for x in b]  # noqa: E731
+        parse = lambda text: parse_expr(text, self.grammar.inputs, source="<checkpoint>")  # noqa: E731
+        if state.incumbent is not None:
+            check(in_blocks("state.incumbent.blocks"), parse(state.incumbent.expression), flat(state.incumbent.blocks))
+        for k, m in enumerate(state.front):
+            check(in_blocks(f"state.front[{k}].blocks"), parse(m.expression), flat(m.blocks))
+        def indexed(field: str) -> Callable[[int], str]:
+            return lambda i: f"{field}[{i}]"
+
+        def whole(field: str) -> Callable[[int], str]:
+            return lambda i: field
+
+        for b, saved in state.baselines.items():
+            check(indexed(f"state.baselines.{b}"), baseline(b).node, saved)
+        for k, h in enumerate(state.history):
+            key = "scores" if "scores" in h else "score"
+            check(whole(f"state.history[{k}].{key}"), parse(h["expression"]), h[key] if key == "scores" else [h[key]],
+                  mean=True)
 
     def run(self, resume: bool = True) -> SearchOutcome:
         """Search until the budget, the grammar's end, Ctrl-C or SIGTERM; returns the incumbent."""
         fingerprint = self.fingerprint() if self.out_dir is not None else {}  # only checkpoints use it
         state = (self.resumed_state() if resume else None) or SearchState()
         if self.guide is not None and state.next_candidate > 0:
-            raise SycamError("resuming a guided search is not supported yet: run it again, or search with "
-                             "--strategy size")
+            raise SycamError("resuming a guided search is not supported yet: run it again with another "
+                             "output folder, or search with --strategy size")
         self._state = state
         self._resumed, self._resumed_loaded = None, False  # a second run reads the checkpoint afresh
         for name in self.level_names:
@@ -309,6 +395,11 @@ class Search:
             state.counts.rejected.setdefault(name, 0)
         t0 = time.perf_counter()
         self._clock = (state.seconds, t0, state.next_candidate)
+        seconds = self.config.budget.seconds
+        # a whole-run budget bounds this run: a resumed search's earlier runs do not count
+        if seconds is not None and self.config.budget.whole_run:  # the checks of the checkpoint were part of the run
+            seconds = max(seconds - self._verify_seconds, 1e-3) + state.seconds
+        self._limit = seconds
         self._checkpoint_interval = min(FIRST_CHECKPOINT_SECONDS, self.config.checkpoint_seconds)
         self._next_checkpoint = time.monotonic()
         stopped_by = "exhausted"
@@ -351,7 +442,7 @@ class Search:
                     if len(pending) >= batch:
                         self._process(pending, state, fingerprint)
                         pending = []
-                        batch = min(2 * batch, self.config.candidate_batch)
+                        batch = min(2 * batch, self._batch_cap())
                 self._process(pending, state, fingerprint)
             except _Stop:
                 stopped_by = "time"
@@ -466,8 +557,19 @@ class Search:
 
     def _out_of_time(self, state: SearchState) -> bool:
         """Whether the budget, less the terminal work the end still needs, has run out."""
-        budget = self.config.budget.seconds
-        return budget is not None and self._elapsed(state) + self._reserve() >= budget
+        limit = self._limit
+        return limit is not None and self._elapsed(state) + self._reserve() >= limit
+
+    def _batch_cap(self) -> int:
+        """The most candidates to score together: ``candidate_batch``, fewer when one candidate's
+        scoring on an ``I3`` chunk is slow (about ``BATCH_SHARE`` of the budget per batch and chunk)."""
+        cap = self.config.candidate_batch
+        if self._image_seconds is None or self._limit is None:
+            return cap
+        low, high = BATCH_SECONDS
+        target = min(high, max(low, BATCH_SHARE * self.config.budget.seconds)) if self.config.budget.seconds else low
+        per_candidate = self._image_seconds * self.scorer.chunk_size(0, 0)
+        return max(1, min(cap, int(target / max(per_candidate, 1e-9))))
 
     def _reserve(self) -> float:
         """Seconds of on-demand terminal work the baselines' check and the final tables will still
@@ -489,7 +591,9 @@ class Search:
         try:
             return self.scorer.score(nodes, level, chunk)
         finally:
-            state.scoring_seconds += time.perf_counter() - t
+            spent = time.perf_counter() - t
+            state.scoring_seconds += spent
+            self._image_seconds = spent / max(1, len(nodes) * self.scorer.chunk_size(level, chunk))
 
     def _process(self, pending: list[tuple[Node, int, object]], state: SearchState,
                  fingerprint: dict[str, Any]) -> None:
@@ -520,10 +624,14 @@ class Search:
         for c in range(self.scorer.chunks(0)):
             if not alive:
                 break
+            scores: list[torch.Tensor | None] = []
             try:
-                scores = self._score([nodes[k] for k in alive], 0, c, state)
+                # in groups of what the cost allows, the deadline checked before each group
+                while len(scores) < len(alive):
+                    group = alive[len(scores):len(scores) + self._batch_cap()]
+                    scores += self._score([nodes[k] for k in group], 0, c, state)
             except _Stop:
-                break  # keep what is scored: _consider judges the candidates it suffices for
+                alive = alive[:len(scores)]  # keep what is scored: _consider judges those it suffices for
             still = []
             for k, s in zip(alive, scores):
                 out[k].append(s)

@@ -299,6 +299,17 @@ class _Checker:
         return out
 
 
+def _held_out_change(saved: Any, now: Any) -> str:
+    """What changed in the test split's images (digests ``saved`` in the checkpoint, ``now`` here)."""
+    saved = saved if isinstance(saved, list) else []
+    now = now if isinstance(now, list) else []
+    if len(saved) != len(now):
+        return f"the test split now holds {len(now)} image(s), the checkpoint's {len(saved)}"
+    changed = [i for i, (a, b) in enumerate(zip(saved, now)) if a != b]
+    return (f"{len(changed)} of the {len(now)} test-split image(s) changed since it was written "
+            f"(the first at position {changed[0]} of the split)")
+
+
 def load_checkpoint(folder: Path, fingerprint: dict[str, Any], expected: Expected) -> SearchState | None:
     """The state saved in ``folder`` (None when there is no checkpoint). A checkpoint of another
     problem or other settings is an error naming what differs, never silently mixed in; so is one
@@ -320,6 +331,10 @@ def load_checkpoint(folder: Path, fingerprint: dict[str, Any], expected: Expecte
     if not isinstance(saved, dict):
         raise SycamError(f"cannot resume from {path}: fingerprint is missing or not an object")
     differ = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    if differ == ["test_images"]:  # the searched images, settings and model are the same
+        change = _held_out_change(saved.get("test_images"), fingerprint.get("test_images"))
+        raise SycamError(f"cannot resume from {path}: {change}; resume with the same images, or use another output "
+                         f"folder for a new search")
     if differ:
         raise SycamError(f"cannot resume from {path}: it was written with different {', '.join(differ)}; "
                          f"use the same settings, or another output folder for a new search")
