@@ -15,6 +15,7 @@ the heatmap grid and the score plot; see ``outputs.py``).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -171,10 +172,11 @@ def _search_budget(budget: Budget, problem: Problem, split: Split, search_metric
     floor = MIN_SEARCH_SHARE * budget.seconds
     if left - reserve.total < floor:
         total = budget.seconds - left + max(search_seconds, floor) + reserve.total
-        note(f"sycam-dsl: warning: the work after the search needs about {reserve.total:.0f} s "
-             f"({reserve.describe()}), more than the {max(left, 0.0):.0f} s left of the time budget: the search gets "
-             f"{max(search_seconds, floor):.1f} s and the run will take about {total:.0f} s in all (give more time, "
-             f"or fewer images or report metrics)")
+        # a warning, not a note: it shows with --quiet too
+        logging.getLogger(__name__).warning(
+            "the work after the search needs about %.0f s (%s), more than the %.0f s left of the time budget: the "
+            "search gets %.1f s and the run will take about %.0f s in all (give more time, or fewer images or report "
+            "metrics)", reserve.total, reserve.describe(), max(left, 0.0), max(search_seconds, floor), total)
     return Budget(max(search_seconds, floor), budget.candidates, whole_run=True)
 
 

@@ -18,15 +18,26 @@ from dataclasses import dataclass
 import torch
 
 from ..baselines import baseline
+from ..lang.ast import Node
+from ..lang.sexpr import parse_expr
+from ..lang.terminals import terminal_types
 from ..metrics.registry import Metric
 from .evaluation import method_scores
 from .on_demand import OnDemandTerminals
 from .problem import Problem
 
-#: Images the metrics are timed on (with GradCAM, whose terminals are already there), after one that
-#: warms them up: one image, then this many, so that a call's fixed cost and the cost per image come
-#: apart (timed on a few images alone, the fixed cost made the tables look several times dearer).
-SAMPLE_IMAGES = 8
+#: The most images the metrics are timed on (with GradCAM, whose terminals are already there), after
+#: one that warms them up: one image, then 2, 4, ... of them while a call takes less than
+#: ``SAMPLE_SECONDS``, so that a call's fixed cost and the cost per image come apart at the batch
+#: sizes the tables run at (timed on one or a few images alone, the fixed cost and the batches' small
+#: size made the bundled CNN's tables look 8x dearer than they were).
+SAMPLE_IMAGES = 64
+SAMPLE_SECONDS = 1.0
+#: Terminals on demand are timed on one image, and when that took less than this, on
+#: ``TERMINAL_SAMPLE`` more (the tables need them anyway): one image's rate is mostly the call's
+#: fixed cost on a small model.
+TERMINAL_FAST_SECONDS = 0.5
+TERMINAL_SAMPLE = 16
 #: Seconds set aside for writing the output folder (TorchScript, figures, report).
 OUTPUT_SECONDS = 3.0
 
@@ -72,29 +83,31 @@ class Reserve:
         return ", ".join(f"{name} {s:.0f} s" for name, s in parts if s >= 0.5)
 
 
-def metric_costs(problem: Problem, metrics: Sequence[Metric], images: torch.Tensor) -> dict[str, Cost]:
-    """Each metric's ``Cost`` per call, timed on GradCAM: on ``images[0]`` to warm up, then on
-    ``images[1]`` and on ``images[2:2 + SAMPLE_IMAGES]`` (every image scored once: the Deletion /
-    Insertion memo must not answer from an earlier call). Fewer than 3 images: one's cost, per image."""
-    node = baseline("GradCAM").node
-
-    def timed(m: Metric, index: torch.Tensor) -> float:
+def table_cost(problem: Problem, methods: Sequence[Node], metrics: Sequence[Metric], images: torch.Tensor) -> Cost:
+    """The ``Cost`` of scoring ``methods`` on ``metrics`` over n images the way the tables do (one subset,
+    every method in turn, so that what the metrics share is computed once), timed on ``images[0]`` to
+    warm up, then on 1, 2, 4, ... fresh images (the Deletion / Insertion memo must not answer from an
+    earlier call) while a call takes less than ``SAMPLE_SECONDS``, at most ``SAMPLE_IMAGES``. Fewer
+    than 3 images: one's cost, per image."""
+    def timed(index: torch.Tensor) -> float:
+        sub = problem.subset(index)
         t = time.perf_counter()
-        method_scores(node, [m], problem.subset(index))
+        for node in methods:
+            method_scores(node, list(metrics), sub)
         return time.perf_counter() - t
 
-    out = {}
-    for m in metrics:
-        if images.numel() < 3:
-            out[m.name] = Cost(0.0, timed(m, images[:1]))
-            continue
-        k = min(SAMPLE_IMAGES, int(images.numel()) - 2)
-        timed(m, images[:1])
-        one, more = timed(m, images[1:2]), timed(m, images[2:2 + k])
-        # two points of fixed + per_image * n; on a busy machine one call can take longer than k images
-        per_image = (more - one) / (k - 1) if k > 1 and more > one else more / k
-        out[m.name] = Cost(max(one - per_image, 0.0), per_image)
-    return out
+    if images.numel() < 3:
+        return Cost(0.0, timed(images[:1]))
+    timed(images[:1])
+    one, start, k = timed(images[1:2]), 2, 1
+    more = one
+    while start + 2 * k <= images.numel() and 2 * k <= SAMPLE_IMAGES and more < SAMPLE_SECONDS:
+        k *= 2
+        more = timed(images[start:start + k])
+        start += k
+    # two points of fixed + per_image * n; on a busy machine one call can take longer than k images
+    per_image = (more - one) / (k - 1) if k > 1 and more > one else more / k
+    return Cost(max(one - per_image, 0.0), per_image)
 
 
 def estimate_reserve(problem: Problem, search_index: torch.Tensor, test_index: torch.Tensor | None,
@@ -105,24 +118,35 @@ def estimate_reserve(problem: Problem, search_index: torch.Tensor, test_index: t
     ``sanity_images`` the images of the sanity check (0: none), ``up_front_seconds`` the gradient
     pass's seconds per image (the sanity check runs it again, on a randomized model too).
 
-    Computes each terminal on demand for one image (to know its rate) and times the metrics on a few
-    images (``metric_costs``)."""
+    Computes each terminal on demand for one image (to know its rate; for ``TERMINAL_SAMPLE`` more when
+    that was fast) and times the tables' work on a few images (``table_cost``)."""
     terms = problem.terminals
-    first = (test_index if test_index is not None and test_index.numel() else search_index)[:1]
+    pool = test_index if test_index is not None and test_index.numel() else search_index
     per_image = up_front_seconds
     if isinstance(terms, OnDemandTerminals):
         source = terms.source
+        t = time.perf_counter()
         for name in names:
             if name in source.on_demand:
-                source.ensure(name, first)
+                source.ensure(name, pool[:1])
+        if time.perf_counter() - t < TERMINAL_FAST_SECONDS:  # a small model: spread the call's fixed cost
+            for name in names:
+                if name in source.on_demand:
+                    source.ensure(name, pool[1:1 + TERMINAL_SAMPLE])
         per_image += sum(source.seconds_per_image(n) or 0.0 for n in {source.group(n)[0] for n in source.on_demand})
     terminals = 0.0
     if isinstance(terms, OnDemandTerminals) and test_index is not None:
         terminals = terms.source.remaining_seconds(list(names), test_index)
     later = terms.remaining_seconds(list(names)) if isinstance(terms, OnDemandTerminals) else 0.0
     order = torch.cat([test_index, search_index]) if test_index is not None else search_index
-    cost = metric_costs(problem, list({m.name: m for m in [*search_metrics, *shown]}.values()), order)
+    every = list({m.name: m for m in [*search_metrics, *shown]}.values())
+    # the tables' rows: the baselines, and a method of its own standing in for the result (another
+    # ranking than the baselines', so the memo does not answer for it)
+    stand_in = parse_expr("(relu grads)", terminal_types(), source="<budget>")
+    rows = [baseline(b).node for b in baselines][:methods] + [stand_in] * max(0, methods - len(baselines))
+    cost = table_cost(problem, rows, every, order)
     n_search, n_test = int(search_index.numel()), 0 if test_index is None else int(test_index.numel())
-    check = len(baselines) * sum(cost[m.name](n_search) for m in search_metrics)
-    tables = methods * sum(cost[m.name](n) for m in shown for n in (n_search, n_test) if n)
+    tables = sum(cost(n) for n in (n_search, n_test) if n)
+    # the check scores the baselines on the search's metrics only: that share of a table's rows and metrics
+    check = cost(n_search) * len(baselines) / max(1, len(rows)) * len(search_metrics) / max(1, len(every))
     return Reserve(terminals, check, tables, 2 * sanity_images * per_image, searched_terminals=later - terminals)
