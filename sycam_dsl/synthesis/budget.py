@@ -123,21 +123,32 @@ def estimate_reserve(problem: Problem, search_index: torch.Tensor, test_index: t
     terms = problem.terminals
     pool = test_index if test_index is not None and test_index.numel() else search_index
     per_image = up_front_seconds
+    terminals = later = 0.0
     if isinstance(terms, OnDemandTerminals):
         source = terms.source
-        t = time.perf_counter()
-        for name in names:
-            if name in source.on_demand:
-                source.ensure(name, pool[:1])
-        if time.perf_counter() - t < TERMINAL_FAST_SECONDS:  # a small model: spread the call's fixed cost
-            for name in names:
-                if name in source.on_demand:
-                    source.ensure(name, pool[1:1 + TERMINAL_SAMPLE])
-        per_image += sum(source.seconds_per_image(n) or 0.0 for n in {source.group(n)[0] for n in source.on_demand})
-    terminals = 0.0
-    if isinstance(terms, OnDemandTerminals) and test_index is not None:
-        terminals = terms.source.remaining_seconds(list(names), test_index)
-    later = terms.remaining_seconds(list(names)) if isinstance(terms, OnDemandTerminals) else 0.0
+        groups = {"+".join(source.group(n)): n for n in names if n in source.on_demand}
+        rates: dict[str, float] = {}  # group -> seconds per image, of the last sample (not the first call's)
+
+        def sample(index: torch.Tensor) -> float:
+            before = {k: (source.work.seconds.get(k, 0.0), source.work.images.get(k, 0)) for k in groups}
+            t = time.perf_counter()
+            for name in groups.values():
+                source.ensure(name, index)
+            for k, (seconds, images) in before.items():
+                done = source.work.images.get(k, 0) - images
+                if done:
+                    rates[k] = (source.work.seconds.get(k, 0.0) - seconds) / done
+            return time.perf_counter() - t
+
+        if sample(pool[:1]) < TERMINAL_FAST_SECONDS:  # a small model: the first call's fixed cost is most of it
+            sample(pool[1:1 + TERMINAL_SAMPLE])
+        per_image += sum(rates.values())
+
+        def remaining(index: torch.Tensor | None) -> float:
+            return sum(rates.get(k, 0.0) * int(source.missing(n, index).numel()) for k, n in groups.items())
+
+        terminals = remaining(test_index) if test_index is not None else 0.0
+        later = remaining(search_index if test_index is not None else None) + terminals
     order = torch.cat([test_index, search_index]) if test_index is not None else search_index
     every = list({m.name: m for m in [*search_metrics, *shown]}.values())
     # the tables' rows: the baselines, and a method of its own standing in for the result (another
