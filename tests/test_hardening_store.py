@@ -281,8 +281,9 @@ def test_terminals_on_demand_say_when_they_come_from_the_store(tmp_path):
 
 def test_the_search_status_line_says_reading_from_the_store(tmp_path):
     images = _photos(tmp_path / "im", 6)
+    # --search-time: no whole-run estimate computing cic before the search (the line is the search's)
     args = ["synth", *MODEL, "--images", str(images), "--metric", "deletion", "--steps", "3", "--candidates", "3",
-            "--report-images", "0", "--cache-dir", str(tmp_path / "c")]
+            "--report-images", "0", "--cache-dir", str(tmp_path / "c"), "--search-time", "600"]
     code, first, _ = _cli(*args, "-o", str(tmp_path / "r1"))
     assert code == 0, first
     assert any("| computing cic of" in line for line in first), first

@@ -141,7 +141,8 @@ def test_split_zero_gives_todays_tables(tmp_path):
     x, masks = data(16)
     options = SearchOptions(level_sizes=(4, 8, None), equivalence_size=4, test_split=0)
     result = synthesize(tiny_model(), "features", x, metric="deletion", metric_options={"steps": 3},
-                        budget=Budget(candidates=10), data=DataOptions(masks=masks, use_cache=False),
+                        budget=Budget(candidates=10),
+                        data=DataOptions(masks=masks, use_cache=False, runtime="torch"),  # build_problem's, below
                         search=options, output=OutputOptions(progress=False, report_images=0),
                         out_dir=tmp_path / "run")
     d = result.data
