@@ -397,7 +397,7 @@ def runtime_rows(s: Setup, args: argparse.Namespace, name: str, precision: str, 
     loops: dict[str, tuple[Callable[[], object], int]] = {
         "cic": (lambda: T._cic(module, x, cic_acts, targets, "auto", False, precision, sizes, fwd), live),
         "abl": (lambda: T._abl(access, x, acts, logits, targets, "auto", "auto", False, precision, sizes,
-                               None if name == "torch" else spec, name), n * k),
+                               None if name == "torch" else spec), n * k),
         "Deletion": (lambda: perturbation_curve(fwd, x, targets, sal, steps, False, dev, b_del, blurred_images=blur,
                                                 precision=precision, channels_last=cl_del),
                      args.candidates * n * steps)}

@@ -334,8 +334,8 @@ def ablation_layout(n: int, k: int, chunk: int) -> tuple[int, int]:
 @torch.no_grad()
 def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
          chunk: BatchSize, method: str, show: bool, precision: str = DEFAULT_PRECISION,
-         sizes: dict[str, int] | None = None, runtime: RuntimeSpec | None = None,
-         prefer: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+         sizes: dict[str, int] | None = None,
+         runtime: RuntimeSpec | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(``abl`` ``[N, K]``, ``z_c^(k)`` ``[N, K]``, method used). ``chunk`` ablated rows per pass of the
     layers after the target layer (``"auto"``: ``auto_batch_size`` of that pass), laid out by
     ``ablation_layout``: blocks of ``B`` images, whose values carried around the layer are computed
@@ -350,8 +350,7 @@ def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch
     the unablated activations at that precision, so that ``z_c - z_c^(k)`` compares two values with the
     same rounding (the model's float32 logit would add the precision's error to every channel alike).
     ``runtime``: where the fx split's tail runs (``models.runtime.forward_module``; None: torch); the
-    hook and script methods rerun the model in torch; ``prefer``: the whole model's runtime. No
-    host-device sync per batch."""
+    hook and script methods rerun the model in torch. No host-device sync per batch."""
     n, k = acts.shape[:2]
     dev = x.device
     runner = tail_runner(access, method)
@@ -375,7 +374,7 @@ def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch
         chunk = auto_batch_size(run, acts[:1], dev, cap=n * k, module=tail, extra_inputs=1, what="terminals: abl")
     assert isinstance(chunk, int)
     if runtime is not None and runner.split is not None:
-        runner = runner.with_tail(tail_forward(runner, [acts[:1], *runner.carry(x[:1])], runtime, show, prefer))
+        runner = runner.with_tail(tail_forward(runner, [acts[:1], *runner.carry(x[:1])], runtime, show))
     if sizes is not None:
         sizes["abl"] = chunk
     block, per = ablation_layout(n, k, chunk)
@@ -425,14 +424,14 @@ def _abl(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch
     return (z_c[:, None] - ablated) / z_c[:, None], ablated, runner.method
 
 
-def tail_forward(runner: TailRunner, example: list[torch.Tensor], runtime: RuntimeSpec, show: bool,
-                 prefer: str | None) -> nn.Module:
-    """What runs ``runner``'s fx tail under ``runtime``; ``example``: its inputs (activations, then the
-    carried values) for one image; ``prefer``: the whole model's runtime (``forward_module``)."""
+def tail_forward(runner: TailRunner, example: list[torch.Tensor], runtime: RuntimeSpec, show: bool) -> nn.Module:
+    """What runs ``runner``'s fx tail under ``runtime`` (``auto``: timed on its own, since a small tail
+    can run faster in torch than the model does); ``example``: its inputs (activations, then the carried
+    values) for one image."""
     assert runner.split is not None
     layer = runner.access.name
     return forward_module(runner.split.tail, example, runtime, part=f"tail@{layer}",
-                          what=f"the layers after {layer!r}", show=show, prefer=prefer)
+                          what=f"the layers after {layer!r}", show=show)
 
 
 def _buffer(t: torch.Tensor, times: int) -> torch.Tensor:
@@ -557,8 +556,7 @@ class TerminalRun:
                 return "torch"
             with eval_mode(self.module), torch.no_grad():
                 example = [runner.split.run_head(self.x[:1])[0], *runner.carry(self.x[:1])]
-                self.forwards["tail"] = tail_forward(runner, example, self.runtime, self.progress,
-                                                     runtime_name(self.model_forward()))
+                self.forwards["tail"] = tail_forward(runner, example, self.runtime, self.progress)
         return runtime_name(self.forwards["tail"])
 
     @property
@@ -634,8 +632,7 @@ def _compute_chunk(run: TerminalRun, kind: str, idx: list[int], base: list[Recor
                            run.sizes, run.model_forward())
         return _split({"cic": cic, "mlogits": masked}, len(idx))
     abl, ablated, method = _abl(run.access, x, acts, _stack(done, "logits"), targets, run.chunk_size, ablation,
-                                run.progress, run.precision, run.sizes, run.runtime,
-                                None if run.runtime is None else runtime_name(run.model_forward()))
+                                run.progress, run.precision, run.sizes, run.runtime)
     return [{**r, "abl_method": method} for r in _split({"abl": abl, "ablated_logits": ablated}, len(idx))]
 
 
