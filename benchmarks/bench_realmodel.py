@@ -82,9 +82,10 @@ def main() -> None:
             continue
         m = min(len(row["history"]), len(base["history"]))
         same = row["history"][:m] == base["history"][:m]
-        ratio = row["candidates"] / base["candidates"] if base["candidates"] else float("inf")
+        ratio = f"{row['candidates'] / base['candidates']:.2f}x" if base["candidates"] else "n/a (torch judged 0)"
         evals = f"eval {base['eval_s'] / row['eval_s']:.2f}x faster; " if "eval_s" in row else ""
-        print(f"{key[0]} {key[1]} against torch fp32: {evals}{ratio:.2f}x the candidates; the first {m} incumbents "
+        evals += f"synth {base['synth_s'] / row['synth_s']:.2f}x faster in all; "
+        print(f"{key[0]} {key[1]} against torch fp32: {evals}{ratio} the candidates; the first {m} incumbents "
               f"{'the same' if same else 'differ'}")
     print(f"files in {work}")
 

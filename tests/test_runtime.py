@@ -311,3 +311,19 @@ def test_the_sycam_api_runs_on_a_runtime(tmp_path):
     assert list((tmp_path / rt.FOLDER).glob("*.onnx")), "not converted into the given cache folder"
     for a, b in zip(want.flatten(1), got.flatten(1)):
         assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) >= 0.99999
+
+
+def test_a_converted_model_that_gives_other_outputs_is_refused(monkeypatch, caplog):
+    real = rt._session
+
+    def off_by_one(runtime, onnx, precision):  # a conversion that went wrong: every logit moved by 1
+        run = real(runtime, onnx, precision)
+        return lambda arrays: run(arrays) + 1.0
+
+    monkeypatch.setattr(rt, "_session", off_by_one)
+    model, x = _model(), _images(2)
+    with pytest.raises(ConversionError, match="does not reproduce torch's outputs"):
+        forward_module(model, [x[:1]], RuntimeSpec("onnxruntime"))
+    with caplog.at_level(logging.WARNING, logger="sycam_dsl"):
+        assert forward_module(model, [x[:1]], RuntimeSpec("auto")) is model  # auto: torch, with a warning
+    assert any("does not reproduce" in r.getMessage() for r in caplog.records)
