@@ -155,18 +155,22 @@ def rate(task: Task, min_seconds: float, dev: torch.device) -> float:
             return runs * task.items / t
 
 
+def layer_values(s: Setup, x: torch.Tensor) -> tuple:
+    """``(access, A [N, K, h, w], logits, targets, A of cic's channels, live cic rows)`` of ``s`` on ``x``."""
+    access = layer_access(s.module, s.layer)
+    with torch.no_grad():
+        acts, logits = access.forward(x)
+    cic_acts = acts[:, :s.cic_channels] if s.cic_channels else acts
+    cflat = cic_acts.flatten(2)
+    return access, acts, logits, logits.argmax(1), cic_acts, int((cflat.amax(2) > cflat.amin(2)).sum())
+
+
 def build_run(s: Setup, args: argparse.Namespace, precision: str, dev: torch.device) -> Run:
     """The tasks of one model at one precision, their batch sizes resolved (``auto``: by the library,
     on a first, untimed run that also warms up)."""
     module, x = s.module, s.x.to(dev)
-    access = layer_access(module, s.layer)
-    with torch.no_grad():
-        acts, logits = access.forward(x)
-    targets = logits.argmax(1)
+    access, acts, logits, targets, cic_acts, live = layer_values(s, x)
     n, k, h, w = acts.shape
-    cic_acts = acts[:, :s.cic_channels] if s.cic_channels else acts
-    cflat = cic_acts.flatten(2)
-    live = int((cflat.amax(2) > cflat.amin(2)).sum())
     runner = tail_runner(access)
     steps = min(args.steps, h * w)
     sal = torch.rand(args.candidates, n, h, w, generator=torch.Generator().manual_seed(1)).to(dev)
@@ -359,14 +363,8 @@ def runtime_rows(s: Setup, args: argparse.Namespace, name: str, precision: str, 
         return why
     spec = RuntimeSpec(name, precision, folder)
     module, x = s.module, s.x.to(dev)
-    access = layer_access(module, s.layer)
-    with torch.no_grad():
-        acts, logits = access.forward(x)
-    targets = logits.argmax(1)
+    access, acts, logits, targets, cic_acts, live = layer_values(s, x)
     n, k, h, w = acts.shape
-    cic_acts = acts[:, :s.cic_channels] if s.cic_channels else acts
-    cflat = cic_acts.flatten(2)
-    live = int((cflat.amax(2) > cflat.amin(2)).sum())
     fwd = forward_module(module, [x[:1]], spec, show=True)
     runner = tail_runner(access)
     carried = runner.carry(x[:1])
