@@ -174,10 +174,12 @@ def _search_budget(budget: Budget, problem: Problem, split: Split, search_metric
     if left - reserve.total < floor:
         total = budget.seconds - left + max(search_seconds, floor) + reserve.total
         # a warning, not a note: it shows with --quiet too
+        why = (f"more than the {max(left, 0.0):.0f} s left of the time budget" if reserve.total > left else
+               f"which leaves the search less than half of the {budget.seconds:.0f} s time budget")
         logging.getLogger(__name__).warning(
-            "the work after the search needs about %.0f s (%s), more than the %.0f s left of the time budget: the "
-            "search gets %.1f s and the run will take about %.0f s in all (give more time, or fewer images or report "
-            "metrics)", reserve.total, reserve.describe(), max(left, 0.0), max(search_seconds, floor), total)
+            "the work after the search needs about %.0f s (%s), %s: the search gets %.1f s and the run will take "
+            "about %.0f s in all (give more time, or fewer images or report metrics)", reserve.total,
+            reserve.describe(), why, max(search_seconds, floor), total)
     return Budget(max(search_seconds, floor), budget.candidates, whole_run=True)
 
 
