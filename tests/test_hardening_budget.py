@@ -16,14 +16,13 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-import sycam_dsl.synthesis.search as search_module
 from sycam_dsl.errors import SycamError
 from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, Search, SearchOptions, synthesize
+from tests.conftest import Clock
 from tests.test_synthesis import GRAMMAR, ScriptedScorer, config, planted, scripted
 from tests.test_synthesize_api import data, tiny_model
 
@@ -125,23 +124,6 @@ def test_an_interrupted_guided_search_does_not_suggest_a_resume_it_refuses(tmp_p
 
 
 # -- budgets on slow models ---------------------------------------------------------------------------
-
-
-class Clock:
-    """A fake ``time`` for the search module: only the scorer moves it."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(search_module, "time", SimpleNamespace(perf_counter=c, monotonic=c))
-    return c
 
 
 class SlowScorer(ScriptedScorer):

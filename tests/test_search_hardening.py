@@ -14,19 +14,18 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import jsonschema
 import pytest
 import torch
 
 import sycam_dsl.synthesis.api as api
-import sycam_dsl.synthesis.search as search_module
 from sycam_dsl.baselines import baseline
 from sycam_dsl.errors import SycamError
 from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.parse import parse_grammar
 from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, Search, SearchOptions, synthesize
+from tests.conftest import Clock
 from tests.test_synthesis import GRAMMAR, ScriptedScorer, config, planted, scripted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,23 +33,6 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 # -- the time budget (fix 10) -----------------------------------------------------------------------
-
-
-class Clock:
-    """A fake ``time`` for the search module: only the scorer moves it, one second per chunk scored."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(search_module, "time", SimpleNamespace(perf_counter=c, monotonic=c))
-    return c
 
 
 class TickingScorer(ScriptedScorer):

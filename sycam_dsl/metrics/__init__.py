@@ -1,4 +1,4 @@
-"""Metrics of explanation quality (SPEC section 6), one module per family, and a registry by name.
+"""Metrics of explanation quality (definitions: docs/metrics.md), one module per family, and a registry by name.
 
 Every metric gives per-image scores and a direction; ``get_metric(name)`` looks one up and
 ``register_metric`` adds a user-defined one from Python.

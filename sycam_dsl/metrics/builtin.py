@@ -1,4 +1,4 @@
-"""The built-in metrics of SPEC section 6, registered under their names.
+"""The built-in metrics (definitions: docs/metrics.md), registered under their names.
 
 Values that do not depend on the heatmaps (``y_c(x)``, ``x~``, ``y_c(x~)``) are kept in
 ``MetricInputs.cache``, so scoring many candidates on the same images computes them once.

@@ -1,4 +1,4 @@
-"""Deletion and Insertion with ``P`` steps (SPEC section 6).
+"""Deletion and Insertion with ``P`` steps (definitions: docs/metrics.md).
 
 Cells: the target layer's ``h x w`` grid splits the image; pixel row ``i`` of an ``H``-row image
 lies in cell row ``floor(i * h / H)`` (columns likewise), so the cells tile the image exactly even

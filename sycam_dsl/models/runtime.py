@@ -29,7 +29,6 @@ gradient pass always stays in torch.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import json
 import logging
@@ -38,7 +37,6 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -506,8 +504,3 @@ def forward_module(module: nn.Module, example: Sequence[torch.Tensor], spec: Run
         return next(iter(built.values()))
     return built[_choose(built, module, example, key, spec, what, show)]
 
-
-def precision_context(model: nn.Module, precision: str, device: str | torch.device) -> Any:
-    """The context a forward pass of ``model`` runs in: ``forward_precision`` for torch, nothing for a
-    ``RuntimeModule`` (its precision is compiled in)."""
-    return nullcontext() if isinstance(model, RuntimeModule) else forward_precision(precision, device)
