@@ -1,4 +1,4 @@
-"""Computing the terminals of SPEC section 2 for a model, a target layer and a batch of images.
+"""Computing the terminals (docs/cam-engine.md, "Terminals") for a model, a target layer and a batch of images.
 
 One forward and backward pass per image batch gives ``A``, ``G``, ``grads``, ``pgrads`` and ``acts``;
 ``cic`` (ScoreCAM) runs the model on masked copies of each image, ``abl`` (AblationCAM) reruns only the
