@@ -8,8 +8,9 @@ import time
 from sycam_dsl.bundled import bundled_images, load_bundled_model
 from sycam_dsl.enumerate import Enumerator
 from sycam_dsl.lang.ast import Node
-from sycam_dsl.synthesis import Problem, make_subsets, resolve_grammar
-from sycam_dsl.synthesis.api import Data, build_problem
+from sycam_dsl.run.runner import Data, build_problem
+from sycam_dsl.synthesis import Problem, resolve_grammar
+from sycam_dsl.synthesis.subsets import make_subsets
 
 
 def bundled_problem(n: int, device: str = "cpu", memo_mb: float = 0) -> Problem:

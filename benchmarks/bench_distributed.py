@@ -22,11 +22,12 @@ import torch
 
 from sycam_dsl.allocator import keep_freed_memory
 from sycam_dsl.bundled import bundled_images, load_bundled_model
-from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.cli.synth import BUNDLED
 from sycam_dsl.parse import resolve_grammar
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, parse_level_sizes, synthesize
-from sycam_dsl.synthesis.api import resolve_metric
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.run.runner import resolve_metric
+from sycam_dsl.synthesis import Budget, SearchOptions, parse_level_sizes
 from sycam_dsl.synthesis.distributed import ClusterOptions, WorkerSpec, shard_pool
 
 TERMINALS = ["grads", "cic", "abl"]

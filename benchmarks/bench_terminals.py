@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.lang.types import Type
 from sycam_dsl.models import load_model, resolve_layer
 from sycam_dsl.template.heatmaps import heatmaps as cam_heatmaps

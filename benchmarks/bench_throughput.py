@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from sycam_dsl.allocator import keep_freed_memory
 from sycam_dsl.bundled import bundled_images, load_bundled_model
-from sycam_dsl.cam import terminals as T
+from sycam_dsl.cam import compute as T
 from sycam_dsl.cam.layer_split import layer_access, tail_runner
 from sycam_dsl.cam.sanity import spearman
 from sycam_dsl.lang.types import Type

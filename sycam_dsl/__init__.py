@@ -12,9 +12,9 @@ __all__ = ["SyCAM", "__version__", "synthesize"]
 
 def __getattr__(name: str):
     if name == "synthesize":
-        from .synthesis.api import synthesize
+        from .run.runner import synthesize
         return synthesize
     if name == "SyCAM":
-        from .deploy.api import SyCAM
+        from .deploy.sycam import SyCAM
         return SyCAM
     raise AttributeError(f"module 'sycam_dsl' has no attribute {name!r}")

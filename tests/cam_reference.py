@@ -1,5 +1,5 @@
 """Test-only reference code: terminals computed directly with autograd and hooks, independent of
-``sycam_dsl.cam.terminals``, plus small models for the metric and baseline tests."""
+``sycam_dsl.cam.compute``, plus small models for the metric and baseline tests."""
 
 from __future__ import annotations
 

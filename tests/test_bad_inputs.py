@@ -254,7 +254,8 @@ def test_levels_that_do_not_increase_are_refused_before_any_work(levels):
 def test_synth_reports_a_method_with_blank_heatmaps(tmp_path):
     from sycam_dsl import synthesize
     from sycam_dsl.bundled import bundled_images, load_bundled_model
-    from sycam_dsl.synthesis import OutputOptions, SearchOptions
+    from sycam_dsl.run import OutputOptions
+    from sycam_dsl.synthesis import SearchOptions
 
     grammar = tmp_path / "negative.sy"
     grammar.write_text("(synth-cam w ((grads Vec)) Vec ((E Vec ((neg (abs grads))))))\n")
@@ -285,7 +286,7 @@ def _tiny_images(n: int = 2, size: int = 32) -> torch.Tensor:
 
 
 def test_one_call_of_a_shared_module_is_a_layer():
-    from sycam_dsl.cam.terminals import compute_terminals
+    from sycam_dsl.cam.compute import compute_terminals
     from sycam_dsl.models import LayerError
     from tests.bad_models import OwnReLUs, SharedReLU
 
@@ -318,7 +319,7 @@ def test_efficientnet_lite0_defaults_to_its_activated_head():
 
     from sycam_dsl.bundled import bundled_images
     from sycam_dsl.bundled.data import NORMALIZATION
-    from sycam_dsl.cam.terminals import compute_terminals
+    from sycam_dsl.cam.compute import compute_terminals
     from sycam_dsl.lang.types import Type
     from sycam_dsl.metrics.diagnostics import constant_maps
     from sycam_dsl.models import EFFICIENTNET_LITE, load_model
@@ -339,8 +340,8 @@ def test_efficientnet_lite0_defaults_to_its_activated_head():
 
 
 def test_a_store_hit_is_checked_against_the_model(tmp_path, caplog):
+    from sycam_dsl.cam.compute import TerminalError
     from sycam_dsl.cam.store import TerminalStore, compute_terminals_stored
-    from sycam_dsl.cam.terminals import TerminalError
     from sycam_dsl.models import LayerError
     from tests.cam_reference import TinyCNN
 
@@ -369,7 +370,7 @@ def test_a_store_hit_is_checked_against_the_model(tmp_path, caplog):
 @pytest.mark.parametrize("factory", ["float64", "float16"])
 def test_models_in_other_float_types_run_in_float32(factory, caplog):
     import tests.bad_models as bad
-    from sycam_dsl.cam.terminals import compute_terminals
+    from sycam_dsl.cam.compute import compute_terminals
     from sycam_dsl.models import load_model
 
     module = getattr(bad, factory)()
@@ -399,7 +400,7 @@ def test_a_float64_model_is_scored_in_float32(photo):
 ])
 def test_models_that_cannot_give_the_terminals_are_refused_first(factory, names, message):
     import tests.bad_models as bad
-    from sycam_dsl.cam.terminals import TerminalError, compute_terminals
+    from sycam_dsl.cam.compute import TerminalError, compute_terminals
 
     with pytest.raises(TerminalError, match=message) as e:
         compute_terminals(getattr(bad, factory)(), "features.4", _tiny_images(), None, names, progress=False)

@@ -217,8 +217,8 @@ def test_resnet18_layer3_agrees_with_gradcam(resnet18_layer3):
 
 
 def test_engine_terminals_agree_with_gradcam(tiny):
-    """The same comparison on terminals from ``sycam_dsl.cam.terminals.compute_terminals``."""
-    from sycam_dsl.cam.terminals import compute_terminals as compute
+    """The same comparison on terminals from ``sycam_dsl.cam.compute.compute_terminals``."""
+    from sycam_dsl.cam.compute import compute_terminals as compute
 
     model, layer, images, _, _, _ = tiny
     terms, info = compute(model, "features.4", images, None, ["grads", "abl", "cic", "G", "A"], progress=False)

@@ -19,8 +19,8 @@ from sycam_dsl.bundled import (
     write_bundled,
 )
 from sycam_dsl.bundled.shapes import render
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.cam.images import load_images
-from sycam_dsl.cam.terminals import compute_terminals
 from sycam_dsl.cli import main as cli_main
 from sycam_dsl.models import ModelError, load_model, resolve_layer
 from sycam_dsl.models import small_cnn as model_mod

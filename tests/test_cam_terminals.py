@@ -17,10 +17,10 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.cam.errors import ImageError, TerminalError
 from sycam_dsl.cam.images import load_images
 from sycam_dsl.cam.layer_split import HookAccess, split_model, tail_runner
-from sycam_dsl.cam.terminals import compute_terminals
 from sycam_dsl.cli import build_parser
 from sycam_dsl.errors import SycamError
 from sycam_dsl.models import (

@@ -9,11 +9,12 @@ import json
 import pytest
 import torch
 
-from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.metrics.registry import MetricInputs
 from sycam_dsl.models.runtime import RuntimeSpec, candidates, forward_module, runtime_name
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.synthesis import Budget, SearchOptions
 from tests.cam_reference import TinyCNN
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -12,8 +12,9 @@ import torch
 from sycam_dsl.errors import SycamError
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.parse import resolve_grammar
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, distributed, synthesize
-from sycam_dsl.synthesis.api import loaded_model
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.run.runner import loaded_model
+from sycam_dsl.synthesis import Budget, SearchOptions, distributed
 from sycam_dsl.synthesis.build import build_problem
 from sycam_dsl.synthesis.distributed import ClusterOptions, RayScorer, ShardPool, ShardWorker, WorkerSpec, shards
 from sycam_dsl.synthesis.problem import Data

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sycam_dsl.bundled import load_bundled_model
-from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.cli.main import main
 from sycam_dsl.deploy.explainer import ExportError, build_explainer, export_explainer, save_explainer
 from sycam_dsl.deploy.method import load_method

@@ -14,8 +14,8 @@ from sycam_dsl.metrics import MetricInputs, get_metric
 from sycam_dsl.metrics.memo import ScoreCache, memoized_curve
 from sycam_dsl.metrics.perturbation import blurred, perturbation_curve
 from sycam_dsl.metrics.scoring import ForwardCounter
+from sycam_dsl.run.runner import build_problem, loaded_model
 from sycam_dsl.synthesis import Budget, Problem, Search, SearchConfig
-from sycam_dsl.synthesis.api import build_problem, loaded_model
 from sycam_dsl.synthesis.problem import Data
 from tests.cam_reference import TinyCNN
 from tests.test_synthesis import GRAMMAR, SCH, CountingScorer, planted, scripted

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from sycam_dsl.cam.overlay import ALPHA, jet
-from sycam_dsl.synthesis import figures
-from sycam_dsl.synthesis.figures import MIN_CELL, save_heatmap_grid, save_score_plot
+from sycam_dsl.run import figures
+from sycam_dsl.run.figures import MIN_CELL, save_heatmap_grid, save_score_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -18,11 +18,11 @@ from PIL import Image
 from torch import nn
 
 from sycam_dsl.bundled import bundled_images, load_bundled_model
-from sycam_dsl.cam import terminals as T
+from sycam_dsl.cam import compute as T
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.cam.errors import TerminalError
 from sycam_dsl.cam.layer_split import layer_access
 from sycam_dsl.cam.sanity import spearman
-from sycam_dsl.cam.terminals import compute_terminals
 from sycam_dsl.cli import main
 from sycam_dsl.errors import SycamError
 from sycam_dsl.lang.types import Type
@@ -42,7 +42,7 @@ from sycam_dsl.metrics.scoring import class_scores, plan_forward
 from sycam_dsl.models import ModelError
 from sycam_dsl.models import batching as B
 from sycam_dsl.models.precision import check_precision, forward_precision
-from sycam_dsl.synthesis import DataOptions
+from sycam_dsl.run import DataOptions
 from sycam_dsl.template.heatmaps import heatmaps
 
 # ---------------------------------------------------------------------------------------------

@@ -18,11 +18,12 @@ from sycam_dsl.metrics.errors import MetricError
 from sycam_dsl.metrics.objectives import Objectives, bind_options, objective_of
 from sycam_dsl.metrics.registry import Metric, get_metric
 from sycam_dsl.parse import parse_grammar
-from sycam_dsl.synthesis import Budget, Problem, Search, SearchConfig, make_subsets
+from sycam_dsl.synthesis import Budget, Problem, Search, SearchConfig
 from sycam_dsl.synthesis.evaluation import method_scores
 from sycam_dsl.synthesis.front import Member, covers, passes_against
 from sycam_dsl.synthesis.pareto import pareto_indices
 from sycam_dsl.synthesis.state import CHECKPOINT_NAME
+from sycam_dsl.synthesis.subsets import make_subsets
 
 from .helpers import brute_force_terms
 

@@ -10,12 +10,13 @@ import jsonschema
 import pytest
 import torch
 
-from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.cli import main
 from sycam_dsl.deploy.method import MethodError, load_method
 from sycam_dsl.evaluate import evaluate
 from sycam_dsl.lang.ast import to_sexpr
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.synthesis import Budget, SearchOptions
 from sycam_dsl.synthesis.front import covers
 from sycam_dsl.synthesis.pareto import knee
 from tests.test_synthesize_api import SCHEMA, data, tiny_model

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from sycam_dsl.errors import SycamError
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, Search, SearchOptions, synthesize
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.synthesis import Budget, Search, SearchOptions
 from tests.conftest import Clock
 from tests.test_synthesis import GRAMMAR, ScriptedScorer, config, planted, scripted
 from tests.test_synthesize_api import data, tiny_model

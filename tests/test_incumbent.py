@@ -18,10 +18,11 @@ from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.parse import parse_grammar
 from sycam_dsl.parse.grammar import derivable
-from sycam_dsl.synthesis import Budget, Search, SearchConfig, SearchOptions, judge, make_subsets
+from sycam_dsl.run.report import markdown_report
+from sycam_dsl.synthesis import Budget, Search, SearchConfig, SearchOptions
 from sycam_dsl.synthesis.incumbent import Until, grammar_baselines, not_chosen_reason, parse_until
-from sycam_dsl.synthesis.oracle import SMALL_LEVEL, SMALL_LEVEL_MARGIN
-from sycam_dsl.synthesis.report import markdown_report
+from sycam_dsl.synthesis.oracle import SMALL_LEVEL, SMALL_LEVEL_MARGIN, judge
+from sycam_dsl.synthesis.subsets import make_subsets
 
 from .test_synthesis import GRAMMAR, SCH, ScriptedScorer, planted, scripted
 from .test_synthesize_api import SCHEMA, run

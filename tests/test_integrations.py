@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.errors import SycamError
 from sycam_dsl.evaluate import evaluate
 from sycam_dsl.integrations.errors import IntegrationError

@@ -70,7 +70,7 @@ def test_bad_inputs_are_refused():
 def test_the_result_compares_sycam_with_each_method_on_the_same_images():
     from sycam_dsl.metrics import get_metric
     from sycam_dsl.metrics.compare import Row
-    from sycam_dsl.synthesis.result import SYCAM, comparison_lines, comparisons
+    from sycam_dsl.run.result import SYCAM, comparison_lines, comparisons
 
     metric = get_metric("average_drop")            # lower is better
     base = [10.0, 12.0, 9.0, 11.0, 10.5, 8.0]

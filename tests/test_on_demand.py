@@ -14,8 +14,9 @@ from sycam_dsl.errors import ShapeError
 from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.parse import resolve_grammar
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, Search, SearchConfig, SearchOptions, synthesize
-from sycam_dsl.synthesis.api import build_problem, loaded_model
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.run.runner import build_problem, loaded_model
+from sycam_dsl.synthesis import Budget, Search, SearchConfig, SearchOptions
 from sycam_dsl.synthesis.on_demand import OnDemandTerminals, TerminalSource, terminal_status
 from sycam_dsl.synthesis.problem import Data
 from tests.test_synthesize_api import SCHEMA, data, tiny_model

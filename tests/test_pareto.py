@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sycam_dsl.synthesis import figures
-from sycam_dsl.synthesis.figures import BASELINE_COLOURS, FRONT_COLOUR, KNEE_COLOUR, save_front_plot
+from sycam_dsl.run import figures
+from sycam_dsl.run.figures import BASELINE_COLOURS, FRONT_COLOUR, KNEE_COLOUR, save_front_plot
 from sycam_dsl.synthesis.pareto import _scale, dominates, knee, pareto_indices
 
 # --------------------------------------------------------------------------------------------------

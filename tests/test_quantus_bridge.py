@@ -12,7 +12,8 @@ import torch
 from sycam_dsl.bundled import bundled_images, load_bundled_model
 from sycam_dsl.cli import main
 from sycam_dsl.metrics import MetricError, MetricInputs, get_metric
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.synthesis import Budget, SearchOptions
 from tests.cam_reference import TinyCNN
 
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
+from sycam_dsl.cam.compute import CIC, compute_terminals
 from sycam_dsl.cam.store import TerminalStore, compute_terminals_stored, record_settings
-from sycam_dsl.cam.terminals import CIC, compute_terminals
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.metrics.registry import MetricInputs
 from sycam_dsl.models import runtime as rt
@@ -29,7 +29,8 @@ from sycam_dsl.models.runtime import (
     forward_module,
     reference_of,
 )
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.synthesis import Budget, SearchOptions
 from tests.cam_reference import TinyCNN
 
 pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install 'sycam-dsl[onnxruntime]')")
@@ -130,7 +131,7 @@ def test_the_store_keeps_runtime_values_apart(tmp_path):
 
 
 def test_record_settings_name_the_runtime_only_when_not_torch():
-    from sycam_dsl.cam.terminals import prepare_run
+    from sycam_dsl.cam.compute import prepare_run
 
     model, x = _model(), _images(2)
     on = prepare_run(model, "features", x, None, ["cic"], progress=False, runtime=RuntimeSpec("onnxruntime"))

@@ -19,12 +19,13 @@ import jsonschema
 import pytest
 import torch
 
-import sycam_dsl.synthesis.api as api
+import sycam_dsl.run.runner as api
 from sycam_dsl.baselines import baseline
 from sycam_dsl.errors import SycamError
 from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.parse import parse_grammar
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, Search, SearchOptions, synthesize
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.synthesis import Budget, Search, SearchOptions
 from tests.conftest import Clock
 from tests.test_synthesis import GRAMMAR, ScriptedScorer, config, planted, scripted
 

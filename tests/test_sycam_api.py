@@ -9,7 +9,7 @@ import torch
 
 from sycam_dsl import SyCAM
 from sycam_dsl.bundled import load_bundled_model
-from sycam_dsl.cam.terminals import compute_terminals
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.deploy.method import MethodError, load_method
 from sycam_dsl.evaluate import evaluate
 from sycam_dsl.lang.sexpr import parse_expr

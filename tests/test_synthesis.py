@@ -17,10 +17,11 @@ from sycam_dsl.lang.sexpr import parse_expr
 from sycam_dsl.lang.terminals import terminal_types
 from sycam_dsl.metrics import MetricInputs, get_metric
 from sycam_dsl.parse import parse_grammar
-from sycam_dsl.synthesis import Budget, LocalScorer, Problem, Search, SearchConfig, judge, make_subsets
+from sycam_dsl.synthesis import Budget, LocalScorer, Problem, Search, SearchConfig
 from sycam_dsl.synthesis.evaluation import method_scores
-from sycam_dsl.synthesis.oracle import SMALL_LEVEL, hopeless
+from sycam_dsl.synthesis.oracle import SMALL_LEVEL, hopeless, judge
 from sycam_dsl.synthesis.per_class import dispatch_of, search_per_class
+from sycam_dsl.synthesis.subsets import make_subsets
 
 GRAMMAR = parse_grammar("""
 (synth-cam weights ((grads Vec) (pgrads Vec) (cic Vec) (abl Vec)) Vec
@@ -254,7 +255,7 @@ def test_resuming_another_search_is_refused(tmp_path):
 
 
 def test_per_class_searches_dispatch_by_predicted_class():
-    from sycam_dsl.backend.dispatch import compile_dispatch
+    from sycam_dsl.backend.dispatch_module import compile_dispatch
 
     n = 24
     targets = torch.tensor([0, 1] * (n // 2))

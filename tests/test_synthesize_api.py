@@ -16,7 +16,8 @@ from PIL import Image
 
 from sycam_dsl.cli import main
 from sycam_dsl.evaluate import evaluate
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.synthesis import Budget, SearchOptions
 from tests.cam_reference import TinyCNN
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "sycam_dsl" / "synthesis" / "result.schema.json")
@@ -69,7 +70,7 @@ def test_output_folder_and_schema(tmp_path):
     report = (out / "report.md").read_text()
     assert result.expression in report and "| SyCAM |" in report and "**sch**" in report
     # the compiled module computes the incumbent's weights
-    from sycam_dsl.cam.terminals import compute_terminals
+    from sycam_dsl.cam.compute import compute_terminals
     module = torch.jit.load(str(out / "cam.pt"))
     names = result.best.terminals()
     terms, _ = compute_terminals(tiny_model(), "features", x, None, names, progress=False)

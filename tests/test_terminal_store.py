@@ -20,8 +20,8 @@ from PIL import Image
 from torch import nn
 
 from sycam_dsl.cam import store as store_mod
+from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.cam.store import RecordKey, TerminalStore, compute_terminals_stored
-from sycam_dsl.cam.terminals import compute_terminals
 from sycam_dsl.cli.main import main
 from sycam_dsl.util.sizes import format_size, parse_size
 from tests.cam_reference import TinyCNN

@@ -19,9 +19,10 @@ from sycam_dsl.lang.ast import to_sexpr
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.metrics.registry import Metric, MetricInputs
 from sycam_dsl.parse import resolve_grammar
-from sycam_dsl.synthesis import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions, synthesize
-from sycam_dsl.synthesis import api as api_module
-from sycam_dsl.synthesis.api import build_problem, loaded_model
+from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+from sycam_dsl.run import runner as api_module
+from sycam_dsl.run.runner import build_problem, loaded_model
+from sycam_dsl.synthesis import Budget, SearchConfig, SearchOptions
 from sycam_dsl.synthesis.evaluation import evaluate_methods
 from sycam_dsl.synthesis.problem import Data
 from sycam_dsl.synthesis.search import Search
@@ -207,7 +208,7 @@ def test_schema_lists_the_split():
 
 def test_per_class_result_has_intervals_per_class_and_overall(tmp_path):
     from sycam_dsl.metrics.intervals import paired_bootstrap
-    from sycam_dsl.synthesis.result import SYCAM
+    from sycam_dsl.run.result import SYCAM
 
     x, masks = data(30)
     result = synthesize(tiny_model(), "features", x, metric="deletion", metric_options={"steps": 3}, per_class=True,

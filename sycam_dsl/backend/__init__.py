@@ -18,7 +18,7 @@ on the model's predicted class (``save_dispatch``): ``forward(classes, ...)`` an
 """
 
 from .codegen import CompileError, signature
-from .dispatch import compile_dispatch, generate_dispatch_source, save_dispatch
+from .dispatch_module import compile_dispatch, generate_dispatch_source, save_dispatch
 from .export import export_program, python_module, save_export
 from .torchscript import compile_torchscript, generate_source, save_torchscript
 

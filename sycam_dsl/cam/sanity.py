@@ -44,8 +44,8 @@ from ..models.loaded import LoadedModel
 from ..models.runtime import RuntimeSpec
 from ..template.heatmaps import heatmaps
 from ..util.modes import eval_mode
+from .compute import DEFAULT_CHUNK_SIZE, compute_terminals
 from .errors import TerminalError
-from .terminals import DEFAULT_CHUNK_SIZE, compute_terminals
 
 #: SSIM constants of Wang et al. 2004 for data range 1.
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
@@ -261,7 +261,7 @@ def randomization_check(model: nn.Module | LoadedModel, layer: str | None, image
     with ``seed``; ``modules`` names the modules to re-initialize instead (``[]``: none, a control
     whose similarities are 1). ``targets`` ``[N]`` or None (the original model's predictions) are
     explained under both models. Only the terminals the methods read are computed; ``runtime``: where
-    their forward-only passes run (``cam.terminals.compute_terminals``), for both models."""
+    their forward-only passes run (``cam.compute.compute_terminals``), for both models."""
     if not methods:
         raise SanityError("no methods to check")
     module = _module_of(model)

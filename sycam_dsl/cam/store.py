@@ -1,7 +1,7 @@
 """The terminal store: computed terminal values on disk, one file per image and record, so that later
 runs load them instead of computing them again.
 
-An image's values come in records by how they are computed (``cam.terminals``): ``base`` (the
+An image's values come in records by how they are computed (``cam.compute``): ``base`` (the
 gradient pass: ``A``, the logits, the target, and the gradient terminals when they were asked for),
 ``cic`` (with the masked logits) and ``abl`` (with the ablated logits and the method). An entry's key
 (``RecordKey``) holds everything its values depend on that sycam-dsl can see: the store format, the
@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..evaluate.terminals import Terminals
+from ..evaluate.terminal_values import Terminals
 from ..models.batching import BatchSize
 from ..models.digest import model_digest
 from ..models.loaded import LoadedModel
@@ -58,8 +58,7 @@ from ..util.digests import update_digest
 from ..util.files import atomic_torch_save
 from ..util.modes import eval_mode
 from ..util.sizes import format_size, parse_size
-from .errors import StoreError
-from .terminals import (
+from .compute import (
     ABL,
     BASE,
     CIC,
@@ -71,6 +70,7 @@ from .terminals import (
     compute_records,
     prepare_run,
 )
+from .errors import StoreError
 
 log = logging.getLogger(__name__)
 

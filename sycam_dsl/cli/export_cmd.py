@@ -50,7 +50,7 @@ def _probe(module: Any, example: Any, size: int) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from ..cam.terminals import DEFAULT_CHUNK_SIZE
+    from ..cam.compute import DEFAULT_CHUNK_SIZE
     from ..deploy.explainer import explainer_size, export_explainer, save_explainer
     from ..deploy.method import load_method, method_terminals, result_settings
     from ..lang.ast import Node

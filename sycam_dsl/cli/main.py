@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "parse and type-check a grammar file"),
     "enumerate": ("enumerate_cmd", "list a grammar's candidate expressions, smallest first"),
     "compile": ("compile_cmd", "compile an expression to a TorchScript (or torch.export) file"),
-    "terminals": ("terminals", "compute a model's terminal values (grads, cic, abl, ...) on an image folder"),
+    "terminals": ("terminals_cmd", "compute a model's terminal values (grads, cic, abl, ...) on an image folder"),
     "eval": ("eval_cmd", "score baselines and expressions on metrics over an image folder"),
     "explain": ("explain", "draw an expression's heatmap over an image"),
     "export": ("export_cmd", "write a self-contained explainer file: model, terminals, method and template in one "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cam.terminals import DEFAULT_CHUNK_SIZE
+from ..cam.compute import DEFAULT_CHUNK_SIZE
 from ..errors import SycamError
 from ..metrics.perturbation import DEFAULT_BLUR_SIGMA
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
@@ -263,8 +263,8 @@ def compute_terminals_from(args: argparse.Namespace, model: Any, images: torch.T
     """Terminals ``names`` of ``images`` ``[N, 3, H, W]`` through the terminal store unless
     ``--no-cache``; returns ``(Terminals, TerminalInfo)``. With an ``auto`` size, the batch sizes
     chosen go to stderr."""
+    from ..cam.compute import compute_terminals
     from ..cam.store import compute_terminals_stored
-    from ..cam.terminals import compute_terminals
 
     common = dict(device=args.device, chunk_size=chunk_size_from(args), progress=not args.quiet,
                   precision=getattr(args, "precision", DEFAULT_PRECISION), runtime=runtime_from(args), **extra)

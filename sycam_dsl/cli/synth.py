@@ -191,7 +191,7 @@ def _check_grammar_size(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the search, print the result and the tables; 130 when interrupted (Ctrl-C or SIGTERM)."""
     args.started = time.perf_counter()  # --time counts from here: the imports and the model load are part of the run
-    from ..synthesis.outputs import claim_output_folder
+    from ..run.outputs import claim_output_folder
     from ..synthesis.per_class import check_resume_kind, checkpoint_kind
 
     if args.ray_address is not None and not args.workers:
@@ -215,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace, out: Path) -> int:
-    from ..synthesis import Budget, DataOptions, OutputOptions, SearchOptions, synthesize
+    from ..run import DataOptions, OutputOptions, synthesize
+    from ..synthesis import Budget, SearchOptions
     from ..synthesis.distributed import ClusterOptions
 
     cluster = ClusterOptions(args.workers, args.ray_address, args.worker_cpus, args.worker_gpus)

@@ -1,9 +1,9 @@
 """The self-contained explainer file (``sycam-dsl export``): one TorchScript module holding the model
 split at the target layer, the computation of exactly the terminals the method reads, the method's
-weights (``backend.dispatch``'s generated code) and the CAM template, so that
+weights (``backend.dispatch_module``'s generated code) and the CAM template, so that
 ``torch.jit.load(file)(images, targets=None)`` gives the heatmaps ``[N, H, W]`` without sycam-dsl.
 
-The maths is the engine's, step for step (``cam.terminals``): the gradient pass
+The maths is the engine's, step for step (``cam.compute``): the gradient pass
 (``_gradient_pass``: ``dz_c/dA`` by ``torch.autograd.grad``), ScoreCAM's masked passes (``_cic``:
 ``channel_masks``, baseline ``x_b = 0``, constant maps keep the baseline's scores, the same rows per
 batch and channels-last input), ablation through the layers after the target layer (``_abl``: the
@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..backend.dispatch import compile_dispatch, generate_dispatch_source
+from ..backend.dispatch_module import compile_dispatch, generate_dispatch_source
 from ..backend.export import python_module
+from ..cam.compute import DEFAULT_CHUNK_SIZE, ablation_layout
 from ..cam.layer_split import SplitError, layer_access, split_model
-from ..cam.terminals import DEFAULT_CHUNK_SIZE, ablation_layout
 from ..errors import SycamError
 from ..lang.ast import Node
 from ..lang.operators import HELPERS_SRC
@@ -235,7 +235,7 @@ class Explainer(nn.Module):
         parts = self.head(x)
         acts = parts[0].detach().requires_grad_(self.need_grad)  # a leaf: dz_c/dA is one autograd.grad away
         logits = self.tail(acts.clone(), parts[1:])
-        if torch.jit.is_scripting():  # as the engine's checks (cam.terminals), so the file fails as explain does
+        if torch.jit.is_scripting():  # as the engine's checks (cam.compute), so the file fails as explain does
             _check_finite(logits.detach(), "the model's logits have NaN or Inf values for image {}; check the "
                                             "model weights and the input images")
         predicted = logits.detach().argmax(dim=1)
@@ -279,7 +279,7 @@ class Explainer(nn.Module):
         return ly @ s @ lx.T
 
     def cic(self, x: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(``cic`` ``[N, K]``, ``mlogits`` ``[N, K]``): ``cam.terminals._cic`` at a fixed chunk size in fp32."""
+        """(``cic`` ``[N, K]``, ``mlogits`` ``[N, K]``): ``cam.compute._cic`` at a fixed chunk size in fp32."""
         n, k = a.shape[0], a.shape[1]
         with torch.no_grad():
             base = self.logits(torch.zeros_like(x[:1]))
@@ -308,7 +308,7 @@ class Explainer(nn.Module):
         return masked_y - base_y[:, None], masked_z
 
     def abl(self, x: Tensor, a: Tensor, logits: Tensor, t: Tensor) -> Tensor:
-        """``abl`` ``[N, K]``: ``cam.terminals._abl`` with the fx split, at a fixed chunk size in fp32, its
+        """``abl`` ``[N, K]``: ``cam.compute._abl`` with the fx split, at a fixed chunk size in fp32, its
         batches laid out as the engine's (``ablation_layout``: ``c`` channels of each of ``B`` images)."""
         n, k = a.shape[0], a.shape[1]
         block, per = ablation_layout(n, k, self.chunk)

@@ -12,8 +12,8 @@ from ..lang.ast import Node
 from ..lang.sexpr import parse_expr
 from ..lang.terminals import TERMINALS, terminal_types
 from ..lang.types import Type
+from ..run.result import front_index
 from ..synthesis.dispatch import Dispatch
-from ..synthesis.result import front_index
 
 Method = Node | Dispatch
 

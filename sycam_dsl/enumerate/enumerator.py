@@ -46,7 +46,7 @@ import torch
 from ..canonicalize import Canonicalizer
 from ..equivalence.observational import DEFAULT_MANTISSA_BITS, ValueIndex, fingerprints
 from ..evaluate.evaluator import evaluate_with
-from ..evaluate.terminals import Terminals
+from ..evaluate.terminal_values import Terminals
 from ..lang.ast import CONST, HOLE, OP, Node, fill, varies_over_positions
 from ..lang.types import Type
 from ..parse.grammar import Grammar, NonTerminal, Production

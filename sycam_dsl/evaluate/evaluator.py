@@ -16,7 +16,7 @@ import torch
 from ..lang.ast import CONST, HOLE, OP, VAR, Node
 from ..lang.operators import OPERATORS, python_impl
 from ..lang.types import Type
-from .terminals import Terminals
+from .terminal_values import Terminals
 
 Value = torch.Tensor | int
 

@@ -1,5 +1,5 @@
 """What the adapters share: the weight expression (``deploy.method``), and the expression's
-weights for a batch of images, computed with the project's own terminal engine (``cam.terminals``:
+weights for a batch of images, computed with the project's own terminal engine (``cam.compute``:
 gradients, ScoreCAM masked passes, ablations through the tail of the network) and evaluator."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..cam.terminals import DEFAULT_CHUNK_SIZE, compute_terminals
-from ..deploy.api import checked_weights
+from ..cam.compute import DEFAULT_CHUNK_SIZE, compute_terminals
 from ..deploy.method import load_method
+from ..deploy.sycam import checked_weights
 from ..lang.ast import Node
 from ..models.batching import BatchSize
 from ..models.precision import DEFAULT_PRECISION

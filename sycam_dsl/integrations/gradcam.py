@@ -12,7 +12,7 @@ Vec expressions give grad-cam per-channel weights (``get_cam_weights``); Map exp
 layer-resolution map ``ReLU(sum_k W_k A_k)`` (``get_cam_image``). The terminals (``grads``, ``cic``,
 ``abl``, ...) are computed by this package's engine for the class each target names: grad-cam
 targets that single out one class (``ClassifierOutputTarget`` and the others with a ``category``, or
-any that scores one class's logit highest; ``deploy.api.resolve_targets``, as for ``SyCAM``), and
+any that scores one class's logit highest; ``deploy.sycam.resolve_targets``, as for ``SyCAM``), and
 the terminals use the class logit as everywhere in sycam-dsl.
 """
 
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cam.terminals import DEFAULT_CHUNK_SIZE
-from ..deploy.api import check_model, layer_name, resolve_targets
+from ..cam.compute import DEFAULT_CHUNK_SIZE
+from ..deploy.sycam import check_model, layer_name, resolve_targets
 from ..lang.ast import Node
 from ..lang.types import Type
 from ..models.batching import BatchSize
@@ -57,7 +57,7 @@ def _layer_modules(model: nn.Module, target_layers: Any) -> list[nn.Module]:
 class SyCAMGradCAM(BaseCAM):
     """pytorch-grad-cam ``BaseCAM`` for the weight expression ``expression`` (s-expression text or a parsed
     ``Node``). ``chunk_size``, ``ablation`` and ``precision``: how the terminal engine runs
-    (``cam.terminals.compute_terminals``)."""
+    (``cam.compute.compute_terminals``)."""
 
     def __init__(self, model: nn.Module, target_layers: list[nn.Module] | list[str] | nn.Module | str,
                  expression: str | Node, *, chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, ablation: str = "auto",

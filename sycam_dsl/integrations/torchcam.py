@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cam.terminals import DEFAULT_CHUNK_SIZE
-from ..deploy.api import check_model
+from ..cam.compute import DEFAULT_CHUNK_SIZE
+from ..deploy.sycam import check_model
 from ..lang.ast import Node
 from ..models.batching import BatchSize
 from ..models.precision import DEFAULT_PRECISION
@@ -38,7 +38,7 @@ except ImportError:
 class SyCAMTorchCAM(_CAM):
     """torchcam extractor for the weight expression ``expression`` (s-expression text or a parsed ``Node``)
     at ``target_layer`` (a module, its name, or a list of those). ``chunk_size``, ``ablation`` and
-    ``precision``: how the terminal engine runs (``cam.terminals.compute_terminals``)."""
+    ``precision``: how the terminal engine runs (``cam.compute.compute_terminals``)."""
 
     def __init__(self, model: nn.Module, target_layer: Any = None, expression: str | Node | None = None,
                  input_shape: tuple[int, ...] = (3, 224, 224), *, chunk_size: BatchSize = DEFAULT_CHUNK_SIZE,

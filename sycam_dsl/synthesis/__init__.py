@@ -1,18 +1,15 @@
-"""Synthesis (SPEC section 7): the oracle-guided search over a grammar, per class if asked, and the
-files it writes. ``synthesize`` is the entry point; ``Search`` runs one search on a ``Problem``."""
+"""The search engine (docs/search.md): the oracle-guided search over a grammar on a ``Problem``, per
+class if asked. ``Search`` runs one search; ``build_problem`` makes a ``Problem`` from terminals and
+metrics. Loading the data, running a whole synthesis and writing its folder is ``sycam_dsl.run``'s job."""
 
 from ..parse import resolve_grammar
-from .api import synthesize
 from .build import build_problem
-from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
+from .config import Budget, SearchConfig, SearchOptions
 from .dispatch import Dispatch
-from .oracle import Verdict, judge
 from .problem import Problem
-from .result import Result, RunRecord
 from .scorer import LocalScorer, Scorer
 from .search import Search, SearchOutcome
-from .subsets import Subsets, make_subsets, parse_level_sizes
+from .subsets import Subsets, parse_level_sizes
 
-__all__ = ["Budget", "DataOptions", "Dispatch", "LocalScorer", "OutputOptions", "Problem", "Result", "RunRecord",
-           "Scorer", "Search", "SearchConfig", "SearchOptions", "SearchOutcome", "Subsets", "Verdict",
-           "build_problem", "judge", "make_subsets", "parse_level_sizes", "resolve_grammar", "synthesize"]
+__all__ = ["Budget", "Dispatch", "LocalScorer", "Problem", "Scorer", "Search", "SearchConfig", "SearchOptions",
+           "SearchOutcome", "Subsets", "build_problem", "parse_level_sizes", "resolve_grammar"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..cam.terminals import DEFAULT_CHUNK_SIZE, TerminalInfo
-from ..evaluate.terminals import Terminals
+from ..cam.compute import DEFAULT_CHUNK_SIZE, TerminalInfo
+from ..evaluate.terminal_values import Terminals
 from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import MetricInputs
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
@@ -45,8 +45,8 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     ``runtime``: where the forward-only passes (``cic``, ``abl``, the metrics) run (None: torch)."""
     from functools import partial
 
+    from ..cam.compute import compute_terminals
     from ..cam.store import model_digest
-    from ..cam.terminals import compute_terminals
 
     names = list(dict.fromkeys(names))
     store = None

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 
 from ..allocator import keep_freed_memory
-from ..cam.terminals import TerminalInfo
+from ..cam.compute import TerminalInfo
 from ..errors import SycamError
-from ..evaluate.terminals import Terminals
+from ..evaluate.terminal_values import Terminals
 from ..lang.ast import Node, to_sexpr
 from ..lang.sexpr import parse_expr
 from ..lang.terminals import terminal_types

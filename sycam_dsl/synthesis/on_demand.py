@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ShapeError
-from ..evaluate.terminals import Terminals, map_hw
+from ..evaluate.terminal_values import Terminals, map_hw
 
 #: Terminals that cost ``K`` forward passes per image, computed on demand; the rest come with the
 #: gradient pass, up front.

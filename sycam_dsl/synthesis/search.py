@@ -59,7 +59,7 @@ from ..baselines import baseline
 from ..enumerate import Enumerator
 from ..equivalence.heatmaps import HeatmapIndex
 from ..errors import SycamError
-from ..evaluate.terminals import Terminals
+from ..evaluate.terminal_values import Terminals
 from ..lang.ast import Node, to_sexpr
 from ..lang.sexpr import parse_expr
 from ..metrics.objectives import Objectives, metric_list

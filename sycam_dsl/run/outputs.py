@@ -19,10 +19,10 @@ from ..baselines import SEARCH_BASELINES, baseline
 from ..errors import SycamError
 from ..metrics.expression import expression_inputs
 from ..models import LoadedModel
+from ..synthesis.per_class import ClassSearch
+from ..synthesis.problem import Data, Problem
 from ..util.files import FolderLocked, folder_lock, writable_folder
 from ..util.files import atomic_write_json as write_json
-from .per_class import ClassSearch
-from .problem import Data, Problem
 from .result import Result, RunRecord, result_data
 
 FILES = {"result": "result.json", "cam": "cam.pt", "report": "report.md", "grid": "heatmaps.png",
@@ -144,7 +144,7 @@ def write_outputs(record: RunRecord) -> None:
         files: dict[str, Any] = {}
         if result.best is not None:
             if result.dispatch is not None:
-                from ..backend.dispatch import save_dispatch
+                from ..backend.dispatch_module import save_dispatch
                 save_dispatch(result.dispatch.per_class, result.dispatch.fallback, folder / FILES["cam"])
             else:
                 from ..backend import save_torchscript

@@ -30,10 +30,10 @@ from torch import nn
 
 from ..allocator import keep_freed_memory
 from ..baselines import SEARCH_BASELINES, baseline
+from ..cam.compute import TerminalInfo
 from ..cam.images import ImageSet, load_images
 from ..cam.sanity import check_sanity_size
 from ..cam.store import image_digests, reuse_line
-from ..cam.terminals import TerminalInfo
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..lang.sexpr import parse_expr
@@ -45,20 +45,21 @@ from ..models.devices import resolve_device
 from ..models.runtime import RuntimeSpec, check_support, runtime_name
 from ..parse import resolve_grammar
 from ..parse.grammar import Grammar
+from ..synthesis.build import build_problem
+from ..synthesis.config import Budget, SearchConfig, SearchOptions
+from ..synthesis.dispatch import Dispatch
+from ..synthesis.distributed import ClusterOptions, RayScorer, ShardPool, WorkerSpec, import_ray, shard_pool, use_pool
+from ..synthesis.evaluation import Method, evaluate_methods, method_scores
+from ..synthesis.incumbent import parse_untils, until_text
+from ..synthesis.on_demand import OnDemandTerminals
+from ..synthesis.per_class import ClassSearch, check_resume_kind, dispatch_of, search_per_class
+from ..synthesis.problem import Data, Problem
+from ..synthesis.search import Search
+from ..synthesis.split import Split, make_split
 from ..util.progress import note
-from .build import build_problem
-from .config import Budget, DataOptions, OutputOptions, SearchConfig, SearchOptions
-from .dispatch import Dispatch
-from .distributed import ClusterOptions, RayScorer, ShardPool, WorkerSpec, import_ray, shard_pool, use_pool
-from .evaluation import Method, evaluate_methods, method_scores
-from .incumbent import parse_untils, until_text
-from .on_demand import OnDemandTerminals
+from .options import DataOptions, OutputOptions
 from .outputs import claim_output_folder, write_outputs
-from .per_class import ClassSearch, check_resume_kind, dispatch_of, search_per_class
-from .problem import Data, Problem
 from .result import SYCAM, Result, RunRecord
-from .search import Search
-from .split import Split, make_split
 
 
 def resolve_metric(metric: str | Metric, options: dict[str, Any] | None) -> Metric:
@@ -160,7 +161,7 @@ def _search_budget(budget: Budget, problem: Problem, split: Split, search_metric
     if not budget.whole_run or budget.seconds is None:
         return budget
     from ..cam.sanity import DEFAULT_SANITY_IMAGES
-    from .budget import estimate_reserve
+    from ..synthesis.budget import estimate_reserve
 
     names = [t for b in SEARCH_BASELINES for t in baseline(b).terminals]
     everything = torch.arange(problem.n)

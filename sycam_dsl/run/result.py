@@ -21,17 +21,17 @@ from ..metrics.intervals import paired_bootstrap
 from ..metrics.registry import Metric
 from ..models import LoadedModel
 from ..parse.grammar import Grammar
+from ..synthesis.dispatch import Dispatch
+from ..synthesis.evaluation import Method, method_warnings
+from ..synthesis.front import column_means, covers
+from ..synthesis.incumbent import better, in_grammar, not_chosen_reason
+from ..synthesis.on_demand import OnDemandTerminals
+from ..synthesis.oracle import SMALL_LEVEL
+from ..synthesis.per_class import ClassSearch
+from ..synthesis.problem import Data, Problem
+from ..synthesis.search import SearchOutcome
+from ..synthesis.split import Split
 from ..version import __version__
-from .dispatch import Dispatch
-from .evaluation import Method, method_warnings
-from .front import column_means, covers
-from .incumbent import better, in_grammar, not_chosen_reason
-from .on_demand import OnDemandTerminals
-from .oracle import SMALL_LEVEL
-from .per_class import ClassSearch
-from .problem import Data, Problem
-from .search import SearchOutcome
-from .split import Split
 
 #: The synthesized method's name in the tables.
 SYCAM = "SyCAM"
@@ -102,7 +102,7 @@ class Result:
         ``member``, default its knee)."""
         node = self.member(member)
         if self.dispatch is not None:
-            from ..backend.dispatch import compile_dispatch
+            from ..backend.dispatch_module import compile_dispatch
             return compile_dispatch(self.dispatch.per_class, self.dispatch.fallback)
         from ..backend import compile_torchscript
         return compile_torchscript(node)

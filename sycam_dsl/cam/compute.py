@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SycamError
-from ..evaluate.terminals import Terminals
+from ..evaluate.terminal_values import Terminals
 from ..lang.terminals import TERMINALS
 from ..models.batching import AUTO, BatchSize, auto_batch_size, check_batch_size, layout_error
 from ..models.devices import resolve_device

@@ -1,7 +1,7 @@
 """``SyCAM``: a synthesized method with pytorch-grad-cam's calling convention.
 
 ``with SyCAM(model, target_layer, method) as cam: heatmaps = cam(images, targets)``. Each call runs
-the CAM engine (``cam.terminals.compute_terminals``, then ``evaluate`` and ``template.heatmaps``),
+the CAM engine (``cam.compute.compute_terminals``, then ``evaluate`` and ``template.heatmaps``),
 so the heatmaps are exactly ``sycam-dsl explain``'s and the search's. The engine registers its
 hooks for one computation and removes them on every exit (exceptions included), so no hook
 outlives a call; leaving the ``with`` block closes the object.
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cam.compute import DEFAULT_CHUNK_SIZE, compute_terminals
 from ..cam.store import default_cache_dir
-from ..cam.terminals import DEFAULT_CHUNK_SIZE, compute_terminals
 from ..evaluate import Terminals, evaluate
 from ..lang.ast import Node, to_sexpr
 from ..metrics.diagnostics import nonfinite_weights

@@ -1,0 +1,10 @@
+"""A whole synthesis run (docs/search.md): load the model and images, compute the terminals, split
+them, run the search engine (``sycam_dsl.synthesis``), evaluate the result against the baselines and
+write the output folder. ``synthesize`` is the entry point."""
+
+from ..synthesis.config import Budget, SearchOptions
+from .options import DataOptions, OutputOptions
+from .result import Result, RunRecord
+from .runner import synthesize
+
+__all__ = ["Budget", "DataOptions", "OutputOptions", "Result", "RunRecord", "SearchOptions", "synthesize"]
