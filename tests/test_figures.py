@@ -1,8 +1,6 @@
-"""The report's pictures: the heatmap grid (PIL) and the score plot (matplotlib or PIL)."""
+"""The report's pictures: the heatmap grid (PIL) and the score plot (matplotlib)."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pytest
@@ -165,47 +163,22 @@ def test_grid_bad_images_or_labels(tmp_path):
 HISTORY = [(0.5, 0.30), (2.0, 0.45), (7.25, 0.61), (20.0, 0.62)]
 BASELINES = {"gradcam": 0.55, "gradcam++": 0.58}
 INCUMBENT = (31, 119, 180)
-FIRST_BASELINE = (230, 120, 20)
-
-
-def _no_matplotlib(monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+FIRST_BASELINE = (255, 127, 14)  # matplotlib's tab:orange
 
 
 def _count(pixels: np.ndarray, colour) -> int:
     return int((pixels == np.array(colour)).all(-1).sum())
 
 
-def test_score_plot_with_matplotlib(tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib")
-    monkeypatch.setattr(figures, "_score_plot_pil", lambda *a, **k: pytest.fail("PIL used"))
+def test_score_plot_draws_the_incumbent_and_the_baselines(tmp_path):
     path = save_score_plot(HISTORY, tmp_path / "a" / "score.png", "insertion AUC", True, BASELINES, end=30.0)
     assert path == tmp_path / "a" / "score.png"
     assert path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
-    _read(path)
-    empty = save_score_plot([], tmp_path / "empty.png", "deletion AUC", False, BASELINES, backend="matplotlib")
-    assert empty.stat().st_size > 0 and empty.read_bytes()[:8] == PNG_MAGIC
-
-
-def test_score_plot_forced_pil(tmp_path, monkeypatch):
-    monkeypatch.setattr(figures, "_score_plot_matplotlib", lambda *a, **k: pytest.fail("matplotlib used"))
-    path = save_score_plot(HISTORY, tmp_path / "b" / "score.png", "insertion AUC", True, BASELINES,
-                           end=30.0, backend="pil")
-    assert path.exists() and path.read_bytes()[:8] == PNG_MAGIC
     pixels = _read(path)
     assert _count(pixels, INCUMBENT) > 300  # the step line and its markers
     assert _count(pixels, FIRST_BASELINE) > 200  # the dashed baseline
-
-
-def test_score_plot_falls_back_to_pil_without_matplotlib(tmp_path, monkeypatch):
-    _no_matplotlib(monkeypatch)
-    path = save_score_plot(HISTORY, tmp_path / "score.png", "insertion AUC", True, BASELINES)
-    assert _count(_read(path), INCUMBENT) > 300
-    with pytest.raises(ImportError):
-        save_score_plot(HISTORY, tmp_path / "m.png", "insertion AUC", True, backend="matplotlib")
-    with pytest.raises(ValueError, match="backend"):
-        save_score_plot(HISTORY, tmp_path / "m.png", "insertion AUC", True, backend="svg")
+    without = _read(save_score_plot(HISTORY, tmp_path / "b.png", "insertion AUC", True, end=30.0))
+    assert _count(without, FIRST_BASELINE) == 0
 
 
 def test_step_extends_to_end():
@@ -216,23 +189,20 @@ def test_step_extends_to_end():
     assert figures._step_points([], end=4.0) == ([], [])
 
 
-@pytest.mark.parametrize("backend", ["pil", None])
-def test_score_plot_empty_history(tmp_path, backend):
-    path = save_score_plot([], tmp_path / "e" / "score.png", "deletion AUC", False, {"gradcam": 0.2}, backend=backend)
+def test_score_plot_empty_history(tmp_path):
+    path = save_score_plot([], tmp_path / "e" / "score.png", "deletion AUC", False, {"gradcam": 0.2})
     assert path.exists() and path.stat().st_size > 0 and path.read_bytes()[:8] == PNG_MAGIC
-    if backend == "pil":
-        pixels = _read(path)
-        assert _count(pixels, INCUMBENT) == 0
-        assert _count(pixels, FIRST_BASELINE) > 200
-    assert save_score_plot([], tmp_path / "bare.png", "m", True, backend=backend).exists()  # no baselines either
+    pixels = _read(path)
+    assert _count(pixels, INCUMBENT) == 0
+    assert _count(pixels, FIRST_BASELINE) > 200
+    assert save_score_plot([], tmp_path / "bare.png", "m", True).exists()  # no baselines either
 
 
 def test_score_plot_odd_histories(tmp_path):
     for k, history in enumerate([[(0.0, 1.0)], [(3.0, 5.0), (1.0, 2.0)], [(0.0, float("nan")), (1.0, 2.0)],
                                  [(0.0, -1e-7), (1.0, 1e9)]]):
-        for backend in ("pil", None):
-            path = save_score_plot(history, tmp_path / f"{k}-{backend}.png", "m", True, {"b": 0.5}, backend=backend)
-            assert path.read_bytes()[:8] == PNG_MAGIC
+        path = save_score_plot(history, tmp_path / f"{k}.png", "m", True, {"b": 0.5})
+        assert path.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_title_text():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 
 import numpy as np
 import pytest
@@ -196,14 +195,13 @@ def _count(pixels: np.ndarray, colour) -> int:
 
 
 @pytest.mark.parametrize("n", [2, 3])
-def test_front_plot_pil_draws_members_baselines_and_knee(tmp_path, monkeypatch, n):
-    monkeypatch.setattr(figures, "_front_plot_matplotlib", lambda *a, **k: pytest.fail("matplotlib used"))
+def test_front_plot_draws_members_baselines_and_knee(tmp_path, n):
     front, metrics, baselines = _cut(n)
-    path = save_front_plot(front, metrics, tmp_path / "a" / "front.png", baselines, backend="pil")
+    path = save_front_plot(front, metrics, tmp_path / "a" / "front.png", baselines)
     assert path == tmp_path / "a" / "front.png"
     pixels = _read(path)
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100
-    one = _read(save_front_plot(front[:1], metrics, tmp_path / "one.png", baselines, backend="pil"))
+    one = _read(save_front_plot(front[:1], metrics, tmp_path / "one.png", baselines))
     panels = 1 if n == 2 else n * (n - 1)
     # two more members add two filled markers (about 80 pixels each) per panel; the legend is the same
     assert _count(pixels, FRONT_COLOUR) - _count(one, FRONT_COLOUR) > 2 * 50 * panels
@@ -211,64 +209,44 @@ def test_front_plot_pil_draws_members_baselines_and_knee(tmp_path, monkeypatch, 
     # the first baseline (lowest on metric 0) sits in the left half, away from the legend; named " ",
     # its hollow marker is all there is of its colour there
     unnamed = {" ": baselines["gradcam"], "gradcam++": baselines["gradcam++"]}
-    marker = _read(save_front_plot(front, metrics, tmp_path / "u.png", unnamed, backend="pil"))
+    marker = _read(save_front_plot(front, metrics, tmp_path / "u.png", unnamed))
     assert _count(marker[:, : marker.shape[1] // 2], BASELINE_COLOURS[0]) > 30
     assert _count(pixels[:, : pixels.shape[1] // 2], BASELINE_COLOURS[0]) > 60  # with its name
-    with_knee = _read(save_front_plot(front, metrics, tmp_path / "k.png", baselines, knee=1, backend="pil"))
+    with_knee = _read(save_front_plot(front, metrics, tmp_path / "k.png", baselines, knee=1))
     assert _count(with_knee, KNEE_COLOUR) > 150 * panels  # the bigger marker in every panel (and the legend)
     assert _count(with_knee, FRONT_COLOUR) < _count(pixels, FRONT_COLOUR)  # the knee is not drawn blue
 
 
 @pytest.mark.parametrize("n", [2, 3])
-def test_front_plot_matplotlib(tmp_path, monkeypatch, n):
-    pytest.importorskip("matplotlib")
-    monkeypatch.setattr(figures, "_front_plot_pil", lambda *a, **k: pytest.fail("PIL used"))
+def test_front_plot_layout_and_knee(tmp_path, n):
     front, metrics, baselines = _cut(n)
-    path = save_front_plot(front, metrics, tmp_path / "m" / "front.png", baselines, knee=1, backend="matplotlib")
+    path = save_front_plot(front, metrics, tmp_path / "m" / "front.png", baselines, knee=1)
     pixels = _read(path)
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100
     if n == 3:
         assert pixels.shape[0] > 400 and pixels.shape[1] > 400  # a matrix of panels
-    one = _read(save_front_plot(front[:1], metrics, tmp_path / "one.png", baselines, backend=None))
-    # the filled members' colour: more of it with three members than with one (and the legend's)
-    assert _count(pixels, FRONT_COLOUR) > _count(one, FRONT_COLOUR) > 0
-    plain = save_front_plot(front, metrics, tmp_path / "plain.png", baselines, backend="matplotlib")
+    plain = save_front_plot(front, metrics, tmp_path / "plain.png", baselines)
     assert plain.read_bytes() != path.read_bytes()  # the knee shows
     assert _count(pixels, KNEE_COLOUR) > 20 and _count(_read(plain), KNEE_COLOUR) == 0
 
 
-@pytest.mark.parametrize("backend", ["pil", None])
-def test_front_plot_empty_front(tmp_path, backend):
+def test_front_plot_empty_front(tmp_path):
     front, metrics, baselines = _cut(2, members=[])
-    pixels = _read(save_front_plot(front, metrics, tmp_path / "e.png", baselines, backend=backend))
+    pixels = _read(save_front_plot(front, metrics, tmp_path / "e.png", baselines))
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100
-    if backend == "pil":
-        assert _count(pixels, FRONT_COLOUR) == 0 and _count(pixels, BASELINE_COLOURS[0]) > 20
-    bare = save_front_plot([], METRICS, tmp_path / "bare.png", backend=backend)  # no baselines either
+    assert _count(pixels, FRONT_COLOUR) == 0 and _count(pixels, BASELINE_COLOURS[0]) > 20
+    bare = save_front_plot([], METRICS, tmp_path / "bare.png")  # no baselines either
     assert _read(bare).shape[0] > 100
 
 
-@pytest.mark.parametrize("backend", ["pil", None])
-def test_front_plot_skips_non_finite_values(tmp_path, backend):
+def test_front_plot_skips_non_finite_values(tmp_path):
     members = [("#0", [0.5, math.nan]), ("#1", [math.inf, 0.2]), ("#2", [0.4, 0.3])]
-    path = save_front_plot(members, METRICS[:2], tmp_path / "n.png", {"b": [math.nan, 0.1]}, backend=backend)
+    path = save_front_plot(members, METRICS[:2], tmp_path / "n.png", {"b": [math.nan, 0.1]})
     assert _count(_read(path), FRONT_COLOUR) > 0
-
-
-def test_front_plot_falls_back_to_pil_without_matplotlib(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    front, metrics, baselines = _cut(2)
-    path = save_front_plot(front, metrics, tmp_path / "f.png", baselines)
-    assert _count(_read(path), FRONT_COLOUR) > 150
-    with pytest.raises(ImportError):
-        save_front_plot(front, metrics, tmp_path / "m.png", backend="matplotlib")
 
 
 def test_front_plot_errors(tmp_path):
     front, metrics, baselines = _cut(2)
-    with pytest.raises(ValueError, match="backend"):
-        save_front_plot(front, metrics, tmp_path / "x.png", backend="svg")
     with pytest.raises(ValueError, match="at least two metrics, got 1"):
         save_front_plot([("#0", [0.1])], METRICS[:1], tmp_path / "x.png")
     with pytest.raises(ValueError, match=r"front member 1 \('#1'\) has 3 values, expected 2"):

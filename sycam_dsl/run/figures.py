@@ -1,14 +1,16 @@
-"""The two pictures of a synthesis report, as pure functions over plain data.
+"""The pictures of a synthesis report, as pure functions over plain data.
 
 * :func:`save_heatmap_grid`: a grid of images (rows) by CAM methods (columns), each heatmap blended
-  over its image with the jet colormap of :mod:`sycam_dsl.cam.overlay`. Drawn with PIL only, so the
-  output does not depend on whether matplotlib is installed.
+  over its image with the jet colormap of :mod:`sycam_dsl.cam.overlay`. It is a composition of
+  images, not a plot, so PIL pastes the pixels as they are (no resampling by a plotting library).
 * :func:`save_score_plot`: the incumbent's score over time as a step function, with the baselines'
-  scores as dashed lines. Drawn with matplotlib when installed (its Agg canvas, without pyplot), else
-  with PIL.
+  scores as dashed lines.
 * :func:`save_front_plot`: the Pareto front of a multi-objective search over two metrics as a scatter
   plot (members joined in order, baselines as hollow markers, the knee highlighted), over more metrics
-  as a matrix of pairwise scatter plots. Drawn with matplotlib when installed, else with PIL.
+  as a matrix of pairwise scatter plots.
+
+The plots are drawn with matplotlib alone, on its Agg canvas without pyplot (headless, no global
+state); matplotlib is imported on the first plot so that importing this module stays light.
 """
 
 from __future__ import annotations
@@ -219,40 +221,20 @@ def _value_range(values: list[float]) -> tuple[float, float]:
     return lo - margin, hi + margin
 
 
-def _backend(backend: str | None) -> str:
-    """``"matplotlib"`` or ``"pil"``: the one asked for, or (None) matplotlib when installed, else PIL."""
-    if backend not in (None, "matplotlib", "pil"):
-        raise ValueError(f"unknown backend {backend!r}: use 'matplotlib', 'pil' or None")
-    if backend != "pil":
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            if backend == "matplotlib":
-                raise
-            return "pil"
-    return "matplotlib" if backend is None else backend
-
-
 def save_score_plot(history: Sequence[tuple[float, float]], path: str | Path, metric: str,
                     higher_is_better: bool, baselines: Mapping[str, float] | None = None,
-                    x_label: str = "seconds", end: float | None = None,
-                    backend: str | None = None) -> Path:
+                    x_label: str = "seconds", end: float | None = None) -> Path:
     """Write a PNG plot of the incumbent's score over time to ``path``.
 
     ``history`` lists ``(time, score)`` each time a new incumbent was found; it is drawn as a step
     function, extended to ``end`` when given (e.g. the time the search stopped). ``baselines``
     (name -> score) are dashed horizontal lines with their names. An empty history still gives a plot
-    (baselines and the note "no candidate scored"). ``backend``: ``"matplotlib"``, ``"pil"`` or
-    ``None`` (matplotlib when installed, else PIL)."""
-    backend = _backend(backend)
+    (baselines and the note "no candidate scored")."""
     points = _clean_history(history)
     baselines = {str(k): float(v) for k, v in (baselines or {}).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if backend == "pil":
-        _score_plot_pil(points, path, metric, higher_is_better, baselines, x_label, end)
-    else:
-        _score_plot_matplotlib(points, path, metric, higher_is_better, baselines, x_label, end)
+    _score_plot_matplotlib(points, path, metric, higher_is_better, baselines, x_label, end)
     return path
 
 
@@ -288,148 +270,12 @@ def _score_plot_matplotlib(points, path: Path, metric: str, higher_is_better: bo
     fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
 
 
-def _nice_ticks(lo: float, hi: float, count: int = 5) -> tuple[list[float], float]:
-    """About ``count`` round tick values (1, 2 or 5 times a power of ten apart) within ``[lo, hi]``."""
-    raw = (hi - lo) / max(count, 1)
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    k = 0
-    while first + k * step <= hi + 1e-9 * step:
-        ticks.append(first + k * step)
-        k += 1
-    return ticks, step
-
-
-def _tick_label(value: float, step: float) -> str:
-    decimals = max(0, -math.floor(math.log10(step)))
-    if abs(value) >= 1e6 or (value != 0 and abs(value) < 1e-4):
-        return f"{value:.3g}"
-    text = f"{value:.{decimals}f}"
-    return "0" if text.lstrip("-") == f"{0:.{decimals}f}" else text
-
-
-def _dashed(draw, x0: float, x1: float, y: float, fill, dash: int = 7, gap: int = 5, width: int = 2) -> None:
-    x = x0
-    while x < x1:
-        draw.line([(x, y), (min(x + dash, x1), y)], fill=fill, width=width)
-        x += dash + gap
-
-
-def _score_plot_pil(points, path: Path, metric: str, higher_is_better: bool,
-                    baselines: dict[str, float], x_label: str, end: float | None) -> None:
-    from PIL import Image, ImageDraw
-
-    font = _font()
-    title_font = _font(FONT_SIZE + 2)
-    line_h = _line_height(font)
-    xs, ys = _step_points(points, end)
-    (x_lo, x_hi), (y_lo, y_hi) = _ranges(xs, ys, baselines, end)
-    finite = {name: v for name, v in baselines.items() if math.isfinite(v)}
-    colors = [(230, 120, 20), (40, 150, 60), (200, 40, 40), (140, 80, 180), (140, 90, 60),
-              (220, 100, 180), (150, 150, 40), (30, 170, 190), (120, 120, 120)]
-
-    y_ticks, y_step = _nice_ticks(y_lo, y_hi)
-    x_ticks, x_step = _nice_ticks(x_lo, x_hi)
-    y_tick_labels = [_tick_label(v, y_step) for v in y_ticks]
-    legend = [("incumbent", (31, 119, 180), False)] if points else []
-    legend += [(f"{name} ({v:.4g})", colors[k % len(colors)], True) for k, (name, v) in enumerate(finite.items())]
-    legend_lines = [(_wrap(font, text, MAX_LABEL_WIDTH, max_lines=1)[0], color, dashed)
-                    for text, color, dashed in legend]
-
-    plot_w, plot_h = 520, 320
-    left = PAD + line_h + PAD + max([_text_size(font, t)[0] for t in y_tick_labels] or [0]) + 2 * PAD
-    right = (2 * PAD + 28 + max(_text_size(font, t)[0] for t, _, _ in legend_lines) + PAD) if legend_lines else 3 * PAD
-    top = PAD + _line_height(title_font) + 2 * PAD
-    bottom = PAD + 2 * line_h + 2 * PAD
-    width, height = left + plot_w + right, top + plot_h + bottom
-
-    def px(x: float) -> float:
-        return left + (x - x_lo) / (x_hi - x_lo) * plot_w
-
-    def py(y: float) -> float:
-        return top + plot_h - (y - y_lo) / (y_hi - y_lo) * plot_h
-
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    # grid, ticks and their labels
-    for v, label in zip(y_ticks, y_tick_labels):
-        y = py(v)
-        draw.line([(left, y), (left + plot_w, y)], fill=(230, 230, 230))
-        draw.line([(left - 4, y), (left, y)], fill="black")
-        tw, th = _text_size(font, label)
-        draw.text((left - 6 - tw, y - th // 2 - 1), label, fill="black", font=font)
-    for v in x_ticks:
-        x = px(v)
-        label = _tick_label(v, x_step)
-        draw.line([(x, top), (x, top + plot_h)], fill=(230, 230, 230))
-        draw.line([(x, top + plot_h), (x, top + plot_h + 4)], fill="black")
-        tw = _text_size(font, label)[0]
-        draw.text((x - tw // 2, top + plot_h + 6), label, fill="black", font=font)
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
-    # baselines, then the incumbent on top
-    for k, value in enumerate(finite.values()):
-        _dashed(draw, left + 1, left + plot_w - 1, py(value), colors[k % len(colors)])
-    if points:
-        line = [(px(xs[0]), py(ys[0]))]
-        for k in range(1, len(xs)):
-            line.append((px(xs[k]), py(ys[k - 1])))
-            line.append((px(xs[k]), py(ys[k])))
-        draw.line(line, fill=(31, 119, 180), width=2)
-        for t, s in points:
-            x, y = px(t), py(s)
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(31, 119, 180))
-    else:
-        note = "no candidate scored"
-        tw, th = _text_size(title_font, note)
-        nx, ny = left + (plot_w - tw) // 2, top + plot_h // 4 - th // 2  # a boxed note, above a lone baseline
-        draw.rectangle([nx - PAD, ny - PAD, nx + tw + PAD, ny + th + PAD], fill="white", outline=(105, 105, 105))
-        draw.text((nx, ny), note, fill=(105, 105, 105), font=title_font)
-    # legend on the right
-    ly = top + PAD
-    for text, color, dashed in legend_lines:
-        x0 = left + plot_w + 2 * PAD
-        y = ly + line_h // 2
-        if dashed:
-            _dashed(draw, x0, x0 + 24, y, color, dash=5, gap=3)
-        else:
-            draw.line([(x0, y), (x0 + 24, y)], fill=color, width=2)
-        draw.text((x0 + 28, ly), text, fill="black", font=font)
-        ly += line_h
-    # title and axis labels
-    title = _wrap(title_font, _title(metric, higher_is_better), width - 2 * PAD, max_lines=1)[0]
-    tw = _text_size(title_font, title)[0]
-    draw.text(((width - tw) // 2, PAD), title, fill="black", font=title_font)
-    tw = _text_size(font, x_label)[0]
-    draw.text((left + (plot_w - tw) // 2, top + plot_h + 6 + line_h + PAD), x_label, fill="black", font=font)
-    _vertical_text(canvas, font, metric, PAD, top, plot_h)
-    canvas.save(path, format="PNG")
-
-
-def _vertical_text(canvas, font, text: str, x: int, top: int, height: int) -> None:
-    """``text`` (cut to ``height``) rotated a quarter turn, centred on ``[top, top + height]`` at ``x``."""
-    from PIL import Image, ImageDraw
-
-    line = _wrap(font, text, height, max_lines=1)[0]
-    tw, th = _text_size(font, line)
-    strip = Image.new("RGB", (tw + 2, th + 2), "white")
-    ImageDraw.Draw(strip).text((1, 0), line, fill="black", font=font)
-    strip = strip.rotate(90, expand=True)
-    canvas.paste(strip, (x, top + (height - strip.height) // 2))
-
-
-# --------------------------------------------------------------------------------------------------
-# the Pareto front
-
 FRONT_COLOUR = (31, 119, 180)  # the members' filled markers (matplotlib's tab:blue)
 FRONT_LINE = (158, 190, 218)  # the line joining them: lighter, so a marker's colour is the members' own
 KNEE_COLOUR = (214, 39, 40)  # tab:red
 BASELINE_COLOURS = [(255, 127, 14), (44, 160, 44), (148, 103, 189), (140, 86, 75), (227, 119, 194),
                     (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # tab: colours without blue and red
-BASELINE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h"]  # matplotlib's; PIL draws the first four
-FRONT_PANEL = (520, 400)  # PIL plot area (pixels) for two metrics
-MATRIX_PANEL = (240, 190)  # PIL plot area of one pairwise panel for more metrics
+BASELINE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "h"]
 
 
 def _axis_label(name: str, higher_is_better: bool) -> str:
@@ -460,7 +306,7 @@ def _front_data(front: Sequence[tuple[str, Sequence[float]]], metrics: Sequence[
 
 def save_front_plot(front: Sequence[tuple[str, Sequence[float]]], metrics: Sequence[tuple[str, bool]],
                     path: str | Path, baselines: Mapping[str, Sequence[float]] | None = None,
-                    knee: int | None = None, backend: str | None = None) -> Path:
+                    knee: int | None = None) -> Path:
     """Write a PNG plot of a Pareto front to ``path``.
 
     ``front`` lists ``(label, values)`` per member, one value per metric (callers pass short labels,
@@ -470,18 +316,13 @@ def save_front_plot(front: Sequence[tuple[str, Sequence[float]]], metrics: Seque
     member at index ``knee`` highlighted (legend entry "knee"). With more metrics, a matrix of pairwise
     scatter plots (row ``i``, column ``j``: x metric ``j``, y metric ``i``; the diagonal names the
     metric). Non-finite values are not drawn. An empty front still gives a plot (baselines and the note
-    "empty front"). ``backend``: ``"matplotlib"``, ``"pil"`` or ``None`` (matplotlib when installed,
-    else PIL). Raises ``ValueError`` for fewer than two metrics, a point without one value per
+    "empty front"). Raises ``ValueError`` for fewer than two metrics, a point without one value per
     metric, or a ``knee`` that is not a member's index."""
-    backend = _backend(backend)
     labels, values, base = _front_data(front, metrics, baselines, knee)
     metrics = [(str(name), bool(high)) for name, high in metrics]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if backend == "pil":
-        _front_plot_pil(labels, values, metrics, base, knee, path)
-    else:
-        _front_plot_matplotlib(labels, values, metrics, base, knee, path)
+    _front_plot_matplotlib(labels, values, metrics, base, knee, path)
     return path
 
 
@@ -565,144 +406,3 @@ def _front_plot_matplotlib(labels: list[str], values: list[list[float]], metrics
                    fontsize=8, frameon=False)
     fig.suptitle(title + ": row metric (y) against column metric (x)")
     fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
-
-
-def _marker(draw, x: float, y: float, shape: str, r: float, fill=None, outline=None, width: int = 1) -> None:
-    """A PIL marker centred on ``(x, y)``: a circle, square, triangle or diamond of radius ``r``."""
-    if shape == "s":
-        draw.rectangle([x - r, y - r, x + r, y + r], fill=fill, outline=outline, width=width)
-    elif shape == "^":
-        draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill, outline=outline, width=width)
-    elif shape == "D":
-        draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=fill, outline=outline, width=width)
-    else:
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=outline, width=width)
-
-
-def _baseline_style(k: int) -> tuple[tuple[int, int, int], str]:
-    return BASELINE_COLOURS[k % len(BASELINE_COLOURS)], "osD^"[k % 4]
-
-
-def _axis_ticks(values: list[list[float]], base: dict[str, list[float]], m: int,
-                length: int, spacing: int) -> tuple[tuple[float, float], list[float], float]:
-    """Metric ``m``'s axis over ``length`` pixels: its range, and ticks about ``spacing`` pixels apart."""
-    lo, hi = _value_range([p[m] for p in [*values, *base.values()]])
-    ticks, step = _nice_ticks(lo, hi, count=max(3, length // spacing))
-    return (lo, hi), ticks, step
-
-
-def _front_panel_pil(draw, font, labels: list[str], values: list[list[float]], base: dict[str, list[float]],
-                     knee: int | None, x: int, y: int, box: tuple[int, int, int, int]) -> None:
-    """One scatter panel (x metric ``x``, y metric ``y``) with its ticks, in the plot area ``box``
-    (left, top, width, height); tick labels go left of and below it."""
-    left, top, plot_w, plot_h = box
-    (x_lo, x_hi), x_ticks, x_step = _axis_ticks(values, base, x, plot_w, 100)
-    (y_lo, y_hi), y_ticks, y_step = _axis_ticks(values, base, y, plot_h, 80)
-
-    def px(v: float) -> float:
-        return left + (v - x_lo) / (x_hi - x_lo) * plot_w
-
-    def py(v: float) -> float:
-        return top + plot_h - (v - y_lo) / (y_hi - y_lo) * plot_h
-
-    for v in y_ticks:
-        label = _tick_label(v, y_step)
-        draw.line([(left, py(v)), (left + plot_w, py(v))], fill=(230, 230, 230))
-        draw.line([(left - 4, py(v)), (left, py(v))], fill="black")
-        tw, th = _text_size(font, label)
-        draw.text((left - 6 - tw, py(v) - th // 2 - 1), label, fill="black", font=font)
-    for v in x_ticks:
-        label = _tick_label(v, x_step)
-        draw.line([(px(v), top), (px(v), top + plot_h)], fill=(230, 230, 230))
-        draw.line([(px(v), top + plot_h), (px(v), top + plot_h + 4)], fill="black")
-        draw.text((px(v) - _text_size(font, label)[0] // 2, top + plot_h + 6), label, fill="black", font=font)
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
-    for k, (name, point) in enumerate(base.items()):
-        if _finite_pair(point, x, y):
-            colour, shape = _baseline_style(k)
-            bx, by = px(point[x]), py(point[y])
-            _marker(draw, bx, by, shape, 6, outline=colour, width=2)
-            draw.text((bx + 8, by + 2), name, fill=colour, font=font)
-    order = _front_order(values, x, y)
-    if len(order) > 1:
-        draw.line([(px(values[i][x]), py(values[i][y])) for i in order], fill=FRONT_LINE, width=2)
-    for i in order:
-        mx, my = px(values[i][x]), py(values[i][y])
-        if i == knee:
-            _marker(draw, mx, my, "o", 8, fill=KNEE_COLOUR)
-        else:
-            _marker(draw, mx, my, "o", 5, fill=FRONT_COLOUR)
-        draw.text((mx + 7, my - _line_height(font) - 1), labels[i], fill="black", font=font)
-    if not values:
-        note = "empty front"
-        tw, th = _text_size(font, note)
-        nx, ny = left + (plot_w - tw) // 2, top + plot_h // 4 - th // 2
-        draw.rectangle([nx - PAD, ny - PAD, nx + tw + PAD, ny + th + PAD], fill="white", outline=(105, 105, 105))
-        draw.text((nx, ny), note, fill=(105, 105, 105), font=font)
-
-
-def _front_plot_pil(labels: list[str], values: list[list[float]], metrics: list[tuple[str, bool]],
-                    base: dict[str, list[float]], knee: int | None, path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    font = _font()
-    title_font = _font(FONT_SIZE + 2)
-    line_h = _line_height(font)
-    n = len(metrics)
-    legend: list[tuple[str, tuple[int, int, int], str, bool]] = []  # text, colour, shape, filled
-    if values:
-        legend.append(("front", FRONT_COLOUR, "o", True))
-    if knee is not None:
-        legend.append(("knee", KNEE_COLOUR, "o", True))
-    legend += [(_wrap(font, name, MAX_LABEL_WIDTH, max_lines=1)[0], *_baseline_style(k), False)
-               for k, name in enumerate(base)]
-    legend_w = (2 * PAD + 20 + max(_text_size(font, t)[0] for t, _, _, _ in legend) + PAD) if legend else PAD
-    plot_w, plot_h = FRONT_PANEL if n == 2 else MATRIX_PANEL
-    tick_w = 2 * PAD + max(_text_size(font, _tick_label(v, step))[0]  # room for any panel's y tick labels
-                           for m in range(n) for _, ticks, step in [_axis_ticks(values, base, m, plot_h, 80)]
-                           for v in ticks)
-    cell_w, cell_h = tick_w + plot_w + PAD, plot_h + line_h + 3 * PAD  # a panel with its tick labels
-    label_w = line_h + PAD if n == 2 else 0  # the rotated y axis label
-    top = PAD + _line_height(title_font) + 2 * PAD
-    bottom = line_h + 2 * PAD if n == 2 else PAD
-    cols = 1 if n == 2 else n
-    width = PAD + label_w + cols * cell_w + legend_w
-    height = top + cols * cell_h + bottom
-
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    if n == 2:
-        left = PAD + label_w + tick_w
-        _front_panel_pil(draw, font, labels, values, base, knee, 0, 1, (left, top, plot_w, plot_h))
-        x_label = _wrap(font, _axis_label(*metrics[0]), plot_w, max_lines=1)[0]
-        draw.text((left + (plot_w - _text_size(font, x_label)[0]) // 2, top + plot_h + line_h + 2 * PAD),
-                  x_label, fill="black", font=font)
-        _vertical_text(canvas, font, _axis_label(*metrics[1]), PAD, top, plot_h)
-    else:
-        for i in range(n):
-            for j in range(n):
-                left, cell_top = PAD + j * cell_w + tick_w, top + i * cell_h
-                if i == j:  # the diagonal names the metric
-                    draw.rectangle([left, cell_top, left + plot_w, cell_top + plot_h], outline=(180, 180, 180))
-                    lines = [*_wrap(font, metrics[i][0], plot_w - 2 * PAD, max_lines=2),
-                             f"({'higher' if metrics[i][1] else 'lower'} is better)"]
-                    ly = cell_top + (plot_h - len(lines) * line_h) // 2
-                    for k, line in enumerate(lines):
-                        draw.text((left + (plot_w - _text_size(font, line)[0]) // 2, ly + k * line_h), line,
-                                  fill="black", font=font)
-                else:
-                    _front_panel_pil(draw, font, labels, values, base, knee, j, i, (left, cell_top, plot_w, plot_h))
-    ly = top + PAD
-    x0 = width - legend_w + 2 * PAD
-    for text, colour, shape, filled in legend:
-        y = ly + line_h // 2
-        if filled:
-            _marker(draw, x0 + 8, y, shape, 5, fill=colour)
-        else:
-            _marker(draw, x0 + 8, y, shape, 5, outline=colour, width=2)
-        draw.text((x0 + 20, ly), text, fill="black", font=font)
-        ly += line_h + 2
-    title = f"Pareto front ({len(values)} member{'' if len(values) == 1 else 's'})"
-    title = _wrap(title_font, title, width - 2 * PAD, max_lines=1)[0]
-    draw.text(((width - _text_size(title_font, title)[0]) // 2, PAD), title, fill="black", font=title_font)
-    canvas.save(path, format="PNG")
