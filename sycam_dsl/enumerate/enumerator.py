@@ -34,7 +34,6 @@ shapes); under that rule they equal ``evaluate``'s values after broadcasting.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -44,12 +43,14 @@ from typing import NamedTuple, cast
 import torch
 
 from ..canonicalize import Canonicalizer
-from ..equivalence.observational import DEFAULT_MANTISSA_BITS, ValueIndex, fingerprints
+from ..equivalence.observational import DEFAULT_MANTISSA_BITS, fingerprints
 from ..evaluate.evaluator import evaluate_with
 from ..evaluate.terminal_values import Terminals
-from ..lang.ast import CONST, HOLE, OP, Node, fill, varies_over_positions
+from ..lang.ast import CONST, HOLE, OP, Node, fill
 from ..lang.types import Type
-from ..parse.grammar import Grammar, NonTerminal, Production
+from ..parse.grammar import Grammar, Production
+from .bank import Bucket, NTState, Positions, compositions, positions
+from .grammar_order import check_costs, unit_forwards, unit_order
 
 
 class Candidate(NamedTuple):
@@ -104,135 +105,6 @@ class EnumerationStats:
         return "\n".join(rows)
 
 
-class _Bucket:
-    """The kept terms of one non-terminal and size, with their canonical ids and values.
-
-    Values live in compact per-chunk tensors (``parts``: only the kept rows of each evaluated
-    chunk, so pruned rows are freed at once); ``starts[p]`` is the index of part ``p``'s first
-    term. They are never concatenated: that would copy the whole bank once more. Int buckets hold
-    Python ints instead. ``varies[i]`` says whether Map term ``i`` varies over positions (kept only
-    when the grammar has a ``gsum``, the one operator that asks)."""
-
-    __slots__ = ("terms", "canon", "parts", "starts", "ints", "varies")
-
-    def __init__(self) -> None:
-        self.terms: list[Node] = []
-        self.canon: list[int] = []
-        self.parts: list[torch.Tensor] = []
-        self.starts: list[int] = []
-        self.ints: list[int] = []
-        self.varies: list[bool] = []
-
-    def __len__(self) -> int:
-        return len(self.terms)
-
-    def add_part(self, values: torch.Tensor, rows: list[int], first: int) -> None:
-        """Store ``values[rows]`` as the values of terms ``first, first + 1, ...``."""
-        part = values if len(rows) == values.shape[0] else values.index_select(
-            0, torch.as_tensor(rows, device=values.device))
-        self.parts.append(part)
-        self.starts.append(first)
-
-    def gather(self, index: list[int]) -> torch.Tensor:
-        """Rows ``index`` as ``[B, ...]``, or ``[1, ...]`` when they are all one row (it broadcasts).
-
-        Combinations come in lexicographic order, so within a chunk the first child's index is
-        mostly constant and the last one's a run: a constant is one row, a run inside one part is a
-        view, and anything else is one copy of the rows, segment by segment."""
-        first = index[0]
-        if all(i == first for i in index):
-            p = bisect.bisect_right(self.starts, first) - 1
-            return self.parts[p][first - self.starts[p]:first - self.starts[p] + 1]
-        segments: list[list[int]] = []  # [part, lo, hi) runs of consecutive rows
-        p, lo, hi = -1, 0, 0
-        for i in index:
-            if p < 0 or not lo <= i - self.starts[p] < hi:
-                p = bisect.bisect_right(self.starts, i) - 1
-                lo, hi = 0, self.parts[p].shape[0]
-            r = i - self.starts[p]
-            if segments and segments[-1][0] == p and segments[-1][2] == r:
-                segments[-1][2] += 1
-            else:
-                segments.append([p, r, r + 1])
-        views = [self.parts[q][a:b] for q, a, b in segments]
-        return views[0] if len(views) == 1 else torch.cat(views)
-
-    def runs(self, longest: int) -> Iterator[tuple[int, int]]:
-        """``[lo, hi)`` ranges covering all terms, none longer than ``longest`` or crossing a part."""
-        ends = self.starts[1:] + [self.starts[-1] + self.parts[-1].shape[0]]
-        for lo, end in zip(self.starts, ends):
-            for a in range(lo, end, longest):
-                yield a, min(a + longest, end)
-
-    def drop_values(self) -> None:
-        self.parts, self.starts = [], []
-
-
-class _NTState:
-    def __init__(self, nt: NonTerminal, mantissa_bits: int) -> None:
-        self.nt = nt
-        self.buckets: dict[int, _Bucket] = {}
-        # canonical id -> the first term with that form (None until built, when nobody asks for it)
-        self.canon_seen: dict[int, Node | None] = {}
-        self.syntax_seen: set[Node] = set()
-        self.values_seen = ValueIndex(mantissa_bits)
-        # (production, size) -> entries of the child bucket a unit production has consumed
-        self.unit_done: dict[tuple[Production, int], int] = {}
-
-    def bucket(self, size: int) -> _Bucket:
-        b = self.buckets.get(size)
-        if b is None:
-            b = self.buckets[size] = _Bucket()
-        return b
-
-
-class _Positions(NamedTuple):
-    """How a production's terms depend on positions, from its template (the rule of ``gsum``).
-
-    ``guards``: for each ``gsum`` of the template whose operand does not vary by itself, the Map
-    holes through which it may vary; a combination is defined only if, for every guard, one of
-    those holes holds a varying term. ``varies`` / ``holes``: the same for the template's root, to
-    set the ``varies`` flag of a new Map term."""
-
-    guards: tuple[tuple[int, ...], ...]
-    varies: bool
-    holes: tuple[int, ...]
-
-
-def _positions(tmpl: Node) -> _Positions:
-    guards: list[tuple[int, ...]] = []
-    count = 0
-
-    def map_holes(n: Node) -> list[int]:
-        """Indices (in fill order) of the Map holes reached from ``n`` through Map-typed nodes only."""
-        nonlocal count
-        if n.kind == HOLE:
-            count += 1
-            return [count - 1] if n.type == Type.MAP else []
-        found = [map_holes(a) for a in n.args]  # every child, so the hole count stays in fill order
-        if n.kind == OP and n.head == "gsum" and not varies_over_positions(n.args[0]):
-            guards.append(tuple(found[0]))
-        return [h for f in found for h in f] if n.type == Type.MAP else []
-
-    holes = map_holes(tmpl)
-    return _Positions(tuple(guards), varies_over_positions(tmpl), tuple(holes))
-
-
-def compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
-    """Ways to write ``total`` as ``parts`` positive integers, in lexicographic order."""
-    if parts == 0:
-        if total == 0:
-            yield ()
-        return
-    if parts == 1:
-        if total >= 1:
-            yield (total,)
-        return
-    for first in range(1, total - parts + 2):
-        for rest in compositions(total - first, parts - 1):
-            yield (first,) + rest
-
-
 class Enumerator:
     """Streams the start non-terminal's terms of ``grammar``, cheapest first: by default a term costs
     its size (node count), so smallest first.
@@ -272,20 +144,20 @@ class Enumerator:
         # called between chunks of combinations, so that a caller's deadline can stop (by raising)
         # the growth of sizes that yield no candidate for a long time
         self.interrupt = interrupt
-        self.costs = _check_costs(grammar, costs)
+        self.costs = check_costs(grammar, costs)
         self.stats = EnumerationStats()
         self.canon = Canonicalizer()
-        self._states = {name: _NTState(nt, mantissa_bits) for name, nt in grammar.nonterminals.items()}
-        self._order = _unit_order(grammar)
+        self._states = {name: NTState(nt, mantissa_bits) for name, nt in grammar.nonterminals.items()}
+        self._order = unit_order(grammar)
         self._unit_targets = {p.template.head for nt in grammar.nonterminals.values() for p in nt.productions
                               if p.template.kind == HOLE}
-        self._forward = _unit_forwards(grammar)
+        self._forward = unit_forwards(grammar)
         self._yielded = 0
         # Positions matter only to gsum: a grammar without one skips the flags and the filter.
         prods = [p for nt in grammar.nonterminals.values() for p in nt.productions]
-        self._positions: dict[Production, _Positions] | None = None
+        self._positions: dict[Production, Positions] | None = None
         if any(n.kind == OP and n.head == "gsum" for p in prods for n in p.template.walk()):
-            self._positions = {p: _positions(p.template) for p in prods}
+            self._positions = {p: positions(p.template) for p in prods}
         hw = terminals.hw
         self._map_shape = (terminals.n, terminals.k) + (hw if hw else (1, 1))
 
@@ -337,7 +209,7 @@ class Enumerator:
             for target in self._forward.get(name, ()):
                 yield from self._apply_forwarding(target, self._states[target].nt.productions[0], size, True)
 
-    def _apply(self, st: _NTState, prod: Production, size: int) -> Iterator[tuple[Node, torch.Tensor]]:
+    def _apply(self, st: NTState, prod: Production, size: int) -> Iterator[tuple[Node, torch.Tensor]]:
         holes = prod.holes
         rest = size - self.costs[prod]
         if not holes:
@@ -367,7 +239,7 @@ class Enumerator:
                         self.interrupt()
                     yield from self._process(st, prod, size, combos, buckets)
 
-    def _chunks(self, buckets: list[_Bucket]) -> Iterator[list[tuple[int, ...]]]:
+    def _chunks(self, buckets: list[Bucket]) -> Iterator[list[tuple[int, ...]]]:
         """All index combinations of ``buckets`` in chunks, in a fixed order.
 
         When one bucket is large, it varies fastest, in runs that stay inside one of its stored
@@ -390,8 +262,8 @@ class Enumerator:
                 return
             yield combos
 
-    def _process(self, st: _NTState, prod: Production, size: int, combos: list[tuple[int, ...]],
-                 buckets: list[_Bucket]) -> Iterator[tuple[Node, torch.Tensor]]:
+    def _process(self, st: NTState, prod: Production, size: int, combos: list[tuple[int, ...]],
+                 buckets: list[Bucket]) -> Iterator[tuple[Node, torch.Tensor]]:
         stats = self.stats.size(size)
         stats.generated += len(combos)
         tmpl = prod.template
@@ -469,14 +341,14 @@ class Enumerator:
             out.add_part(values, new_rows, len(out.terms) - len(new_rows))
         self._report(st, canonical_prunes)
 
-    def _report(self, st: _NTState, canonical_prunes: list[tuple[Node, int]]) -> None:
+    def _report(self, st: NTState, canonical_prunes: list[tuple[Node, int]]) -> None:
         for node, cid in canonical_prunes:
             # Only collected while on_prune watches, and then every canonical id seen maps to a term.
             earlier = st.canon_seen[cid]
             assert self.on_prune is not None and earlier is not None
             self.on_prune(st.nt.name, node, "canonical", earlier)
 
-    def _evaluate(self, tmpl: Node, combos: list[tuple[int, ...]], buckets: list[_Bucket],
+    def _evaluate(self, tmpl: Node, combos: list[tuple[int, ...]], buckets: list[Bucket],
                   nt_type: Type) -> torch.Tensor | None:
         """Values ``[B, ...]`` of the template on each combination (None for an Int non-terminal)."""
         if nt_type == Type.INT:
@@ -499,7 +371,7 @@ class Enumerator:
             return out.index_select(0, inverse.to(out.device))
         return self._evaluate_group(tmpl, combos, buckets, nt_type, {})
 
-    def _evaluate_group(self, tmpl: Node, combos: list[tuple[int, ...]], buckets: list[_Bucket], nt_type: Type,
+    def _evaluate_group(self, tmpl: Node, combos: list[tuple[int, ...]], buckets: list[Bucket], nt_type: Type,
                         ints: dict[int, int]) -> torch.Tensor:
         terms = self.terminals
         b_count = len(combos)
@@ -532,88 +404,3 @@ def _batch_shape(v: torch.Tensor, b: int, t: Type, map_shape: tuple[int, ...]) -
     if tuple(v.shape) != full:
         v = torch.broadcast_to(v, full).contiguous()
     return v
-
-
-def smallest_size(grammar: Grammar, nt: str | None = None) -> int | None:
-    """The size of the smallest term non-terminal ``nt`` (default: the start symbol) derives, None if
-    it derives none: a search with a smaller ``max_size`` can only grow its other non-terminals."""
-    least: dict[str, int] = {}
-    changed = True
-    while changed:  # a fixed point: each pass may lower a non-terminal through another's new minimum
-        changed = False
-        for name, n in grammar.nonterminals.items():
-            for p in n.productions:
-                holes = [least.get(cast(str, h.head)) for h in p.holes]
-                if all(h is not None for h in holes):
-                    size = p.fixed_size + sum(cast(int, h) for h in holes)
-                    if size < least.get(name, size + 1):
-                        least[name] = size
-                        changed = True
-    return least.get(nt if nt is not None else grammar.start.name)
-
-
-def _check_costs(grammar: Grammar, costs: Mapping[Production, int] | None) -> dict[Production, int]:
-    """Every production's cost: ``costs``' where given, else its fixed size (see ``Enumerator``)."""
-    given = dict(costs or {})
-    out = {}
-    for nt in grammar.nonterminals.values():
-        for p in nt.productions:
-            c = given.pop(p, p.fixed_size)
-            least = 0 if p.template.kind == HOLE else 1
-            if not isinstance(c, int) or isinstance(c, bool) or c < least:
-                raise ValueError(f"production {nt.name} -> {p.template} needs an integer cost of at least {least}, "
-                                 f"got {c!r}")
-            out[p] = c
-    if given:
-        raise ValueError(f"costs given for productions not in grammar {grammar.source}")
-    return out
-
-
-def _unit_forwards(grammar: Grammar) -> dict[str, list[str]]:
-    """``T -> [E, ...]``: the non-terminals whose first production is the unit ``E -> T``, when the
-    unit productions form no cycle (then ``_unit_order`` puts ``T`` before ``E`` and every reader of
-    ``E``'s bucket after ``E``, so taking ``T``'s terms early changes no order); ``{}`` otherwise."""
-    deps = {n: {cast(str, p.template.head) for p in nt.productions if p.template.kind == HOLE}
-            for n, nt in grammar.nonterminals.items()}
-    done: set[str] = set()
-
-    def cyclic(n: str, path: tuple[str, ...]) -> bool:
-        if n in path:
-            return True
-        if n in done:
-            return False
-        found = any(cyclic(d, path + (n,)) for d in deps[n])
-        done.add(n)
-        return found
-
-    if any(cyclic(n, ()) for n in deps):
-        return {}
-    forward: dict[str, list[str]] = {}
-    for name, nt in grammar.nonterminals.items():
-        first = nt.productions[0].template if nt.productions else None
-        if first is not None and first.kind == HOLE:
-            forward.setdefault(cast(str, first.head), []).append(name)
-    return forward
-
-
-def _unit_order(grammar: Grammar) -> list[str]:
-    """Non-terminals in file order, except that ``T`` comes before ``E`` when ``E -> T``."""
-    names = list(grammar.nonterminals)
-    # A hole's head is the name of its non-terminal.
-    deps = {n: [cast(str, p.template.head) for p in grammar.nonterminals[n].productions if p.template.kind == HOLE]
-            for n in names}
-    order: list[str] = []
-    visiting: set[str] = set()
-
-    def visit(n: str) -> None:
-        if n in order or n in visiting:
-            return
-        visiting.add(n)
-        for d in deps[n]:
-            visit(d)
-        visiting.discard(n)
-        order.append(n)
-
-    for n in names:
-        visit(n)
-    return order
