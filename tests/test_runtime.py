@@ -21,6 +21,7 @@ from sycam_dsl.cam.store import TerminalStore, compute_terminals_stored, record_
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.metrics.registry import MetricInputs
 from sycam_dsl.models import runtime as rt
+from sycam_dsl.models import runtime_choice
 from sycam_dsl.models.runtime import (
     ConversionError,
     RuntimeModule,
@@ -52,7 +53,7 @@ def _images(n: int = 6, seed: int = 1) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _fresh_process_state():
     """Each test converts and chooses as a new process would."""
-    for memo in (rt._BUILT, rt._ONNX, rt._FAILED, rt._CHOSEN):
+    for memo in (rt._BUILT, rt._ONNX, rt._FAILED, runtime_choice._CHOSEN):
         memo.clear()
     rt._WARNED.clear()
     yield
@@ -150,9 +151,9 @@ def test_auto_picks_one_runtime_and_keeps_the_choice(tmp_path, monkeypatch):
     assert kept["runtime"] == rt.runtime_name(first)
     assert set(kept["rows_per_second"]) == {"torch", *CONVERTED}
     # a new process reads the choice: no timing (a timing would fail here)
-    rt._CHOSEN.clear()
+    runtime_choice._CHOSEN.clear()
     rt._BUILT.clear()
-    monkeypatch.setattr(rt, "_time", lambda run, device=None: pytest.fail("timed again"))
+    monkeypatch.setattr(runtime_choice, "_time", lambda run, device=None: pytest.fail("timed again"))
     assert rt.runtime_name(forward_module(model, [x[:1]], spec)) == kept["runtime"]
 
 
@@ -165,7 +166,7 @@ def test_auto_takes_the_faster_runtime(tmp_path, monkeypatch):
         calls.append(name)
         return speed[name]
 
-    monkeypatch.setattr(rt, "_time", fake_time)
+    monkeypatch.setattr(runtime_choice, "_time", fake_time)
     chosen = forward_module(_model(), [_images(1)], RuntimeSpec("auto", cache_dir=tmp_path))
     assert sorted(calls) == sorted(speed) and rt.runtime_name(chosen) == "onnxruntime"
 

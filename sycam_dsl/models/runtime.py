@@ -32,13 +32,11 @@ import hashlib
 import importlib.util
 import json
 import logging
-import platform
 import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,12 +44,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..util.files import atomic_write, atomic_write_text
+from ..util.files import atomic_write
 from ..util.modes import eval_mode
 from ..util.progress import note
 from .digest import model_digest
 from .errors import ModelError
 from .precision import DEFAULT_PRECISION, check_precision, forward_precision
+from .runtime_choice import CHOICE_FILE, choose, rows
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +64,8 @@ ONNX_OPSET = 17
 #: of its files (what ``cache clear`` may delete there).
 FOLDER = "runtime"
 ONNX_FILE = r"[0-9a-f]{40}\.onnx"
-CHOICE_FILE = r"choice-[0-9a-f]{40}\.json"
 FILE_NAMES = re.compile(f"{ONNX_FILE}|{CHOICE_FILE}")
 #: ``auto``'s timing: rows per batch (at most), batches per round, rounds (the best round counts).
-TIMING_ROWS = 8
-TIMING_BATCHES = 1
-TIMING_ROUNDS = 3
 #: How far a converted model's fp32 logits may lie from torch's: ``FP32_TOLERANCE * max(1, |logits|)``.
 FP32_TOLERANCE = 1e-3
 
@@ -202,7 +197,7 @@ def _compiled(module: nn.Module, example: Sequence[torch.Tensor], spec: RuntimeS
     ``module``; it runs under ``forward_precision`` like the module."""
     compiled = cast(nn.Module, torch.compile(module, dynamic=True))
     compiled.__dict__["torch_reference"] = module
-    check = _rows(example, 3)
+    check = rows(example, 3)
     start = time.perf_counter()
     try:
         with eval_mode(module), torch.inference_mode(), forward_precision(spec.precision, check[0].device):
@@ -308,22 +303,10 @@ def _key(module: nn.Module, part: str, example: Sequence[torch.Tensor]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 #: (key, runtime, precision, threads) -> the built module: one session (or compilation) per process.
 _BUILT: dict[tuple[str, str, str, int], nn.Module] = {}
 #: key -> the ONNX model, when there is no cache dir.
 _ONNX: dict[str, bytes | Path] = {}
-#: choice key -> ``auto``'s pick in this process (so that every pass of a run uses one runtime).
-_CHOSEN: dict[str, str] = {}
 #: The ``auto`` fallback warnings given in this process.
 _WARNED: set[str] = set()
 #: key -> why its conversion failed (tried once per process).
@@ -377,11 +360,11 @@ def _build(runtime: str, module: nn.Module, example: Sequence[torch.Tensor], key
     if runtime == "compile":
         _BUILT[memo] = _compiled(module, example, spec, what, show)
         return _BUILT[memo]
-    onnx, seconds = _onnx(module, _rows(example, 2), key, spec, what, show)
+    onnx, seconds = _onnx(module, rows(example, 2), key, spec, what, show)
     try:
         run = _session(runtime, onnx, spec.precision)
         built = RuntimeModule(runtime, spec.precision, run, module, seconds)
-        check = _rows(example, 3)  # not the export's 2 rows, so a batch size fixed by the trace shows
+        check = rows(example, 3)  # not the export's 2 rows, so a batch size fixed by the trace shows
         with eval_mode(module), torch.inference_mode():
             want = module(*check).float()
             got = built(*check)
@@ -392,85 +375,6 @@ def _build(runtime: str, module: nn.Module, example: Sequence[torch.Tensor], key
     _check_outputs(got, want, runtime, spec.precision, what)
     _BUILT[memo] = built
     return built
-
-
-def _rows(example: Sequence[torch.Tensor], rows: int) -> list[torch.Tensor]:
-    """``example`` with ``rows`` rows each (its rows repeated)."""
-    out = []
-    for t in example:
-        reps = -(-rows // t.shape[0])
-        out.append(t.repeat(reps, *([1] * (t.dim() - 1)))[:rows].contiguous())
-    return out
-
-
-def _time(run: Callable[[], object], device: torch.device | None = None) -> float:
-    """Seconds per batch of ``run``: the best of ``TIMING_ROUNDS`` rounds of ``TIMING_BATCHES``, after one
-    warm-up (on CUDA, up to the device's end of the work)."""
-    def sync() -> None:
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    run()
-    best = float("inf")
-    for _ in range(TIMING_ROUNDS):
-        sync()
-        start = time.perf_counter()
-        for _ in range(TIMING_BATCHES):
-            run()
-        sync()
-        best = min(best, (time.perf_counter() - start) / TIMING_BATCHES)
-    return best
-
-
-def _torch_run(module: nn.Module, batch: list[torch.Tensor], precision: str) -> Callable[[], object]:
-    channels_last = len(batch) == 1 and batch[0].dim() == 4 and any(
-        isinstance(m, nn.Conv2d) for m in reference_of(module).modules())
-    if channels_last:  # torch's best layout on the CPU (oneDNN), as the loops feed it
-        batch = [batch[0].contiguous(memory_format=torch.channels_last)]
-
-    def run() -> object:
-        with torch.inference_mode(), forward_precision(precision, batch[0].device):
-            return module(*batch)
-
-    return run
-
-
-def _choose(built: dict[str, nn.Module], module: nn.Module, example: Sequence[torch.Tensor], key: str,
-            spec: RuntimeSpec, what: str, show: bool) -> str:
-    """``auto``'s pick among ``built`` (torch included): the one kept for this model, part, shape,
-    precision, thread count and CPU, else the fastest on a few batches (then kept)."""
-    threads = torch.get_num_threads()
-    choice_key = hashlib.sha256(json.dumps([key, spec.precision, threads, _cpu_name(), sorted(built)])
-                                .encode()).hexdigest()[:40]
-    if choice_key in _CHOSEN and _CHOSEN[choice_key] in built:
-        return _CHOSEN[choice_key]
-    path = None if spec.folder is None else spec.folder / f"choice-{choice_key}.json"
-    if path is not None and path.is_file() and not path.is_symlink():
-        try:
-            kept = json.loads(path.read_text()).get("runtime")
-        except (OSError, ValueError, AttributeError):
-            kept = None
-        if kept in built:
-            _CHOSEN[choice_key] = str(kept)
-            return str(kept)
-    batch = _rows(example, TIMING_ROWS)
-    seconds: dict[str, float] = {}
-    with eval_mode(module):
-        for name, m in built.items():
-            torch_like = name in ("torch", "compile")  # run under autocast, in torch's best layout
-            seconds[name] = _time(_torch_run(m, batch, spec.precision) if torch_like else partial(m, *batch),
-                                  batch[0].device)
-    best = min(seconds, key=lambda n: seconds[n])
-    rates = ", ".join(f"{n} {TIMING_ROWS / s:,.0f}/s" for n, s in sorted(seconds.items(), key=lambda kv: kv[1]))
-    _CHOSEN[choice_key] = best
-    note(f"runtime: {what} runs fastest on {best} ({spec.precision}; {rates})", show)
-    if path is not None:
-        try:
-            atomic_write_text(path, json.dumps({"runtime": best, "rows_per_second": {
-                n: TIMING_ROWS / s for n, s in seconds.items()}, "what": what}))
-        except OSError as e:
-            log.warning("runtime: could not keep the choice in %s (%s)", path, e)
-    return best
 
 
 def forward_module(module: nn.Module, example: Sequence[torch.Tensor], spec: RuntimeSpec, *, part: str = "model",
@@ -502,5 +406,5 @@ def forward_module(module: nn.Module, example: Sequence[torch.Tensor], spec: Run
                 log.warning("runtime auto: %s; running it in torch", e)
     if len(built) == 1:
         return next(iter(built.values()))
-    return built[_choose(built, module, example, key, spec, what, show)]
+    return built[choose(built, module, example, key, spec.precision, spec.folder, what, show)]
 
