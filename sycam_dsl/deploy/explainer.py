@@ -8,9 +8,9 @@ the gradient pass (``cam.gradient_pass``: ``dz_c/dA`` by ``torch.autograd.grad``
 passes (``cam.scorecam_pass``: ``channel_masks``, baseline ``x_b = 0``, constant maps keep the
 baseline's scores, the same rows per batch and channels-last input), ablation through the layers
 after the target layer (``cam.ablation_pass``: the same blocks of images and channels,
-``ablation_layout``), then ``template``'s saliency, upsampling
-matrices and min-max normalization. The model is split with ``cam.layer_split.split_model`` (torch.fx); each half is
-compiled with ``torch.jit.script``, else ``torch.jit.trace``.
+``ablation_layout``), then ``template``'s saliency, upsampling matrices and min-max normalization.
+The model is split with ``cam.layer_split.split_model`` (torch.fx); each half is compiled with
+``torch.jit.script``, else ``torch.jit.trace``.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ The terminals of the expensive passes (``lang.terminals``: ``cic`` and ``mlogits
 masked images, ``abl`` from AblationCAM's ablated activations) cost ``K`` forward passes per image,
 against one forward and backward pass for every other terminal. So the gradient pass runs for every
 image up front (it gives the activations, the targets and the gradient terminals), and the
-expensive terminals are computed per image when first read: the
-equivalence subset's when the enumerator starts, ``I3``'s when the first candidate that reads them
-is scored on ``I3``, ``I2``'s when one reaches ``I2``, and so on; what the final tables need comes
-last. Each value is computed once, whichever view (level block, chunk, class, test split) asks.
+expensive terminals are computed per image when first read: the equivalence subset's when the
+enumerator starts, ``I3``'s when the first candidate that reads them is scored on ``I3``, ``I2``'s
+when one reaches ``I2``, and so on; what the final tables need comes last. Each value is computed
+once, whichever view (level block, chunk, class, test split) asks.
 
 ``TerminalSource`` holds the values of all ``N`` images and what is computed; ``OnDemandTerminals``
 is a ``Terminals`` view of some of its images that fills them in when read.
