@@ -55,9 +55,10 @@ import torch.nn.functional as F
 
 from sycam_dsl.allocator import keep_freed_memory
 from sycam_dsl.bundled import bundled_images, load_bundled_model
-from sycam_dsl.cam import compute as T
+from sycam_dsl.cam.ablation_pass import ablation_pass
 from sycam_dsl.cam.layer_split import layer_access, tail_runner
 from sycam_dsl.cam.sanity import spearman
+from sycam_dsl.cam.scorecam_pass import scorecam_pass
 from sycam_dsl.lang.types import Type
 from sycam_dsl.metrics.memo import ScoreCache, memoized_curve
 from sycam_dsl.metrics.perturbation import blurred, deletion_from_curve, perturbation_curve
@@ -181,11 +182,11 @@ def build_run(s: Setup, args: argparse.Namespace, precision: str, dev: torch.dev
     fixed = 0 if auto else int(args.batch)
 
     def cic(chunk: int | str) -> Callable[[], object]:
-        return lambda: call(T._cic, loop_model[0], x, cic_acts, targets, chunk, False, precision=precision,
+        return lambda: call(scorecam_pass, loop_model[0], x, cic_acts, targets, chunk, False, precision=precision,
                             sizes=sizes)
 
     def abl(chunk: int | str) -> Callable[[], object]:
-        return lambda: call(T._abl, access, x, acts, logits, targets, chunk, "auto", False, precision=precision,
+        return lambda: call(ablation_pass, access, x, acts, logits, targets, chunk, "auto", False, precision=precision,
                             sizes=sizes)
 
     def deletion(batch: int, cl: bool) -> Callable[[], object]:
@@ -393,8 +394,8 @@ def runtime_rows(s: Setup, args: argparse.Namespace, name: str, precision: str, 
     blur = blurred(x)
     b_del, cl_del = plan_forward(fwd, x, dev, "auto", precision)
     loops: dict[str, tuple[Callable[[], object], int]] = {
-        "cic": (lambda: T._cic(module, x, cic_acts, targets, "auto", False, precision, sizes, fwd), live),
-        "abl": (lambda: T._abl(access, x, acts, logits, targets, "auto", "auto", False, precision, sizes,
+        "cic": (lambda: scorecam_pass(module, x, cic_acts, targets, "auto", False, precision, sizes, fwd), live),
+        "abl": (lambda: ablation_pass(access, x, acts, logits, targets, "auto", "auto", False, precision, sizes,
                                None if name == "torch" else spec), n * k),
         "Deletion": (lambda: perturbation_curve(fwd, x, targets, sal, steps, False, dev, b_del, blurred_images=blur,
                                                 precision=precision, channels_last=cl_del),

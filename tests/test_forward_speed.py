@@ -18,10 +18,11 @@ from PIL import Image
 from torch import nn
 
 from sycam_dsl.bundled import bundled_images, load_bundled_model
-from sycam_dsl.cam import compute as T
+from sycam_dsl.cam import ablation_pass as AP
+from sycam_dsl.cam import scorecam_pass as SP
 from sycam_dsl.cam.compute import compute_terminals
 from sycam_dsl.cam.errors import TerminalError
-from sycam_dsl.cam.layer_split import layer_access
+from sycam_dsl.cam.layer_split import layer_access, tail_runner
 from sycam_dsl.cam.sanity import spearman
 from sycam_dsl.cli import main
 from sycam_dsl.errors import SycamError
@@ -87,15 +88,15 @@ def _before_cic(model, x, acts, targets, chunk):
     n, k = acts.shape[:2]
     size = (x.shape[2], x.shape[3])
     base_logits = model(torch.zeros_like(x[:1]))
-    base_z, base_y = T._target_scores(base_logits.expand(n, -1), targets)
+    base_z, base_y = SP.target_scores(base_logits.expand(n, -1), targets)
     masked_z, masked_y = base_z[:, None].repeat(1, k), base_y[:, None].repeat(1, k)
     flat = acts.flatten(2)
     live = (flat.amax(dim=2) > flat.amin(dim=2)).nonzero()
     for start in range(0, live.shape[0], chunk):
         img, ch = live[start:start + chunk].unbind(1)
-        masked = x[img].mul_(T.channel_masks(acts[img, ch], size)[:, None])
+        masked = x[img].mul_(SP.channel_masks(acts[img, ch], size)[:, None])
         out = model(masked.contiguous(memory_format=torch.channels_last))
-        z, y = T._target_scores(out, targets[img])
+        z, y = SP.target_scores(out, targets[img])
         masked_z[img, ch], masked_y[img, ch] = z, y
     return masked_y - base_y[:, None], masked_z
 
@@ -147,13 +148,13 @@ def _before_curve(model, x, targets, saliency, steps, insert, batch):
 @pytest.mark.parametrize("chunk", [9, 32, 100])
 def test_fp32_cic_is_bit_identical_and_abl_equal_to_the_loops_before(bundled, chunk):
     m, access, x, acts, logits, t = bundled
-    cic, mz = T._cic(m, x, acts, t, chunk, False)
+    cic, mz = SP.scorecam_pass(m, x, acts, t, chunk, False)
     ref_cic, ref_mz = _before_cic(m, x, acts, t, chunk)
     assert torch.equal(cic, ref_cic) and torch.equal(mz, ref_mz)
     kept = acts.clone()
-    abl, ablated, method = T._abl(access, x, acts, logits, t, chunk, "auto", False)
+    abl, ablated, method = AP.ablation_pass(access, x, acts, logits, t, chunk, "auto", False)
     assert torch.equal(acts, kept)  # ablation works on copies, even of a single row
-    ref_abl, ref_ablated = _before_abl(T.tail_runner(access, method), x, acts, logits, t, chunk)
+    ref_abl, ref_ablated = _before_abl(tail_runner(access, method), x, acts, logits, t, chunk)
     # abl's batches now hold one channel of several images: a row's place in the batch can change
     # the tail's rounding (1 ulp at chunk 9), so equal to float rounding, not bit for bit
     torch.testing.assert_close(ablated, ref_ablated, rtol=1e-6, atol=1e-6)
@@ -163,7 +164,7 @@ def test_fp32_cic_is_bit_identical_and_abl_equal_to_the_loops_before(bundled, ch
 @pytest.mark.parametrize("n, k, chunk", [(4, 64, 9), (4, 64, 100), (1, 512, 82), (20, 512, 82), (32, 64, 508),
                                          (3, 5, 1), (3, 5, 1000)])
 def test_ablation_layout_fills_batches_and_spreads_channels(n, k, chunk):
-    b, c = T.ablation_layout(n, k, chunk)
+    b, c = AP.ablation_layout(n, k, chunk)
     assert 1 <= b <= n and 1 <= c <= k and (b * c <= chunk or b == c == 1)
     batches = -(-k // c)
     assert (batches - 1) * c < k <= batches * c and k - (batches - 1) * c >= c - batches  # spread evenly
@@ -200,7 +201,7 @@ def test_abl_is_right_when_the_tail_writes_into_its_input(method):
                 a[:, ch] = 0
                 want[i, ch] = m.fc(a.mul(2.0).relu().mean(dim=(2, 3)))[0, t[i]]
     for chunk in (4, 7, 30):
-        _, ablated, used = T._abl(access, x, acts.clone(), logits, t, chunk, method, False)
+        _, ablated, used = AP.ablation_pass(access, x, acts.clone(), logits, t, chunk, method, False)
         assert used == method
         torch.testing.assert_close(ablated, want, rtol=1e-5, atol=1e-6)
 
@@ -210,7 +211,7 @@ def test_fp32_cic_with_many_images_per_batch_is_bit_identical(bundled):
     m, _, x, acts, _, t = bundled
     x8, a8, t8 = torch.cat([x, x.flip(0)]), torch.cat([acts, acts.flip(0)])[:, 5:7], torch.cat([t, t.flip(0)])
     for chunk in (16, 3):
-        got = T._cic(m, x8, a8, t8, chunk, False)
+        got = SP.scorecam_pass(m, x8, a8, t8, chunk, False)
         want = _before_cic(m, x8, a8, t8, chunk)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
@@ -233,11 +234,11 @@ def test_mask_blocks_do_not_change_values(bundled, monkeypatch):
 
     m, access, x, acts, logits, t = bundled
     sal = torch.rand(2, x.shape[0], 8, 8, generator=torch.Generator().manual_seed(5))
-    want_cic = T._cic(m, x, acts, t, 7, False)
+    want_cic = SP.scorecam_pass(m, x, acts, t, 7, False)
     want_curve = perturbation_curve(m, x, t, sal, 6, False, batch_size=7, channels_last=True)
-    monkeypatch.setattr(T, "MASK_BLOCK_BYTES", 3 * 7 * 64 * 64 * 4)   # 3 batches a block
+    monkeypatch.setattr(SP, "MASK_BLOCK_BYTES", 3 * 7 * 64 * 64 * 4)   # 3 batches a block
     monkeypatch.setattr(P, "MASK_BLOCK_BYTES", 5 * 64 * 64 * 4)       # 5 rows a block, less than a batch
-    got_cic = T._cic(m, x, acts, t, 7, False)
+    got_cic = SP.scorecam_pass(m, x, acts, t, 7, False)
     assert torch.equal(got_cic[0], want_cic[0]) and torch.equal(got_cic[1], want_cic[1])
     assert torch.equal(perturbation_curve(m, x, t, sal, 6, False, batch_size=7, channels_last=True), want_curve)
 
@@ -264,19 +265,19 @@ def test_fast_masks_equal_channel_masks_bit_for_bit():
     acts[3] = 0.0  # a constant map (zeros upsample exactly): an all-zero mask
     acts[5, 2, 2] = -0.0
     for size in ((224, 224), (64, 64), (33, 50)):
-        want = T.channel_masks(acts, size)
-        got = T._masks_fast(acts, size)
+        want = SP.channel_masks(acts, size)
+        got = SP._masks_fast(acts, size)
         assert torch.equal(got, want) and torch.equal(got.view(torch.int32), want.view(torch.int32))
         assert not got[3].any()
 
 
 def test_image_runs():
     offsets = [0, 2, 5, 5, 6]  # rows of images 0..3: [0, 0, 1, 1, 1, 3]; image 2 has none
-    assert T._image_runs(offsets, 1, 6) == [(0, 0, 1), (1, 1, 4), (3, 4, 5)]
-    assert T._image_runs(offsets, 0, 6) == [(0, 0, 2), (1, 2, 5), (3, 5, 6)]
-    assert T._image_runs(offsets, 2, 5) == [(1, 0, 3)]
-    assert T._image_runs(offsets, 4, 6) == [(1, 0, 1), (3, 1, 2)]
-    assert T._image_runs([0, 0, 3], 0, 3) == [(1, 0, 3)]
+    assert SP._image_runs(offsets, 1, 6) == [(0, 0, 1), (1, 1, 4), (3, 4, 5)]
+    assert SP._image_runs(offsets, 0, 6) == [(0, 0, 2), (1, 2, 5), (3, 5, 6)]
+    assert SP._image_runs(offsets, 2, 5) == [(1, 0, 3)]
+    assert SP._image_runs(offsets, 4, 6) == [(1, 0, 1), (3, 1, 2)]
+    assert SP._image_runs([0, 0, 3], 0, 3) == [(1, 0, 3)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,6 +599,6 @@ def test_auto_chunks_and_precisions_through_the_store(tmp_path, bundled):
 def test_masks_and_scores_do_not_depend_on_how_rows_are_grouped(bundled):
     """Broadcasting one image over its run of masks equals gathering a copy per row."""
     m, _, x, acts, _, t = bundled
-    few = T._cic(m, x[:2], acts[:2], t[:2], 5, False)[0]     # many batches spanning image boundaries
-    whole = T._cic(m, x[:2], acts[:2], t[:2], 1000, False)[0]
+    few = SP.scorecam_pass(m, x[:2], acts[:2], t[:2], 5, False)[0]     # many batches spanning image boundaries
+    whole = SP.scorecam_pass(m, x[:2], acts[:2], t[:2], 1000, False)[0]
     torch.testing.assert_close(few, whole, rtol=1e-4, atol=1e-5)

@@ -1,13 +1,13 @@
 """The terminal store: computed terminal values on disk, one file per image and record, so that later
 runs load them instead of computing them again.
 
-An image's values come in records by how they are computed (``cam.compute``): ``base`` (the
-gradient pass: ``A``, the logits, the target, and the gradient terminals when they were asked for),
-``cic`` (with the masked logits) and ``abl`` (with the ablated logits and the method). An entry's key
-(``RecordKey``) holds everything its values depend on that sycam-dsl can see: the store format, the
-model (architecture and every state-dict tensor's bytes, ``model_digest``), the canonical layer path,
-the image tensor's bytes (so its size and normalization), the target class (or ``predicted``), the
-record kind and the settings that change its values (``record_settings``). So a new image folder
+An image's values come in one record per pass that computes them (``cam.compute``; the passes, their
+record kinds ``base``, ``cic`` and ``abl`` and the fields each record must hold come from
+``lang.terminals``' table: ``record_fields``). An entry's key (``RecordKey``) holds everything its
+values depend on that sycam-dsl can see: the store format, the model (architecture and every
+state-dict tensor's bytes, ``model_digest``), the canonical layer path, the image tensor's bytes (so
+its size and normalization), the target class (or ``predicted``), the record kind and the settings
+that change its values (``record_settings``). So a new image folder
 reuses every image already computed, and names that read only ``grads`` never compute ``cic``.
 
 ``compute_terminals_stored`` loads what is stored, computes only the missing (image, record) pairs,
@@ -27,8 +27,9 @@ Layout: ``<folder>/terminal-store/<2 hex>/<40 hex>.pt`` where ``folder`` is the 
 (``$SYCAM_DSL_CACHE``, default ``~/.cache/sycam-dsl``). The store is bounded (``max_bytes``, default
 ``$SYCAM_DSL_CACHE_SIZE`` or 2 GB): reading an entry marks it as used (its modification time), and when
 writes take the store over its bound the least recently used entries are removed until it is under
-90% of it. Counting, the bound and ``clear`` touch only the files ``OWNED`` describes (their folders,
-names and format), never through a symbolic link: other files in the cache folder are left alone.
+90% of it. Counting, the bound and ``clear`` touch only the files ``cache_files.OWNED`` describes
+(their folders, names and format), never through a symbolic link: other files in the cache folder are
+left alone.
 """
 
 from __future__ import annotations
@@ -37,10 +38,8 @@ import hashlib
 import json
 import logging
 import os
-import re
-import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -48,16 +47,18 @@ import torch
 from torch import nn
 
 from ..evaluate.terminal_values import Terminals
+from ..lang.terminals import pass_of_record, record_fields
 from ..models.batching import BatchSize
 from ..models.digest import model_digest
 from ..models.loaded import LoadedModel
 from ..models.precision import DEFAULT_PRECISION
-from ..models.runtime import CHOICE_FILE, ONNX_FILE, RuntimeSpec
 from ..models.runtime import FOLDER as RUNTIME_FOLDER
+from ..models.runtime import RuntimeSpec
 from ..util.digests import update_digest
 from ..util.files import atomic_torch_save
 from ..util.modes import eval_mode
 from ..util.sizes import format_size, parse_size
+from .cache_files import STORE_DIR, CacheFile, converted_share, owned_files, remove_file, remove_temporaries_and_folders
 from .compute import (
     ABL,
     BASE,
@@ -76,63 +77,10 @@ log = logging.getLogger(__name__)
 
 #: Part of every key: a change to what the records hold or mean bumps it (old entries then age out).
 STORE_FORMAT = 1
-STORE_DIR = "terminal-store"
 DEFAULT_MAX_BYTES = 2 * 2**30
 #: Writes that take the store over its bound evict down to this share of it (not after every write).
 EVICT_TO = 0.9
-#: What each record kind must hold to be used.
-_FIELDS = {BASE: ("A", "logits", "targets"), CIC: ("cic", "mlogits"), ABL: ("abl", "ablated_logits", "abl_method")}
-_STALE_TMP_SECONDS = 3600
-#: The first bytes of a zip archive, the format ``torch.save`` writes.
-_ZIP_MAGIC = b"PK\x03\x04"
 
-
-def _is_torch_file(head: bytes) -> bool:
-    """Whether ``head`` (a file's first bytes) starts a ``torch.save`` archive: a zip whose first
-    member is ``<name>/data.pkl``."""
-    if len(head) < 30 or not head.startswith(_ZIP_MAGIC):
-        return False
-    n = int.from_bytes(head[26:28], "little")
-    return head[30:30 + n].endswith(b"/data.pkl")
-
-
-def _is_partial_torch_file(head: bytes) -> bool:
-    """A killed writer's temporary file: empty, or the start of a zip archive."""
-    return not head or head.startswith(_ZIP_MAGIC[:len(head)])
-
-
-@dataclass(frozen=True)
-class Owned:
-    """One kind of file the cache owns: those below the cache folder in the folders ``folders``
-    (one pattern per level, each a real folder, never a link), whose names match ``name`` and
-    whose first bytes pass ``format``. Their temporary files (``atomic_write``'s ``<name><random>.tmp``)
-    are owned too, and removed once stale."""
-
-    folders: tuple[str, ...]
-    name: str
-    format: Callable[[bytes], bool]
-
-    def owns(self, file_name: str) -> bool:
-        return re.fullmatch(self.name, file_name) is not None
-
-    def owns_temporary(self, file_name: str) -> bool:
-        return re.fullmatch(f"(?:{self.name})[a-z0-9_]+\\.tmp", file_name) is not None
-
-
-#: Everything the cache owns, the one place that says it: ``info``, the size bound and ``clear`` count
-#: and remove these files and nothing else. Another kind of cache file (an inference runtime's
-#: converted models in ``<cache-dir>/runtime/``, say) is one more row here.
-OWNED: tuple[Owned, ...] = (
-    Owned((STORE_DIR, "[0-9a-f]{2}"), r"[0-9a-f]{40}\.pt", _is_torch_file),
-    # the whole-set cache files sycam-dsl wrote before the store: counted, evicted and cleared with it
-    Owned((), r"terminals-[0-9a-f]{40}\.pt", _is_torch_file),
-    # the inference runtimes' converted models (an ONNX ModelProto opens with ir_version, field 1) and
-    # ``auto``'s kept choices (models.runtime)
-    Owned((RUNTIME_FOLDER,), ONNX_FILE, lambda head: head[:1] == b"\x08"),
-    Owned((RUNTIME_FOLDER,), CHOICE_FILE, lambda head: head.lstrip()[:1] == b"{"),
-)
-#: Bytes read to check a file's format (a zip header and its first member's name).
-_HEAD_BYTES = 512
 
 
 def reuse_line(stored: int, total: int) -> str:
@@ -228,65 +176,6 @@ class StoreInfo:
                 f"{format_size(self.max_bytes)}{runtime}")
 
 
-@dataclass(frozen=True)
-class _Entry:
-    used_ns: int
-    size: int
-    path: Path
-    kind: Owned
-
-
-def _converted(entries: Sequence[_Entry]) -> tuple[int, int]:
-    """(files, bytes) of ``entries`` in the runtimes' folder."""
-    mine = [e for e in entries if e.kind.folders[:1] == (RUNTIME_FOLDER,)]
-    return len(mine), sum(e.size for e in mine)
-
-
-def _scan(folder: str | Path) -> list[os.DirEntry[str]]:
-    """The files and folders in ``folder``; none when it does not exist (or is not a folder)."""
-    try:
-        return list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _folders(top: Path, patterns: tuple[str, ...]) -> list[Path]:
-    """The real folders (not links) below ``top`` whose path matches ``patterns``, one per level."""
-    found = [top]
-    for pattern in patterns:
-        found = [Path(e.path) for d in found for e in _scan(d)
-                 if re.fullmatch(pattern, e.name) and e.is_dir(follow_symlinks=False)]
-    return found
-
-
-def _head(path: str | Path) -> bytes | None:
-    """The first bytes of the regular file ``path``, opened without following a link; None for
-    anything else (a link, a folder, a file that is gone or cannot be read)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, _HEAD_BYTES)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: str | Path, format: Callable[[bytes], bool]) -> bool:
-    """Remove ``path`` if it is a regular file (not a link) whose first bytes pass ``format``."""
-    head = _head(path)
-    if head is None or not format(head):
-        return False
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-
 
 class TerminalStore:
     """The store in ``folder`` (default ``default_cache_dir()``; its entries are in ``folder/terminal-store``),
@@ -343,7 +232,7 @@ class TerminalStore:
                 from None
         values = data.get("values") if isinstance(data, dict) else None
         if (not isinstance(values, dict) or data.get("format") != STORE_FORMAT or data.get("key") != asdict(key)
-                or any(f not in values for f in _FIELDS[key.kind])):
+                or any(f not in values for f in record_fields(pass_of_record(key.kind)))):
             raise BadEntry(f"{path}: not the entry of its key")
         self._touch(path)
         return values
@@ -374,36 +263,11 @@ class TerminalStore:
         if self._bytes > self.max_bytes:
             self.evict()
 
-    # -- the folder as a whole ----------------------------------------------------------------------
+    # -- the folder as a whole (the owned files: ``cam.cache_files``) ------------------------------
 
-    def _entries(self, formats: bool = True) -> Iterator[_Entry]:
-        """Every owned file (``OWNED``: entries and files of the old whole-set cache, by folder, name
-        and, unless not ``formats``, format), never through a link; removes the temporary files that
-        killed writers left behind."""
-        for kind in OWNED:
-            for folder in _folders(self.folder, kind.folders):
-                for f in _scan(folder):
-                    if kind.owns(f.name):
-                        try:
-                            if not f.is_file(follow_symlinks=False):
-                                continue
-                            st = f.stat(follow_symlinks=False)
-                        except FileNotFoundError:  # removed by another process meanwhile
-                            continue
-                        head = _head(f.path) if formats else None  # None too for a file removed meanwhile
-                        if not formats or (head is not None and kind.format(head)):
-                            yield _Entry(st.st_mtime_ns, st.st_size, Path(f.path), kind)
-                    elif kind.owns_temporary(f.name):
-                        self._remove_temporary(f, stale_only=True)
+    def _entries(self, formats: bool = True) -> Iterator[CacheFile]:
+        return owned_files(self.folder, formats)
 
-    @staticmethod
-    def _remove_temporary(f: os.DirEntry[str], stale_only: bool) -> None:
-        try:
-            st = f.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if not stale_only or time.time() - st.st_mtime > _STALE_TMP_SECONDS:
-            _unlink(f.path, _is_partial_torch_file)
 
     def evict(self, goal: int | None = None) -> int:
         """Remove the least recently used entries: with no ``goal``, down to ``EVICT_TO`` of the bound
@@ -416,32 +280,24 @@ class TerminalStore:
             for e in entries:
                 if total <= target:
                     break
-                removed += _unlink(e.path, e.kind.format)
+                removed += remove_file(e.path, e.kind.format)
                 total -= e.size
         self._bytes = total
         return removed
 
     def info(self) -> StoreInfo:
         entries = list(self._entries())
-        return StoreInfo(self.root, len(entries), sum(e.size for e in entries), self.max_bytes, _converted(entries))
+        return StoreInfo(self.root, len(entries), sum(e.size for e in entries), self.max_bytes,
+                         converted_share(entries))
 
     def clear(self) -> StoreInfo:
         """Remove every entry (and leftover temporary file) and the store's emptied folders; returns
         what was removed. Files that are not the store's, and links, stay."""
         entries = list(self._entries())
-        gone = [e for e in entries if _unlink(e.path, e.kind.format)]
-        for kind in OWNED:
-            for folder in _folders(self.folder, kind.folders):
-                for f in _scan(folder):
-                    if kind.owns_temporary(f.name):
-                        self._remove_temporary(f, stale_only=False)
-                if kind.folders:
-                    try:
-                        os.rmdir(folder)
-                    except OSError:  # not empty: another process wrote meanwhile, or files not the store's
-                        pass
+        gone = [e for e in entries if remove_file(e.path, e.kind.format)]
+        remove_temporaries_and_folders(self.folder)
         self._bytes = None
-        return StoreInfo(self.root, len(gone), sum(e.size for e in gone), self.max_bytes, _converted(gone))
+        return StoreInfo(self.root, len(gone), sum(e.size for e in gone), self.max_bytes, converted_share(gone))
 
 
 # -- computing through the store ----------------------------------------------------------------------

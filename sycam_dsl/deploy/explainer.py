@@ -3,13 +3,14 @@ split at the target layer, the computation of exactly the terminals the method r
 weights (``backend.dispatch_module``'s generated code) and the CAM template, so that
 ``torch.jit.load(file)(images, targets=None)`` gives the heatmaps ``[N, H, W]`` without sycam-dsl.
 
-The maths is the engine's, step for step (``cam.compute``): the gradient pass
-(``_gradient_pass``: ``dz_c/dA`` by ``torch.autograd.grad``), ScoreCAM's masked passes (``_cic``:
-``channel_masks``, baseline ``x_b = 0``, constant maps keep the baseline's scores, the same rows per
-batch and channels-last input), ablation through the layers after the target layer (``_abl``: the
-same blocks of images and channels, ``ablation_layout``), then ``template``'s saliency, upsampling
-matrices and min-max normalization. The model is split with ``cam.layer_split.split_model`` (torch.fx); each half is
-compiled with ``torch.jit.script``, else ``torch.jit.trace``.
+The maths is the engine's, step for step (``cam.compute``), pass by pass (``lang.terminals.PASSES``):
+the gradient pass (``cam.gradient_pass``: ``dz_c/dA`` by ``torch.autograd.grad``), ScoreCAM's masked
+passes (``cam.scorecam_pass``: ``channel_masks``, baseline ``x_b = 0``, constant maps keep the
+baseline's scores, the same rows per batch and channels-last input), ablation through the layers
+after the target layer (``cam.ablation_pass``: the same blocks of images and channels,
+``ablation_layout``), then ``template``'s saliency, upsampling matrices and min-max normalization.
+The model is split with ``cam.layer_split.split_model`` (torch.fx); each half is compiled with
+``torch.jit.script``, else ``torch.jit.trace``.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from torch import Tensor, fx, nn
 
 from ..backend.dispatch_module import compile_dispatch, generate_dispatch_source
 from ..backend.export import python_module
-from ..cam.compute import DEFAULT_CHUNK_SIZE, ablation_layout
+from ..cam.ablation_pass import ablation_layout
+from ..cam.compute import DEFAULT_CHUNK_SIZE
 from ..cam.layer_split import SplitError, layer_access, split_model
 from ..errors import SycamError
 from ..lang.ast import Node
 from ..lang.operators import HELPERS_SRC
+from ..lang.terminals import ABLATION, GRADIENT, SCORECAM, TERMINALS, needs_backward, pass_of, terminals_of_pass
 from ..lang.types import Type
 from ..models.layers import kind, resolve_layer
 from ..models.precision import float32_model
@@ -42,11 +45,12 @@ from ..template.upsampling import linear_weights
 from ..util.warnings import quiet_deprecations
 from .method import Method, method_terminals, method_text, method_type
 
-#: The terminals the explainer computes, in the order its weights module takes them (a terminal added to
-#: the language needs its computation in ``Explainer`` too; until then compiling a method that reads it fails).
-WEIGHT_INPUTS = ("grads", "pgrads", "cic", "abl", "mlogits", "acts", "G", "A")
-#: Terminals whose values only the gradient pass gives (the ``export`` format handles these and ``A``, ``acts``).
-GRADIENT_ONLY = frozenset({"grads", "pgrads", "G", "acts", "A"})
+#: The terminals the explainer computes, in the order its weights module takes them: the table's (a terminal
+#: added to the language needs its computation and its argument in ``Explainer.forward`` too;
+#: ``tests/test_terminal_table.py`` checks that they match).
+WEIGHT_INPUTS = tuple(TERMINALS)
+#: Terminals whose values the gradient pass gives (the ``export`` format handles only these).
+GRADIENT_ONLY = frozenset(terminals_of_pass(GRADIENT))
 
 
 class ExportError(SycamError):
@@ -211,9 +215,9 @@ class Explainer(nn.Module):
                  chunk: int = DEFAULT_CHUNK_SIZE) -> None:
         super().__init__()
         self.head, self.tail, self.weights = head, tail, weights
-        self.need_grad = bool({"grads", "pgrads", "G"} & set(names))
-        self.need_cic = bool({"cic", "mlogits"} & set(names))
-        self.need_abl = "abl" in names
+        self.need_grad = needs_backward(names)
+        self.need_cic = any(pass_of(n) == SCORECAM for n in names)
+        self.need_abl = any(pass_of(n) == ABLATION for n in names)
         self.vec = vec
         self.chunk = int(chunk)
 
@@ -279,7 +283,7 @@ class Explainer(nn.Module):
         return ly @ s @ lx.T
 
     def cic(self, x: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(``cic`` ``[N, K]``, ``mlogits`` ``[N, K]``): ``cam.compute._cic`` at a fixed chunk size in fp32."""
+        """(``cic`` ``[N, K]``, ``mlogits`` ``[N, K]``): ``cam.scorecam_pass`` at a fixed chunk size in fp32."""
         n, k = a.shape[0], a.shape[1]
         with torch.no_grad():
             base = self.logits(torch.zeros_like(x[:1]))
@@ -308,7 +312,7 @@ class Explainer(nn.Module):
         return masked_y - base_y[:, None], masked_z
 
     def abl(self, x: Tensor, a: Tensor, logits: Tensor, t: Tensor) -> Tensor:
-        """``abl`` ``[N, K]``: ``cam.compute._abl`` with the fx split, at a fixed chunk size in fp32, its
+        """``abl`` ``[N, K]``: ``cam.ablation_pass`` with the fx split, at a fixed chunk size in fp32, its
         batches laid out as the engine's (``ablation_layout``: ``c`` channels of each of ``B`` images)."""
         n, k = a.shape[0], a.shape[1]
         block, per = ablation_layout(n, k, self.chunk)

@@ -89,8 +89,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
                                  asked, device=device, precision=precision, store=store, runtime=runtime)
 
         known = {n: terms[n] for n in now} if now else {"acts": terms["acts"]}
-        source = TerminalSource(names, known, values, groups=[("cic", "mlogits")],
-                                stored=stored if store is not None else None)
+        source = TerminalSource(names, known, values, stored=stored if store is not None else None)
         terms = OnDemandTerminals(source)
     inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
                           masks=None if data.masks is None else data.masks.to(dev), model=model.module,

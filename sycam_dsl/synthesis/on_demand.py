@@ -1,13 +1,14 @@
 """Terminals computed on demand: a search reads a terminal for the images of a level only when a
 candidate that reads it is scored there.
 
-``cic`` and ``abl`` cost ``K`` forward passes per image (ScoreCAM's masked images, AblationCAM's
-ablated activations), against one forward and backward pass for every other terminal. So the
-gradient pass runs for every image up front (it gives the activations, the targets and the
-gradient terminals), and the expensive terminals are computed per image when first read: the
-equivalence subset's when the enumerator starts, ``I3``'s when the first candidate that reads them
-is scored on ``I3``, ``I2``'s when one reaches ``I2``, and so on; what the final tables need comes
-last. Each value is computed once, whichever view (level block, chunk, class, test split) asks.
+The terminals of the expensive passes (``lang.terminals``: ``cic`` and ``mlogits`` from ScoreCAM's
+masked images, ``abl`` from AblationCAM's ablated activations) cost ``K`` forward passes per image,
+against one forward and backward pass for every other terminal. So the gradient pass runs for every
+image up front (it gives the activations, the targets and the gradient terminals), and the
+expensive terminals are computed per image when first read: the equivalence subset's when the
+enumerator starts, ``I3``'s when the first candidate that reads them is scored on ``I3``, ``I2``'s
+when one reaches ``I2``, and so on; what the final tables need comes last. Each value is computed
+once, whichever view (level block, chunk, class, test split) asks.
 
 ``TerminalSource`` holds the values of all ``N`` images and what is computed; ``OnDemandTerminals``
 is a ``Terminals`` view of some of its images that fills them in when read.
@@ -23,13 +24,14 @@ import torch
 
 from ..errors import ShapeError
 from ..evaluate.terminal_values import Terminals, map_hw
+from ..lang.terminals import expensive_groups, expensive_terminals
 
 #: Terminals that cost ``K`` forward passes per image, computed on demand; the rest come with the
 #: gradient pass, up front.
-EXPENSIVE = frozenset({"cic", "mlogits", "abl"})
+EXPENSIVE = expensive_terminals()
 
 #: ``(names, index [m] long) -> name -> values [m, ...]`` for the images at ``index`` (positions in
-#: the source's ``N`` images); may give more names than asked (``cic`` and ``mlogits`` come together).
+#: the source's ``N`` images); may give more names than asked (a pass's terminals come together).
 ComputeFn = Callable[[list[str], torch.Tensor], Mapping[str, torch.Tensor]]
 #: ``(names, index [m] long) -> how many of those images a ``ComputeFn`` will read from the terminal
 #: store rather than compute`` (for the status line).
@@ -56,13 +58,14 @@ class TerminalWork:
 class TerminalSource:
     """The values of terminals ``names`` for ``n`` images: ``known`` (name -> ``[n, ...]``) from the
     start, the others from ``compute`` as they are read. ``groups`` lists terminals computed
-    together (asking for one computes all of its group); ``busy`` is called with a short text while
+    together (asking for one computes all of its group; default: each expensive pass's terminals,
+    ``lang.terminals.expensive_groups``); ``busy`` is called with a short text while
     a computation runs (``computing cic of 10 image(s)``, or ``reading ... from the store`` when
     ``stored`` says that the images' values are in the terminal store) and with None after it (for a
     status line)."""
 
     def __init__(self, names: Sequence[str], known: Mapping[str, torch.Tensor], compute: ComputeFn,
-                 groups: Sequence[Sequence[str]] = (), busy: Callable[[str | None], None] | None = None,
+                 groups: Sequence[Sequence[str]] | None = None, busy: Callable[[str | None], None] | None = None,
                  stored: StoredFn | None = None) -> None:
         if not known:
             raise ShapeError("an on-demand terminal source needs at least one terminal computed up front")
@@ -74,7 +77,7 @@ class TerminalSource:
         self.device, self.dtype = ref.device, ref.dtype
         self.have: dict[str, torch.Tensor] = {name: torch.ones(self.n, dtype=torch.bool) for name in known}
         self._compute = compute
-        self._groups = {name: list(g) for g in groups for name in g}
+        self._groups = {name: list(g) for g in (expensive_groups() if groups is None else groups) for name in g}
         self.busy = busy
         self.stored = stored
         self.work = TerminalWork()
