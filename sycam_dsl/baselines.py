@@ -1,4 +1,4 @@
-"""The classic CAM methods as expressions of the weight language (SPEC section 3).
+"""The classic CAM methods as expressions of the weight language (docs/language.md#the-classic-methods-as-expressions).
 
 Each baseline is parsed with ``parse_expr`` over all terminals and evaluated by the same engine as
 any synthesized candidate (``evaluate`` then ``template.heatmaps``), so there is no separate code path
@@ -21,10 +21,10 @@ GradCAM++ is the alpha-weighted form of the GradCAM++ paper (eq. 19 with its exp
 simplification), as the pytorch-grad-cam package computes it:
 ``w_k = sum_ij ReLU(G_kij) * alpha_kij``, ``alpha = G^2 / (2 G^2 + sum_ij(A_k) G^3 + 1e-6)``; the
 expression averages instead of summing over ``i, j``, a positive factor that min-max normalization
-ignores. SPEC section 2 calls the positive-gradient mean ``pgrads`` "GradCAM++ as Grad-CAM with
-positive gradients"; it is kept as the baseline ``GradCAM++pos``. The CAM-engine issue asks for
-agreement with pytorch-grad-cam's GradCAM++ (and an issue wins over SPEC), so the baseline named
-GradCAM++ is the alpha form.
+ignores. The positive-gradient mean ``pgrads`` (docs/language.md#terminals: "GradCAM++ as Grad-CAM
+with positive gradients") is kept as the baseline ``GradCAM++pos``. The baseline named GradCAM++ is
+the alpha form, so that it agrees with pytorch-grad-cam's GradCAM++
+(docs/language.md#the-classic-methods-as-expressions).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .template.heatmaps import heatmaps, layer_saliency
 BASELINE_EXPRESSIONS: dict[str, str] = {
     "GradCAM": "grads",
     "GradCAM++": "(gap (* (relu G) (/ (sq G) (+ (+ (* 2.0 (sq G)) (* (gsum A) (pow G 3))) 1e-06))))",
-    "GradCAM++pos": "pgrads",  # SPEC's positive-gradient form
+    "GradCAM++pos": "pgrads",  # the positive-gradient form (docs/language.md#the-classic-methods-as-expressions)
     "ScoreCAM": "cic",
     "AblationCAM": "abl",
     "XGradCAM": "(/ (gap (* A G)) (gap A))",
@@ -54,7 +54,7 @@ BASELINE_EXPRESSIONS: dict[str, str] = {
     "ScoreCAM-softmax": "(softmax mlogits)",  # grad-cam's ScoreCAM variant
 }
 
-#: The baselines SPEC section 7 reports beside a search's result.
+#: The baselines a search reports (docs/search.md#the-final-check-against-the-baselines) beside a search's result.
 SEARCH_BASELINES = ("GradCAM", "GradCAM++", "ScoreCAM", "AblationCAM")
 
 

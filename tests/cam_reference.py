@@ -62,7 +62,7 @@ ALL = ("grads", "pgrads", "cic", "abl", "acts", "G", "A")
 def reference_terminals(model: nn.Module, layer: nn.Module, images: torch.Tensor,
                         targets: torch.Tensor | None = None,
                         names: tuple[str, ...] = ALL) -> tuple[Terminals, torch.Tensor, torch.Tensor]:
-    """SPEC terminals ``names`` for ``images`` ``[N, 3, H, W]``: (Terminals, acts ``[N, K, h, w]``,
+    """The terminals ``names`` (docs/language.md#terminals) for ``images`` ``[N, 3, H, W]``: (Terminals, acts ``[N, K, h, w]``,
     targets; the predicted classes unless given)."""
     model.eval()
     logits, acts = _capture(model, layer, images)
@@ -116,7 +116,7 @@ def ablated_logits(model: nn.Module, layer: nn.Module, image: torch.Tensor, c: i
 def gradcam_scorecam_weights(model: nn.Module, layer: nn.Module, images: torch.Tensor,
                              targets: torch.Tensor) -> torch.Tensor:
     """grad-cam's ScoreCAM weights: ``softmax_k z_c(x * M_k)`` over channels, with masks upsampled
-    by ``UpsamplingBilinear2d`` (``align_corners=True``). Not a SPEC terminal: SPEC's ``cic`` is
+    by ``UpsamplingBilinear2d`` (``align_corners=True``). Not a terminal of docs/language.md#terminals: ``cic`` is
     ``y_c(x * M_k) - y_c(0)`` (softmax over classes, baseline subtracted). ``[N, K]``."""
     _, acts = _capture(model, layer, images)
     size = tuple(images.shape[-2:])

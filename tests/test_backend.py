@@ -42,7 +42,7 @@ def parse(text: str) -> Node:
 
 
 def saliency_reference(w: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-    """The project's CAM template (SPEC section 1) for a weight of ``w``'s rank."""
+    """The project's CAM template (docs/language.md#the-cam-template) for a weight of ``w``'s rank."""
     return saliency(w, acts, Type.VEC if w.dim() == 2 else Type.MAP)
 
 

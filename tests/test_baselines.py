@@ -190,7 +190,7 @@ def _check(case, methods):
 
 
 def _check_scorecam_variant(case):
-    """grad-cam's ScoreCAM weights are ``softmax_k z_c(x * M_k)``, not SPEC's ``cic``; they are
+    """grad-cam's ScoreCAM weights are ``softmax_k z_c(x * M_k)``, not ``cic`` (docs/language.md#terminals); they are
     computed by a test-only function and evaluated through the ``ScoreCAM`` expression."""
     model, layer, images, terms, acts, targets = case
     w = gradcam_scorecam_weights(model, layer, images, targets)

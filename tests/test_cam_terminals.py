@@ -1,5 +1,5 @@
 """The CAM engine: models, layers, images/masks, terminals (against direct autograd and per-channel
-loops written here from SPEC section 2), the fx split and its hook fallback and the CLI (the terminal store: test_terminal_store.py).
+loops written here from docs/language.md#terminals), the fx split and its hook fallback and the CLI (the terminal store: test_terminal_store.py).
 
 CPU only, nothing downloaded: a tiny CNN defined here (float64, so comparisons are tight) and
 torchvision's resnet18 with seeded random weights on 64 x 64 images.
@@ -143,7 +143,7 @@ def _compute(model, x, names=ALL, layer="block", **kw):
 
 
 # ---------------------------------------------------------------------------------------------
-# references, written from SPEC section 2 with one image (and one channel) at a time
+# references, written from docs/language.md#terminals with one image (and one channel) at a time
 
 
 def _layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor, change=None):

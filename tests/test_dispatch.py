@@ -1,4 +1,4 @@
-"""The per-class dispatch module (class-based decomposition, SPEC sections 7-8) against the evaluator."""
+"""The per-class dispatch module (class-based decomposition, docs/search.md#per-class-search) against the evaluator."""
 
 from __future__ import annotations
 

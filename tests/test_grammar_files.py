@@ -1,4 +1,4 @@
-"""Grammar files (SPEC section 4): the shipped grammars, and one test per kind of error.
+"""Grammar files (docs/language.md#grammar-files): the shipped grammars, and one test per kind of error.
 
 Every error test pins the exact ``file:line:col`` prefix and checks that the message says what
 was expected, so a wrong location or a vague message fails the test.

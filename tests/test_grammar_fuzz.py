@@ -164,7 +164,7 @@ def test_spaced_sexpr_strings_read_and_give_a_grammar_or_a_located_error(text):
     check(text)
 
 
-# A grammar-file-shaped grammar (SPEC section 4) over a small vocabulary, so that many strings
+# A grammar-file-shaped grammar (docs/language.md#grammar-files) over a small vocabulary, so that many strings
 # reach the type, arity, non-terminal and reachability checks (and some load).
 _FILE_LARK = lark.Lark(r"""
 start: preamble* synth preamble*

@@ -1,4 +1,4 @@
-"""Metrics (SPEC section 6) on constructed cases with hand-computed values."""
+"""Metrics (docs/metrics.md) on constructed cases with hand-computed values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Compiled weight expressions that run without sycam-dsl (SPEC section 8).
+"""Compiled weight expressions that run without sycam-dsl (docs/deploy.md#compiled-weight-files).
 
 Two formats, both computing the same generated code (one fused function over the terminal
 tensors the expression uses, batched ``[N, K]`` / ``[N, K, h, w]``):

@@ -1,4 +1,4 @@
-"""Code generation shared by the compiled backends (SPEC section 8): the signature of a weight
+"""Code generation shared by the compiled backends (docs/deploy.md#compiled-weight-files): the signature of a weight
 expression, the input checks and one local per distinct subexpression.
 
 ``torchscript`` builds a single expression's module from these pieces, ``dispatch`` one module that

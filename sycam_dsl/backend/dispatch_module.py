@@ -1,4 +1,4 @@
-"""Per-class weights compiled into one TorchScript module (SPEC sections 7-8).
+"""Per-class weights compiled into one TorchScript module (docs/search.md#per-class-search).
 
 Class-based decomposition runs one search per predicted class; its result is a weight expression
 per class plus a fallback for classes without their own. ``compile_dispatch`` turns that into one

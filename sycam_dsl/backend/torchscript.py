@@ -1,4 +1,4 @@
-"""Compile a weight expression into one generated TorchScript function (SPEC section 8).
+"""Compile a weight expression into one generated TorchScript function (docs/deploy.md#compiled-weight-files).
 
 The source is generated from the operator table (``Operator.template``), the same templates the
 evaluator runs, so the compiled module and ``sycam_dsl.evaluate.evaluate`` cannot drift apart.

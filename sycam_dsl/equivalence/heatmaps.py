@@ -1,4 +1,4 @@
-"""Heatmap-level equivalence (SPEC section 5): candidates whose normalized heatmaps agree on the
+"""Heatmap-level equivalence (docs/language.md#heatmap-level-check): candidates whose normalized heatmaps agree on the
 equivalence subset are scored once. ``grads`` and ``(+ grads grads)`` differ as weights but give
 the same heatmap, because min-max normalization ignores a positive factor.
 

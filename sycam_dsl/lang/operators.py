@@ -6,7 +6,7 @@ template is compiled once into a Python function for the enumerator and pasted i
 TorchScript by the backend, so the two cannot disagree. Templates call helpers written in
 ``HELPERS_SRC`` as methods of ``self`` (the generated TorchScript module, or a Python stand-in).
 
-Semantics (SPEC section 3), per image (reductions never cross images):
+Semantics (docs/language.md#operators), per image (reductions never cross images):
 
 * ``+ - *``: element-wise; a Vec broadcasts over a Map's ``h, w``; constants broadcast everywhere.
 * ``/``: protected: a divisor with ``|b| < 1e-8`` is replaced by ``1e-8`` with the sign of ``b``

@@ -1,4 +1,4 @@
-"""Average Drop % and Increase in Confidence (SPEC section 6).
+"""Average Drop % and Increase in Confidence (docs/metrics.md#average-drop--lower-is-better).
 
 The explanation map masks the input, ``x * H``, in the model's normalized input space (as the
 masks of ScoreCAM's ``cic``): a pixel with ``H = 0`` becomes the normalized value 0, the data

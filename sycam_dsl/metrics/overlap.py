@@ -1,4 +1,4 @@
-"""Ground-truth overlap and SCH (SPEC section 6): heatmaps against object masks.
+"""Ground-truth overlap and SCH (docs/metrics.md#ground-truth-overlap-higher-is-better): heatmaps against object masks.
 
 Heatmaps ``[..., N, H, W]`` (e.g. ``[C, N, H, W]`` for ``C`` candidates) against boolean masks
 ``M`` ``[N, H, W]``; per-image scores ``[..., N]``, both higher is better.

@@ -1,4 +1,4 @@
-"""Target layers: default choices (SPEC section 1) and dotted module paths to modules."""
+"""Target layers: default choices (docs/cam-engine.md#target-layers) and dotted module paths to modules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reading a SyGuS-like grammar file (SPEC section 4) into a checked ``Grammar``.
+"""Reading a SyGuS-like grammar file (docs/language.md#grammar-files) into a checked ``Grammar``.
 
 Accepted top-level commands: one ``synth-cam`` (or ``synth-fun``), ``set-option`` for the
 constant pools (``:real-constants (0.5 1.0)``, ``:int-constants (1 5)``), and ``set-logic`` /

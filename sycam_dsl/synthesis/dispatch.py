@@ -1,4 +1,4 @@
-"""Class-based decomposition's result (SPEC section 7): one expression per predicted class, and a
+"""Class-based decomposition's result (docs/search.md#per-class-search): one expression per predicted class, and a
 fallback for the classes without their own."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The multi-level correctness oracle's test (SPEC section 7).
+"""The multi-level correctness oracle's test (docs/search.md#the-oracle).
 
 A candidate passes a level when it beats the incumbent's per-image score on at least half of the
 level's images and its mean score is better. Scores are compared in float64.

@@ -1,4 +1,4 @@
-"""The image subsets of the search (SPEC section 7): ``I3 ⊂ I2 ⊂ I1`` and the equivalence subset.
+"""The image subsets of the search (docs/search.md#image-levels): ``I3 ⊂ I2 ⊂ I1`` and the equivalence subset.
 
 All of them are prefixes of one seeded order of the images. Where classes are known the order
 interleaves the classes (a random order inside each class, then one image of each class in turn),
@@ -14,9 +14,9 @@ import torch
 
 from ..errors import SycamError
 
-#: SPEC's defaults, smallest level first: I3 = 100 images, I2 = 1000, I1 = all (None).
+#: The defaults (docs/search.md#image-levels), smallest level first: I3 = 100 images, I2 = 1000, I1 = all (None).
 DEFAULT_LEVEL_SIZES: tuple[int | None, ...] = (100, 1000, None)
-#: SPEC's default size of the observational-equivalence subset.
+#: The default size (docs/language.md#observational-equivalence) of the observational-equivalence subset.
 DEFAULT_EQUIVALENCE_SIZE = 10
 
 

@@ -1,4 +1,4 @@
-"""The CAM template (SPEC section 1) and heatmap math: ``S = ReLU(sum_k W_k A_k)``, bilinear
+"""The CAM template (docs/language.md#the-cam-template) and heatmap math: ``S = ReLU(sum_k W_k A_k)``, bilinear
 upsampling to the input size and per-image min-max normalization."""
 
 from .heatmaps import MAX_ELEMENTS, heatmaps, layer_saliency, normalize_upsampled

@@ -1,4 +1,4 @@
-"""Weights to heatmaps (SPEC section 1): ``S = ReLU(sum_k W_k A_k)`` at the target layer's
+"""Weights to heatmaps (docs/language.md#the-cam-template): ``S = ReLU(sum_k W_k A_k)`` at the target layer's
 resolution, and ``H`` = ``S`` upsampled bilinearly (``align_corners=False``, as ``cv2.resize`` and
 grad-cam do) to the input size and min-max normalized per image (a constant map gives zeros).
 

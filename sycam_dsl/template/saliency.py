@@ -1,4 +1,4 @@
-"""The CAM template (SPEC section 1): weights and activations to saliency maps ``S``, and min-max
+"""The CAM template (docs/language.md#the-cam-template): weights and activations to saliency maps ``S``, and min-max
 normalization."""
 
 from __future__ import annotations

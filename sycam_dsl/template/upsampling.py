@@ -10,7 +10,7 @@ saliency ``S`` without building the full-resolution heatmaps of many candidates.
   maximum and minimum over a stretch are at the stretch's first or last output (and bilinear is
   linear along each axis, so the 2-D extremes lie on those rows x columns).
 
-Heatmaps are ``H = (U - min U) / (max U - min U)`` (SPEC section 1), so SCH needs only these sums
+Heatmaps are ``H = (U - min U) / (max U - min U)`` (docs/language.md#the-cam-template), so SCH needs only these sums
 and extremes: ``O(h w)`` work per image instead of ``O(H W)``.
 """
 
