@@ -1,10 +1,10 @@
 """ScoreCAM / AblationCAM terminals against the grad-cam package, same model and images, one run.
 
 Times our ``cic`` and ``abl`` (``compute_terminals``) and grad-cam's ``ScoreCAM`` / ``AblationCAM``,
-prints the time ratios (best of ``--repeat`` alternating runs) and the Pearson correlation of the heatmaps
-(``relu(sum_k w_k A_k)``
-upsampled and min-max normalized). For ScoreCAM two of our maps are compared: the ``cic`` weights (docs/language.md#terminals)
-``cic`` (softmax-score increase over the zero baseline) and grad-cam's weights, a softmax over
+prints the time ratios (best of ``--repeat`` alternating runs) and the Pearson correlation of the
+heatmaps (``relu(sum_k w_k A_k)`` upsampled and min-max normalized). For ScoreCAM two of our maps are
+compared: the weights ``cic`` (softmax-score increase over the zero baseline;
+docs/language.md#terminals) and grad-cam's weights, a softmax over
 channels of the masked-input logits ``z_c(x * M_k)``, which ``compute_terminals`` keeps as
 ``info.masked_logits``. The machine may be shared, so compare ratios, not absolute times.
 
