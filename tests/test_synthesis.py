@@ -1,4 +1,4 @@
-"""The search (README, "The search"): planted problems where the best expression is known, the oracle's
+"""The search (docs/search.md): planted problems where the best expression is known, the oracle's
 levels, budgets, checkpoints and resume, and class-based decomposition."""
 
 from __future__ import annotations

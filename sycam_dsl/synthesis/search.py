@@ -1,4 +1,4 @@
-"""The oracle-guided search (README, "The search") over one problem.
+"""The oracle-guided search (docs/search.md#the-oracle) over one problem.
 
 The enumerator streams candidates (already canonicalized and merged by observational equivalence on
 the equivalence subset). Each candidate is then checked against the heatmaps already seen, and
