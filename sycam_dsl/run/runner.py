@@ -211,11 +211,11 @@ class Run:
                                                 device, options=self.problem_options(), up_front=up_front)
         note(f"forward passes: {runtime_name(self.problem.inputs.model)}, {data.precision} (asked: {data.runtime})",
              progress)
-        on_demand = isinstance(self.problem.terminals, OnDemandTerminals)
-        if pool is not None and isinstance(self.problem.terminals, OnDemandTerminals):
-            use_pool(self.problem.terminals.source, pool, self.options.search.terminals == "eager", progress)
+        terms = self.problem.terminals
+        if pool is not None and isinstance(terms, OnDemandTerminals):
+            use_pool(terms.source, pool, self.options.search.terminals == "eager", progress)
         if data.use_cache:
-            later = " (the gradient pass; cic and abl come on demand)" if on_demand else ""
+            later = " (the gradient pass; cic and abl come on demand)" if isinstance(terms, OnDemandTerminals) else ""
             note(f"terminals: {reuse_line(self.info.stored, self.problem.n)}{later}", progress)
         self.terminal_seconds = time.perf_counter() - t0
 
@@ -235,16 +235,15 @@ class Run:
         if not budget.whole_run or budget.seconds is None:
             return budget
         from ..cam.sanity import DEFAULT_SANITY_IMAGES
-        from ..synthesis.budget import estimate_reserve
+        from ..synthesis.budget import AfterSearch, estimate_reserve
 
         problem, split = self.problem, self.test_split
-        names = [t for b in SEARCH_BASELINES for t in baseline(b).terminals]
-        everything = torch.arange(problem.n)
-        reserve = estimate_reserve(problem, split.search if split.on else everything,
-                                   split.test if split.on else None, metric_list(self.objective), self.shown, names,
-                                   SEARCH_BASELINES, len(SEARCH_BASELINES) + 1,
-                                   min(DEFAULT_SANITY_IMAGES, problem.n) if self.options.output.sanity else 0,
-                                   self.terminal_seconds / max(1, problem.n))
+        after = AfterSearch(metric_list(self.objective), self.shown,
+                            [t for b in SEARCH_BASELINES for t in baseline(b).terminals], SEARCH_BASELINES,
+                            len(SEARCH_BASELINES) + 1,
+                            min(DEFAULT_SANITY_IMAGES, problem.n) if self.options.output.sanity else 0)
+        reserve = estimate_reserve(problem, split.search if split.on else torch.arange(problem.n),
+                                   split.test if split.on else None, after, self.terminal_seconds / max(1, problem.n))
         left = budget.seconds - (time.perf_counter() - self.t_start)
         search_seconds = left - reserve.set_aside
         floor = MIN_SEARCH_SHARE * budget.seconds
@@ -414,7 +413,7 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     terminal cache; ``DataOptions``), ``search`` (subsets, expression size, the evaluation engine;
     ``SearchOptions``), ``output`` (report metrics and images, progress, extra settings;
     ``OutputOptions``) and ``cluster`` (Ray workers for the terminals and the scoring; ``ClusterOptions``,
-    see ``distributed``: the same result as one process)."""
+    see ``distributed``: the same result as one process). It builds one ``Run`` and runs its phases."""
     t_start = time.perf_counter()
     keep_freed_memory()  # about 2x faster scoring here (see allocator); changes no result
     if images is None:
