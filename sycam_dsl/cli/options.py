@@ -440,13 +440,13 @@ def check_metric_options(args: argparse.Namespace, metrics: Sequence[Metric]) ->
 def metrics_from_args(text: str, args: argparse.Namespace) -> list[Metric]:
     """The metrics of a comma-separated list; Increase in Confidence joins Average Drop (SPEC 6)."""
     from ..metrics.errors import MetricError
+    from ..metrics.objectives import metric_names
 
     metrics: list[Metric] = []
-    for n in text.split(","):
-        if n.strip():
-            metric = metric_from_args(n, args, strict=False)
-            if metric.name not in {m.name for m in metrics}:  # deletion,deletion: one table
-                metrics.append(metric)
+    for n in metric_names(text):
+        metric = metric_from_args(n, args, strict=False)
+        if metric.name not in {m.name for m in metrics}:  # deletion,deletion: one table
+            metrics.append(metric)
     if not metrics:
         raise MetricError(f"no metric named in {text!r}")
     names = [m.name for m in metrics]

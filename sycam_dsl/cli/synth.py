@@ -11,15 +11,16 @@ import argparse
 import datetime as _dt
 import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..bundled.data import MAX_BUNDLED_IMAGES
 from ..errors import SycamError
 from ..metrics.memo import DEFAULT_MAX_MB
-from ..metrics.objectives import objective_of
-from ..metrics.registry import known_metrics, metric_key
-from ..synthesis.config import DEFAULT_MAX_SIZE, TERMINAL_MODES
+from ..metrics.objectives import Objective, metric_list, metric_names, parse_objective
+from ..metrics.registry import Metric, known_metrics, metric_key
+from ..synthesis.config import DEFAULT_MAX_SIZE, DEFAULT_SECONDS, TERMINAL_MODES, Budget
 from ..synthesis.guide import STRATEGIES
 from ..synthesis.incumbent import parse_untils
 from ..synthesis.split import DEFAULT_TEST_SPLIT, MIN_SPLIT_IMAGES, check_fraction
@@ -44,10 +45,13 @@ from .options import (
     warn,
 )
 
+if TYPE_CHECKING:
+    from ..run.result import Result
+
+
 #: The built-in benchmark's settings (what ``sycam-dsl synth`` runs with no model and no images).
 BUNDLED: dict[str, Any] = {"images": 200, "time": 60.0, "metric": "deletion", "steps": 10,
            "report_metrics": "deletion,insertion,average_drop,sch", "levels": "50,100,all"}
-DEFAULT_TIME = 600.0
 
 
 def _level_sizes(text: str):
@@ -78,6 +82,33 @@ def _fraction(text: str) -> float:
 _bundled_count = int_in(1, MAX_BUNDLED_IMAGES)
 
 
+def _add_engine_options(s: argparse.ArgumentParser) -> None:
+    """How the search computes and scores: the memo, the terminals, the strategy, the Ray workers."""
+    s.add_argument("--memo-mb", type=nonnegative_float, default=DEFAULT_MAX_MB, metavar="MB",
+                   help=f"memory for memoized Deletion / Insertion forward passes (default {DEFAULT_MAX_MB:g}; 0: off)")
+    s.add_argument("--terminals", choices=TERMINAL_MODES, default="on-demand",
+                   help="on-demand (default): cic and abl are computed per image when the search first reads them, "
+                        "so it starts at once; eager: every terminal before the search (same result)")
+    s.add_argument("--strategy", choices=STRATEGIES, default="size",
+                   help="size (default): enumerate smallest first; guided: learn production costs from candidates "
+                        "that beat the incumbent on part of a level while searching (Probe-style; no --resume yet)")
+    s.add_argument("--plain-engine", action="store_true",
+                   help="score candidates one at a time with no memo and no early stopping (same result, slower; "
+                        "for comparisons)")
+    s.add_argument("--workers", type=nonnegative_int, default=0, metavar="N",
+                   help="Ray workers, each holding a shard of the images: cic, abl and the scoring run there, the "
+                        "search here (default 0: this process only; needs pip install 'sycam-dsl[distributed]'); "
+                        "the local Ray cluster stops with the run, also on Ctrl-C, SIGTERM and SIGHUP, but not "
+                        "after kill -9 (then: ray stop)")
+    s.add_argument("--ray-address", metavar="ADDR",
+                   help="join this Ray cluster (from ray start --head) instead of starting a local one; needs "
+                        "--workers")
+    s.add_argument("--worker-cpus", type=positive_float, default=1.0, metavar="N",
+                   help="CPUs each worker asks Ray for (default 1; also its torch threads)")
+    s.add_argument("--worker-gpus", type=nonnegative_float, default=0.0, metavar="N",
+                   help="GPUs each worker asks Ray for (default 0)")
+
+
 def configure(s: argparse.ArgumentParser) -> None:
     s.description = ("Search a grammar of weight expressions for the one that scores best on a metric for a model "
                     "and images, compare it with GradCAM, GradCAM++, ScoreCAM and AblationCAM, and write "
@@ -101,7 +132,7 @@ def configure(s: argparse.ArgumentParser) -> None:
                         help=f"time budget of the whole run: loading, terminals, search, the baselines' check, the "
                              f"final tables, --sanity and the files (the search stops early enough to leave the rest "
                              f"their estimated time; the run says at the start when that is more than the budget "
-                             f"leaves); each run of a resumed search gets it anew (default {DEFAULT_TIME:g} s; "
+                             f"leaves); each run of a resumed search gets it anew (default {DEFAULT_SECONDS:g} s; "
                              f"{BUNDLED['time']:g} s for the built-in benchmark)")
     budget.add_argument("--search-time", type=positive_float, metavar="SECONDS",
                         help="time budget of the search alone, counted over every run of a resumed search; the final "
@@ -134,29 +165,7 @@ def configure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--bundled-images", type=_bundled_count, default=BUNDLED["images"], metavar="N",
                    help=f"images of the built-in benchmark (default {BUNDLED['images']}, at most "
                         f"{MAX_BUNDLED_IMAGES})")
-    s.add_argument("--memo-mb", type=nonnegative_float, default=DEFAULT_MAX_MB, metavar="MB",
-                   help=f"memory for memoized Deletion / Insertion forward passes (default {DEFAULT_MAX_MB:g}; 0: off)")
-    s.add_argument("--terminals", choices=TERMINAL_MODES, default="on-demand",
-                   help="on-demand (default): cic and abl are computed per image when the search first reads them, "
-                        "so it starts at once; eager: every terminal before the search (same result)")
-    s.add_argument("--strategy", choices=STRATEGIES, default="size",
-                   help="size (default): enumerate smallest first; guided: learn production costs from candidates "
-                        "that beat the incumbent on part of a level while searching (Probe-style; no --resume yet)")
-    s.add_argument("--plain-engine", action="store_true",
-                   help="score candidates one at a time with no memo and no early stopping (same result, slower; "
-                        "for comparisons)")
-    s.add_argument("--workers", type=nonnegative_int, default=0, metavar="N",
-                   help="Ray workers, each holding a shard of the images: cic, abl and the scoring run there, the "
-                        "search here (default 0: this process only; needs pip install 'sycam-dsl[distributed]'); "
-                        "the local Ray cluster stops with the run, also on Ctrl-C, SIGTERM and SIGHUP, but not "
-                        "after kill -9 (then: ray stop)")
-    s.add_argument("--ray-address", metavar="ADDR",
-                   help="join this Ray cluster (from ray start --head) instead of starting a local one; needs "
-                        "--workers")
-    s.add_argument("--worker-cpus", type=positive_float, default=1.0, metavar="N",
-                   help="CPUs each worker asks Ray for (default 1; also its torch threads)")
-    s.add_argument("--worker-gpus", type=nonnegative_float, default=0.0, metavar="N",
-                   help="GPUs each worker asks Ray for (default 0)")
+    _add_engine_options(s)
     s.add_argument("-o", "--out", metavar="DIR", help="output folder (default runs/synth-<date>-<time>)")
     s.add_argument("--resume", action="store_true", help="continue the search whose checkpoint is in --out")
     s.set_defaults(handler=run)
@@ -191,32 +200,46 @@ def _check_grammar_size(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the search, print the result and the tables; 130 when interrupted (Ctrl-C or SIGTERM)."""
     args.started = time.perf_counter()  # --time counts from here: the imports and the model load are part of the run
-    from ..run.outputs import claim_output_folder
-    from ..synthesis.per_class import check_resume_kind, checkpoint_kind
+    from ..run.outputs import take_output_folder
 
     if args.ray_address is not None and not args.workers:
         raise SycamError("--ray-address needs --workers N (the workers run on that cluster); without it the "
                          "search would run here and ignore the address")
     _check_grammar_size(args)
     out = Path(args.out) if args.out else Path("runs") / f"synth-{_dt.datetime.now():%Y%m%d-%H%M%S}"
-    if args.resume and not out.is_dir():
-        raise SycamError(f"--resume: no checkpoint in {out} (give the --out folder of the search to continue)")
-    # locked before the checks, so that a folder another run is writing to is named as such
-    with claim_output_folder(out):
-        kind = checkpoint_kind(out)
-        if kind is not None and not args.resume:
-            raise SycamError(f"{out} holds the checkpoint of an earlier search: pass --resume to continue it, "
-                             f"or choose another --out folder")
-        if args.resume and kind is None:
-            raise SycamError(f"--resume: no checkpoint in {out} (give the --out folder of the search to continue)")
-        if args.resume:
-            check_resume_kind(out, args.per_class)
+    with take_output_folder(out, args.resume, args.per_class, strict=True):
         return _search(args, out)
+
+
+def _objective(args: argparse.Namespace, bundled: bool) -> tuple[Objective, list[Metric]]:
+    """(what the search optimizes, the metrics of the final tables) from ``--metric``,
+    ``--report-metrics`` and the metrics' options (``parse_objective``, as ``synthesize`` does)."""
+    metric_name = args.metric or BUNDLED["metric"]
+    if bundled and args.steps is None and {"deletion", "insertion"} & set(metric_names(metric_name)):
+        args.steps = BUNDLED["steps"]
+    # several metrics: their Pareto front (Objectives checks they differ)
+    metric = parse_objective(metric_name, make=partial(metric_from_args, args=args, strict=False))
+    report = args.report_metrics or (BUNDLED["report_metrics"] if bundled else metric.name)
+    search_names = [m.name for m in metric_list(metric)]
+    report_metrics = metric_list(metric) + [metric_from_args(n, args, strict=False) for n in metric_names(report)
+                                            if metric_key(n) not in search_names]
+    check_metric_options(args, report_metrics)
+    return metric, report_metrics
+
+
+def _budget(args: argparse.Namespace, bundled: bool) -> tuple[float, Budget]:
+    """(the seconds asked for, the ``Budget``): ``--search-time`` of the search alone, or ``--time`` of
+    the whole run, less what the start-up already took."""
+    if args.search_time is not None:
+        return args.search_time, Budget(args.search_time, args.candidates)
+    # what the start-up already took is part of the run
+    seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_SECONDS)
+    return seconds, Budget(max(seconds - (time.perf_counter() - args.started), 1e-3), args.candidates, whole_run=True)
 
 
 def _search(args: argparse.Namespace, out: Path) -> int:
     from ..run import DataOptions, OutputOptions, synthesize
-    from ..synthesis import Budget, SearchOptions
+    from ..synthesis import SearchOptions
     from ..synthesis.distributed import ClusterOptions
 
     cluster = ClusterOptions(args.workers, args.ray_address, args.worker_cpus, args.worker_gpus)
@@ -229,20 +252,8 @@ def _search(args: argparse.Namespace, out: Path) -> int:
 
         check_resources(cluster, {"CPU": math.inf, "GPU": torch.cuda.device_count()}, "this machine")
     model, data, bundled = _data(args)
-    metric_name = args.metric or BUNDLED["metric"]
-    if bundled and args.steps is None and {"deletion", "insertion"} & {n.strip() for n in metric_name.split(",")}:
-        args.steps = BUNDLED["steps"]
-    search_metrics = [metric_from_args(n.strip(), args, strict=False) for n in metric_name.split(",") if n.strip()]
-    metric = objective_of(search_metrics)  # several metrics: their Pareto front (Objectives checks they differ)
-    report = args.report_metrics or (BUNDLED["report_metrics"] if bundled else metric.name)
-    report_metrics = search_metrics + [metric_from_args(n.strip(), args, strict=False) for n in report.split(",")
-                                 if n.strip() and metric_key(n) not in metric.name.split(",")]
-    check_metric_options(args, report_metrics)
-    if args.search_time is not None:
-        seconds, budget = args.search_time, Budget(args.search_time, args.candidates)
-    else:  # what the start-up already took is part of the run
-        seconds = args.time or (BUNDLED["time"] if bundled else DEFAULT_TIME)
-        budget = Budget(max(seconds - (time.perf_counter() - args.started), 1e-3), args.candidates, whole_run=True)
+    metric, report_metrics = _objective(args, bundled)
+    seconds, budget = _budget(args, bundled)
     levels = args.levels or (_level_sizes(BUNDLED["levels"]) if bundled else None)
     targets = targets_from(args, data.labels)
     engine = {} if levels is None else {"level_sizes": levels}
@@ -265,6 +276,12 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                                              settings={"bundled_benchmark": bundled, "budget_seconds": seconds},
                                              sanity=args.sanity),
                         cluster=cluster)
+    return _report(result, out)
+
+
+def _report(result: Result, out: Path) -> int:
+    """Print the result, its tables and where the files are; the exit code: 130 when interrupted, 2 when
+    the search scored no candidate, else 0."""
     d = result.data
     warn(d.get("warnings", []))
     if result.dispatch is not None:

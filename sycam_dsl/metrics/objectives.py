@@ -8,14 +8,14 @@ same cells share their forward passes (``memo``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .errors import MetricError
-from .registry import Metric, MetricInputs, metric_key
+from .registry import Metric, MetricInputs, get_metric, metric_key
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,33 @@ def objective_of(metrics: Sequence[Metric]) -> Objective:
 def metric_list(objective: Objective) -> list[Metric]:
     """The metrics of ``objective``, in column order."""
     return list(objective.metrics) if isinstance(objective, Objectives) else [objective]
+
+
+def metric_names(text: str) -> list[str]:
+    """The names of a comma-separated list of metrics (``"deletion, insertion"``), stripped, blanks
+    dropped: the one place such a list (``--metric``, ``--report-metrics``, ``metric=``) is split."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def parse_objective(metric: str | Objective | Sequence[str | Metric], options: Mapping[str, Any] | None = None,
+                    make: Callable[[str], Metric] = get_metric) -> Objective:
+    """What a search optimizes, where ``synthesize`` and ``synth --metric`` meet: one metric, or
+    several (a list, or names separated by commas, ``metric_names``) as ``Objectives``, each with its
+    own direction. ``make`` turns a name into its metric (``synth``'s applies its command-line
+    options); ``options`` apply to the one metric, or with several to every metric that takes them and
+    ``NAME.KEY`` to that metric only (``bind_options``)."""
+    if isinstance(metric, Objectives):
+        return objective_of(bind_options(metric.metrics, options)) if options else metric
+    if isinstance(metric, str):
+        items: list[str | Metric] = list(metric_names(metric))
+    elif isinstance(metric, Metric):
+        items = [metric]
+    else:
+        items = [m.strip() if isinstance(m, str) else m for m in metric if not isinstance(m, str) or m.strip()]
+    metrics = [make(m) if isinstance(m, str) else m for m in items]
+    if len(metrics) == 1:
+        return metrics[0].with_options(**options) if options else metrics[0]
+    return objective_of(bind_options(metrics, options) if options else metrics)
 
 
 def best_scores(objective: Objective, inputs: MetricInputs) -> torch.Tensor | None:

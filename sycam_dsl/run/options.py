@@ -1,5 +1,6 @@
 """The option groups of a run that are not the search's own: how ``synthesize`` reads the images and
-computes the terminals (``DataOptions``) and what it reports (``OutputOptions``)."""
+computes the terminals (``DataOptions``) and what it reports (``OutputOptions``); ``RunOptions``
+holds them with the rest of what a run was asked."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models.batching import check_batch_size
 from ..models.precision import DEFAULT_PRECISION, check_precision
 from ..models.runtime import DEFAULT_RUNTIME, check_runtime
+from ..synthesis.config import Budget, SearchOptions
+from ..synthesis.distributed import ClusterOptions
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,23 @@ class OutputOptions:
     progress: bool = True
     settings: Mapping[str, Any] | None = None
     sanity: bool = False
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``synthesize`` was asked besides the model, the images, the metric and the grammar: the
+    ``layer`` (None: the model's default), the ``budget`` as given (``inputs.as_budget``), one search
+    or one ``per_class``, the output folder ``out`` (None: none) and whether to ``resume`` its
+    checkpoint, the model's ``weights`` file, the ``device``, and the option groups."""
+
+    layer: str | None
+    budget: Budget | float | None
+    per_class: bool
+    out: Path | None
+    resume: bool
+    weights: str | None
+    device: str
+    data: DataOptions
+    search: SearchOptions
+    output: OutputOptions
+    cluster: ClusterOptions

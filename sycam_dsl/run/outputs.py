@@ -3,7 +3,7 @@
 search over several metrics writes ``front.png`` (the front against the baselines) instead of
 ``score.png``, and one TorchScript file per front member, ``front/member-K.pt`` (``cam.pt`` is the
 knee member's);
-``claim_output_folder`` checks and locks the folder before a run starts."""
+``take_output_folder`` checks and locks the folder before a run starts."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ..baselines import SEARCH_BASELINES, baseline
 from ..errors import SycamError
 from ..metrics.expression import expression_inputs
 from ..models import LoadedModel
-from ..synthesis.per_class import ClassSearch
+from ..synthesis.per_class import ClassSearch, checkpoint_kind
 from ..synthesis.problem import Data, Problem
 from ..util.files import FolderLocked, folder_lock, writable_folder
 from ..util.files import atomic_write_json as write_json
@@ -52,6 +52,33 @@ def claim_output_folder(folder: Path) -> Iterator[Path]:
         who = f"pid {e.pid}" if e.pid is not None else "pid unknown"
         raise SycamError(f"{folder} is used by another sycam-dsl run ({who}); wait for it or choose another "
                          f"output folder (-o)") from None
+
+
+@contextmanager
+def take_output_folder(folder: Path, resume: bool, per_class: bool, strict: bool = False) -> Iterator[Path]:
+    """Claim ``folder`` for a run (``claim_output_folder``: created and locked for the ``with``
+    block) and check its checkpoint: a resumed run must find one of its kind, one search's without
+    ``per_class`` and per-class searches' with it (each would start new searches next to the
+    checkpoints it does not read). ``strict`` (``synth``): also refuse to resume a folder with no
+    checkpoint, and to start afresh in one that holds a checkpoint; it names the options to change."""
+    no_checkpoint = f"--resume: no checkpoint in {folder} (give the --out folder of the search to continue)"
+    if strict and resume and not folder.is_dir():
+        raise SycamError(no_checkpoint)
+    # locked before the checks, so that a folder another run is writing to is named as such
+    with claim_output_folder(folder):
+        kind = checkpoint_kind(folder)
+        if strict and kind is not None and not resume:
+            raise SycamError(f"{folder} holds the checkpoint of an earlier search: pass --resume to continue it, "
+                             f"or choose another --out folder")
+        if strict and resume and kind is None:
+            raise SycamError(no_checkpoint)
+        if resume and per_class and kind == "single":
+            raise SycamError(f"cannot resume {folder} with per-class searches: it holds the checkpoint of a "
+                             f"single search (resume it without --per-class)")
+        if resume and not per_class and kind == "per-class":
+            raise SycamError(f"cannot resume {folder} as a single search: it holds the checkpoints of per-class "
+                             f"searches (resume it with --per-class)")
+        yield folder
 
 
 def _row_labels(data: Data, problem: Problem, rows: torch.Tensor) -> list[str]:

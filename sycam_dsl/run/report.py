@@ -95,20 +95,25 @@ def front_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown_report(d: dict[str, Any]) -> str:
-    """The report of a result dict (``result.json``)."""
+def _header(d: dict[str, Any]) -> list[str]:
+    """The run's settings: model, images, split, metric, grammar and budget."""
     s, metric = d["settings"], d["metric"]
     opts = ", ".join(f"{k}={v}" for k, v in metric["options"].items())
     split_on = d.get("evaluation_search") is not None
     evaluated = "" if split_on else f" ({d['images']['evaluated']} in the evaluation set)"
-    lines = ["# sycam-dsl synthesis report", "",
-             f"- model: `{s['model']}`, layer `{s['layer']}`, {s['size']} px, device {s['device']}",
-             f"- forward passes: {_runtime_line(s)}",
-             f"- images: {d['images']['total']} from `{d['images']['source']}`{evaluated}",
-             f"- test split: {_split_line(d)}",
-             _metric_line(d, metric, opts),
-             f"- grammar: `{d['grammar']['source']}`; budget: {_budget(s)}; stopped by: {d['stopped_by']}"
-             + (f" (until {s['until']})" if s.get("until") is not None else ""), ""]
+    return ["# sycam-dsl synthesis report", "",
+            f"- model: `{s['model']}`, layer `{s['layer']}`, {s['size']} px, device {s['device']}",
+            f"- forward passes: {_runtime_line(s)}",
+            f"- images: {d['images']['total']} from `{d['images']['source']}`{evaluated}",
+            f"- test split: {_split_line(d)}",
+            _metric_line(d, metric, opts),
+            f"- grammar: `{d['grammar']['source']}`; budget: {_budget(s)}; stopped by: {d['stopped_by']}"
+            + (f" (until {s['until']})" if s.get("until") is not None else ""), ""]
+
+
+def _result_section(d: dict[str, Any]) -> list[str]:
+    """The result: one expression, per-class expressions, or the Pareto front."""
+    lines: list[str] = []
     if d["per_class"] is not None:
         lines += ["## Result: one expression per predicted class", "", "| class | images | expression | score |",
                   "|---|---:|---|---:|"]
@@ -125,8 +130,13 @@ def markdown_report(d: dict[str, Any]) -> str:
             lines.append("Mean score per level: " + ", ".join(
                 f"{k} ({lv['size']} images) {_fmt(v)}" for (k, v), lv in zip(d["level_scores"].items(), d["levels"])))
             lines.append("")
-    if d.get("warnings"):
-        lines += ["## Warnings", ""] + [f"- {w}" for w in d["warnings"]] + [""]
+    return lines
+
+
+def _comparison_sections(d: dict[str, Any]) -> list[str]:
+    """SyCAM against the baselines, on the test split and the search split when there is one."""
+    lines: list[str] = []
+    split_on = d.get("evaluation_search") is not None
     split = d.get("test_split") or {}
     if split_on:
         lines += [f"## SyCAM against the baselines: test split ({d['images']['evaluated']} images never searched)",
@@ -145,6 +155,12 @@ def markdown_report(d: dict[str, Any]) -> str:
         for ev in d["evaluation"]:
             lines += comparison_table(ev)
         lines += _intervals(d)
+    return lines
+
+
+def _sanity_section(d: dict[str, Any]) -> list[str]:
+    """The model-parameter randomization check, when it ran."""
+    lines: list[str] = []
     sanity = d.get("sanity")
     if sanity and "error" not in sanity:
         lines += ["## Sanity check: model-parameter randomization", "",
@@ -156,16 +172,12 @@ def markdown_report(d: dict[str, Any]) -> str:
         lines += [f"| {m['name']} | {'n/a' if m['mean_spearman'] is None else _fmt(m['mean_spearman'])} | "
                   f"{_fmt(m['mean_ssim'])} | `{m['expression']}` |" for m in sanity["methods"]]
         lines.append("")
-    if d.get("not_chosen"):
-        lines += ["Better on average than the result, but not chosen:", ""]
-        lines += [f"- {n['method']}: {n['reason']}" for n in d["not_chosen"]] + [""]
-    files = d.get("files", {})
-    if "grid" in files:
-        lines += ["## Heatmaps", "", f"![heatmaps]({files['grid']})", ""]
-    if files.get("plots"):
-        title = "The front against the baselines" if d.get("front") else "Incumbent's score over time"
-        lines += [f"## {title}", ""] + [f"![{'front' if 'front' in p else 'score'}]({p})"
-                                        for p in files["plots"]] + [""]
+    return lines
+
+
+def _history_section(d: dict[str, Any]) -> list[str]:
+    """The incumbents, or the entries into the front, over time."""
+    lines: list[str] = []
     if d["history"]:
         front = any("scores" in h for h in d["history"])
         lines += ["## " + ("Entries into the front" if front else "Incumbents"), "",
@@ -178,19 +190,44 @@ def markdown_report(d: dict[str, Any]) -> str:
             evicted = f" {', '.join(f'`{e}`' for e in h['evicted']) or '-'} |" if "scores" in h else ""
             lines.append(f"| {h['seconds']:.1f} | {candidate} | {score} | {prefix}`{h['expression']}` |{evicted}")
         lines.append("")
+    return lines
+
+
+def _counts_section(d: dict[str, Any]) -> list[str]:
+    """Counts of the enumeration and the scoring, the timings and the memo."""
     c, t = d["counts"], d["timings"]
-    lines += ["## Counts and timings", "",
-              f"- enumerated terms: {c['enumerated']}; removed as duplicates {c['duplicates']}, by canonicalization "
-              f"{c['canonical_pruned']}, by observational equivalence {c['equivalence_pruned']}",
-              f"- candidates considered: {c['considered']}; same heatmaps as an earlier one {c['heatmap_equivalent']}; "
-              f"invalid (NaN/Inf) {c['invalid']}; accepted as incumbent {c['accepted']}",
-              "- scored / rejected per level: " + ", ".join(
-                  f"{k} {c['scored'].get(k, 0)}/{c['rejected'].get(k, 0)}" for k in c["scored"]),
-              "- seconds: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in t.items())]
+    lines = ["## Counts and timings", "",
+             f"- enumerated terms: {c['enumerated']}; removed as duplicates {c['duplicates']}, by canonicalization "
+             f"{c['canonical_pruned']}, by observational equivalence {c['equivalence_pruned']}",
+             f"- candidates considered: {c['considered']}; same heatmaps as an earlier one {c['heatmap_equivalent']}; "
+             f"invalid (NaN/Inf) {c['invalid']}; accepted as incumbent {c['accepted']}",
+             "- scored / rejected per level: " + ", ".join(
+                 f"{k} {c['scored'].get(k, 0)}/{c['rejected'].get(k, 0)}" for k in c["scored"]),
+             "- seconds: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in t.items())]
     memo = d.get("engine", {}).get("memo")
     if memo and memo["hits"] + memo["misses"] + memo["deduplicated"]:
         lines.append(f"- Deletion/Insertion cache: {100 * memo['hit_rate']:.1f}% of "
                      f"{memo['hits'] + memo['misses'] + memo['deduplicated']} perturbed images needed no forward "
                      f"pass; {memo['entries']} entries, {memo['megabytes']:.1f} MB")
     lines.append("")
+    return lines
+
+
+def markdown_report(d: dict[str, Any]) -> str:
+    """The report of a result dict (``result.json``)."""
+    lines = _header(d) + _result_section(d)
+    if d.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in d["warnings"]] + [""]
+    lines += _comparison_sections(d) + _sanity_section(d)
+    if d.get("not_chosen"):
+        lines += ["Better on average than the result, but not chosen:", ""]
+        lines += [f"- {n['method']}: {n['reason']}" for n in d["not_chosen"]] + [""]
+    files = d.get("files", {})
+    if "grid" in files:
+        lines += ["## Heatmaps", "", f"![heatmaps]({files['grid']})", ""]
+    if files.get("plots"):
+        title = "The front against the baselines" if d.get("front") else "Incumbent's score over time"
+        lines += [f"## {title}", ""] + [f"![{'front' if 'front' in p else 'score'}]({p})"
+                                        for p in files["plots"]] + [""]
+    lines += _history_section(d) + _counts_section(d)
     return "\n".join(lines)

@@ -110,16 +110,31 @@ def table_cost(problem: Problem, methods: Sequence[Node], metrics: Sequence[Metr
     return Cost(max(one - per_image, 0.0), per_image)
 
 
+@dataclass(frozen=True)
+class AfterSearch:
+    """The work after the search that ``estimate_reserve`` times: the tables score ``methods`` rows
+    (the ``baselines`` and the result) on the ``search_metrics`` and the ``shown`` ones, reading the
+    terminals ``names``; the baselines' check scores the baselines on the ``search_metrics``; the
+    sanity check runs on ``sanity_images`` images (0: none)."""
+
+    search_metrics: Sequence[Metric]
+    shown: Sequence[Metric]
+    names: Sequence[str]
+    baselines: Sequence[str]
+    methods: int
+    sanity_images: int
+
+
 def estimate_reserve(problem: Problem, search_index: torch.Tensor, test_index: torch.Tensor | None,
-                     search_metrics: Sequence[Metric], shown: Sequence[Metric], names: Sequence[str],
-                     baselines: Sequence[str], methods: int, sanity_images: int, up_front_seconds: float) -> Reserve:
+                     after: AfterSearch, up_front_seconds: float) -> Reserve:
     """The ``Reserve`` of a run on ``problem``: the searched images at ``search_index``, the held-out ones
-    at ``test_index``; ``names`` the terminals the tables read, ``methods`` the rows of each table,
-    ``sanity_images`` the images of the sanity check (0: none), ``up_front_seconds`` the gradient
-    pass's seconds per image (the sanity check runs it again, on a randomized model too).
+    at ``test_index``, ``after`` the work after the search, ``up_front_seconds`` the gradient pass's
+    seconds per image (the sanity check runs it again, on a randomized model too).
 
     Computes each terminal on demand for one image (to know its rate; for ``TERMINAL_SAMPLE`` more when
     that was fast) and times the tables' work on a few images (``table_cost``)."""
+    search_metrics, shown, names, baselines, methods = (after.search_metrics, after.shown, after.names,
+                                                         after.baselines, after.methods)
     terms = problem.terminals
     pool = test_index if test_index is not None and test_index.numel() else search_index
     per_image = up_front_seconds
@@ -160,4 +175,4 @@ def estimate_reserve(problem: Problem, search_index: torch.Tensor, test_index: t
     tables = sum(cost(n) for n in (n_search, n_test) if n)
     # the check scores the baselines on the search's metrics only: that share of a table's rows and metrics
     check = cost(n_search) * len(baselines) / max(1, len(rows)) * len(search_metrics) / max(1, len(every))
-    return Reserve(terminals, check, tables, 2 * sanity_images * per_image, searched_terminals=later - terminals)
+    return Reserve(terminals, check, tables, 2 * after.sanity_images * per_image, searched_terminals=later - terminals)

@@ -5,7 +5,9 @@ workers) and the metrics' inputs."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,40 +26,57 @@ from .problem import Data, Problem
 UpFrontFn = Callable[[list[str]], "tuple[Terminals, TerminalInfo]"]
 
 
+@dataclass(frozen=True)
+class ProblemOptions:
+    """How ``build_problem`` computes the terminals and the metrics' inputs: through the terminal
+    store in ``cache_dir`` (bounded to ``cache_size`` bytes) unless not ``use_cache``; ``batch_size`` /
+    ``chunk_size`` per forward pass of the metrics / terminals, or ``"auto"``; ``memo_mb`` the size of
+    the cache of Deletion / Insertion forward passes shared by every subset (0: none); ``precision``
+    of the forward passes of ``cic``, ``abl`` and the metrics; ``runtime`` where the forward-only passes
+    run (None: torch); ``on_demand``: only the gradient pass runs now, ``cic`` and ``abl`` are computed
+    per image when first read (``on_demand.py``); ``progress`` bars on stderr."""
+
+    batch_size: int | str = DEFAULT_BATCH_SIZE
+    chunk_size: int | str = DEFAULT_CHUNK_SIZE
+    cache_dir: str | Path | None = None
+    use_cache: bool = True
+    progress: bool = True
+    memo_mb: float = DEFAULT_MAX_MB
+    cache_size: int | None = None
+    on_demand: bool = False
+    precision: str = DEFAULT_PRECISION
+    runtime: RuntimeSpec | None = None
+
+
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
-                  targets: torch.Tensor | None = None, device: str = "cpu", batch_size: int | str = DEFAULT_BATCH_SIZE,
-                  chunk_size: int | str = DEFAULT_CHUNK_SIZE, cache_dir: str | Path | None = None,
-                  use_cache: bool = True, progress: bool = True, memo_mb: float = DEFAULT_MAX_MB,
-                  cache_size: int | None = None, on_demand: bool = False,
-                  precision: str = DEFAULT_PRECISION,
-                  up_front: UpFrontFn | None = None,
-                  runtime: RuntimeSpec | None = None) -> tuple[Problem, TerminalInfo]:
-    """Compute the terminals ``names`` (through the terminal store in ``cache_dir``, bounded to
-    ``cache_size`` bytes, unless not ``use_cache``) and wrap everything a search scores on into a
-    ``Problem``; returns it with the ``TerminalInfo`` (the target layer's name, ``stored``: the
-    images that came from the store). ``memo_mb``: size of the cache of Deletion / Insertion forward
-    passes shared by every subset (0: none). ``batch_size`` / ``chunk_size``: per forward pass of the
-    metrics / terminals, or ``"auto"``; ``precision`` of the forward passes of ``cic``, ``abl`` and
-    the metrics. ``on_demand``: only the gradient pass runs now; ``cic`` and ``abl`` are computed per
-    image when first read (``on_demand.py``), for the images they are read on, with the targets of
-    the gradient pass (through the store too). ``up_front``: computes the terminals computed up front
-    (given their names) instead of this process (a ``distributed`` pool's workers, for their shards).
-    ``runtime``: where the forward-only passes (``cic``, ``abl``, the metrics) run (None: torch)."""
+                  targets: torch.Tensor | None = None, device: str = "cpu", *,
+                  options: ProblemOptions | None = None, up_front: UpFrontFn | None = None,
+                  **settings: Any) -> tuple[Problem, TerminalInfo]:
+    """Compute the terminals ``names`` of ``data``'s images for ``targets`` (None: the predicted
+    classes) on ``device`` and wrap everything a search scores on into a ``Problem``; returns it with
+    the ``TerminalInfo`` (the target layer's name, ``stored``: the images that came from the store).
+    How: ``options`` (``ProblemOptions``), with ``settings``, its fields as keywords, over them
+    (``use_cache=False``). With ``on_demand`` the ``cic`` and ``abl`` computed later are for the
+    images they are read on, with the targets of the gradient pass (through the store too).
+    ``up_front``: computes the terminals computed up front (given their names) instead of this
+    process (a ``distributed`` pool's workers, for their shards)."""
     from functools import partial
 
     from ..cam.compute import compute_terminals
     from ..cam.store import model_digest
 
+    o = replace(options or ProblemOptions(), **settings)
+    chunk_size, progress, precision, runtime = o.chunk_size, o.progress, o.precision, o.runtime
     names = list(dict.fromkeys(names))
     store = None
-    if use_cache:
+    if o.use_cache:
         from ..cam.store import TerminalStore, compute_terminals_stored
-        store = TerminalStore(cache_dir, cache_size)
+        store = TerminalStore(o.cache_dir, o.cache_size)
         runtime = store.runtime_spec(runtime)  # converted models beside the store, for the metrics too
         compute = partial(compute_terminals_stored, store=store)
     else:
         compute = compute_terminals  # type: ignore[assignment]
-    now = [n for n in names if n not in EXPENSIVE] if on_demand else names
+    now = [n for n in names if n not in EXPENSIVE] if o.on_demand else names
     if up_front is not None:
         terms, info = up_front(now or ["acts"])
     else:
@@ -65,7 +84,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
                               chunk_size=chunk_size, progress=progress, precision=precision, runtime=runtime)
     dev = terms.device
     key = f"{model_digest(model.module)[:16]} {info.layer}"
-    if on_demand and len(now) < len(names):
+    if o.on_demand and len(now) < len(names):
         fixed = info.targets.detach().cpu()  # [N]: each image is explained for the class found up front
 
         def values(asked: list[str], index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -93,7 +112,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
         terms = OnDemandTerminals(source)
     inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
                           masks=None if data.masks is None else data.masks.to(dev), model=model.module,
-                          device=dev, batch_size=batch_size, memo=ScoreCache(memo_mb) if memo_mb > 0 else None,
+                          device=dev, batch_size=o.batch_size, memo=ScoreCache(o.memo_mb) if o.memo_mb > 0 else None,
                           precision=precision, runtime=runtime, progress=progress)
     classes = data.labels if data.labels is not None else info.targets
     problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),

@@ -19,6 +19,8 @@ from .split import DEFAULT_TEST_SPLIT, check_fraction
 from .subsets import DEFAULT_EQUIVALENCE_SIZE, DEFAULT_LEVEL_SIZES
 
 DEFAULT_MAX_SIZE = 12
+#: The time budget when none is given: ``SearchConfig``'s, ``synthesize``'s and ``synth --time``'s.
+DEFAULT_SECONDS = 600.0
 DEFAULT_CHECKPOINT_SECONDS = 30.0
 DEFAULT_BATCH = 32
 DEFAULT_IMAGE_CHUNK = 25
@@ -112,7 +114,7 @@ class SearchConfig(SearchOptions):
     early_stop=False`` is the plain oracle)."""
 
     metric: Objective
-    budget: Budget = Budget(seconds=600.0)
+    budget: Budget = Budget(seconds=DEFAULT_SECONDS)
     baselines: tuple[str, ...] = SEARCH_BASELINES
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
     baseline_check: bool = True

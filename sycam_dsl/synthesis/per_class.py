@@ -47,18 +47,6 @@ def checkpoint_kind(out_dir: Path) -> str | None:
     return None
 
 
-def check_resume_kind(out_dir: Path, per_class: bool) -> None:
-    """Refuse to resume a single search as per-class searches or the other way round: each would
-    start new searches next to the checkpoints it does not read."""
-    kind = checkpoint_kind(out_dir)
-    if per_class and kind == "single":
-        raise SycamError(f"cannot resume {out_dir} with per-class searches: it holds the checkpoint of a single "
-                         f"search (resume it without --per-class)")
-    if not per_class and kind == "per-class":
-        raise SycamError(f"cannot resume {out_dir} as a single search: it holds the checkpoints of per-class "
-                         f"searches (resume it with --per-class)")
-
-
 def search_per_class(problem: Problem, grammar: Grammar, config: SearchConfig, out_dir: Path | None,
                      progress: bool = True, resume: bool = True,
                      min_images: int = DEFAULT_MIN_CLASS_IMAGES,
