@@ -438,7 +438,7 @@ def check_metric_options(args: argparse.Namespace, metrics: Sequence[Metric]) ->
 
 
 def metrics_from_args(text: str, args: argparse.Namespace) -> list[Metric]:
-    """The metrics of a comma-separated list; Increase in Confidence joins Average Drop (SPEC 6)."""
+    """The metrics of a comma-separated list; Increase in Confidence joins Average Drop (docs/metrics.md)."""
     from ..metrics.errors import MetricError
     from ..metrics.objectives import metric_names
 

@@ -1,4 +1,4 @@
-"""Class-based decomposition (README, "The search"): one search per predicted class on that class's
+"""Class-based decomposition (docs/search.md#per-class-search): one search per predicted class on that class's
 images, then a dispatch with a fallback for classes that have no expression of their own."""
 
 from __future__ import annotations
