@@ -141,3 +141,45 @@ def test_no_citation_of_an_outside_specification_in_docs() -> None:
 
 def test_no_citation_of_an_outside_specification() -> None:
     assert _files_citing_a_spec() == []
+
+
+_CODE_CITATION = re.compile(r"docs/([A-Za-z_-]+\.md)(?:#([A-Za-z0-9_-]+)|, \"([^\"]+)\")?")
+
+
+def code_citations(root: Path = ROOT) -> list[tuple[str, str, str | None]]:
+    """``(file, doc, anchor or None)`` for each ``docs/X.md``, ``docs/X.md#anchor`` or
+    ``docs/X.md, "Heading"`` that the package, the benchmarks and the scripts cite."""
+    out = []
+    for folder in ("sycam_dsl", "benchmarks"):
+        for path in sorted((root / folder).rglob("*")):
+            if path.suffix in {".py", ".sh"} and path.is_file():
+                for m in _CODE_CITATION.finditer(path.read_text(encoding="utf-8")):
+                    anchor = m.group(2) or (slug(m.group(3)) if m.group(3) else None)
+                    out.append((str(path.relative_to(root)), m.group(1), anchor))
+    return out
+
+
+def broken_citations(root: Path = ROOT) -> list[str]:
+    broken = []
+    for where, doc, anchor in code_citations(root):
+        target = root / "docs" / doc
+        if not target.is_file():
+            broken.append(f"{where}: docs/{doc} does not exist")
+        elif anchor is not None and anchor not in anchors(target.read_text(encoding="utf-8")):
+            broken.append(f"{where}: docs/{doc} has no heading #{anchor}")
+    return broken
+
+
+def test_the_code_cites_sections_of_docs_that_exist() -> None:
+    assert len(code_citations()) >= 20  # the docstrings cite docs/, so a broken pattern shows
+    assert broken_citations() == []
+
+
+def test_a_broken_citation_in_the_code_is_found(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A\n\n## Part one\n")
+    (tmp_path / "sycam_dsl").mkdir()
+    (tmp_path / "sycam_dsl" / "m.py").write_text(
+        '"""See docs/a.md#part-one, docs/a.md, "Part one", docs/a.md#part-two, docs/b.md."""\n')
+    assert broken_citations(tmp_path) == ["sycam_dsl/m.py: docs/a.md has no heading #part-two",
+                                          "sycam_dsl/m.py: docs/b.md does not exist"]

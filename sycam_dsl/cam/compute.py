@@ -1,4 +1,4 @@
-"""Computing the terminals (docs/cam-engine.md, "Terminals") for a model, a target layer and a batch of images.
+"""Computing the terminals (docs/cam-engine.md#terminals) for a model, a target layer and a batch of images.
 
 The passes that compute them (``lang.terminals.PASSES``) each have a module: ``gradient_pass`` (one
 forward and backward pass per image batch: ``A``, ``G``, ``grads``, ``pgrads``, and ``acts`` from

@@ -7,7 +7,7 @@ import argparse
 
 def configure(c: argparse.ArgumentParser) -> None:
     c.description = ("Parse and type-check a grammar file and print a short summary.")
-    c.add_argument("grammar", help="grammar file (.sy), or a bundled grammar: g1, g2, maps")
+    c.add_argument("grammar", help="grammar file (.sy), or a shipped grammar: g1, g2, maps")
     c.set_defaults(handler=run)
 
 

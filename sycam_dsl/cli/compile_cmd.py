@@ -26,7 +26,7 @@ def configure(k: argparse.ArgumentParser) -> None:
                                       "result.json (a per-class result compiles its dispatch)")
     k.add_argument("--member", metavar="K|knee", help="of a result.json of a search over several metrics: compile "
                                                      "front member K (default: the knee member, its expression)")
-    k.add_argument("--grammar", help="grammar file, or a bundled grammar name (g2), whose inputs type the "
+    k.add_argument("--grammar", help="grammar file, or a shipped grammar name (g2), whose inputs type the "
                                       "expression's terminals")
     k.add_argument("-o", "--output", required=True, help="output file (.pt for torchscript, .pt2 for export)")
     k.add_argument("--format", choices=("torchscript", "export"), default="torchscript",

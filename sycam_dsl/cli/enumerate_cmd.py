@@ -11,7 +11,7 @@ from .options import check_memory, height_width, positive_int, seed_int, termina
 def configure(e: argparse.ArgumentParser) -> None:
     e.description = ("Enumerate candidates bottom-up with canonicalization and observational "
                                           "equivalence on seeded random terminal values; print them and the counts.")
-    e.add_argument("grammar", help="grammar file (.sy), or a bundled grammar: g1, g2, maps")
+    e.add_argument("grammar", help="grammar file (.sy), or a shipped grammar: g1, g2, maps")
     e.add_argument("--max-size", type=positive_int, required=True, help="largest term size (node count)")
     e.add_argument("--limit", type=positive_int, help="stop after this many candidates")
     e.add_argument("--seed", type=seed_int, default=0, help="seed of the random terminal values (default 0)")

@@ -126,7 +126,7 @@ def configure(s: argparse.ArgumentParser) -> None:
                         f"with front.png, cam.pt being the knee member (--metric-option NAME.KEY=VALUE sets one "
                         f"metric's option)")
     s.add_argument("--grammar", default="g2", metavar="FILE|NAME",
-                   help="grammar file, or a bundled grammar: g1, g2 (default), maps")
+                   help="grammar file, or a shipped grammar: g1, g2 (default), maps")
     budget = s.add_mutually_exclusive_group()
     budget.add_argument("--time", type=positive_float, metavar="SECONDS",
                         help=f"time budget of the whole run: loading, terminals, search, the baselines' check, the "

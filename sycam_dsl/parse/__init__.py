@@ -2,7 +2,7 @@
 
 from .grammar import Grammar, NonTerminal, Production
 from .grammar_file import load_grammar, parse_grammar
-from .shipped_grammars import bundled_grammar_names, resolve_grammar
+from .shipped_grammars import resolve_grammar, shipped_grammar_names
 
-__all__ = ["Grammar", "NonTerminal", "Production", "bundled_grammar_names", "load_grammar", "parse_grammar",
+__all__ = ["Grammar", "NonTerminal", "Production", "shipped_grammar_names", "load_grammar", "parse_grammar",
            "resolve_grammar"]

@@ -14,7 +14,7 @@ from .grammar_file import load_grammar, parse_grammar
 SUFFIX = ".sy"
 
 
-def bundled_grammar_names() -> list[str]:
+def shipped_grammar_names() -> list[str]:
     """The names of the shipped grammars, sorted."""
     folder = resources.files("sycam_dsl").joinpath("grammars")
     return sorted(p.name[:-len(SUFFIX)] for p in folder.iterdir() if p.name.endswith(SUFFIX))
@@ -27,10 +27,10 @@ def resolve_grammar(grammar: str | Path | Grammar) -> Grammar:
     path = Path(grammar)
     if path.is_file():
         return load_grammar(path)
-    names = bundled_grammar_names()
+    names = shipped_grammar_names()
     if str(grammar) in names:
         resource = resources.files("sycam_dsl").joinpath("grammars", f"{grammar}{SUFFIX}")
         return parse_grammar(resource.read_text(encoding="utf-8-sig"), f"{grammar}{SUFFIX}")
     if path.suffix or len(path.parts) > 1:  # meant as a file: the file's own error says what is wrong
         return load_grammar(path)
-    raise SycamError(f"grammar {str(grammar)!r} is neither a file nor a bundled grammar ({', '.join(names)})")
+    raise SycamError(f"grammar {str(grammar)!r} is neither a file nor a shipped grammar ({', '.join(names)})")
