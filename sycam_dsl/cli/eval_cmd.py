@@ -14,6 +14,7 @@ from ..baselines import BASELINE_EXPRESSIONS
 from ..errors import SycamError
 from ..metrics.registry import known_metrics
 from ..util.files import atomic_write_json
+from ..util.text import comma_list
 from .options import (
     IMAGES_HELP,
     MASKS_HELP,
@@ -36,7 +37,7 @@ def _baseline_names(text: str) -> list[str]:
     if text.strip().lower() == "none":
         return []
     by_key = {k.lower(): k for k in BASELINE_EXPRESSIONS}
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = comma_list(text)
     unknown = [n for n in names if n.lower() not in by_key]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown baseline(s) {', '.join(unknown)}; choose from "

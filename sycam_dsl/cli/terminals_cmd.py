@@ -8,6 +8,7 @@ import time
 
 from ..lang.terminals import TERMINALS
 from ..util.files import atomic_torch_save
+from ..util.text import comma_list
 from ..version import __version__
 from .options import (
     IMAGES_HELP,
@@ -26,7 +27,7 @@ DEFAULT_NAMES = "grads,pgrads,cic,abl"
 
 
 def _names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = comma_list(text)
     unknown = [n for n in names if n not in TERMINALS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown terminal(s) {', '.join(unknown) or '(none given)'}; "

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..util.text import comma_list
 from .errors import MetricError
 from .registry import Metric, MetricInputs, get_metric, metric_key
 
@@ -94,8 +95,8 @@ def metric_list(objective: Objective) -> list[Metric]:
 
 def metric_names(text: str) -> list[str]:
     """The names of a comma-separated list of metrics (``"deletion, insertion"``), stripped, blanks
-    dropped: the one place such a list (``--metric``, ``--report-metrics``, ``metric=``) is split."""
-    return [n.strip() for n in text.split(",") if n.strip()]
+    dropped (``--metric``, ``--report-metrics``, ``metric=``)."""
+    return comma_list(text)
 
 
 def parse_objective(metric: str | Objective | Sequence[str | Metric], options: Mapping[str, Any] | None = None,
