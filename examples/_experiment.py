@@ -55,7 +55,7 @@ def search(args: argparse.Namespace, model: Any, images: Any, name: str, **kw: A
 
 def summary(rows: list[tuple[str, Result]]) -> str:
     """One line per search: its name, SyCAM's mean on the test split next to the best baseline's,
-    the paired 95% bootstrap interval of the difference and its verdict, SyCAM's mean on the
+    the paired 95% bootstrap interval of the difference and its family-wise verdict, SyCAM's mean on the
     searched images, and the result."""
     lines = []
     for name, r in rows:
@@ -65,7 +65,8 @@ def summary(rows: list[tuple[str, Result]]) -> str:
         best_base = (max if metric.higher_is_better else min)(base, key=base.get)
         versus = {v["method"]: v for c in r.data.get("comparisons", [])[:1] for v in c["versus"]}
         ci = versus.get(best_base)
-        interval = (f"diff {ci['mean_difference']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}] {ci['verdict']}"
+        interval = (f"diff {ci['mean_difference']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}] "
+                    f"{ci['family_verdict']} (family-wise)"
                     if ci else "no interval")
         searched = {row.name: row.mean for row in r.searched_tables[0][1]}.get("SyCAM", float("nan"))
         what = "per-class dispatch" if r.dispatch is not None else r.expression

@@ -86,6 +86,10 @@ def test_the_result_compares_sycam_with_each_method_on_the_same_images():
     assert (versus["ScoreCAM"]["low"], versus["ScoreCAM"]["high"]) == (direct.low, direct.high)
     lines = comparison_lines({"comparisons": comps, "evaluation_search": None})
     assert lines[1] == "  average_drop: " + versus["ScoreCAM"]["sentence"]
+    # two comparisons form the family: ScoreCAM's lead (p = 0) survives Holm, GradCAM's tie does not lead
+    assert versus["ScoreCAM"]["family_verdict"] == "better" and versus["ScoreCAM"]["family_size"] == 2
+    assert versus["GradCAM"]["family_verdict"] == "no significant difference" and versus["GradCAM"]["p_holm"] == 1.0
+    assert "is better than ScoreCAM" in versus["ScoreCAM"]["sentence"] and "over 2 comparisons" in versus["ScoreCAM"]["sentence"]
 
 
 def test_an_interval_that_straddles_zero_is_no_significant_difference():
@@ -94,3 +98,62 @@ def test_an_interval_that_straddles_zero_is_no_significant_difference():
     got = paired_bootstrap(a, b, higher_is_better=True)
     assert got.low < 0 < got.high and got.verdict == "no significant difference"
     assert "shows no significant difference from ScoreCAM" in got.sentence("SyCAM", "ScoreCAM")
+
+
+def _brute_force_holm(p: list[float], alpha: float) -> list[bool]:
+    """Holm's procedure as its definition states it: walk the p-values from the smallest, reject
+    while ``p_(i) <= alpha / (m - i)`` (strictly below, as ``family_verdicts`` compares), stop at the first that fails."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    rejected = [False] * len(p)
+    for rank, i in enumerate(order):
+        if p[i] < alpha / (len(p) - rank):
+            rejected[i] = True
+        else:
+            break
+    return rejected
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_holm_rejects_exactly_what_the_step_down_definition_rejects(seed):
+    from sycam_dsl.metrics.intervals import holm
+    gen = torch.Generator().manual_seed(seed)
+    m = int(torch.randint(1, 12, (1,), generator=gen))
+    p = (torch.rand(m, generator=gen) ** 3 * 0.2).tolist()   # many small p-values: some rejected, some not
+    adjusted = holm(p)
+    assert [a < 0.05 for a in adjusted] == _brute_force_holm(p, 0.05)
+    assert all(a >= q for a, q in zip(adjusted, p)) and all(a <= 1 for a in adjusted)
+
+
+def test_holm_adjusts_a_small_table_as_computed_by_hand():
+    from sycam_dsl.metrics.intervals import holm
+    # sorted: 0.01 * 4 = 0.04, 0.02 * 3 = 0.06, 0.03 * 2 = 0.06 (kept non-decreasing), 0.5 * 1 = 0.5
+    assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+
+
+def test_the_bootstrap_p_value_agrees_with_the_interval():
+    gen = torch.Generator().manual_seed(3)
+    for shift in (0.0, 0.05, 0.1, 0.3):
+        a = torch.randn(60, generator=gen, dtype=torch.float64) * 0.5 + shift
+        c = paired_bootstrap(a, torch.zeros(60, dtype=torch.float64), True)
+        assert 0 <= c.p_value <= 1
+        # the percentile interval excludes 0 exactly when fewer than 2.5% of resampled means cross it
+        assert (c.low > 0 or c.high < 0) == (c.p_value < 0.05) or abs(c.p_value - 0.05) < 0.002
+
+
+def test_a_lead_significant_alone_can_fail_the_family_wise_verdict():
+    from sycam_dsl.metrics.intervals import family_verdicts
+    gen = torch.Generator().manual_seed(0)
+    strong = paired_bootstrap(torch.ones(40, dtype=torch.float64) + 0.01 * torch.randn(40, generator=gen, dtype=torch.float64),
+                              torch.zeros(40, dtype=torch.float64), True)
+    # a lead whose interval barely excludes 0 on its own: p just under 0.05
+    weak = next(c for s in range(200)
+                for c in [paired_bootstrap(torch.randn(40, generator=torch.Generator().manual_seed(s), dtype=torch.float64) + 0.35,
+                                           torch.zeros(40, dtype=torch.float64), True)]
+                if 0.01 < c.p_value < 0.05)
+    assert weak.verdict == "better"
+    verdicts = family_verdicts([strong] + [weak] * 5)
+    assert verdicts[0][0] == "better" and verdicts[0][1] < 1e-4
+    assert all(v == "no significant difference" for v, _ in verdicts[1:])
+    sentence = weak.sentence("SyCAM", "ScoreCAM", (verdicts[1][0], verdicts[1][1], 6))
+    assert "shows no significant difference from ScoreCAM" in sentence and "better on this comparison alone" in sentence
+    assert "over 6 comparisons" in sentence

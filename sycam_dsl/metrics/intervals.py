@@ -7,6 +7,12 @@ differences. Percentile rather than BCa: it needs no jackknife, is exact for the
 that matter here (all differences equal, one image), and with hundreds of images the two agree
 to well under the metrics' noise. Differences are oriented so that positive means "the first
 method is better" whatever the metric's direction.
+
+Many comparisons at once (a run compares SyCAM with every method on every metric) are corrected
+with Holm's step-down procedure on the bootstrap p-values (``holm``, ``family_verdicts``): the
+family-wise verdicts all hold at once with probability ``level``, where each interval holds alone.
+The two-sided bootstrap p-value is ``2 * min(share of resampled means <= 0, share >= 0)`` (capped
+at 1), the test the percentile interval inverts: the interval excludes 0 about when ``p < 1 - level``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ RESAMPLE_ELEMENTS = 1 << 22
 class PairedComparison:
     """``mean``: mean per-image improvement of the first method over the second (positive:
     better), ``low``/``high``: its bootstrap interval at ``level``, ``better_share``: the share of
-    images on which the first is strictly better, ``n``: images."""
+    images on which the first is strictly better, ``n``: images, ``p_value``: the two-sided bootstrap
+    p-value of "no difference" (1.0 for one image)."""
 
     mean: float
     low: float
@@ -33,6 +40,7 @@ class PairedComparison:
     better_share: float
     n: int
     level: float
+    p_value: float = 1.0
 
     @property
     def verdict(self) -> str:
@@ -43,12 +51,20 @@ class PairedComparison:
             return "worse"
         return "no significant difference"
 
-    def sentence(self, first: str, second: str) -> str:
-        """E.g. "SyCAM is better than ScoreCAM (+0.0046, 95% CI [+0.0021, +0.0071]; better on 61% of 40 images)"."""
+    def sentence(self, first: str, second: str, family: tuple[str, float, int] | None = None) -> str:
+        """E.g. "SyCAM is better than ScoreCAM (+0.0046, 95% CI [+0.0021, +0.0071]; better on 61% of 40 images)".
+        ``family``: the family-wise verdict, its Holm-adjusted p-value and the number of comparisons
+        (``family_verdicts``): the sentence then says "better" only when that verdict does."""
+        verdict = self.verdict if family is None else family[0]
         what = {"better": f"is better than {second}", "worse": f"is worse than {second}",
-                "no significant difference": f"shows no significant difference from {second}"}[self.verdict]
-        return (f"{first} {what} ({self.mean:+.4f}, {100 * self.level:.0f}% CI [{self.low:+.4f}, {self.high:+.4f}]; "
-                f"better on {100 * self.better_share:.0f}% of {self.n} images)")
+                "no significant difference": f"shows no significant difference from {second}"}[verdict]
+        text = (f"{first} {what} ({self.mean:+.4f}, {100 * self.level:.0f}% CI [{self.low:+.4f}, {self.high:+.4f}]; "
+                f"better on {100 * self.better_share:.0f}% of {self.n} images")
+        if family is None:
+            return text + ")"
+        p = "< 0.0001" if family[1] < 1e-4 else f"= {family[1]:.4f}"
+        alone = "" if verdict == self.verdict else f"; {self.verdict} on this comparison alone"
+        return text + f"; Holm-adjusted p {p} over {family[2]} comparisons{alone})"
 
 
 def paired_bootstrap(first: torch.Tensor, second: torch.Tensor, higher_is_better: bool,
@@ -70,4 +86,31 @@ def paired_bootstrap(first: torch.Tensor, second: torch.Tensor, higher_is_better
                        for i in range(0, resamples, block)])
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     low, high = torch.quantile(means, q).tolist()
-    return PairedComparison(float(d.mean()), low, high, float((d > 0).double().mean()), n, level)
+    p = min(1.0, 2 * min(float((means <= 0).double().mean()), float((means >= 0).double().mean()))) if n >= 2 else 1.0
+    return PairedComparison(float(d.mean()), low, high, float((d > 0).double().mean()), n, level, p)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the ``i``-th smallest ``p`` times
+    ``m - i`` (``i`` from 0), made non-decreasing along that order and capped at 1. Rejecting where
+    the adjusted value is below ``alpha`` keeps the family-wise error rate at ``alpha``."""
+    m = len(p_values)
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda j: p_values[j])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def family_verdicts(comparisons: list[PairedComparison]) -> list[tuple[str, float]]:
+    """For each comparison, the verdict that holds for all of them at once (Holm at ``1 - level``)
+    and its adjusted p-value: "better" or "worse" (by the mean's sign) where the adjusted p-value is
+    below ``1 - level``, else "no significant difference"."""
+    adjusted = holm([c.p_value for c in comparisons])
+    out = []
+    for c, p in zip(comparisons, adjusted):
+        significant = c.n >= 2 and p < 1 - c.level and c.mean != 0
+        verdict = ("better" if c.mean > 0 else "worse") if significant else "no significant difference"
+        out.append((verdict, p))
+    return out

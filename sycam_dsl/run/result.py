@@ -17,7 +17,7 @@ from ..cam.sanity import check_warnings
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..metrics.compare import Row
-from ..metrics.intervals import paired_bootstrap
+from ..metrics.intervals import PairedComparison, family_verdicts, paired_bootstrap
 from ..metrics.registry import Metric
 from ..models import LoadedModel
 from ..parse.grammar import Grammar
@@ -271,11 +271,12 @@ def _evaluation(tables: list[tuple[Metric, list[Row]]]) -> list[dict[str, Any]]:
 def comparisons(tables: list[tuple[Metric, list[Row]]], keep: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Per metric, the synthesized method against each other method of the table on the same images:
     the mean per-image improvement with its seeded 95% percentile-bootstrap interval (10,000
-    resamples, ``metrics.intervals``), the share of images where it is better, and the verdict
-    ("better" only when the interval excludes 0 in the metric's better direction). ``keep``: a
-    boolean ``[n]`` over the tables' images to compare on only some of them (one class's); none
-    kept gives no comparison."""
-    out = []
+    resamples, ``metrics.intervals``), the share of images where it is better, the per-comparison
+    verdict ("better" only when the interval excludes 0 in the metric's better direction), and the
+    family-wise verdict over all the comparisons of this call (Holm on the bootstrap p-values), which
+    the sentence states. ``keep``: a boolean ``[n]`` over the tables' images to compare on only some
+    of them (one class's); none kept gives no comparison."""
+    found: list[tuple[Metric, list[tuple[str, PairedComparison]]]] = []
     for m, rows in tables:
         by_name = {r.name: r for r in rows}
         if SYCAM not in by_name:
@@ -288,14 +289,20 @@ def comparisons(tables: list[tuple[Metric, list[Row]]], keep: torch.Tensor | Non
         ours = scores(by_name[SYCAM])
         if ours.numel() == 0:
             continue
+        found.append((m, [(r.name, paired_bootstrap(ours, scores(r), m.higher_is_better)) for r in rows
+                          if r.name != SYCAM]))
+    flat = [c for _, pairs in found for _, c in pairs]
+    family = iter(family_verdicts(flat))
+    out = []
+    for m, pairs in found:
         versus = []
-        for r in rows:
-            if r.name == SYCAM:
-                continue
-            c = paired_bootstrap(ours, scores(r), m.higher_is_better)
-            versus.append({"method": r.name, "mean_difference": c.mean, "low": c.low, "high": c.high,
+        for name, c in pairs:
+            verdict, p_holm = next(family)
+            said = c.sentence(SYCAM, name, (verdict, p_holm, len(flat)))
+            versus.append({"method": name, "mean_difference": c.mean, "low": c.low, "high": c.high,
                            "level": c.level, "better_share": c.better_share, "images": c.n, "verdict": c.verdict,
-                           "sentence": c.sentence(SYCAM, r.name)})
+                           "p_value": c.p_value, "p_holm": p_holm, "family_size": len(flat),
+                           "family_verdict": verdict, "sentence": said})
         out.append({"metric": m.name, "higher_is_better": m.higher_is_better, "versus": versus})
     return out
 
@@ -307,7 +314,8 @@ def comparison_lines(data: dict[str, Any]) -> list[str]:
     if not comps:
         return []
     where = "the test split" if data.get("evaluation_search") is not None else "these images"
-    lines = [f"{SYCAM} against each method on {where} (mean per-image improvement, 95% bootstrap CI):"]
+    lines = [f"{SYCAM} against each method on {where} (mean per-image improvement, 95% bootstrap CI; "
+             "verdicts hold for all comparisons at once, Holm's correction):"]
     for comp in comps:
         lines += [f"  {comp['metric']}: {v['sentence']}" for v in comp["versus"]]
     classes = (data.get("per_class") or {}).get("classes") or {}
