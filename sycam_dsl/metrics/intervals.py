@@ -11,8 +11,10 @@ method is better" whatever the metric's direction.
 Many comparisons at once (a run compares SyCAM with every method on every metric) are corrected
 with Holm's step-down procedure on the bootstrap p-values (``holm``, ``family_verdicts``): the
 family-wise verdicts all hold at once with probability ``level``, where each interval holds alone.
-The two-sided bootstrap p-value is ``2 * min(share of resampled means <= 0, share >= 0)`` (capped
-at 1), the test the percentile interval inverts: the interval excludes 0 about when ``p < 1 - level``.
+The two-sided bootstrap p-value is ``2 * (k + 1) / (B + 1)`` (capped at 1), where ``k`` is the smaller
+of the counts of the ``B`` resampled means at or below 0 and at or above 0: the test the percentile
+interval inverts (the interval excludes 0 about when ``p < 1 - level``), counted as a Monte Carlo
+p-value so that it is never 0 (the smallest is about ``2 / B``).
 """
 
 from __future__ import annotations
@@ -62,9 +64,8 @@ class PairedComparison:
                 f"better on {100 * self.better_share:.0f}% of {self.n} images")
         if family is None:
             return text + ")"
-        p = "< 0.0001" if family[1] < 1e-4 else f"= {family[1]:.4f}"
         alone = "" if verdict == self.verdict else f"; {self.verdict} on this comparison alone"
-        return text + f"; Holm-adjusted p {p} over {family[2]} comparisons{alone})"
+        return text + f"; Holm-adjusted p = {family[1]:.4f} over {family[2]} comparisons{alone})"
 
 
 def paired_bootstrap(first: torch.Tensor, second: torch.Tensor, higher_is_better: bool,
@@ -86,7 +87,10 @@ def paired_bootstrap(first: torch.Tensor, second: torch.Tensor, higher_is_better
                        for i in range(0, resamples, block)])
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     low, high = torch.quantile(means, q).tolist()
-    p = min(1.0, 2 * min(float((means <= 0).double().mean()), float((means >= 0).double().mean()))) if n >= 2 else 1.0
+    # a Monte Carlo p-value counts the observed statistic as one more resample ((k + 1) / (B + 1)): never 0,
+    # so that Holm's products stay conservative however many comparisons there are
+    crossing = min(int((means <= 0).sum()), int((means >= 0).sum()))
+    p = min(1.0, 2 * (crossing + 1) / (means.numel() + 1)) if n >= 2 else 1.0
     return PairedComparison(float(d.mean()), low, high, float((d > 0).double().mean()), n, level, p)
 
 
