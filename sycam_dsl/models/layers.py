@@ -43,6 +43,32 @@ def _features_layer(model: nn.Module) -> str | None:
     return None
 
 
+def _last(container: object) -> str | None:
+    """The name of the last child of ``container`` (a module), None when it has none."""
+    names = list(container._modules) if isinstance(container, nn.Module) else []
+    return names[-1] if names else None
+
+
+def _transformer_layer(model: nn.Module, names: dict[str, nn.Module]) -> str | None:
+    """The first norm of the last transformer block, as pytorch-grad-cam recommends
+    (docs/cam-engine.md#vision-transformers): torchvision ``vit_*`` ``encoder.layers.<last>.ln_1``,
+    torchvision ``swin_*`` ``features.<last>.<last>.norm1``, timm ViT / DeiT ``blocks.<last>.norm1``,
+    timm Swin ``layers.<last>.blocks.<last>.norm1``."""
+    encoder, features = names.get("encoder"), names.get("features")
+    if "heads" in names and isinstance(encoder, nn.Module) and (last := _last(getattr(encoder, "layers", None))):
+        return f"encoder.layers.{last}.ln_1"
+    if "Swin" in kind(model) and features is not None and (stage := _last(features)):
+        block = _last(features._modules[stage])
+        return f"features.{stage}.{block}.norm1" if block else None
+    if "blocks" in names and "head" in names and (last := _last(names["blocks"])):
+        return f"blocks.{last}.norm1"
+    layers = names.get("layers")
+    if "Swin" in kind(model) and layers is not None and (stage := _last(layers)):
+        block = _last(getattr(layers._modules[stage], "blocks", None))
+        return f"layers.{stage}.blocks.{block}.norm1" if block else None
+    return None
+
+
 def default_layer(model: nn.Module) -> str | None:
     """The default target layer path of ``model``, or None when there is no known default.
 
@@ -51,7 +77,8 @@ def default_layer(model: nn.Module) -> str | None:
     ``_swish@last``, the activated head features (1280 x 7 x 7 at 224 px). The package calls one
     shared ReLU6 module, ``_swish``, for the stem and for the head, so the head's activation is that
     module's last call; its batch norm ``_bn1`` is pre-activation (mostly negative on photos, which
-    makes ScoreCAM's ``ReLU(sum_k w_k A_k)`` blank)."""
+    makes ScoreCAM's ``ReLU(sum_k w_k A_k)`` blank). Vision transformers (torchvision and timm ViT,
+    DeiT, Swin): the last block's first norm (``_transformer_layer``), read through a reshape."""
     names = dict(model.named_children())
     if "layer4" in names and "fc" in names:
         return "layer4"
@@ -61,7 +88,7 @@ def default_layer(model: nn.Module) -> str | None:
             return found
     if kind(model) == "EfficientNet" and "_swish" in names and "_blocks" in names:
         return "_swish@last"
-    return None
+    return _transformer_layer(model, names)
 
 
 def split_call(path: str) -> tuple[str, int | None]:

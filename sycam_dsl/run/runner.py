@@ -187,7 +187,8 @@ class Run:
         return ProblemOptions(data.batch_size, data.chunk_size, data.cache_dir, data.use_cache,
                               self.options.output.progress, search.memo_mb, data.cache_size,
                               on_demand=search.terminals == "on-demand" or self.options.cluster.on,
-                              precision=data.precision, runtime=RuntimeSpec(data.runtime, data.precision))
+                              precision=data.precision, runtime=RuntimeSpec(data.runtime, data.precision),
+                              reshape=data.reshape)
 
     def _start_pool(self, stack: ExitStack, names: list[str]) -> ShardPool | None:
         """The Ray workers (stopped with ``stack``), which run the gradient pass of their shards, then
