@@ -307,3 +307,34 @@ def test_synthesize_on_a_vit_completes(tmp_path):
                         out_dir=tmp_path / "run")
     assert result.expression is not None
     assert json.loads((tmp_path / "run" / "result.json").read_text())["settings"]["layer"] == VIT_LAYER
+
+
+@pytest.mark.parametrize("method", ["GradCAM", "HiResCAM"])
+def test_the_gradcam_adapter_takes_gradcams_reshape_transform(method, vit):
+    pytest.importorskip("pytorch_grad_cam", reason="grad-cam is not installed (pip install 'sycam-dsl[gradcam]')")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from sycam_dsl.integrations.gradcam import SyCAMGradCAM
+
+    model, x = vit
+    layer = resolve_layer(model, VIT_LAYER)[1]
+    targets = model(x).argmax(1)
+    ref = gradcam_heatmaps(method, model, layer, x, targets, reshape_transform=vit_reshape)
+    for reshape in (vit_reshape, None):                          # None: the engine's auto reshape
+        with SyCAMGradCAM(model, [layer], baseline(method).expression, reshape_transform=reshape) as cam:
+            got = torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(int(c)) for c in targets]))
+        r = pearson(got, ref)
+        assert bool((r >= MIN_PEARSON).all()), f"{method}: per-image Pearson {r.tolist()}"
+
+
+@pytest.mark.parametrize("expr", ["(* grads acts)", "cic", "abl"])
+def test_the_explainer_file_gives_the_engines_heatmaps_on_transformers(expr, vit, swin, tmp_path):
+    from sycam_dsl.deploy.explainer import save_explainer
+
+    node = parse_expr(expr, terminal_types())
+    for name, (model, x), layer in (("vit", vit, VIT_LAYER), ("swin", swin, SWIN_LAYER)):
+        terms, info = compute_terminals(model, layer, x, None, sorted(node.terminals()), progress=False)
+        want = method_heatmaps(node, terms, info.acts, info.targets, (32, 32))
+        save_explainer(model, layer, node, tmp_path / f"{name}.pt", x)
+        got = torch.jit.load(str(tmp_path / f"{name}.pt"))(x, None)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")

@@ -72,18 +72,28 @@ class TokenMap:
 
     def maps(self, out: torch.Tensor) -> torch.Tensor:
         """The layer's output ``[N, *raw]`` as channel maps ``[N, C, h, w]`` (a new tensor)."""
-        return out.flatten(1).index_select(1, self._flat(out.device)).view(out.shape[0], *self.shape)
+        return gather_maps(out, self._flat(out.device), list(self.shape))
 
     def layout(self, maps: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out`` ``[N, *raw]`` with ``maps`` ``[N, C, h, w]`` written back where they came from (the
         rest, such as prefix tokens, kept); out of place, so differentiable in ``maps``."""
-        flat = torch.index_copy(out.flatten(1), 1, self._flat(maps.device), maps.flatten(1))
-        return flat.view(out.shape)
+        return scatter_maps(maps, out, self._flat(maps.device))
 
     def key(self) -> str:
         """A short text that names this map, for the terminal store's keys."""
         digest = hashlib.sha256(self.index.cpu().numpy().tobytes()).hexdigest()[:12]
         return f"{self.what}/{'x'.join(map(str, self.raw))}/{digest}"
+
+
+def gather_maps(out: torch.Tensor, index: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """``out`` ``[N, ...]`` as maps ``[N, *shape]``: the elements of each image's flattened output at
+    ``index`` ``[C * h * w]`` (TorchScript compiles it: the explainer file's halves call it too)."""
+    return out.flatten(1).index_select(1, index).view([out.shape[0]] + shape)
+
+
+def scatter_maps(maps: torch.Tensor, out: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out`` ``[N, ...]`` with ``maps`` ``[N, C, h, w]`` written at ``index`` (``gather_maps``' inverse)."""
+    return torch.index_copy(out.flatten(1), 1, index, maps.flatten(1)).view(out.shape)
 
 
 def _positions(raw: tuple[int, ...]) -> torch.Tensor:
