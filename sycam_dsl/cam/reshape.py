@@ -30,6 +30,7 @@ from torch import nn
 
 from ..models.errors import LayerError
 from ..models.layers import kind
+from ..util.imports import import_attr
 
 #: The reshapes given by name; a callable is the third kind.
 RESHAPES = ("auto", "none")
@@ -85,6 +86,33 @@ class TokenMap:
         return f"{self.what}/{'x'.join(map(str, self.raw))}/{digest}"
 
 
+def parse_reshape(text: str) -> Reshape:
+    """A reshape given as text: ``auto``, ``none`` or ``package.module:function`` (a callable like
+    grad-cam's ``reshape_transform``, imported here); ``ReshapeError`` when it cannot be imported."""
+    text = text.strip()
+    if text.lower() in RESHAPES:
+        return text.lower()
+    if ":" not in text:
+        raise ReshapeError(f"reshape {text!r}: give auto, none or a Python callable package.module:function")
+    try:
+        fn = import_attr(text)
+    except ImportError as e:
+        raise ReshapeError(f"cannot import the reshape {text!r} ({e}); is its module on PYTHONPATH?") from None
+    except (AttributeError, ValueError) as e:
+        raise ReshapeError(f"cannot import the reshape {text!r}: {e}") from None
+    if not callable(fn):
+        raise ReshapeError(f"the reshape {text!r} is a {type(fn).__name__}, not a callable tensor -> [N, C, h, w]")
+    return fn
+
+
+def reshape_text(reshape: Reshape) -> str:
+    """``reshape`` as text ``parse_reshape`` reads back: its name, or ``module:qualname`` of a
+    callable (``<lambda>`` and other local callables in it cannot be imported again)."""
+    if isinstance(reshape, str):
+        return reshape
+    return f"{getattr(reshape, '__module__', '?')}:{getattr(reshape, '__qualname__', type(reshape).__name__)}"
+
+
 def gather_maps(out: torch.Tensor, index: torch.Tensor, shape: list[int]) -> torch.Tensor:
     """``out`` ``[N, ...]`` as maps ``[N, *shape]``: the elements of each image's flattened output at
     ``index`` ``[C * h * w]`` (TorchScript compiles it: the explainer file's halves call it too)."""
@@ -107,7 +135,8 @@ def _tokens(layer: str, out: torch.Tensor) -> TokenMap:
     prefix = t - side * side
     if side == 0 or prefix > MAX_PREFIX:
         raise ReshapeError(f"layer {layer!r} outputs tokens {[n, t, c]}: {t} tokens are not a square grid after at "
-                           f"most {MAX_PREFIX} prefix tokens; pass reshape= a callable that returns [N, C, h, w]")
+                           f"most {MAX_PREFIX} prefix tokens; give a reshape callable that returns [N, C, h, w] "
+                           f"(--reshape module:fn, reshape=fn)")
     grid = _positions((t, c))[:, prefix:].reshape(1, side, side, c).permute(0, 3, 1, 2)
     return TokenMap((t, c), grid[0].long(), f"tokens-{prefix}")
 

@@ -9,6 +9,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from ..util.modes import eval_mode
 from .errors import LayerError
 from .loaded import LoadedModel
 
@@ -156,6 +157,43 @@ def _candidates(model: nn.Module, path: str) -> str:
     return "; ".join(parts)
 
 
+def _shape_candidates(model: nn.Module, size: int, n: int = 5) -> list[str]:
+    """The last ``n`` modules, in call order, whose output on one zero image of ``size`` px is a
+    spatial map ``[1, C, h, w]`` or tokens ``[1, T, C]``, as ``name [shape]``; ``[]`` when the model
+    does not run on it (TorchScript runs no hooks)."""
+    found: dict[str, list[int]] = {}
+
+    def record(name: str):
+        def hook(_m: nn.Module, _inputs: object, out: object) -> None:
+            if isinstance(out, torch.Tensor) and (out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
+                                                  or out.dim() == 3 and out.shape[1] > 1):
+                found.setdefault(name, list(out.shape))
+        return hook
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return []
+    param = next(model.parameters(), None)
+    image = torch.zeros(1, 3, size, size, device=param.device if param is not None else None)
+    handles = [m.register_forward_hook(record(name)) for name, m in model.named_modules() if name]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(image)
+    except Exception:  # a model that does not take this image: the candidates by class name instead
+        return []
+    finally:
+        for h in handles:
+            h.remove()
+    return [f"{name} {shape}" for name, shape in list(found.items())[-n:]]
+
+
+def _no_default(model: nn.Module, size: int) -> LayerError:
+    """The error for a model without a known default layer: the last layers with spatial or token outputs."""
+    shaped = _shape_candidates(model, size)
+    found = (f"the last layers with spatial or token outputs at {size} px: {', '.join(shaped)}" if shaped
+             else _candidates(model, ""))
+    return LayerError(f"no default target layer for {kind(model)}; name one with --layer PATH ({found})")
+
+
 def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
     """The module at dotted path ``path`` in ``model`` and its canonical name.
 
@@ -164,15 +202,17 @@ def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
     ``split_call``), which the canonical name keeps; None means the model's default layer
     (``default_layer``). A ``LoadedModel`` may be passed for ``model`` and then supplies its own
     default. Raises ``LayerError`` listing close candidate names and the last conv-like layers when
-    nothing matches."""
+    nothing matches, and the last layers with spatial or token outputs (one forward pass of a zero
+    image) when the model has no known default."""
+    size = 224
     if isinstance(model, LoadedModel):
         path = path if path is not None else model.target_layer
+        size = model.input_size
         model = model.module
     if path is None:
         path = default_layer(model)
         if path is None:
-            raise LayerError(f"no default target layer for {kind(model)}; name one with --layer PATH "
-                             f"({_candidates(model, '')})")
+            raise _no_default(model, size)
     path, call = split_call(path)
     parts = _parse_path(path)
     if not parts:
