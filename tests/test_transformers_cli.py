@@ -114,6 +114,17 @@ def test_the_terminals_command_reads_a_vit_through_reshape_specs(images, tmp_pat
                                atol=0)
 
 
+def test_the_eval_command_scores_a_vit_through_a_reshape_spec(images, tmp_path, capsys):
+    scores = {}
+    for reshape in ("auto", VIT_RESHAPE):
+        out = tmp_path / "scores.json"
+        assert main(["eval", "(* grads acts)", "--model", VIT, "--images", str(images), "--size", "32",
+                     "--reshape", reshape, "--metric", "deletion", "--steps", "4", "--runtime", "torch", "--no-cache",
+                     "--quiet", "--json", str(out)]) == 0, capsys.readouterr().err
+        scores[reshape] = json.loads(out.read_text())
+    assert scores["auto"]["layer"] == VIT_LAYER and scores["auto"] == scores[VIT_RESHAPE]
+
+
 @pytest.mark.parametrize("reshape, words", [
     ("tests.no_such_module:fn", ["cannot import the reshape", "PYTHONPATH"]),
     ("tests.test_transformers_cli:flat_reshape", ["not channel maps [N, C, h, w]"]),
