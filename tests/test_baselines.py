@@ -118,14 +118,16 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
 
 
-def gradcam_heatmaps(method: str, model, layer, images, targets) -> torch.Tensor:
-    """grad-cam's ``[N, H, W]`` heatmaps (upsampled with cv2 and min-max scaled)."""
+def gradcam_heatmaps(method: str, model, layer, images, targets, reshape_transform=None) -> torch.Tensor:
+    """grad-cam's ``[N, H, W]`` heatmaps (upsampled with cv2 and min-max scaled); ``reshape_transform``:
+    grad-cam's, for a layer with token or channels-last output."""
     # imported here, so that only the tests comparing with grad-cam skip when it is missing
     gradcam = pytest.importorskip("pytorch_grad_cam", reason="grad-cam is not installed (pip install grad-cam); "
                                                              "the agreement tests need it")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    cam = getattr(gradcam, GRADCAM_CLASSES[method])(model=model, target_layers=[layer])
+    cam = getattr(gradcam, GRADCAM_CLASSES[method])(model=model, target_layers=[layer],
+                                                    reshape_transform=reshape_transform)
     if hasattr(cam, "batch_size"):
         cam.batch_size = 64                     # ScoreCAM / AblationCAM: masked copies per forward pass
     try:

@@ -132,7 +132,7 @@ def ablation_pass(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logi
         chunk = _auto_chunk(runner, x, acts, precision)
     assert isinstance(chunk, int)
     if runtime is not None and runner.split is not None:
-        runner = runner.with_tail(tail_forward(runner, [acts[:1], *runner.carry(x[:1])], runtime, show))
+        runner = runner.with_tail(tail_forward(runner, runner.example(x[:1]), runtime, show))
     if sizes is not None:
         sizes["abl"] = chunk
     block, per = ablation_layout(n, k, chunk)

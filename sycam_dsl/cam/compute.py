@@ -44,6 +44,7 @@ from .ablation_pass import ablation_pass, tail_forward
 from .errors import TerminalError
 from .gradient_pass import gradient_pass, recorded_gradients
 from .layer_split import LayerAccess, layer_access, tail_runner
+from .reshape import Reshape
 from .scorecam_pass import scorecam_pass, target_scores
 
 DEFAULT_CHUNK_SIZE = 32
@@ -154,7 +155,7 @@ def _probe(access: LayerAccess, x: torch.Tensor, names: list[str]) -> int:
 
 
 def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor, names: list[str],
-                  device: torch.device) -> tuple[nn.Module, LayerAccess, torch.Tensor, int]:
+                  device: torch.device, reshape: Reshape = "auto") -> tuple[nn.Module, LayerAccess, torch.Tensor, int]:
     """(module, its layer access, images on ``device``, number of classes) for ``compute_terminals``,
     checked up front.
 
@@ -163,7 +164,8 @@ def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: tor
     must return one tensor of floating-point logits ``[N, C]``: tuples and dicts (auxiliary outputs,
     ``ModelOutput`` objects) are refused, so wrap the model to return the logits. One image goes
     through the model (``_probe``) to check the input size, the layer and, when ``names`` has a
-    gradient terminal, that the logits depend on the input through autograd."""
+    gradient terminal, that the logits depend on the input through autograd; it also resolves the
+    layer's ``reshape`` (``cam.reshape``: ``access.tokens``)."""
     module = model.module if isinstance(model, LoadedModel) else model
     if isinstance(model, LoadedModel) and layer is None:
         layer = model.target_layer
@@ -171,7 +173,7 @@ def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: tor
         what = f"shape {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise TerminalError(f"images must be a tensor [N, 3, H, W] with N >= 1, got {what}")
     module = float32_model(module, allow_float64=True)
-    access = layer_access(module, layer)
+    access = layer_access(module, layer, reshape)
     module.to(device)
     x = images.to(device=device, dtype=_dtype(module))
     with eval_mode(module):
@@ -221,8 +223,7 @@ class TerminalRun:
             if runner.split is None:
                 return "torch"
             with eval_mode(self.module), torch.no_grad():
-                example = [runner.split.run_head(self.x[:1])[0], *runner.carry(self.x[:1])]
-                self.forwards["tail"] = tail_forward(runner, example, self.runtime, self.progress)
+                self.forwards["tail"] = tail_forward(runner, runner.example(self.x[:1]), self.runtime, self.progress)
         return runtime_name(self.forwards["tail"])
 
     @property
@@ -248,7 +249,8 @@ class TerminalRun:
 def prepare_run(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                 targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
                 chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, progress: bool = True, ablation: str = "auto",
-                precision: str = DEFAULT_PRECISION, runtime: RuntimeSpec | None = None) -> TerminalRun:
+                precision: str = DEFAULT_PRECISION, runtime: RuntimeSpec | None = None,
+                reshape: Reshape = "auto") -> TerminalRun:
     """The arguments of ``compute_terminals`` checked (``prepare_model``; targets in range) and ready;
     ``runtime`` runs at ``precision`` (its own precision is replaced)."""
     names = check_names(names)
@@ -261,7 +263,7 @@ def prepare_run(model: nn.Module | LoadedModel, layer: str | None, images: torch
             check_support(runtime.name, precision, dev)
     except ModelError as e:
         raise TerminalError(str(e)) from None
-    module, access, x, n_classes = prepare_model(model, layer, images, names, dev)
+    module, access, x, n_classes = prepare_model(model, layer, images, names, dev, reshape)
     t = _check_targets(targets, x.shape[0], dev)
     if t is not None and (int(t.min()) < 0 or int(t.max()) >= n_classes):
         bad = int(((t < 0) | (t >= n_classes)).nonzero()[0])
@@ -365,7 +367,7 @@ def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images:
                       targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
                       chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, progress: bool = True,
                       ablation: str = "auto", precision: str = DEFAULT_PRECISION,
-                      runtime: RuntimeSpec | None = None) -> tuple[Terminals, TerminalInfo]:
+                      runtime: RuntimeSpec | None = None, reshape: Reshape = "auto") -> tuple[Terminals, TerminalInfo]:
     """The terminals ``names`` of ``model`` at ``layer`` for ``images``.
 
     ``images``: ``[N, 3, H, W]``, normalized as the model expects; ``targets``: ``[N]`` class indices,
@@ -376,13 +378,16 @@ def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images:
     ``DEFAULT_CHUNK_SIZE`` images at a time). ``ablation``: ``auto`` (fx split, hook fallback), ``fx``
     or ``hook``. ``precision``: fp32 (default), bf16 or fp16 for the forward passes of ``cic`` and
     ``abl`` (autocast; the gradient pass, ``A`` and the logits stay float32); ``runtime``: where those
-    passes run (``models.runtime``: ONNX Runtime or OpenVINO on the CPU; None: torch). The model is checked
+    passes run (``models.runtime``: ONNX Runtime or OpenVINO on the CPU; None: torch); ``reshape``: how a
+    layer with token ``[N, T, C]`` or channels-last ``[N, h, w, C]`` output is read as ``[N, C, h, w]``
+    (``cam.reshape``: ``auto``, ``none`` or a callable; ``auto`` leaves ``[N, K, h, w]`` outputs as they
+    are, and the backward pass, ``cic``'s masks and ``abl``'s ablations go through it). The model is checked
     first (``prepare_model``: float32, logits, input size, autograd), moved to ``device`` and run in
     eval mode; its modes are restored and its hooks removed on every exit. Vec terminals are
     ``[N, K]``, Map terminals ``[N, K, h, w]``, on ``device``. ``cam.store.compute_terminals_stored``
     is the same through the on-disk store."""
     run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation, precision,
-                      runtime)
+                      runtime, reshape)
     records: dict[str, list[Record | None]] = {kind: [None] * run.n for kind in run.kinds}
     with eval_mode(run.module):
         compute_records(run, records)

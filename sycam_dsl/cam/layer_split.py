@@ -2,7 +2,9 @@
 
 ``LayerAccess.forward(x)`` gives the layer's activations ``A`` ``[n, K, h, w]`` (a leaf that requires
 grad when grad mode is on, so ``dz/dA`` is one ``torch.autograd.grad`` away) and the logits
-``[n, C]``. ``tail_runner`` gives the logits from (ablated) activations:
+``[n, C]``; a layer with token or channels-last output is read through its reshape (``cam.reshape``:
+the layers after it get the leaf written back into the output's layout). ``tail_runner`` gives the
+logits from (ablated) activations:
 
 - ``fx``: the model split by ``torch.fx`` into ``head`` (input -> layer output) and ``tail`` (layer
   output -> logits), so ablations run only the layers after the target layer; values computed before
@@ -15,7 +17,7 @@ grad when grad mode is on, so ``dz/dA`` is one ``torch.autograd.grad`` away) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ from torch import fx, nn
 
 from ..models.errors import LayerError
 from ..models.layers import call_name, kind, resolve_layer, split_call
+from .reshape import Reshape, TokenMap, check_reshape, token_map
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class LayerAccess:
 
     name: str
     model: nn.Module
+    #: The reshape of the layer's output last read (None: the output is ``[n, K, h, w]`` as it is).
+    tokens: TokenMap | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``[n, 3, H, W]`` -> (``A`` ``[n, K, h, w]``, logits ``[n, C]``)."""
@@ -72,13 +77,26 @@ class HookAccess(LayerAccess):
     A layer named ``PATH@N`` (``split_call``) is call ``N`` of a module that runs more than once per
     forward pass (a shared activation module, say): only that call's output is read or replaced. A
     negative ``N`` counts from the end, so the number of calls is counted once, by a forward pass
-    of one image without grad, the first time it is needed."""
+    of one image without grad, the first time it is needed. ``reshape`` (``cam.reshape``) reads a
+    token or channels-last output as ``[n, K, h, w]``."""
 
-    def __init__(self, model: nn.Module, name: str, layer: nn.Module) -> None:
+    def __init__(self, model: nn.Module, name: str, layer: nn.Module, reshape: Reshape = "auto") -> None:
         self.model, self.name, self.layer = model, name, layer
         self.path, self.call = split_call(name)
+        self.reshape = check_reshape(reshape)
         self._calls: int | None = None  # calls per forward pass, once counted
         self._split: LayerSplit | str | None = None  # the fx split, or why there is none, once tried
+        self._maps: dict[tuple[int, ...], TokenMap | None] = {}  # the reshape per output shape (per image)
+
+    def token_map(self, module: nn.Module, out: object) -> TokenMap | None:
+        """The reshape of the layer's output ``out`` (resolved once per shape), kept as ``tokens``."""
+        if not isinstance(out, torch.Tensor):
+            return None
+        shape = tuple(out.shape[1:])
+        if shape not in self._maps:
+            self._maps[shape] = token_map(self.reshape, self.name, module, out)
+        self.tokens = self._maps[shape]
+        return self.tokens
 
     def fx_split(self) -> LayerSplit:
         """``split_model`` of the model at the layer, traced once per access (an access lives for one
@@ -135,13 +153,18 @@ class HookAccess(LayerAccess):
                                  f"(0-based), or choose a layer that runs once, e.g. its parent block")
             if index is not None and seen - 1 != index:
                 return None
-            if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            tokens = self.token_map(module, out)
+            if tokens is None and (not isinstance(out, torch.Tensor) or out.dim() != 4):
                 what = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
                 raise LayerError(f"layer {self.name!r} ({kind(module)}) outputs {what}, not activations "
                                  f"[N, K, h, w]; choose a convolutional layer")
-            leaf = out.detach().clone().requires_grad_(grad)
+            assert isinstance(out, torch.Tensor)
+            raw = out.detach()
+            leaf = (raw.clone() if tokens is None else tokens.maps(raw)).requires_grad_(grad)
             captured.append(leaf)
-            return leaf.clone() if grad else None
+            if not grad:
+                return None
+            return leaf.clone() if tokens is None else tokens.layout(leaf, raw)
 
         with forward_hook(self.layer, capture):
             logits = _logits(self.model(x), "the model")
@@ -163,10 +186,12 @@ class HookAccess(LayerAccess):
             seen += 1
             if index is not None and seen - 1 != index:
                 return None
-            if not isinstance(out, torch.Tensor) or out.shape != acts.shape:
-                raise LayerError(f"layer {self.name!r} gave shape {list(getattr(out, 'shape', []))} where the "
+            tokens = self.token_map(module, out)
+            want = getattr(out, "shape", []) if tokens is None else (acts.shape[0], *tokens.shape)
+            if not isinstance(out, torch.Tensor) or tuple(want) != tuple(acts.shape):
+                raise LayerError(f"layer {self.name!r} gave shape {list(want)} where the "
                                  f"replacement activations have {list(acts.shape)}")
-            return acts
+            return acts if tokens is None else tokens.layout(acts, out)
 
         with forward_hook(self.layer, replace):
             logits = _logits(self.model(x), "the model")
@@ -193,8 +218,9 @@ class ScriptAccess(LayerAccess):
         return _logits(self.model.forward_head(acts), "forward_head")
 
 
-def layer_access(model: nn.Module, layer: str | None) -> LayerAccess:
-    """How to read ``layer`` (dotted path, None for the default) of ``model``."""
+def layer_access(model: nn.Module, layer: str | None, reshape: Reshape = "auto") -> LayerAccess:
+    """How to read ``layer`` (dotted path, None for the default) of ``model``, its output through
+    ``reshape`` (``cam.reshape``; a TorchScript module's ``forward_features`` is read as it is)."""
     if isinstance(model, torch.jit.ScriptModule):
         if layer in (None, "forward_features") and hasattr(model, "forward_features") \
                 and hasattr(model, "forward_head"):
@@ -204,7 +230,7 @@ def layer_access(model: nn.Module, layer: str | None) -> LayerAccess:
             f"hooks. Save a module whose forward is forward_head(forward_features(x)) (timm's layout; the target "
             f"layer is forward_features' output), or load the Python model with --model package.module:function")
     name, module = resolve_layer(model, layer)
-    return HookAccess(model, name, module)
+    return HookAccess(model, name, module, reshape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,15 +283,33 @@ class LayerSplit:
         return _logits(self.tail(acts, *carried), "the model")
 
 
-def _ancestors(node: fx.Node) -> set[fx.Node]:
+def _closure(node: fx.Node, step: Callable[[fx.Node], Iterable[fx.Node]]) -> set[fx.Node]:
+    """``node`` and every node reached from it by ``step`` (its inputs: ancestors; its users: descendants)."""
     seen: set[fx.Node] = set()
     stack = [node]
     while stack:
         n = stack.pop()
         if n not in seen:
             seen.add(n)
-            stack.extend(n.all_input_nodes)
+            stack.extend(step(n))
     return seen
+
+
+def _head_checks(nodes: list[fx.Node], head: set[fx.Node], layer_node: fx.Node) -> set[fx.Node]:
+    """Nodes computed from ``head``'s values only whose results the tail never reads (checks such as
+    torchvision ViT's ``torch._assert`` on the input size): they run in the head, so that the tail
+    does not carry what they read (a ``torch.Size`` is no per-image tensor)."""
+    feeds_tail = _closure(layer_node, lambda n: n.users)
+    for n in reversed(nodes):  # users come after their inputs
+        if n not in feeds_tail and any(u in feeds_tail for u in n.users):
+            feeds_tail.add(n)
+    moved: set[fx.Node] = set()
+    for n in nodes:
+        if n in head or n in feeds_tail or n.op in ("placeholder", "output"):
+            continue
+        if all(i in head or i in moved for i in n.all_input_nodes):
+            moved.add(n)
+    return moved
 
 
 def split_model(model: nn.Module, layer: str) -> LayerSplit:
@@ -290,7 +334,8 @@ def split_model(model: nn.Module, layer: str) -> LayerSplit:
     if len(placeholders) != 1:
         raise SplitError(f"forward takes {len(placeholders)} inputs; the split handles one")
     layer_node, x_node = hits[0 if call is None else call], placeholders[0]
-    head_nodes = _ancestors(layer_node)
+    head_nodes = _closure(layer_node, lambda n: n.all_input_nodes)
+    head_nodes |= _head_checks(nodes, head_nodes, layer_node)
 
     # Values from before the layer that the tail reads: parameters are copied into the tail, the
     # rest (skip connections, the input) are carried, the input last.
@@ -334,7 +379,8 @@ def split_model(model: nn.Module, layer: str) -> LayerSplit:
 class TailRunner:
     """Logits from (ablated) activations, by ``method``: ``fx``, ``hook`` or ``script``.
 
-    ``carry(x)`` gives what each image's rows need besides their activations (once per image group);
+    ``carry(x)`` gives what each image's rows need besides their activations (once per image group:
+    with a reshape and the fx split, the layer's output last, to write the maps back into);
     ``runner(acts, carried_rows)`` the logits ``[B, C]``."""
 
     def __init__(self, method: str, access: LayerAccess, split: LayerSplit | None = None,
@@ -347,18 +393,29 @@ class TailRunner:
         return TailRunner(self.method, self.access, self.split, tail)
 
     def carry(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.split is not None and self.access.tokens is not None:
+            out, rest = self.split.run_head(x)
+            return [*rest, out]
         if self.split is not None:
             return self.split.run_head(x)[1] if self.split.carried else []
         if isinstance(self.access, HookAccess):
             return [x]  # the hook reruns the whole model from the input
         return []
 
+    def example(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The split tail's inputs for images ``x`` (the layer's output as it is, then the carried values)."""
+        assert self.split is not None
+        out, rest = self.split.run_head(x)
+        return [out, *rest]
+
     def __call__(self, acts: torch.Tensor, carried: list[torch.Tensor]) -> torch.Tensor:
+        if self.split is None:
+            return self.access.tail(acts, carried[0] if carried else None)
+        if self.access.tokens is not None:  # the maps back into the layer's layout
+            acts, carried = self.access.tokens.layout(acts, carried[-1]), carried[:-1]
         if self.tail is not None:
             return _logits(self.tail(acts, *carried), "the model")
-        if self.split is not None:
-            return self.split.run_tail(acts, carried)
-        return self.access.tail(acts, carried[0] if carried else None)
+        return self.split.run_tail(acts, carried)
 
 
 def tail_runner(access: LayerAccess, method: str = "auto") -> TailRunner:

@@ -46,6 +46,7 @@ from ..template.heatmaps import heatmaps
 from ..util.modes import eval_mode
 from .compute import DEFAULT_CHUNK_SIZE, compute_terminals
 from .errors import TerminalError
+from .reshape import Reshape
 
 #: SSIM constants of Wang et al. 2004 for data range 1.
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
@@ -234,10 +235,11 @@ class SanityReport:
 
 def _method_heatmaps(methods: dict[str, Node], model: nn.Module, layer: str | None, images: torch.Tensor,
                      targets: torch.Tensor | None, names: list[str], device: str | torch.device, chunk_size: int | str,
-                     progress: bool, runtime: RuntimeSpec | None) -> tuple[dict[str, torch.Tensor], torch.Tensor, str]:
+                     progress: bool, runtime: RuntimeSpec | None,
+                     reshape: Reshape = "auto") -> tuple[dict[str, torch.Tensor], torch.Tensor, str]:
     """name -> heatmaps ``[N, H, W]`` on the CPU, the targets ``[N]`` and the layer's name."""
     terms, info = compute_terminals(model, layer, images, targets, names, device=device, chunk_size=chunk_size,
-                                    progress=progress, runtime=runtime)
+                                    progress=progress, runtime=runtime, reshape=reshape)
     size = tuple(images.shape[-2:])
     out = {n: heatmaps(evaluate(node, terms), info.acts, node.type, size).cpu() for n, node in methods.items()}
     return out, info.targets.cpu(), info.layer
@@ -255,13 +257,14 @@ def randomization_check(model: nn.Module | LoadedModel, layer: str | None, image
                         start: str | None = None, modules: Sequence[str] | None = None,
                         device: str | torch.device = "cpu", chunk_size: int | str = DEFAULT_CHUNK_SIZE,
                         progress: bool = False, keep_heatmaps: bool = False,
-                        runtime: RuntimeSpec | None = None) -> SanityReport:
+                        runtime: RuntimeSpec | None = None, reshape: Reshape = "auto") -> SanityReport:
     """Compare each method's heatmaps on ``images`` ``[N, 3, H, W]`` under the model and under a copy
     whose modules from ``start`` (default: the target ``layer``) to the output are re-initialized
     with ``seed``; ``modules`` names the modules to re-initialize instead (``[]``: none, a control
     whose similarities are 1). ``targets`` ``[N]`` or None (the original model's predictions) are
     explained under both models. Only the terminals the methods read are computed; ``runtime``: where
-    their forward-only passes run (``cam.compute.compute_terminals``), for both models."""
+    their forward-only passes run (``cam.compute.compute_terminals``), for both models; ``reshape``: how
+    the layer's output is read (``cam.reshape``)."""
     if not methods:
         raise SanityError("no methods to check")
     module = _module_of(model)
@@ -275,9 +278,10 @@ def randomization_check(model: nn.Module | LoadedModel, layer: str | None, image
             module.to(dev)
         modules = modules_after(module, start if start is not None else layer, images[:1])
     before, t, layer_name = _method_heatmaps(methods, module, layer, images, targets, names, dev, chunk_size,
-                                             progress, runtime)
+                                             progress, runtime, reshape)
     randomized = randomized_copy(module, modules, seed)
-    after, _, _ = _method_heatmaps(methods, randomized, layer, images, t, names, dev, chunk_size, progress, runtime)
+    after, _, _ = _method_heatmaps(methods, randomized, layer, images, t, names, dev, chunk_size, progress, runtime,
+                                   reshape)
     report = SanityReport({n: Similarity(spearman(before[n], after[n]), ssim(before[n], after[n]))
                            for n in methods}, list(modules), t, layer_name, seed)
     if keep_heatmaps:
@@ -306,13 +310,13 @@ def check_result(model: nn.Module | LoadedModel, layer: str | None, images: torc
                  methods: dict[str, Node], expressions: dict[str, str], subject: str, seed: int = 0,
                  start: str | None = None, device: str | torch.device = "cpu",
                  chunk_size: int | str = DEFAULT_CHUNK_SIZE, progress: bool = False,
-                 runtime: RuntimeSpec | None = None) -> dict:
+                 runtime: RuntimeSpec | None = None, reshape: Reshape = "auto") -> dict:
     """``randomization_check`` of ``methods`` (the result ``subject`` and the baselines) on ``images``
     ``[N, 3, H, W]``, as plain data for ``result.json`` and ``--json``: per method the mean Spearman
     and SSIM (per image too), and whether ``subject`` is flagged as markedly less sensitive than
     ``REFERENCE``. Raises ``SanityError`` when nothing runs at or after the layer (or ``start``)."""
     report = randomization_check(model, layer, images, None, methods, seed=seed, start=start, device=device,
-                                 chunk_size=chunk_size, progress=progress, runtime=runtime)
+                                 chunk_size=chunk_size, progress=progress, runtime=runtime, reshape=reshape)
     if not report.randomized:
         raise SanityError(f"no module with parameters runs at or after {start or report.layer!r}; nothing to "
                           f"randomize")

@@ -72,6 +72,7 @@ from .compute import (
     prepare_run,
 )
 from .errors import StoreError
+from .reshape import Reshape
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ def record_settings(kind: str, run: TerminalRun) -> str:
     """The settings that change ``kind``'s values besides the model, layer, image and target, as
     ``name=value`` pairs; another one (the precision, say) is one more entry of ``settings``."""
     settings = {"ablation": run.ablation} if kind == ABL else {}
+    if run.access.tokens is not None:  # keys of layers read as they are stay as they were
+        settings["reshape"] = run.access.tokens.key()
     if kind in (CIC, ABL) and run.precision != DEFAULT_PRECISION:  # fp32 keys stay as they were
         settings["precision"] = run.precision
     if kind in (CIC, ABL) and run.runtime_of(kind) != "torch":  # torch keys stay as they were
@@ -340,11 +343,11 @@ def _finite(record: Record) -> bool:
 def stored_images(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
                   targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
                   ablation: str = "auto", precision: str = DEFAULT_PRECISION, *, store: TerminalStore,
-                  runtime: RuntimeSpec | None = None) -> int:
+                  runtime: RuntimeSpec | None = None, reshape: Reshape = "auto") -> int:
     """How many of ``images`` have every record ``names`` need in ``store``, by their files (not read:
     a status line's guess of what ``compute_terminals_stored`` will read rather than compute)."""
     run = prepare_run(model, layer, images, targets, names, device, DEFAULT_CHUNK_SIZE, False, ablation, precision,
-                      store.runtime_spec(runtime))
+                      store.runtime_spec(runtime), reshape)
     keys = record_keys(run, images)
     return sum(all(store.path(keys[kind][i]).is_file() for kind in run.kinds) for i in range(run.n))
 
@@ -353,15 +356,16 @@ def compute_terminals_stored(model: nn.Module | LoadedModel, layer: str | None, 
                              targets: torch.Tensor | None, names: Sequence[str],
                              device: str | torch.device = "cpu", chunk_size: BatchSize = DEFAULT_CHUNK_SIZE,
                              progress: bool = True, ablation: str = "auto", precision: str = DEFAULT_PRECISION, *,
-                             store: TerminalStore,
-                             runtime: RuntimeSpec | None = None) -> tuple[Terminals, TerminalInfo]:
+                             store: TerminalStore, runtime: RuntimeSpec | None = None,
+                             reshape: Reshape = "auto") -> tuple[Terminals, TerminalInfo]:
     """``compute_terminals`` through ``store``: loads the stored records of these images, checks the
     stored logits of the first ``chunk_size`` of them against a fresh forward pass, computes only
     the missing records (``chunk_size`` images at a time) and writes each chunk's as it completes.
     ``info.stored`` is the number of images that came whole from the store. ``runtime``: as for
-    ``compute_terminals`` (converted models go beside the store when its cache dir is not given)."""
+    ``compute_terminals`` (converted models go beside the store when its cache dir is not given), and
+    ``reshape`` (part of the keys only when it changes the layer's output: ``record_settings``)."""
     run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation, precision,
-                      store.runtime_spec(runtime))
+                      store.runtime_spec(runtime), reshape)
     keys = record_keys(run, images)
     records = _load_all(store, keys, run.x.device)
     with eval_mode(run.module):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SycamError
-from .options import add_model_options, expression_source, output_file, positive_int, warn
+from .options import add_model_options, expression_source, output_file, positive_int, reshape_from, warn
 
 SUFFIXES = {"torchscript": ".pt", "export": ".pt2"}
 
@@ -58,21 +58,23 @@ def run(args: argparse.Namespace) -> None:
     from ..models.devices import resolve_device
 
     out = output_file(args.output, (SUFFIXES[args.format],))
+    searched = result_settings(args.method)
+    reshape = reshape_from(args, searched)
     method = load_method(expression_source(args.method), member=args.member)
     model = load_model(args.model, args.weights, args.device)
     size = args.size or model.input_size
     # the split is checked, and a half that cannot be scripted is traced, on two seeded example images
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(resolve_device(args.device))
-    searched = result_settings(args.method)
     if searched is not None:
         _check_classes(*searched, model, example, per_class=not isinstance(method, Node))
     layer = resolve_layer(model.module, args.layer or model.target_layer)[0]
     _probe(model.module, example, size)
     if args.format == "export":
-        export_explainer(model.module, layer, method, out, example)
+        export_explainer(model.module, layer, method, out, example, reshape=reshape)
         call = "torch.export.load(FILE).module()(images, targets) (targets [N]; -1: the predicted class)"
     else:
-        save_explainer(model.module, layer, method, out, example, model.name, args.chunk_size or DEFAULT_CHUNK_SIZE)
+        save_explainer(model.module, layer, method, out, example, model.name, args.chunk_size or DEFAULT_CHUNK_SIZE,
+                       reshape=reshape)
         call = "torch.jit.load(FILE)(images, targets=None)"
     print(f"wrote {out} ({explainer_size(out)}, {args.format}): {model.name} at layer {layer}, "
           f"terminals {' '.join(method_terminals(method))}; {call} -> heatmaps [N, H, W]")

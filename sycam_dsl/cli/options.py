@@ -34,9 +34,10 @@ if TYPE_CHECKING:
 #: Defaults shared by several commands.
 DEFAULT_DEVICE = "cpu"
 
-MODEL_HELP = ("a torchvision classifier name (resnet50, vgg16, ...), efficientnet_lite0, bundled (the small CNN of "
-              "the built-in benchmark), a TorchScript file, or a factory package.module:function returning an "
-              "nn.Module")
+MODEL_HELP = ("a torchvision classifier name (resnet50, vgg16, vit_b_16, swin_t, ...), efficientnet_lite0, bundled "
+              "(the small CNN of the built-in benchmark), timm:NAME[,key=value...] (a timm model, pretrained=False, "
+              "with --weights FILE or random:SEED; pip install \"sycam-dsl[timm]\"), a TorchScript file, or a "
+              "factory package.module:function returning an nn.Module")
 WEIGHTS_HELP = ("state-dict file (torch.save(model.state_dict(), FILE)); random:SEED for seeded random weights "
                 "(demos and tests)")
 IMAGES_HELP = "folder of images, or of one subfolder of images per class"
@@ -146,10 +147,37 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
                                                    "PATH@N (0-based, negative from the end) reads one call of a "
                                                    "module that runs more than once per forward pass, e.g. "
                                                    "_swish@last, efficientnet_lite0's default")
+    add_reshape(p)
     p.add_argument("--size", type=image_size, metavar="PX",
                    help="images are resized (shorter side) and center-cropped to PX x PX (default: the model's "
                         "input size, 224 for most)")
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
+
+
+def add_reshape(p: argparse.ArgumentParser) -> None:
+    """``--reshape``: how a layer with token or channels-last output is read as channel maps."""
+    p.add_argument("--reshape", metavar="auto|none|module:fn",
+                   help="how a target layer with token [N, T, C] or channels-last [N, h, w, C] output (vision "
+                        "transformers) is read as [N, C, h, w]: auto recognises ViT/DeiT tokens (a square grid after "
+                        "at most 8 prefix tokens) and Swin's channels-last maps, none takes the output as it is, "
+                        "module:fn imports a callable like grad-cam's reshape_transform (it may only select and "
+                        "move elements) (default auto; sanity, and export of a synth result folder: the search's "
+                        "own, settings.reshape in result.json)")
+
+
+def reshape_from(args: argparse.Namespace, result: tuple[Path, dict[str, Any]] | None = None) -> Any:
+    """The ``cam.reshape`` reshape of ``--reshape`` (a ``module:fn`` callable imported now); without it,
+    the one the search of ``result`` (its result.json, its settings) recorded, else ``auto``."""
+    from ..cam.reshape import ReshapeError, parse_reshape
+
+    recorded = result[1].get("reshape") if result is not None else None
+    if args.reshape is not None or result is None or not isinstance(recorded, str):
+        return parse_reshape(args.reshape or "auto")
+    try:
+        return parse_reshape(recorded)
+    except ReshapeError as e:
+        raise SycamError(f"{result[0]}: the search's reshape cannot be used here ({e}); pass --reshape "
+                         f"auto|none|module:fn") from None
 
 
 def add_chunk_size(p: argparse.ArgumentParser, follows_batch_size: bool = False) -> None:
@@ -267,7 +295,8 @@ def compute_terminals_from(args: argparse.Namespace, model: Any, images: torch.T
     from ..cam.store import compute_terminals_stored
 
     common = dict(device=args.device, chunk_size=chunk_size_from(args), progress=not args.quiet,
-                  precision=getattr(args, "precision", DEFAULT_PRECISION), runtime=runtime_from(args), **extra)
+                  precision=getattr(args, "precision", DEFAULT_PRECISION), runtime=runtime_from(args),
+                  reshape=reshape_from(args), **extra)
     if args.no_cache:
         terms, info = compute_terminals(model, args.layer, images, targets, names, **common)
     else:

@@ -24,10 +24,12 @@ from .options import (
     add_chunk_size,
     add_precision,
     add_quiet,
+    add_reshape,
     chunk_size_from,
     nonnegative_int,
     output_file,
     positive_int,
+    reshape_from,
     runtime_from,
     warn,
 )
@@ -57,6 +59,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="randomize from this module (dotted path) to the output instead of from the target layer")
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
     p.add_argument("--json", metavar="FILE", help="also write the figures (per image too) as JSON")
+    add_reshape(p)
     add_chunk_size(p)
     add_precision(p)
     add_quiet(p)
@@ -175,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         warn(["a per-class result: checking its fallback expression only"])
     node = parse_expr(expression, terminal_types(), source=str(f))
     layer = _needed(data, "layer", f)
+    reshape = reshape_from(args, (f, data["settings"]))
     model = _model(data, f, args.device)
     images = _images(data, f, model, args.images)
     methods = {SYCAM: node, **{b: baseline(b).node for b in SEARCH_BASELINES}}
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = replace(runtime_from(args), cache_dir=None)
     check = check_result(model, layer, images, methods, texts, SYCAM, seed=args.seed, start=args.start,
                          device=args.device, chunk_size=chunk_size_from(args), progress=not args.quiet,
-                         runtime=runtime)
+                         runtime=runtime, reshape=reshape)
     print("\n".join(check_lines(check)))
     warn(check_warnings(check))
     if out is not None:

@@ -33,6 +33,7 @@ from ..backend.export import python_module
 from ..cam.ablation_pass import ablation_layout
 from ..cam.compute import DEFAULT_CHUNK_SIZE
 from ..cam.layer_split import SplitError, layer_access, split_model
+from ..cam.reshape import Reshape, TokenMap, gather_maps, scatter_maps
 from ..errors import SycamError
 from ..lang.ast import Node
 from ..lang.operators import HELPERS_SRC
@@ -92,6 +93,36 @@ def _list_tail(tail: fx.GraphModule, n_carried: int) -> fx.GraphModule:
 
 def _getitem(values: list[Tensor], i: int) -> Tensor:
     return values[i]
+
+
+class _MapsHead(nn.Module):
+    """``head`` with the layer's token or channels-last output read as maps (``cam.reshape``):
+    ``[maps, *carried, output]``, the output last, for ``_MapsTail`` to write (ablated) maps back into."""
+
+    def __init__(self, head: nn.Module, tokens: TokenMap) -> None:
+        super().__init__()
+        self.head, self.shape = head, list(tokens.shape)
+        self.register_buffer("index", tokens.index.flatten())
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        parts: list[Tensor] = self.head(x)
+        index = self.index
+        assert isinstance(index, Tensor)  # a buffer (for mypy, which sees Tensor | Module)
+        return [gather_maps(parts[0], index, self.shape)] + parts[1:] + [parts[0]]
+
+
+class _MapsTail(nn.Module):
+    """``tail(acts, carried)`` from maps ``acts``, written back into the layer's output (``carried[-1]``)."""
+
+    def __init__(self, tail: nn.Module, tokens: TokenMap) -> None:
+        super().__init__()
+        self.tail = tail
+        self.register_buffer("index", tokens.index.flatten())
+
+    def forward(self, acts: Tensor, carried: list[Tensor]) -> Tensor:
+        index = self.index
+        assert isinstance(index, Tensor)  # a buffer (for mypy, which sees Tensor | Module)
+        return self.tail(scatter_maps(acts, carried[-1], index), carried[:-1])
 
 
 @contextmanager
@@ -356,16 +387,20 @@ def _prepare(model: nn.Module, layer: str | None) -> tuple[nn.Module, str]:
 
 
 def build_explainer(model: nn.Module, layer: str | None, method: Method, example: Tensor,
-                    chunk: int = DEFAULT_CHUNK_SIZE, script: bool = True) -> nn.Module:
+                    chunk: int = DEFAULT_CHUNK_SIZE, script: bool = True, reshape: Reshape = "auto") -> nn.Module:
     """The explainer of ``method`` for ``model`` at ``layer`` (dotted path, None: the model's default):
     a ``torch.jit.ScriptModule`` (``script``), else the eager ``Explainer`` (for ``torch.export``).
     ``example``: images ``[n, 3, H, W]`` the model takes (a few; to check the split, trace a half
-    that cannot be scripted, and check the result). ``ExportError`` names the part that fails."""
+    that cannot be scripted, and check the result). ``ExportError`` names the part that fails. A layer
+    with token or channels-last output is read through ``reshape`` (``cam.reshape``), as the engine reads it."""
     module, name = _prepare(model, layer)
+    access = layer_access(module, name, reshape)
     with torch.no_grad():  # the engine's own check of the layer (outputs [N, K, h, w], runs once), as terminals'
-        layer_access(module, name).forward(example[:1])
+        access.forward(example[:1])
     names = method_terminals(method)
-    head, tail = model_halves(module, name, example)
+    halves = model_halves(module, name, example)
+    head, tail = halves if access.tokens is None else (_MapsHead(halves[0], access.tokens),
+                                                       _MapsTail(halves[1], access.tokens))
     weights: nn.Module
     if script:
         with torch.no_grad():
@@ -399,10 +434,11 @@ def manifest(method: Method, layer: str, model_name: str, names: list[str]) -> d
 
 
 def save_explainer(model: nn.Module, layer: str | None, method: Method, path: str | os.PathLike[str],
-                   example: Tensor, model_name: str = "", chunk: int = DEFAULT_CHUNK_SIZE) -> torch.jit.ScriptModule:
+                   example: Tensor, model_name: str = "", chunk: int = DEFAULT_CHUNK_SIZE,
+                   reshape: Reshape = "auto") -> torch.jit.ScriptModule:
     """``build_explainer`` saved to ``path`` (``.pt``, for ``torch.jit.load``); the archive also holds
     ``sycam_dsl/explainer.json`` (``manifest``) and the weights' generated source."""
-    explainer = build_explainer(model, layer, method, example, chunk)
+    explainer = build_explainer(model, layer, method, example, chunk, reshape=reshape)
     assert isinstance(explainer, torch.jit.ScriptModule)
     name, _ = resolve_layer(model, layer)
     source = generate_dispatch_source(*_dispatch_parts(method), WEIGHT_INPUTS)
@@ -415,7 +451,7 @@ def save_explainer(model: nn.Module, layer: str | None, method: Method, path: st
 
 
 def export_explainer(model: nn.Module, layer: str | None, method: Method, path: str | os.PathLike[str],
-                     example: Tensor) -> torch.export.ExportedProgram:
+                     example: Tensor, reshape: Reshape = "auto") -> torch.export.ExportedProgram:
     """The explainer as a ``torch.export`` program saved to ``path`` (``.pt2``): one expression that
     reads gradient terminals only (``GRADIENT_ONLY``; ScoreCAM's and ablation's loops depend on the
     data). Its inputs are ``(images [N, 3, H, W], targets [N])`` (a negative target: the predicted
@@ -426,7 +462,7 @@ def export_explainer(model: nn.Module, layer: str | None, method: Method, path: 
     if extra:
         raise ExportError(f"the torch.export form handles gradient terminals only ({', '.join(sorted(GRADIENT_ONLY))});"
                           f" the expression reads {', '.join(extra)}: use the TorchScript form (.pt)")
-    explainer = build_explainer(model, layer, method, example, script=False)
+    explainer = build_explainer(model, layer, method, example, script=False, reshape=reshape)
     targets = torch.full((example.shape[0],), -1, dtype=torch.long, device=example.device)
     batch = torch.export.Dim.AUTO
     with quiet_deprecations():

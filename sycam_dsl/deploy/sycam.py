@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..cam.compute import DEFAULT_CHUNK_SIZE, compute_terminals
+from ..cam.reshape import Reshape, check_reshape
 from ..cam.store import default_cache_dir
 from ..evaluate import Terminals, evaluate
 from ..lang.ast import Node, to_sexpr
@@ -147,7 +148,10 @@ class SyCAM:
     metrics, that front member, a number or ``knee``, the default). ``chunk_size``, ``ablation``, ``precision``
     and ``runtime`` are the engine's (``compute_terminals``; ``runtime``: ``auto``, the default, runs the
     forward-only passes of ``cic`` and ``abl`` on the fastest of torch, ONNX Runtime and OpenVINO that
-    converts the model, kept converted in ``cache_dir``, default the terminal store's folder).
+    converts the model, kept converted in ``cache_dir``, default the terminal store's folder);
+    ``reshape_transform``: how a target layer with token or channels-last output (a vision transformer)
+    is read as ``[N, C, h, w]``: ``auto`` (the default; convolutional layers are read as they are),
+    ``none``, or a callable such as grad-cam's ``reshape_transform`` (``cam.reshape``).
     ``cam(images [N, 3, H, W], targets=None)`` returns heatmaps
     ``[N, H, W]`` in ``[0, 1]`` on the images' device (the model is moved there); ``targets``: None
     (the predicted classes), a class index for all images, ``[N]`` class indices (list or tensor), or
@@ -157,7 +161,8 @@ class SyCAM:
     def __init__(self, model: nn.Module | LoadedModel, target_layer: nn.Module | str | Sequence[nn.Module] | None,
                  method: Method | str | Path, chunk_size: int | str = DEFAULT_CHUNK_SIZE,
                  ablation: str = "auto", member: int | str | None = None, *, precision: str = DEFAULT_PRECISION,
-                 runtime: str = DEFAULT_RUNTIME, cache_dir: str | Path | None = None) -> None:
+                 runtime: str = DEFAULT_RUNTIME, cache_dir: str | Path | None = None,
+                 reshape_transform: Reshape = "auto") -> None:
         if isinstance(model, LoadedModel):  # its default layer, when none is named
             target_layer = target_layer if target_layer is not None else model.target_layer
             model = model.module
@@ -166,6 +171,7 @@ class SyCAM:
         self.method = load_method(method, member=member)
         self.names = method_terminals(self.method)
         self.chunk_size, self.ablation = chunk_size, ablation
+        self.reshape = check_reshape(reshape_transform)
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.runtime = RuntimeSpec(runtime, precision, folder)
         self.closed = False
@@ -179,7 +185,8 @@ class SyCAM:
         t = resolve_targets(targets, self.model, images)
         terms, info = compute_terminals(self.model, self.layer, images, t, self.names, device=images.device,
                                         chunk_size=self.chunk_size, progress=False, ablation=self.ablation,
-                                        precision=self.runtime.precision, runtime=self.runtime)
+                                        precision=self.runtime.precision, runtime=self.runtime,
+                                        reshape=self.reshape)
         return method_heatmaps(self.method, terms, info.acts, info.targets, (images.shape[2], images.shape[3]))
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..cam.compute import DEFAULT_CHUNK_SIZE, compute_terminals
+from ..cam.reshape import Reshape
 from ..deploy.method import load_method
 from ..deploy.sycam import checked_weights
 from ..lang.ast import Node
@@ -36,15 +37,17 @@ def model_device(model: nn.Module) -> torch.device:
 
 def expression_weights(model: nn.Module, layer: str, node: Node, images: torch.Tensor,
                        classes: Sequence[int] | torch.Tensor, chunk_size: BatchSize = DEFAULT_CHUNK_SIZE,
-                       ablation: str = "auto", precision: str = DEFAULT_PRECISION) -> tuple[torch.Tensor, torch.Tensor]:
+                       ablation: str = "auto", precision: str = DEFAULT_PRECISION,
+                       reshape: Reshape = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(W, A)``: the expression's weights for ``images`` ``[N, 3, H, W]`` and target ``classes`` ``[N]``,
     ``[N, K]`` for a Vec or ``[N, K, h, w]`` (``[N, K, 1, 1]`` when constant over positions) for a Map, and
-    the layer's activations ``A`` ``[N, K, h, w]``; on the model's device, without autograd history. Images whose
-    weights are NaN or Inf (an expression that overflows) get zero weights, with the API's warning."""
+    the layer's activations ``A`` ``[N, K, h, w]`` (read through ``reshape``: ``cam.reshape``); on the model's
+    device, without autograd history. Images whose weights are NaN or Inf (an expression that overflows) get
+    zero weights, with the API's warning."""
     targets = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
     terms, info = compute_terminals(model, layer, images.detach(), targets, sorted(node.terminals()),
                                     device=model_device(model), chunk_size=chunk_size, progress=False,
-                                    ablation=ablation, precision=precision)
+                                    ablation=ablation, precision=precision, reshape=reshape)
     weights = checked_weights(node, terms).detach()
     # NaN or Inf weights give blank maps, as in the engine's template (grad-cam's weighted sum would be all NaN)
     bad = ~torch.isfinite(weights.reshape(weights.shape[0], -1)).all(dim=1)

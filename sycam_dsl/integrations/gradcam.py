@@ -18,7 +18,7 @@ the terminals use the class logit as everywhere in sycam-dsl.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..cam.compute import DEFAULT_CHUNK_SIZE
+from ..cam.reshape import check_reshape
 from ..deploy.sycam import check_model, layer_name, resolve_targets
 from ..lang.ast import Node
 from ..lang.types import Type
@@ -57,18 +58,22 @@ def _layer_modules(model: nn.Module, target_layers: Any) -> list[nn.Module]:
 class SyCAMGradCAM(BaseCAM):
     """pytorch-grad-cam ``BaseCAM`` for the weight expression ``expression`` (s-expression text or a parsed
     ``Node``). ``chunk_size``, ``ablation`` and ``precision``: how the terminal engine runs
-    (``cam.compute.compute_terminals``)."""
+    (``cam.compute.compute_terminals``). ``reshape_transform``: grad-cam's, for a layer with token or
+    channels-last output (a vision transformer); the engine reads the layer through it too (it must only
+    select and move elements), or through its own ``auto`` reshape when None (``cam.reshape``)."""
 
     def __init__(self, model: nn.Module, target_layers: list[nn.Module] | list[str] | nn.Module | str,
                  expression: str | Node, *, chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, ablation: str = "auto",
-                 precision: str = DEFAULT_PRECISION) -> None:
+                 precision: str = DEFAULT_PRECISION, reshape_transform: Callable[..., Any] | None = None) -> None:
         check_model(model)
         target_layers = _layer_modules(model, target_layers)
         self.expression = weight_expression(expression)
         self._layers = {id(layer): layer_name(model, layer) for layer in target_layers}
-        self._engine: dict[str, Any] = {"chunk_size": chunk_size, "ablation": ablation, "precision": precision}
+        reshape = check_reshape("auto" if reshape_transform is None else reshape_transform)
+        self._engine: dict[str, Any] = {"chunk_size": chunk_size, "ablation": ablation, "precision": precision,
+                                        "reshape": reshape}
         # the engine computes its own gradients: grad-cam's backward pass would be wasted work
-        super().__init__(model, target_layers, uses_gradients=False)
+        super().__init__(model, target_layers, reshape_transform=reshape_transform, uses_gradients=False)
 
     def __del__(self) -> None:
         if hasattr(self, "activations_and_grads"):  # not when __init__ failed before BaseCAM's
@@ -108,10 +113,17 @@ class SyCAMGradCAM(BaseCAM):
 
     def get_cam_image(self, input_tensor: torch.Tensor, target_layer: nn.Module, targets: Any, activations: Any,
                       grads: Any, eigen_smooth: bool = False) -> np.ndarray:
-        """``[N, h, w]``: grad-cam's weighted sum for a Vec expression, ``ReLU(sum_k W_k A_k)`` for a Map."""
-        if self.expression.type == Type.VEC:
+        """``[N, h, w]``: grad-cam's weighted sum for a Vec expression, ``ReLU(sum_k W_k A_k)`` for a Map.
+        On a layer that grad-cam reads unreshaped (tokens, no ``reshape_transform``), the weighted sum
+        of a Vec expression is over the engine's reshaped activations."""
+        vec = self.expression.type == Type.VEC
+        if vec and np.ndim(activations) == 4:
             return super().get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
         w, acts = self._weights(input_tensor, target_layer, targets)
+        if vec:
+            w = w[:, :, None, None]
         if eigen_smooth:
             return get_2d_projection((w * acts).float().cpu().numpy())
+        if vec:
+            return (w * acts).sum(dim=1).float().cpu().numpy()
         return layer_saliency(w, acts, Type.MAP).float().cpu().numpy()

@@ -1,5 +1,5 @@
-"""The built-in model kinds: the bundled SmallCNN, EfficientNet-Lite0, TorchScript files, Python
-factories and torchvision classifiers (tried in that order, see ``registry``).
+"""The built-in model kinds: the bundled SmallCNN, EfficientNet-Lite0, TorchScript files, timm models
+(``timm:NAME``), Python factories and torchvision classifiers (tried in that order, see ``registry``).
 
 Nothing is downloaded at run time: torchvision models are built with ``weights=None`` and loaded
 from a local state-dict file (``--weights FILE``), or seeded random weights (``random:SEED``) for
@@ -8,13 +8,13 @@ tests and demos.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..util.imports import import_attr
 from ..util.warnings import quiet_deprecations
 from .errors import ModelError
 from .layers import default_layer
@@ -22,6 +22,7 @@ from .loaded import EFFICIENTNET_LITE, IMAGENET, LoadedModel, Normalization
 from .precision import float32_model
 from .registry import ModelKind, register_model_kind
 from .small_cnn import load_bundled_model
+from .timm_models import build_timm, is_timm_spec, timm_preset
 from .weights import apply_state_dict, no_weights_error, random_seed, read_state_dict
 
 _SCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
@@ -111,14 +112,11 @@ def _load_torchscript(path: Path, weights: str | None) -> nn.Module:
 def _load_factory(spec: str, weights: str | None) -> nn.Module:
     mod_name, _, fn_name = spec.partition(":")
     try:
-        mod = importlib.import_module(mod_name)
+        fn = import_attr(spec)
     except ImportError as e:
         raise ModelError(f"cannot import {mod_name!r} for model factory {spec!r} ({e}); is it on PYTHONPATH?") from None
-    fn: Any = mod
-    for attr in fn_name.split("."):
-        fn = getattr(fn, attr, None)
-        if fn is None:
-            raise ModelError(f"module {mod_name!r} has no {fn_name!r} for model factory {spec!r}")
+    except (AttributeError, ValueError):
+        raise ModelError(f"module {mod_name!r} has no {fn_name!r} for model factory {spec!r}") from None
     if not callable(fn):
         raise ModelError(f"model factory {spec!r} is not callable")
     seed = random_seed(weights)
@@ -174,6 +172,12 @@ def _load_torchvision(spec: str, weights: str | None, device: torch.device) -> L
     return _ready(module, spec, "torchvision", device, normalize, size, details)
 
 
+def _load_timm(spec: str, weights: str | None, device: torch.device) -> LoadedModel:
+    module, details = build_timm(spec, weights)
+    normalize, size = timm_preset(module, spec)
+    return _ready(module, spec, "timm", device, normalize, size, details)
+
+
 BUILTIN_KINDS = (
     # the package's own small CNN for its synthetic shapes benchmark
     ModelKind("bundled", lambda spec: spec.lower() == "bundled", _load_bundled),
@@ -181,6 +185,7 @@ BUILTIN_KINDS = (
               names=lambda: ["efficientnet_lite0"]),
     ModelKind("torchscript", lambda spec: Path(spec).is_file(), _load_torchscript_file),
     ModelKind("missing-file", lambda spec: spec.lower().endswith(_SCRIPT_SUFFIXES) and ":" not in spec, _missing_file),
+    ModelKind("timm", is_timm_spec, _load_timm),
     ModelKind("factory", lambda spec: ":" in spec, _load_factory_spec),
     ModelKind("torchvision", lambda spec: spec in _torchvision_names(), _load_torchvision, names=_torchvision_names),
 )

@@ -9,6 +9,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from ..util.modes import eval_mode
 from .errors import LayerError
 from .loaded import LoadedModel
 
@@ -43,6 +44,32 @@ def _features_layer(model: nn.Module) -> str | None:
     return None
 
 
+def _last(container: object) -> str | None:
+    """The name of the last child of ``container`` (a module), None when it has none."""
+    names = list(container._modules) if isinstance(container, nn.Module) else []
+    return names[-1] if names else None
+
+
+def _transformer_layer(model: nn.Module, names: dict[str, nn.Module]) -> str | None:
+    """The first norm of the last transformer block, as pytorch-grad-cam recommends
+    (docs/cam-engine.md#vision-transformers): torchvision ``vit_*`` ``encoder.layers.<last>.ln_1``,
+    torchvision ``swin_*`` ``features.<last>.<last>.norm1``, timm ViT / DeiT ``blocks.<last>.norm1``,
+    timm Swin ``layers.<last>.blocks.<last>.norm1``."""
+    encoder, features = names.get("encoder"), names.get("features")
+    if "heads" in names and isinstance(encoder, nn.Module) and (last := _last(getattr(encoder, "layers", None))):
+        return f"encoder.layers.{last}.ln_1"
+    if "Swin" in kind(model) and features is not None and (stage := _last(features)):
+        block = _last(features._modules[stage])
+        return f"features.{stage}.{block}.norm1" if block else None
+    if "blocks" in names and "head" in names and (last := _last(names["blocks"])):
+        return f"blocks.{last}.norm1"
+    layers = names.get("layers")
+    if "Swin" in kind(model) and layers is not None and (stage := _last(layers)):
+        block = _last(getattr(layers._modules[stage], "blocks", None))
+        return f"layers.{stage}.blocks.{block}.norm1" if block else None
+    return None
+
+
 def default_layer(model: nn.Module) -> str | None:
     """The default target layer path of ``model``, or None when there is no known default.
 
@@ -51,7 +78,8 @@ def default_layer(model: nn.Module) -> str | None:
     ``_swish@last``, the activated head features (1280 x 7 x 7 at 224 px). The package calls one
     shared ReLU6 module, ``_swish``, for the stem and for the head, so the head's activation is that
     module's last call; its batch norm ``_bn1`` is pre-activation (mostly negative on photos, which
-    makes ScoreCAM's ``ReLU(sum_k w_k A_k)`` blank)."""
+    makes ScoreCAM's ``ReLU(sum_k w_k A_k)`` blank). Vision transformers (torchvision and timm ViT,
+    DeiT, Swin): the last block's first norm (``_transformer_layer``), read through a reshape."""
     names = dict(model.named_children())
     if "layer4" in names and "fc" in names:
         return "layer4"
@@ -61,7 +89,7 @@ def default_layer(model: nn.Module) -> str | None:
             return found
     if kind(model) == "EfficientNet" and "_swish" in names and "_blocks" in names:
         return "_swish@last"
-    return None
+    return _transformer_layer(model, names)
 
 
 def split_call(path: str) -> tuple[str, int | None]:
@@ -129,6 +157,43 @@ def _candidates(model: nn.Module, path: str) -> str:
     return "; ".join(parts)
 
 
+def _shape_candidates(model: nn.Module, size: int, n: int = 5) -> list[str]:
+    """The last ``n`` modules, in call order, whose output on one zero image of ``size`` px is a
+    spatial map ``[1, C, h, w]`` or tokens ``[1, T, C]``, as ``name [shape]``; ``[]`` when the model
+    does not run on it (TorchScript runs no hooks)."""
+    found: dict[str, list[int]] = {}
+
+    def record(name: str):
+        def hook(_m: nn.Module, _inputs: object, out: object) -> None:
+            if isinstance(out, torch.Tensor) and (out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
+                                                  or out.dim() == 3 and out.shape[1] > 1):
+                found.setdefault(name, list(out.shape))
+        return hook
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return []
+    param = next(model.parameters(), None)
+    image = torch.zeros(1, 3, size, size, device=param.device if param is not None else None)
+    handles = [m.register_forward_hook(record(name)) for name, m in model.named_modules() if name]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(image)
+    except Exception:  # a model that does not take this image: the candidates by class name instead
+        return []
+    finally:
+        for h in handles:
+            h.remove()
+    return [f"{name} {shape}" for name, shape in list(found.items())[-n:]]
+
+
+def _no_default(model: nn.Module, size: int) -> LayerError:
+    """The error for a model without a known default layer: the last layers with spatial or token outputs."""
+    shaped = _shape_candidates(model, size)
+    found = (f"the last layers with spatial or token outputs at {size} px: {', '.join(shaped)}" if shaped
+             else _candidates(model, ""))
+    return LayerError(f"no default target layer for {kind(model)}; name one with --layer PATH ({found})")
+
+
 def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
     """The module at dotted path ``path`` in ``model`` and its canonical name.
 
@@ -137,15 +202,17 @@ def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
     ``split_call``), which the canonical name keeps; None means the model's default layer
     (``default_layer``). A ``LoadedModel`` may be passed for ``model`` and then supplies its own
     default. Raises ``LayerError`` listing close candidate names and the last conv-like layers when
-    nothing matches."""
+    nothing matches, and the last layers with spatial or token outputs (one forward pass of a zero
+    image) when the model has no known default."""
+    size = 224
     if isinstance(model, LoadedModel):
         path = path if path is not None else model.target_layer
+        size = model.input_size
         model = model.module
     if path is None:
         path = default_layer(model)
         if path is None:
-            raise LayerError(f"no default target layer for {kind(model)}; name one with --layer PATH "
-                             f"({_candidates(model, '')})")
+            raise _no_default(model, size)
     path, call = split_call(path)
     parts = _parse_path(path)
     if not parts:

@@ -2,8 +2,9 @@
 
 A kind says whether a spec string is one of its own (``matches``) and loads it (``load``). Specs are
 tried against the kinds in registration order; the first that matches loads the model. The built-in
-order is: ``bundled``, ``efficientnet_lite0``, a TorchScript file, a missing model file, a factory
-``package.module:function``, a torchvision name. Register your own without editing the package::
+order is: ``bundled``, ``efficientnet_lite0``, a TorchScript file, a missing model file, a timm model
+``timm:NAME``, a factory ``package.module:function``, a torchvision name. Register your own without
+editing the package::
 
     from sycam_dsl.models import LoadedModel, ModelKind, register_model_kind
 
@@ -78,7 +79,8 @@ def load_model(spec: str, weights: str | None = None, device: str | torch.device
 
     ``spec``: a torchvision classifier name (``resnet50``, ``vgg16``, ...: any of
     ``torchvision.models.list_models(module=torchvision.models)``), ``efficientnet_lite0`` (optional
-    ``efficientnet`` extra), a TorchScript file, or a Python factory ``package.module:function``
+    ``efficientnet`` extra), ``timm:NAME`` (optional ``timm`` extra: ``models.timm_models``), a
+    TorchScript file, or a Python factory ``package.module:function``
     (called with no arguments, returns an ``nn.Module``), or ``bundled`` (the packaged SmallCNN), or
     a spec of a registered kind (``register_model_kind``).
     ``weights``: a state-dict file, ``random:SEED`` (seeded random init), or None (TorchScript files,
@@ -92,4 +94,4 @@ def load_model(spec: str, weights: str | None = None, device: str | torch.device
     close = difflib.get_close_matches(spec.lower(), known, n=4)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ModelError(f"unknown model {spec!r}{hint}: give a torchvision classifier name, efficientnet_lite0, "
-                     f"a TorchScript file, or a factory package.module:function")
+                     f"timm:NAME, a TorchScript file, or a factory package.module:function")

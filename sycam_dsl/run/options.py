@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..cam.compute import DEFAULT_CHUNK_SIZE
+from ..cam.reshape import Reshape, check_reshape
 from ..metrics.registry import Metric
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models.batching import check_batch_size
@@ -36,7 +37,10 @@ class DataOptions:
     ``$SYCAM_DSL_CACHE_SIZE`` or 2 GB; the precision is part of each entry's key) unless ``use_cache``
     is False. ``runtime``: where the forward-only passes run (``models.runtime``: ``auto``, the
     default, picks the fastest of torch, ONNX Runtime and OpenVINO that converts the model; ``torch``,
-    ``onnxruntime``, ``openvino``); converted models are kept in ``cache_dir`` too."""
+    ``onnxruntime``, ``openvino``); converted models are kept in ``cache_dir`` too. ``reshape``: how a
+    target layer with token or channels-last output (vision transformers) is read as ``[N, C, h, w]``
+    (``cam.reshape``: ``auto``, the default, which leaves convolutional layers as they are; ``none``;
+    or a callable like pytorch-grad-cam's ``reshape_transform``)."""
 
     masks: torch.Tensor | str | Path | None = None
     labels: torch.Tensor | None = None
@@ -49,6 +53,7 @@ class DataOptions:
     cache_size: int | None = None
     precision: str = DEFAULT_PRECISION
     runtime: str = DEFAULT_RUNTIME
+    reshape: Reshape = "auto"
 
     def __post_init__(self) -> None:
         # bad values are refused before any work (terminals can take minutes)
@@ -56,6 +61,7 @@ class DataOptions:
         check_batch_size(self.chunk_size, "chunk_size")
         check_precision(self.precision)
         check_runtime(self.runtime)
+        check_reshape(self.reshape)
 
 
 @dataclass(frozen=True)

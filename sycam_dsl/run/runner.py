@@ -33,6 +33,7 @@ from ..allocator import keep_freed_memory
 from ..baselines import SEARCH_BASELINES, baseline
 from ..cam.compute import TerminalInfo
 from ..cam.images import ImageSet
+from ..cam.reshape import Reshape, reshape_text
 from ..cam.sanity import check_sanity_size
 from ..cam.store import image_digests, reuse_line
 from ..errors import SycamError
@@ -68,7 +69,7 @@ __all__ = ["MIN_SEARCH_SHARE", "Data", "Run", "as_budget", "build_problem", "loa
 
 
 def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, device: str, chunk_size: int | str,
-                  progress: bool, runtime: RuntimeSpec | None = None) -> dict[str, Any]:
+                  progress: bool, runtime: RuntimeSpec | None = None, reshape: Reshape = "auto") -> dict[str, Any]:
     """``synth --sanity``: the randomization check (``cam.sanity.check_result``, seed 0) of ``best``
     and the baselines on at most ``DEFAULT_SANITY_IMAGES`` of ``problem``'s images, spread evenly;
     a check that cannot run gives ``{"error": why}`` instead of failing the finished search."""
@@ -79,7 +80,7 @@ def result_sanity(model: LoadedModel, layer: str, problem: Problem, best: Node, 
     texts = {SYCAM: to_sexpr(best), **{b: baseline(b).expression for b in SEARCH_BASELINES}}
     try:
         return check_result(model, layer, images, methods, texts, SYCAM, device=device, chunk_size=chunk_size,
-                            progress=progress, runtime=runtime)
+                            progress=progress, runtime=runtime, reshape=reshape)
     except SycamError as e:
         return {"error": str(e)}
 
@@ -187,7 +188,8 @@ class Run:
         return ProblemOptions(data.batch_size, data.chunk_size, data.cache_dir, data.use_cache,
                               self.options.output.progress, search.memo_mb, data.cache_size,
                               on_demand=search.terminals == "on-demand" or self.options.cluster.on,
-                              precision=data.precision, runtime=RuntimeSpec(data.runtime, data.precision))
+                              precision=data.precision, runtime=RuntimeSpec(data.runtime, data.precision),
+                              reshape=data.reshape)
 
     def _start_pool(self, stack: ExitStack, names: list[str]) -> ShardPool | None:
         """The Ray workers (stopped with ``stack``), which run the gradient pass of their shards, then
@@ -316,7 +318,8 @@ class Run:
             # the randomized model is converted in memory only: its file would never be read again
             runtime = RuntimeSpec(runtime_name(self.problem.inputs.model), self.options.data.precision)
             sanity = result_sanity(self.model, self.info.layer, test_problem or found.eval_problem, found.best,
-                                   self.options.device, self.options.data.chunk_size, output.progress, runtime)
+                                   self.options.device, self.options.data.chunk_size, output.progress, runtime,
+                                   self.options.data.reshape)
             seconds += time.perf_counter() - t0
         return Tables(search_tables, test_tables, front_test, sanity, seconds)
 
@@ -359,6 +362,7 @@ class Run:
             "max_size": search.max_size, "report_metrics": [m.name for m in self.shown], "device": str(o.device),
             "batch_size": data.batch_size, "chunk_size": data.chunk_size, "precision": data.precision,
             "runtime": {"asked": data.runtime, "used": runtime_name(problem.inputs.model)},
+            "reshape": reshape_text(data.reshape),
             "forward": {"batch_size": problem.inputs.batch_size, "channels_last": problem.inputs.channels_last,
                         "terminal_batch_sizes": problem.terminal_batch_sizes},
             "min_class_images": search.min_class_images,

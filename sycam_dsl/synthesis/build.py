@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..cam.compute import DEFAULT_CHUNK_SIZE, TerminalInfo
+from ..cam.reshape import Reshape
 from ..evaluate.terminal_values import Terminals
 from ..metrics.memo import DEFAULT_MAX_MB, ScoreCache
 from ..metrics.registry import MetricInputs
@@ -34,7 +35,8 @@ class ProblemOptions:
     the cache of Deletion / Insertion forward passes shared by every subset (0: none); ``precision``
     of the forward passes of ``cic``, ``abl`` and the metrics; ``runtime`` where the forward-only passes
     run (None: torch); ``on_demand``: only the gradient pass runs now, ``cic`` and ``abl`` are computed
-    per image when first read (``on_demand.py``); ``progress`` bars on stderr."""
+    per image when first read (``on_demand.py``); ``progress`` bars on stderr; ``reshape``: how the
+    target layer's output is read as channel maps (``cam.reshape``)."""
 
     batch_size: int | str = DEFAULT_BATCH_SIZE
     chunk_size: int | str = DEFAULT_CHUNK_SIZE
@@ -46,6 +48,7 @@ class ProblemOptions:
     on_demand: bool = False
     precision: str = DEFAULT_PRECISION
     runtime: RuntimeSpec | None = None
+    reshape: Reshape = "auto"
 
 
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
@@ -66,7 +69,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     from ..cam.store import model_digest
 
     o = replace(options or ProblemOptions(), **settings)
-    chunk_size, progress, precision, runtime = o.chunk_size, o.progress, o.precision, o.runtime
+    chunk_size, progress, precision, runtime, reshape = o.chunk_size, o.progress, o.precision, o.runtime, o.reshape
     names = list(dict.fromkeys(names))
     store = None
     if o.use_cache:
@@ -81,7 +84,8 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
         terms, info = up_front(now or ["acts"])
     else:
         terms, info = compute(model, layer, data.images, targets, now or ["acts"], device=device,
-                              chunk_size=chunk_size, progress=progress, precision=precision, runtime=runtime)
+                              chunk_size=chunk_size, progress=progress, precision=precision, runtime=runtime,
+                              reshape=reshape)
     dev = terms.device
     key = f"{model_digest(model.module)[:16]} {info.layer}"
     if o.on_demand and len(now) < len(names):
@@ -94,10 +98,12 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
             # makes the predicted class of an image differ: then those of the gradient pass
             given = None if targets is None else fixed[index]
             got, got_info = compute(model, info.layer, data.images[index], given, asked, device=device,
-                                    chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime)
+                                    chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime,
+                                    reshape=reshape)
             if given is None and not torch.equal(got_info.targets.detach().cpu(), fixed[index]):
                 got, _ = compute(model, info.layer, data.images[index], fixed[index], asked, device=device,
-                                 chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime)
+                                 chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime,
+                                 reshape=reshape)
             return dict(got)
 
         def stored(asked: list[str], index: torch.Tensor) -> int:
@@ -105,7 +111,8 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
 
             assert store is not None
             return stored_images(model, info.layer, data.images[index], None if targets is None else fixed[index],
-                                 asked, device=device, precision=precision, store=store, runtime=runtime)
+                                 asked, device=device, precision=precision, store=store, runtime=runtime,
+                                 reshape=reshape)
 
         known = {n: terms[n] for n in now} if now else {"acts": terms["acts"]}
         source = TerminalSource(names, known, values, stored=stored if store is not None else None)
