@@ -229,3 +229,13 @@ def test_controls_option_is_checked_with_one_line(capsys):
         build_parser().parse_args(["eval", "--images", "x", "--model", "m", "--controls", "edges"])
     assert e.value.code == 2
     assert "unknown control(s) edges" in capsys.readouterr().err
+
+
+def test_synth_and_eval_take_controls():
+    from sycam_dsl.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["synth"]).controls == CONTROLS
+    assert parser.parse_args(["synth", "--controls", "none"]).controls == ()
+    assert parser.parse_args(["eval", "--images", "x", "--model", "m", "--controls", "sobel,random"]).controls == \
+        ("random", "sobel")
