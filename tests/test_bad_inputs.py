@@ -195,7 +195,8 @@ def test_explain_says_when_weights_are_not_finite(photo, tmp_path):
 def test_eval_names_the_method_with_blank_heatmaps_and_the_cause(photo):
     code, err, out = _cli("eval", "(neg (abs grads))", *TINY, "--images", str(photo), "--baselines", "GradCAM")
     assert code == 0, err
-    warnings = [line for line in err if "warning" in line]
+    # (the control maps' warning, docs/search.md#control-maps, may come too on this untrained model)
+    warnings = [line for line in err if "warning" in line and "may reward something other" not in line]
     assert len(warnings) == 1 and warnings[0].startswith(
         "sycam-dsl: warning: expr 1: constant (blank) heatmaps on 3 of 3 images; "), warnings
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from ..baselines import BASELINE_EXPRESSIONS
 from ..errors import SycamError
@@ -18,6 +19,7 @@ from ..util.text import comma_list
 from .options import (
     IMAGES_HELP,
     MASKS_HELP,
+    add_controls,
     add_model_options,
     add_scoring_options,
     add_targets,
@@ -31,6 +33,13 @@ from .options import (
     warn,
     weight_expression,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..evaluate import Terminals
+    from ..lang.ast import Node
+    from ..metrics.registry import Metric, MetricInputs
 
 
 def _baseline_names(text: str) -> list[str]:
@@ -61,8 +70,25 @@ def configure(e: argparse.ArgumentParser) -> None:
                    help=f"comma-separated baselines to score, or none (default all: "
                         f"{','.join(BASELINE_EXPRESSIONS)})")
     add_targets(e)
+    add_controls(e)
     e.add_argument("--json", metavar="FILE", help="also write the results (per-image scores included) as JSON")
     e.set_defaults(handler=run)
+
+
+def _controls(names: tuple[str, ...], methods: dict[str, tuple[str, Node]], metrics: list[Metric],
+              inputs: MetricInputs, terms: Terminals, acts: torch.Tensor) -> dict[str, tuple[str, dict]]:
+    """Row name -> (text, metric name -> result) of the control maps ``names``; ``blurred`` blurs the
+    first given expression's heatmaps (``expr 1``), else the first baseline's (docs/search.md#control-maps)."""
+    from ..metrics.controls import CONTROL_PREFIX, control_maps, control_text, score_heatmaps
+    from ..metrics.expression import expression_inputs
+
+    first = "expr 1" if "expr 1" in methods else next(iter(methods))
+    source = expression_inputs(methods[first][1], inputs, terms, acts).heatmaps if "blurred" in names else None
+    assert inputs.image_ids is not None  # set by MetricInputs
+    maps = control_maps(names, inputs.images, inputs.image_ids, 0, source)
+    layer = (int(acts.shape[-2]), int(acts.shape[-1]))
+    return {row: (control_text(row[len(CONTROL_PREFIX):], first), score_heatmaps(h, metrics, inputs, layer))
+            for row, h in maps.items()}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -70,6 +96,7 @@ def run(args: argparse.Namespace) -> None:
     from ..baselines import baselines
     from ..cam.images import load_images
     from ..metrics.compare import compare, format_table
+    from ..metrics.controls import control_warnings
     from ..metrics.diagnostics import score_problems, weight_problems
     from ..metrics.errors import MetricError
     from ..metrics.expression import score_methods
@@ -114,14 +141,20 @@ def run(args: argparse.Namespace) -> None:
         warn(weight_problems(name, node, terms, info.acts)
              + score_problems(name, {m.name: results[m.name][name] for m in metrics}))
     expressions = {n: e for n, (e, _) in methods.items()}
+    for name, (text, by_metric) in _controls(args.controls, methods, metrics, inputs, terms, info.acts).items():
+        expressions[name] = text
+        for metric_name, result in by_metric.items():
+            results[metric_name][name] = result
     tables = [(m, compare(results[m.name], expressions, m)) for m in metrics]
     print("\n\n".join(format_table(rows, m, len(data)) for m, rows in tables))
+    evaluation = [{"metric": m.name, "higher_is_better": m.higher_is_better, "options": dict(m.options),
+                   "methods": [asdict(r) for r in rows]} for m, rows in tables]
+    warn(control_warnings(evaluation, []))
     if out is not None:
         atomic_write_json(out, {
             "model": model.name, "weights": args.weights, "layer": info.layer, "size": int(data.images.shape[-1]),
             "files": data.files, "targets": info.targets.tolist(),
             "images_from_store": None if args.no_cache else info.stored,
-            "metrics": [{"metric": m.name, "higher_is_better": m.higher_is_better, "options": dict(m.options),
-                         "methods": [asdict(r) for r in rows]} for m, rows in tables],
+            "metrics": evaluation,
         })
         print(f"wrote {out}", file=sys.stderr)

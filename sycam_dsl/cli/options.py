@@ -243,6 +243,23 @@ def add_targets(p: argparse.ArgumentParser) -> None:
                         "folder's classes are the model's class indices in order)")
 
 
+def controls_arg(text: str) -> tuple[str, ...]:
+    """``--controls``: all, none or a comma list of control maps (``metrics.controls``)."""
+    from ..metrics.controls import parse_controls
+    from ..metrics.errors import MetricError
+    try:
+        return parse_controls(text)
+    except MetricError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_controls(p: argparse.ArgumentParser) -> None:
+    from ..metrics.controls import CONTROLS
+    p.add_argument("--controls", type=controls_arg, default="all", metavar="all|none|LIST",
+                   help=f"control maps scored in the tables next to the methods, never candidates "
+                        f"(default all: {','.join(CONTROLS)}; see docs/search.md#control-maps)")
+
+
 def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

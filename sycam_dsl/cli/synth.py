@@ -28,6 +28,7 @@ from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
 from .options import (
     IMAGES_HELP,
     MASKS_HELP,
+    add_controls,
     add_model_options,
     add_scoring_options,
     add_targets,
@@ -163,6 +164,7 @@ def configure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--sanity", action="store_true",
                    help="after the search, the model-parameter randomization check (as sycam-dsl sanity, seed 0) "
                         "of the result and the baselines on the test split")
+    add_controls(s)
     s.add_argument("--bundled-images", type=_bundled_count, default=BUNDLED["images"], metavar="N",
                    help=f"images of the built-in benchmark (default {BUNDLED['images']}, at most "
                         f"{MAX_BUNDLED_IMAGES})")
@@ -276,7 +278,7 @@ def _search(args: argparse.Namespace, out: Path) -> int:
                         output=OutputOptions(report_metrics=report_metrics, report_images=args.report_images,
                                              progress=not args.quiet,
                                              settings={"bundled_benchmark": bundled, "budget_seconds": seconds},
-                                             sanity=args.sanity),
+                                             sanity=args.sanity, controls=args.controls),
                         cluster=cluster)
     return _report(result, out)
 

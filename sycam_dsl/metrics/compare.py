@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .controls import is_control
 from .registry import Metric, MetricResult
 
 
@@ -18,6 +19,7 @@ class Row:
     mean: float
     best_share: float          # fraction of images on which no other method scores strictly better
     per_image: list[float]
+    control: bool = False      # a control map's row (``metrics.controls``), not a method
 
 
 def best_shares(scores: torch.Tensor, higher_is_better: bool) -> torch.Tensor:
@@ -28,11 +30,18 @@ def best_shares(scores: torch.Tensor, higher_is_better: bool) -> torch.Tensor:
 
 
 def compare(results: dict[str, MetricResult], expressions: dict[str, str], metric: Metric) -> list[Row]:
-    """Table rows in the order of ``results`` (method name -> per-image scores ``[N]``)."""
+    """Table rows in the order of ``results`` (method name -> per-image scores ``[N]``). The methods'
+    best shares are among the methods only; a control's (``control: NAME``) is among the methods and it,
+    so adding controls changes no method's share."""
     names = list(results)
     scores = torch.stack([results[n].per_image.detach().to("cpu", torch.float64) for n in names])
-    shares = best_shares(scores, metric.higher_is_better)
-    return [Row(n, expressions[n], float(scores[i].mean()), float(shares[i]), scores[i].tolist())
+    methods = [i for i, n in enumerate(names) if not is_control(n)]
+    shares = torch.zeros(len(names), dtype=torch.float64)
+    if methods:
+        shares[methods] = best_shares(scores[methods], metric.higher_is_better)
+    for i in (i for i, n in enumerate(names) if is_control(n)):
+        shares[i] = best_shares(scores[methods + [i]], metric.higher_is_better)[-1]
+    return [Row(n, expressions[n], float(scores[i].mean()), float(shares[i]), scores[i].tolist(), is_control(n))
             for i, n in enumerate(names)]
 
 

@@ -13,6 +13,7 @@ import torch
 
 from ..cam.compute import DEFAULT_CHUNK_SIZE
 from ..cam.reshape import Reshape, check_reshape
+from ..metrics.controls import parse_controls
 from ..metrics.registry import Metric
 from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models.batching import check_batch_size
@@ -69,14 +70,25 @@ class OutputOptions:
     """What ``synthesize`` reports: ``report_metrics`` the metrics of the final tables (default: the
     search metric, which always comes first), ``report_images`` rows of the heatmap grid (0: none),
     ``progress`` bars and the search's status line on stderr, ``settings`` extra entries for
-    ``result.json``'s ``settings``, and ``sanity``: after the search, the model-parameter
-    randomization check (``cam.sanity``) of the result and the baselines on the test split."""
+    ``result.json``'s ``settings``, ``sanity``: after the search, the model-parameter
+    randomization check (``cam.sanity``) of the result and the baselines on the test split, and
+    ``controls``: the control maps of the final tables (``metrics.controls``: ``"all"``, ``"none"``, a
+    comma list or a sequence of names; docs/search.md#control-maps)."""
 
     report_metrics: Sequence[str | Metric] | None = None
     report_images: int = 4
     progress: bool = True
     settings: Mapping[str, Any] | None = None
     sanity: bool = False
+    controls: str | Sequence[str] = "all"
+
+    def __post_init__(self) -> None:
+        parse_controls(self.controls)  # an unknown name is refused before any work
+
+    @property
+    def control_names(self) -> tuple[str, ...]:
+        """The control maps asked for, in table order."""
+        return parse_controls(self.controls)
 
 
 @dataclass(frozen=True)

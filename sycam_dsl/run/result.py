@@ -17,6 +17,7 @@ from ..cam.sanity import check_warnings
 from ..errors import SycamError
 from ..lang.ast import Node, to_sexpr
 from ..metrics.compare import Row
+from ..metrics.controls import control_warnings, is_control
 from ..metrics.intervals import PairedComparison, family_verdicts, paired_bootstrap
 from ..metrics.registry import Metric
 from ..models import LoadedModel
@@ -264,8 +265,8 @@ def _evaluation(tables: list[tuple[Metric, list[Row]]]) -> list[dict[str, Any]]:
     """``result.json``'s form of comparison tables. (A bootstrap interval of each mean would go
     here, per method, next to ``mean``.)"""
     return [{"metric": m.name, "options": dict(m.options), "higher_is_better": m.higher_is_better,
-             "methods": [{"name": r.name, "expression": r.expression, "mean": r.mean, "best_share": r.best_share}
-                         for r in rs]} for m, rs in tables]
+             "methods": [{"name": r.name, "expression": r.expression, "mean": r.mean, "best_share": r.best_share,
+                          "control": r.control} for r in rs]} for m, rs in tables]
 
 
 def comparisons(tables: list[tuple[Metric, list[Row]]], keep: torch.Tensor | None = None) -> list[dict[str, Any]]:
@@ -274,8 +275,10 @@ def comparisons(tables: list[tuple[Metric, list[Row]]], keep: torch.Tensor | Non
     resamples, ``metrics.intervals``), the share of images where it is better, the per-comparison
     verdict ("better" only when the interval excludes 0 in the metric's better direction), and the
     family-wise verdict over all the comparisons of this call (Holm on the bootstrap p-values), which
-    the sentence states. ``keep``: a boolean ``[n]`` over the tables' images to compare on only some
-    of them (one class's); none kept gives no comparison."""
+    the sentence states. The control maps' comparisons are a family of their own
+    (docs/search.md#control-maps), so controls change no verdict against a method. ``keep``: a boolean
+    ``[n]`` over the tables' images to compare on only some of them (one class's); none kept gives no
+    comparison."""
     found: list[tuple[Metric, list[tuple[str, PairedComparison]]]] = []
     for m, rows in tables:
         by_name = {r.name: r for r in rows}
@@ -291,18 +294,20 @@ def comparisons(tables: list[tuple[Metric, list[Row]]], keep: torch.Tensor | Non
             continue
         found.append((m, [(r.name, paired_bootstrap(ours, scores(r), m.higher_is_better)) for r in rows
                           if r.name != SYCAM]))
-    flat = [c for _, pairs in found for _, c in pairs]
-    family = iter(family_verdicts(flat))
+    flat = {kind: [c for _, pairs in found for name, c in pairs if is_control(name) == kind]
+            for kind in (False, True)}
+    family = {kind: iter(family_verdicts(cs)) for kind, cs in flat.items()}
     out = []
     for m, pairs in found:
         versus = []
         for name, c in pairs:
-            verdict, p_holm = next(family)
-            said = c.sentence(SYCAM, name, (verdict, p_holm, len(flat)))
+            verdict, p_holm = next(family[is_control(name)])
+            size = len(flat[is_control(name)])
+            said = c.sentence(SYCAM, name, (verdict, p_holm, size))
             versus.append({"method": name, "mean_difference": c.mean, "low": c.low, "high": c.high,
                            "level": c.level, "better_share": c.better_share, "images": c.n, "verdict": c.verdict,
-                           "p_value": c.p_value, "p_holm": p_holm, "family_size": len(flat),
-                           "family_verdict": verdict, "sentence": said})
+                           "p_value": c.p_value, "p_holm": p_holm, "family_size": size,
+                           "family_verdict": verdict, "control": is_control(name), "sentence": said})
         out.append({"metric": m.name, "higher_is_better": m.higher_is_better, "versus": versus})
     return out
 
@@ -315,7 +320,8 @@ def comparison_lines(data: dict[str, Any]) -> list[str]:
         return []
     where = "the test split" if data.get("evaluation_search") is not None else "these images"
     lines = [f"{SYCAM} against each method on {where} (mean per-image improvement, 95% bootstrap CI; "
-             "verdicts hold for all comparisons at once, Holm's correction):"]
+             "verdicts hold for all comparisons at once, Holm's correction; the control maps' are a family "
+             "of their own):"]
     for comp in comps:
         lines += [f"  {comp['metric']}: {v['sentence']}" for v in comp["versus"]]
     classes = (data.get("per_class") or {}).get("classes") or {}
@@ -444,13 +450,14 @@ def result_data(record: RunRecord) -> dict[str, Any]:
                    "evaluated": record.test_problem.n if record.test_problem is not None else record.eval_problem.n,
                    "searched": record.searched.n, "source": record.data.source},
         "engine": {**_engine(record.problem), "workers": record.workers},
-        "warnings": _warnings(record),
+        "warnings": [],
         "not_chosen": _not_chosen(record),
         "sanity": record.sanity,
         "settings": record.settings,
         "versions": versions(),
         "files": {},
     }
+    d["warnings"] = _warnings(record) + control_warnings(d["evaluation"], d["comparisons"])
     if result.dispatch is not None:
         d["per_class"] = {
             "fallback": to_sexpr(result.dispatch.fallback),

@@ -305,10 +305,12 @@ class Run:
             methods[SYCAM] = ("per-class dispatch", found.dispatch)
         elif found.best is not None:
             methods[SYCAM] = (to_sexpr(found.best), found.best)
-        search_tables = evaluate_methods(methods, self.shown, found.eval_problem, output.progress,
-                                         "final tables, searched images")
-        test_tables = evaluate_methods(methods, self.shown, test_problem, output.progress,
-                                       "final tables, test split") if test_problem is not None else None
+        def tables(problem: Problem, label: str) -> list[tuple[Metric, list[Row]]]:
+            return evaluate_methods(methods, self.shown, problem, output.progress, f"final tables, {label}",
+                                    output.control_names, SYCAM, self.options.search.seed)
+
+        search_tables = tables(found.eval_problem, "searched images")
+        test_tables = tables(test_problem, "test split") if test_problem is not None else None
         seconds = time.perf_counter() - t0
         sanity = None
         if output.sanity and found.best is not None:
@@ -370,7 +372,8 @@ class Run:
             "early_stop": search.early_stop, "until": until_text(parse_untils(search.until)),
             "test_split": self.test_split.fraction, "terminals": search.terminals, "strategy": search.strategy,
             "images_from_store": self.info.stored if data.use_cache else None,
-            "workers": len(pool.workers) if pool is not None else 0, **(o.output.settings or {}),
+            "workers": len(pool.workers) if pool is not None else 0, "controls": list(o.output.control_names),
+            **(o.output.settings or {}),
         }
 
     def record(self, result: Result, found: Found, tables: Tables) -> RunRecord:

@@ -1,14 +1,18 @@
-"""Scoring finished methods (baselines, the synthesized expression, a per-class dispatch) on every
-image of the evaluation set, for the result's comparison tables."""
+"""Scoring finished methods (baselines, the synthesized expression, a per-class dispatch) and the
+control maps (``metrics.controls``) on every image of the evaluation set, for the result's comparison
+tables."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 from ..lang.ast import Node, to_sexpr
 from ..metrics.compare import Row, compare
+from ..metrics.controls import CONTROL_PREFIX, control_maps, control_text, score_heatmaps
 from ..metrics.diagnostics import weight_problems
-from ..metrics.expression import score_expression
+from ..metrics.expression import expression_inputs, score_expression
 from ..metrics.registry import Metric, MetricResult
 from ..util.progress import progress as progress_bar
 from .dispatch import Dispatch
@@ -31,9 +35,37 @@ def method_scores(method: Method, metrics: list[Metric], problem: Problem) -> di
     return out
 
 
+def method_heatmaps(method: Method, problem: Problem) -> torch.Tensor:
+    """The heatmaps ``H`` ``[N, H, W]`` of ``method`` on ``problem``'s images (a dispatch: each image's
+    from the expression of its predicted class)."""
+    if isinstance(method, Node):
+        h = expression_inputs(method, problem.inputs, problem.terminals, problem.acts).heatmaps
+        assert h is not None  # expression_inputs computes heatmaps unless told not to
+        return h
+    out = torch.zeros(problem.n, *problem.inputs.images.shape[-2:], device=problem.acts.device)
+    for node, idx in method.groups(problem.targets).items():
+        out[idx.to(out.device)] = method_heatmaps(node, problem.subset(idx)).to(out.device)
+    return out
+
+
+def control_scores(names: Sequence[str], metrics: list[Metric], problem: Problem, blur_of: Method | None = None,
+                   seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """Row name (``control: NAME``) -> metric name -> per-image scores ``[N]`` (CPU float64) of the
+    control maps ``names``; ``blurred`` blurs the heatmaps of ``blur_of`` (left out when None)."""
+    inputs = problem.inputs
+    source = method_heatmaps(blur_of, problem) if blur_of is not None and "blurred" in names else None
+    maps = control_maps(names, inputs.images, problem.index, seed, source)
+    layer = (int(problem.acts.shape[-2]), int(problem.acts.shape[-1]))
+    return {row: {k: r.per_image.detach().to("cpu", torch.float64)
+                  for k, r in score_heatmaps(h, metrics, inputs, layer).items()} for row, h in maps.items()}
+
+
 def evaluate_methods(methods: dict[str, tuple[str, Method]], metrics: list[Metric], problem: Problem,
-                     progress: bool = False, label: str = "final tables") -> list[tuple[Metric, list[Row]]]:
-    """One comparison table per metric: each method's mean and share of images where it is best.
+                     progress: bool = False, label: str = "final tables", controls: Sequence[str] = (),
+                     blur_of: str | None = None, seed: int = 0) -> list[tuple[Metric, list[Row]]]:
+    """One comparison table per metric: each method's mean and share of images where it is best, then
+    the ``controls`` (``metrics.controls``; ``blurred`` blurs method ``blur_of``'s heatmaps, and is left
+    out when it is None or not among ``methods``; ``seed`` seeds ``random``).
 
     ``methods``: name -> (expression text shown in the table, method); ``progress``: a bar over the
     methods on stderr, named ``label`` (on a slow model the tables take minutes)."""
@@ -46,9 +78,13 @@ def evaluate_methods(methods: dict[str, tuple[str, Method]], metrics: list[Metri
     finally:
         bar.close()
     texts = {name: text for name, (text, _) in methods.items()}
+    source = methods[blur_of][1] if blur_of in methods else None
+    for row, by_metric in control_scores(controls, metrics, problem, source, seed).items():
+        scores[row] = by_metric
+        texts[row] = control_text(row[len(CONTROL_PREFIX):], blur_of)
     tables = []
     for m in metrics:
-        results = {name: MetricResult(m.name, scores[name][m.name], m.higher_is_better) for name in methods}
+        results = {name: MetricResult(m.name, scores[name][m.name], m.higher_is_better) for name in texts}
         tables.append((m, compare(results, texts, m)))
     return tables
 
