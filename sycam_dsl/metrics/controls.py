@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..template.saliency import minmax_normalize
+from ..util.text import comma_list
 from .errors import MetricError
 from .perturbation import blurred
 from .registry import Metric, MetricInputs, MetricResult
@@ -52,7 +53,7 @@ def parse_controls(value: str | Sequence[str] | None) -> tuple[str, ...]:
     table order; an unknown name raises ``MetricError``."""
     if value is None:
         return CONTROLS
-    names = value.split(",") if isinstance(value, str) else list(value)
+    names = comma_list(value) if isinstance(value, str) else list(value)
     keys = [n.strip().lower() for n in names if n.strip()]
     if keys == ["all"]:
         return CONTROLS
