@@ -1,0 +1,274 @@
+"""Targets other than one class logit (docs/cam-engine.md#targets): multi-label (``classes:``) and
+regression (``output:``) targets against autograd and a ScoreCAM loop written here, a segmentation
+target on a small hand-made segmentation net through every terminal, the baselines and a search, a
+callable target, grad-cam's target objects, the one-line errors and the class default unchanged.
+
+CPU only, nothing downloaded: seeded random weights, float64 where values are compared."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sycam_dsl.cam.compute import compute_terminals
+from sycam_dsl.errors import SycamError
+from sycam_dsl.metrics.registry import MetricInputs, get_metric
+from sycam_dsl.models.errors import TargetError
+from sycam_dsl.models.targets import (
+    ClassesTarget,
+    ClassTarget,
+    OutputTarget,
+    SegmentationTarget,
+    parse_target,
+)
+
+ALL = ["grads", "pgrads", "cic", "mlogits", "abl", "acts", "G", "A"]
+
+
+class Net(nn.Module):
+    """conv -> ReLU -> ``block`` (the target layer) -> pool -> fc: ``outputs`` scores per image."""
+
+    def __init__(self, outputs: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(4, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(self.stem(x)).mean(dim=(2, 3)))
+
+
+class SegNet(nn.Module):
+    """A tiny segmentation net: ``{'out': [N, classes, H, W]}`` as torchvision's segmentation models."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(4, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.head(self.block(self.stem(x)))
+        return {"out": F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+def _setup(model: nn.Module, n: int = 2, size: int = 16, dtype: torch.dtype = torch.float64):
+    torch.manual_seed(0)
+    model = model.to(dtype).eval()
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.5)
+    return model, torch.randn(n, 3, size, size, dtype=dtype)
+
+
+def _reference(model: Net, x: torch.Tensor, score) -> dict[str, torch.Tensor]:
+    """``grads`` (autograd by hand), ``cic`` and ``abl`` (a loop per channel) of ``score(logits) -> [N]``."""
+    acts = model.block(model.stem(x)).detach().requires_grad_(True)
+    head = (lambda a: model.fc(a.mean(dim=(2, 3))))
+    s = score(head(acts))
+    (g,) = torch.autograd.grad(s.sum(), acts)
+    n, k = acts.shape[:2]
+    base = score(model(torch.zeros_like(x[:1])).expand(n, -1))
+    cic, abl = torch.empty(n, k, dtype=x.dtype), torch.empty(n, k, dtype=x.dtype)
+    with torch.no_grad():
+        for c in range(k):
+            up = F.interpolate(acts[:, c:c + 1], size=x.shape[-2:], mode="bilinear", align_corners=False)
+            lo, hi = up.amin(dim=(2, 3), keepdim=True), up.amax(dim=(2, 3), keepdim=True)
+            mask = torch.where(hi > lo, (up - lo) / (hi - lo).clamp_min(1e-30), torch.zeros_like(up))
+            cic[:, c] = score(model(x * mask)) - base
+            dropped = acts.clone()
+            dropped[:, c] = 0
+            abl[:, c] = (s - score(head(dropped))) / s
+    return {"grads": g.mean(dim=(2, 3)), "cic": cic, "abl": abl}
+
+
+@pytest.mark.parametrize("spec, score", [
+    ("classes:1,3", lambda z: z[:, 1] + z[:, 3]),
+    ("output:2", lambda z: z[:, 2]),
+])
+def test_multilabel_and_regression_targets_match_a_brute_force_reference(spec, score):
+    model, x = _setup(Net())
+    target = parse_target(spec)
+    terms, info = compute_terminals(model, "block", x, target, ["grads", "cic", "abl"], progress=False)
+    want = _reference(model, x, score)
+    for name in ("grads", "cic", "abl"):
+        torch.testing.assert_close(terms[name], want[name], rtol=1e-7, atol=1e-9, msg=name)
+    torch.testing.assert_close(info.z_c, score(model(x)))
+    assert info.target is not None and info.target.name == spec
+    # the metrics score the raw target score too
+    inputs = MetricInputs(x, info.targets, model=model, target=info.target)
+    heat = torch.rand(2, 16, 16, dtype=x.dtype)
+    got = get_metric("average_drop")(inputs.with_heatmaps(heat))
+    base, masked = score(model(x)), score(model(x * heat[:, None]))
+    want_drop = 100 * (base - masked).clamp_min(0) / base.clamp_min(torch.finfo(base.dtype).tiny)
+    torch.testing.assert_close(got.per_image.double(), want_drop, rtol=1e-5, atol=1e-5)
+
+
+def test_the_class_target_is_the_default_bit_for_bit():
+    model, x = _setup(Net())
+    plain, plain_info = compute_terminals(model, "block", x, None, ALL, progress=False)
+    named, named_info = compute_terminals(model, "block", x, ClassTarget(), ALL, progress=False)
+    for name in ALL:
+        assert torch.equal(plain[name], named[name]), name
+    assert named_info.target is None and torch.equal(plain_info.targets, named_info.targets)
+    assert parse_target("class").is_class and parse_target("predicted").is_class
+    assert torch.equal(parse_target("3"), torch.tensor(3))
+
+
+def _seg_score(model: SegNet, x: torch.Tensor, c: int):
+    """The segmentation score with the mask fixed from ``x``'s own prediction, for the reference."""
+    with torch.no_grad():
+        mask = (model(x)["out"].argmax(dim=1) == c).to(x.dtype)
+    return mask, (lambda out: (out[:, c] * mask).sum(dim=(1, 2)))
+
+
+def test_a_segmentation_target_fixes_the_mask_from_the_unperturbed_prediction():
+    model, x = _setup(SegNet())
+    mask, score = _seg_score(model, x, 1)
+    assert 0 < float(mask.mean()) < 1  # the test is about something
+    terms, info = compute_terminals(model, "block", x, parse_target("segmentation:1"), ["grads", "cic", "abl"],
+                                    progress=False)
+    acts = model.block(model.stem(x)).detach().requires_grad_(True)
+    head = (lambda a: F.interpolate(model.head(a), size=x.shape[-2:], mode="bilinear", align_corners=False))
+    s = score(head(acts))
+    (g,) = torch.autograd.grad(s.sum(), acts)
+    torch.testing.assert_close(terms["grads"], g.mean(dim=(2, 3)))
+    torch.testing.assert_close(info.z_c, s.detach())
+    # cic of channel 0 of image 0 by hand: the masked image scored with the original image's mask
+    with torch.no_grad():
+        up = F.interpolate(acts[:1, :1], size=x.shape[-2:], mode="bilinear", align_corners=False)
+        m = (up - up.min()) / (up.max() - up.min())
+        masked = (model(x[:1] * m)["out"][:, 1] * mask[:1]).sum()
+        base = (model(torch.zeros_like(x[:1]))["out"][:, 1] * mask[:1]).sum()
+    torch.testing.assert_close(terms["cic"][0, 0], masked - base)
+    assert isinstance(info.target, SegmentationTarget) and torch.equal(info.target.masks, mask)
+
+
+def test_a_segmentation_target_runs_every_terminal_the_baselines_and_a_search(tmp_path):
+    from sycam_dsl.baselines import baselines
+    from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+    from sycam_dsl.synthesis import Budget
+
+    model, x = _setup(SegNet(), n=4, size=32, dtype=torch.float32)
+    terms, info = compute_terminals(model, "block", x, SegmentationTarget(1), ALL, progress=False)
+    for name in ALL:
+        assert bool(torch.isfinite(terms[name]).all()), name
+    inputs = MetricInputs(x, info.targets, model=model, target=info.target)
+    for b in baselines():
+        heat = b.heatmaps(terms, info.acts, (32, 32))
+        assert heat.shape == (4, 32, 32)
+        assert torch.isfinite(get_metric("average_drop")(inputs.with_heatmaps(heat)).per_image).all()
+    result = synthesize(model, "block", x, metric="deletion", metric_options={"steps": 4}, budget=Budget(candidates=6),
+                        data=DataOptions(targets="segmentation:1", use_cache=False, runtime="torch"),
+                        output=OutputOptions(progress=False, report_images=0), out_dir=tmp_path / "run")
+    assert result.expression is not None
+    import json
+    settings = json.loads((tmp_path / "run" / "result.json").read_text())["settings"]
+    assert settings["target"] == "segmentation:1"
+
+
+def doubled_class_one(out: torch.Tensor) -> torch.Tensor:
+    """A callable target (``tests.test_targets:doubled_class_one`` on the command line)."""
+    return 2 * out[:, 1]
+
+
+def whole_output(out: torch.Tensor) -> torch.Tensor:
+    """A callable target that returns the wrong shape."""
+    return out
+
+
+def test_a_callable_target_is_what_it_computes():
+    from sycam_dsl.models.targets import CallableTarget
+
+    model, x = _setup(Net())
+    target = parse_target("tests.test_targets:doubled_class_one")
+    assert isinstance(target, CallableTarget) and not target.cacheable
+    got, info = compute_terminals(model, "block", x, target, ["grads", "cic", "abl"], progress=False)
+    ref, _ = compute_terminals(model, "block", x, torch.tensor([1, 1]), ["grads", "cic", "abl"], progress=False)
+    torch.testing.assert_close(got["grads"], 2 * ref["grads"])
+    torch.testing.assert_close(got["abl"], ref["abl"])  # a ratio: the factor 2 cancels
+    _, score = None, (lambda z: 2 * z[:, 1])
+    torch.testing.assert_close(got["cic"], _reference(model, x, score)["cic"], rtol=1e-7, atol=1e-9)
+    assert info.target is target and info.target.name == "callable:tests.test_targets:doubled_class_one"
+
+
+@pytest.mark.parametrize("model, spec, message", [
+    (Net(), "classes:1,9", r"class 9 does not exist: the model has 5 outputs \(0\.\.4\)"),
+    (Net(), "output:5", r"output 5 does not exist: the model has 5 outputs"),
+    (Net(), "segmentation:1", r"a segmentation target needs spatial output \[N, classes, H, W\], but the model "
+                              r"returns 1x5"),
+    (SegNet(), "segmentation:3", r"class 3 does not exist: the model has 3 outputs"),
+    (SegNet(), "class", r"a class target needs logits \[N, classes\], but the model returns 1x3x16x16"),
+    (Net(), "tests.test_targets:whole_output", r"must return one score per image \(\[1\]\), got 1x5"),
+])
+def test_bad_targets_are_refused_in_one_line(model, spec, message):
+    model, x = _setup(model)
+    with pytest.raises(TargetError, match=message) as e:
+        compute_terminals(model, "block", x, parse_target(spec), ["grads"], progress=False)
+    assert "\n" not in str(e.value) and isinstance(e.value, SycamError)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("classes:", "expected non-negative integers after the colon"),
+    ("output:1,2", "output takes one index"),
+    ("nosuchmodule_xyz:f", "cannot import 'f' from 'nosuchmodule_xyz'"),
+    ("banana", "unknown target 'banana'"),
+])
+def test_bad_target_specs_are_refused_in_one_line(spec, message):
+    with pytest.raises(TargetError, match=message) as e:
+        parse_target(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_the_metrics_refuse_a_target_that_does_not_fit_the_output():
+    from sycam_dsl.metrics.scoring import class_scores
+
+    model, x = _setup(Net())
+    with pytest.raises(TargetError, match="output 7 does not exist"):
+        class_scores(model, x, torch.zeros(2, dtype=torch.long), target=OutputTarget(7))
+    got = class_scores(model, x, torch.zeros(2, dtype=torch.long), target=ClassesTarget([0, 2]))
+    torch.testing.assert_close(got.double(), (model(x)[:, 0] + model(x)[:, 2]).detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_sycam_takes_targets_callables_and_gradcam_segmentation_targets():
+    from sycam_dsl.deploy.sycam import SyCAM
+
+    model, x = _setup(Net())
+    cam = SyCAM(model, "block", "(* grads cic)", runtime="torch")
+    spec = cam(x, parse_target("tests.test_targets:doubled_class_one"))
+    assert torch.allclose(cam(x, doubled_class_one), spec)
+    assert not torch.allclose(cam(x, parse_target("output:2")), spec)
+    seg, xs = _setup(SegNet())
+    cam = SyCAM(seg, "block", "(* grads cic)", runtime="torch")
+    want = cam(xs, SegmentationTarget(1))
+    targets = pytest.importorskip("pytorch_grad_cam.utils.model_targets")
+    with torch.no_grad():
+        masks = (seg(xs)["out"].argmax(dim=1) == 1).float().numpy()
+    got = cam(xs, [targets.SemanticSegmentationTarget(1, m) for m in masks])
+    torch.testing.assert_close(got, want)
+
+
+def test_the_cli_takes_a_target_records_it_and_refuses_bad_ones_in_one_line(tmp_path, capsys):
+    import json
+
+    from sycam_dsl.bundled import write_bundled
+    from sycam_dsl.cli import main
+
+    images = str(write_bundled(tmp_path / "b", 4) / "images")
+    common = ["--model", "bundled", "--images", images, "--quiet", "--no-cache", "--metric", "average_drop"]
+    out = tmp_path / "eval.json"
+    assert main(["eval", "grads", *common, "--baselines", "none", "--target", "classes:0,1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["target"] == "classes:0,1"
+    capsys.readouterr()
+    assert main(["eval", "grads", *common, "--baselines", "none", "--target", "output:99"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "output 99 does not exist" in err[0], err
+    assert main(["eval", "grads", *common, "--baselines", "none", "--target", "2", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["targets"] == [2] * 4
+    assert main(["eval", "grads", *common, "--baselines", "none", "--target", "1", "--targets", "labels"]) == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "grads", *common, "--target", "classes:x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "expected non-negative integers" in err[0], err
