@@ -272,3 +272,79 @@ def test_the_cli_takes_a_target_records_it_and_refuses_bad_ones_in_one_line(tmp_
         main(["eval", "grads", *common, "--target", "classes:x"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "expected non-negative integers" in err[0], err
+
+
+@pytest.mark.parametrize("model, spec, expr", [
+    (SegNet(), "segmentation:1", "(* grads cic)"),
+    (Net(), "classes:0,2", "(+ abl grads)"),
+])
+def test_the_explainer_file_computes_the_target_and_records_it(tmp_path, model, spec, expr):
+    import json
+    import zipfile
+
+    from sycam_dsl.deploy.explainer import save_explainer
+    from sycam_dsl.deploy.method import load_method
+    from sycam_dsl.deploy.sycam import SyCAM
+
+    model, x = _setup(model, n=3, dtype=torch.float32)
+    target = parse_target(spec)
+    file = tmp_path / "explainer.pt"
+    save_explainer(model, "block", load_method(expr), file, x[:1], "net", target=target)
+    got = torch.jit.load(str(file))(x)
+    want = SyCAM(model, "block", expr, runtime="torch")(x, target)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with zipfile.ZipFile(file) as z:
+        name = next(n for n in z.namelist() if n.endswith("sycam_dsl/explainer.json"))
+        assert json.loads(z.read(name))["target"] == spec
+
+
+def test_the_explainer_refuses_a_callable_target_in_one_line(tmp_path):
+    from sycam_dsl.deploy.explainer import save_explainer
+    from sycam_dsl.deploy.method import load_method
+
+    model, x = _setup(Net(), dtype=torch.float32)
+    with pytest.raises(TargetError, match="a Python callable, which an explainer file cannot hold") as e:
+        save_explainer(model, "block", load_method("grads"), tmp_path / "e.pt", x[:1],
+                       target=parse_target("tests.test_targets:doubled_class_one"))
+    assert "\n" not in str(e.value)
+
+
+def test_export_takes_a_target_and_refuses_a_callable_in_one_line(tmp_path, capsys):
+    import json
+    import zipfile
+
+    from sycam_dsl.cli import main
+
+    file = tmp_path / "e.pt"
+    common = ["export", "grads", "--model", "bundled", "-o", str(file)]
+    assert main([*common, "--target", "classes:0,1"]) == 0
+    with zipfile.ZipFile(file) as z:
+        name = next(n for n in z.namelist() if n.endswith("sycam_dsl/explainer.json"))
+        assert json.loads(z.read(name))["target"] == "classes:0,1"
+    capsys.readouterr()
+    assert main([*common, "--target", "tests.test_targets:doubled_class_one"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot hold" in err[0], err
+
+
+def test_torchvision_lraspp_runs_every_terminal_and_the_baselines_for_a_segmentation_target():
+    torchvision = pytest.importorskip("torchvision")
+    from sycam_dsl.baselines import baselines
+
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                       num_classes=3).eval()
+    for conv in (model.classifier.low_classifier, model.classifier.high_classifier):
+        nn.init.normal_(conv.weight, std=1.0)  # at its random init every pixel is class 0
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)["out"]
+    mask = (out.argmax(dim=1) == 1).float()
+    assert 0 < float(mask.mean()) < 1
+    terms, info = compute_terminals(model, "backbone.4", x, SegmentationTarget(1), ALL, progress=False)
+    assert all(bool(torch.isfinite(terms[n]).all()) for n in ALL) and info.abl_method == "fx"
+    torch.testing.assert_close(info.z_c, (out[:, 1] * mask).sum(dim=(1, 2)), rtol=1e-4, atol=1e-3)
+    inputs = MetricInputs(x, info.targets, model=model, target=info.target)
+    for b in baselines():
+        heat = b.heatmaps(terms, info.acts, (64, 64))
+        assert torch.isfinite(get_metric("deletion", steps=4)(inputs.with_heatmaps(heat, heat[:, ::8, ::8])).per_image).all()
