@@ -348,3 +348,40 @@ def test_torchvision_lraspp_runs_every_terminal_and_the_baselines_for_a_segmenta
     for b in baselines():
         heat = b.heatmaps(terms, info.acts, (64, 64))
         assert torch.isfinite(get_metric("deletion", steps=4)(inputs.with_heatmaps(heat, heat[:, ::8, ::8])).per_image).all()
+
+
+def test_synthesize_takes_gradcam_segmentation_targets_with_terminals_on_demand(tmp_path):
+    targets = pytest.importorskip("pytorch_grad_cam.utils.model_targets")
+    from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+    from sycam_dsl.synthesis import Budget, SearchOptions
+
+    model, x = _setup(SegNet(), n=4, size=32, dtype=torch.float32)
+    with torch.no_grad():
+        masks = (model(x)["out"].argmax(dim=1) == 1).float().numpy()
+    per_image = [targets.SemanticSegmentationTarget(1, m) for m in masks]
+    result = synthesize(model, "block", x, metric="deletion", metric_options={"steps": 4},
+                        budget=Budget(candidates=6), grammar="g1",
+                        data=DataOptions(targets=per_image, runtime="torch", cache_dir=tmp_path / "cache"),
+                        search=SearchOptions(terminals="on-demand"),
+                        output=OutputOptions(progress=False, report_images=2), out_dir=tmp_path / "run")
+    assert result.expression is not None
+    import json
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["settings"]["target"] == \
+        "callable:SemanticSegmentationTarget"
+
+
+def test_the_store_keys_name_a_non_class_target_and_keep_the_class_ones(tmp_path):
+    from sycam_dsl.cam.store import TerminalStore, compute_terminals_stored
+
+    model, x = _setup(Net())
+    store = TerminalStore(tmp_path)
+    names = ["grads", "cic"]
+    _, first = compute_terminals_stored(model, "block", x, None, names, progress=False, store=store)
+    cls, again = compute_terminals_stored(model, "block", x, ClassTarget(), names, progress=False, store=store)
+    assert (first.stored, again.stored) == (0, 2)  # the class target reads the class entries
+    multi, info = compute_terminals_stored(model, "block", x, ClassesTarget([0, 1]), names, progress=False,
+                                           store=store)
+    assert info.stored == 0 and not torch.allclose(multi["grads"], cls["grads"])
+    stored, info = compute_terminals_stored(model, "block", x, ClassesTarget([0, 1]), names, progress=False,
+                                            store=store)
+    assert info.stored == 2 and torch.equal(stored["grads"], multi["grads"]) and torch.equal(stored["cic"], multi["cic"])

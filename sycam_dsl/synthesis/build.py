@@ -99,7 +99,8 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
             show = progress and source.busy is None
             # the targets asked for, as up front (the disk cache keys on them), unless a near tie
             # makes the predicted class of an image differ: then those of the gradient pass
-            given = targets if isinstance(targets, Target) else None if targets is None else fixed[index]
+            given = targets.select(index.tolist()) if isinstance(targets, Target) \
+                else None if targets is None else fixed[index]
             got, got_info = compute(model, info.layer, data.images[index], given, asked, device=device,
                                     chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime,
                                     reshape=reshape)
@@ -113,7 +114,8 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
             from ..cam.store import stored_images
 
             assert store is not None
-            given = targets if isinstance(targets, Target) else None if targets is None else fixed[index]
+            given = targets.select(index.tolist()) if isinstance(targets, Target) \
+                else None if targets is None else fixed[index]
             return stored_images(model, info.layer, data.images[index], given,
                                  asked, device=device, precision=precision, store=store, runtime=runtime,
                                  reshape=reshape)
