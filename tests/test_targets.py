@@ -385,3 +385,14 @@ def test_the_store_keys_name_a_non_class_target_and_keep_the_class_ones(tmp_path
     stored, info = compute_terminals_stored(model, "block", x, ClassesTarget([0, 1]), names, progress=False,
                                             store=store)
     assert info.stored == 2 and torch.equal(stored["grads"], multi["grads"]) and torch.equal(stored["cic"], multi["cic"])
+
+
+def test_quantus_metrics_refuse_a_target_that_is_not_a_class_in_one_line():
+    pytest.importorskip("quantus")
+    from sycam_dsl.metrics.errors import MetricError
+
+    model, x = _setup(Net(), dtype=torch.float32)
+    inputs = MetricInputs(x, torch.zeros(2, dtype=torch.long), model=model, target=OutputTarget(1))
+    with pytest.raises(MetricError, match="quantus:Sparseness scores classes; target output:1 names none") as e:
+        get_metric("quantus:Sparseness")(inputs.with_heatmaps(torch.rand(2, 16, 16)))
+    assert "\n" not in str(e.value)

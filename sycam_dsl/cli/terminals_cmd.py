@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
         "terminals": {n: v.detach().cpu() for n, v in terms.items()},
         "acts": info.acts.detach().cpu(),
         "logits": info.logits.detach().cpu(),
-        "targets": info.targets.detach().cpu(),
+        "targets": info.targets.detach().cpu(), "target": info.target.name if info.target is not None else "class",
         "z_c": info.z_c.detach().cpu(),
         "y_c": info.y_c.detach().cpu(),
         "files": list(images.files),

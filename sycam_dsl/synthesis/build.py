@@ -52,6 +52,14 @@ class ProblemOptions:
     reshape: Reshape = "auto"
 
 
+def _given(targets: torch.Tensor | Target | None, fixed: torch.Tensor, index: torch.Tensor) -> Any:
+    """What the terminals of the images at ``index`` are computed for later (on demand): ``targets``' part
+    for them, or the classes ``fixed`` up front (None when the predicted classes were asked)."""
+    if isinstance(targets, Target):
+        return targets.select(index.tolist())
+    return None if targets is None else fixed[index]
+
+
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
                   targets: torch.Tensor | Target | None = None, device: str = "cpu", *,
                   options: ProblemOptions | None = None, up_front: UpFrontFn | None = None,
@@ -99,8 +107,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
             show = progress and source.busy is None
             # the targets asked for, as up front (the disk cache keys on them), unless a near tie
             # makes the predicted class of an image differ: then those of the gradient pass
-            given = targets.select(index.tolist()) if isinstance(targets, Target) \
-                else None if targets is None else fixed[index]
+            given = _given(targets, fixed, index)
             got, got_info = compute(model, info.layer, data.images[index], given, asked, device=device,
                                     chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime,
                                     reshape=reshape)
@@ -114,8 +121,7 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
             from ..cam.store import stored_images
 
             assert store is not None
-            given = targets.select(index.tolist()) if isinstance(targets, Target) \
-                else None if targets is None else fixed[index]
+            given = _given(targets, fixed, index)
             return stored_images(model, info.layer, data.images[index], given,
                                  asked, device=device, precision=precision, store=store, runtime=runtime,
                                  reshape=reshape)
