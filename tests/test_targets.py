@@ -396,3 +396,24 @@ def test_quantus_metrics_refuse_a_target_that_is_not_a_class_in_one_line():
     with pytest.raises(MetricError, match="quantus:Sparseness scores classes; target output:1 names none") as e:
         get_metric("quantus:Sparseness")(inputs.with_heatmaps(torch.rand(2, 16, 16)))
     assert "\n" not in str(e.value)
+
+
+def test_explain_takes_a_target_and_an_int_stays_a_class(tmp_path, capsys):
+    from sycam_dsl.bundled import write_bundled
+    from sycam_dsl.cli import main
+
+    image = str(next((write_bundled(tmp_path / "b", 4) / "images").rglob("*.png")))
+    common = ["explain", "grads", "--model", "bundled", "--image", image, "--quiet", "--no-cache"]
+    assert main([*common, "--target", "output:1", "-o", str(tmp_path / "a.png")]) == 0
+    assert "target output:1: score = " in capsys.readouterr().out
+    assert main([*common, "--target", "2", "-o", str(tmp_path / "b.png")]) == 0
+    assert "class 2" in capsys.readouterr().out
+
+
+def test_a_per_class_search_refuses_a_target_that_names_no_class(tmp_path):
+    from sycam_dsl.run import DataOptions, synthesize
+
+    model, x = _setup(Net(), dtype=torch.float32)
+    with pytest.raises(SycamError, match="target output:1 explains no class: per-class searches") as e:
+        synthesize(model, "block", x, per_class=True, data=DataOptions(targets="output:1", use_cache=False))
+    assert "\n" not in str(e.value)
