@@ -417,3 +417,29 @@ def test_a_per_class_search_refuses_a_target_that_names_no_class(tmp_path):
     with pytest.raises(SycamError, match="target output:1 explains no class: per-class searches") as e:
         synthesize(model, "block", x, per_class=True, data=DataOptions(targets="output:1", use_cache=False))
     assert "\n" not in str(e.value)
+
+
+class _MaskTarget:
+    """grad-cam's per-image target protocol: a ``category``, a ``mask`` and ``target(output) -> scalar``."""
+
+    def __init__(self, category: int, mask: torch.Tensor) -> None:
+        self.category, self.mask = category, mask
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        return (out[self.category] * self.mask).sum()
+
+
+def test_per_image_targets_score_each_image_with_its_own_and_must_be_one_per_image():
+    from sycam_dsl.models.targets import as_target
+
+    model, x = _setup(SegNet(), n=3)
+    with torch.no_grad():
+        masks = (model(x)["out"].argmax(dim=1) == 1).to(x.dtype)
+    per_image = as_target([_MaskTarget(1, m) for m in masks])
+    got, _ = compute_terminals(model, "block", x, per_image, ["grads", "cic"], progress=False, chunk_size=2)
+    want, _ = compute_terminals(model, "block", x, SegmentationTarget(1), ["grads", "cic"], progress=False)
+    torch.testing.assert_close(got["grads"], want["grads"])
+    torch.testing.assert_close(got["cic"], want["cic"])
+    with pytest.raises(TargetError, match="2 targets for 3 images; give one per image"):
+        compute_terminals(model, "block", x, as_target([_MaskTarget(1, m) for m in masks[:2]]), ["grads"],
+                          progress=False)

@@ -277,6 +277,8 @@ def prepare_run(model: nn.Module | LoadedModel, layer: str | None, images: torch
     target = None
     if isinstance(targets, Target):  # the class kind stays the class-index path, bit for bit
         target, targets = (None if targets.is_class else targets), None
+        if target is not None and isinstance(images, torch.Tensor):
+            target.check_images(images.shape[0])
     module, access, x, n_classes = prepare_model(model, layer, images, names, dev, reshape, target)
     t = _check_targets(targets, x.shape[0], dev)
     if t is not None and (int(t.min()) < 0 or int(t.max()) >= n_classes):

@@ -64,6 +64,9 @@ class Target:
         """This target for the images at positions ``index`` only (a target per image keeps theirs)."""
         return self
 
+    def check_images(self, n: int) -> None:
+        """Raise ``TargetError`` unless this target can explain ``n`` images (one per image: ``n`` of them)."""
+
     def bind(self, output: torch.Tensor, ids: torch.Tensor | None = None) -> tuple[Target, torch.Tensor]:
         """(this target with the state of the unperturbed outputs ``[N, ...]``, each image's id ``[N]``)."""
         self.check(output)
@@ -195,6 +198,10 @@ class PerImageTarget(Target):
 
     def select(self, index: Sequence[int]) -> Target:
         return PerImageTarget([self.targets[i] for i in index])
+
+    def check_images(self, n: int) -> None:
+        if len(self.targets) != n:
+            raise TargetError(f"{len(self.targets)} targets for {n} images; give one per image")
 
     def bind(self, output: torch.Tensor, ids: torch.Tensor | None = None) -> tuple[Target, torch.Tensor]:
         if output.shape[0] != len(self.targets):
