@@ -14,7 +14,8 @@ Kinds (``parse_target``): ``class`` (the predicted class unless classes are give
 (the sum of several logits: multi-label), ``output:I`` (regression output ``I``), ``segmentation:C``
 (the sum of class ``C``'s logits over the pixels the model assigns to ``C`` in the unperturbed image,
 grad-cam's ``SemanticSegmentationTarget``) and ``module:function`` (a callable from the output
-``[B, ...]`` to ``[B]`` scores). ``per_image_target`` wraps grad-cam's per-image target objects.
+``[B, ...]`` to ``[B]`` scores). ``gradcam_targets`` reads grad-cam's per-image target objects and
+``as_target`` everything the API takes.
 """
 
 from __future__ import annotations
