@@ -10,6 +10,7 @@ from torch import nn
 from ..models.batching import AUTO, BatchSize, auto_batch_size
 from ..models.precision import DEFAULT_PRECISION, forward_precision
 from ..models.runtime import RuntimeSpec, forward_module
+from ..models.targets import Target
 from ..util.progress import Progress
 from ..util.progress import progress as progress_bar
 from .layer_split import LayerAccess, SplitError, TailRunner, fallback_warning, tail_runner
@@ -71,10 +72,19 @@ def _auto_chunk(runner: TailRunner, x: torch.Tensor, acts: torch.Tensor, precisi
     return auto_batch_size(run, acts[:1], dev, cap=n * k, module=tail, extra_inputs=1, what="terminals: abl")
 
 
+def _picked(out: torch.Tensor, ts: torch.Tensor, m: int, target: Target | None) -> torch.Tensor:
+    """``[g, m]`` target scores of ``out`` ``[m * g, ...]`` (row ``o * g + b``: image ``b``, targets ``ts`` ``[g]``)."""
+    g = ts.shape[0]
+    if target is not None:
+        return target.raw(out, ts.repeat(m)).view(m, g).transpose(0, 1)
+    return out.view(m, g, -1).gather(2, ts.view(1, g, 1).expand(m, g, 1))[..., 0].transpose(0, 1)
+
+
 def _ablate_block(runner: TailRunner, a_s: torch.Tensor, ts: torch.Tensor, carried: list[torch.Tensor], per: int,
-                  precision: str, ablated: torch.Tensor, bar: Progress) -> None:
+                  precision: str, ablated: torch.Tensor, bar: Progress, target: Target | None = None) -> None:
     """Fill ``ablated`` ``[g, K]`` with ``z_c^(k)`` of a block of ``g`` images (activations ``a_s``
-    ``[g, K, h, w]``, targets ``ts`` ``[g]``, ``carried`` values), ``per`` channels of each per batch."""
+    ``[g, K, h, w]``, targets ``ts`` ``[g]``, ``carried`` values), ``per`` channels of each per batch;
+    ``target``: a bound target whose raw score replaces ``z_c`` (``ts`` its ids)."""
     g, k = a_s.shape[:2]
     dev = a_s.device
     slots = torch.arange(per, device=dev)
@@ -99,8 +109,7 @@ def _ablate_block(runner: TailRunner, a_s: torch.Tensor, ts: torch.Tensor, carri
             versions = [t._version for t in (buf, *rows_carried)]
             with forward_precision(precision, dev):
                 logits = runner(buf[:m].flatten(0, 1), [r[:m].flatten(0, 1) for r in rows_carried])
-            picked = logits.to(ablated.dtype).view(m, g, -1).gather(2, ts.view(1, g, 1).expand(m, g, 1))[..., 0]
-            ablated[:, c0:c0 + m] = picked.transpose(0, 1)
+            ablated[:, c0:c0 + m] = _picked(logits.to(ablated.dtype), ts, m, target)
             fresh = versions != [t._version for t in (buf, *rows_carried)]
         bar.update(m * g)
 
@@ -109,7 +118,8 @@ def _ablate_block(runner: TailRunner, a_s: torch.Tensor, ts: torch.Tensor, carri
 def ablation_pass(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logits: torch.Tensor,
                   targets: torch.Tensor, chunk: BatchSize, method: str, show: bool, precision: str = DEFAULT_PRECISION,
                   sizes: dict[str, int] | None = None,
-                  runtime: RuntimeSpec | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+                  runtime: RuntimeSpec | None = None,
+                  target: Target | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(``abl`` ``[N, K]``, ``z_c^(k)`` ``[N, K]``, method used). ``chunk`` ablated rows per pass of the
     layers after the target layer (``"auto"``: ``auto_batch_size`` of that pass), laid out by
     ``ablation_layout``: blocks of ``B`` images, whose values carried around the layer are computed
@@ -124,7 +134,9 @@ def ablation_pass(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logi
     the unablated activations at that precision, so that ``z_c - z_c^(k)`` compares two values with the
     same rounding (the model's float32 logit would add the precision's error to every channel alike).
     ``runtime``: where the fx split's tail runs (``models.runtime.forward_module``; None: torch); the
-    hook and script methods rerun the model in torch. No host-device sync per batch."""
+    hook and script methods rerun the model in torch. ``target``: a bound target of another kind than the
+    class (``models.targets``; ``targets`` its ids), whose raw score stands for ``z_c``. No host-device
+    sync per batch."""
     n, k = acts.shape[:2]
     dev = x.device
     runner = _checked_runner(access, x, acts, logits, chunk, method)
@@ -136,7 +148,7 @@ def ablation_pass(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logi
     if sizes is not None:
         sizes["abl"] = chunk
     block, per = ablation_layout(n, k, chunk)
-    z_c = logits.gather(1, targets[:, None])[:, 0]
+    z_c = logits.gather(1, targets[:, None])[:, 0] if target is None else target.raw(logits, targets)
     ablated = torch.empty(n, k, dtype=x.dtype, device=dev)
     reference = torch.empty(n, dtype=x.dtype, device=dev) if precision != DEFAULT_PRECISION else None
     bar = progress_bar(n * k, f"terminals: abl ({runner.method})", show)
@@ -148,8 +160,8 @@ def ablation_pass(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logi
             if reference is not None:
                 with forward_precision(precision, dev):
                     unablated = runner(a_s, carried).to(x.dtype)
-                reference[s:s + g] = unablated.gather(1, ts[:, None])[:, 0]
-            _ablate_block(runner, a_s, ts, carried, per, precision, ablated[s:s + g], bar)
+                reference[s:s + g] = _picked(unablated, ts, 1, target)[:, 0]
+            _ablate_block(runner, a_s, ts, carried, per, precision, ablated[s:s + g], bar, target)
     finally:
         bar.close()
     if reference is not None:

@@ -38,6 +38,7 @@ from ..models.errors import ModelError
 from ..models.loaded import LoadedModel
 from ..models.precision import DEFAULT_PRECISION, check_precision, float32_model
 from ..models.runtime import RuntimeSpec, check_support, forward_module, runtime_name
+from ..models.targets import ClassTarget, Target
 from ..util.modes import eval_mode
 from ..util.progress import progress_label
 from .ablation_pass import ablation_pass, tail_forward
@@ -67,7 +68,9 @@ class TerminalInfo:
     channels use it); ``ablated_logits`` ``[N, K]`` ``z_c^(k)`` when ``abl`` was, by ``abl_method``.
     ``batch_sizes``: the rows per forward pass each loop used (``gradients``, ``cic``, ``abl``; what
     ``chunk_size="auto"`` picked; empty when every record came from the store); ``stored``: how many
-    images came whole from the terminal store (``cam.store``), nothing computed for them."""
+    images came whole from the terminal store (``cam.store``), nothing computed for them.
+    ``target``: a target of another kind than the class (``models.targets``, bound to these images:
+    ``targets`` are then its ids, ``z_c`` its raw score, ``y_c`` its metric score); None for the class."""
 
     layer: str
     acts: torch.Tensor
@@ -80,6 +83,7 @@ class TerminalInfo:
     abl_method: str | None = None
     stored: int = 0
     batch_sizes: dict[str, int] = field(default_factory=dict)
+    target: Target | None = None
 
 
 def check_names(names: Sequence[str]) -> list[str]:
@@ -125,10 +129,10 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _probe(access: LayerAccess, x: torch.Tensor, names: list[str]) -> int:
-    """One image through the model before any terminal work, so that a model or an input size that
-    cannot give these terminals fails at once, with one line, not after minutes or in a traceback;
-    returns the number of classes."""
+def _probe(access: LayerAccess, x: torch.Tensor, names: list[str], target: Target | None = None) -> int:
+    """One image through the model before any terminal work, so that a model, an input size or a
+    ``target`` (None: the class) that cannot give these terminals fails at once, with one line, not
+    after minutes or in a traceback; returns the number of classes (outputs)."""
     need_grad = needs_backward(names)
     size = "x".join(str(d) for d in x.shape[2:])
     try:
@@ -151,17 +155,21 @@ def _probe(access: LayerAccess, x: torch.Tensor, names: list[str]) -> int:
         raise TerminalError(f"the model's output does not depend on its input through autograd (detached or "
                             f"computed under no_grad); gradient terminals ({grads}) need it: remove the detach "
                             f"or no_grad from forward, or ask for cic, abl, acts or A only")
+    bound, ids = (target or ClassTarget()).select([0]).bind(logits.detach())
+    bound.raw(logits.detach(), ids)  # a callable that returns the wrong shape fails here
     return int(logits.shape[1])
 
 
 def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor, names: list[str],
-                  device: torch.device, reshape: Reshape = "auto") -> tuple[nn.Module, LayerAccess, torch.Tensor, int]:
+                  device: torch.device, reshape: Reshape = "auto",
+                  target: Target | None = None) -> tuple[nn.Module, LayerAccess, torch.Tensor, int]:
     """(module, its layer access, images on ``device``, number of classes) for ``compute_terminals``,
     checked up front.
 
     A model in float16 or bfloat16 (or mixed types) runs as a float32 copy (one warning line); float64
     models run in float64 (``load_model`` casts them to float32, for the metrics' float32 images). The model
-    must return one tensor of floating-point logits ``[N, C]``: tuples and dicts (auxiliary outputs,
+    must return one tensor of floating-point logits ``[N, C]`` (for ``target`` of another kind, what it
+    reads: ``models.targets``; a dict's ``'out'``): tuples and other dicts (auxiliary outputs,
     ``ModelOutput`` objects) are refused, so wrap the model to return the logits. One image goes
     through the model (``_probe``) to check the input size, the layer and, when ``names`` has a
     gradient terminal, that the logits depend on the input through autograd; it also resolves the
@@ -177,7 +185,7 @@ def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: tor
     module.to(device)
     x = images.to(device=device, dtype=_dtype(module))
     with eval_mode(module):
-        n_classes = _probe(access, x, names)
+        n_classes = _probe(access, x, names, target)
     return module, access, x, n_classes
 
 
@@ -185,9 +193,10 @@ def prepare_model(model: nn.Module | LoadedModel, layer: str | None, images: tor
 class TerminalRun:
     """Terminal work ready to run (``prepare_run``): the checked ``module`` and its layer ``access``,
     the images ``x`` ``[N, 3, H, W]`` on the device, the ``targets`` ``[N]`` (None: the predicted
-    classes), the terminal ``names``, and how: ``chunk_size`` (rows per forward pass, or ``"auto"``),
-    ``progress``, ``ablation``, ``precision``, ``runtime`` (where the forward-only passes run; None:
-    torch); ``sizes``: the rows per forward pass each loop used."""
+    classes), ``target`` (``models.targets``; None: the class), the terminal ``names``, and how:
+    ``chunk_size`` (rows per forward pass, or ``"auto"``), ``progress``, ``ablation``, ``precision``,
+    ``runtime`` (where the forward-only passes run; None: torch); ``sizes``: the rows per forward pass
+    each loop used."""
 
     module: nn.Module
     access: LayerAccess
@@ -201,6 +210,7 @@ class TerminalRun:
     sizes: dict[str, int] = field(default_factory=dict)
     runtime: RuntimeSpec | None = None
     forwards: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+    target: Target | None = None
 
     def model_forward(self) -> nn.Module:
         """What runs the model's forward-only passes (``cic``): the model, or a ``RuntimeModule``
@@ -247,12 +257,13 @@ class TerminalRun:
 
 
 def prepare_run(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
-                targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
+                targets: torch.Tensor | Target | None, names: Sequence[str], device: str | torch.device = "cpu",
                 chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, progress: bool = True, ablation: str = "auto",
                 precision: str = DEFAULT_PRECISION, runtime: RuntimeSpec | None = None,
                 reshape: Reshape = "auto") -> TerminalRun:
     """The arguments of ``compute_terminals`` checked (``prepare_model``; targets in range) and ready;
-    ``runtime`` runs at ``precision`` (its own precision is replaced)."""
+    ``runtime`` runs at ``precision`` (its own precision is replaced); ``targets``: class indices, None
+    (the predicted classes) or a ``Target`` (``models.targets``)."""
     names = check_names(names)
     dev = resolve_device(device)
     try:
@@ -263,13 +274,19 @@ def prepare_run(model: nn.Module | LoadedModel, layer: str | None, images: torch
             check_support(runtime.name, precision, dev)
     except ModelError as e:
         raise TerminalError(str(e)) from None
-    module, access, x, n_classes = prepare_model(model, layer, images, names, dev, reshape)
+    target = None
+    if isinstance(targets, Target):  # the class kind stays the class-index path, bit for bit
+        target, targets = (None if targets.is_class else targets), None
+        if target is not None and isinstance(images, torch.Tensor):
+            target.check_images(images.shape[0])
+    module, access, x, n_classes = prepare_model(model, layer, images, names, dev, reshape, target)
     t = _check_targets(targets, x.shape[0], dev)
     if t is not None and (int(t.min()) < 0 or int(t.max()) >= n_classes):
         bad = int(((t < 0) | (t >= n_classes)).nonzero()[0])
         raise TerminalError(f"target class {int(t[bad])} of image {bad} is out of range: the model has {n_classes} "
                             f"classes")
-    return TerminalRun(module, access, x, t, names, chunk_size, progress, ablation, precision, runtime=runtime)
+    return TerminalRun(module, access, x, t, names, chunk_size, progress, ablation, precision, runtime=runtime,
+                       target=target)
 
 
 def _split(values: dict[str, torch.Tensor], n: int) -> list[Record]:
@@ -288,17 +305,22 @@ def _compute_chunk(run: TerminalRun, kind: str, idx: list[int], base: list[Recor
     x = run.x.index_select(0, index)
     if kind == BASE:
         t = None if run.targets is None else run.targets.index_select(0, index)
-        return _split(gradient_pass(run.access, x, t, run.names, run.chunk_size, run.progress, run.sizes), len(idx))
+        target = None if run.target is None else run.target.select(idx)
+        return _split(gradient_pass(run.access, x, t, run.names, run.chunk_size, run.progress, run.sizes, target),
+                      len(idx))
     have = [base[i] for i in idx]
     assert all(r is not None for r in have), "the base records come first"
     done = [r for r in have if r is not None]
-    acts, targets = _stack(done, "A"), _stack(done, "targets")
+    acts, targets, logits = _stack(done, "A"), _stack(done, "targets"), _stack(done, "logits")
+    target = None
+    if run.target is not None:  # its state (a segmentation mask) comes from these images' unperturbed outputs
+        target, targets = run.target.select(idx).bind(logits)
     if kind == CIC:
         cic, masked = scorecam_pass(run.access.model, x, acts, targets, run.chunk_size, run.progress, run.precision,
-                                    run.sizes, run.model_forward())
+                                    run.sizes, run.model_forward(), target)
         return _split({"cic": cic, "mlogits": masked}, len(idx))
-    abl, ablated, method = ablation_pass(run.access, x, acts, _stack(done, "logits"), targets, run.chunk_size,
-                                         ablation, run.progress, run.precision, run.sizes, run.runtime)
+    abl, ablated, method = ablation_pass(run.access, x, acts, logits, targets, run.chunk_size,
+                                         ablation, run.progress, run.precision, run.sizes, run.runtime, target)
     return [{**r, "abl_method": method} for r in _split({"abl": abl, "ablated_logits": ablated}, len(idx))]
 
 
@@ -346,10 +368,13 @@ def assemble(run: TerminalRun, records: dict[str, list[Record | None]]) -> tuple
 
     base = complete(BASE)
     acts, logits, t = _stack(base, "A"), _stack(base, "logits"), _stack(base, "targets")
-    z_c, y_c = target_scores(logits, t)
+    target = None
+    if run.target is not None:
+        target, t = run.target.bind(logits)
+    z_c, y_c = target_scores(logits, t, target)
     values = {"A": acts, "acts": acts.mean(dim=(2, 3))}
     values.update({k: _stack(base, k) for k in sorted(backward_terminals() & set(run.names))})
-    info = TerminalInfo(run.access.name, acts, logits, t, z_c, y_c, batch_sizes=dict(run.sizes))
+    info = TerminalInfo(run.access.name, acts, logits, t, z_c, y_c, batch_sizes=dict(run.sizes), target=target)
     if CIC in run.kinds:
         cic = complete(CIC)
         values.update({k: _stack(cic, k) for k in terminals_of_pass(SCORECAM)})
@@ -364,14 +389,15 @@ def assemble(run: TerminalRun, records: dict[str, list[Record | None]]) -> tuple
 
 
 def compute_terminals(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
-                      targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
+                      targets: torch.Tensor | Target | None, names: Sequence[str], device: str | torch.device = "cpu",
                       chunk_size: BatchSize = DEFAULT_CHUNK_SIZE, progress: bool = True,
                       ablation: str = "auto", precision: str = DEFAULT_PRECISION,
                       runtime: RuntimeSpec | None = None, reshape: Reshape = "auto") -> tuple[Terminals, TerminalInfo]:
     """The terminals ``names`` of ``model`` at ``layer`` for ``images``.
 
     ``images``: ``[N, 3, H, W]``, normalized as the model expects; ``targets``: ``[N]`` class indices,
-    None for the predicted class; ``layer``: dotted module path, None for the model's default.
+    None for the predicted class, or a ``Target`` of another kind (``models.targets``: what the
+    gradients, ``cic`` and ``abl`` read); ``layer``: dotted module path, None for the model's default.
     ``chunk_size``: the most images, masked images (``cic``) or ablated activation copies (``abl``)
     per forward pass, and the images per chunk of records, or ``"auto"`` (each loop picks its own
     with ``models.batching.auto_batch_size``; ``info.batch_sizes`` says what; records then go

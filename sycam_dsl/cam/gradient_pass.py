@@ -11,6 +11,7 @@ import torch
 from ..lang.terminals import needs_backward
 from ..models.batching import AUTO, BatchSize, auto_batch_size
 from ..models.errors import LayerError
+from ..models.targets import Target
 from ..util.modes import eval_mode
 from ..util.progress import progress as progress_bar
 from .errors import TerminalError
@@ -33,17 +34,37 @@ def gradient_chunk(access: LayerAccess, x: torch.Tensor, names: Sequence[str]) -
         with torch.set_grad_enabled(need_grad):
             acts, logits = access.forward(batch)
             if need_grad:
-                torch.autograd.grad(logits[:, 0].sum(), acts, allow_unused=True)
+                torch.autograd.grad(logits.flatten(1)[:, 0].sum(), acts, allow_unused=True)
 
     with eval_mode(access.model):
         return auto_batch_size(run, x[:1], x.device, cap=x.shape[0], module=access.model, backward=need_grad,
                                what="terminals: gradients")
 
 
+def _target_score(logits: torch.Tensor, targets: torch.Tensor | None, target: Target | None,
+                  start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the summed score the gradients are of, each image's target ``[B]``) of ``logits`` ``[B, ...]`` of
+    the images from ``start``: the class logits ``z_c`` (``targets`` ``[N]`` of all images, None: the
+    predicted classes), or ``target``'s raw scores (its state from these outputs; the targets then 0)."""
+    if target is not None:
+        bound, ids = target.select(range(start, start + logits.shape[0])).bind(logits.detach())
+        return bound.raw(logits, ids).sum(), torch.zeros_like(ids)
+    n_classes = logits.shape[1]
+    t = logits.argmax(dim=1) if targets is None else targets[start:start + logits.shape[0]]
+    # every image's target is checked with the first batch: one wait for the device, not one a batch
+    if targets is not None and start == 0 and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
+        bad = int(((targets < 0) | (targets >= n_classes)).nonzero()[0])
+        raise TerminalError(f"target class {int(targets[bad])} of image {bad} is out of range: the "
+                            f"model has {n_classes} classes")
+    return logits.gather(1, t[:, None]).sum(), t
+
+
 def gradient_pass(access: LayerAccess, x: torch.Tensor, targets: torch.Tensor | None, names: list[str],
-                  chunk: BatchSize, show: bool, sizes: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+                  chunk: BatchSize, show: bool, sizes: dict[str, int] | None = None,
+                  target: Target | None = None) -> dict[str, torch.Tensor]:
     """``A``, logits, targets and the gradient terminals, ``chunk`` images per forward + backward
-    (``"auto"``: ``auto_batch_size`` of that pass, always in float32; recorded in ``sizes``)."""
+    (``"auto"``: ``auto_batch_size`` of that pass, always in float32; recorded in ``sizes``); the
+    gradients are of ``target``'s raw score (``models.targets``; None: the class logit of ``targets``)."""
     need_grad = needs_backward(names)
     if chunk == AUTO:
         chunk = gradient_chunk(access, x, names)
@@ -56,16 +77,9 @@ def gradient_pass(access: LayerAccess, x: torch.Tensor, targets: torch.Tensor | 
         for s in range(0, x.shape[0], chunk):
             with torch.set_grad_enabled(need_grad):
                 acts, logits = access.forward(x[s:s + chunk])
-                n_classes = logits.shape[1]
-                t = logits.argmax(dim=1) if targets is None else targets[s:s + chunk]
-                # every image's target is checked with the first batch: one wait for the device, not one a batch
-                if targets is not None and s == 0 and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
-                    bad = int(((targets < 0) | (targets >= n_classes)).nonzero()[0])
-                    raise TerminalError(f"target class {int(targets[bad])} of image {bad} is out of range: the "
-                                        f"model has {n_classes} classes")
+                z, t = _target_score(logits, targets, target, s)
                 out = {"A": acts.detach(), "logits": logits.detach(), "targets": t}
                 if need_grad:
-                    z = logits.gather(1, t[:, None]).sum()
                     (g,) = torch.autograd.grad(z, acts, allow_unused=True)
                     if g is None:
                         raise LayerError(f"the logits do not depend on layer {access.name!r}; choose a layer "

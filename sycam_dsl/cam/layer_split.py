@@ -26,6 +26,7 @@ from torch import fx, nn
 
 from ..models.errors import LayerError
 from ..models.layers import call_name, kind, resolve_layer, split_call
+from ..models.targets import model_output
 from .reshape import Reshape, TokenMap, check_reshape, token_map
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,10 @@ def forward_hook(module: nn.Module, fn: Callable) -> Iterator[None]:
 
 
 def _logits(out: object, where: str) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+    """The model's output tensor (a dict's ``'out'``): logits ``[N, C]``, or ``[N, C, ...]`` for targets
+    of other kinds (``models.targets``; each checks its own shape)."""
+    out = model_output(out)
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
         what = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
         raise LayerError(f"{where} must return logits [N, C], got {what}; wrap the model so that forward "
                          f"returns the class logits")

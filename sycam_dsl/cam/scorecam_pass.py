@@ -15,6 +15,7 @@ from torch import nn
 from ..models.batching import AUTO, BatchSize, auto_batch_size, layout_error
 from ..models.precision import DEFAULT_PRECISION, forward_precision
 from ..models.runtime import RuntimeModule
+from ..models.targets import Target, model_output
 from ..template.saliency import minmax_normalize
 from ..util.progress import Progress
 from ..util.progress import progress as progress_bar
@@ -49,8 +50,12 @@ def _masks_fast(acts: torch.Tensor, size: tuple[int, int], exact: bool = True) -
     return out.masked_fill_(~live, 0).view(up.shape)
 
 
-def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``z_c``, ``y_c``) ``[B]`` of ``logits`` ``[B, C]``."""
+def target_scores(logits: torch.Tensor, targets: torch.Tensor,
+                  target: Target | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``z_c``, ``y_c``) ``[B]`` of ``logits`` ``[B, C]`` for classes ``targets`` ``[B]``; with a bound
+    ``target`` (``models.targets``), its (raw, metric) scores of outputs ``[B, ...]`` for ids ``targets``."""
+    if target is not None:
+        return target.raw(logits, targets), target.metric(logits, targets)
     idx = targets[:, None]
     return logits.gather(1, idx)[:, 0], torch.softmax(logits, dim=1).gather(1, idx)[:, 0]
 
@@ -101,8 +106,9 @@ def _auto_chunk(model: nn.Module, x: torch.Tensor, rows: int, precision: str,
 
 def _live_scores(forward: nn.Module, x: torch.Tensor, acts: torch.Tensor, live: _LiveRows, chunk: int,
                  layout: torch.memory_format, exact: bool, precision: str,
-                 bar: Progress) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``z_c``, ``y_c``) ``[M]`` of the masked image of each live row, ``chunk`` rows per forward pass."""
+                 bar: Progress, target: Target | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``z_c``, ``y_c``) ``[M]`` of the masked image of each live row, ``chunk`` rows per forward pass
+    (``target_scores``' of ``target``)."""
     rows, size, dev = live.img.shape[0], (x.shape[2], x.shape[3]), x.device
     z_live = torch.empty(rows, dtype=x.dtype, device=dev)
     y_live = torch.empty(rows, dtype=x.dtype, device=dev)
@@ -128,14 +134,14 @@ def _live_scores(forward: nn.Module, x: torch.Tensor, acts: torch.Tensor, live: 
                     torch.mul(x[i:i + 1], masks[first:last], out=masked[first:last])
             try:
                 with forward_precision(precision, dev):
-                    out = forward(masked)
+                    out = model_output(forward(masked))
             except RuntimeError as e:
                 if layout == torch.contiguous_format or start > 0 or not layout_error(e):
                     raise
                 layout = torch.contiguous_format
                 with forward_precision(precision, dev):
-                    out = forward(masked.contiguous())
-            z_live[start:end], y_live[start:end] = target_scores(out.to(x.dtype), live.targets[start:end])
+                    out = model_output(forward(masked.contiguous()))
+            z_live[start:end], y_live[start:end] = target_scores(out.to(x.dtype), live.targets[start:end], target)
         bar.update(end - start)
     return z_live, y_live
 
@@ -143,13 +149,15 @@ def _live_scores(forward: nn.Module, x: torch.Tensor, acts: torch.Tensor, live: 
 @torch.no_grad()
 def scorecam_pass(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: torch.Tensor, chunk: BatchSize,
                   show: bool, precision: str = DEFAULT_PRECISION, sizes: dict[str, int] | None = None,
-                  forward: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  forward: nn.Module | None = None, target: Target | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(``cic`` ``[N, K]``, ``z_c(x * M_k)`` ``[N, K]``) of images ``x`` ``[N, 3, H, W]`` with
     activations ``acts`` ``[N, K, h, w]`` and ``targets`` ``[N]``; the baseline ``x_b = 0`` is one
     forward pass, since every image shares it. ``chunk``: masked images per forward pass, or
     ``"auto"``; ``precision``: of the forward passes (the masks are built in float32 either way);
     ``forward``: what runs them (``models.runtime.forward_module``'s; default ``model`` in torch),
-    while ``model`` sizes the batches.
+    while ``model`` sizes the batches; ``target``: a bound target of another kind than the class
+    (``models.targets``; ``targets`` are then its ids, ``cic`` the increase of its metric score and the
+    second value its raw score).
 
     A channel whose activation map is constant (a dead ReLU channel, common at deep layers) has an
     all-zero mask, so its masked image *is* the baseline: its scores are the baseline's, exactly,
@@ -162,8 +170,8 @@ def scorecam_pass(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets
     dev = x.device
     forward = model if forward is None else forward
     with forward_precision(precision, dev):
-        base_logits = forward(torch.zeros_like(x[:1])).to(x.dtype)  # autocast's half logits to float32
-    base_z, base_y = target_scores(base_logits.expand(n, -1), targets)
+        base_logits = model_output(forward(torch.zeros_like(x[:1]))).to(x.dtype)  # autocast's half to float32
+    base_z, base_y = target_scores(base_logits.expand(n, *base_logits.shape[1:]), targets, target)
     masked_z = base_z[:, None].repeat(1, k)
     masked_y = base_y[:, None].repeat(1, k)
     flat = acts.flatten(2)
@@ -190,7 +198,7 @@ def scorecam_pass(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets
     bar.update(n * k - rows)
     try:
         z_live, y_live = _live_scores(forward, x, acts, _LiveRows(live_img, live_ch, targets[live_img], offsets),
-                                      chunk, layout, exact, precision, bar)
+                                      chunk, layout, exact, precision, bar, target)
     finally:
         bar.close()
     masked_z[live_img, live_ch], masked_y[live_img, live_ch] = z_live, y_live

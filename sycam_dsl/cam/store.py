@@ -54,6 +54,7 @@ from ..models.loaded import LoadedModel
 from ..models.precision import DEFAULT_PRECISION
 from ..models.runtime import FOLDER as RUNTIME_FOLDER
 from ..models.runtime import RuntimeSpec
+from ..models.targets import Target, model_output
 from ..util.digests import update_digest
 from ..util.files import atomic_torch_save
 from ..util.modes import eval_mode
@@ -150,7 +151,10 @@ def record_settings(kind: str, run: TerminalRun) -> str:
 def record_keys(run: TerminalRun, images: torch.Tensor) -> dict[str, list[RecordKey]]:
     """``{kind: [key of each image]}`` for the record kinds ``run`` needs."""
     model = model_digest(run.module)
-    targets = ["predicted"] * run.n if run.targets is None else [str(t) for t in run.targets.tolist()]
+    if run.target is not None:  # another kind than the class: its name (class keys stay as they were)
+        targets = [run.target.name] * run.n
+    else:
+        targets = ["predicted"] * run.n if run.targets is None else [str(t) for t in run.targets.tolist()]
     digests = image_digests(images)
     return {kind: [RecordKey(model, run.access.name, d, t, kind, record_settings(kind, run))
                    for d, t in zip(digests, targets)] for kind in run.kinds}
@@ -309,7 +313,7 @@ class TerminalStore:
 def _logits_differ(run: TerminalRun, index: list[int], stored: torch.Tensor) -> float | None:
     """None when the model's logits for the images ``index`` match ``stored``, else the largest
     difference (inf for another shape, NaN values or an output that is not logits)."""
-    fresh = run.access.model(run.x.index_select(0, torch.tensor(index, device=run.x.device)))
+    fresh = model_output(run.access.model(run.x.index_select(0, torch.tensor(index, device=run.x.device))))
     if not isinstance(fresh, torch.Tensor) or fresh.shape != stored.shape or not bool(torch.isfinite(fresh).all()):
         return float("inf")
     stored = stored.to(fresh.device, fresh.dtype)
@@ -341,7 +345,7 @@ def _finite(record: Record) -> bool:
 
 
 def stored_images(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
-                  targets: torch.Tensor | None, names: Sequence[str], device: str | torch.device = "cpu",
+                  targets: torch.Tensor | Target | None, names: Sequence[str], device: str | torch.device = "cpu",
                   ablation: str = "auto", precision: str = DEFAULT_PRECISION, *, store: TerminalStore,
                   runtime: RuntimeSpec | None = None, reshape: Reshape = "auto") -> int:
     """How many of ``images`` have every record ``names`` need in ``store``, by their files (not read:
@@ -353,7 +357,7 @@ def stored_images(model: nn.Module | LoadedModel, layer: str | None, images: tor
 
 
 def compute_terminals_stored(model: nn.Module | LoadedModel, layer: str | None, images: torch.Tensor,
-                             targets: torch.Tensor | None, names: Sequence[str],
+                             targets: torch.Tensor | Target | None, names: Sequence[str],
                              device: str | torch.device = "cpu", chunk_size: BatchSize = DEFAULT_CHUNK_SIZE,
                              progress: bool = True, ablation: str = "auto", precision: str = DEFAULT_PRECISION, *,
                              store: TerminalStore, runtime: RuntimeSpec | None = None,
@@ -367,6 +371,11 @@ def compute_terminals_stored(model: nn.Module | LoadedModel, layer: str | None, 
     run = prepare_run(model, layer, images, targets, names, device, chunk_size, progress, ablation, precision,
                       store.runtime_spec(runtime), reshape)
     keys = record_keys(run, images)
+    if run.target is not None and not run.target.cacheable:  # a callable: its code is not in the keys
+        records: dict[str, list[Record | None]] = {kind: [None] * run.n for kind in run.kinds}
+        with eval_mode(run.module):
+            compute_records(run, records)
+        return assemble(run, records)
     records = _load_all(store, keys, run.x.device)
     with eval_mode(run.module):
         base = records[BASE]

@@ -117,14 +117,14 @@ def run(args: argparse.Namespace) -> None:
     model = load_model(args.model, args.weights, args.device)
     data = load_images(args.images, size=args.size or model.input_size, normalize=model.normalize,
                        masks=args.masks)
-    targets = targets_from(args, data.labels)
+    targets = targets_from(args, data.labels, len(data.images))
     names = sorted({t for _, node in methods.values() for t in node.terminals()})
     terms, info = compute_terminals_from(args, model, data.images, targets, names)
     if not args.no_cache:
         print(f"terminals: {from_store(info.stored, len(data))}", file=sys.stderr)
     inputs = MetricInputs(data.images, info.targets, masks=data.masks, model=model.module, device=args.device,
                           batch_size=args.batch_size, precision=args.precision,
-                          runtime=runtime_from(args), progress=not args.quiet)
+                          runtime=runtime_from(args), progress=not args.quiet, target=info.target)
     note_metric_batch(args, inputs)
     # a bar over the methods: on a real model the metrics take minutes after the terminals
     bar = progress(len(methods), f"scoring {', '.join(m.name for m in metrics)} of {len(methods)} methods on "
@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> None:
         atomic_write_json(out, {
             "model": model.name, "weights": args.weights, "layer": info.layer, "size": int(data.images.shape[-1]),
             "files": data.files, "targets": info.targets.tolist(),
+            "target": info.target.name if info.target is not None else "class",
             "images_from_store": None if args.no_cache else info.stored,
             "metrics": evaluation,
         })

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .options import (
+    TARGET_HELP,
     add_model_options,
     add_scoring_options,
     compute_terminals_from,
@@ -16,6 +17,8 @@ from .options import (
     note_metric_batch,
     output_file,
     runtime_from,
+    target_arg,
+    targets_from,
     warn,
     weight_expression,
 )
@@ -31,7 +34,8 @@ def configure(x: argparse.ArgumentParser) -> None:
     add_model_options(x)
     add_scoring_options(x)
     x.add_argument("--image", required=True, metavar="FILE", help="the image")
-    x.add_argument("--target", type=int, metavar="CLASS", help="class index to explain (default: the prediction)")
+    x.add_argument("--target", type=target_arg, metavar="TARGET", help=TARGET_HELP.replace("the --targets class",
+                                                                                       "the prediction"))
     x.add_argument("--metric", help="also report this metric's score for the image (e.g. deletion)")
     x.add_argument("-o", "--output", required=True, metavar="FILE", help="output image (.png)")
     x.set_defaults(handler=run)
@@ -70,7 +74,6 @@ def _class_name(model: Any, c: int, n_classes: int) -> str | None:
 
 def run(args: argparse.Namespace) -> None:
     """Draw the heatmap and print one line saying what was written."""
-    import torch
 
     from ..cam.overlay import save_overlay
     from ..metrics.diagnostics import score_problems, weight_problems
@@ -86,10 +89,10 @@ def run(args: argparse.Namespace) -> None:
         raise MetricError(f"explain cannot score {metric.name!r}: it needs an object mask; use sycam-dsl eval --masks")
     model = load_model(args.model, args.weights, args.device)
     x = _load_one(args.image, args.size or model.input_size, model.normalize)
-    targets = torch.tensor([args.target]) if args.target is not None else None
+    targets = targets_from(args, None, 1)
     terms, info = compute_terminals_from(args, model, x, targets, sorted(node.terminals()))
     inputs = MetricInputs(x, info.targets, model=model.module, device=args.device, batch_size=args.batch_size,
-                          precision=args.precision, runtime=runtime_from(args))
+                          precision=args.precision, runtime=runtime_from(args), target=info.target)
     if metric is not None:
         note_metric_batch(args, inputs)
     h = expression_inputs(node, inputs, terms, info.acts).heatmaps
@@ -97,8 +100,9 @@ def run(args: argparse.Namespace) -> None:
     problems = weight_problems("the expression", node, terms, info.acts)
     c, n_classes = int(info.targets[0]), info.logits.shape[1]
     label = _class_name(model, c, n_classes)
-    caption = [f"{text}", f"class {c}{f' ({label})' if label else ''}: score y_c = {float(info.y_c[0]):.4f}"
-               f"  ({model.name}, layer {info.layer})"]
+    what = f"class {c}{f' ({label})' if label else ''}: score y_c" if info.target is None \
+        else f"target {info.target.name}: score"
+    caption = [f"{text}", f"{what} = {float(info.y_c[0]):.4f}  ({model.name}, layer {info.layer})"]
     if metric is not None:
         res = score_methods({"expr": (text, node)}, [metric], inputs, terms, info.acts)[metric.name]["expr"]
         caption.append(f"{metric.name} = {float(res.per_image[0]):.4f} "

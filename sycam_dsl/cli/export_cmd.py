@@ -7,7 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SycamError
-from .options import add_model_options, expression_source, output_file, positive_int, reshape_from, warn
+from .options import (
+    TARGET_HELP,
+    add_model_options,
+    expression_source,
+    output_file,
+    positive_int,
+    reshape_from,
+    target_arg,
+    warn,
+)
 
 SUFFIXES = {"torchscript": ".pt", "export": ".pt2"}
 
@@ -27,6 +36,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=positive_int, default=None, metavar="N",
                    help="masked images / ablated copies per forward pass inside the explainer (default: the "
                         "engine's, so the heatmaps equal sycam-dsl explain's)")
+    p.add_argument("--target", type=target_arg, metavar="TARGET",
+                   help=TARGET_HELP.split(": ", 1)[0] + " (default: the result's own, else the class): class, "
+                   "classes:3,7, output:I or segmentation:C; a Python callable cannot go into the file")
     p.add_argument("--format", choices=tuple(SUFFIXES), default="torchscript",
                    help="torchscript (default): a .pt for torch.jit.load, any method; export: a .pt2 for "
                         "torch.export.load, one expression of gradient terminals only")
@@ -67,6 +79,7 @@ def run(args: argparse.Namespace) -> None:
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(resolve_device(args.device))
     if searched is not None:
         _check_classes(*searched, model, example, per_class=not isinstance(method, Node))
+    target = _target(args.target, searched)
     layer = resolve_layer(model.module, args.layer or model.target_layer)[0]
     _probe(model.module, example, size)
     if args.format == "export":
@@ -74,10 +87,26 @@ def run(args: argparse.Namespace) -> None:
         call = "torch.export.load(FILE).module()(images, targets) (targets [N]; -1: the predicted class)"
     else:
         save_explainer(model.module, layer, method, out, example, model.name, args.chunk_size or DEFAULT_CHUNK_SIZE,
-                       reshape=reshape)
+                       target, reshape=reshape)
         call = "torch.jit.load(FILE)(images, targets=None)"
     print(f"wrote {out} ({explainer_size(out)}, {args.format}): {model.name} at layer {layer}, "
           f"terminals {' '.join(method_terminals(method))}; {call} -> heatmaps [N, H, W]")
+
+
+def _target(given: Any, searched: tuple[Path, dict[str, Any]] | None) -> Any:
+    """``--target`` (a class index: the class, chosen per call), else the result's (``settings.target``)."""
+    from ..models.targets import Target, parse_target
+
+    if given is not None:
+        return given if isinstance(given, Target) else None
+    recorded = searched[1].get("target") if searched is not None else None
+    if not isinstance(recorded, str) or recorded == "class":
+        return None
+    if recorded.startswith("callable:"):
+        raise SycamError(f"{searched[0] if searched else 'the result'} was searched for target {recorded}, a Python "
+                         f"callable, which an explainer file cannot hold; give --target (class, classes:, output: or "
+                         f"segmentation:)")
+    return parse_target(recorded)
 
 
 def _n_classes(module: Any, size: int, device: Any = "cpu") -> int | None:

@@ -237,10 +237,28 @@ def add_cache_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the terminal store")
 
 
+TARGET_HELP = ("what is explained and scored (docs/cam-engine.md#targets): class (default: the --targets class), "
+               "CLASS (that class for every image), classes:3,7 (the sum of their logits: multi-label), output:I "
+               "(regression output I), segmentation:C (class C's logits summed over its predicted pixels), or "
+               "module:function (a callable from the model's output [B, ...] to [B] scores)")
+
+
+def target_arg(text: str) -> Any:
+    """A ``--target`` spec (``models.targets.parse_target``): a ``Target``, or a class index as a 0-d tensor."""
+    from ..models.errors import TargetError
+    from ..models.targets import parse_target
+
+    try:
+        return parse_target(text)
+    except TargetError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_targets(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", choices=("predicted", "labels"), default="predicted",
                    help="target class: the model's prediction (default), or the class-folder index (when the "
                         "folder's classes are the model's class indices in order)")
+    p.add_argument("--target", type=target_arg, metavar="TARGET", help=TARGET_HELP)
 
 
 def controls_arg(text: str) -> tuple[str, ...]:
@@ -287,9 +305,17 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
 
 # -- what the options turn into ---------------------------------------------------------------------
 
-def targets_from(args: argparse.Namespace, labels: torch.Tensor | None) -> torch.Tensor | None:
-    """The classes to explain: None for the predictions, the folder labels for ``--targets labels``."""
-    if args.targets != "labels":
+def targets_from(args: argparse.Namespace, labels: torch.Tensor | None, n: int = 0) -> Any:
+    """What to explain: None for the predictions, the folder labels for ``--targets labels``, or
+    ``--target``'s ``Target`` or class (for each of the ``n`` images)."""
+    import torch
+
+    target = getattr(args, "target", None)
+    if target is not None:
+        if getattr(args, "targets", "predicted") == "labels":
+            raise SycamError("give --target or --targets labels, not both")
+        return target.expand(n).clone() if isinstance(target, torch.Tensor) else target
+    if getattr(args, "targets", "predicted") != "labels":
         return None
     if labels is None:
         raise SycamError(f"--targets labels needs one subfolder per class in {args.images!r}")

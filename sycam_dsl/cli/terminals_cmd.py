@@ -65,13 +65,13 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     model = load_model(args.model, args.weights, args.device)
     images = load_images(args.images, size=args.size or model.input_size, normalize=model.normalize)
-    targets = targets_from(args, images.labels)
+    targets = targets_from(args, images.labels, len(images.images))
     terms, info = compute_terminals_from(args, model, images.images, targets, args.names, ablation=args.ablation)
     atomic_torch_save({
         "terminals": {n: v.detach().cpu() for n, v in terms.items()},
         "acts": info.acts.detach().cpu(),
         "logits": info.logits.detach().cpu(),
-        "targets": info.targets.detach().cpu(),
+        "targets": info.targets.detach().cpu(), "target": info.target.name if info.target is not None else "class",
         "z_c": info.z_c.detach().cpu(),
         "y_c": info.y_c.detach().cpu(),
         "files": list(images.files),

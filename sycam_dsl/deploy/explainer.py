@@ -41,9 +41,11 @@ from ..lang.terminals import ABLATION, GRADIENT, SCORECAM, TERMINALS, needs_back
 from ..lang.types import Type
 from ..models.layers import kind, resolve_layer
 from ..models.precision import float32_model
+from ..models.targets import Target, model_output
 from ..template.saliency import map_saliency, minmax_normalize, vec_saliency
 from ..template.upsampling import linear_weights
 from ..util.warnings import quiet_deprecations
+from .explainer_target import TargetScore, target_score, tensor_output
 from .method import Method, method_terminals, method_text, method_type
 
 #: The terminals the explainer computes, in the order its weights module takes them: the table's (a terminal
@@ -158,10 +160,10 @@ def model_halves(model: nn.Module, layer: str, example: Tensor) -> tuple[fx.Grap
     except SplitError as e:
         raise ExportError(f"cannot split {kind(model)} at layer {layer!r} into the layers before and after it: "
                           f"{e}") from None
-    head, tail = _list_head(split.head), _list_tail(split.tail, len(split.carried))
+    head, tail = _list_head(split.head), _list_tail(tensor_output(split.tail), len(split.carried))
     with torch.no_grad():
         parts = head(example)
-        got, want = tail(parts[0], parts[1:]), model(example)
+        got, want = tail(parts[0], parts[1:]), model_output(model(example))
     if not isinstance(want, Tensor) or got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4,
                                                                                         atol=1e-5):
         raise ExportError(f"the torch.fx split of {kind(model)} at layer {layer!r} does not reproduce the model's "
@@ -243,9 +245,10 @@ class Explainer(nn.Module):
     model's classes, and ``warnings.warn`` (a C++ warning under libtorch) when the weights are NaN or Inf."""
 
     def __init__(self, head: nn.Module, tail: nn.Module, weights: nn.Module, names: list[str], vec: bool,
-                 chunk: int = DEFAULT_CHUNK_SIZE) -> None:
+                 chunk: int = DEFAULT_CHUNK_SIZE, score: TargetScore | None = None) -> None:
         super().__init__()
         self.head, self.tail, self.weights = head, tail, weights
+        self.score = score if score is not None else TargetScore()  # the target (explainer_target); targets: ids
         self.need_grad = needs_backward(names)
         self.need_cic = any(pass_of(n) == SCORECAM for n in names)
         self.need_abl = any(pass_of(n) == ABLATION for n in names)
@@ -275,7 +278,10 @@ class Explainer(nn.Module):
                                             "model weights and the input images")
         predicted = logits.detach().argmax(dim=1)
         t = predicted
-        if targets is not None:
+        state = self.score.prepare(logits.detach())
+        if self.score.kind != 0:  # another kind than the class: the target is the file's own, t the images
+            t = torch.arange(n, device=x.device)
+        elif targets is not None:
             given = targets.to(device=x.device, dtype=torch.long)
             if torch.jit.is_scripting():
                 _check_targets(given, logits.shape[1])
@@ -285,7 +291,7 @@ class Explainer(nn.Module):
         zero_map = x.new_zeros([1, 1, 1, 1]).expand(acts.shape)
         grads, pgrads, g = zero_vec, zero_vec, zero_map
         if self.need_grad:
-            z = logits.gather(1, t[:, None]).sum()
+            z = self.score.raw(logits, t, state).sum()
             found = torch.autograd.grad([z], [acts])[0]
             assert found is not None, "the logits do not depend on the target layer"
             g = found
@@ -317,10 +323,11 @@ class Explainer(nn.Module):
         """(``cic`` ``[N, K]``, ``mlogits`` ``[N, K]``): ``cam.scorecam_pass`` at a fixed chunk size in fp32."""
         n, k = a.shape[0], a.shape[1]
         with torch.no_grad():
+            # a segmentation target's masks come from the images' own outputs (one more pass of the images)
+            state = self.score.prepare(self.logits(x)) if self.score.kind == 2 else x.new_zeros([0])
             base = self.logits(torch.zeros_like(x[:1]))
-            base = base.expand(n, base.shape[1])
-            base_z = base.gather(1, t[:, None])[:, 0]
-            base_y = torch.softmax(base, dim=1).gather(1, t[:, None])[:, 0]
+            base = base.expand([n] + list(base.shape[1:]))
+            base_z, base_y = self.score.raw(base, t, state), self.score.metric(base, t, state)
             masked_z = base_z[:, None].repeat(1, k)
             masked_y = base_y[:, None].repeat(1, k)
             flat = a.flatten(2)
@@ -336,8 +343,8 @@ class Explainer(nn.Module):
                                    align_corners=False)
                 masked = (x[i] * minmax_normalize(up)).contiguous(memory_format=torch.channels_last)
                 out = self.logits(masked)
-                z_live[start:end] = out.gather(1, t[i][:, None])[:, 0]
-                y_live[start:end] = torch.softmax(out, dim=1).gather(1, t[i][:, None])[:, 0]
+                z_live[start:end] = self.score.raw(out, t[i], state)
+                y_live[start:end] = self.score.metric(out, t[i], state)
             masked_z[img, ch] = z_live
             masked_y[img, ch] = y_live
         return masked_y - base_y[:, None], masked_z
@@ -347,6 +354,7 @@ class Explainer(nn.Module):
         batches laid out as the engine's (``ablation_layout``: ``c`` channels of each of ``B`` images)."""
         n, k = a.shape[0], a.shape[1]
         block, per = ablation_layout(n, k, self.chunk)
+        state = self.score.prepare(logits)
         with torch.no_grad():
             ablated = x.new_empty([n, k])
             slots = torch.arange(per, device=x.device)
@@ -365,9 +373,9 @@ class Explainer(nn.Module):
                     rows_carried = [v.unsqueeze(0).expand([m] + list(v.shape)).contiguous().flatten(0, 1)
                                     for v in carried]
                     out = self.tail(rows.flatten(0, 1), rows_carried)
-                    picked = out.view(m, g, -1).gather(2, ts.view(1, g, 1).expand(m, g, 1))[:, :, 0]
+                    picked = self.score.raw(out, ts.repeat(m), state).view(m, g)
                     ablated[s:s + g, c0:c0 + m] = picked.transpose(0, 1)
-            z_c = logits.gather(1, t[:, None])
+            z_c = self.score.raw(logits, t, state)[:, None]
         return (z_c - ablated) / z_c
 
 
@@ -387,12 +395,17 @@ def _prepare(model: nn.Module, layer: str | None) -> tuple[nn.Module, str]:
 
 
 def build_explainer(model: nn.Module, layer: str | None, method: Method, example: Tensor,
-                    chunk: int = DEFAULT_CHUNK_SIZE, script: bool = True, reshape: Reshape = "auto") -> nn.Module:
+                    chunk: int = DEFAULT_CHUNK_SIZE, script: bool = True, target: Target | None = None,
+                    reshape: Reshape = "auto") -> nn.Module:
     """The explainer of ``method`` for ``model`` at ``layer`` (dotted path, None: the model's default):
     a ``torch.jit.ScriptModule`` (``script``), else the eager ``Explainer`` (for ``torch.export``).
     ``example``: images ``[n, 3, H, W]`` the model takes (a few; to check the split, trace a half
-    that cannot be scripted, and check the result). ``ExportError`` names the part that fails. A layer
-    with token or channels-last output is read through ``reshape`` (``cam.reshape``), as the engine reads it."""
+    that cannot be scripted, and check the result); ``target``: what it explains (``models.targets``; None:
+    the class; a callable is refused). ``ExportError`` names the part that fails. A layer with token or
+    channels-last output is read through ``reshape`` (``cam.reshape``), as the engine reads it."""
+    score = target_score(target)
+    if score.kind != 0 and not isinstance(method, Node):
+        raise ExportError(f"a per-class result dispatches on classes; target {score.name} names none")
     module, name = _prepare(model, layer)
     access = layer_access(module, name, reshape)
     with torch.no_grad():  # the engine's own check of the layer (outputs [N, K, h, w], runs once), as terminals'
@@ -408,7 +421,7 @@ def build_explainer(model: nn.Module, layer: str | None, method: Method, example
         weights = compile_dispatch(*_dispatch_parts(method), WEIGHT_INPUTS)
         explainer = Explainer(_compile_part(head, (example,), f"the layers before {name!r} (the head)"),
                               _compile_part(tail, (parts[0], parts[1:]), f"the layers after {name!r} (the tail)"),
-                              weights, names, method_type(method) == Type.VEC, chunk).eval()
+                              weights, names, method_type(method) == Type.VEC, chunk, score).eval()
         with _quiet_script():
             try:
                 return torch.jit.script(explainer)
@@ -417,7 +430,7 @@ def build_explainer(model: nn.Module, layer: str | None, method: Method, example
     if not isinstance(method, Node):
         raise ExportError("a per-class result goes into a TorchScript explainer only (drop --format export)")
     weights = _IgnoreClasses(python_module(method, WEIGHT_INPUTS))
-    return Explainer(head, _exportable(tail), weights, names, method_type(method) == Type.VEC, chunk).eval()
+    return Explainer(head, _exportable(tail), weights, names, method_type(method) == Type.VEC, chunk, score).eval()
 
 
 def _dispatch_parts(method: Method) -> tuple[dict[int, Node], Node]:
@@ -426,24 +439,25 @@ def _dispatch_parts(method: Method) -> tuple[dict[int, Node], Node]:
     return ({}, method) if isinstance(method, Node) else (method.per_class, method.fallback)
 
 
-def manifest(method: Method, layer: str, model_name: str, names: list[str]) -> dict[str, Any]:
+def manifest(method: Method, layer: str, model_name: str, names: list[str], target: str = "class") -> dict[str, Any]:
     """What the file holds, saved in it as ``sycam_dsl/explainer.json``."""
     return {"method": method_text(method), "per_class": not isinstance(method, Node), "layer": layer,
-            "model": model_name, "terminals": names, "weights": str(method_type(method)),
+            "model": model_name, "terminals": names, "weights": str(method_type(method)), "target": target,
             "call": "explainer(images [N, 3, H, W], targets [N] or None) -> heatmaps [N, H, W]"}
 
 
 def save_explainer(model: nn.Module, layer: str | None, method: Method, path: str | os.PathLike[str],
                    example: Tensor, model_name: str = "", chunk: int = DEFAULT_CHUNK_SIZE,
-                   reshape: Reshape = "auto") -> torch.jit.ScriptModule:
+                   target: Target | None = None, reshape: Reshape = "auto") -> torch.jit.ScriptModule:
     """``build_explainer`` saved to ``path`` (``.pt``, for ``torch.jit.load``); the archive also holds
-    ``sycam_dsl/explainer.json`` (``manifest``) and the weights' generated source."""
-    explainer = build_explainer(model, layer, method, example, chunk, reshape=reshape)
+    ``sycam_dsl/explainer.json`` (``manifest``, with the target's name) and the weights' generated source."""
+    explainer = build_explainer(model, layer, method, example, chunk, target=target, reshape=reshape)
     assert isinstance(explainer, torch.jit.ScriptModule)
     name, _ = resolve_layer(model, layer)
     source = generate_dispatch_source(*_dispatch_parts(method), WEIGHT_INPUTS)
     extra = {"sycam_dsl/explainer.json": json.dumps(manifest(method, name, model_name or kind(model),
-                                                             method_terminals(method)), indent=2) + "\n",
+                                                             method_terminals(method), target_score(target).name),
+                                                    indent=2) + "\n",
              "sycam_dsl/weights.py": HELPERS_SRC + source}
     with quiet_deprecations():
         torch.jit.save(explainer, os.fspath(path), _extra_files=extra)

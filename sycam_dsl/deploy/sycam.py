@@ -10,7 +10,6 @@ outlives a call; leaving the ``with`` block closes the object.
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -29,12 +28,13 @@ from ..models.layers import resolve_layer
 from ..models.loaded import LoadedModel
 from ..models.precision import DEFAULT_PRECISION
 from ..models.runtime import DEFAULT_RUNTIME, RuntimeSpec
+from ..models.targets import CallableTarget, Target, gradcam_targets, is_class_index
 from ..template.heatmaps import heatmaps
 from .method import Method, MethodError, load_method, method_terminals
 
 log = logging.getLogger(__name__)
 
-Targets = None | int | Sequence[int] | torch.Tensor | Sequence[Callable[[torch.Tensor], Any]]
+Targets = None | int | Sequence[int] | torch.Tensor | Target | Callable | Sequence[Callable[[torch.Tensor], Any]]
 
 
 def method_heatmaps(method: Method, terms: Terminals, acts: torch.Tensor, classes: torch.Tensor,
@@ -102,11 +102,15 @@ def _class_of(target: Callable[[torch.Tensor], Any], n_classes: int, device: tor
     return int(best)
 
 
-def resolve_targets(targets: Targets, model: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
-    """``targets`` as class indices ``[N]`` on the images' device (None: the predicted classes)."""
+def resolve_targets(targets: Targets, model: nn.Module, images: torch.Tensor) -> torch.Tensor | Target | None:
+    """``targets`` as class indices ``[N]`` on the images' device (None: the predicted classes), or a
+    ``Target`` (``models.targets``: one given, one callable from the output ``[B, ...]`` to ``[B]``
+    scores, or grad-cam's ``SemanticSegmentationTarget`` per image)."""
     n, dev = images.shape[0], images.device
-    if targets is None:
-        return None
+    if targets is None or isinstance(targets, Target):
+        return targets
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        return CallableTarget(targets)
     if isinstance(targets, int) and not isinstance(targets, bool):
         return torch.full((n,), targets, dtype=torch.long, device=dev)
     if isinstance(targets, torch.Tensor):
@@ -119,24 +123,20 @@ def resolve_targets(targets: Targets, model: nn.Module, images: torch.Tensor) ->
     if items and all(callable(t) for t in items):
         if len(items) != n:
             raise MethodError(f"{len(items)} targets for {n} images")
+        known = gradcam_targets(items)
+        if known is not None:
+            return known.to(dev) if isinstance(known, torch.Tensor) else known
         n_classes = 0
         if not all(isinstance(getattr(t, "category", None), int) for t in items):
             with torch.no_grad():
                 n_classes = int(model(images[:1]).shape[1])
         return torch.tensor([_class_of(t, n_classes, dev) for t in items], dtype=torch.long, device=dev)
-    odd = next((t for t in items if not _is_index(t)), None)
+    odd = next((t for t in items if not is_class_index(t)), None)
     if odd is not None:  # e.g. class names: torch.as_tensor would say "too many dimensions 'str'"
         hint = "; map class names to their indices first" if isinstance(odd, str) else ""
         raise MethodError(f"targets must be class indices (ints) or grad-cam targets, got {type(odd).__name__} "
                           f"{str(odd)[:40]!r}{hint}")
     return torch.as_tensor([int(t) for t in items], dtype=torch.long, device=dev)
-
-
-def _is_index(t: Any) -> bool:
-    """Whether ``t`` is one class index: an integer (Python, NumPy) or a one-element integer tensor."""
-    if isinstance(t, torch.Tensor):
-        return t.numel() == 1 and not t.is_floating_point() and t.dtype != torch.bool
-    return isinstance(t, numbers.Integral) and not isinstance(t, bool)
 
 
 class SyCAM:
@@ -154,8 +154,10 @@ class SyCAM:
     ``none``, or a callable such as grad-cam's ``reshape_transform`` (``cam.reshape``).
     ``cam(images [N, 3, H, W], targets=None)`` returns heatmaps
     ``[N, H, W]`` in ``[0, 1]`` on the images' device (the model is moved there); ``targets``: None
-    (the predicted classes), a class index for all images, ``[N]`` class indices (list or tensor), or
-    ``N`` grad-cam targets (``ClassifierOutputTarget(c)``: the class whose logit is explained). Images whose
+    (the predicted classes), a class index for all images, ``[N]`` class indices (list or tensor),
+    ``N`` grad-cam targets (``ClassifierOutputTarget(c)``: the class whose logit is explained;
+    ``SemanticSegmentationTarget(c, mask)``), a ``models.targets`` target (``parse_target("classes:3,7")``)
+    or one callable from the model's output ``[B, ...]`` to ``[B]`` scores (docs/cam-engine.md#targets). Images whose
     weights are NaN or Inf (an expression that overflows) get blank heatmaps and ``explain``'s warning (logged)."""
 
     def __init__(self, model: nn.Module | LoadedModel, target_layer: nn.Module | str | Sequence[nn.Module] | None,
@@ -183,6 +185,9 @@ class SyCAM:
             what = f"shape {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
             raise MethodError(f"images must be a tensor [N, 3, H, W], got {what}")
         t = resolve_targets(targets, self.model, images)
+        if isinstance(t, Target) and not t.is_class and not isinstance(self.method, Node):
+            raise MethodError(f"a per-class method dispatches on classes; target {t.name} names none: "
+                              f"pass class targets")
         terms, info = compute_terminals(self.model, self.layer, images, t, self.names, device=images.device,
                                         chunk_size=self.chunk_size, progress=False, ablation=self.ablation,
                                         precision=self.runtime.precision, runtime=self.runtime,

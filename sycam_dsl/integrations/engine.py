@@ -16,6 +16,7 @@ from ..deploy.sycam import checked_weights
 from ..lang.ast import Node
 from ..models.batching import BatchSize
 from ..models.precision import DEFAULT_PRECISION
+from ..models.targets import Target
 from .errors import IntegrationError
 
 
@@ -36,15 +37,15 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def expression_weights(model: nn.Module, layer: str, node: Node, images: torch.Tensor,
-                       classes: Sequence[int] | torch.Tensor, chunk_size: BatchSize = DEFAULT_CHUNK_SIZE,
+                       classes: Sequence[int] | torch.Tensor | Target, chunk_size: BatchSize = DEFAULT_CHUNK_SIZE,
                        ablation: str = "auto", precision: str = DEFAULT_PRECISION,
                        reshape: Reshape = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W, A)``: the expression's weights for ``images`` ``[N, 3, H, W]`` and target ``classes`` ``[N]``,
-    ``[N, K]`` for a Vec or ``[N, K, h, w]`` (``[N, K, 1, 1]`` when constant over positions) for a Map, and
-    the layer's activations ``A`` ``[N, K, h, w]`` (read through ``reshape``: ``cam.reshape``); on the model's
-    device, without autograd history. Images whose weights are NaN or Inf (an expression that overflows) get
-    zero weights, with the API's warning."""
-    targets = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
+    """``(W, A)``: the expression's weights for ``images`` ``[N, 3, H, W]`` and target ``classes`` ``[N]`` (or a
+    ``models.targets`` target), ``[N, K]`` for a Vec or ``[N, K, h, w]`` (``[N, K, 1, 1]`` when constant over
+    positions) for a Map, and the layer's activations ``A`` ``[N, K, h, w]`` (read through ``reshape``:
+    ``cam.reshape``); on the model's device, without autograd history. Images whose weights are NaN or Inf
+    (an expression that overflows) get zero weights, with the API's warning."""
+    targets = classes if isinstance(classes, Target) else torch.as_tensor(classes, dtype=torch.long).reshape(-1)
     terms, info = compute_terminals(model, layer, images.detach(), targets, sorted(node.terminals()),
                                     device=model_device(model), chunk_size=chunk_size, progress=False,
                                     ablation=ablation, precision=precision, reshape=reshape)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..models.precision import DEFAULT_PRECISION
+from ..models.targets import Target
 from .errors import MetricError
 from .scoring import DEFAULT_BATCH_SIZE, Device, check_inputs, class_scores, safe_denominator, scores_of
 
@@ -26,7 +27,8 @@ def check_heatmaps(heatmaps: torch.Tensor, images: torch.Tensor) -> None:
 
 def masked_scores(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, heatmaps: torch.Tensor,
                   device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE, *,
-                  precision: str = DEFAULT_PRECISION, channels_last: bool = False) -> torch.Tensor:
+                  precision: str = DEFAULT_PRECISION, channels_last: bool = False,
+                  target: Target | None = None) -> torch.Tensor:
     """``y_c(x * H)`` for heatmaps ``[..., N, H, W]``: ``[..., N]`` on ``device`` (``precision``,
     ``channels_last``: see ``scores_of``)."""
     check_inputs(images, targets)
@@ -39,7 +41,7 @@ def masked_scores(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
         return images[rows % n] * flat[rows.to(flat.device)].to(images.device)[:, None]
 
     return scores_of(model, build, targets.repeat(flat.shape[0] // n), device, batch_size, precision=precision,
-                     channels_last=channels_last).reshape(heatmaps.shape[:-2])
+                     channels_last=channels_last, target=target).reshape(heatmaps.shape[:-2])
 
 
 def _both(model, images, targets, heatmaps, device, batch_size, base_scores, **forward):
@@ -53,20 +55,20 @@ def _both(model, images, targets, heatmaps, device, batch_size, base_scores, **f
 def average_drop(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, heatmaps: torch.Tensor,
                  device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
                  base_scores: torch.Tensor | None = None, *, precision: str = DEFAULT_PRECISION,
-                 channels_last: bool = False) -> torch.Tensor:
+                 channels_last: bool = False, target: Target | None = None) -> torch.Tensor:
     """Per-image drop ``100 * max(0, y_c(x) - y_c(x * H)) / y_c(x)``, ``[..., N]`` (lower is
     better; the mean over images is Average Drop %). ``base_scores``: ``y_c(x)`` ``[N]`` if known."""
     base, masked = _both(model, images, targets, heatmaps, device, batch_size, base_scores, precision=precision,
-                         channels_last=channels_last)
+                         channels_last=channels_last, target=target)
     return 100.0 * (base - masked).clamp_min(0) / safe_denominator(base)
 
 
 def increase_in_confidence(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                            heatmaps: torch.Tensor, device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
                            base_scores: torch.Tensor | None = None, *, precision: str = DEFAULT_PRECISION,
-                           channels_last: bool = False) -> torch.Tensor:
+                           channels_last: bool = False, target: Target | None = None) -> torch.Tensor:
     """Per image 100 where ``y_c(x * H) > y_c(x)``, else 0, ``[..., N]`` (higher is better; the
     mean is the percentage of images whose score rises)."""
     base, masked = _both(model, images, targets, heatmaps, device, batch_size, base_scores, precision=precision,
-                         channels_last=channels_last)
+                         channels_last=channels_last, target=target)
     return 100.0 * (masked > base).to(masked.dtype)

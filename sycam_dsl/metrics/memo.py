@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..models.precision import DEFAULT_PRECISION
+from ..models.targets import Target
 from .errors import MetricError
 from .perturbation import cell_ranks, check_curve_inputs, perturbed_builder
 from .scoring import DEFAULT_BATCH_SIZE, Device, scores_of
@@ -113,7 +114,7 @@ def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
                    steps: int, insert: bool, blurred_images: torch.Tensor, image_ids: torch.Tensor,
                    cache: ScoreCache, kind: str, device: Device = "cpu",
                    batch_size: int = DEFAULT_BATCH_SIZE, *, precision: str = DEFAULT_PRECISION,
-                   channels_last: bool = False) -> torch.Tensor:
+                   channels_last: bool = False, target: Target | None = None) -> torch.Tensor:
     """``perturbation_curve`` through ``cache``: ``y_c`` after each step, ``[..., N, P]``, for
     saliency ``[..., N, h, w]``; ``image_ids`` ``[N]`` name the images in the cache and ``kind``
     the perturbation (it must include everything the score depends on besides the image, its
@@ -122,6 +123,8 @@ def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     entries of the images they both build). ``precision``, ``channels_last``: how the model runs
     (``scores_of``)."""
     check_curve_inputs(images, targets, saliency, steps)
+    if target is not None:  # a cache shared across targets never mixes their scores
+        kind += f":{target.name}"
     n = images.shape[0]
     if image_ids.shape != (n,):
         raise MetricError(f"image_ids must be [{n}], one per image, got {list(image_ids.shape)}")
@@ -155,7 +158,7 @@ def memoized_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
         build = perturbed_builder(images, blurred_images, ranks, steps, insert, rows=flat // steps,
                                   step=flat % steps + 1)
         scores = scores_of(model, build, targets[r_img.to(targets.device)], device, batch_size, precision=precision,
-                           channels_last=channels_last).double().cpu()
+                           channels_last=channels_last, target=target).double().cpu()
         stats.misses += len(slots)
         for (key, where), v in zip(pending.items(), scores.tolist()):
             cache.put(key, v)

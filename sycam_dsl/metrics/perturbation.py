@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from ..models.precision import DEFAULT_PRECISION
+from ..models.targets import Target
 from .errors import MetricError
 from .scoring import DEFAULT_BATCH_SIZE, Device, check_inputs, class_scores, safe_denominator, scores_of
 
@@ -203,7 +204,7 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, targets: torch.Te
                        steps: int, insert: bool, device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
                        blur_sigma: float = DEFAULT_BLUR_SIGMA,
                        blurred_images: torch.Tensor | None = None, *, precision: str = DEFAULT_PRECISION,
-                       channels_last: bool = False) -> torch.Tensor:
+                       channels_last: bool = False, target: Target | None = None) -> torch.Tensor:
     """``y_c`` after each step ``p = 1..P``: ``[..., N, P]`` for saliency ``[..., N, h, w]``.
 
     Deletion (``insert=False``) perturbs ``x`` towards ``x~``; insertion perturbs ``x~`` towards
@@ -216,7 +217,7 @@ def perturbation_curve(model: nn.Module, images: torch.Tensor, targets: torch.Te
     build = perturbed_builder(images, blur, ranks, steps, insert)
     rows_targets = targets.repeat_interleave(steps).repeat(ranks.shape[0] // n)
     scores = scores_of(model, build, rows_targets, device, batch_size, precision=precision,
-                       channels_last=channels_last)
+                       channels_last=channels_last, target=target)
     return scores.reshape(*saliency.shape[:-2], steps)
 
 
@@ -233,14 +234,15 @@ def deletion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, sali
              steps: int, device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
              blur_sigma: float = DEFAULT_BLUR_SIGMA,
              base_scores: torch.Tensor | None = None, blurred_images: torch.Tensor | None = None, *,
-             precision: str = DEFAULT_PRECISION, channels_last: bool = False) -> torch.Tensor:
+             precision: str = DEFAULT_PRECISION, channels_last: bool = False,
+             target: Target | None = None) -> torch.Tensor:
     """Per-image Deletion score ``[..., N]`` (higher is better).
 
     ``images`` ``[N, C, H, W]`` normalized, ``targets`` ``[N]``, ``saliency`` ``[..., N, h, w]``
     (``S`` at layer resolution), ``steps`` = ``P``; ``base_scores``: ``y_c(x)`` ``[N]`` and
     ``blurred_images``: ``x~`` ``[N, C, H, W]`` if known; ``precision``, ``channels_last``: see
     ``scores_of``."""
-    fw: dict[str, Any] = {"precision": precision, "channels_last": channels_last}
+    fw: dict[str, Any] = {"precision": precision, "channels_last": channels_last, "target": target}
     curve = perturbation_curve(model, images, targets, saliency, steps, False, device, batch_size, blur_sigma,
                                blurred_images, **fw)
     base = class_scores(model, images, targets, device, batch_size, **fw) if base_scores is None \
@@ -263,10 +265,10 @@ def insertion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, sal
               blur_sigma: float = DEFAULT_BLUR_SIGMA,
               base_scores: torch.Tensor | None = None, blurred_scores: torch.Tensor | None = None,
               blurred_images: torch.Tensor | None = None, *, precision: str = DEFAULT_PRECISION,
-              channels_last: bool = False) -> torch.Tensor:
+              channels_last: bool = False, target: Target | None = None) -> torch.Tensor:
     """Per-image Insertion score ``[..., N]`` (higher is better); arguments as ``deletion``, plus
     ``blurred_scores`` ``y_c(x~)`` ``[N]`` and ``blurred_images`` ``x~`` if known."""
-    fw: dict[str, Any] = {"precision": precision, "channels_last": channels_last}
+    fw: dict[str, Any] = {"precision": precision, "channels_last": channels_last, "target": target}
     blur = blurred(images, blur_sigma) if blurred_images is None else blurred_images
     curve = perturbation_curve(model, images, targets, saliency, steps, True, device, batch_size,
                                blur_sigma, blur, **fw)

@@ -99,6 +99,9 @@ def quantus_metric(name: str) -> Metric:
 
     def fn(inputs: MetricInputs, **options: Any) -> torch.Tensor:
         assert inputs.model is not None and inputs.heatmaps is not None  # needs_model; heatmaps always
+        if inputs.target is not None:  # Quantus takes class indices (y_batch)
+            raise MetricError(f"quantus:{key} scores classes; target {inputs.target.name} names none: use the "
+                              f"built-in metrics, which score any target")
         init = {**_QUIET, **{k: v for k, v in options.items() if k != "higher_is_better"}}
         try:
             metric = cls(**init)

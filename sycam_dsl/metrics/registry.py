@@ -28,6 +28,7 @@ from torch import nn
 from ..models.batching import AUTO
 from ..models.precision import DEFAULT_PRECISION
 from ..models.runtime import RuntimeModule, RuntimeSpec, forward_module
+from ..models.targets import Target
 from .errors import MetricError
 from .scoring import DEFAULT_BATCH_SIZE, Device, plan_forward
 
@@ -51,7 +52,8 @@ class MetricInputs:
     channels-last batches, None to let ``plan_forward`` decide (on for convolutional models with
     ``"auto"`` or a lower precision, whose bits differ anyway; off for fp32 at a fixed batch size);
     ``runtime``: where the forward passes run (``models.runtime``: the model is replaced by what
-    ``forward_module`` gives, once; None: torch); ``progress``: print the conversion line."""
+    ``forward_module`` gives, once; None: torch); ``progress``: print the conversion line; ``target``:
+    a bound target of another kind than the class (``models.targets``; ``targets`` are then its ids)."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -68,6 +70,7 @@ class MetricInputs:
     channels_last: bool | None = None
     runtime: RuntimeSpec | None = None
     progress: bool = False
+    target: Target | None = None
 
     def __post_init__(self) -> None:
         if self.image_ids is None:
@@ -86,8 +89,12 @@ class MetricInputs:
 
     @property
     def forward_options(self) -> dict[str, Any]:
-        """``precision`` and ``channels_last``, as the keywords of ``scores_of`` and the metrics."""
-        return {"precision": self.precision, "channels_last": bool(self.channels_last)}
+        """``precision``, ``channels_last`` and ``target`` (when not the class), as the keywords of
+        ``scores_of`` and the metrics."""
+        out: dict[str, Any] = {"precision": self.precision, "channels_last": bool(self.channels_last)}
+        if self.target is not None:
+            out["target"] = self.target
+        return out
 
     def with_heatmaps(self, heatmaps: torch.Tensor | None, saliency: torch.Tensor | None = None) -> MetricInputs:
         """The same images, model and cache with another candidate's ``H`` (and ``S``)."""

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..models.precision import DEFAULT_PRECISION
+from ..models.targets import Target
 from .errors import MetricError
 from .memo import ScoreCache
 from .scoring import DEFAULT_BATCH_SIZE, Device, check_inputs, scores_of
@@ -141,7 +142,7 @@ def road_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, he
                noise: float = DEFAULT_NOISE, seed: int = DEFAULT_SEED, device: Device = "cpu",
                batch_size: int = DEFAULT_BATCH_SIZE, memo: ScoreCache | None = None,
                image_ids: torch.Tensor | None = None, *, precision: str = DEFAULT_PRECISION,
-               channels_last: bool = False) -> torch.Tensor:
+               channels_last: bool = False, target: Target | None = None) -> torch.Tensor:
     """``y_c`` of the imputed image at each percentile: ``[N, P]`` for heatmaps ``H`` ``[N, H, W]``.
 
     ``memo``: a ``ScoreCache`` that keeps the scores by image (``image_ids`` ``[N]``), target and set of
@@ -158,7 +159,7 @@ def road_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, he
     tgt = targets.tolist()
     values = np.empty(n * len(pct), dtype=np.float64)
     pending: dict[tuple, list[int]] = {}
-    kind = f"road:noise={float(noise)!r}:seed={int(seed)}:{precision}"
+    kind = f"road:noise={float(noise)!r}:seed={int(seed)}:{precision}" + (f":{target.name}" if target else "")
     for i in range(n):
         packed = np.packbits(removed[i].flatten(1).cpu().numpy(), axis=-1)
         for j in range(len(pct)):
@@ -185,7 +186,7 @@ def road_curve(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, he
             return noisy_imputation(images[img[r].to(dev)], rows_removed[r.to(rows_removed.device)], noise, seed)
 
         scores = scores_of(model, build, targets[img.to(targets.device)], device, batch_size, precision=precision,
-                           channels_last=channels_last).double().cpu()
+                           channels_last=channels_last, target=target).double().cpu()
         if memo is not None:
             memo.stats.misses += len(pending)
         for (key, where), v in zip(pending.items(), scores.tolist()):

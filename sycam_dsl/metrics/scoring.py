@@ -16,6 +16,7 @@ from ..models.batching import AUTO, auto_batch_size, has_convolutions, layout_er
 from ..models.errors import ModelError
 from ..models.precision import DEFAULT_PRECISION, check_precision, forward_precision
 from ..models.runtime import reference_of
+from ..models.targets import Target, model_output
 from ..util.modes import eval_mode
 from .errors import MetricError
 
@@ -38,8 +39,9 @@ def check_inputs(images: torch.Tensor, targets: torch.Tensor) -> None:
 
 def scores_of(model: nn.Module, build: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
               device: Device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE, *, precision: str = DEFAULT_PRECISION,
-              channels_last: bool = False) -> torch.Tensor:
-    """Softmax score of ``targets[r]`` for each row ``r`` of ``M = len(targets)`` rows.
+              channels_last: bool = False, target: Target | None = None) -> torch.Tensor:
+    """Softmax score of ``targets[r]`` for each row ``r`` of ``M = len(targets)`` rows; with a bound
+    ``target`` (``models.targets``), its metric score of each row, whose ``targets[r]`` is its id.
 
     ``build(rows)`` gets a ``[B]`` long tensor of row indices (on ``device``) and returns the
     ``[B, C, H, W]`` model inputs of those rows; a builder with a ``build_range(start, stop,
@@ -73,16 +75,19 @@ def scores_of(model: nn.Module, build: Callable[[torch.Tensor], torch.Tensor], t
                 x = x.contiguous(memory_format=fmt)
             try:
                 with forward_precision(precision, device):
-                    logits = model(x)
+                    logits = model_output(model(x))
             except RuntimeError as e:  # a model that cannot take channels-last input (a .view() on it, say)
                 if i > 0 or fmt is not torch.channels_last or not layout_error(e):
                     raise
                 fmt = torch.contiguous_format
                 with forward_precision(precision, device):
-                    logits = model(x.contiguous())
+                    logits = model_output(model(x.contiguous()))
             if i == 0:
-                _check_logits(logits, targets)
-            out[i:j] = torch.softmax(logits.float(), dim=1).gather(1, targets[i:j, None]).squeeze(1)
+                _check_logits(logits, targets, target)
+            if target is not None:
+                out[i:j] = target.metric(logits.float(), targets[i:j])
+            else:
+                out[i:j] = torch.softmax(logits.float(), dim=1).gather(1, targets[i:j, None]).squeeze(1)
     return out
 
 
@@ -140,9 +145,12 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-def _check_logits(logits: torch.Tensor, targets: torch.Tensor) -> None:
+def _check_logits(logits: torch.Tensor, targets: torch.Tensor, target: Target | None = None) -> None:
     """The first batch's logits are ``[B, classes]`` and every target (all batches') a class index:
-    one check, so the loop never waits for the device."""
+    one check, so the loop never waits for the device (a ``target``'s own check, if given)."""
+    if target is not None:
+        target.check(logits)
+        return
     if logits.dim() != 2:
         raise MetricError(f"the model must return class logits [B, classes], got shape {list(logits.shape)}")
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
@@ -159,11 +167,11 @@ def _check_device(model: nn.Module, device: torch.device) -> None:
 
 def class_scores(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, device: Device = "cpu",
                  batch_size: int = DEFAULT_BATCH_SIZE, *, precision: str = DEFAULT_PRECISION,
-                 channels_last: bool = False) -> torch.Tensor:
-    """``y_c(x)``: softmax score of each image's target class, ``[N]`` on ``device``."""
+                 channels_last: bool = False, target: Target | None = None) -> torch.Tensor:
+    """``y_c(x)``: softmax score of each image's target class (``target``'s metric score), ``[N]`` on ``device``."""
     check_inputs(images, targets)
     return scores_of(model, lambda rows: images[rows.to(images.device)], targets, device, batch_size,
-                     precision=precision, channels_last=channels_last)
+                     precision=precision, channels_last=channels_last, target=target)
 
 
 def safe_denominator(scores: torch.Tensor) -> torch.Tensor:

@@ -11,3 +11,7 @@ class ModelError(SycamError):
 
 class LayerError(SycamError):
     """A target layer that does not exist or cannot be read."""
+
+
+class TargetError(SycamError):
+    """A target (``models.targets``) that does not fit the model's output."""

@@ -19,6 +19,7 @@ from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models.batching import check_batch_size
 from ..models.precision import DEFAULT_PRECISION, check_precision
 from ..models.runtime import DEFAULT_RUNTIME, check_runtime
+from ..models.targets import Target, as_target
 from ..synthesis.config import Budget, SearchOptions
 from ..synthesis.distributed import ClusterOptions
 
@@ -29,7 +30,10 @@ class DataOptions:
 
     ``masks`` ``[N, H, W]`` (or a folder) for ground-truth metrics; ``labels`` ``[N]`` stratify the
     subsets (default: the predicted classes); ``targets`` ``[N]`` the classes explained (default:
-    the predicted ones); ``size`` the side images are resized to (default: the model's input size);
+    the predicted ones), or what is explained and scored (``models.targets.as_target``: a ``Target``, a spec
+    such as ``"classes:3,7"``, ``"output:0"`` or ``"segmentation:1"``, one callable from the output to
+    ``[B]`` scores, or grad-cam's per-image targets); ``size`` the side images are resized to (default:
+    the model's input size);
     ``batch_size`` images per forward pass of the metrics, ``chunk_size`` per terminal computation,
     either ``"auto"`` for the largest batch that fits on CUDA, a memory budget on the CPU (the metrics
     then run convolutional models on channels-last batches); ``precision``: fp32 (default), bf16 or
@@ -45,7 +49,7 @@ class DataOptions:
 
     masks: torch.Tensor | str | Path | None = None
     labels: torch.Tensor | None = None
-    targets: torch.Tensor | None = None
+    targets: torch.Tensor | Target | Any = None
     size: int | None = None
     batch_size: int | str = DEFAULT_BATCH_SIZE
     chunk_size: int | str = DEFAULT_CHUNK_SIZE
@@ -63,6 +67,7 @@ class DataOptions:
         check_precision(self.precision)
         check_runtime(self.runtime)
         check_reshape(self.reshape)
+        object.__setattr__(self, "targets", as_target(self.targets))
 
 
 @dataclass(frozen=True)

@@ -83,9 +83,11 @@ def take_output_folder(folder: Path, resume: bool, per_class: bool, strict: bool
 
 def _row_labels(data: Data, problem: Problem, rows: torch.Tensor) -> list[str]:
     out = []
+    target = problem.inputs.target  # another kind than the class: its name (the targets are its ids)
     for i in rows.tolist():
         c = int(problem.targets[i])
-        name = data.classes[c] if data.classes and c < len(data.classes) else f"class {c}"
+        name = target.name if target is not None else data.classes[c] if data.classes and c < len(data.classes) \
+            else f"class {c}"
         out.append(f"{data.files[int(problem.index[i])]}: {name}")
     return out
 

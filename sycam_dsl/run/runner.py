@@ -45,6 +45,7 @@ from ..metrics.registry import Metric
 from ..models import LoadedModel
 from ..models.devices import resolve_device
 from ..models.runtime import RuntimeSpec, check_support, runtime_name
+from ..models.targets import Target, target_name
 from ..parse import resolve_grammar
 from ..parse.grammar import Grammar
 from ..synthesis.build import ProblemOptions, build_problem
@@ -200,8 +201,9 @@ class Run:
         settings = {f.name: getattr(chosen, f.name) for f in fields(chosen) if f.name not in ("progress", "on_demand")}
         spec = WorkerSpec(self.model, self.options.layer, tuple(names), self.objective, self.grammar.start.type,
                           settings)
-        return stack.enter_context(shard_pool(self.options.cluster, spec, self.data.images, self.options.data.targets,
-                                              self.data.masks))
+        targets = self.options.data.targets  # a class target (others are refused with a cluster)
+        return stack.enter_context(shard_pool(self.options.cluster, spec, self.data.images,
+                                              targets if isinstance(targets, torch.Tensor) else None, self.data.masks))
 
     def terminals(self, names: list[str], t0: float) -> None:
         """The terminals ``names`` of every image (up front, or the gradient pass's with ``cic`` and
@@ -363,6 +365,7 @@ class Run:
             "level_sizes": [s for s in search.level_sizes], "equivalence_size": search.equivalence_size,
             "max_size": search.max_size, "report_metrics": [m.name for m in self.shown], "device": str(o.device),
             "batch_size": data.batch_size, "chunk_size": data.chunk_size, "precision": data.precision,
+            "target": target_name(data.targets),
             "runtime": {"asked": data.runtime, "used": runtime_name(problem.inputs.model)},
             "reshape": reshape_text(data.reshape),
             "forward": {"batch_size": problem.inputs.batch_size, "channels_last": problem.inputs.channels_last,
@@ -425,6 +428,9 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     keep_freed_memory()  # about 2x faster scoring here (see allocator); changes no result
     if images is None:
         raise SycamError("give images: a folder, an ImageSet or a tensor [N, 3, H, W]")
+    if isinstance(data.targets, Target) and not data.targets.is_class and (per_class or cluster.on):
+        raise SycamError(f"target {data.targets.name} explains no class: per-class searches and Ray workers need "
+                         f"class targets; drop per_class / the cluster, or use a class target")
     options = RunOptions(layer, budget, per_class, Path(out_dir) if out_dir is not None else None, resume, weights,
                          device, data, search, output, cluster)
     # checked and locked before any work, and locked until the files are written

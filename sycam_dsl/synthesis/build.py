@@ -20,6 +20,7 @@ from ..metrics.scoring import DEFAULT_BATCH_SIZE
 from ..models import LoadedModel
 from ..models.precision import DEFAULT_PRECISION
 from ..models.runtime import RuntimeSpec
+from ..models.targets import Target
 from .on_demand import EXPENSIVE, OnDemandTerminals, TerminalSource
 from .problem import Data, Problem
 
@@ -51,24 +52,34 @@ class ProblemOptions:
     reshape: Reshape = "auto"
 
 
+def _given(targets: torch.Tensor | Target | None, fixed: torch.Tensor, index: torch.Tensor) -> Any:
+    """What the terminals of the images at ``index`` are computed for later (on demand): ``targets``' part
+    for them, or the classes ``fixed`` up front (None when the predicted classes were asked)."""
+    if isinstance(targets, Target):
+        return targets.select(index.tolist())
+    return None if targets is None else fixed[index]
+
+
 def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequence[str],
-                  targets: torch.Tensor | None = None, device: str = "cpu", *,
+                  targets: torch.Tensor | Target | None = None, device: str = "cpu", *,
                   options: ProblemOptions | None = None, up_front: UpFrontFn | None = None,
                   **settings: Any) -> tuple[Problem, TerminalInfo]:
-    """Compute the terminals ``names`` of ``data``'s images for ``targets`` (None: the predicted
-    classes) on ``device`` and wrap everything a search scores on into a ``Problem``; returns it with
-    the ``TerminalInfo`` (the target layer's name, ``stored``: the images that came from the store).
-    How: ``options`` (``ProblemOptions``), with ``settings``, its fields as keywords, over them
-    (``use_cache=False``). With ``on_demand`` the ``cic`` and ``abl`` computed later are for the
-    images they are read on, with the targets of the gradient pass (through the store too).
-    ``up_front``: computes the terminals computed up front (given their names) instead of this
-    process (a ``distributed`` pool's workers, for their shards)."""
+    """Compute the terminals ``names`` of ``data``'s images for ``targets`` (None: the predicted classes; a
+    ``models.targets.Target``: what it scores) on ``device`` and wrap everything a search scores on into a
+    ``Problem``; returns it with the ``TerminalInfo`` (the target layer's name, ``stored``: the images that came
+    from the store). How: ``options`` (``ProblemOptions``), with ``settings``, its fields as keywords, over them
+    (``use_cache=False``). With ``on_demand`` the ``cic`` and ``abl`` computed later are for the images they are
+    read on, with the targets of the gradient pass (through the store too). ``up_front``: computes the terminals
+    computed up front (given their names) instead of this process (a ``distributed`` pool's workers, for their
+    shards)."""
     from functools import partial
 
     from ..cam.compute import compute_terminals
     from ..cam.store import model_digest
 
     o = replace(options or ProblemOptions(), **settings)
+    if isinstance(targets, Target) and targets.is_class:  # the default: the predicted classes
+        targets = None
     chunk_size, progress, precision, runtime, reshape = o.chunk_size, o.progress, o.precision, o.runtime, o.reshape
     names = list(dict.fromkeys(names))
     store = None
@@ -96,11 +107,11 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
             show = progress and source.busy is None
             # the targets asked for, as up front (the disk cache keys on them), unless a near tie
             # makes the predicted class of an image differ: then those of the gradient pass
-            given = None if targets is None else fixed[index]
+            given = _given(targets, fixed, index)
             got, got_info = compute(model, info.layer, data.images[index], given, asked, device=device,
                                     chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime,
                                     reshape=reshape)
-            if given is None and not torch.equal(got_info.targets.detach().cpu(), fixed[index]):
+            if targets is None and not torch.equal(got_info.targets.detach().cpu(), fixed[index]):
                 got, _ = compute(model, info.layer, data.images[index], fixed[index], asked, device=device,
                                  chunk_size=chunk_size, progress=show, precision=precision, runtime=runtime,
                                  reshape=reshape)
@@ -110,7 +121,8 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
             from ..cam.store import stored_images
 
             assert store is not None
-            return stored_images(model, info.layer, data.images[index], None if targets is None else fixed[index],
+            given = _given(targets, fixed, index)
+            return stored_images(model, info.layer, data.images[index], given,
                                  asked, device=device, precision=precision, store=store, runtime=runtime,
                                  reshape=reshape)
 
@@ -120,8 +132,10 @@ def build_problem(model: LoadedModel, layer: str | None, data: Data, names: Sequ
     inputs = MetricInputs(data.images.to(dev), info.targets.to(dev),
                           masks=None if data.masks is None else data.masks.to(dev), model=model.module,
                           device=dev, batch_size=o.batch_size, memo=ScoreCache(o.memo_mb) if o.memo_mb > 0 else None,
-                          precision=precision, runtime=runtime, progress=progress)
-    classes = data.labels if data.labels is not None else info.targets
+                          precision=precision, runtime=runtime, progress=progress, target=info.target)
+    # a target of another kind than the class has no classes to stratify by: one stratum
+    fallback = info.targets if info.target is None else torch.zeros_like(info.targets)
+    classes = data.labels if data.labels is not None else fallback
     problem = Problem(terms, info.acts.to(dev), inputs, classes.detach().cpu().long(),
                       torch.arange(data.images.shape[0]), terminal_key=key,
                       terminal_batch_sizes=dict(info.batch_sizes))
