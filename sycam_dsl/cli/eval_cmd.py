@@ -16,6 +16,7 @@ from ..errors import SycamError
 from ..metrics.registry import known_metrics
 from ..util.files import atomic_write_json
 from ..util.text import comma_list
+from .metric_args import metrics_from_args
 from .options import (
     IMAGES_HELP,
     MASKS_HELP,
@@ -25,7 +26,6 @@ from .options import (
     add_targets,
     compute_terminals_from,
     from_store,
-    metrics_from_args,
     note_metric_batch,
     output_file,
     runtime_from,

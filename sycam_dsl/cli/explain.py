@@ -8,12 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .metric_args import metric_from_args
 from .options import (
     TARGET_HELP,
     add_model_options,
     add_scoring_options,
     compute_terminals_from,
-    metric_from_args,
     note_metric_batch,
     output_file,
     runtime_from,

@@ -25,6 +25,7 @@ from ..synthesis.guide import STRATEGIES
 from ..synthesis.incumbent import parse_untils
 from ..synthesis.split import DEFAULT_TEST_SPLIT, MIN_SPLIT_IMAGES, check_fraction
 from ..synthesis.subsets import DEFAULT_EQUIVALENCE_SIZE, parse_level_sizes
+from .metric_args import check_metric_options, metric_from_args
 from .options import (
     IMAGES_HELP,
     MASKS_HELP,
@@ -32,11 +33,9 @@ from .options import (
     add_model_options,
     add_scoring_options,
     add_targets,
-    check_metric_options,
     chunk_size_from,
     from_store,
     int_in,
-    metric_from_args,
     nonnegative_float,
     nonnegative_int,
     positive_float,
