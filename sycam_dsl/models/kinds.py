@@ -23,7 +23,7 @@ from .precision import float32_model
 from .registry import ModelKind, register_model_kind
 from .small_cnn import load_bundled_model
 from .timm_models import build_timm, is_timm_spec, timm_preset
-from .weights import apply_state_dict, no_weights_error, random_seed, read_state_dict
+from .weights import apply_state_dict, build_with_weights, random_seed, read_state_dict
 
 _SCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 _EFFICIENTNET_LITE0 = ("efficientnet_lite0", "efficientnet-lite0")
@@ -53,21 +53,13 @@ def _torchvision_preset(name: str) -> tuple[Normalization, int]:
 
 def _build_torchvision(name: str, weights: str | None) -> tuple[nn.Module, dict[str, Any]]:
     import torchvision
-    seed = random_seed(weights)
-    if weights is None:
-        raise no_weights_error(name)
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return torchvision.models.get_model(name, weights=None), {"weights": f"random:{seed}"}
-    state = read_state_dict(weights)
-    model = torchvision.models.get_model(name, weights=None)
-    key = _last_linear_key(model)
-    # A fine-tuned checkpoint: rebuild with its number of classes instead of failing on the shape.
-    if key and key in state and state[key].dim() == 2 and state[key].shape[0] != model.state_dict()[key].shape[0]:
-        model = torchvision.models.get_model(name, weights=None, num_classes=int(state[key].shape[0]))
-    apply_state_dict(model, state, repr(str(weights)))
-    return model, {"weights": str(weights)}
+
+    def make(classes: int | None) -> nn.Module:
+        if classes is None:
+            return torchvision.models.get_model(name, weights=None)
+        return torchvision.models.get_model(name, weights=None, num_classes=classes)
+
+    return build_with_weights(make, weights, name, _last_linear_key)
 
 
 def _build_efficientnet_lite0(weights: str | None) -> tuple[nn.Module, dict[str, Any]]:

@@ -12,12 +12,11 @@ import difflib
 import re
 from typing import Any
 
-import torch
 from torch import nn
 
 from .errors import ModelError
 from .loaded import Normalization
-from .weights import apply_state_dict, no_weights_error, random_seed, read_state_dict
+from .weights import build_with_weights
 
 #: The spec prefix of timm models.
 PREFIX = "timm:"
@@ -74,23 +73,15 @@ def build_timm(spec: str, weights: str | None) -> tuple[nn.Module, dict[str, Any
         close = difflib.get_close_matches(name, known, n=4)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ModelError(f"timm has no model {name!r}{hint}; timm.list_models() lists them")
-    seed = random_seed(weights)
-    if weights is None:
-        raise no_weights_error(spec)
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return _create(timm, spec, name, kwargs), {"weights": f"random:{seed}"}
-    state = read_state_dict(weights)
-    model = _create(timm, spec, name, kwargs)
-    config: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
-    key = f"{config.get('classifier', 'head')}.weight"
-    own = model.state_dict().get(key)
-    if "num_classes" not in kwargs and own is not None and key in state and state[key].dim() == 2 \
-            and state[key].shape[0] != own.shape[0]:  # a fine-tuned checkpoint: its number of classes
-        model = _create(timm, spec, name, {**kwargs, "num_classes": int(state[key].shape[0])})
-    apply_state_dict(model, state, repr(str(weights)))
-    return model, {"weights": str(weights)}
+    def make(classes: int | None) -> nn.Module:
+        return _create(timm, spec, name, kwargs if classes is None else {**kwargs, "num_classes": classes})
+
+    def classifier(model: nn.Module) -> str | None:
+        # a fine-tuned checkpoint's number of classes, unless num_classes was given in the spec
+        config: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
+        return None if "num_classes" in kwargs else f"{config.get('classifier', 'head')}.weight"
+
+    return build_with_weights(make, weights, spec, classifier)
 
 
 def timm_preset(model: nn.Module, spec: str) -> tuple[Normalization, int]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,3 +86,26 @@ def apply_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
                 parts.append(f"{len(items)} {label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
         raise ModelError(f"weights {source} do not fit the model: {'; '.join(parts)}")
     module.load_state_dict(state)
+
+
+def build_with_weights(make: Callable[[int | None], nn.Module], weights: str | None, name: str,
+                       classifier_key: Callable[[nn.Module], str | None]) -> tuple[nn.Module, dict[str, Any]]:
+    """A model from ``make(num_classes)`` (None: its default) with ``weights``: ``random:SEED`` (built
+    under that seed), else a state-dict file; a fine-tuned checkpoint whose ``classifier_key(model)``
+    weight ``[classes, features]`` has another number of rows is rebuilt with its number of classes
+    instead of failing on the shape. Returns the model and what the run records of its weights."""
+    seed = random_seed(weights)
+    if weights is None:
+        raise no_weights_error(name)
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return make(None), {"weights": f"random:{seed}"}
+    state = read_state_dict(weights)
+    model = make(None)
+    key = classifier_key(model)
+    own = model.state_dict().get(key) if key else None
+    if key and own is not None and key in state and state[key].dim() == 2 and state[key].shape[0] != own.shape[0]:
+        model = make(int(state[key].shape[0]))
+    apply_state_dict(model, state, repr(str(weights)))
+    return model, {"weights": str(weights)}
