@@ -557,6 +557,15 @@ def test_load_model_torchvision_needs_weights_and_downloads_nothing():
         load_model("resnet50")
 
 
+def test_a_torchvision_segmentation_model_loads_by_name_with_no_pretrained_backbone():
+    # weights_backbone=None: torchvision would otherwise fetch the ImageNet backbone (no network in CI)
+    a, b = load_model("lraspp_mobilenet_v3_large", "random:0"), load_model("lraspp_mobilenet_v3_large", "random:0")
+    assert type(a.module).__name__ == "LRASPP" and a.source == "torchvision"
+    assert all(torch.equal(x, y) for x, y in zip(a.module.state_dict().values(), b.module.state_dict().values()))
+    with torch.no_grad():
+        assert a.module(torch.randn(1, 3, 64, 64))["out"].shape == (1, 21, 64, 64)
+
+
 def test_load_model_random_weights_are_seeded_and_leave_the_global_rng_alone():
     torch.manual_seed(123)
     state = torch.get_rng_state()

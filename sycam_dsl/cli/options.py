@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 #: Defaults shared by several commands.
 DEFAULT_DEVICE = "cpu"
 
-MODEL_HELP = ("a torchvision classifier name (resnet50, vgg16, vit_b_16, swin_t, ...), efficientnet_lite0, bundled "
+MODEL_HELP = ("a torchvision classifier or segmentation name (resnet50, vit_b_16, swin_t, deeplabv3_resnet50, ...), "
+              "efficientnet_lite0, bundled "
               "(the small CNN of the built-in benchmark), timm:NAME[,key=value...] (a timm model, pretrained=False, "
               "with --weights FILE or random:SEED; pip install \"sycam-dsl[timm]\"), a TorchScript file, or a "
               "factory package.module:function returning an nn.Module")

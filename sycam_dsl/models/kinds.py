@@ -1,5 +1,6 @@
 """The built-in model kinds: the bundled SmallCNN, EfficientNet-Lite0, TorchScript files, timm models
-(``timm:NAME``), Python factories and torchvision classifiers (tried in that order, see ``registry``).
+(``timm:NAME``), Python factories and torchvision classifiers and segmentation models (tried in that
+order, see ``registry``).
 
 Nothing is downloaded at run time: torchvision models are built with ``weights=None`` and loaded
 from a local state-dict file (``--weights FILE``), or seeded random weights (``random:SEED``) for
@@ -36,8 +37,18 @@ def _last_linear_key(module: nn.Module) -> str | None:
 
 
 def _torchvision_names() -> list[str]:
+    """torchvision's classifiers and semantic-segmentation models (``--target segmentation:C``)."""
+    return _torchvision_classifiers() + _torchvision_segmentation()
+
+
+def _torchvision_classifiers() -> list[str]:
     import torchvision
     return torchvision.models.list_models(module=torchvision.models)
+
+
+def _torchvision_segmentation() -> list[str]:
+    import torchvision
+    return torchvision.models.list_models(module=torchvision.models.segmentation)
 
 
 def _torchvision_preset(name: str) -> tuple[Normalization, int]:
@@ -54,10 +65,13 @@ def _torchvision_preset(name: str) -> tuple[Normalization, int]:
 def _build_torchvision(name: str, weights: str | None) -> tuple[nn.Module, dict[str, Any]]:
     import torchvision
 
+    # a segmentation model's backbone would otherwise come pretrained (downloaded): its weights are the file's
+    extra = {"weights_backbone": None} if name in _torchvision_segmentation() else {}
+
     def make(classes: int | None) -> nn.Module:
         if classes is None:
-            return torchvision.models.get_model(name, weights=None)
-        return torchvision.models.get_model(name, weights=None, num_classes=classes)
+            return torchvision.models.get_model(name, weights=None, **extra)
+        return torchvision.models.get_model(name, weights=None, num_classes=classes, **extra)
 
     return build_with_weights(make, weights, name, _last_linear_key)
 

@@ -77,8 +77,9 @@ def model_kinds() -> list[ModelKind]:
 def load_model(spec: str, weights: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Load the classifier ``spec`` in eval mode on ``device``.
 
-    ``spec``: a torchvision classifier name (``resnet50``, ``vgg16``, ...: any of
-    ``torchvision.models.list_models(module=torchvision.models)``), ``efficientnet_lite0`` (optional
+    ``spec``: a torchvision classifier or segmentation name (``resnet50``, ``vgg16``, ...: any of
+    ``torchvision.models.list_models(module=torchvision.models)``; ``lraspp_mobilenet_v3_large``,
+    ``deeplabv3_resnet50``, ...: of ``torchvision.models.segmentation``), ``efficientnet_lite0`` (optional
     ``efficientnet`` extra), ``timm:NAME`` (optional ``timm`` extra: ``models.timm_models``), a
     TorchScript file, or a Python factory ``package.module:function``
     (called with no arguments, returns an ``nn.Module``), or ``bundled`` (the packaged SmallCNN), or
@@ -93,5 +94,5 @@ def load_model(spec: str, weights: str | None = None, device: str | torch.device
     known = [n for kind in _KINDS if kind.names is not None for n in kind.names()]
     close = difflib.get_close_matches(spec.lower(), known, n=4)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ModelError(f"unknown model {spec!r}{hint}: give a torchvision classifier name, efficientnet_lite0, "
-                     f"timm:NAME, a TorchScript file, or a factory package.module:function")
+    raise ModelError(f"unknown model {spec!r}{hint}: give a torchvision classifier or segmentation name, "
+                     f"efficientnet_lite0, timm:NAME, a TorchScript file, or a factory package.module:function")
