@@ -23,6 +23,7 @@ from sycam_dsl.run import DataOptions, OutputOptions, synthesize
 from sycam_dsl.run.generalization import best_test_line, overfit_warning
 from sycam_dsl.run.runner import build_problem, loaded_model
 from sycam_dsl.synthesis import Budget, SearchOptions
+from sycam_dsl.synthesis.budget import CURVE_INCUMBENTS, AfterSearch, Reserve, estimate_reserve
 from sycam_dsl.synthesis.problem import Data
 from tests.test_synthesize_api import SCHEMA, data, tiny_model
 
@@ -148,3 +149,25 @@ def test_warning_compares_with_the_best_earlier_incumbent_and_counts_the_rest():
     assert line is not None
     assert "incumbent 3 (`e3`, 3.0 s) is worse on the test split than the earlier incumbent 0 (`e0`" in line
     assert "(3 later incumbents are worse than an earlier one)" in line
+
+
+def test_a_whole_run_budget_sets_the_curve_aside():
+    x, masks = data(12)
+    gram = resolve_grammar("g2")
+    names = list(dict.fromkeys(list(gram.inputs) + [t for b in SEARCH_BASELINES for t in baseline(b).terminals]))
+    problem, _ = build_problem(loaded_model(tiny_model(), None, "cpu"), "features",
+                               Data(x, [str(i) for i in range(12)], masks=masks), names, use_cache=False,
+                               progress=False)
+    metric = get_metric("deletion").with_options(steps=3)
+    search, test = torch.arange(9), torch.arange(9, 12)
+
+    def reserve(rows: int, held_out: torch.Tensor | None) -> Reserve:
+        after = AfterSearch([metric], [metric], names, SEARCH_BASELINES, len(SEARCH_BASELINES) + 1, 0, rows)
+        return estimate_reserve(problem, search, held_out, after, 0.0)
+
+    with_curve = reserve(CURVE_INCUMBENTS, test)
+    assert with_curve.curve > 0
+    assert with_curve.set_aside == pytest.approx(with_curve.terminals + with_curve.check + with_curve.tables
+                                                 + with_curve.outputs + with_curve.curve)
+    assert reserve(0, test).curve == 0.0  # per-class searches: no curve
+    assert reserve(CURVE_INCUMBENTS, None).curve == 0.0  # no test split: no curve

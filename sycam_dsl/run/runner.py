@@ -240,13 +240,14 @@ class Run:
         if not budget.whole_run or budget.seconds is None:
             return budget
         from ..cam.sanity import DEFAULT_SANITY_IMAGES
-        from ..synthesis.budget import AfterSearch, estimate_reserve
+        from ..synthesis.budget import CURVE_INCUMBENTS, AfterSearch, estimate_reserve
 
         problem, split = self.problem, self.test_split
         after = AfterSearch(metric_list(self.objective), self.shown,
                             [t for b in SEARCH_BASELINES for t in baseline(b).terminals], SEARCH_BASELINES,
                             len(SEARCH_BASELINES) + 1,
-                            min(DEFAULT_SANITY_IMAGES, problem.n) if self.options.output.sanity else 0)
+                            min(DEFAULT_SANITY_IMAGES, problem.n) if self.options.output.sanity else 0,
+                            0 if self.options.per_class else CURVE_INCUMBENTS)
         reserve = estimate_reserve(problem, split.search if split.on else torch.arange(problem.n),
                                    split.test if split.on else None, after, self.terminal_seconds / max(1, problem.n))
         left = budget.seconds - (time.perf_counter() - self.t_start)
