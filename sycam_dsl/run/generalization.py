@@ -51,7 +51,7 @@ def overfit_warning(points: Sequence[Mapping[str, Any]], per_image: Sequence[tor
         return None
     k, j, c = found[-1]
     more = f" ({len(found)} later incumbents are worse than an earlier one)" if len(found) > 1 else ""
-    return (f"the search's images misled it: {_label(k, points[k])} is worse on the test split than the earlier "
+    return (f"the search overfitted its images: {_label(k, points[k])} is worse on the test split than the earlier "
             f"{_label(j, points[j])} ({c.mean:+.4f}, {100 * c.level:.0f}% CI [{c.low:+.4f}, {c.high:+.4f}] over "
             f"{c.n} images){more}; the result stays the searched-split winner (see {PLOT_FILE})")
 
@@ -96,6 +96,7 @@ def generalization(history: Sequence[Mapping[str, Any]], metrics: list[Metric], 
 
 
 def _versus(later: torch.Tensor, earlier: torch.Tensor, higher_is_better: bool) -> dict[str, Any]:
+    """``versus_previous`` of one metric: ``later`` against ``earlier`` (per-image test scores)."""
     c = paired_bootstrap(later, earlier, higher_is_better)
     return {"mean_difference": c.mean, "low": c.low, "high": c.high, "verdict": c.verdict}
 
