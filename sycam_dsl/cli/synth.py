@@ -304,6 +304,10 @@ def _report(result: Result, out: Path) -> int:
     print()
     print(result.table())
     print()
+    from ..run.generalization import best_test_line
+    if best_test_line(d) is not None:
+        print(best_test_line(d))
+        print()
     if d.get("sanity") and "error" not in d["sanity"]:
         from ..cam.sanity import check_lines
         print("\n".join(check_lines(d["sanity"])))

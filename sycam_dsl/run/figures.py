@@ -5,6 +5,8 @@
   images, not a plot, so PIL pastes the pixels as they are (no resampling by a plotting library).
 * :func:`save_score_plot`: the incumbent's score over time as a step function, with the baselines'
   scores as dashed lines.
+* :func:`save_generalization_plot`: each incumbent's mean on the searched images and on the test
+  split against search time, one panel per metric (the generalization curve).
 * :func:`save_front_plot`: the Pareto front of a multi-objective search over two metrics as a scatter
   plot (members joined in order, baselines as hollow markers, the knee highlighted), over more metrics
   as a matrix of pairwise scatter plots.
@@ -268,6 +270,46 @@ def _score_plot_matplotlib(points, path: Path, metric: str, higher_is_better: bo
     if points or baselines:
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+
+
+def save_generalization_plot(seconds: Sequence[float], searched: Mapping[str, Sequence[float]],
+                             test: Mapping[str, Sequence[float]], higher: Mapping[str, bool], path: str | Path,
+                             chosen: int | None = None, best: Mapping[str, int] | None = None,
+                             end: float | None = None) -> Path:
+    """Write a PNG of the generalization curve to ``path``: per metric (a panel each), the incumbents'
+    means on the searched images and on the test split (``searched``/``test``: metric -> one value per
+    incumbent) against their ``seconds``, as step functions extended to ``end``; the ``chosen``
+    incumbent circled and each metric's ``best`` one on the test split starred."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas for PNG
+
+    names = list(searched)
+    fig = Figure(figsize=(7, 3.2 * len(names) + 0.6))
+    for row, name in enumerate(names):
+        ax = fig.add_subplot(len(names), 1, row + 1)
+        values = []
+        for label, ys, colour in (("searched images", searched[name], "tab:blue"),
+                                  ("test split", test[name], "tab:orange")):
+            xs, steps = _step_points(list(zip(map(float, seconds), map(float, ys))), end)
+            ax.step(xs, steps, where="post", color=colour, linewidth=2, label=label)
+            ax.plot(seconds, ys, "o", color=colour, markersize=4)
+            values += [float(v) for v in ys]
+        if chosen is not None:
+            ax.plot([seconds[chosen]], [test[name][chosen]], "o", markersize=12, markerfacecolor="none",
+                    markeredgecolor="tab:red", markeredgewidth=2, label="chosen (test)")
+        if best is not None and name in best:
+            k = best[name]
+            ax.plot([seconds[k]], [test[name][k]], "*", markersize=14, color="tab:green",
+                    label="best on the test split")
+        ax.set_ylim(*_value_range(values))
+        ax.set_xlabel("seconds of search")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name} of each incumbent ({'higher' if higher[name] else 'lower'} is better)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    return path
 
 
 FRONT_COLOUR = (31, 119, 180)  # the members' filled markers (matplotlib's tab:blue)

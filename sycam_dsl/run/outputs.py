@@ -1,5 +1,6 @@
 """The output folder of a search: ``result.json``, ``cam.pt``, ``report.md``, ``heatmaps.png`` and
-``score.png`` (see ``result.schema.json`` for the JSON's fields), written from one ``RunRecord``; a
+``score.png`` (see ``result.schema.json`` for the JSON's fields), and with a test split
+``generalization.png`` (``generalization.py``), written from one ``RunRecord``; a
 search over several metrics writes ``front.png`` (the front against the baselines) instead of
 ``score.png``, and one TorchScript file per front member, ``front/member-K.pt`` (``cam.pt`` is the
 knee member's);
@@ -23,6 +24,7 @@ from ..synthesis.per_class import ClassSearch, checkpoint_kind
 from ..synthesis.problem import Data, Problem
 from ..util.files import FolderLocked, folder_lock, writable_folder
 from ..util.files import atomic_write_json as write_json
+from .generalization import PLOT_FILE, save_curve
 from .result import Result, RunRecord, result_data
 
 FILES = {"result": "result.json", "cam": "cam.pt", "report": "report.md", "grid": "heatmaps.png",
@@ -189,6 +191,10 @@ def write_outputs(record: RunRecord) -> None:
             _grid(result, record.model, record.data, record.searched, record.report_images, folder / FILES["grid"])
             files["grid"] = FILES["grid"]
         files["plots"] = _plot(result, record.searches, folder)
+        curve = result.data.get("generalization")
+        if curve is not None:
+            save_curve(curve, folder / PLOT_FILE, result.outcomes[0].seconds if result.outcomes else None)
+            files["generalization"] = PLOT_FILE
         files["report"] = FILES["report"]
         files["result"] = FILES["result"]
         result.data["files"] = files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .generalization import generalization_section
 from .result import comparison_lines
 
 
@@ -229,5 +230,5 @@ def markdown_report(d: dict[str, Any]) -> str:
         title = "The front against the baselines" if d.get("front") else "Incumbent's score over time"
         lines += [f"## {title}", ""] + [f"![{'front' if 'front' in p else 'score'}]({p})"
                                         for p in files["plots"]] + [""]
-    lines += _history_section(d) + _counts_section(d)
+    lines += generalization_section(d) + _history_section(d) + _counts_section(d)
     return "\n".join(lines)

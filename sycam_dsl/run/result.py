@@ -134,7 +134,7 @@ class RunRecord:
     split and ``stratified_by`` what it was stratified by; ``sanity`` the randomization check's
     figures (``cam.sanity.check_result``; None: not run); ``workers``: the Ray workers' count and
     restarts (None: one process); ``front_test``: each front member's means on the test split (None:
-    no front, or no test split)."""
+    no front, or no test split); ``generalization``: the curve (``generalization.py``; None: none)."""
 
     result: Result
     model: LoadedModel
@@ -155,6 +155,7 @@ class RunRecord:
     sanity: dict[str, Any] | None = None
     workers: dict[str, int] | None = None
     front_test: list[dict[str, float]] | None = None
+    generalization: dict[str, Any] | None = None
 
     @property
     def searched(self) -> Problem:
@@ -442,6 +443,7 @@ def result_data(record: RunRecord) -> dict[str, Any]:
         "comparisons": comparisons(tables),
         "evaluation_search": _evaluation(result.search_tables) if result.search_tables is not None else None,
         "test_split": _test_split(record),
+        "generalization": record.generalization,
         "counts": _counts(outcomes),
         "timings": {**record.timings,
                     "enumeration_s": sum(o.enumeration.get("seconds", 0.0) for o in outcomes),
@@ -458,6 +460,8 @@ def result_data(record: RunRecord) -> dict[str, Any]:
         "files": {},
     }
     d["warnings"] = _warnings(record) + control_warnings(d["evaluation"], d["comparisons"])
+    if record.generalization is not None and record.generalization["warning"]:
+        d["warnings"].append(record.generalization["warning"])
     if result.dispatch is not None:
         d["per_class"] = {
             "fallback": to_sexpr(result.dispatch.fallback),

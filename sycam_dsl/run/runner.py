@@ -60,6 +60,7 @@ from ..synthesis.problem import Data, Problem
 from ..synthesis.search import Search, SearchOutcome
 from ..synthesis.split import Split, make_split
 from ..util.progress import note
+from .generalization import generalization
 from .inputs import as_budget, load_data, loaded_model, resolve_metric
 from .options import DataOptions, OutputOptions, RunOptions
 from .outputs import take_output_folder, write_outputs
@@ -114,13 +115,15 @@ class Found:
 class Tables:
     """What the evaluate phase scored: the final tables on the searched images and on the test split
     (None: no split), the front members' means on the test split, the sanity check's figures (None:
-    not run) and its ``seconds``."""
+    not run), its ``seconds`` and the generalization curve (``generalization.py``; None: no test split,
+    or per-class searches)."""
 
     search: list[tuple[Metric, list[Row]]]
     test: list[tuple[Metric, list[Row]]] | None
     front_test: list[dict[str, float]] | None
     sanity: dict[str, Any] | None
     seconds: float
+    generalization: dict[str, Any] | None = None
 
 
 class Run:
@@ -239,13 +242,14 @@ class Run:
         if not budget.whole_run or budget.seconds is None:
             return budget
         from ..cam.sanity import DEFAULT_SANITY_IMAGES
-        from ..synthesis.budget import AfterSearch, estimate_reserve
+        from ..synthesis.budget import CURVE_INCUMBENTS, AfterSearch, estimate_reserve
 
         problem, split = self.problem, self.test_split
         after = AfterSearch(metric_list(self.objective), self.shown,
                             [t for b in SEARCH_BASELINES for t in baseline(b).terminals], SEARCH_BASELINES,
                             len(SEARCH_BASELINES) + 1,
-                            min(DEFAULT_SANITY_IMAGES, problem.n) if self.options.output.sanity else 0)
+                            min(DEFAULT_SANITY_IMAGES, problem.n) if self.options.output.sanity else 0,
+                            0 if self.options.per_class else CURVE_INCUMBENTS)
         reserve = estimate_reserve(problem, split.search if split.on else torch.arange(problem.n),
                                    split.test if split.on else None, after, self.terminal_seconds / max(1, problem.n))
         left = budget.seconds - (time.perf_counter() - self.t_start)
@@ -313,6 +317,12 @@ class Run:
 
         search_tables = tables(found.eval_problem, "searched images")
         test_tables = tables(test_problem, "test split") if test_problem is not None else None
+        curve = None
+        if test_problem is not None and found.dispatch is None and not self.options.per_class:
+            history = found.outcomes[0].state.history
+            note(f"generalization curve: {len(history)} incumbents on the test split", output.progress)
+            curve = generalization(history, metric_list(self.objective), test_problem, self.grammar.inputs,
+                                   found.best)
         seconds = time.perf_counter() - t0
         sanity = None
         if output.sanity and found.best is not None:
@@ -325,7 +335,7 @@ class Run:
                                    self.options.device, self.options.data.chunk_size, output.progress, runtime,
                                    self.options.data.reshape)
             seconds += time.perf_counter() - t0
-        return Tables(search_tables, test_tables, front_test, sanity, seconds)
+        return Tables(search_tables, test_tables, front_test, sanity, seconds, curve)
 
     def write(self, found: Found, tables: Tables) -> Result:
         """The ``Result``, with the output folder written from the run's ``record``."""
@@ -386,7 +396,7 @@ class Run:
                          found.searches, found.stopped_by, self.settings(found.config), self.timings(found, tables),
                          self.t_start, self.options.output.report_images, search_problem=self.search_problem,
                          test_problem=self.test_problem, split=self.test_split, sanity=tables.sanity,
-                         front_test=tables.front_test,
+                         front_test=tables.front_test, generalization=tables.generalization,
                          workers=None if pool is None else {"count": len(pool.workers), "restarts": pool.restarts},
                          stratified_by="predicted class" if self.options.per_class or self.data.labels is None
                          else "label")

@@ -40,6 +40,9 @@ TERMINAL_FAST_SECONDS = 0.5
 TERMINAL_SAMPLE = 16
 #: Seconds set aside for writing the output folder (TorchScript, figures, report).
 OUTPUT_SECONDS = 3.0
+#: The incumbents the generalization curve is estimated to score on the test split (the number is
+#: known only after the search; a search keeps a handful, and more overrun the budget a little).
+CURVE_INCUMBENTS = 8
 
 
 @dataclass(frozen=True)
@@ -56,14 +59,16 @@ class Cost:
 @dataclass(frozen=True)
 class Reserve:
     """Estimated seconds of the work after the search: ``terminals`` on demand that the held-out images
-    still need, the baselines' ``check`` on the searched images, the final ``tables``, the ``sanity``
-    check and the ``outputs``."""
+    still need, the baselines' ``check`` on the searched images, the final ``tables``, the
+    generalization ``curve`` (the incumbents on the test split), the ``sanity`` check and the
+    ``outputs``."""
 
     terminals: float = 0.0
     check: float = 0.0
     tables: float = 0.0
     sanity: float = 0.0
     outputs: float = OUTPUT_SECONDS
+    curve: float = 0.0
     #: the terminals on demand the baselines' check needs on the searched images: the search reserves
     #: them itself (``Search._reserve``, at the rates it measures), so they are not in ``set_aside``
     searched_terminals: float = 0.0
@@ -71,7 +76,7 @@ class Reserve:
     @property
     def set_aside(self) -> float:
         """What the search's budget leaves out."""
-        return self.terminals + self.check + self.tables + self.sanity + self.outputs
+        return self.terminals + self.check + self.tables + self.sanity + self.outputs + self.curve
 
     @property
     def total(self) -> float:
@@ -79,7 +84,8 @@ class Reserve:
 
     def describe(self) -> str:
         parts = [("terminals", self.terminals + self.searched_terminals), ("baselines' check", self.check),
-                 ("tables", self.tables), ("sanity check", self.sanity), ("files", self.outputs)]
+                 ("tables", self.tables), ("generalization curve", self.curve), ("sanity check", self.sanity),
+                 ("files", self.outputs)]
         return ", ".join(f"{name} {s:.0f} s" for name, s in parts if s >= 0.5)
 
 
@@ -115,7 +121,8 @@ class AfterSearch:
     """The work after the search that ``estimate_reserve`` times: the tables score ``methods`` rows
     (the ``baselines`` and the result) on the ``search_metrics`` and the ``shown`` ones, reading the
     terminals ``names``; the baselines' check scores the baselines on the ``search_metrics``; the
-    sanity check runs on ``sanity_images`` images (0: none)."""
+    sanity check runs on ``sanity_images`` images (0: none); the generalization curve scores
+    ``curve_rows`` incumbents on the search metrics and the test split (0: no curve)."""
 
     search_metrics: Sequence[Metric]
     shown: Sequence[Metric]
@@ -123,6 +130,7 @@ class AfterSearch:
     baselines: Sequence[str]
     methods: int
     sanity_images: int
+    curve_rows: int = 0
 
 
 def estimate_reserve(problem: Problem, search_index: torch.Tensor, test_index: torch.Tensor | None,
@@ -175,4 +183,7 @@ def estimate_reserve(problem: Problem, search_index: torch.Tensor, test_index: t
     tables = sum(cost(n) for n in (n_search, n_test) if n)
     # the check scores the baselines on the search's metrics only: that share of a table's rows and metrics
     check = cost(n_search) * len(baselines) / max(1, len(rows)) * len(search_metrics) / max(1, len(every))
-    return Reserve(terminals, check, tables, 2 * after.sanity_images * per_image, searched_terminals=later - terminals)
+    curve = cost(n_test) * after.curve_rows / max(1, len(rows)) * len(search_metrics) / max(1, len(every)) \
+        if n_test else 0.0
+    return Reserve(terminals, check, tables, 2 * after.sanity_images * per_image, curve=curve,
+                   searched_terminals=later - terminals)
