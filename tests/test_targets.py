@@ -443,3 +443,15 @@ def test_per_image_targets_score_each_image_with_its_own_and_must_be_one_per_ima
     with pytest.raises(TargetError, match="2 targets for 3 images; give one per image"):
         compute_terminals(model, "block", x, as_target([_MaskTarget(1, m) for m in masks[:2]]), ["grads"],
                           progress=False)
+
+
+def test_an_empty_segmentation_target_stops_abl_with_a_line_that_names_the_cause():
+    from sycam_dsl.cam.errors import TerminalError
+
+    model, x = _setup(SegNet())
+    with torch.no_grad():
+        model.head.bias[2] = -100.0  # class 2 wins no pixel: its mask, and so its score z_c, is empty
+    predicted = model(x)["out"].argmax(dim=1)
+    assert not bool((predicted == 2).any())
+    with pytest.raises(TerminalError, match=r"'abl'.*image 0.*z_c is 0.*segmentation:C.*class C on no pixel"):
+        compute_terminals(model, "block", x, parse_target("segmentation:2"), ["abl"], progress=False)
