@@ -233,7 +233,7 @@ class SanityReport:
     heatmaps: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
 
-def _method_heatmaps(methods: dict[str, Node], model: nn.Module, layer: str | None, images: torch.Tensor,
+def method_heatmaps(methods: dict[str, Node], model: nn.Module, layer: str | None, images: torch.Tensor,
                      targets: torch.Tensor | None, names: list[str], device: str | torch.device, chunk_size: int | str,
                      progress: bool, runtime: RuntimeSpec | None,
                      reshape: Reshape = "auto") -> tuple[dict[str, torch.Tensor], torch.Tensor, str]:
@@ -277,10 +277,10 @@ def randomization_check(model: nn.Module | LoadedModel, layer: str | None, image
         with torch.no_grad():
             module.to(dev)
         modules = modules_after(module, start if start is not None else layer, images[:1])
-    before, t, layer_name = _method_heatmaps(methods, module, layer, images, targets, names, dev, chunk_size,
+    before, t, layer_name = method_heatmaps(methods, module, layer, images, targets, names, dev, chunk_size,
                                              progress, runtime, reshape)
     randomized = randomized_copy(module, modules, seed)
-    after, _, _ = _method_heatmaps(methods, randomized, layer, images, t, names, dev, chunk_size, progress, runtime,
+    after, _, _ = method_heatmaps(methods, randomized, layer, images, t, names, dev, chunk_size, progress, runtime,
                                    reshape)
     report = SanityReport({n: Similarity(spearman(before[n], after[n]), ssim(before[n], after[n]))
                            for n in methods}, list(modules), t, layer_name, seed)
@@ -320,16 +320,22 @@ def check_result(model: nn.Module | LoadedModel, layer: str | None, images: torc
     if not report.randomized:
         raise SanityError(f"no module with parameters runs at or after {start or report.layer!r}; nothing to "
                           f"randomize")
-    # NaN (undefined) on either side compares False: not flagged
-    ours = report.methods[subject].mean_spearman
-    ref = report.methods[REFERENCE].mean_spearman if REFERENCE in report.methods else float("nan")
     return {"subject": subject, "layer": report.layer, "seed": seed, "images": int(images.shape[0]),
-            "randomized": report.randomized, "targets": report.targets.tolist(), "reference": REFERENCE,
-            "spearman_margin": SPEARMAN_MARGIN, "flagged": bool(ours > ref + SPEARMAN_MARGIN),
+            "randomized": report.randomized, "targets": report.targets.tolist(),
+            **similarity_rows(report.methods, expressions, subject)}
+
+
+def similarity_rows(methods: dict[str, Similarity], expressions: dict[str, str], subject: str) -> dict:
+    """The per-method figures as plain data, and whether ``subject`` is flagged: its mean Spearman
+    exceeds ``REFERENCE``'s by more than ``SPEARMAN_MARGIN``."""
+    # NaN (undefined) on either side compares False: not flagged
+    ours = methods[subject].mean_spearman
+    ref = methods[REFERENCE].mean_spearman if REFERENCE in methods else float("nan")
+    return {"reference": REFERENCE, "spearman_margin": SPEARMAN_MARGIN, "flagged": bool(ours > ref + SPEARMAN_MARGIN),
             "methods": [{"name": n, "expression": expressions[n], "mean_spearman": _number(sim.mean_spearman),
                          "mean_ssim": sim.mean_ssim, "undefined": sim.undefined,
                          "spearman": [_number(v) for v in sim.spearman.tolist()], "ssim": sim.ssim.tolist()}
-                        for n, sim in report.methods.items()]}
+                        for n, sim in methods.items()]}
 
 
 def _number(v: float) -> float | None:
@@ -343,24 +349,28 @@ def _fmt(v: float | None, width: int) -> str:
 
 def check_lines(check: dict) -> list[str]:
     """``check_result``'s figures as a table: a heading, then a line per method."""
-    methods = check["methods"]
+    return [f"model-parameter randomization: {len(check['randomized'])} module(s) re-initialized "
+            f"({check['randomized'][0]} ... {check['randomized'][-1]}), seed {check['seed']}, {check['images']} "
+            f"images, layer {check['layer']}", *table_lines(check["methods"])]
+
+
+def table_lines(methods: list[dict]) -> list[str]:
+    """A header and a line per method (``similarity_rows``'s ``methods``): mean Spearman, mean SSIM, expression."""
     width = max(len(m["name"]) for m in methods)
-    lines = [f"model-parameter randomization: {len(check['randomized'])} module(s) re-initialized "
-             f"({check['randomized'][0]} ... {check['randomized'][-1]}), seed {check['seed']}, {check['images']} "
-             f"images, layer {check['layer']}",
-             f"{'method':<{width}}  {'Spearman':>8}  {'SSIM':>6}  expression"]
-    return lines + [f"{m['name']:<{width}}  {_fmt(m['mean_spearman'], 8)}  {_fmt(m['mean_ssim'], 6)}  "
-                    f"{m['expression']}" for m in methods]
+    return [f"{'method':<{width}}  {'Spearman':>8}  {'SSIM':>6}  expression",
+            *(f"{m['name']:<{width}}  {_fmt(m['mean_spearman'], 8)}  {_fmt(m['mean_ssim'], 6)}  {m['expression']}"
+              for m in methods)]
 
 
-def check_warnings(check: dict) -> list[str]:
-    """One line per method whose Spearman is undefined on some images, and one when the subject is flagged."""
+def check_warnings(check: dict, what: str = "the model's parameters") -> list[str]:
+    """One line per method whose Spearman is undefined on some images, and one when the subject is
+    flagged as markedly less sensitive to ``what`` (what the check randomized)."""
     lines = [f"{m['name']}: Spearman undefined on {m['undefined']} of {check['images']} images (a constant heatmap), "
              f"left out of its mean" for m in check["methods"] if m["undefined"]]
     if check["flagged"]:
         by = {m["name"]: m for m in check["methods"]}
         ours, ref = by[check["subject"]], by[check["reference"]]
-        lines.append(f"{ours['expression']} is markedly less sensitive to the model's parameters than "
+        lines.append(f"{ours['expression']} is markedly less sensitive to {what} than "
                      f"{check['reference']} (Spearman {_fmt(ours['mean_spearman'], 0)} vs "
                      f"{_fmt(ref['mean_spearman'], 0)}, "
                      f"margin {check['spearman_margin']}): its heatmaps may follow the input more than the model")

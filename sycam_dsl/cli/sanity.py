@@ -3,7 +3,9 @@
 Reads ``RESULT_DIR/result.json`` (its expression and settings: model, weights, layer, size, images),
 re-initializes the model's layers from the target layer to the output (``cam.sanity``) and prints,
 for the result's expression and the baselines, the mean Spearman rank correlation and SSIM between
-the heatmaps before and after.
+the heatmaps before and after. ``--data-randomized MODEL_FILE`` adds the data-randomization test
+(``cam.datarand``): the same figures between the result's model and MODEL_FILE, the same model
+trained on permuted labels.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="randomize from this module (dotted path) to the output instead of from the target layer")
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"torch device (default {DEFAULT_DEVICE})")
     p.add_argument("--json", metavar="FILE", help="also write the figures (per image too) as JSON")
+    p.add_argument("--data-randomized", metavar="MODEL_FILE",
+                   help="also run the data-randomization test: compare the heatmaps under the result's model and "
+                        "under MODEL_FILE, a state-dict file for the same model trained on permuted labels "
+                        "(sycam-dsl train-bundled --permute-labels SEED --out MODEL_FILE), loaded like --weights; "
+                        "the original model's predicted classes are explained under both")
     add_reshape(p)
     add_chunk_size(p)
     add_precision(p)
@@ -88,17 +95,19 @@ def _needed(data: dict[str, Any], key: str, f: Path) -> Any:
     return value
 
 
-def _model(data: dict[str, Any], f: Path, device: str) -> Any:
+def _model(data: dict[str, Any], f: Path, device: str, weights: str | None = None) -> Any:
+    """The result's model, from ``weights`` instead of the result's weights when given."""
     from ..bundled import load_bundled_model
     from ..models import load_model
 
     s = data["settings"]
+    weights = s.get("weights") if weights is None else weights
     if s.get("bundled_benchmark") or s.get("model_source") == "bundled":
-        return load_bundled_model(device, s.get("weights"))
+        return load_bundled_model(device, weights)
     if s.get("model_source") == "torchscript":
         raise SycamError(f"{f}: settings.model names the TorchScript file only by its stem ({s.get('model')!r}), "
                          f"and TorchScript runs no hooks to find the layers to randomize")
-    return load_model(str(_needed(data, "model", f)), s.get("weights"), device)
+    return load_model(str(_needed(data, "model", f)), weights, device)
 
 
 def _image_folder(data: dict[str, Any], f: Path) -> Path:
@@ -162,9 +171,23 @@ def _images(data: dict[str, Any], f: Path, model: Any, n: int) -> Any:
     return images[spread(images.shape[0], n)]
 
 
+def _data_check(args: argparse.Namespace, model: Any, randomized: Any, layer: str, images: Any,
+                methods: dict[str, Any], texts: dict[str, str], runtime: Any, reshape: Any) -> dict | None:
+    """The data-randomization check against ``--data-randomized``'s model (None without it)."""
+    from ..cam.datarand import data_randomization_check
+
+    if randomized is None:
+        return None
+    return data_randomization_check(model, randomized, layer, images, methods, texts, SYCAM,
+                                    source=str(args.data_randomized), device=args.device,
+                                    chunk_size=chunk_size_from(args), progress=not args.quiet, runtime=runtime,
+                                    reshape=reshape)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the check and print the table; a warning line when the expression is flagged."""
     from ..baselines import baseline
+    from ..cam.datarand import data_check_lines
     from ..cam.sanity import check_lines, check_result, check_warnings
     from ..lang.sexpr import parse_expr
     from ..lang.terminals import terminal_types
@@ -180,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
     layer = _needed(data, "layer", f)
     reshape = reshape_from(args, (f, data["settings"]))
     model = _model(data, f, args.device)
+    # a bad file stops the command before any heatmap is computed
+    randomized = _model(data, f, args.device, args.data_randomized) if args.data_randomized else None
     images = _images(data, f, model, args.images)
     methods = {SYCAM: node, **{b: baseline(b).node for b in SEARCH_BASELINES}}
     texts = {SYCAM: expression, **{b: baseline(b).expression for b in SEARCH_BASELINES}}
@@ -188,9 +213,14 @@ def run(args: argparse.Namespace) -> int:
     check = check_result(model, layer, images, methods, texts, SYCAM, seed=args.seed, start=args.start,
                          device=args.device, chunk_size=chunk_size_from(args), progress=not args.quiet,
                          runtime=runtime, reshape=reshape)
+    data_check = _data_check(args, model, randomized, layer, images, methods, texts, runtime, reshape)
     print("\n".join(check_lines(check)))
     warn(check_warnings(check))
+    if data_check is not None:
+        print("\n".join(data_check_lines(data_check)))
+        warn(check_warnings(data_check, "the training labels"))
     if out is not None:
-        atomic_write_json(out, {"result": str(f), "expression": expression, **check})
+        extra = {"data_randomization": data_check} if data_check is not None else {}
+        atomic_write_json(out, {"result": str(f), "expression": expression, **check, **extra})
         print(f"wrote {out}", file=sys.stderr)
     return 0
