@@ -103,6 +103,19 @@ def test_export_refuses_a_result_searched_on_a_model_of_other_classes(tmp_path, 
     assert main(["export", str(run), "--model", "tenclasses:make", "--size", "32", "--layer", "1", "-o", str(tmp_path / "e.pt")]) == 0
 
 
+def test_export_of_a_result_uses_the_layer_it_was_searched_at(tmp_path, capsys):
+    run = _result(tmp_path / "run", {"model": "bundled-small-cnn", "model_source": "bundled", "weights": None,
+                                     "layer": "features.10", "size": 64})
+    assert main(["export", str(run), "--model", "bundled", "-o", str(tmp_path / "e.pt")]) == 0
+    assert "at layer features.10," in capsys.readouterr().out
+    # --layer still wins, and a result of another model keeps the model's default
+    assert main(["export", str(run), "--model", "bundled", "--layer", "features.14", "-o", str(tmp_path / "f.pt")]) == 0
+    assert "at layer features.14," in capsys.readouterr().out
+    other = _result(tmp_path / "other", {"model": "elsewhere", "layer": "features.10"})
+    assert main(["export", str(other), "--model", "bundled", "-o", str(tmp_path / "g.pt")]) == 0
+    assert "at layer features.14," in capsys.readouterr().out
+
+
 # -- S8: NaN or Inf weights are warned about, as explain does ------------------------------------------
 
 def test_sycam_warns_when_the_weights_overflow(loaded, images, caplog):

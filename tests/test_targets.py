@@ -445,13 +445,52 @@ def test_per_image_targets_score_each_image_with_its_own_and_must_be_one_per_ima
                           progress=False)
 
 
-def test_an_empty_segmentation_target_stops_abl_with_a_line_that_names_the_cause():
-    from sycam_dsl.cam.errors import TerminalError
-
-    model, x = _setup(SegNet())
+def test_an_empty_segmentation_target_stops_with_a_line_that_names_the_image():
+    model, x = _setup(SegNet(), n=5)
     with torch.no_grad():
         model.head.bias[2] = -100.0  # class 2 wins no pixel: its mask, and so its score z_c, is empty
     predicted = model(x)["out"].argmax(dim=1)
     assert not bool((predicted == 2).any())
-    with pytest.raises(TerminalError, match=r"'abl'.*image 0.*z_c is 0.*segmentation:C.*class C on no pixel"):
+    with pytest.raises(TargetError, match=r"target segmentation:2 is empty on image 0: the model "
+                                          r"assigns none of its pixels to class 2.*give --masks"):
         compute_terminals(model, "block", x, parse_target("segmentation:2"), ["abl"], progress=False)
+    # given masks: the image positions in the whole set are named, chunk by chunk
+    given = torch.ones(5, 16, 16, dtype=torch.bool)
+    given[3] = False
+    target = SegmentationTarget(2).with_masks(given)
+    with pytest.raises(TargetError, match=r"empty on image 3: the given mask has no pixel"):
+        compute_terminals(model, "block", x, target, ["grads"], chunk_size=2, progress=False)
+
+
+def test_a_segmentation_target_takes_given_masks():
+    model, x = _setup(SegNet(), n=3)
+    given = torch.zeros(3, 8, 8, dtype=torch.bool)  # coarser than the output: resized (nearest) to 16 x 16
+    given[:, 2:5, 1:7] = True
+    given[1, 6:, :] = True
+    mask = F.interpolate(given[:, None].double(), size=(16, 16), mode="nearest")[:, 0]
+    assert not torch.equal(mask, (model(x)["out"].argmax(dim=1) == 1).double())  # not the predicted mask
+    target = parse_target("segmentation:1").with_masks(given)
+    assert not target.cacheable and target.name == "segmentation:1"
+    terms, info = compute_terminals(model, "block", x, target, ["grads"], progress=False)
+    acts = model.block(model.stem(x)).detach().requires_grad_(True)
+    out = F.interpolate(model.head(acts), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    s = (out[:, 1] * mask).sum(dim=(1, 2))
+    (g,) = torch.autograd.grad(s.sum(), acts)
+    torch.testing.assert_close(terms["grads"], g.mean(dim=(2, 3)))
+    torch.testing.assert_close(info.z_c, s.detach())
+    with pytest.raises(TargetError, match="2 segmentation masks for 3 images"):
+        compute_terminals(model, "block", x, SegmentationTarget(1).with_masks(given[:2]), ["grads"], progress=False)
+
+
+def test_the_command_lines_masks_become_the_segmentation_targets_pixels():
+    import argparse
+
+    from sycam_dsl.cli.options import targets_from
+
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    args = argparse.Namespace(target=parse_target("segmentation:1"), targets="predicted")
+    got = targets_from(args, None, 2, masks)
+    assert isinstance(got, SegmentationTarget) and got.given is not None and torch.equal(got.given, masks)
+    assert targets_from(args, None, 2).given is None  # without --masks: the predicted pixels
+    args.target = parse_target("classes:0,1")  # masks are for gt_overlap and sch only
+    assert targets_from(args, None, 2, masks) is args.target

@@ -118,9 +118,8 @@ def _check_finite(values: dict[str, torch.Tensor], names: list[str], z_c: torch.
             i = int(bad.nonzero()[0])
             hint = "check the model weights and the input images"
             if name == "abl" and float(z_c[i]) == 0:
-                hint = ("the target's score z_c is 0 for that image (a segmentation:C target: the model predicts "
-                        "class C on no pixel of it), so (z_c - z_c^(k)) / z_c is undefined; leave the image out or "
-                        "choose another target")
+                hint = ("the target's score z_c is 0 for that image, so (z_c - z_c^(k)) / z_c is undefined; leave "
+                        "the image out or choose another target")
             raise TerminalError(f"terminal {name!r} has NaN or Inf values for image {i}: {hint}")
 
 

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
     model = load_model(args.model, args.weights, args.device)
     data = load_images(args.images, size=args.size or model.input_size, normalize=model.normalize,
                        masks=args.masks)
-    targets = targets_from(args, data.labels, len(data.images))
+    targets = targets_from(args, data.labels, len(data.images), data.masks)
     names = sorted({t for _, node in methods.values() for t in node.terminals()})
     terms, info = compute_terminals_from(args, model, data.images, targets, names)
     if not args.no_cache:

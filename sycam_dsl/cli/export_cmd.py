@@ -29,7 +29,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("method", metavar="RESULT_DIR_OR_EXPR",
                    help="a weight expression, a file holding one, or a sycam-dsl synth output folder (or its "
                         "result.json; a per-class result exports its dispatch; a result searched on a model "
-                        "with another number of classes is refused)")
+                        "with another number of classes is refused; on the searched model, the result's layer is the "
+                        "default --layer)")
     p.add_argument("--member", metavar="K|knee", help="of the output of a search over several metrics: export front "
                                                      "member K (default: the knee member, the result's expression)")
     add_model_options(p)
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
     if searched is not None:
         _check_classes(*searched, model, example, per_class=not isinstance(method, Node))
     target = _target(args.target, searched)
-    layer = resolve_layer(model.module, args.layer or model.target_layer)[0]
+    layer = resolve_layer(model.module, args.layer or _searched_layer(searched, model.name) or model.target_layer)[0]
     _probe(model.module, example, size)
     if args.format == "export":
         export_explainer(model.module, layer, method, out, example, reshape=reshape)
@@ -107,6 +108,14 @@ def _target(given: Any, searched: tuple[Path, dict[str, Any]] | None) -> Any:
                          f"callable, which an explainer file cannot hold; give --target (class, classes:, output: or "
                          f"segmentation:)")
     return parse_target(recorded)
+
+
+def _searched_layer(searched: tuple[Path, dict[str, Any]] | None, model_name: str) -> str | None:
+    """The layer the search of ``searched`` explained, when it ran on the model being exported (``model_name``)."""
+    if searched is None or searched[1].get("model") != model_name:
+        return None
+    layer = searched[1].get("layer")
+    return layer if isinstance(layer, str) else None
 
 
 def _n_classes(module: Any, size: int, device: Any = "cpu") -> int | None:

@@ -40,7 +40,7 @@ MODEL_HELP = ("a torchvision classifier or segmentation name (resnet50, vit_b_16
 WEIGHTS_HELP = ("state-dict file (torch.save(model.state_dict(), FILE)); random:SEED for seeded random weights "
                 "(demos and tests)")
 IMAGES_HELP = "folder of images, or of one subfolder of images per class"
-MASKS_HELP = "folder of binary PNG masks, one per image (gt_overlap, sch)"
+MASKS_HELP = "folder of binary PNG masks, one per image (gt_overlap, sch; the pixels of a segmentation:C target)"
 CACHE_HELP = ("folder of the terminal store, which keeps computed terminals per image (default $SYCAM_DSL_CACHE "
               "or ~/.cache/sycam-dsl)")
 CACHE_SIZE_HELP = ("size bound of the terminal store, such as 500MB or 4GB; the least recently used entries go "
@@ -238,8 +238,8 @@ def add_cache_options(p: argparse.ArgumentParser) -> None:
 
 TARGET_HELP = ("what is explained and scored (docs/cam-engine.md#targets): class (default: the --targets class), "
                "CLASS (that class for every image), classes:3,7 (the sum of their logits: multi-label), output:I "
-               "(regression output I), segmentation:C (class C's logits summed over its predicted pixels), or "
-               "module:function (a callable from the model's output [B, ...] to [B] scores)")
+               "(regression output I), segmentation:C (class C's logits summed over its predicted pixels, or over "
+               "--masks), or module:function (a callable from the model's output [B, ...] to [B] scores)")
 
 
 def target_arg(text: str) -> Any:
@@ -304,15 +304,21 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
 
 # -- what the options turn into ---------------------------------------------------------------------
 
-def targets_from(args: argparse.Namespace, labels: torch.Tensor | None, n: int = 0) -> Any:
+def targets_from(args: argparse.Namespace, labels: torch.Tensor | None, n: int = 0,
+                 masks: torch.Tensor | None = None) -> Any:
     """What to explain: None for the predictions, the folder labels for ``--targets labels``, or
-    ``--target``'s ``Target`` or class (for each of the ``n`` images)."""
+    ``--target``'s ``Target`` or class (for each of the ``n`` images); a ``segmentation:C`` target
+    over ``--masks`` (``masks`` ``[n, H, W]``) when they are given."""
     import torch
+
+    from ..models.targets import SegmentationTarget
 
     target = getattr(args, "target", None)
     if target is not None:
         if getattr(args, "targets", "predicted") == "labels":
             raise SycamError("give --target or --targets labels, not both")
+        if isinstance(target, SegmentationTarget) and masks is not None:
+            return target.with_masks(masks)
         return target.expand(n).clone() if isinstance(target, torch.Tensor) else target
     if getattr(args, "targets", "predicted") != "labels":
         return None

@@ -257,7 +257,7 @@ def _search(args: argparse.Namespace, out: Path) -> int:
     metric, report_metrics = _objective(args, bundled)
     seconds, budget = _budget(args, bundled)
     levels = args.levels or (_level_sizes(BUNDLED["levels"]) if bundled else None)
-    targets = targets_from(args, data.labels, len(data.images))
+    targets = targets_from(args, data.labels, len(data.images), data.masks)
     engine = {} if levels is None else {"level_sizes": levels}
     if args.plain_engine:
         engine.update(memo_mb=0, candidate_batch=1, image_chunk=None, early_stop=False)

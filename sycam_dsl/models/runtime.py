@@ -51,6 +51,7 @@ from .digest import model_digest
 from .errors import ModelError
 from .precision import DEFAULT_PRECISION, check_precision, forward_precision
 from .runtime_choice import CHOICE_FILE, choose, rows
+from .targets import model_output
 
 log = logging.getLogger(__name__)
 
@@ -377,10 +378,30 @@ def _build(runtime: str, module: nn.Module, example: Sequence[torch.Tensor], key
     return built
 
 
+class TensorOutput(nn.Module):
+    """``module`` returning its output's tensor (a dict's ``'out'``, as torchvision's segmentation models
+    return: ``targets.model_output``), which the ONNX exporter and the runtimes' checks need."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, model_output(self.module(*inputs)))
+
+
+def _tensor_output(module: nn.Module, example: Sequence[torch.Tensor]) -> nn.Module:
+    """``module``, or ``TensorOutput(module)`` when its output on one row of ``example`` is a dict."""
+    with eval_mode(module), torch.inference_mode():
+        out = module(*rows(example, 1))
+    return TensorOutput(module) if isinstance(out, dict) else module
+
+
 def forward_module(module: nn.Module, example: Sequence[torch.Tensor], spec: RuntimeSpec, *, part: str = "model",
                    what: str = "the model", show: bool = False) -> nn.Module:
     """What runs ``module``'s forward-only passes under ``spec``: ``module`` itself (torch; the caller
-    keeps applying ``forward_precision``) or a ``RuntimeModule``. ``example``: the module's inputs, at
+    keeps applying ``forward_precision``; a model whose output is a dict returns its ``'out'`` tensor,
+    ``TensorOutput``) or a ``RuntimeModule``. ``example``: the module's inputs, at
     least one row each, on the module's device; ``part`` names the part of the model converted (``model``,
     ``tail@LAYER``) in the cache key; ``what`` names it in messages; ``show``: print the conversion and
     the ``auto`` choice as lines on stderr.
@@ -391,6 +412,7 @@ def forward_module(module: nn.Module, example: Sequence[torch.Tensor], spec: Run
     names = candidates(spec.name, spec.precision, device)
     if names == ["torch"]:
         return module
+    module = _tensor_output(module, example)
     key = _key(module, part, example)
     built: dict[str, nn.Module] = {"torch": module} if spec.name == "auto" else {}
     for name in names:

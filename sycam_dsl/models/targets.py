@@ -145,20 +145,60 @@ class OutputTarget(Target):
 
 
 class SegmentationTarget(Target):
-    """The sum of class ``category``'s logits ``[B, C, H, W]`` over the pixels of its mask: the pixels
-    the unperturbed image's output assigns to it (argmax), fixed by ``bind`` (``masks`` ``[N, H, W]``)."""
+    """The sum of class ``category``'s logits ``[B, C, H, W]`` over the pixels of its mask, fixed by ``bind``
+    (``masks`` ``[N, H, W]``): the pixels the unperturbed image's output assigns to it (argmax), or the
+    ``given`` masks ``[N, h, w]`` (``--masks``, resized to the output's size). ``positions``: the images'
+    indices in the whole set, which a target that is empty on an image names."""
 
-    def __init__(self, category: int, masks: torch.Tensor | None = None) -> None:
-        self.category, self.masks = int(category), masks
+    def __init__(self, category: int, masks: torch.Tensor | None = None, given: torch.Tensor | None = None,
+                 positions: Sequence[int] | None = None) -> None:
+        self.category, self.masks, self.given = int(category), masks, given
+        self.positions = list(positions) if positions is not None else None
         self.name = f"segmentation:{self.category}"
+        # given masks are not in the store's keys (they hold the target's name only)
+        self.cacheable = given is None
+
+    def with_masks(self, given: torch.Tensor) -> SegmentationTarget:
+        """This target over the ``given`` masks ``[N, h, w]`` instead of the predicted pixels."""
+        return SegmentationTarget(self.category, None, given.bool(), self.positions)
 
     def check(self, output: torch.Tensor) -> None:
         _check_indices(output, [self.category], "class", 4, "segmentation")
 
+    def check_images(self, n: int) -> None:
+        if self.given is not None and self.given.shape[0] != n:
+            raise TargetError(f"{self.given.shape[0]} segmentation masks for {n} images; give one per image")
+
+    def select(self, index: Sequence[int]) -> Target:
+        index = list(index)
+        positions = [self.positions[i] for i in index] if self.positions is not None else index
+        given = self.given[index] if self.given is not None else None
+        return SegmentationTarget(self.category, None, given, positions)
+
     def bind(self, output: torch.Tensor, ids: torch.Tensor | None = None) -> tuple[Target, torch.Tensor]:
         self.check(output)
-        masks = (output.detach().argmax(dim=1) == self.category).to(output.dtype)
-        return SegmentationTarget(self.category, masks), torch.arange(output.shape[0], device=output.device)
+        if self.given is not None:
+            self.check_images(output.shape[0])
+            given = self.given.to(output.device, torch.float32)[:, None]
+            masks = torch.nn.functional.interpolate(given, size=output.shape[-2:], mode="nearest")[:, 0]
+        else:
+            masks = (output.detach().argmax(dim=1) == self.category).to(output.dtype)
+        self._check_not_empty(masks)
+        bound = SegmentationTarget(self.category, masks.to(output.dtype), self.given, self.positions)
+        return bound, torch.arange(output.shape[0], device=output.device)
+
+    def _check_not_empty(self, masks: torch.Tensor) -> None:
+        """``TargetError`` naming the images whose mask ``[N, H, W]`` has no pixel: their score is 0 for any
+        input, so they have no gradient, and ``cic`` and ``abl`` divide by it."""
+        empty = (masks.flatten(1).sum(dim=1) == 0).nonzero()[:, 0].tolist()
+        if not empty:
+            return
+        where = [self.positions[i] if self.positions is not None else i for i in empty]
+        which = ", ".join(map(str, where[:5])) + (", ..." if len(where) > 5 else "")
+        source = "the given mask has no pixel" if self.given is not None else \
+            f"the model assigns none of its pixels to class {self.category}"
+        raise TargetError(f"target {self.name} is empty on image {which}: {source}, so there is nothing to "
+                          f"explain; leave the image out, pick a class it shows, or give --masks")
 
     def raw(self, output: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         assert self.masks is not None, "bind first"
