@@ -368,6 +368,10 @@ def test_abl_falls_back_to_hook_with_a_log_line(cls, reason, caplog):
     assert info.abl_method == "hook"
     assert any(reason in r.getMessage() and "falling back" in r.getMessage() for r in caplog.records)
     torch.testing.assert_close(terms["abl"], ref_abl(model, model.block, x, info.targets))
+    caplog.clear()  # the terminals of more images of the same model (on demand, say): no second line
+    with caplog.at_level(logging.WARNING):
+        _compute(model, _images(3), names=["abl"])
+    assert not any("falling back" in r.getMessage() for r in caplog.records)
     with pytest.raises(LayerError, match=reason):
         _compute(model, x, names=["abl"], ablation="fx")
 

@@ -52,7 +52,7 @@ def _checked_runner(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, lo
     except SplitError as e:
         if runner.method != "fx" or method != "auto":
             raise
-        fallback_warning(access.name, str(e))
+        fallback_warning(access, str(e))
         runner = tail_runner(access, "hook")
     return runner
 

@@ -436,10 +436,18 @@ def tail_runner(access: LayerAccess, method: str = "auto") -> TailRunner:
         except SplitError as e:
             if method == "fx":
                 raise
-            fallback_warning(access.name, str(e))
+            fallback_warning(access, str(e))
     return TailRunner("hook", access)
 
 
-def fallback_warning(layer: str, reason: str) -> None:
+#: (model, layer, reason) of the fallback warnings given: one line per model and layer, not one per chunk
+_WARNED: set[tuple[int, str, str]] = set()
+
+
+def fallback_warning(access: LayerAccess, reason: str) -> None:
+    key = (id(access.model), access.name, reason)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
     log.warning("abl: %s; falling back to a forward hook that reruns the layers before %r for every "
-                "ablated channel (slower)", reason, layer)
+                "ablated channel (slower)", reason, access.name)
