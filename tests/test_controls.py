@@ -169,6 +169,20 @@ def test_bundled_tables_show_marked_controls_and_never_return_one(bundled_run):
     assert "SyCAM blurred, sigma = side/8" in text
 
 
+def test_on_the_bundled_default_the_model_free_controls_lose(bundled_run):
+    """The four controls that use no model lose family-wise on every metric of the test split, and every
+    control loses on the searched metric; only SyCAM's own map blurred may be warned about (it wins
+    Average Drop, which rewards smooth maps: docs/benchmarks.md)."""
+    _, d, _ = bundled_run
+    for comp in d["comparisons"]:
+        for v in comp["versus"]:
+            if v["control"] and (v["method"] != "control: blurred" or comp["metric"] == "deletion"):
+                assert v["family_verdict"] == "better", (comp["metric"], v["method"], v["sentence"])
+    flagged = [w for w in d["warnings"] if "may reward something other than the model" in w]
+    assert all("control blurred" in w and not any(f"control {c} " in w for c in CONTROLS if c != "blurred")
+               for w in flagged), flagged
+
+
 def test_controls_none_removes_them(tmp_path, bundled_run):
     _, with_controls, _ = bundled_run
     result = synthesize(load_bundled_model(), None, bundled_images(40), metric="deletion",

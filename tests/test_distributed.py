@@ -96,6 +96,32 @@ def test_a_search_on_two_workers_finds_what_one_process_finds(ray_cluster, tmp_p
     assert two["engine"]["workers"] == {"count": 2, "restarts": 0} and one["engine"]["workers"] is None
 
 
+def _seg_net():
+    from tests.test_targets import SegNet, _setup
+
+    return _setup(SegNet(), dtype=torch.float32)[0]
+
+
+@pytest.mark.parametrize("make, layer, target", [(_seg_net, "block", "segmentation:1"),
+                                                 (tiny_model, "features", "classes:0,2")])
+def test_a_search_for_another_target_on_two_workers_finds_what_one_process_finds(ray_cluster, tmp_path, make,
+                                                                                  layer, target):
+    def search(name, cluster):
+        x, masks = data(30)
+        synthesize(make(), layer, x, metric="deletion", metric_options={"steps": 3}, budget=Budget(candidates=25),
+                   data=DataOptions(masks=masks, targets=target, use_cache=False),
+                   search=SearchOptions(level_sizes=(6, 12, None), equivalence_size=4, seed=1),
+                   output=OutputOptions(progress=False, report_images=0), out_dir=tmp_path / name, cluster=cluster)
+        return json.loads((tmp_path / name / "result.json").read_text())
+
+    one, two = search("one", ClusterOptions()), search("two", ClusterOptions(workers=2))
+    _same(one, two)
+    assert two["settings"]["target"] == one["settings"]["target"] == target
+    # the final tables, scored in the driver with the target bound over all images again
+    for a, b in zip(one["evaluation"], two["evaluation"], strict=True):
+        assert [m["mean"] for m in a["methods"]] == pytest.approx([m["mean"] for m in b["methods"]], rel=1e-5)
+
+
 def test_a_front_search_on_two_workers_finds_what_one_process_finds(ray_cluster, tmp_path):
     one = _search(tmp_path, "one", ClusterOptions(), metric="deletion,insertion")
     two = _search(tmp_path, "two", ClusterOptions(workers=2), metric="deletion,insertion")

@@ -414,7 +414,7 @@ def test_a_per_class_search_refuses_a_target_that_names_no_class(tmp_path):
     from sycam_dsl.run import DataOptions, synthesize
 
     model, x = _setup(Net(), dtype=torch.float32)
-    with pytest.raises(SycamError, match="target output:1 explains no class: per-class searches") as e:
+    with pytest.raises(SycamError, match="target output:1 explains no class: a per-class search") as e:
         synthesize(model, "block", x, per_class=True, data=DataOptions(targets="output:1", use_cache=False))
     assert "\n" not in str(e.value)
 

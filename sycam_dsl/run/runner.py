@@ -204,9 +204,8 @@ class Run:
         settings = {f.name: getattr(chosen, f.name) for f in fields(chosen) if f.name not in ("progress", "on_demand")}
         spec = WorkerSpec(self.model, self.options.layer, tuple(names), self.objective, self.grammar.start.type,
                           settings)
-        targets = self.options.data.targets  # a class target (others are refused with a cluster)
         return stack.enter_context(shard_pool(self.options.cluster, spec, self.data.images,
-                                              targets if isinstance(targets, torch.Tensor) else None, self.data.masks))
+                                              self.options.data.targets, self.data.masks))
 
     def terminals(self, names: list[str], t0: float) -> None:
         """The terminals ``names`` of every image (up front, or the gradient pass's with ``cic`` and
@@ -438,9 +437,9 @@ def synthesize(model: LoadedModel | nn.Module | str, layer: str | None = None,
     keep_freed_memory()  # about 2x faster scoring here (see allocator); changes no result
     if images is None:
         raise SycamError("give images: a folder, an ImageSet or a tensor [N, 3, H, W]")
-    if isinstance(data.targets, Target) and not data.targets.is_class and (per_class or cluster.on):
-        raise SycamError(f"target {data.targets.name} explains no class: per-class searches and Ray workers need "
-                         f"class targets; drop per_class / the cluster, or use a class target")
+    if isinstance(data.targets, Target) and not data.targets.is_class and per_class:
+        raise SycamError(f"target {data.targets.name} explains no class: a per-class search needs a class "
+                         f"target; drop per_class, or use a class target")
     options = RunOptions(layer, budget, per_class, Path(out_dir) if out_dir is not None else None, resume, weights,
                          device, data, search, output, cluster)
     # checked and locked before any work, and locked until the files are written

@@ -41,6 +41,7 @@ from ..lang.terminals import terminal_types
 from ..lang.types import Type
 from ..metrics.objectives import Objective
 from ..models.loaded import LoadedModel
+from ..models.targets import Target
 from ..util.progress import progress as progress_bar
 from .on_demand import TerminalSource
 from .problem import Data, Problem
@@ -104,9 +105,10 @@ class WorkerSpec:
 class ShardWorker:
     """One shard's images, terminals and memo (run as a Ray actor; a plain object in tests).
 
-    ``images`` ``[n, 3, H, W]``, ``targets`` ``[n]``, ``masks`` ``[n, H, W]`` or None."""
+    ``images`` ``[n, 3, H, W]``, ``targets`` ``[n]`` or a ``Target`` of these images, ``masks`` ``[n, H, W]``
+    or None."""
 
-    def __init__(self, spec: WorkerSpec, images: torch.Tensor, targets: torch.Tensor | None,
+    def __init__(self, spec: WorkerSpec, images: torch.Tensor, targets: torch.Tensor | Target | None,
                  masks: torch.Tensor | None, threads: int | None = None) -> None:
         from .build import build_problem  # the same path as one process
 
@@ -172,8 +174,9 @@ class ShardPool:
     (from the terminal store when it has it). ``restarts`` counts them."""
 
     def __init__(self, workers: list[Any], parts: list[range], remote: bool = True,
-                 restart: Callable[[int], Any] | None = None) -> None:
+                 restart: Callable[[int], Any] | None = None, target: Target | None = None) -> None:
         self.workers, self.parts, self.remote, self.restart = workers, parts, remote, restart
+        self.target = target  # a target of another kind than the class: bound again here, over all images
         self.owner = [(w, i - part.start) for w, part in enumerate(parts) for i in part]
         self.restarts = 0
 
@@ -231,6 +234,10 @@ class ShardPool:
         info = replace(infos[0], **{f: cat([getattr(i, f) for i in infos])
                                     for f in ("acts", "logits", "targets", "z_c", "y_c")},
                        masked_logits=None, ablated_logits=None, stored=sum(i.stored for i in infos))
+        if self.target is not None and not self.target.is_class:
+            # each worker's ids index its shard's state (a segmentation mask, say): the driver's, all images'
+            bound, ids = self.target.bind(info.logits)
+            info = replace(info, target=bound, targets=ids)
         return terms, info
 
     def terminals(self, names: list[str], index: torch.Tensor,
@@ -327,12 +334,20 @@ def check_resources(cluster: ClusterOptions, resources: Mapping[str, float], whe
                              + (" (0: no GPU)" if name == "GPU" else "") + ", --workers, or add resources")
 
 
+def shard_targets(targets: torch.Tensor | Target | None, part: range) -> torch.Tensor | Target | None:
+    """What shard ``part`` explains: its rows of class indices ``[N]``, or the target for its images."""
+    if isinstance(targets, Target):
+        return targets.select(part)
+    return None if targets is None else targets.cpu()[part.start:part.stop]
+
+
 @contextmanager
-def shard_pool(cluster: ClusterOptions, spec: WorkerSpec, images: torch.Tensor, targets: torch.Tensor | None,
-               masks: torch.Tensor | None) -> Iterator[ShardPool]:
+def shard_pool(cluster: ClusterOptions, spec: WorkerSpec, images: torch.Tensor,
+               targets: torch.Tensor | Target | None, masks: torch.Tensor | None) -> Iterator[ShardPool]:
     """Start ``cluster.workers`` workers on Ray, each with its shard of ``images`` ``[N, 3, H, W]``
-    (``targets`` ``[N]``, None: the predicted classes; ``masks`` ``[N, H, W]``), wait until all are up
-    (each has run its shard's gradient pass), and stop them on exit (and Ray too, when this started it)."""
+    (``targets`` ``[N]`` or a ``models.targets.Target``, None: the predicted classes; ``masks``
+    ``[N, H, W]``), wait until all are up (each has run its shard's gradient pass), and stop them on exit
+    (and Ray too, when this started it)."""
     ray = import_ray()
     started = False
     if not ray.is_initialized():
@@ -356,10 +371,11 @@ def shard_pool(cluster: ClusterOptions, spec: WorkerSpec, images: torch.Tensor, 
 
     def start(w: int) -> Any:
         p = parts[w]
-        return actor.remote(spec_ref, cpu[p.start:p.stop], None if targets is None else targets.cpu()[p.start:p.stop],
+        return actor.remote(spec_ref, cpu[p.start:p.stop], shard_targets(targets, p),
                             None if masks is None else masks.cpu()[p.start:p.stop], max(1, int(cluster.worker_cpus)))
 
-    pool = ShardPool([start(w) for w in range(len(parts))], parts, restart=start)
+    pool = ShardPool([start(w) for w in range(len(parts))], parts, restart=start,
+                     target=targets if isinstance(targets, Target) else None)
     try:
         pool.ping()
         yield pool
