@@ -20,8 +20,22 @@ from sycam_dsl.models.targets import parse_target
 from .test_targets import Net, SegNet, _setup
 from .test_transformers import SWIN_LAYER, VIT_LAYER, small_swin, small_vit
 
+def lraspp() -> torch.nn.Module:
+    """torchvision's LRASPP (MobileNetV3 backbone), 3 classes, random weights; its classifier drawn again
+    so that more than one class has pixels (at its own init every pixel is class 0)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                       num_classes=3).eval()
+    for conv in (model.classifier.low_classifier, model.classifier.high_classifier):
+        torch.nn.init.normal_(conv.weight, std=1.0)
+    return model
+
+
 #: family -> (model factory, layer, target spec or None for the predicted class)
 FAMILIES = {
+    "lraspp": (lraspp, "backbone.4", "segmentation:1"),
     "vit": (small_vit, VIT_LAYER, None),
     "swin": (small_swin, SWIN_LAYER, None),
     "segmentation": (lambda: _setup(SegNet(), dtype=torch.float32)[0], "block", "segmentation:1"),
@@ -29,18 +43,22 @@ FAMILIES = {
     "regression": (lambda: _setup(Net(), dtype=torch.float32)[0], "block", "output:2"),
 }
 
+#: image sizes other than 32 px (LRASPP's class 1 has pixels in every image at 64 px)
+SIZES = {"lraspp": 64}
+
 
 def _scores(family: str, runtime: str = "torch") -> dict[str, torch.Tensor]:
     """Every built-in metric's per-image scores ``[N]`` of GradCAM's heatmaps on ``family``."""
     make, layer, spec = FAMILIES[family]
     model = make()
-    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    size = SIZES.get(family, 32)
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(5))
     target = parse_target(spec) if spec else None
     node = baseline("GradCAM").node
     terms, info = compute_terminals(model, layer, x, target, sorted(node.terminals()), progress=False)
-    heatmaps = method_heatmaps(node, terms, info.acts, info.targets, (32, 32))
-    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
-    masks[:, 8:24, 4:20] = True  # gt_overlap and sch need object masks
+    heatmaps = method_heatmaps(node, terms, info.acts, info.targets, (size, size))
+    masks = torch.zeros(3, size, size, dtype=torch.bool)
+    masks[:, size // 4:size * 3 // 4, size // 8:size * 5 // 8] = True  # gt_overlap and sch need object masks
     inputs = MetricInputs(x, info.targets, masks=masks, model=model, target=info.target,
                           runtime=RuntimeSpec(runtime))
     metrics = [get_metric(name) for name in known_metrics()]
