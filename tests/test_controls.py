@@ -136,6 +136,31 @@ def test_planted_edge_metric_sobel_control_wins_and_warns(tmp_path, edge_metric)
     assert result.expression is not None and "control" not in result.expression
 
 
+@pytest.mark.parametrize("controls", [CONTROLS, ()])
+def test_the_heatmap_grid_shows_the_controls_after_the_methods(tmp_path, monkeypatch, controls):
+    from sycam_dsl.run import figures
+
+    seen = {}
+    save = figures.save_heatmap_grid
+
+    def spy(images, columns, path, **kw):
+        seen.update(columns)
+        return save(images, columns, path, **kw)
+
+    monkeypatch.setattr(figures, "save_heatmap_grid", spy)
+    x, _ = data(n=12)
+    synthesize(tiny_model(), "features", x, budget=Budget(candidates=6), data=DataOptions(use_cache=False),
+               search=SearchOptions(level_sizes=(4, None), equivalence_size=4),
+               output=OutputOptions(progress=False, report_images=3, controls=controls), out_dir=tmp_path / "run")
+    assert (tmp_path / "run" / "heatmaps.png").is_file()
+    names = list(seen)
+    assert names[:5] == ["GradCAM", "GradCAM++", "ScoreCAM", "AblationCAM", "SyCAM"]
+    assert names[5:] == [f"control: {c}" for c in controls]
+    if controls:  # the map the tables score: SyCAM's own heatmaps blurred
+        torch.testing.assert_close(seen["control: blurred"], blurred_map(seen["SyCAM"]))
+        assert all(tuple(m.shape) == tuple(seen["SyCAM"].shape) for m in seen.values())
+
+
 @pytest.fixture(scope="module")
 def bundled_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundled") / "run"

@@ -20,6 +20,7 @@ from sycam_dsl.models.targets import parse_target
 from .test_targets import Net, SegNet, _setup
 from .test_transformers import SWIN_LAYER, VIT_LAYER, small_swin, small_vit
 
+
 def lraspp() -> torch.nn.Module:
     """torchvision's LRASPP (MobileNetV3 backbone), 3 classes, random weights; its classifier drawn again
     so that more than one class has pixels (at its own init every pixel is class 0)."""

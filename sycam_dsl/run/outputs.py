@@ -18,6 +18,7 @@ import torch
 
 from ..baselines import SEARCH_BASELINES, baseline
 from ..errors import SycamError
+from ..metrics.controls import control_maps
 from ..metrics.expression import expression_inputs
 from ..models import LoadedModel
 from ..synthesis.per_class import ClassSearch, checkpoint_kind
@@ -114,6 +115,11 @@ def _grid(result: Result, model: LoadedModel, data: Data, problem: Problem, n_ro
         columns["SyCAM (per class)"] = h
     elif result.best is not None:
         columns["SyCAM"] = heatmaps_of(result.best, part)
+    # the control maps the tables score (the same seed and image ids), SyCAM's own blurred
+    settings = result.data["settings"] if result.data else {}
+    sycam = columns.get("SyCAM", columns.get("SyCAM (per class)"))
+    columns.update(control_maps(settings.get("controls") or (), part.inputs.images, part.index,
+                                int(settings.get("seed") or 0), sycam))
     pixels = model.normalize.inverse(part.inputs.images.detach().cpu().float())
     lo = pixels.amin(dim=(1, 2, 3), keepdim=True)
     hi = pixels.amax(dim=(1, 2, 3), keepdim=True)
