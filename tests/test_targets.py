@@ -7,6 +7,7 @@ CPU only, nothing downloaded: seeded random weights, float64 where values are co
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -387,15 +388,34 @@ def test_the_store_keys_name_a_non_class_target_and_keep_the_class_ones(tmp_path
     assert info.stored == 2 and torch.equal(stored["grads"], multi["grads"]) and torch.equal(stored["cic"], multi["cic"])
 
 
-def test_quantus_metrics_refuse_a_target_that_is_not_a_class_in_one_line():
-    pytest.importorskip("quantus")
+def test_quantus_metrics_score_the_targets_raw_score_and_refuse_per_image_state():
+    quantus = pytest.importorskip("quantus")
     from sycam_dsl.metrics.errors import MetricError
 
     model, x = _setup(Net(), dtype=torch.float32)
-    inputs = MetricInputs(x, torch.zeros(2, dtype=torch.long), model=model, target=OutputTarget(1))
-    with pytest.raises(MetricError, match="quantus:Sparseness scores classes; target output:1 names none") as e:
-        get_metric("quantus:Sparseness")(inputs.with_heatmaps(torch.rand(2, 16, 16)))
+    heat = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(3))
+    inputs = MetricInputs(x, torch.zeros(2, dtype=torch.long), model=model, target=ClassesTarget([1, 3]))
+    got = get_metric("quantus:PixelFlipping", features_in_step=32)(inputs.with_heatmaps(heat)).per_image
+
+    class Summed(nn.Module):  # the reference: the two logits' sum as the one output, no softmax
+        def forward(self, t):
+            return model(t)[:, [1, 3]].sum(dim=1, keepdim=True)
+
+    want = quantus.PixelFlipping(features_in_step=32, disable_warnings=True)(
+        model=Summed().eval(), x_batch=x.numpy(), y_batch=np.zeros(2, dtype=np.int64), a_batch=heat[:, None].numpy(),
+        softmax=False, device="cpu")
+    np.testing.assert_allclose(got.numpy(), [np.mean(c) for c in want], rtol=1e-5, atol=1e-6)
+    assert float(got.std()) > 0  # not the constant 1 of a softmax over one column
+    seg_model, seg_x = _setup(SegNet(), dtype=torch.float32)
+    bound, ids = SegmentationTarget(1).bind(seg_model(seg_x)["out"])
+    seg = MetricInputs(seg_x, ids, model=seg_model, target=bound)
+    with pytest.raises(MetricError, match="quantus:PixelFlipping cannot score target segmentation:1: its score "
+                                          "depends on each image's own state") as e:
+        get_metric("quantus:PixelFlipping", features_in_step=32)(seg.with_heatmaps(heat))
     assert "\n" not in str(e.value)
+    # a metric that reads the heatmaps only scores them as for any target
+    sparse = get_metric("quantus:Sparseness")
+    torch.testing.assert_close(sparse(seg.with_heatmaps(heat)).per_image, sparse(inputs.with_heatmaps(heat)).per_image)
 
 
 def test_explain_takes_a_target_and_an_int_stays_a_class(tmp_path, capsys):

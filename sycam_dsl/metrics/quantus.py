@@ -10,6 +10,10 @@ style). ``higher_is_better=true|false`` overrides Quantus's direction (Quantus 0
 RegionPerturbation, whose curve is a score drop: with ``order="morf"`` higher is better). Quantus runs
 its own perturbations and forward passes, so these metrics do not use the memoized engine; metrics that
 explain perturbed inputs or models again (robustness, randomisation) cannot score given heatmaps and say so.
+A target of another kind than the class (``models.targets``: ``classes:``, ``output:``, a callable) reaches
+Quantus as a model with one output, the target's raw score, read as class 0 without Quantus's softmax
+(``TargetScore``); a target with per-image state (a segmentation mask) is refused in one line by the
+metrics that run the model (complexity and localisation metrics read the heatmaps only).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 from ..models.runtime import reference_of
+from ..models.targets import Target, model_output
 from .errors import MetricError
 from .registry import Metric, MetricInputs
 
@@ -83,6 +88,30 @@ def _per_image(scores: Any, n: int, name: str) -> torch.Tensor:
     return torch.tensor([float(np.mean(np.asarray(s, dtype=np.float64))) for s in scores], dtype=torch.float64)
 
 
+class TargetScore(torch.nn.Module):
+    """``model`` whose output is one column, the target's metric score ``[B, 1]`` (``target`` has no
+    per-image state, so every row is scored alike), for Quantus to read as class 0."""
+
+    def __init__(self, model: torch.nn.Module, target: Target) -> None:
+        super().__init__()
+        self.model, self.target = model, target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.target.metric(model_output(self.model(x)), ids)[:, None]
+
+
+def _target_model(model: torch.nn.Module, target: Target, n: int, key: str,
+                  softmax: bool) -> tuple[torch.nn.Module, np.ndarray, dict[str, Any]]:
+    """(the model Quantus calls, ``y_batch``, extra call arguments) for a target of another kind than the
+    class: its raw score as class 0, without Quantus's softmax (over one column it is always 1)."""
+    if target.per_image:
+        raise MetricError(f"quantus:{key} cannot score target {target.name}: its score depends on each image's "
+                          f"own state (a mask), which Quantus's perturbed batches do not carry; use the built-in "
+                          f"metrics, which score any target")
+    return TargetScore(model, target).eval(), np.zeros(n, dtype=np.int64), {"softmax": False} if softmax else {}
+
+
 def quantus_metric(name: str) -> Metric:
     """The Quantus metric class ``name`` (case-insensitive) as a ``Metric`` named ``quantus:<Class>``."""
     classes = quantus_classes()
@@ -99,9 +128,10 @@ def quantus_metric(name: str) -> Metric:
 
     def fn(inputs: MetricInputs, **options: Any) -> torch.Tensor:
         assert inputs.model is not None and inputs.heatmaps is not None  # needs_model; heatmaps always
-        if inputs.target is not None:  # Quantus takes class indices (y_batch)
-            raise MetricError(f"quantus:{key} scores classes; target {inputs.target.name} names none: use the "
-                              f"built-in metrics, which score any target")
+        model, y_batch = reference_of(inputs.model).eval(), inputs.targets.cpu().numpy()
+        call: dict[str, Any] = {}
+        if inputs.target is not None and reads_model:  # Quantus takes class indices: the target's score as class 0
+            model, y_batch, call = _target_model(model, inputs.target, len(y_batch), key, softmax)
         init = {**_QUIET, **{k: v for k, v in options.items() if k != "higher_is_better"}}
         try:
             metric = cls(**init)
@@ -118,8 +148,7 @@ def quantus_metric(name: str) -> Metric:
             return torch.full((n,), worst, dtype=torch.float64)
         s_batch = None if inputs.masks is None else inputs.masks[:, None].float().cpu().numpy()
         try:
-            scores = metric(model=reference_of(inputs.model).eval(), x_batch=inputs.images.detach().cpu().numpy(),
-                            y_batch=inputs.targets.cpu().numpy(),
+            scores = metric(model=model, x_batch=inputs.images.detach().cpu().numpy(), y_batch=y_batch, **call,
                             a_batch=inputs.heatmaps[:, None].detach().cpu().numpy(), s_batch=s_batch,
                             channel_first=True, explain_func=_explain_again, device=str(inputs.device),
                             batch_size=inputs.batch_size if isinstance(inputs.batch_size, int) else 64)
@@ -132,6 +161,11 @@ def quantus_metric(name: str) -> Metric:
         out = _per_image(scores, n, key)
         return torch.where(blank & ~torch.isfinite(out), torch.full_like(out, worst), out)
 
+    softmax = "softmax" in inspect.signature(cls.__call__).parameters
+    # complexity and localisation metrics read the heatmaps (and masks) only, whatever the target
+    category = getattr(cls, "evaluation_category", None)
+    reads_model = category not in (quantus.helpers.enums.EvaluationCategory.COMPLEXITY,
+                                   quantus.helpers.enums.EvaluationCategory.LOCALISATION)
     options = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default) for p in params]
     options.append(inspect.Parameter("higher_is_better", inspect.Parameter.KEYWORD_ONLY, default=None))
     fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -52,6 +52,9 @@ class Target:
     name: str = CLASS
     #: Whether the terminal store may keep values for this target (a callable's code is not in its key).
     cacheable: bool = True
+    #: Whether scores depend on per-image state (a segmentation mask, a grad-cam target per image), so a
+    #: row must be scored as its image's (``ids``); a target without it scores any row alike.
+    per_image: bool = False
 
     @property
     def is_class(self) -> bool:
@@ -155,6 +158,7 @@ class SegmentationTarget(Target):
         self.category, self.masks, self.given = int(category), masks, given
         self.positions = list(positions) if positions is not None else None
         self.name = f"segmentation:{self.category}"
+        self.per_image = True
         # given masks are not in the store's keys (they hold the target's name only)
         self.cacheable = given is None
 
@@ -232,6 +236,7 @@ class PerImageTarget(Target):
     maps one image's output ``[...]`` to a scalar; ``ids`` are the images' positions."""
 
     cacheable = False
+    per_image = True
 
     def __init__(self, targets: Sequence[Callable[[torch.Tensor], Any]]) -> None:
         self.targets = list(targets)
