@@ -21,7 +21,8 @@ from sycam_dsl.cam.store import TerminalStore, compute_terminals_stored, record_
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.metrics.registry import MetricInputs
 from sycam_dsl.models import runtime as rt
-from sycam_dsl.models import runtime_choice
+from sycam_dsl.models import onnx_export, runtime_choice
+from sycam_dsl.models.onnx_export import dynamo_available
 from sycam_dsl.models.runtime import (
     ConversionError,
     RuntimeModule,
@@ -196,6 +197,25 @@ def test_a_model_that_cannot_be_converted(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if "runtime auto" in r.getMessage()]
     assert len(warned) == 1 and "running it in torch" in warned[0]
     assert not list((tmp_path / rt.FOLDER).glob("*.onnx"))
+    if dynamo_available():  # the dynamo exporter refuses the data-dependent branch too, and says so
+        assert "the dynamo exporter fails too" in str(e.value)
+
+
+@pytest.mark.skipif(not dynamo_available(), reason="the dynamo exporter needs onnxscript (pip install onnxscript)")
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_vision_transformer_converts_through_the_dynamo_exporter(tmp_path, runtime, capfd):
+    from tests.test_transformers import small_vit
+
+    model = small_vit()
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConversionError, match="_native_multi_head_attention"):
+        onnx_export._traced(model, [x[:2]], "the model")  # the tracer cannot: torchvision's fused attention
+    built = forward_module(model, [x[:1]], RuntimeSpec(runtime, cache_dir=tmp_path))
+    assert isinstance(built, RuntimeModule) and len(list((tmp_path / rt.FOLDER).glob("*.onnx"))) == 1
+    with torch.no_grad():
+        for rows in (1, 5):  # a dynamic batch
+            torch.testing.assert_close(built(x[:rows]), model(x[:rows]), rtol=1e-4, atol=1e-4)
+    assert "Torch IR graph" not in capfd.readouterr().out  # the tracer's graph dump is kept off stdout
 
 
 def test_a_runtime_that_is_not_installed_names_its_extra(monkeypatch):

@@ -338,3 +338,23 @@ def test_the_explainer_file_gives_the_engines_heatmaps_on_transformers(expr, vit
         save_explainer(model, layer, node, tmp_path / f"{name}.pt", x)
         got = torch.jit.load(str(tmp_path / f"{name}.pt"))(x, None)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("which", ["vit", "swin"])
+def test_cic_and_abl_on_onnx_runtime_equal_torchs(which, vit, swin, tmp_path):
+    """The transformers convert through the dynamo exporter: the whole model for ``cic``, the layers
+    after the target layer for ``abl`` (docs/runtimes.md)."""
+    pytest.importorskip("onnxruntime")
+    from sycam_dsl.models.onnx_export import dynamo_available
+    from sycam_dsl.models.runtime import RuntimeSpec
+
+    if not dynamo_available():
+        pytest.skip("the dynamo exporter needs onnxscript (pip install onnxscript)")
+    model, x = vit if which == "vit" else swin
+    layer = VIT_LAYER if which == "vit" else SWIN_LAYER
+    want, _ = compute_terminals(model, layer, x, None, ["cic", "abl"], progress=False, runtime=RuntimeSpec("torch"))
+    got, info = compute_terminals(model, layer, x, None, ["cic", "abl"], progress=False,
+                                  runtime=RuntimeSpec("onnxruntime", cache_dir=tmp_path))
+    assert info.abl_method == "fx" and len(list((tmp_path / "runtime").glob("*.onnx"))) == 2  # model and tail
+    for name in ("cic", "abl"):
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)

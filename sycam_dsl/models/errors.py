@@ -9,6 +9,10 @@ class ModelError(SycamError):
     """A model spec, weights file or device that cannot be used."""
 
 
+class ConversionError(ModelError):
+    """A model (or part of one) that a runtime cannot run."""
+
+
 class LayerError(SycamError):
     """A target layer that does not exist or cannot be read."""
 

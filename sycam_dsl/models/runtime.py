@@ -3,15 +3,15 @@
 ``cic``, ``abl`` and the perturbation metrics only read a model's outputs, and on the CPU an
 inference runtime runs those passes several times faster than eager PyTorch. ``forward_module``
 gives what runs them: the torch module itself, or a ``RuntimeModule`` that runs the module converted
-to ONNX (``torch.onnx.export``, traced, with a dynamic batch) on ONNX Runtime or OpenVINO. The
-gradient pass always stays in torch.
+to ONNX (``models.onnx_export``: traced, else through ``torch.export``; a dynamic batch) on ONNX Runtime
+or OpenVINO. The gradient pass always stays in torch.
 
 - **Convert once.** The ONNX file is kept in ``<cache dir>/runtime/`` under a digest of the model
   (architecture and weights), the part converted (the whole model, or the layers after a target
   layer), the input shapes without the batch, the opset and torch's version; the conversion time is
   printed once. The precision is not part of the file: bf16 is OpenVINO's compile-time hint.
 - **Checked.** A trace that would bake in a decision on tensor values (``TracerWarning``) fails the
-  conversion, and so does a converted model whose fp32 logits differ from torch's on the example
+  tracer (the dynamo exporter then tries), and a converted model whose fp32 logits differ from torch's on the example
   beyond float rounding (checked at another batch size than the export's, so a baked batch shows).
 - **``auto``** picks, once per model, part, input shape, precision, thread count and CPU, the fastest
   of torch and each installed runtime that converts the model, by timing a few batches; the choice is
@@ -34,7 +34,6 @@ import json
 import logging
 import re
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..util.files import atomic_write
 from ..util.modes import eval_mode
 from ..util.progress import note
 from .digest import model_digest
-from .errors import ModelError
+from .errors import ConversionError, ModelError
+from .onnx_export import ONNX_OPSET, export_onnx
+from .onnx_export import first_line as _first_line
 from .precision import DEFAULT_PRECISION, check_precision, forward_precision
 from .runtime_choice import CHOICE_FILE, choose, rows
 from .targets import model_output
@@ -60,7 +60,6 @@ RUNTIMES = ("auto", "torch", "onnxruntime", "openvino", "compile")
 DEFAULT_RUNTIME = "auto"
 #: The runtimes that run a converted model, with the extra that installs each.
 EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
-ONNX_OPSET = 17
 #: The folder under the cache dir that holds the converted models and ``auto``'s choices; the names
 #: of its files (what ``cache clear`` may delete there).
 FOLDER = "runtime"
@@ -73,10 +72,6 @@ FP32_TOLERANCE = 1e-3
 
 class RuntimeUnavailable(ModelError):
     """A runtime that is not installed, or cannot run here (device, precision)."""
-
-
-class ConversionError(ModelError):
-    """A model (or part of one) that a runtime cannot run."""
 
 
 def check_runtime(name: str) -> str:
@@ -257,45 +252,6 @@ def _session(runtime: str, onnx: bytes | Path, precision: str) -> Callable[[list
         return np.array(request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the buffer is reused
 
     return run_ov
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
-def export_onnx(module: nn.Module, example: Sequence[torch.Tensor], path: str | Path | None, what: str) -> bytes | Path:
-    """``module`` traced to ONNX (opset ``ONNX_OPSET``, every input's and the output's first dimension
-    dynamic) into ``path`` (written atomically), or its bytes when ``path`` is None. A trace that
-    records a Python decision on tensor values (``TracerWarning``), or any failure of the exporter, is
-    a ``ConversionError`` naming ``what``."""
-    names = [f"input{i}" for i in range(len(example))]
-    axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in (*names, "output")}
-
-    def write(target: Any) -> None:
-        with eval_mode(module), torch.no_grad(), warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")  # recorded, not shown: the exporter's deprecation notes among them
-            torch.onnx.export(module, tuple(example), target, dynamo=False, input_names=names,
-                              output_names=["output"], dynamic_axes=axes, opset_version=ONNX_OPSET)
-        traced = [w for w in seen if issubclass(w.category, torch.jit.TracerWarning)]
-        if traced:  # raised here, after the export: raised inside the trace it surfaces as a SystemError
-            raise ConversionError(f"{what} cannot be converted to ONNX: its forward makes a Python decision on "
-                                  f"tensor values, which a trace would fix to this input "
-                                  f"({str(traced[0].message).strip().splitlines()[0]})")
-
-    try:
-        if path is None:
-            import io
-
-            buffer = io.BytesIO()
-            write(buffer)
-            return buffer.getvalue()
-        atomic_write(path, write)
-        return Path(path)
-    except ConversionError:
-        raise
-    except Exception as e:  # the exporter raises many types (RuntimeError, SymbolicValueError, ...)
-        raise ConversionError(f"{what} cannot be converted to ONNX ({_first_line(e)})") from None
 
 
 def _key(module: nn.Module, part: str, example: Sequence[torch.Tensor]) -> str:

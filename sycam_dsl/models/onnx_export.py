@@ -1,0 +1,117 @@
+"""A module as an ONNX model with a dynamic batch, for the inference runtimes (``models.runtime``).
+
+Two exporters, tried in turn:
+
+1. **The TorchScript tracer** (``torch.onnx.export(dynamo=False)``): fast, and what every CNN converts
+   with. A trace that records a Python decision on tensor values (``TracerWarning``) is refused: it
+   would fix that decision to the example.
+2. **The dynamo exporter** (``torch.onnx.export(dynamo=True)``, over ``torch.export``; it needs the
+   ``onnxscript`` package): when the tracer fails. ``torch.export`` keeps shape checks symbolic and
+   refuses data-dependent control flow, so it converts models the tracer cannot take safely, e.g. the
+   vision transformers (their shape asserts; torchvision's fused attention under ``no_grad``).
+
+When both fail the ``ConversionError`` names the tracer's reason, and the dynamo exporter's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from ..util.files import atomic_write
+from ..util.modes import eval_mode
+from .errors import ConversionError
+
+ONNX_OPSET = 17
+#: The dynamo exporter's opset (its lowest supported one).
+DYNAMO_OPSET = 18
+
+
+def first_line(e: BaseException) -> str:
+    """``Type: the first line of its message`` (one line for an error message)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """File descriptor 1 to /dev/null inside the block: the tracer prints the whole graph from C++
+    (``std::cout``, out of ``sys.stdout``'s reach) when an operator has no ONNX form."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _traced(module: nn.Module, example: Sequence[torch.Tensor], what: str) -> bytes:
+    """``module`` traced to ONNX (opset ``ONNX_OPSET``), or ``ConversionError``."""
+    names = [f"input{i}" for i in range(len(example))]
+    axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in (*names, "output")}
+    buffer = io.BytesIO()
+    try:
+        with eval_mode(module), torch.no_grad(), warnings.catch_warnings(record=True) as seen, _quiet_stdout():
+            warnings.simplefilter("always")  # recorded, not shown: the exporter's deprecation notes among them
+            torch.onnx.export(module, tuple(example), cast(Any, buffer), dynamo=False, input_names=names,
+                              output_names=["output"], dynamic_axes=axes, opset_version=ONNX_OPSET)
+    except Exception as e:  # the exporter raises many types (RuntimeError, SymbolicValueError, ...)
+        raise ConversionError(f"{what} cannot be converted to ONNX ({first_line(e)})") from None
+    traced = [w for w in seen if issubclass(w.category, torch.jit.TracerWarning)]
+    if traced:  # raised here, after the export: raised inside the trace it surfaces as a SystemError
+        raise ConversionError(f"{what} cannot be converted to ONNX: its forward makes a Python decision on "
+                              f"tensor values, which a trace would fix to this input "
+                              f"({str(traced[0].message).strip().splitlines()[0]})")
+    return buffer.getvalue()
+
+
+def dynamo_available() -> bool:
+    """Whether the dynamo exporter can run (it writes through ``onnxscript``)."""
+    return importlib.util.find_spec("onnxscript") is not None
+
+
+def _dynamo(module: nn.Module, example: Sequence[torch.Tensor]) -> bytes:
+    """``module`` exported through ``torch.export`` to ONNX, every input's first dimension dynamic."""
+    batch = torch.export.Dim("batch")
+    quiet = io.StringIO()
+    with eval_mode(module), warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
+        warnings.simplefilter("ignore")  # the exporter's notes on its own passes
+        program = torch.onnx.export(module, tuple(example), dynamo=True, opset_version=DYNAMO_OPSET,
+                                    dynamic_shapes=tuple({0: batch} for _ in example), verbose=False,
+                                    report=False, optimize=True)
+    assert program is not None  # with no file given, the exporter returns the program
+    return program.model_proto.SerializeToString()
+
+
+def export_onnx(module: nn.Module, example: Sequence[torch.Tensor], path: str | Path | None, what: str) -> bytes | Path:
+    """``module`` as ONNX (every input's and the output's first dimension dynamic) into ``path`` (written
+    atomically), or its bytes when ``path`` is None: traced, else through the dynamo exporter (see the
+    module's docstring). ``ConversionError`` naming ``what`` when neither converts it."""
+    try:
+        data = _traced(module, example, what)
+    except ConversionError as traced:
+        if not dynamo_available():
+            raise
+        try:
+            data = _dynamo(module, example)
+        except Exception as e:  # torch.export and the ONNX translation raise many types
+            raise ConversionError(f"{traced}; the dynamo exporter fails too ({first_line(e)})") from None
+    if path is None:
+        return data
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return Path(path)
+
