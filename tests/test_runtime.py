@@ -20,8 +20,8 @@ from sycam_dsl.cam.compute import CIC, compute_terminals
 from sycam_dsl.cam.store import TerminalStore, compute_terminals_stored, record_settings
 from sycam_dsl.metrics import get_metric
 from sycam_dsl.metrics.registry import MetricInputs
-from sycam_dsl.models import runtime as rt
 from sycam_dsl.models import onnx_export, runtime_choice
+from sycam_dsl.models import runtime as rt
 from sycam_dsl.models.onnx_export import dynamo_available
 from sycam_dsl.models.runtime import (
     ConversionError,
