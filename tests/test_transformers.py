@@ -292,6 +292,11 @@ def test_timm_transformers_default_layers_and_terminals():
         terms, info = compute_terminals(model, None, x, None, ALL, progress=False)
         assert info.layer == want[name] and info.acts.dim() == 4 and info.acts.shape[2:] == (4, 4), name
         assert all(bool(torch.isfinite(terms[n]).all()) for n in ALL), name
+        # timm's forward(x, attn_mask=None, ...) splits at the layer too (its other parameters at their
+        # defaults), and the split's abl equals the hook fallback's
+        assert info.abl_method == "fx", name
+        hooked, _ = compute_terminals(model, None, x, None, ["abl"], progress=False, ablation="hook")
+        torch.testing.assert_close(terms["abl"], hooked["abl"], rtol=1e-4, atol=1e-5)
 
 
 def test_synthesize_on_a_vit_completes(tmp_path):

@@ -16,6 +16,7 @@ logits from (ablated) activations:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -316,21 +317,47 @@ def _head_checks(nodes: list[fx.Node], head: set[fx.Node], layer_node: fx.Node) 
     return moved
 
 
+class _FirstInput(nn.Module):
+    """``model`` called with its first argument only, its other parameters left at their defaults
+    (timm's ``forward(x, attn_mask=None, is_causal=False)``), so that its trace has one input."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _one_input(model: nn.Module) -> tuple[nn.Module, str]:
+    """(what to trace, the prefix of its module paths): ``model`` itself, or ``_FirstInput(model)`` when
+    its ``forward`` takes more parameters than the input, each with a default."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C++ forward: traced as it is
+        return model, ""
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if len(positional) > 1 and all(p.default is not p.empty for p in positional[1:]):
+        return _FirstInput(model), "model."
+    return model, ""
+
+
 def split_model(model: nn.Module, layer: str) -> LayerSplit:
     """Split ``model`` at the module ``layer`` with ``torch.fx`` into ``head`` (input -> layer output,
     plus carried values) and ``tail`` (layer output -> logits). ``SplitError`` when the model cannot be
     traced, takes more than one input, or calls the layer other than once (``PATH@N``: other than
     at least ``N + 1`` times, or ``-N`` times when negative; the split is at that call)."""
     path, call = split_call(layer)
-    tracer = _LeafTracer(path)
+    traced, prefix = _one_input(model)
+    tracer = _LeafTracer(prefix + path)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(traced)
     except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, ... on dynamic code
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SplitError(f"torch.fx cannot trace {kind(model)}: {first}") from None
     root = fx.GraphModule(tracer.root, graph)
     nodes = list(graph.nodes)
-    hits = [n for n in nodes if n.op == "call_module" and n.target == path]
+    hits = [n for n in nodes if n.op == "call_module" and n.target == prefix + path]
     if (len(hits) != 1) if call is None else not -len(hits) <= call < len(hits):
         why = "is not called as a module" if not hits else f"is called {len(hits)} times"
         raise SplitError(f"layer {path!r} {why} in the traced graph")
