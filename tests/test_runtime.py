@@ -349,3 +349,53 @@ def test_a_converted_model_that_gives_other_outputs_is_refused(monkeypatch, capl
     with caplog.at_level(logging.WARNING, logger="sycam_dsl"):
         assert forward_module(model, [x[:1]], RuntimeSpec("auto")) is model  # auto: torch, with a warning
     assert any("does not reproduce" in r.getMessage() for r in caplog.records)
+
+
+class _DictNet(nn.Module):
+    """A tiny segmentation-style net returning ``{'out': ...}``; counts its forward calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        return {"out": self.conv(x)}
+
+
+def test_a_dict_output_model_is_probed_once_and_exports_through_either_exporter():
+    model, x = _DictNet().eval(), _images(3)
+    first = rt._tensor_output(model, [x[:1]])
+    assert isinstance(first, rt.TensorOutput) and model.calls == 1
+    assert rt._tensor_output(model, [x[:1]]) is first and model.calls == 1  # probed once per module
+    assert rt._tensor_output(first, [x[:1]]) is first
+    if not dynamo_available():
+        pytest.skip("the dynamo exporter needs onnxscript")
+    import onnxruntime as ort
+
+    # the dynamo exporter takes TensorOutput's forward(*inputs) (its dynamic shapes nested once)
+    data = onnx_export._dynamo(first, [x[:2]])
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), model(x)["out"].detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_weights_beyond_one_onnx_file_are_refused_in_one_line():
+    big = nn.Linear(1, 1)
+    big.huge = nn.Parameter(torch.empty(600_000_000, device="meta"))  # 2.2 GB, never allocated
+    with pytest.raises(ConversionError, match=r"holds 2\.2 GB of weights, more than one ONNX file holds") as e:
+        onnx_export.export_onnx(big, [torch.zeros(1, 1)], None, "the model")
+    assert "\n" not in str(e.value)
+
+
+def test_the_tracer_converts_with_stdout_closed(tmp_path):
+    """The tracer's stdout redirection leaves a process without a descriptor 1 alone."""
+    code = ("import torch, sys; from tests.cam_reference import TinyCNN; "
+            "from sycam_dsl.models.onnx_export import _traced; "
+            "data = _traced(TinyCNN(classes=3).eval(), [torch.randn(2, 3, 32, 32)], 'm'); "
+            "sys.stderr.write('ok %d' % len(data))")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(f"{sys.executable} -c \"{code}\" >&-", shell=True, capture_output=True, text=True,
+                          cwd=root, timeout=300)
+    assert proc.returncode == 0 and proc.stderr.startswith("ok "), proc.stderr[-2000:]

@@ -413,6 +413,9 @@ def test_quantus_metrics_score_the_targets_raw_score_and_refuse_per_image_state(
                                           "depends on each image's own state") as e:
         get_metric("quantus:PixelFlipping", features_in_step=32)(seg.with_heatmaps(heat))
     assert "\n" not in str(e.value)
+    # a metric that compares the predicted class with the target's cannot score a target that names none
+    with pytest.raises(MetricError, match="quantus:ROAD compares the predicted class with the target class"):
+        get_metric("quantus:ROAD")(inputs.with_heatmaps(heat))
     # a metric that reads the heatmaps only scores them as for any target
     sparse = get_metric("quantus:Sparseness")
     torch.testing.assert_close(sparse(seg.with_heatmaps(heat)).per_image, sparse(inputs.with_heatmaps(heat)).per_image)
@@ -472,7 +475,7 @@ def test_an_empty_segmentation_target_stops_with_a_line_that_names_the_image():
     predicted = model(x)["out"].argmax(dim=1)
     assert not bool((predicted == 2).any())
     with pytest.raises(TargetError, match=r"target segmentation:2 is empty on image 0: the model "
-                                          r"assigns none of its pixels to class 2.*give --masks"):
+                                          r"assigns none of its pixels to class 2.*give masks \(--masks\)"):
         compute_terminals(model, "block", x, parse_target("segmentation:2"), ["abl"], progress=False)
     # given masks: the image positions in the whole set are named, chunk by chunk
     given = torch.ones(5, 16, 16, dtype=torch.bool)

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import fx, nn
@@ -467,14 +468,14 @@ def tail_runner(access: LayerAccess, method: str = "auto") -> TailRunner:
     return TailRunner("hook", access)
 
 
-#: (model, layer, reason) of the fallback warnings given: one line per model and layer, not one per chunk
-_WARNED: set[tuple[int, str, str]] = set()
+#: model -> the (layer, reason) of the fallback warnings given: one line per model and layer, not one per chunk
+_WARNED: WeakKeyDictionary[nn.Module, set[tuple[str, str]]] = WeakKeyDictionary()
 
 
 def fallback_warning(access: LayerAccess, reason: str) -> None:
-    key = (id(access.model), access.name, reason)
-    if key in _WARNED:
+    given = _WARNED.setdefault(access.model, set())
+    if (access.name, reason) in given:
         return
-    _WARNED.add(key)
+    given.add((access.name, reason))
     log.warning("abl: %s; falling back to a forward hook that reruns the layers before %r for every "
                 "ablated channel (slower)", reason, access.name)

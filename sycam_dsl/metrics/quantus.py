@@ -37,6 +37,9 @@ _QUIET = {"return_aggregate": False, "disable_warnings": True, "display_progress
 #: finite, so that means and the oracle's margins stay comparable, and beyond any score a Quantus
 #: metric gives a real heatmap.
 BLANK_SCORE = 1e9
+#: Quantus metrics that compare the predicted class (an argmax over outputs) with ``y_batch``: over the
+#: one column of a target's score it is always class 0, so they cannot score another kind of target.
+_PREDICTED_CLASS = ("ROAD", "Sufficiency", "BatchSufficiency")
 #: Options that must be positive whole numbers (0 divides by zero inside Quantus).
 _POSITIVE_OPTIONS = ("patch_size", "features_in_step", "subset_size", "nr_samples", "nr_runs")
 
@@ -109,6 +112,10 @@ def _target_model(model: torch.nn.Module, target: Target, n: int, key: str,
         raise MetricError(f"quantus:{key} cannot score target {target.name}: its score depends on each image's "
                           f"own state (a mask), which Quantus's perturbed batches do not carry; use the built-in "
                           f"metrics, which score any target")
+    if key in _PREDICTED_CLASS:
+        raise MetricError(f"quantus:{key} compares the predicted class with the target class, and target "
+                          f"{target.name} names no class; use the built-in metrics (road_combined, ...), which "
+                          f"score any target")
     return TargetScore(model, target).eval(), np.zeros(n, dtype=np.int64), {"softmax": False} if softmax else {}
 
 

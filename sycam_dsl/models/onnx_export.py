@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,6 +37,9 @@ from .errors import ConversionError
 ONNX_OPSET = 17
 #: The dynamo exporter's opset (its lowest supported one).
 DYNAMO_OPSET = 18
+#: The weights one ONNX file can hold: a protobuf message is at most 2 GB (larger models would need
+#: external data files beside it, which the cache folder does not keep).
+MAX_BYTES = 2**31 - 2**24
 
 
 def first_line(e: BaseException) -> str:
@@ -43,20 +48,34 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
+#: One redirection of file descriptor 1 at a time (it is the process's, not the thread's).
+_STDOUT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
     """File descriptor 1 to /dev/null inside the block: the tracer prints the whole graph from C++
-    (``std::cout``, out of ``sys.stdout``'s reach) when an operator has no ONNX form."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
+    (``std::cout``, out of ``sys.stdout``'s reach) when an operator has no ONNX form. Nothing is
+    redirected when there is no descriptor 1 (a closed stdout)."""
+    with _STDOUT_LOCK:
+        saved: int | None = None
+        with contextlib.suppress(OSError, ValueError):  # no fd 1, or a closed sys.stdout: nothing to keep quiet
+            if sys.stdout is not None:
+                sys.stdout.flush()
+            saved = os.dup(1)
+        if saved is None:
             yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+            return
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 1)
+                yield
+        finally:
+            if sys.stdout is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _traced(module: nn.Module, example: Sequence[torch.Tensor], what: str) -> bytes:
@@ -84,14 +103,21 @@ def dynamo_available() -> bool:
     return importlib.util.find_spec("onnxscript") is not None
 
 
+def _dynamic_shapes(module: nn.Module, n: int) -> tuple[Any, ...]:
+    """``torch.export``'s spec of ``n`` inputs whose first dimension is the batch, shaped as ``module``'s
+    ``forward`` takes them (``forward(*inputs)``: one tuple)."""
+    batch = torch.export.Dim("batch")
+    each = tuple({0: batch} for _ in range(n))
+    params = inspect.signature(module.forward).parameters.values()
+    return (each,) if any(p.kind == p.VAR_POSITIONAL for p in params) else each
+
+
 def _dynamo(module: nn.Module, example: Sequence[torch.Tensor]) -> bytes:
     """``module`` exported through ``torch.export`` to ONNX, every input's first dimension dynamic."""
-    batch = torch.export.Dim("batch")
-    quiet = io.StringIO()
-    with eval_mode(module), warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
+    with eval_mode(module), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's notes on its own passes
         program = torch.onnx.export(module, tuple(example), dynamo=True, opset_version=DYNAMO_OPSET,
-                                    dynamic_shapes=tuple({0: batch} for _ in example), verbose=False,
+                                    dynamic_shapes=_dynamic_shapes(module, len(example)), verbose=False,
                                     report=False, optimize=True)
     assert program is not None  # with no file given, the exporter returns the program
     return program.model_proto.SerializeToString()
@@ -100,7 +126,12 @@ def _dynamo(module: nn.Module, example: Sequence[torch.Tensor]) -> bytes:
 def export_onnx(module: nn.Module, example: Sequence[torch.Tensor], path: str | Path | None, what: str) -> bytes | Path:
     """``module`` as ONNX (every input's and the output's first dimension dynamic) into ``path`` (written
     atomically), or its bytes when ``path`` is None: traced, else through the dynamo exporter (see the
-    module's docstring). ``ConversionError`` naming ``what`` when neither converts it."""
+    module's docstring). ``ConversionError`` naming ``what`` when neither converts it, or when its
+    weights pass the 2 GB that one ONNX file (a protobuf) can hold."""
+    size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    if size >= MAX_BYTES:
+        raise ConversionError(f"{what} holds {size / 2**30:.1f} GB of weights, more than one ONNX file holds "
+                              f"(2 GB)")
     try:
         data = _traced(module, example, what)
     except ConversionError as traced:

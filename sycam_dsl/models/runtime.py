@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import torch
@@ -346,18 +347,27 @@ class TensorOutput(nn.Module):
         return cast(torch.Tensor, model_output(self.module(*inputs)))
 
 
+#: module -> what converts in its place (itself, or its ``TensorOutput``): probed once per module, since
+#: ``forward_module`` runs for every copy of a metric's inputs.
+_AS_TENSOR: WeakKeyDictionary[nn.Module, nn.Module] = WeakKeyDictionary()
+
+
 def _tensor_output(module: nn.Module, example: Sequence[torch.Tensor]) -> nn.Module:
     """``module``, or ``TensorOutput(module)`` when its output on one row of ``example`` is a dict."""
-    with eval_mode(module), torch.inference_mode():
-        out = module(*rows(example, 1))
-    return TensorOutput(module) if isinstance(out, dict) else module
+    if isinstance(module, TensorOutput):
+        return module
+    if module not in _AS_TENSOR:
+        with eval_mode(module), torch.inference_mode():
+            out = module(*rows(example, 1))
+        _AS_TENSOR[module] = TensorOutput(module) if isinstance(out, dict) else module
+    return _AS_TENSOR[module]
 
 
 def forward_module(module: nn.Module, example: Sequence[torch.Tensor], spec: RuntimeSpec, *, part: str = "model",
                    what: str = "the model", show: bool = False) -> nn.Module:
     """What runs ``module``'s forward-only passes under ``spec``: ``module`` itself (torch; the caller
-    keeps applying ``forward_precision``; a model whose output is a dict returns its ``'out'`` tensor,
-    ``TensorOutput``) or a ``RuntimeModule``. ``example``: the module's inputs, at
+    keeps applying ``forward_precision``; under ``auto``, a model whose output is a dict comes back as its
+    ``TensorOutput``, which returns the ``'out'`` tensor) or a ``RuntimeModule``. ``example``: the module's inputs, at
     least one row each, on the module's device; ``part`` names the part of the model converted (``model``,
     ``tail@LAYER``) in the cache key; ``what`` names it in messages; ``show``: print the conversion and
     the ``auto`` choice as lines on stderr.

@@ -13,9 +13,9 @@ the ids are the class indices themselves, as before targets had kinds.
 Kinds (``parse_target``): ``class`` (the predicted class unless classes are given), ``classes:3,7``
 (the sum of several logits: multi-label), ``output:I`` (regression output ``I``), ``segmentation:C``
 (the sum of class ``C``'s logits over the pixels the model assigns to ``C`` in the unperturbed image,
-grad-cam's ``SemanticSegmentationTarget``) and ``module:function`` (a callable from the output
-``[B, ...]`` to ``[B]`` scores). ``gradcam_targets`` reads grad-cam's per-image target objects and
-``as_target`` everything the API takes.
+grad-cam's ``SemanticSegmentationTarget``, or over given masks: ``with_masks``) and ``module:function``
+(a callable from the output ``[B, ...]`` to ``[B]`` scores). ``gradcam_targets`` reads grad-cam's
+per-image target objects and ``as_target`` everything the API takes.
 """
 
 from __future__ import annotations
@@ -66,6 +66,10 @@ class Target:
 
     def select(self, index: Sequence[int]) -> Target:
         """This target for the images at positions ``index`` only (a target per image keeps theirs)."""
+        return self
+
+    def cpu(self) -> Target:
+        """This target with its tensors on the CPU (to send to a worker process that may have no GPU)."""
         return self
 
     def check_images(self, n: int) -> None:
@@ -179,6 +183,12 @@ class SegmentationTarget(Target):
         given = self.given[index] if self.given is not None else None
         return SegmentationTarget(self.category, None, given, positions)
 
+    def cpu(self) -> Target:
+        def on_cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.cpu()
+
+        return SegmentationTarget(self.category, on_cpu(self.masks), on_cpu(self.given), self.positions)
+
     def bind(self, output: torch.Tensor, ids: torch.Tensor | None = None) -> tuple[Target, torch.Tensor]:
         self.check(output)
         if self.given is not None:
@@ -199,10 +209,13 @@ class SegmentationTarget(Target):
             return
         where = [self.positions[i] if self.positions is not None else i for i in empty]
         which = ", ".join(map(str, where[:5])) + (", ..." if len(where) > 5 else "")
-        source = "the given mask has no pixel" if self.given is not None else \
-            f"the model assigns none of its pixels to class {self.category}"
+        if self.given is not None:
+            source, fix = "the given mask has no pixel", "leave the image out or give it a mask with pixels"
+        else:
+            source = f"the model assigns none of its pixels to class {self.category}"
+            fix = "leave the image out, pick a class it shows, or give masks (--masks)"
         raise TargetError(f"target {self.name} is empty on image {which}: {source}, so there is nothing to "
-                          f"explain; leave the image out, pick a class it shows, or give --masks")
+                          f"explain; {fix}")
 
     def raw(self, output: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         assert self.masks is not None, "bind first"

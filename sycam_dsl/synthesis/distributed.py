@@ -337,7 +337,7 @@ def check_resources(cluster: ClusterOptions, resources: Mapping[str, float], whe
 def shard_targets(targets: torch.Tensor | Target | None, part: range) -> torch.Tensor | Target | None:
     """What shard ``part`` explains: its rows of class indices ``[N]``, or the target for its images."""
     if isinstance(targets, Target):
-        return targets.select(part)
+        return targets.select(part).cpu()
     return None if targets is None else targets.cpu()[part.start:part.stop]
 
 
