@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one script of at most 8 minutes: run it first on any machine with
 # CUDA (`bash benchmarks/device_check.sh`), and put its figures in docs/benchmarks.md with the GPU's name.
-#   1. the CUDA tests (tests/test_cuda.py: terminals, metrics, torch.compile, a search: CUDA = CPU);
+#   1. the CUDA tests (tests/test_cuda.py: terminals, metrics, torch.compile, a search, a ViT and
+#      other targets: CUDA = CPU);
 #   2. the throughput benchmark on CUDA: torch eager against torch.compile (fp32, bf16, fp16);
 #   3. a short EfficientNet-Lite0 search on CUDA with --runtime auto (torch or torch.compile).
 # It installs nothing that needs the network beyond `pip install -e .[test,efficientnet]` when the

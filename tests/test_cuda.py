@@ -88,3 +88,28 @@ def test_a_search_on_cuda_finds_what_the_cpu_finds(tmp_path):
     cpu, gpu = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("cpu", "cuda"))
     assert gpu["expression"] == cpu["expression"]
     assert [h["expression"] for h in gpu["history"]] == [h["expression"] for h in cpu["history"]]
+
+
+def test_a_vision_transformer_and_other_targets_on_cuda_match_the_cpu():
+    """The reshape of token layers, a ``classes:`` target and a segmentation target over given masks
+    (kept on the CPU: the engine moves them) on ``cuda`` equal the CPU's terminals."""
+    from sycam_dsl.models.targets import SegmentationTarget, parse_target
+    from tests.test_targets import SegNet, _setup
+    from tests.test_transformers import VIT_LAYER, small_vit
+
+    x = _images(4)
+    names = ["grads", "cic", "abl"]
+    cpu, _ = compute_terminals(small_vit(), VIT_LAYER, x, parse_target("classes:1,3"), names, progress=False)
+    gpu, info = compute_terminals(small_vit(), VIT_LAYER, x, parse_target("classes:1,3"), names, device="cuda",
+                                  progress=False)
+    assert info.acts.device.type == "cuda" and info.acts.shape[1:] == (32, 4, 4)
+    for name in names:
+        assert torch.allclose(gpu[name].cpu(), cpu[name], atol=1e-4, rtol=1e-3), name
+    model = _setup(SegNet(), n=4, size=32, dtype=torch.float32)[0]
+    masks = torch.zeros(4, 32, 32, dtype=torch.bool)
+    masks[:, 8:24, 4:28] = True
+    target = SegmentationTarget(1).with_masks(masks)
+    cpu, _ = compute_terminals(model, "block", x, target, names, progress=False)
+    gpu, _ = compute_terminals(model, "block", x, target, names, device="cuda", progress=False)
+    for name in names:
+        assert torch.allclose(gpu[name].cpu(), cpu[name], atol=1e-4, rtol=1e-3), name
