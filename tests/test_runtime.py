@@ -368,17 +368,26 @@ def test_a_dict_output_model_is_probed_once_and_exports_through_either_exporter(
     model, x = _DictNet().eval(), _images(3)
     first = rt._tensor_output(model, [x[:1]])
     assert isinstance(first, rt.TensorOutput) and model.calls == 1
-    assert rt._tensor_output(model, [x[:1]]) is first and model.calls == 1  # probed once per module
+    again = rt._tensor_output(model, [x[:1]])
+    assert isinstance(again, rt.TensorOutput) and again.module is model and model.calls == 1  # probed once
     assert rt._tensor_output(first, [x[:1]]) is first
+    import gc
+    import weakref
+
+    gone = weakref.ref(model)
+    del model, first, again
+    gc.collect()
+    assert gone() is None  # the probe's memo keeps no model alive
     if not dynamo_available():
         pytest.skip("the dynamo exporter needs onnxscript")
     import onnxruntime as ort
 
     # the dynamo exporter takes TensorOutput's forward(*inputs) (its dynamic shapes nested once)
-    data = onnx_export._dynamo(first, [x[:2]])
+    wrapped = rt.TensorOutput(_DictNet().eval())
+    data = onnx_export._dynamo(wrapped, [x[:2]])
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    torch.testing.assert_close(torch.from_numpy(got), model(x)["out"].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(got), wrapped.module(x)["out"].detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_weights_beyond_one_onnx_file_are_refused_in_one_line():

@@ -326,6 +326,26 @@ def test_export_takes_a_target_and_refuses_a_callable_in_one_line(tmp_path, caps
     assert main([*common, "--target", "tests.test_targets:doubled_class_one"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot hold" in err[0], err
+    # a class index is the call's to give, and the export format holds classes only: one line each
+    for args, words in ((["--target", "2"], "the class each call names"),
+                        (["--target", "output:1", "--format", "export", "-o", str(tmp_path / "e.pt2")],
+                         "explains classes only, not target output:1")):
+        assert main([*common, *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+
+
+def test_a_target_callable_that_raises_is_one_line():
+    model, x = _setup(Net(), dtype=torch.float32)
+    with pytest.raises(TargetError, match=r"target tests.test_targets:bad_index fails on the model's output "
+                                          r"\(IndexError: ") as e:
+        compute_terminals(model, "block", x, parse_target("tests.test_targets:bad_index"), ["grads"], progress=False)
+    assert "\n" not in str(e.value)
+
+
+def bad_index(out: torch.Tensor) -> torch.Tensor:
+    """A target callable with a bug: an output the model does not have."""
+    return out[:, 99]
 
 
 def test_torchvision_lraspp_runs_every_terminal_and_the_baselines_for_a_segmentation_target():

@@ -41,6 +41,7 @@ from ..models.runtime import RuntimeSpec, check_support, forward_module, runtime
 from ..models.targets import ClassTarget, Target
 from ..util.modes import eval_mode
 from ..util.progress import progress_label
+from ..util.text import first_line
 from .ablation_pass import ablation_pass, tail_forward
 from .errors import TerminalError
 from .gradient_pass import gradient_pass, recorded_gradients
@@ -142,7 +143,7 @@ def _probe(access: LayerAccess, x: torch.Tensor, names: list[str], target: Targe
     except SycamError:
         raise
     except Exception as e:  # the user's model code: torch raises RuntimeError, ValueError, ... on bad sizes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise TerminalError(f"the model fails on one {size} image ({first}); if the images are too small for "
                             f"it, use a larger --size") from None
     if acts.shape[2] < 1 or acts.shape[3] < 1:

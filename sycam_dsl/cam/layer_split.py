@@ -29,6 +29,7 @@ from torch import fx, nn
 from ..models.errors import LayerError
 from ..models.layers import call_name, kind, resolve_layer, split_call
 from ..models.targets import model_output
+from ..util.text import first_line
 from .reshape import Reshape, TokenMap, check_reshape, token_map
 
 log = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ def split_model(model: nn.Module, layer: str) -> LayerSplit:
     try:
         graph = tracer.trace(traced)
     except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, ... on dynamic code
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise SplitError(f"torch.fx cannot trace {kind(model)}: {first}") from None
     root = fx.GraphModule(tracer.root, graph)
     nodes = list(graph.nodes)
@@ -468,14 +469,15 @@ def tail_runner(access: LayerAccess, method: str = "auto") -> TailRunner:
     return TailRunner("hook", access)
 
 
-#: model -> the (layer, reason) of the fallback warnings given: one line per model and layer, not one per chunk
-_WARNED: WeakKeyDictionary[nn.Module, set[tuple[str, str]]] = WeakKeyDictionary()
+#: model -> the layers whose fallback warning was given: one line per model and layer, not one per chunk
+#: or on-demand call (each reruns the split; a reason with a measured difference varies between them)
+_WARNED: WeakKeyDictionary[nn.Module, set[str]] = WeakKeyDictionary()
 
 
 def fallback_warning(access: LayerAccess, reason: str) -> None:
     given = _WARNED.setdefault(access.model, set())
-    if (access.name, reason) in given:
+    if access.name in given:
         return
-    given.add((access.name, reason))
+    given.add(access.name)
     log.warning("abl: %s; falling back to a forward hook that reruns the layers before %r for every "
                 "ablated channel (slower)", reason, access.name)

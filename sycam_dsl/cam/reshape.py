@@ -31,6 +31,7 @@ from torch import nn
 from ..models.errors import LayerError
 from ..models.layers import kind
 from ..util.imports import import_attr
+from ..util.text import first_line
 
 #: The reshapes given by name; a callable is the third kind.
 RESHAPES = ("auto", "none")
@@ -100,6 +101,9 @@ def parse_reshape(text: str) -> Reshape:
         raise ReshapeError(f"cannot import the reshape {text!r} ({e}); is its module on PYTHONPATH?") from None
     except (AttributeError, ValueError) as e:
         raise ReshapeError(f"cannot import the reshape {text!r}: {e}") from None
+    except Exception as e:  # the module's own code fails on import (SyntaxError, NameError, ...)
+        raise ReshapeError(f"the module of the reshape {text!r} fails on import "
+                           f"({first_line(e, with_type=True)})") from None
     if not callable(fn):
         raise ReshapeError(f"the reshape {text!r} is a {type(fn).__name__}, not a callable tensor -> [N, C, h, w]")
     return fn
@@ -162,7 +166,7 @@ def _custom(fn: Callable[[torch.Tensor], torch.Tensor], layer: str, out: torch.T
         got = fn(_positions(raw))
         same = fn(out.detach())
     except Exception as e:  # the user's code: any error on the layer's output
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ReshapeError(f"the reshape of layer {layer!r} fails on its output {list(out.shape)}: {first}") from None
     if not isinstance(got, torch.Tensor) or got.dim() != 4 or got.shape[0] != 1:
         what = list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__

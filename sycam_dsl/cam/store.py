@@ -59,6 +59,7 @@ from ..util.digests import update_digest
 from ..util.files import atomic_torch_save
 from ..util.modes import eval_mode
 from ..util.sizes import format_size, parse_size
+from ..util.text import first_line
 from .cache_files import STORE_DIR, CacheFile, converted_share, owned_files, remove_file, remove_temporaries_and_folders
 from .compute import (
     ABL,
@@ -156,7 +157,8 @@ def record_keys(run: TerminalRun, images: torch.Tensor) -> dict[str, list[Record
     else:
         targets = ["predicted"] * run.n if run.targets is None else [str(t) for t in run.targets.tolist()]
     digests = image_digests(images)
-    return {kind: [RecordKey(model, run.access.name, d, t, kind, record_settings(kind, run))
+    settings = {kind: record_settings(kind, run) for kind in run.kinds}  # once per kind: a reshape's key hashes
+    return {kind: [RecordKey(model, run.access.name, d, t, kind, settings[kind])
                    for d, t in zip(digests, targets)] for kind in run.kinds}
 
 
@@ -235,7 +237,7 @@ class TerminalStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except Exception as e:  # a truncated, corrupt or foreign file
-            raise BadEntry(f"{path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") \
+            raise BadEntry(f"{path}: {first_line(e)}") \
                 from None
         values = data.get("values") if isinstance(data, dict) else None
         if (not isinstance(values, dict) or data.get("format") != STORE_FORMAT or data.get("key") != asdict(key)

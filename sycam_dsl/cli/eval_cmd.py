@@ -79,16 +79,15 @@ def _controls(names: tuple[str, ...], methods: dict[str, tuple[str, Node]], metr
               inputs: MetricInputs, terms: Terminals, acts: torch.Tensor) -> dict[str, tuple[str, dict]]:
     """Row name -> (text, metric name -> result) of the control maps ``names``; ``blurred`` blurs the
     first given expression's heatmaps (``expr 1``), else the first baseline's (docs/search.md#control-maps)."""
-    from ..metrics.controls import CONTROL_PREFIX, control_maps, control_text, score_heatmaps
+    from ..metrics.controls import CONTROL_PREFIX, control_text, score_controls
     from ..metrics.expression import expression_inputs
 
     first = "expr 1" if "expr 1" in methods else next(iter(methods))
     source = expression_inputs(methods[first][1], inputs, terms, acts).heatmaps if "blurred" in names else None
     assert inputs.image_ids is not None  # set by MetricInputs
-    maps = control_maps(names, inputs.images, inputs.image_ids, 0, source)
     layer = (int(acts.shape[-2]), int(acts.shape[-1]))
-    return {row: (control_text(row[len(CONTROL_PREFIX):], first), score_heatmaps(h, metrics, inputs, layer))
-            for row, h in maps.items()}
+    scored = score_controls(names, metrics, inputs, inputs.image_ids, layer, 0, source)
+    return {row: (control_text(row[len(CONTROL_PREFIX):], first), results) for row, results in scored.items()}
 
 
 def run(args: argparse.Namespace) -> None:

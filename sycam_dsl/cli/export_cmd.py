@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SycamError
+from ..util.text import first_line
 from .options import (
     TARGET_HELP,
     add_model_options,
@@ -56,7 +57,7 @@ def _probe(module: Any, example: Any, size: int) -> None:
         with torch.no_grad():
             module(example[:1])
     except Exception as e:  # the user's model code: torch raises RuntimeError, ValueError, ... on bad sizes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise SycamError(f"the model fails on one {size}x{size} image ({first}); use a larger --size") from None
 
 
@@ -83,6 +84,9 @@ def run(args: argparse.Namespace) -> None:
     target = _target(args.target, searched)
     layer = resolve_layer(model.module, args.layer or _searched_layer(searched, model.name) or model.target_layer)[0]
     _probe(model.module, example, size)
+    if args.format == "export" and target is not None:
+        raise SycamError(f"the export format explains classes only, not target {target.name}; use --format "
+                         f"torchscript")
     if args.format == "export":
         export_explainer(model.module, layer, method, out, example, reshape=reshape)
         call = "torch.export.load(FILE).module()(images, targets) (targets [N]; -1: the predicted class)"
@@ -95,11 +99,14 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _target(given: Any, searched: tuple[Path, dict[str, Any]] | None) -> Any:
-    """``--target`` (a class index: the class, chosen per call), else the result's (``settings.target``)."""
+    """``--target`` (not a class index: the call names the class), else the result's (``settings.target``)."""
     from ..models.targets import Target, parse_target
 
     if given is not None:
-        return given if isinstance(given, Target) else None
+        if not isinstance(given, Target):  # a class index
+            raise SycamError("an explainer file explains the class each call names (its targets argument) or "
+                             "the predicted one; leave --target out, or give classes:, output: or segmentation:")
+        return None if given.is_class else given
     recorded = searched[1].get("target") if searched is not None else None
     if not isinstance(recorded, str) or recorded == "class":
         return None
@@ -143,7 +150,7 @@ def _check_classes(result: Path, settings: dict[str, Any], model: Any, example: 
         searched = _n_classes(other.module, int(settings.get("size") or other.input_size))
     except Exception as e:  # the recorded model may be gone or not load here: the check is then skipped
         warn([f"{result} was searched on {name}, which cannot be loaded here to check that its classes are "
-              f"{model.name}'s ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"])
+              f"{model.name}'s ({first_line(e)})"])
         return
     try:
         n = _n_classes(model.module, example.shape[-1], example.device)

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from ..errors import SycamError
+from ..util.text import first_line
 
 #: command -> (its module in this package, its line in ``--help``), in the order ``--help`` lists
 #: them. A module's ``configure(parser)`` adds the command's options and sets ``handler``; only the
@@ -138,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
             raise
         if args.debug:
             traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         print(f"sycam-dsl: error: out of memory ({first}); use smaller sizes, fewer images or a smaller "
               f"--batch-size / --chunk-size", file=sys.stderr)
         return 2

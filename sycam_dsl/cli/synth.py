@@ -305,8 +305,9 @@ def _report(result: Result, out: Path) -> int:
     print(result.table())
     print()
     from ..run.generalization import best_test_line
-    if best_test_line(d) is not None:
-        print(best_test_line(d))
+    line = best_test_line(d)
+    if line is not None:
+        print(line)
         print()
     if d.get("sanity") and "error" not in d["sanity"]:
         from ..cam.sanity import check_lines

@@ -131,6 +131,15 @@ def score_heatmaps(heatmaps: torch.Tensor, metrics: list[Metric], inputs: Metric
     return {m.name: m(candidate) for m in metrics}
 
 
+def score_controls(names: Sequence[str], metrics: list[Metric], inputs: MetricInputs, image_ids: torch.Tensor,
+                   layer_size: tuple[int, int], seed: int = 0,
+                   heatmaps: torch.Tensor | None = None) -> dict[str, dict[str, MetricResult]]:
+    """Row name -> metric name -> result of the control maps ``names`` of ``inputs``' images (``image_ids``
+    ``[N]`` seed ``random``; ``blurred`` blurs ``heatmaps`` ``[N, H, W]``), scored as ``score_heatmaps``."""
+    maps = control_maps(names, inputs.images, image_ids, seed, heatmaps)
+    return {row: score_heatmaps(h, metrics, inputs, layer_size) for row, h in maps.items()}
+
+
 def control_warnings(evaluation: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> list[str]:
     """A line per table of ``evaluation`` (result.json's form) with control rows the reference method does
     not beat: with ``comparisons`` for its metric, those against which the family-wise verdict is not

@@ -12,7 +12,7 @@ its own perturbations and forward passes, so these metrics do not use the memoiz
 explain perturbed inputs or models again (robustness, randomisation) cannot score given heatmaps and say so.
 A target of another kind than the class (``models.targets``: ``classes:``, ``output:``, a callable) reaches
 Quantus as a model with one output, the target's raw score, read as class 0 without Quantus's softmax
-(``TargetScore``); a target with per-image state (a segmentation mask) is refused in one line by the
+(``TargetAsClass``); a target with per-image state (a segmentation mask) is refused in one line by the
 metrics that run the model (complexity and localisation metrics read the heatmaps only).
 """
 
@@ -27,6 +27,7 @@ import torch
 
 from ..models.runtime import reference_of
 from ..models.targets import Target, model_output
+from ..util.text import first_line
 from .errors import MetricError
 from .registry import Metric, MetricInputs
 
@@ -91,7 +92,7 @@ def _per_image(scores: Any, n: int, name: str) -> torch.Tensor:
     return torch.tensor([float(np.mean(np.asarray(s, dtype=np.float64))) for s in scores], dtype=torch.float64)
 
 
-class TargetScore(torch.nn.Module):
+class TargetAsClass(torch.nn.Module):
     """``model`` whose output is one column, the target's metric score ``[B, 1]`` (``target`` has no
     per-image state, so every row is scored alike), for Quantus to read as class 0."""
 
@@ -116,7 +117,7 @@ def _target_model(model: torch.nn.Module, target: Target, n: int, key: str,
         raise MetricError(f"quantus:{key} compares the predicted class with the target class, and target "
                           f"{target.name} names no class; use the built-in metrics (road_combined, ...), which "
                           f"score any target")
-    return TargetScore(model, target).eval(), np.zeros(n, dtype=np.int64), {"softmax": False} if softmax else {}
+    return TargetAsClass(model, target).eval(), np.zeros(n, dtype=np.int64), {"softmax": False} if softmax else {}
 
 
 def quantus_metric(name: str) -> Metric:
@@ -162,7 +163,7 @@ def quantus_metric(name: str) -> Metric:
         except MetricError:
             raise
         except Exception as e:  # Quantus checks its options with asserts and fails on bad ones deep inside
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise MetricError(f"quantus:{key} failed ({type(e).__name__}: {first}); check its "
                               f"--metric-option values") from None
         out = _per_image(scores, n, key)

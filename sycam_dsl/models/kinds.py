@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..util.imports import import_attr
+from ..util.text import first_line
 from ..util.warnings import quiet_deprecations
 from .errors import ModelError
 from .layers import default_layer
@@ -105,7 +106,7 @@ def _load_torchscript(path: Path, weights: str | None) -> nn.Module:
         with quiet_deprecations():
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # torch raises RuntimeError, ValueError, zip errors, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"cannot load {str(path)!r} as a TorchScript file ({first}); a state dict goes in "
                          f"--weights FILE together with --model NAME") from None
     if weights is not None:
@@ -123,6 +124,9 @@ def _load_factory(spec: str, weights: str | None) -> nn.Module:
         raise ModelError(f"cannot import {mod_name!r} for model factory {spec!r} ({e}); is it on PYTHONPATH?") from None
     except (AttributeError, ValueError):
         raise ModelError(f"module {mod_name!r} has no {fn_name!r} for model factory {spec!r}") from None
+    except Exception as e:  # the module's own code fails on import (SyntaxError, NameError, ...)
+        raise ModelError(f"the module of model factory {spec!r} fails on import "
+                         f"({first_line(e, with_type=True)})") from None
     if not callable(fn):
         raise ModelError(f"model factory {spec!r} is not callable")
     seed = random_seed(weights)

@@ -32,6 +32,8 @@ from torch import nn
 
 from ..util.files import atomic_write
 from ..util.modes import eval_mode
+from ..util.sizes import format_size
+from ..util.text import first_line
 from .errors import ConversionError
 
 ONNX_OPSET = 17
@@ -40,12 +42,6 @@ DYNAMO_OPSET = 18
 #: The weights one ONNX file can hold: a protobuf message is at most 2 GB (larger models would need
 #: external data files beside it, which the cache folder does not keep).
 MAX_BYTES = 2**31 - 2**24
-
-
-def first_line(e: BaseException) -> str:
-    """``Type: the first line of its message`` (one line for an error message)."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 #: One redirection of file descriptor 1 at a time (it is the process's, not the thread's).
@@ -89,7 +85,7 @@ def _traced(module: nn.Module, example: Sequence[torch.Tensor], what: str) -> by
             torch.onnx.export(module, tuple(example), cast(Any, buffer), dynamo=False, input_names=names,
                               output_names=["output"], dynamic_axes=axes, opset_version=ONNX_OPSET)
     except Exception as e:  # the exporter raises many types (RuntimeError, SymbolicValueError, ...)
-        raise ConversionError(f"{what} cannot be converted to ONNX ({first_line(e)})") from None
+        raise ConversionError(f"{what} cannot be converted to ONNX ({first_line(e, with_type=True)})") from None
     traced = [w for w in seen if issubclass(w.category, torch.jit.TracerWarning)]
     if traced:  # raised here, after the export: raised inside the trace it surfaces as a SystemError
         raise ConversionError(f"{what} cannot be converted to ONNX: its forward makes a Python decision on "
@@ -130,7 +126,7 @@ def export_onnx(module: nn.Module, example: Sequence[torch.Tensor], path: str | 
     weights pass the 2 GB that one ONNX file (a protobuf) can hold."""
     size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
     if size >= MAX_BYTES:
-        raise ConversionError(f"{what} holds {size / 2**30:.1f} GB of weights, more than one ONNX file holds "
+        raise ConversionError(f"{what} holds {format_size(size)} of weights, more than one ONNX file holds "
                               f"(2 GB)")
     try:
         data = _traced(module, example, what)
@@ -140,7 +136,8 @@ def export_onnx(module: nn.Module, example: Sequence[torch.Tensor], path: str | 
         try:
             data = _dynamo(module, example)
         except Exception as e:  # torch.export and the ONNX translation raise many types
-            raise ConversionError(f"{traced}; the dynamo exporter fails too ({first_line(e)})") from None
+            why = first_line(e, with_type=True)
+            raise ConversionError(f"{traced}; the dynamo exporter fails too ({why})") from None
     if path is None:
         return data
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

@@ -46,10 +46,10 @@ from torch import nn
 
 from ..util.modes import eval_mode
 from ..util.progress import note
+from ..util.text import first_line
 from .digest import model_digest
 from .errors import ConversionError, ModelError
 from .onnx_export import ONNX_OPSET, export_onnx
-from .onnx_export import first_line as _first_line
 from .precision import DEFAULT_PRECISION, check_precision, forward_precision
 from .runtime_choice import CHOICE_FILE, choose, rows
 from .targets import model_output
@@ -201,7 +201,7 @@ def _compiled(module: nn.Module, example: Sequence[torch.Tensor], spec: RuntimeS
             got = compiled(*check).float()
             want = module(*check).float()
     except Exception as e:  # inductor's errors are of many types
-        raise ConversionError(f"torch.compile fails on {what} ({_first_line(e)})") from None
+        raise ConversionError(f"torch.compile fails on {what} ({first_line(e, with_type=True)})") from None
     note(f"runtime: compiled {what} with torch.compile in {time.perf_counter() - start:.1f} s", show)
     _check_outputs(got, want, "compile", spec.precision, what)
     return compiled
@@ -329,7 +329,7 @@ def _build(runtime: str, module: nn.Module, example: Sequence[torch.Tensor], key
     except ConversionError:
         raise
     except Exception as e:  # the runtime's own loader or kernels
-        raise ConversionError(f"{what} does not run on {runtime} ({_first_line(e)})") from None
+        raise ConversionError(f"{what} does not run on {runtime} ({first_line(e, with_type=True)})") from None
     _check_outputs(got, want, runtime, spec.precision, what)
     _BUILT[memo] = built
     return built
@@ -347,20 +347,19 @@ class TensorOutput(nn.Module):
         return cast(torch.Tensor, model_output(self.module(*inputs)))
 
 
-#: module -> what converts in its place (itself, or its ``TensorOutput``): probed once per module, since
-#: ``forward_module`` runs for every copy of a metric's inputs.
-_AS_TENSOR: WeakKeyDictionary[nn.Module, nn.Module] = WeakKeyDictionary()
+#: module -> whether its output is a dict: probed once per module (``forward_module`` runs for every
+#: copy of a metric's inputs); a weak map of booleans, so that it keeps no module alive.
+_DICT_OUTPUT: WeakKeyDictionary[nn.Module, bool] = WeakKeyDictionary()
 
 
 def _tensor_output(module: nn.Module, example: Sequence[torch.Tensor]) -> nn.Module:
     """``module``, or ``TensorOutput(module)`` when its output on one row of ``example`` is a dict."""
     if isinstance(module, TensorOutput):
         return module
-    if module not in _AS_TENSOR:
+    if module not in _DICT_OUTPUT:
         with eval_mode(module), torch.inference_mode():
-            out = module(*rows(example, 1))
-        _AS_TENSOR[module] = TensorOutput(module) if isinstance(out, dict) else module
-    return _AS_TENSOR[module]
+            _DICT_OUTPUT[module] = isinstance(module(*rows(example, 1)), dict)
+    return TensorOutput(module) if _DICT_OUTPUT[module] else module
 
 
 def forward_module(module: nn.Module, example: Sequence[torch.Tensor], spec: RuntimeSpec, *, part: str = "model",
@@ -379,7 +378,8 @@ def forward_module(module: nn.Module, example: Sequence[torch.Tensor], spec: Run
     if names == ["torch"]:
         return module
     module = _tensor_output(module, example)
-    key = _key(module, part, example)
+    # keyed by the model itself: a new TensorOutput each call, but one digest (cached per module)
+    key = _key(module.module if isinstance(module, TensorOutput) else module, part, example)
     built: dict[str, nn.Module] = {"torch": module} if spec.name == "auto" else {}
     for name in names:
         if name == "torch":

@@ -20,13 +20,15 @@ per-image target objects and ``as_target`` everything the API takes.
 
 from __future__ import annotations
 
-import importlib
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from ..errors import SycamError
+from ..util.imports import import_attr
+from ..util.text import comma_list, first_line
 from .errors import TargetError
 
 #: The default target's name (``Target.name``), which the terminal store's keys leave out.
@@ -223,6 +225,16 @@ class SegmentationTarget(Target):
         return (output[:, self.category] * masks.to(output.dtype)).sum(dim=(1, 2))
 
 
+def _user_call(fn: Callable[[Any], Any], arg: Any, what: str) -> Any:
+    """``fn(arg)`` for a user's target callable: an error in it is one ``TargetError`` line."""
+    try:
+        return fn(arg)
+    except (SycamError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:  # the user's code: IndexError, a device mismatch, ...
+        raise TargetError(f"target {what} fails on the model's output ({first_line(e, with_type=True)})") from None
+
+
 def _scores(got: Any, n: int, what: str) -> torch.Tensor:
     """A callable's result as ``[n]`` scores, or ``TargetError``."""
     if not isinstance(got, torch.Tensor) or got.dim() > 1 or got.numel() != n:
@@ -241,7 +253,8 @@ class CallableTarget(Target):
         self.name = f"callable:{name or getattr(fn, '__qualname__', type(fn).__name__)}"
 
     def raw(self, output: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return _scores(self.fn(output), output.shape[0], self.name.removeprefix("callable:"))
+        what = self.name.removeprefix("callable:")
+        return _scores(_user_call(self.fn, output, what), output.shape[0], what)
 
 
 class PerImageTarget(Target):
@@ -269,13 +282,13 @@ class PerImageTarget(Target):
 
     def raw(self, output: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         what = self.name.removeprefix("callable:")
-        return torch.cat([_scores(torch.as_tensor(self.targets[int(i)](row)), 1, what)
+        return torch.cat([_scores(torch.as_tensor(_user_call(self.targets[int(i)], row, what)), 1, what)
                           for i, row in zip(ids.tolist(), output)])
 
 
 def _ints(text: str, spec: str) -> list[int]:
     try:
-        out = [int(p) for p in text.split(",") if p.strip()]
+        out = [int(p) for p in comma_list(text)]
     except ValueError:
         out = []
     if not out or any(i < 0 for i in out):
@@ -286,9 +299,9 @@ def _ints(text: str, spec: str) -> list[int]:
 def _callable(spec: str) -> Target:
     module, _, attr = spec.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise TargetError(f"target {spec!r}: cannot import {attr!r} from {module!r} ({e})") from None
+        fn = import_attr(spec)
+    except Exception as e:  # ImportError, AttributeError, or whatever the module raises on import
+        raise TargetError(f"target {spec!r}: cannot import {attr!r} from {module!r} ({first_line(e)})") from None
     if not callable(fn):
         raise TargetError(f"target {spec!r} is not callable")
     return CallableTarget(fn, spec)

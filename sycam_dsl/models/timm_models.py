@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from ..util.text import first_line
 from .errors import ModelError
 from .loaded import Normalization
 from .weights import build_with_weights
@@ -59,7 +60,7 @@ def _create(timm: Any, spec: str, name: str, kwargs: dict[str, Any]) -> nn.Modul
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
     except Exception as e:  # timm raises RuntimeError, TypeError, ... on names and arguments it does not take
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"timm cannot build {spec!r} ({type(e).__name__}: {first})") from None
 
 

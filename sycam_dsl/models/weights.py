@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..util.text import first_line
 from .errors import ModelError
 
 _RANDOM = re.compile(r"random:(-?\d+)")
@@ -55,7 +56,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for foreign or corrupt files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"cannot read weights file {str(p)!r} as a state dict ({first}); save it with "
                          f"torch.save(model.state_dict(), FILE)") from None
     for key in ("state_dict", "model_state_dict", "model"):

@@ -19,8 +19,8 @@ import torch
 from ..baselines import SEARCH_BASELINES, baseline
 from ..errors import SycamError
 from ..metrics.controls import control_maps
-from ..metrics.expression import expression_inputs
 from ..models import LoadedModel
+from ..synthesis.evaluation import method_heatmaps
 from ..synthesis.per_class import ClassSearch, checkpoint_kind
 from ..synthesis.problem import Data, Problem
 from ..util.files import FolderLocked, folder_lock, writable_folder
@@ -101,20 +101,11 @@ def _grid(result: Result, model: LoadedModel, data: Data, problem: Problem, n_ro
     order = result.outcomes[0].subsets.order if result.outcomes else torch.arange(problem.n)
     rows = order[:n_rows]
     part = problem.subset(rows)
-    size = tuple(part.inputs.images.shape[-2:])
-    def heatmaps_of(node, p: Problem) -> torch.Tensor:
-        h = expression_inputs(node, p.inputs, p.terminals, p.acts).heatmaps
-        assert h is not None  # expression_inputs computes heatmaps unless told not to
-        return h
-
-    columns = {b: heatmaps_of(baseline(b).node, part) for b in SEARCH_BASELINES}
+    columns = {b: method_heatmaps(baseline(b).node, part) for b in SEARCH_BASELINES}
     if result.dispatch is not None:
-        h = torch.zeros(part.n, *size, device=part.acts.device)
-        for node, idx in result.dispatch.groups(part.targets).items():
-            h[idx.to(h.device)] = heatmaps_of(node, part.subset(idx))
-        columns["SyCAM (per class)"] = h
+        columns["SyCAM (per class)"] = method_heatmaps(result.dispatch, part)
     elif result.best is not None:
-        columns["SyCAM"] = heatmaps_of(result.best, part)
+        columns["SyCAM"] = method_heatmaps(result.best, part)
     # the control maps the tables score (the same seed and image ids), SyCAM's own blurred
     settings = result.data["settings"] if result.data else {}
     sycam = columns.get("SyCAM", columns.get("SyCAM (per class)"))

@@ -246,7 +246,7 @@ class Run:
         problem, split = self.problem, self.test_split
         after = AfterSearch(metric_list(self.objective), self.shown,
                             [t for b in SEARCH_BASELINES for t in baseline(b).terminals], SEARCH_BASELINES,
-                            len(SEARCH_BASELINES) + 1,
+                            len(SEARCH_BASELINES) + 1 + len(self.options.output.control_names),
                             min(DEFAULT_SANITY_IMAGES, problem.n) if self.options.output.sanity else 0,
                             0 if self.options.per_class else CURVE_INCUMBENTS)
         reserve = estimate_reserve(problem, split.search if split.on else torch.arange(problem.n),

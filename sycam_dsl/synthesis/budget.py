@@ -119,7 +119,7 @@ def table_cost(problem: Problem, methods: Sequence[Node], metrics: Sequence[Metr
 @dataclass(frozen=True)
 class AfterSearch:
     """The work after the search that ``estimate_reserve`` times: the tables score ``methods`` rows
-    (the ``baselines`` and the result) on the ``search_metrics`` and the ``shown`` ones, reading the
+    (the ``baselines``, the result and the control maps) on the ``search_metrics`` and the ``shown`` ones, reading the
     terminals ``names``; the baselines' check scores the baselines on the ``search_metrics``; the
     sanity check runs on ``sanity_images`` images (0: none); the generalization curve scores
     ``curve_rows`` incumbents on the search metrics and the test split (0: no curve)."""

@@ -10,7 +10,7 @@ import torch
 
 from ..lang.ast import Node, to_sexpr
 from ..metrics.compare import Row, compare
-from ..metrics.controls import CONTROL_PREFIX, control_maps, control_text, score_heatmaps
+from ..metrics.controls import CONTROL_PREFIX, control_text, score_controls
 from ..metrics.diagnostics import weight_problems
 from ..metrics.expression import expression_inputs, score_expression
 from ..metrics.registry import Metric, MetricResult
@@ -52,12 +52,11 @@ def control_scores(names: Sequence[str], metrics: list[Metric], problem: Problem
                    seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
     """Row name (``control: NAME``) -> metric name -> per-image scores ``[N]`` (CPU float64) of the
     control maps ``names``; ``blurred`` blurs the heatmaps of ``blur_of`` (left out when None)."""
-    inputs = problem.inputs
     source = method_heatmaps(blur_of, problem) if blur_of is not None and "blurred" in names else None
-    maps = control_maps(names, inputs.images, problem.index, seed, source)
     layer = (int(problem.acts.shape[-2]), int(problem.acts.shape[-1]))
-    return {row: {k: r.per_image.detach().to("cpu", torch.float64)
-                  for k, r in score_heatmaps(h, metrics, inputs, layer).items()} for row, h in maps.items()}
+    scored = score_controls(names, metrics, problem.inputs, problem.index, layer, seed, source)
+    return {row: {k: r.per_image.detach().to("cpu", torch.float64) for k, r in results.items()}
+            for row, results in scored.items()}
 
 
 def evaluate_methods(methods: dict[str, tuple[str, Method]], metrics: list[Metric], problem: Problem,
