@@ -21,6 +21,7 @@ from ..lang.ast import Node
 from ..models.devices import resolve_device
 from ..models.loaded import LoadedModel
 from ..models.runtime import RuntimeSpec
+from ..util.modes import eval_mode
 from .compute import DEFAULT_CHUNK_SIZE
 from .reshape import Reshape
 from .sanity import (
@@ -40,11 +41,12 @@ def _module(model: nn.Module | LoadedModel) -> nn.Module:
 
 
 @torch.no_grad()
-def agreement(model: nn.Module, other: nn.Module, images: torch.Tensor, device: torch.device) -> float:
-    """The fraction of ``images`` on which the two models predict the same class."""
-    x = images.to(device)
-    a, b = model.eval()(x).argmax(1), other.eval()(x).argmax(1)
-    return float((a == b).float().mean())
+def agreement(other: nn.Module, images: torch.Tensor, classes: torch.Tensor, device: torch.device) -> float:
+    """The fraction of ``images`` on which ``other`` predicts ``classes`` ``[N]`` (the first model's, which
+    its heatmaps already computed)."""
+    with eval_mode(other):
+        predicted = other(images.to(device)).argmax(1)
+    return float((predicted.cpu() == classes.cpu()).float().mean())
 
 
 def compare_models(model: nn.Module | LoadedModel, other: nn.Module | LoadedModel, layer: str | None,
@@ -82,7 +84,7 @@ def data_randomization_check(model: nn.Module | LoadedModel, randomized: nn.Modu
     sims, targets, name = compare_models(model, randomized, layer, images, methods, device, chunk_size, progress,
                                          runtime, reshape)
     dev = resolve_device(device)
-    agree = agreement(_module(model), _module(randomized), images, dev)
+    agree = agreement(_module(randomized), images, targets, dev)
     return {"subject": subject, "layer": name, "images": int(images.shape[0]), "randomized_model": source,
             "agreement": agree, "targets": targets.tolist(), **similarity_rows(sims, expressions, subject)}
 
