@@ -301,9 +301,9 @@ class Explainer(nn.Module):
         logits = logits.detach()
         cic, mlogits, abl = zero_vec, zero_vec, zero_vec
         if self.need_cic:
-            cic, mlogits = self.cic(x, a, t)
+            cic, mlogits = self.cic(x, a, t, state)
         if self.need_abl:
-            abl = self.abl(x, a, logits, t)
+            abl = self.abl(x, a, logits, t, state)
         w = self.weights(t, grads, pgrads, cic, abl, mlogits, a.mean(dim=(2, 3)), g.detach(), a)
         if torch.jit.is_scripting():  # the warning explain and the Python API give (metrics.diagnostics)
             bad = ~torch.isfinite(w.reshape(n, -1)).all(dim=1)
@@ -319,12 +319,11 @@ class Explainer(nn.Module):
         lx = linear_weights(s.shape[-1], width).to(device=s.device, dtype=s.dtype)
         return ly @ s @ lx.T
 
-    def cic(self, x: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(``cic`` ``[N, K]``, ``mlogits`` ``[N, K]``): ``cam.scorecam_pass`` at a fixed chunk size in fp32."""
+    def cic(self, x: Tensor, a: Tensor, t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """(``cic`` ``[N, K]``, ``mlogits`` ``[N, K]``): ``cam.scorecam_pass`` at a fixed chunk size in fp32;
+        ``state``: the target's, from the images' own outputs (a segmentation target's masks)."""
         n, k = a.shape[0], a.shape[1]
         with torch.no_grad():
-            # a segmentation target's masks come from the images' own outputs (one more pass of the images)
-            state = self.score.prepare(self.logits(x)) if self.score.kind == 2 else x.new_zeros([0])
             base = self.logits(torch.zeros_like(x[:1]))
             base = base.expand([n] + list(base.shape[1:]))
             base_z, base_y = self.score.raw(base, t, state), self.score.metric(base, t, state)
@@ -349,12 +348,11 @@ class Explainer(nn.Module):
             masked_y[img, ch] = y_live
         return masked_y - base_y[:, None], masked_z
 
-    def abl(self, x: Tensor, a: Tensor, logits: Tensor, t: Tensor) -> Tensor:
+    def abl(self, x: Tensor, a: Tensor, logits: Tensor, t: Tensor, state: Tensor) -> Tensor:
         """``abl`` ``[N, K]``: ``cam.ablation_pass`` with the fx split, at a fixed chunk size in fp32, its
         batches laid out as the engine's (``ablation_layout``: ``c`` channels of each of ``B`` images)."""
         n, k = a.shape[0], a.shape[1]
         block, per = ablation_layout(n, k, self.chunk)
-        state = self.score.prepare(logits)
         with torch.no_grad():
             ablated = x.new_empty([n, k])
             slots = torch.arange(per, device=x.device)
