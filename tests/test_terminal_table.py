@@ -188,7 +188,7 @@ def test_the_explainer_inputs_are_the_table_terminals():
     params = list(inspect.signature(explainer._IgnoreClasses.forward).parameters)
     assert params == ["self", "classes", *TERMINALS]
     params = list(inspect.signature(explainer.Explainer.cic).parameters)
-    assert params == ["self", "x", "a", "t"]
+    assert params == ["self", "x", "a", "t", "state"]
 
 
 @pytest.mark.parametrize("names", [["grads"], ["mlogits"], ["abl", "acts"], ["A"], ALL])

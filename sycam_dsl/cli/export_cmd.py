@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SycamError
-from ..util.text import first_line
 from .options import (
     TARGET_HELP,
     add_model_options,
@@ -52,6 +51,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _probe(module: Any, example: Any, size: int) -> None:
     """One example image through the model, so that a size it cannot take is one line, not a traceback."""
     import torch
+
+    from ..util.text import first_line  # here: util's package imports torch, which --help need not load
 
     try:
         with torch.no_grad():
@@ -138,6 +139,7 @@ def _check_classes(result: Path, settings: dict[str, Any], model: Any, example: 
     """Refuse a result searched on a model with another number of classes than ``model``'s: a per-class
     result's expressions are chosen by class index, and a search's scores hold for its own model only."""
     from ..models import load_model
+    from ..util.text import first_line
 
     name = settings.get("model")
     if not isinstance(name, str) or name == model.name:

@@ -18,7 +18,6 @@ from types import FrameType
 from typing import Any
 
 from ..errors import SycamError
-from ..util.text import first_line
 
 #: command -> (its module in this package, its line in ``--help``), in the order ``--help`` lists
 #: them. A module's ``configure(parser)`` adds the command's options and sets ``handler``; only the
@@ -139,6 +138,8 @@ def _run(args: argparse.Namespace) -> int:
             raise
         if args.debug:
             traceback.print_exc()
+        from ..util.text import first_line  # here: util's package imports torch, which --help need not load
+
         first = first_line(e)
         print(f"sycam-dsl: error: out of memory ({first}); use smaller sizes, fewer images or a smaller "
               f"--batch-size / --chunk-size", file=sys.stderr)
