@@ -408,3 +408,42 @@ def test_the_tracer_converts_with_stdout_closed(tmp_path):
     proc = subprocess.run(f"{sys.executable} -c \"{code}\" >&-", shell=True, capture_output=True, text=True,
                           cwd=root, timeout=300)
     assert proc.returncode == 0 and proc.stderr.startswith("ok "), proc.stderr[-2000:]
+
+
+def test_loops_build_batches_on_one_torch_thread_while_a_runtime_runs(monkeypatch):
+    """cic, abl and the metrics' loops run torch's own operations on one thread while a runtime runs
+    their forward passes (idle torch threads would spin on the runtime's cores), and give torch its
+    thread count back; the runtime itself keeps torch's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model, x = _model(), _images(6)
+        seen: list[int] = []
+        real = rt._session
+
+        def watched(runtime, onnx, precision):
+            assert rt.runtime_threads() == 2
+            run = real(runtime, onnx, precision)
+
+            def call(arrays):
+                seen.append(torch.get_num_threads())
+                return run(arrays)
+            return call
+
+        monkeypatch.setattr(rt, "_session", watched)
+        targets = model(x).argmax(1)
+        heat = torch.rand(6, 32, 32, generator=torch.Generator().manual_seed(3))
+        inputs = MetricInputs(x, targets, heatmaps=heat, saliency=heat[:, ::4, ::4], model=model,
+                              runtime=RuntimeSpec("onnxruntime"))
+        for terminal in ("cic", "abl", "deletion"):
+            seen.clear()
+            if terminal == "deletion":
+                get_metric("deletion", steps=4)(inputs)
+            else:
+                compute_terminals(model, "features", x, None, [terminal], progress=False,
+                                  runtime=RuntimeSpec("onnxruntime"))
+            # the builds' own checks run outside the loops (2 threads); the loop's passes inside (1)
+            assert 1 in seen, (terminal, seen)
+            assert torch.get_num_threads() == 2 and rt.runtime_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

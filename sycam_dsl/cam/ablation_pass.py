@@ -9,7 +9,7 @@ from torch import nn
 
 from ..models.batching import AUTO, BatchSize, auto_batch_size
 from ..models.precision import DEFAULT_PRECISION, forward_precision
-from ..models.runtime import RuntimeSpec, forward_module
+from ..models.runtime import RuntimeSpec, forward_module, runtime_loop
 from ..models.targets import Target
 from ..util.progress import Progress
 from ..util.progress import progress as progress_bar
@@ -156,12 +156,13 @@ def ablation_pass(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logi
         for s in range(0, n, block):
             xs, a_s, ts = x[s:s + block], acts[s:s + block], targets[s:s + block]
             g = xs.shape[0]
-            carried = runner.carry(xs)
-            if reference is not None:
-                with forward_precision(precision, dev):
-                    unablated = runner(a_s, carried).to(x.dtype)
-                reference[s:s + g] = _picked(unablated, ts, 1, target)[:, 0]
-            _ablate_block(runner, a_s, ts, carried, per, precision, ablated[s:s + g], bar, target)
+            carried = runner.carry(xs)  # the layers before the target layer, if any, in torch
+            with runtime_loop(runner.tail):
+                if reference is not None:
+                    with forward_precision(precision, dev):
+                        unablated = runner(a_s, carried).to(x.dtype)
+                    reference[s:s + g] = _picked(unablated, ts, 1, target)[:, 0]
+                _ablate_block(runner, a_s, ts, carried, per, precision, ablated[s:s + g], bar, target)
     finally:
         bar.close()
     if reference is not None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..models.batching import AUTO, BatchSize, auto_batch_size, layout_error
 from ..models.precision import DEFAULT_PRECISION, forward_precision
-from ..models.runtime import RuntimeModule
+from ..models.runtime import RuntimeModule, runtime_loop
 from ..models.targets import Target, model_output
 from ..template.saliency import minmax_normalize
 from ..util.progress import Progress
@@ -197,8 +197,9 @@ def scorecam_pass(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets
     bar = progress_bar(n * k, "terminals: cic", show)
     bar.update(n * k - rows)
     try:
-        z_live, y_live = _live_scores(forward, x, acts, _LiveRows(live_img, live_ch, targets[live_img], offsets),
-                                      chunk, layout, exact, precision, bar, target)
+        with runtime_loop(forward):
+            z_live, y_live = _live_scores(forward, x, acts, _LiveRows(live_img, live_ch, targets[live_img], offsets),
+                                          chunk, layout, exact, precision, bar, target)
     finally:
         bar.close()
     masked_z[live_img, live_ch], masked_y[live_img, live_ch] = z_live, y_live

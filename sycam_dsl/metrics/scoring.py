@@ -15,7 +15,7 @@ from torch import nn
 from ..models.batching import AUTO, auto_batch_size, has_convolutions, layout_error, takes_channels_last
 from ..models.errors import ModelError
 from ..models.precision import DEFAULT_PRECISION, check_precision, forward_precision
-from ..models.runtime import reference_of
+from ..models.runtime import reference_of, runtime_loop
 from ..models.targets import Target, model_output
 from ..util.modes import eval_mode
 from .errors import MetricError
@@ -63,7 +63,7 @@ def scores_of(model: nn.Module, build: Callable[[torch.Tensor], torch.Tensor], t
     out = torch.empty(total, dtype=torch.float32, device=device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     build_range = getattr(build, "build_range", None)
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode(), runtime_loop(model):
         for i in range(0, total, batch_size):
             j = min(i + batch_size, total)
             if build_range is not None:

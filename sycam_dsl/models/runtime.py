@@ -35,6 +35,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -53,6 +54,7 @@ from .onnx_export import ONNX_OPSET, export_onnx
 from .precision import DEFAULT_PRECISION, check_precision, forward_precision
 from .runtime_choice import CHOICE_FILE, choose, rows
 from .targets import model_output
+from .threads import runtime_threads, torch_single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,13 @@ class RuntimeModule(nn.Module):
         return f"runtime={self.runtime}, precision={self.precision}"
 
 
+def runtime_loop(forward: object) -> AbstractContextManager[None]:
+    """Around a loop whose forward passes ``forward`` runs: torch's own operations (building the batches)
+    on one thread when ``forward`` is a ``RuntimeModule``, so that no idle torch thread spins on the
+    cores the runtime runs on (``models.threads``)."""
+    return torch_single_threaded(isinstance(forward, RuntimeModule))
+
+
 def reference_of(model: nn.Module) -> nn.Module:
     """The torch module behind ``model`` (``model`` itself unless it is a ``RuntimeModule``)."""
     return getattr(model, "torch_reference", model)
@@ -222,7 +231,7 @@ def _openvino_core() -> Any:
 def _session(runtime: str, onnx: bytes | Path, precision: str) -> Callable[[list[np.ndarray]], np.ndarray]:
     """A function running the ONNX model ``onnx`` (a file or its bytes) on ``runtime``: input arrays ->
     the first output as a float32 array of its own (not a view of the runtime's buffers)."""
-    threads = torch.get_num_threads()
+    threads = runtime_threads()
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
@@ -311,7 +320,7 @@ def _check_outputs(got: torch.Tensor, want: torch.Tensor, runtime: str, precisio
 
 def _build(runtime: str, module: nn.Module, example: Sequence[torch.Tensor], key: str, spec: RuntimeSpec,
            what: str, show: bool) -> nn.Module:
-    threads = torch.get_num_threads()
+    threads = runtime_threads()
     memo = (key, runtime, spec.precision, threads)
     if memo in _BUILT:
         return _BUILT[memo]

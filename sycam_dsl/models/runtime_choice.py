@@ -21,6 +21,7 @@ from ..util.files import atomic_write_text
 from ..util.modes import eval_mode
 from ..util.progress import note
 from .precision import forward_precision
+from .threads import runtime_threads
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def choose(built: dict[str, nn.Module], module: nn.Module, example: Sequence[tor
            precision: str, folder: Path | None, what: str, show: bool) -> str:
     """``auto``'s pick among ``built`` (torch included): the one kept for this model, part, shape,
     precision, thread count and CPU, else the fastest on a few batches (then kept)."""
-    threads = torch.get_num_threads()
+    threads = runtime_threads()
     choice_key = hashlib.sha256(json.dumps([key, precision, threads, cpu_name(), sorted(built)])
                                 .encode()).hexdigest()[:40]
     if choice_key in _CHOSEN and _CHOSEN[choice_key] in built:
