@@ -252,18 +252,22 @@ class Run:
         reserve = estimate_reserve(problem, split.search if split.on else torch.arange(problem.n),
                                    split.test if split.on else None, after, self.terminal_seconds / max(1, problem.n))
         left = budget.seconds - (time.perf_counter() - self.t_start)
-        search_seconds = left - reserve.set_aside
         floor = MIN_SEARCH_SHARE * budget.seconds
-        if left - reserve.total < floor:
-            total = budget.seconds - left + max(search_seconds, floor) + reserve.total
-            # a warning, not a note: it shows with --quiet too
-            why = (f"more than the {max(left, 0.0):.0f} s left of the time budget" if reserve.total > left else
-                   f"which leaves the search less than half of the {budget.seconds:.0f} s time budget")
-            logging.getLogger(__name__).warning(
-                "the work after the search needs about %.0f s (%s), %s: the search gets %.1f s and the run will "
-                "take about %.0f s in all (give more time, or fewer images or report metrics)", reserve.total,
-                reserve.describe(), why, max(search_seconds, floor), total)
-        return Budget(max(search_seconds, floor), budget.candidates, whole_run=True)
+        if left - reserve.total >= floor:
+            # the search sets the baselines' terminals on demand aside itself (Search._reserve)
+            return Budget(left - reserve.set_aside, budget.candidates, whole_run=True)
+        total = budget.seconds - left + floor + reserve.total
+        # a warning, not a note: it shows with --quiet too
+        why = (f"more than the {max(left, 0.0):.0f} s left of the time budget" if reserve.total > left else
+               f"which leaves the search less than half of the {budget.seconds:.0f} s time budget")
+        logging.getLogger(__name__).warning(
+            "the work after the search needs about %.0f s (%s), %s: the search gets %.1f s and the run will "
+            "take about %.0f s in all (give more time, or fewer images or report metrics)", reserve.total,
+            reserve.describe(), why, floor, total)
+        # the floor is the candidates' time: the search still sets the terminals of the baselines' check
+        # aside from its budget, so they come on top (else a slow model's search ends before its first
+        # candidate, its whole budget reserved)
+        return Budget(floor + reserve.searched_terminals, budget.candidates, whole_run=True)
 
     def search(self) -> Found:
         """One search, or one per predicted class, on ``search_problem`` (candidates scored by the
