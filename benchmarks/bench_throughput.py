@@ -34,7 +34,7 @@ of the per-image Deletion scores, and the mean per-image Pearson and Spearman co
 
 ``--runtime torch,onnxruntime,openvino`` compares the inference runtimes instead (``models.runtime``):
 for each model (add ``efficientnet_lite0``, the shipped weights) and precision, each runtime's raw
-throughput at its own best batch (of 1..64; the tail's up to 4,096 rows), the ``cic``, ``abl`` and
+throughput at its own best batch (of 1..64; the tail's of 1..1,024 rows), the ``cic``, ``abl`` and
 Deletion loops at the library's batch sizes as a share of it, and each loop as a multiple of torch
 fp32 eager's raw throughput at torch's best batch (the tail's for ``abl``)::
 
@@ -339,24 +339,16 @@ def compare(ref: Run, low: Run, precision: str, size: tuple[int, int]) -> None:
 
 #: Batch sizes tried for a runtime's raw throughput ("its own best batch").
 SWEEP = (1, 2, 4, 8, 16, 32, 64)
+#: ... and for the tail's raw throughput (``abl``'s batches are rows of activations, hundreds at a time).
+TAIL_SWEEP = (*SWEEP, 256, 1024)
 
 
-def best_rate(run: Callable[[torch.Tensor], object], rows: Callable[[int], torch.Tensor], cap: int,
-              args: argparse.Namespace, dev: torch.device) -> tuple[float, int]:
-    """(rows per second, batch) of ``run`` at its best batch of ``SWEEP`` (up to ``cap``)."""
-    best = (0.0, 1)
-    for b in [b for b in SWEEP if b <= cap]:
-        xb = rows(b)
-        r = rate(Task(lambda xb=xb: run(xb), b, b, "model"), args.min_seconds, dev)
-        best = max(best, (r, b))
-    return best
-
-
-def runtime_rows(s: Setup, args: argparse.Namespace, name: str, precision: str, dev: torch.device,
-                 folder: str) -> dict[str, tuple[float, int]] | str:
-    """``{what: (rows per second, batch)}`` of one runtime at one precision: the model's and the tail's raw
-    throughput at their best batch, and the cic, abl and Deletion loops at the library's batch
-    (``auto``); a string saying why when the runtime cannot run it."""
+def runtime_tasks(s: Setup, args: argparse.Namespace, name: str, precision: str, dev: torch.device,
+                  folder: str) -> dict[str, tuple[Callable[[], object], int, int]] | str:
+    """``{task: (run, rows per run, batch)}`` of one runtime at one precision: the model's raw throughput
+    at each batch of ``SWEEP`` (``model@B``), the tail's at each of ``TAIL_SWEEP`` (``tail@B``), and the
+    cic, abl and Deletion loops at the library's batch (``auto``); a string saying why when the runtime
+    cannot run it."""
     from sycam_dsl.models.runtime import RuntimeSpec, forward_module, unsupported
 
     why = unsupported(name, precision, dev)
@@ -385,9 +377,13 @@ def runtime_rows(s: Setup, args: argparse.Namespace, name: str, precision: str, 
         with torch.inference_mode(), forward_precision(precision, dev):
             return tail(ab, [c[rows] for c in carried])
 
-    out = {"model": best_rate(model_run, lambda b: x[torch.arange(b) % n].contiguous(memory_format=fmt), 64,
-                              args, dev),
-           "tail": best_rate(tail_run, lambda b: acts[torch.arange(b) % n].clone(), 4096, args, dev)}
+    tasks: dict[str, tuple[Callable[[], object], int, int]] = {}
+    for b in SWEEP:
+        xb = x[torch.arange(b) % n].contiguous(memory_format=fmt)
+        tasks[f"model@{b}"] = (lambda xb=xb: model_run(xb), b, b)
+    for b in TAIL_SWEEP:
+        ab = acts[torch.arange(b) % n].clone()
+        tasks[f"tail@{b}"] = (lambda ab=ab: tail_run(ab), b, b)
     sizes: dict[str, int] = {}
     steps = min(args.steps, h * w)
     sal = torch.rand(args.candidates, n, h, w, generator=torch.Generator().manual_seed(1)).to(dev)
@@ -402,14 +398,19 @@ def runtime_rows(s: Setup, args: argparse.Namespace, name: str, precision: str, 
                      args.candidates * n * steps)}
     for what, (fn, items) in loops.items():
         fn()  # warm-up; the batch sizes are known after it
-        best = max(rate(Task(fn, items, 0, "loop"), args.min_seconds, dev) for _ in range(args.repeat))
-        out[what] = (best, {"cic": sizes.get("cic", 0), "abl": sizes.get("abl", 0), "Deletion": b_del}[what])
-    return out
+        tasks[what] = (fn, items, {"cic": sizes.get("cic", 0), "abl": sizes.get("abl", 0), "Deletion": b_del}[what])
+    return tasks
+
+
+def best_of(rates: dict[str, tuple[float, int]], prefix: str) -> tuple[float, int]:
+    """(rows per second, batch) of the best ``prefix@B`` task."""
+    return max(v for key, v in rates.items() if key.startswith(prefix + "@"))
 
 
 def runtime_main(args: argparse.Namespace, dev: torch.device) -> None:
     """``--runtime``: each runtime's raw throughput at its own best batch, the loops as a share of it and
-    as a multiple of torch fp32 eager at torch's best batch."""
+    as a multiple of torch fp32 eager at torch's best batch. Every task of every runtime runs once per
+    round, rounds interleaved (a shared machine drifts); the best round counts."""
     import tempfile
 
     names = [r for r in args.runtime.split(",") if r]
@@ -417,21 +418,31 @@ def runtime_main(args: argparse.Namespace, dev: torch.device) -> None:
     folder = tempfile.mkdtemp(prefix="bench-runtime-")
     for s in setups(args):
         s.module.to(dev).eval()
-        print(f"\n{s.name}, layer {s.layer}, {s.x.shape[0]} images")
-        results = {(r, p): runtime_rows(s, args, r, p, dev, folder) for p in precisions for r in names}
-        base = results.get(("torch", "fp32"))
+        print(f"\n{s.name}, layer {s.layer}, {s.x.shape[0]} images"
+              + (f", cic on the first {s.cic_channels} channels" if s.cic_channels else ""))
+        built = {(r, p): runtime_tasks(s, args, r, p, dev, folder) for p in precisions for r in names}
+        rates: dict[tuple[str, str], dict[str, tuple[float, int]]] = {key: {} for key in built}
+        for _ in range(args.repeat):
+            for key, tasks in built.items():
+                if isinstance(tasks, str):
+                    continue
+                for what, (fn, items, batch) in tasks.items():
+                    got = rate(Task(fn, items, batch, what), args.min_seconds, dev)
+                    rates[key][what] = max(rates[key].get(what, (0.0, batch)), (got, batch))
+        base = rates.get(("torch", "fp32"))
         print(f"  {'runtime':12} {'prec':5} {'model/s (batch)':>18} {'tail rows/s (batch)':>21}   "
               f"{'cic: /s, share, x torch':>26}   {'abl: /s, share, x torch':>26}   "
               f"{'Deletion: /s, share, x torch':>30}")
-        for (r, p), res in results.items():
-            if isinstance(res, str):
-                print(f"  {r:12} {p:5} not run: {res}")
+        for (r, p), tasks in built.items():
+            if isinstance(tasks, str):
+                print(f"  {r:12} {p:5} not run: {tasks}")
                 continue
+            res = {**rates[(r, p)], "model": best_of(rates[(r, p)], "model"), "tail": best_of(rates[(r, p)], "tail")}
             cells = [f"{res['model'][0]:10,.1f} ({res['model'][1]:3d})",
                      f"{res['tail'][0]:12,.0f} ({res['tail'][1]:4d})"]
             for loop, limit in (("cic", "model"), ("abl", "tail"), ("Deletion", "model")):
                 got = res[loop][0]
-                ref = base[limit][0] if isinstance(base, dict) else float("nan")
+                ref = best_of(base, limit)[0] if base else float("nan")
                 cells.append(f"{got:10,.1f} {got / res[limit][0]:6.1%} {got / ref:6.2f}x")
             print(f"  {r:12} {p:5} {cells[0]:>18} {cells[1]:>21}   {cells[2]:>26}   {cells[3]:>26}   {cells[4]:>30}")
         print("  (share: of the runtime's own raw throughput at its best batch, the tail's for abl; x torch: against "
@@ -447,8 +458,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2, help="torchvision models: images (default 2)")
     ap.add_argument("--bundled-images", type=int, default=32, help="bundled model: images (default 32)")
     ap.add_argument("--size", type=int, default=224, help="torchvision models: image side (default 224)")
-    ap.add_argument("--cic-channels", type=int, default=32,
-                    help="torchvision models: cic on the first C channels only (default 32; 0: all)")
+    ap.add_argument("--cic-channels", type=int,
+                    help="torchvision models: cic on the first C channels only (default 32, with --runtime 128, so "
+                         "that a cic pass holds enough masked images to measure the loop rather than its fixed cost; "
+                         "0: all)")
     ap.add_argument("--batch", default="auto", help="images / rows per forward pass, or auto (default auto)")
     ap.add_argument("--precision", default="fp32,bf16", help="comma-separated fp32, bf16, fp16 (default fp32,bf16)")
     ap.add_argument("--steps", type=int, default=10, help="Deletion steps (default 10)")
@@ -462,6 +475,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a shared "
                                                 "machine, where one busy core stalls every multi-threaded kernel)")
     args = ap.parse_args()
+    if args.cic_channels is None:
+        args.cic_channels = 128 if args.runtime else 32
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch != "auto" and not (args.batch.isdigit() and int(args.batch) > 0):

@@ -151,6 +151,21 @@ def test_warning_compares_with_the_best_earlier_incumbent_and_counts_the_rest():
     assert "(3 later incumbents are worse than an earlier one)" in line
 
 
+@pytest.mark.parametrize("name", ["deletion", "average_drop"])  # higher, lower is better
+def test_an_incumbent_whose_test_mean_is_nan_is_never_the_best(name):
+    from sycam_dsl.run.generalization import _best
+
+    metric = get_metric(name)
+    good = 0.8 if metric.higher_is_better else 0.2
+    points = [{"test": {metric.name: v}} for v in (float("nan"), 0.5, good, float("nan"))]
+    assert _best(points, metric) == 2  # before: the NaN first, which no comparison displaces
+    x = torch.linspace(0, 1, 50, dtype=torch.float64)
+    nan = torch.full_like(x, float("nan"))
+    # the best earlier incumbent is the finite one, not the NaN first
+    line = overfit_warning(_points(3), [nan, x + 1.0, x], higher_is_better=True)
+    assert line is not None and "than the earlier incumbent 1 (`e1`" in line
+
+
 def test_a_whole_run_budget_sets_the_curve_aside():
     x, masks = data(12)
     gram = resolve_grammar("g2")

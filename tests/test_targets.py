@@ -7,6 +7,10 @@ CPU only, nothing downloaded: seeded random weights, float64 where values are co
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +30,8 @@ from sycam_dsl.models.targets import (
 )
 
 ALL = ["grads", "pgrads", "cic", "mlogits", "abl", "acts", "G", "A"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Net(nn.Module):
@@ -460,6 +466,35 @@ def test_a_per_class_search_refuses_a_target_that_names_no_class(tmp_path):
     with pytest.raises(SycamError, match="target output:1 explains no class: a per-class search") as e:
         synthesize(model, "block", x, per_class=True, data=DataOptions(targets="output:1", use_cache=False))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("target, metric, message", [
+    ("segmentation:1", "quantus:PixelFlipping", "its score depends on each image's own state"),
+    ("output:1", "quantus:ROAD", "compares the predicted class with the target class"),
+])
+def test_a_quantus_metric_that_cannot_score_the_target_is_refused_before_any_work(tmp_path, target, metric,
+                                                                                   message):
+    pytest.importorskip("quantus")
+    from sycam_dsl.run import DataOptions, OutputOptions, synthesize
+
+    model, x = _setup(SegNet() if target.startswith("segmentation") else Net(), n=4, size=32, dtype=torch.float32)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(SycamError, match=message) as e:
+        synthesize(model, "block", x, metric=metric, data=DataOptions(targets=target, use_cache=False),
+                   output=OutputOptions(progress=False))
+    assert "\n" not in str(e.value) and not calls  # before: after every terminal and the search
+    # and as a report metric of a search on another metric
+    with pytest.raises(SycamError, match=message):
+        synthesize(model, "block", x, metric="deletion", data=DataOptions(targets=target, use_cache=False),
+                   output=OutputOptions(progress=False, report_metrics=[metric]))
+    assert not calls
+    p = subprocess.run([sys.executable, "-m", "sycam_dsl.cli", "eval", "--model", "tests.cam_reference:TinyCNN",
+                        "--weights", "random:0", "--layer", "features.4", "--size", "32", "--no-cache", "--images",
+                        "missing-folder-never-read", "--metric", metric, "--target", target],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1 and message in err[0], err  # before the images are read
 
 
 class _MaskTarget:

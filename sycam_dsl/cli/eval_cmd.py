@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> None:
     from ..metrics.expression import score_methods
     from ..metrics.registry import MetricInputs
     from ..models import load_model
+    from ..models.targets import Target
     from ..util.progress import progress
 
     out = output_file(args.json, (".json",)) if args.json else None  # checked before any work
@@ -110,9 +111,12 @@ def run(args: argparse.Namespace) -> None:
     if not methods:
         raise SycamError("nothing to score: give expressions, or leave --baselines at its default")
     metrics = metrics_from_args(args.metric, args)
+    target = getattr(args, "target", None)
     for metric in metrics:
         if metric.needs_masks and args.masks is None:
             raise MetricError(f"metric {metric.name!r} compares heatmaps with object masks: give --masks DIR")
+        if isinstance(target, Target):  # one that the metric cannot score, before any work
+            metric.check_target(target)
     model = load_model(args.model, args.weights, args.device)
     data = load_images(args.images, size=args.size or model.input_size, normalize=model.normalize,
                        masks=args.masks)

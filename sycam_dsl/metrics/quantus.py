@@ -19,7 +19,9 @@ metrics that run the model (complexity and localisation metrics read the heatmap
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -63,7 +65,15 @@ def quantus_classes() -> dict[str, type]:
 
 @dataclass(frozen=True)
 class QuantusMetric(Metric):
-    """A Quantus metric; the option ``higher_is_better`` sets the direction."""
+    """A Quantus metric; the option ``higher_is_better`` sets the direction; ``refusal(target)`` says why
+    it cannot score a target (None when it can)."""
+
+    refusal: Callable[[Target], str | None] | None = None
+
+    def check_target(self, target: Target | None) -> None:
+        why = None if target is None or self.refusal is None else self.refusal(target)
+        if why is not None:
+            raise MetricError(why)
 
     def with_options(self, **options: Any) -> Metric:
         for k in _POSITIVE_OPTIONS:
@@ -105,18 +115,28 @@ class TargetAsClass(torch.nn.Module):
         return self.target.metric(model_output(self.model(x)), ids)[:, None]
 
 
+def _refusal(key: str, reads_model: bool, target: Target) -> str | None:
+    """Why ``quantus:<key>`` cannot score ``target`` (None when it can): a metric that runs the model
+    cannot score a target with per-image state, nor one naming no class when it compares classes."""
+    if target.is_class or not reads_model:
+        return None
+    if target.per_image:
+        return (f"quantus:{key} cannot score target {target.name}: its score depends on each image's own state "
+                f"(a mask), which Quantus's perturbed batches do not carry; use the built-in metrics, which "
+                f"score any target")
+    if key in _PREDICTED_CLASS:
+        return (f"quantus:{key} compares the predicted class with the target class, and target {target.name} "
+                f"names no class; use the built-in metrics (road_combined, ...), which score any target")
+    return None
+
+
 def _target_model(model: torch.nn.Module, target: Target, n: int, key: str,
                   softmax: bool) -> tuple[torch.nn.Module, np.ndarray, dict[str, Any]]:
     """(the model Quantus calls, ``y_batch``, extra call arguments) for a target of another kind than the
     class: its raw score as class 0, without Quantus's softmax (over one column it is always 1)."""
-    if target.per_image:
-        raise MetricError(f"quantus:{key} cannot score target {target.name}: its score depends on each image's "
-                          f"own state (a mask), which Quantus's perturbed batches do not carry; use the built-in "
-                          f"metrics, which score any target")
-    if key in _PREDICTED_CLASS:
-        raise MetricError(f"quantus:{key} compares the predicted class with the target class, and target "
-                          f"{target.name} names no class; use the built-in metrics (road_combined, ...), which "
-                          f"score any target")
+    why = _refusal(key, True, target)
+    if why is not None:
+        raise MetricError(why)
     return TargetAsClass(model, target).eval(), np.zeros(n, dtype=np.int64), {"softmax": False} if softmax else {}
 
 
@@ -180,4 +200,4 @@ def quantus_metric(name: str) -> Metric:
         [inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD), *options])
     doc = (inspect.getdoc(cls) or "").split("\n")[0]
     return QuantusMetric(f"{PREFIX}:{key}", fn, higher, needs_model=True, needs_masks=localisation,
-                         doc=f"Quantus {getattr(cls, 'name', key)}: {doc}")
+                         doc=f"Quantus {getattr(cls, 'name', key)}: {doc}", refusal=partial(_refusal, key, reads_model))

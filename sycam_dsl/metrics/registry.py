@@ -147,6 +147,10 @@ class Metric:
     bounds: BoundsFn | None = None
     needs_heatmaps: bool = True
 
+    def check_target(self, target: Target | None) -> None:
+        """Raise a one-line ``MetricError`` when this metric cannot score ``target`` (None: the class), so
+        that the run refuses it before any work; the built-in metrics score any target."""
+
     def score_bounds(self, inputs: MetricInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The lowest and highest score each image can get, ``([N], [N])``, or None when unknown
         (the oracle then stops a losing candidate early only by counting images)."""

@@ -7,6 +7,7 @@ on the test split would leak it. No test split, or a per-class search: no curve 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ def overfit_warning(points: Sequence[Mapping[str, Any]], per_image: Sequence[tor
     found = []
     for k in range(1, len(points)):
         means = [float(s.mean()) for s in per_image[:k]]
-        j = max(range(k), key=lambda i: means[i] if higher_is_better else -means[i])
+        j = max(range(k), key=lambda i: (_rank(means[i], higher_is_better), -i))
         c = paired_bootstrap(per_image[k], per_image[j], higher_is_better)
         if c.verdict == "worse":
             found.append((k, j, c))
@@ -56,10 +57,17 @@ def overfit_warning(points: Sequence[Mapping[str, Any]], per_image: Sequence[tor
             f"{c.n} images){more}; the result stays the searched-split winner (see {PLOT_FILE})")
 
 
-def _best(points: list[dict[str, Any]], metric: Metric) -> int:
+def _best(points: Sequence[Mapping[str, Any]], metric: Metric) -> int:
     """The point with the best test mean on ``metric`` (the earliest of equals)."""
-    sign = 1.0 if metric.higher_is_better else -1.0
-    return max(range(len(points)), key=lambda k: (sign * points[k]["test"][metric.name], -k))
+    return max(range(len(points)), key=lambda k: (_rank(points[k]["test"][metric.name], metric.higher_is_better),
+                                                  -k))
+
+
+def _rank(mean: float, higher_is_better: bool) -> float:
+    """``mean`` as a key that is higher when better; a mean that is not finite is the worst (a NaN
+    compares false with everything, so a NaN first would otherwise stay the best)."""
+    v = float(mean) if higher_is_better else -float(mean)
+    return v if math.isfinite(v) else -math.inf
 
 
 def generalization(history: Sequence[Mapping[str, Any]], metrics: list[Metric], test: Problem,

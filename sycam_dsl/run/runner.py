@@ -160,12 +160,15 @@ class Run:
         objective = parse_objective(metric, metric_options)
         shown = metric_list(objective)
         parse_untils(search.until, len(shown))  # one threshold per metric, refused before any work
-        loaded = loaded_model(model, options.weights, options.device)
-        gram = resolve_grammar(grammar)
         for m in output.report_metrics or []:
             m = resolve_metric(m, None)
             if m.name not in {s.name for s in shown}:
                 shown.append(m)
+        if isinstance(data.targets, Target):  # a metric that cannot score the target, before any work
+            for m in shown:
+                m.check_target(data.targets)
+        loaded = loaded_model(model, options.weights, options.device)
+        gram = resolve_grammar(grammar)
         images_data = load_data(images, data.masks, data.labels, loaded, data.size)
         if output.sanity:  # before any work: the check's SSIM needs its whole window
             check_sanity_size(tuple(images_data.images.shape[-2:]))
