@@ -2,8 +2,8 @@
 
 A forward-only loop builds each batch in torch (masks, masked or perturbed images) and hands it to the
 runtime. After a parallel torch operation, torch's OpenMP threads busy-wait for the next one, on the
-cores the runtime's own threads need: measured on the bundled CNN (2 cores), ONNX Runtime ran 3,600
-images/s between torch operations and 5,000 without. Inside ``torch_single_threaded`` torch's
+cores the runtime's own threads need: measured on the bundled CNN (2 cores), ONNX Runtime ran 1.4x
+slower between torch operations than without them. Inside ``torch_single_threaded`` torch's
 operations run on the calling thread (building a batch is a few elementwise passes, cheap beside the
 model), so no torch thread spins while the runtime runs."""
 
