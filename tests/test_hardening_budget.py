@@ -206,20 +206,24 @@ def test_a_budget_the_tables_do_not_fit_in_is_named_at_the_start_in_one_line(tmp
     assert "left of the time budget" in lines[0]
 
 
-def test_the_floor_of_a_budget_too_small_is_the_candidates_time(tmp_path, monkeypatch, caplog):
-    """When the work after the search leaves it less than half the budget, the search still gets half
-    for its candidates: the terminals the baselines' check needs, which the search sets aside from its
-    own budget, come on top (a slow real model's search ended before its first candidate)."""
+def test_the_floor_of_a_budget_too_small_is_the_searchs_own(tmp_path, monkeypatch, caplog):
+    """When the work after the search leaves it less than half the budget, the search gets half, and
+    does not end early by the terminals the baselines' check will need (a slow real model's search
+    ended before its first candidate, its floor all reserved for them)."""
     import logging
 
     from sycam_dsl.run.runner import MIN_SEARCH_SHARE
     from sycam_dsl.synthesis import budget as budget_module
+    from sycam_dsl.synthesis.on_demand import TerminalSource
     monkeypatch.setattr(budget_module, "estimate_reserve",
                         lambda *a, **kw: budget_module.Reserve(tables=100.0, searched_terminals=50.0))
+    # terminals on demand that would take longer than the whole budget
+    monkeypatch.setattr(TerminalSource, "remaining_seconds", lambda self, names, index=None: 1000.0)
     with caplog.at_level(logging.WARNING, logger="sycam_dsl"):
         result = _tiny_synth(tmp_path / "run", Budget(30.0, 4, whole_run=True))
     floor = MIN_SEARCH_SHARE * 30.0
-    assert result.data["settings"]["search_budget_seconds"] == pytest.approx(floor + 50.0)
+    assert result.data["settings"]["search_budget_seconds"] == pytest.approx(floor)
+    assert result.data["counts"]["considered"] == 4  # before: 0, the search out of time at once
     lines = [r.getMessage() for r in caplog.records if "time budget" in r.getMessage()]
     assert len(lines) == 1 and f"the search gets {floor:.1f} s" in lines[0], lines
 

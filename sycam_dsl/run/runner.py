@@ -267,10 +267,9 @@ class Run:
             "the work after the search needs about %.0f s (%s), %s: the search gets %.1f s and the run will "
             "take about %.0f s in all (give more time, or fewer images or report metrics)", reserve.total,
             reserve.describe(), why, floor, total)
-        # the floor is the candidates' time: the search still sets the terminals of the baselines' check
-        # aside from its budget, so they come on top (else a slow model's search ends before its first
-        # candidate, its whole budget reserved)
-        return Budget(floor + reserve.searched_terminals, budget.candidates, whole_run=True)
+        # the floor is the search's own: it does not end early by the terminals the baselines' check will
+        # need (else a slow model's search ended before its first candidate, its floor all reserved)
+        return Budget(floor, budget.candidates, whole_run=True, sets_aside=False)
 
     def search(self) -> Found:
         """One search, or one per predicted class, on ``search_problem`` (candidates scored by the

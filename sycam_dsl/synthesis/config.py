@@ -38,11 +38,17 @@ class Budget:
     ``whole_run``: ``seconds`` bound this run as a whole (``synth --time``): ``synthesize`` gives the
     search what is left once the time already spent and the estimated cost of what comes after it
     (the baselines' check, the final tables, the sanity check, the files) are set aside; a resumed
-    search then counts this run's time only."""
+    search then counts this run's time only.
+
+    ``sets_aside``: whether the search ends early by the estimated time of the terminals on demand that
+    the baselines' check will need (``Search._reserve``); ``synthesize`` turns it off when it gives the
+    search the floor of a budget too small for the work after it, so that the floor is the search's
+    own (an estimate can neither eat it nor extend it)."""
 
     seconds: float | None = None
     candidates: int | None = None
     whole_run: bool = False
+    sets_aside: bool = True
 
     def __post_init__(self) -> None:
         if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
