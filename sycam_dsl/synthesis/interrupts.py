@@ -30,6 +30,7 @@ class Interrupts:
         self._previous: dict[int, Any] = {}
         self._depth = 0
         self._pending = False
+        self._raised = False
 
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is threading.main_thread():
@@ -50,11 +51,16 @@ class Interrupts:
         if self._depth:
             self._pending = True
             return
+        self._raised = True
         raise KeyboardInterrupt
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
-        """Hold Ctrl-C and SIGTERM until the block ends, then raise ``KeyboardInterrupt``."""
+        """Hold Ctrl-C and SIGTERM until the block ends, then raise ``KeyboardInterrupt``. A signal whose
+        ``KeyboardInterrupt`` was swallowed (raised inside a weakref callback or a finalizer, where
+        Python prints it and goes on) is raised again here, so that it still stops the search."""
+        if self._raised and not self._depth:
+            raise KeyboardInterrupt
         self._depth += 1
         try:
             yield
