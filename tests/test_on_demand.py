@@ -197,3 +197,58 @@ def test_a_search_with_slow_terminals_stops_early_enough_for_the_end(monkeypatch
     assert (elapsed, reserve) == (pytest.approx(1.2), pytest.approx(3.6))
     assert out.state.counts.considered == 3 and [h["expression"] for h in out.state.history][0] == "grads"
     assert search._reserve() == 0.0  # by the end every image has them (the final check read them)
+
+
+def test_a_floor_budget_counts_the_searchs_own_seconds_not_its_terminals(monkeypatch):
+    """With ``Budget.sets_aside`` off (the floor of a whole-run budget too small for the work after the
+    search), the terminals computed on demand do not count against the budget: on a fake clock moved
+    0.1 s per image by the terminal work and 0.1 s per scoring call, the search stops when the scoring
+    alone reaches 1 s, long after the terminal work alone passed it (before: at the first 1 s of both,
+    so a slow model's floor went to the first candidates' cic)."""
+    from types import SimpleNamespace
+
+    from sycam_dsl.synthesis import on_demand as on_demand_module
+    from sycam_dsl.synthesis import search as search_module
+
+    clock = SimpleNamespace(t=0.0)
+    fake = SimpleNamespace(perf_counter=lambda: clock.t, monotonic=lambda: clock.t)
+    monkeypatch.setattr(search_module, "time", fake)
+    monkeypatch.setattr(on_demand_module, "time", fake)
+    problem = _problem(24)
+    source = problem.terminals.source
+    compute = source._compute
+
+    def slow(names, index):
+        clock.t += 0.1 * len(index)
+        return compute(names, index)
+
+    source._compute = slow
+    cfg = SearchConfig(get_metric("deletion", steps=3), Budget(seconds=1.0, sets_aside=False),
+                       level_sizes=(8, 16, None), equivalence_size=4)
+    search = Search(problem, resolve_grammar("g2"), cfg, progress=False)
+    score = search.scorer.score
+    calls = []
+
+    def scored(*args, **kwargs):
+        calls.append(1)
+        clock.t += 0.1
+        return score(*args, **kwargs)
+
+    search.scorer.score = scored
+    stops = []
+    out_of_time = search._out_of_time
+
+    def recorded(state):
+        stop = out_of_time(state)
+        if stop and not stops:
+            stops.append((search._elapsed(state), source.work.total_seconds, len(calls)))
+        return stop
+
+    search._out_of_time = recorded
+    out = search.run()
+    assert out.stopped_by == "time"
+    elapsed, terminal_seconds, scorings = stops[0]
+    assert terminal_seconds > 1.0  # the terminals alone outran the budget before the search stopped
+    # the search's own seconds: 10 scoring calls of 0.1 s
+    assert elapsed - terminal_seconds == pytest.approx(1.0) and scorings == 10, stops
+    assert out.state.counts.considered > 3

@@ -264,11 +264,14 @@ class Run:
         why = (f"more than the {max(left, 0.0):.0f} s left of the time budget" if reserve.total > left else
                f"which leaves the search less than half of the {budget.seconds:.0f} s time budget")
         logging.getLogger(__name__).warning(
-            "the work after the search needs about %.0f s (%s), %s: the search gets %.1f s and the run will "
-            "take about %.0f s in all (give more time, or fewer images or report metrics)", reserve.total,
+            "the work after the search needs about %.0f s (%s), %s: the search gets %.1f s (the terminals it "
+            "computes on demand come on top) and the run will take about %.0f s in all (give more time, or "
+            "fewer images or report metrics)", reserve.total,
             reserve.describe(), why, floor, total)
         # the floor is the search's own: it does not end early by the terminals the baselines' check will
-        # need (else a slow model's search ended before its first candidate, its floor all reserved)
+        # need (else a slow model's search ended before its first candidate, its floor all reserved), and
+        # the terminals it computes on demand do not count against it (else the first candidates' cic
+        # took a slow model's whole floor: 3 candidates judged on Lite0 in 60 s)
         return Budget(floor, budget.candidates, whole_run=True, sets_aside=False)
 
     def search(self) -> Found:

@@ -42,8 +42,9 @@ class Budget:
 
     ``sets_aside``: whether the search ends early by the estimated time of the terminals on demand that
     the baselines' check will need (``Search._reserve``); ``synthesize`` turns it off when it gives the
-    search the floor of a budget too small for the work after it, so that the floor is the search's
-    own (an estimate can neither eat it nor extend it)."""
+    search the floor of a budget too small for the work after it. The floor is then the search's own:
+    no estimate eats or extends it, and the terminals the search computes on demand do not count
+    against it (their measured seconds come on top; the check and the tables need most of them)."""
 
     seconds: float | None = None
     candidates: int | None = None

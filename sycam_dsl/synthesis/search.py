@@ -129,6 +129,7 @@ class Search:
         self._image_seconds: float | None = None  # the last scoring's seconds per candidate and image
         self._limit: float | None = None  # the search seconds (over every run) at which time is up
         self._verify_seconds = 0.0  # spent scoring the checkpoint's scores again (a whole-run budget's)
+        self._terminal_work0 = 0.0  # the terminal source's on-demand seconds when this run started
 
     # -- the search -------------------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class Search:
             state.counts.rejected.setdefault(name, 0)
         t0 = time.perf_counter()
         self._clock = (state.seconds, t0, state.next_candidate)
+        self._terminal_work0 = self._terminal_work()
         seconds = self.config.budget.seconds
         # a whole-run budget bounds this run: a resumed search's earlier runs do not count
         if seconds is not None and self.config.budget.whole_run:  # the checks of the checkpoint were part of the run
@@ -316,9 +318,21 @@ class Search:
             self._show(self._state, force=True)
 
     def _out_of_time(self, state: SearchState) -> bool:
-        """Whether the budget, less the terminal work the end still needs, has run out."""
+        """Whether the budget, less the terminal work the end still needs, has run out. A budget that
+        does not set that work aside (``Budget.sets_aside`` off) counts the search's own seconds: the
+        terminals it computed on demand since it started do not count (they are measured, and the
+        baselines' check and the final tables would need most of them anyway)."""
         limit = self._limit
-        return limit is not None and self._elapsed(state) + self._reserve() >= limit
+        if limit is None:
+            return False
+        if not self.config.budget.sets_aside:
+            return self._elapsed(state) - (self._terminal_work() - self._terminal_work0) >= limit
+        return self._elapsed(state) + self._reserve() >= limit
+
+    def _terminal_work(self) -> float:
+        """Seconds the problem's terminal source has spent computing on demand (0 without one)."""
+        terms = self.problem.terminals
+        return terms.source.work.total_seconds if isinstance(terms, OnDemandTerminals) else 0.0
 
     def _batch_cap(self) -> int:
         """The most candidates to score together: ``candidate_batch``, fewer when one candidate's
