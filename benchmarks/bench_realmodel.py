@@ -9,7 +9,11 @@ searches found the same incumbents for as long as both lasted (the first ``min(l
 their histories). ``--precision bf16`` adds an ``auto`` run at bf16 (OpenVINO's bf16 on a CPU with
 bf16 instructions, else torch's autocast).
 
-    python benchmarks/bench_realmodel.py [--images 20] [--time 120] [--precision fp32,bf16]
+``--batch-size auto`` runs every command at its loops' best batch and layout (the default, 64
+contiguous images per metric batch, keeps the bits of earlier versions but is slow for torch on a
+real model's CPU passes).
+
+    python benchmarks/bench_realmodel.py [--images 20] [--time 120] [--precision fp32,bf16] [--batch-size auto]
 """
 
 from __future__ import annotations
@@ -51,17 +55,23 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", help="fp32 and/or bf16 for the auto runs (default fp32)")
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--skip-eval", action="store_true", help="only the searches")
+    ap.add_argument("--batch-size", default=None,
+                    help="--batch-size of every run (default: the commands' own, 64; 'auto' runs torch at its "
+                         "best batch and layout, which on Lite0 on the CPU is several times faster than 64)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-realmodel-"))
     folder = work / "images"
     write_images(folder, args.images, 224)
-    print(f"{args.model}, {args.images} generated 224 px images in {folder}; synth --time {args.time:g}")
+    batch = f", --batch-size {args.batch_size}" if args.batch_size is not None else ""
+    print(f"{args.model}, {args.images} generated 224 px images in {folder}; synth --time {args.time:g}{batch}")
     runs = [("torch", "fp32")] + [("auto", p) for p in args.precision.split(",") if p]
     found: dict[tuple[str, str], dict] = {}
     for runtime, precision in runs:
         tag = f"{runtime}-{precision}"
         common = ["--model", args.model, "--images", str(folder), "--runtime", runtime, "--precision", precision,
                   "--cache-dir", str(work / f"cache-{tag}"), "--quiet"]
+        if args.batch_size is not None:
+            common += ["--batch-size", args.batch_size]
         row: dict = {}
         if not args.skip_eval:
             row["eval_s"], _ = run(["eval", *common, "--json", str(work / f"eval-{tag}.json")])

@@ -228,6 +228,49 @@ def test_the_floor_of_a_budget_too_small_is_the_searchs_own(tmp_path, monkeypatc
     assert len(lines) == 1 and f"the search gets {floor:.1f} s" in lines[0], lines
 
 
+def test_the_terminal_estimate_weighs_each_image_by_its_live_channels(monkeypatch):
+    """ScoreCAM's pass costs one forward pass per live channel, so the whole-run budget's estimate of the
+    terminals still to compute scales the sampled rate by each image's live channels, not by images
+    (on a fake clock: ``cic`` 1 s per live channel, ``abl`` 0.5 s per image; the sampled image has one
+    live channel, the others 8: a rate per image said 1.5 s for each of them)."""
+    from types import SimpleNamespace
+
+    from sycam_dsl.baselines import SEARCH_BASELINES, baseline
+    from sycam_dsl.cam.scorecam_pass import live_channels
+    from sycam_dsl.metrics import get_metric
+    from sycam_dsl.synthesis import budget as budget_module
+    from sycam_dsl.synthesis import on_demand as on_demand_module
+    from sycam_dsl.synthesis.budget import AfterSearch, estimate_reserve
+    from tests.test_on_demand import _problem
+
+    clock = Clock()
+    fake = SimpleNamespace(perf_counter=clock, monotonic=clock)
+    monkeypatch.setattr(on_demand_module, "time", fake)
+    monkeypatch.setattr(budget_module, "time", fake)
+    problem = _problem(12)
+    search, test = torch.arange(8), torch.arange(8, 12)
+    acts = torch.randn(problem.acts.shape, generator=torch.Generator().manual_seed(0))
+    acts[8, 1:] = 0.0  # the first held-out image, the one sampled, has one live channel
+    problem = replace(problem, acts=acts)
+    live = live_channels(acts).sum(dim=1)
+    assert live[8] == 1 and bool((live[torch.arange(12) != 8] == acts.shape[1]).all())
+    source = problem.terminals.source
+    compute = source._compute
+
+    def timed(names, index):
+        clock.t += float(live[index].sum()) if "cic" in names else 0.5 * len(index)
+        return compute(names, index)
+
+    source._compute = timed
+    names = sorted({t for b in SEARCH_BASELINES for t in baseline(b).terminals})
+    metric = get_metric("deletion").with_options(steps=3)
+    after = AfterSearch([metric], [metric], names, SEARCH_BASELINES, len(SEARCH_BASELINES) + 1, 0)
+    reserve = estimate_reserve(problem, search, test, after, 0.0)
+    k = acts.shape[1]
+    assert reserve.terminals == pytest.approx(3 * (k + 0.5))  # before: 3 * 1.5
+    assert reserve.searched_terminals == pytest.approx(8 * (k + 0.5))  # before: 8 * 1.5
+
+
 def test_cli_time_and_search_time_are_one_or_the_other():
     p = subprocess.run([sys.executable, "-m", "sycam_dsl.cli", "synth", "--time", "5", "--search-time", "5"],
                        capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)

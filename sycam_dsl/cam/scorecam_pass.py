@@ -84,6 +84,14 @@ class _LiveRows(NamedTuple):
     offsets: list[int]
 
 
+def live_channels(acts: torch.Tensor) -> torch.Tensor:
+    """``[N, K]`` bool of ``acts`` ``[N, K, h, w]``: the channels whose map is not constant. The others'
+    normalized mask is all zeros, the baseline's input, so the pass skips them: an image's cost is
+    proportional to its live channels."""
+    flat = acts.flatten(2)
+    return flat.amax(dim=2) > flat.amin(dim=2)
+
+
 def _auto_chunk(model: nn.Module, x: torch.Tensor, rows: int, precision: str,
                 layout: torch.memory_format) -> tuple[int, torch.memory_format]:
     """(``auto_batch_size`` of the masked forward passes, the layout they run in): contiguous when the
@@ -174,8 +182,7 @@ def scorecam_pass(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets
     base_z, base_y = target_scores(base_logits.expand(n, *base_logits.shape[1:]), targets, target)
     masked_z = base_z[:, None].repeat(1, k)
     masked_y = base_y[:, None].repeat(1, k)
-    flat = acts.flatten(2)
-    live = (flat.amax(dim=2) > flat.amin(dim=2)).nonzero()  # [M, 2] (image, channel) with a real mask
+    live = live_channels(acts).nonzero()  # [M, 2] (image, channel) with a real mask
     rows = live.shape[0]
     live_img, live_ch = live.unbind(1)
     # nonzero() lists the rows image by image

@@ -21,20 +21,24 @@ class TerminalPass:
     ``cam.ablation_pass``). ``record``: the record kind its values are stored as (part of every
     terminal store key: renaming one orphans the stored entries); ``expensive``: it costs ``K``
     forward passes per image (one per channel), so a search computes it on demand; ``byproducts``:
-    the values besides terminals that each of its records holds."""
+    the values besides terminals that each of its records holds; ``per_live_channel``: an expensive
+    pass that skips the channels whose activation map is constant (``cam.scorecam_pass.live_channels``),
+    so an image's cost is proportional to its live channels, not ``K``."""
 
     name: str
     record: str
     expensive: bool
     byproducts: tuple[str, ...]
     what: str
+    per_live_channel: bool = False
 
 
 #: One forward pass, and a backward pass when a gradient terminal is asked for, per image batch.
 GRADIENT = TerminalPass("gradient", "base", False, ("logits", "targets"),
                         "one forward (and backward) pass per image batch")
 #: ScoreCAM: the model on each image masked by each channel's upsampled activation map.
-SCORECAM = TerminalPass("scorecam", "cic", True, (), "one forward pass per masked image, K per image")
+SCORECAM = TerminalPass("scorecam", "cic", True, (), "one forward pass per masked image, K per image",
+                        per_live_channel=True)
 #: AblationCAM: the layers after the target layer on the activations with one channel zeroed.
 ABLATION = TerminalPass("ablation", "abl", True, ("ablated_logits", "abl_method"),
                         "the layers after the target layer once per zeroed channel, K per image")

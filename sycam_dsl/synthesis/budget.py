@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from ..baselines import baseline
+from ..cam.scorecam_pass import live_channels
 from ..lang.ast import Node
 from ..lang.sexpr import parse_expr
-from ..lang.terminals import terminal_types
+from ..lang.terminals import pass_of, terminal_types
 from ..metrics.registry import Metric
 from .evaluation import method_scores
 from .on_demand import OnDemandTerminals
@@ -139,8 +140,9 @@ def estimate_reserve(problem: Problem, search_index: torch.Tensor, test_index: t
     at ``test_index``, ``after`` the work after the search, ``up_front_seconds`` the gradient pass's
     seconds per image (the sanity check runs it again, on a randomized model too).
 
-    Computes each terminal on demand for one image (to know its rate; for ``TERMINAL_SAMPLE`` more when
-    that was fast) and times the tables' work on a few images (``table_cost``)."""
+    Computes each terminal on demand for one image (to know its rate, per image or, for a pass that
+    skips constant channels, per live channel; for ``TERMINAL_SAMPLE`` more when that was fast) and
+    times the tables' work on a few images (``table_cost``)."""
     search_metrics, shown, names, baselines, methods = (after.search_metrics, after.shown, after.names,
                                                          after.baselines, after.methods)
     terms = problem.terminals
@@ -150,25 +152,38 @@ def estimate_reserve(problem: Problem, search_index: torch.Tensor, test_index: t
     if isinstance(terms, OnDemandTerminals):
         source = terms.source
         groups = {"+".join(source.group(n)): n for n in names if n in source.on_demand}
-        rates: dict[str, float] = {}  # group -> seconds per image, of the last sample (not the first call's)
+        # a pass that skips constant channels costs per live channel, which varies per image (on
+        # EfficientNet-Lite0 a one-image sample gave 180 s for terminals that took 394 s); at least one
+        # each, for the call's fixed cost
+        live = live_channels(problem.acts).sum(dim=1).clamp(min=1).cpu().double() \
+            if problem.acts.dim() == 4 and problem.acts.shape[0] == source.n else None
+
+        def units(name: str, index: torch.Tensor) -> float:
+            """The work of ``name``'s pass on the images at ``index``: images, or their live channels."""
+            if live is None or not pass_of(name).per_live_channel:
+                return float(index.numel())
+            return float(live[index].sum())
+
+        rates: dict[str, float] = {}  # group -> seconds per unit, of the last sample (not the first call's)
 
         def sample(index: torch.Tensor) -> float:
-            before = {k: (source.work.seconds.get(k, 0.0), source.work.images.get(k, 0)) for k in groups}
+            before = {k: (source.work.seconds.get(k, 0.0), units(n, source.missing(n, index)))
+                      for k, n in groups.items()}
             t = time.perf_counter()
             for name in groups.values():
                 source.ensure(name, index)
-            for k, (seconds, images) in before.items():
-                done = source.work.images.get(k, 0) - images
+            for k, (seconds, done) in before.items():
                 if done:
                     rates[k] = (source.work.seconds.get(k, 0.0) - seconds) / done
             return time.perf_counter() - t
 
         if sample(pool[:1]) < TERMINAL_FAST_SECONDS:  # a small model: the first call's fixed cost is most of it
             sample(pool[1:1 + TERMINAL_SAMPLE])
-        per_image += sum(rates.values())
+        every_image = torch.arange(source.n)
+        per_image += sum(rates.get(k, 0.0) * units(n, every_image) / max(1, source.n) for k, n in groups.items())
 
         def remaining(index: torch.Tensor | None) -> float:
-            return sum(rates.get(k, 0.0) * int(source.missing(n, index).numel()) for k, n in groups.items())
+            return sum(rates.get(k, 0.0) * units(n, source.missing(n, index)) for k, n in groups.items())
 
         terminals = remaining(test_index) if test_index is not None else 0.0
         later = remaining(search_index if test_index is not None else None) + terminals
