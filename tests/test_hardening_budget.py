@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from sycam_dsl.errors import SycamError
 from sycam_dsl.run import DataOptions, OutputOptions, synthesize
 from sycam_dsl.synthesis import Budget, Search, SearchOptions
 from tests.conftest import Clock
+from tests.signals import interrupt_cli
 from tests.test_synthesis import GRAMMAR, ScriptedScorer, config, planted, scripted
 from tests.test_synthesize_api import data, tiny_model
 
@@ -109,16 +109,11 @@ def test_resume_with_changed_test_split_images_is_refused(tmp_path):
 
 def test_an_interrupted_guided_search_does_not_suggest_a_resume_it_refuses(tmp_path):
     out = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-m", "sycam_dsl.cli", "synth", "--strategy", "guided", "--bundled-images",
-                          "24", "--test-split", "0", "--levels", "8,all", "--report-images", "0",
-                          "--report-metrics", "deletion", "--time", "1000", "--no-cache", "-o", str(out)],
-                         cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
-    while not (out / "checkpoint.json").is_file() and p.poll() is None and time.monotonic() - t0 < 240:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=240)
-    assert p.returncode == 130, err[-2000:]
+    code, err = interrupt_cli(["synth", "--strategy", "guided", "--bundled-images", "24", "--test-split", "0",
+                               "--levels", "8,all", "--report-images", "0", "--report-metrics", "deletion", "--time",
+                               "1000", "--no-cache", "-o", str(out)], signal.SIGINT, out / "checkpoint.json",
+                              cwd=tmp_path, env=ENV)
+    assert code == 130, err[-2000:]
     last = err.strip().splitlines()[-1]
     # before: "continue with --resume -o DIR", which then said a guided search cannot be resumed
     assert "interrupted" in last and "--resume" not in last and "another --out" in last

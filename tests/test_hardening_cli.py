@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.signals import interrupt_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 #: a hang shows as a timeout (each case here answers in seconds)
 TIMEOUT_S = 90
@@ -255,19 +257,9 @@ def test_a_signal_whose_interrupt_was_swallowed_still_stops_the_search():
 
 def test_sighup_stops_a_search_with_its_results_written(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "sycam_dsl.cli", "synth", "--bundled-images", "16", "--time",
-                             "120", "--quiet", "--cache-dir", str(tmp_path / "cache"), "-o", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while not (out / "checkpoint.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGHUP)
-        _, err = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, (proc.returncode, err[-500:])
+    code, err = interrupt_cli(["synth", "--bundled-images", "16", "--time", "120", "--quiet", "--cache-dir",
+                               str(tmp_path / "cache"), "-o", str(out)], signal.SIGHUP, out / "checkpoint.json",
+                              cwd=ROOT, timeout=TIMEOUT_S)
+    assert code == 130, (code, err[-500:])
     assert "interrupted" in err
     assert (out / "result.json").is_file()
