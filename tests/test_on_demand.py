@@ -152,9 +152,10 @@ def test_the_budget_reserves_the_terminal_work_the_end_needs():
         source.ensure("grads", torch.tensor([0]))
 
 
-def test_a_search_with_slow_terminals_stops_early_enough_for_the_end(monkeypatch):
-    """The loop ends when the time spent plus the terminal work the end still needs reaches the
-    budget (on a fake clock that only terminal work moves: 0.1 s per image)."""
+def _slow_terminals(monkeypatch, n: int = 24, per_image: float = 0.1):
+    """(a problem of ``n`` images with terminals on demand, its source, the clock): the search's and the
+    source's clock is a fake that only the test moves, and each image of terminal work moves it
+    ``per_image`` seconds."""
     from types import SimpleNamespace
 
     from sycam_dsl.synthesis import on_demand as on_demand_module
@@ -164,15 +165,22 @@ def test_a_search_with_slow_terminals_stops_early_enough_for_the_end(monkeypatch
     fake = SimpleNamespace(perf_counter=lambda: clock.t, monotonic=lambda: clock.t)
     monkeypatch.setattr(search_module, "time", fake)
     monkeypatch.setattr(on_demand_module, "time", fake)
-    problem = _problem(24)
+    problem = _problem(n)
     source = problem.terminals.source
     compute = source._compute
 
     def slow(names, index):
-        clock.t += 0.1 * len(index)
+        clock.t += per_image * len(index)
         return compute(names, index)
 
     source._compute = slow
+    return problem, source, clock
+
+
+def test_a_search_with_slow_terminals_stops_early_enough_for_the_end(monkeypatch):
+    """The loop ends when the time spent plus the terminal work the end still needs reaches the
+    budget (on a fake clock that only terminal work moves: 0.1 s per image)."""
+    problem, source, clock = _slow_terminals(monkeypatch)
     cfg = SearchConfig(get_metric("deletion", steps=3), Budget(seconds=3.0), level_sizes=(8, 16, None),
                        equivalence_size=4)
     search = Search(problem, resolve_grammar("g2"), cfg, progress=False)
@@ -205,24 +213,7 @@ def test_a_floor_budget_counts_the_searchs_own_seconds_not_its_terminals(monkeyp
     0.1 s per image by the terminal work and 0.1 s per scoring call, the search stops when the scoring
     alone reaches 1 s, long after the terminal work alone passed it (before: at the first 1 s of both,
     so a slow model's floor went to the first candidates' cic)."""
-    from types import SimpleNamespace
-
-    from sycam_dsl.synthesis import on_demand as on_demand_module
-    from sycam_dsl.synthesis import search as search_module
-
-    clock = SimpleNamespace(t=0.0)
-    fake = SimpleNamespace(perf_counter=lambda: clock.t, monotonic=lambda: clock.t)
-    monkeypatch.setattr(search_module, "time", fake)
-    monkeypatch.setattr(on_demand_module, "time", fake)
-    problem = _problem(24)
-    source = problem.terminals.source
-    compute = source._compute
-
-    def slow(names, index):
-        clock.t += 0.1 * len(index)
-        return compute(names, index)
-
-    source._compute = slow
+    problem, source, clock = _slow_terminals(monkeypatch)
     cfg = SearchConfig(get_metric("deletion", steps=3), Budget(seconds=1.0, sets_aside=False),
                        level_sizes=(8, 16, None), equivalence_size=4)
     search = Search(problem, resolve_grammar("g2"), cfg, progress=False)
