@@ -351,7 +351,7 @@ class Search:
         up front). The test split's (a fifth by default) comes after the budget: reserving it here
         would make each per-class search reserve every class's."""
         terms = self.problem.terminals
-        if not isinstance(terms, OnDemandTerminals) or not self.config.budget.sets_aside:
+        if not isinstance(terms, OnDemandTerminals):
             return 0.0
         names = set(self.grammar.inputs) | {t for b in self.config.baselines for t in baseline(b).terminals}
         return terms.remaining_seconds(sorted(names))
