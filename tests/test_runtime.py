@@ -54,7 +54,7 @@ def _images(n: int = 6, seed: int = 1) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _fresh_process_state():
     """Each test converts and chooses as a new process would."""
-    for memo in (rt._BUILT, rt._ONNX, rt._FAILED, runtime_choice._CHOSEN):
+    for memo in (rt._BUILT, rt._ONNX, rt._FAILED, runtime_choice._CHOSEN, runtime_choice._BATCHES):
         memo.clear()
     rt._WARNED.clear()
     yield
@@ -70,12 +70,15 @@ def test_a_converted_model_gives_torchs_outputs_and_is_kept_once(tmp_path, name)
         # channels-last and non-contiguous input give the same values (the runtime takes contiguous arrays)
         assert torch.allclose(run(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-5)
     files = sorted(p.name for p in (tmp_path / rt.FOLDER).iterdir())
-    assert len(files) == 1 and rt.FILE_NAMES.fullmatch(files[0]), files
-    stamp = (tmp_path / rt.FOLDER / files[0]).stat().st_mtime_ns
-    rt._BUILT.clear()  # a new process: the file is read, not converted again
+    # the converted model and its best batch
+    assert [f.split("-")[0].split(".")[-1] for f in files] == ["batch", "onnx"], files
+    assert all(rt.FILE_NAMES.fullmatch(f) for f in files), files
+    stamps = [(tmp_path / rt.FOLDER / f).stat().st_mtime_ns for f in files]
+    rt._BUILT.clear()  # a new process: the files are read, not converted or timed again
+    runtime_choice._BATCHES.clear()
     again = forward_module(model, [x[:1]], RuntimeSpec(name, cache_dir=tmp_path))
-    assert again is not run and again.seconds == 0.0
-    assert (tmp_path / rt.FOLDER / files[0]).stat().st_mtime_ns == stamp
+    assert again is not run and again.seconds == 0.0 and again.batch == run.batch
+    assert [(tmp_path / rt.FOLDER / f).stat().st_mtime_ns for f in files] == stamps
 
 
 def test_other_weights_or_input_sizes_are_converted_apart(tmp_path):
@@ -154,22 +157,100 @@ def test_auto_picks_one_runtime_and_keeps_the_choice(tmp_path, monkeypatch):
     # a new process reads the choice: no timing (a timing would fail here)
     runtime_choice._CHOSEN.clear()
     rt._BUILT.clear()
-    monkeypatch.setattr(runtime_choice, "_time", lambda run, device=None: pytest.fail("timed again"))
+    monkeypatch.setattr(runtime_choice, "_once", lambda run, device=None: pytest.fail("timed again"))
     assert rt.runtime_name(forward_module(model, [x[:1]], spec)) == kept["runtime"]
 
 
+def _timed_rows(run) -> tuple[str, int]:
+    """(runtime, rows) of a run ``runtime_choice._once`` times: a converted model's sweep, or torch's batch."""
+    if isinstance(getattr(run, "func", None), RuntimeModule):
+        return run.func.runtime, run.args[0].shape[0]
+    return "torch", runtime_choice.TIMING_ROWS
+
+
 def test_auto_takes_the_faster_runtime(tmp_path, monkeypatch):
-    speed = {"torch": 3.0, "onnxruntime": 1.0, "openvino": 2.0}
+    speed = {"torch": 300.0, "onnxruntime": 900.0, "openvino": 600.0}  # rows per second
     calls = []
 
     def fake_time(run, device=None):
-        name = "torch" if not isinstance(getattr(run, "func", None), RuntimeModule) else run.func.runtime
+        name, n = _timed_rows(run)
         calls.append(name)
-        return speed[name]
+        return n / speed[name]
 
-    monkeypatch.setattr(runtime_choice, "_time", fake_time)
+    monkeypatch.setattr(runtime_choice, "_once", fake_time)
     chosen = forward_module(_model(), [_images(1)], RuntimeSpec("auto", cache_dir=tmp_path))
-    assert sorted(calls) == sorted(speed) and rt.runtime_name(chosen) == "onnxruntime"
+    assert set(calls) == set(speed) and rt.runtime_name(chosen) == "onnxruntime"
+    kept = json.loads(next((tmp_path / rt.FOLDER).glob("choice-*.json")).read_text())
+    assert kept["rows_per_second"] == pytest.approx(speed)
+
+
+def test_the_sweep_keeps_the_largest_batch_within_its_noise_and_stops_at_slow_batches(monkeypatch):
+    def sweep(rate):
+        timed = []
+
+        def fake_once(run, device=None):
+            timed.append(run.args[0].shape[0])
+            return timed[-1] / rate(timed[-1])
+
+        monkeypatch.setattr(runtime_choice, "_once", fake_once)
+        runtime_choice._BATCHES.clear()
+        got = runtime_choice.best_batch(lambda x: x, [torch.zeros(1, 3)], "key", "onnxruntime", "fp32", None,
+                                        "the model", False)
+        return got, sorted(set(timed))
+
+    # 8 runs within 5% of 4's rate: the larger size is kept
+    peak = {1: 50.0, 2: 80.0, 4: 200.0, 8: 194.0, 16: 120.0, 32: 100.0}
+    assert sweep(lambda n: peak.get(n, 1.0)) == ((8, 194.0), [1, 2, 4, 8, 16, 32])
+    # 10 rows/s: the batch of 8 takes 0.8 s, over SWEEP_SECONDS, and ends the sweep
+    assert sweep(lambda n: 10.0) == ((8, 10.0), [1, 2, 4, 8])
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_a_runtime_runs_at_its_own_best_batch(tmp_path, monkeypatch, name):
+    """The sweep finds the batch a runtime runs fastest at (stopping once rates fall); larger batches
+    are split into it, and the loops' ``auto`` sizes are it."""
+    rate = {1: 50.0, 2: 80.0, 4: 120.0, 8: 200.0, 16: 150.0, 32: 100.0}  # rows per second, peak at 8
+    timed = []
+
+    def fake_time(run, device=None):
+        _, n = _timed_rows(run)
+        timed.append(n)
+        return n / rate.get(n, 1.0)
+
+    monkeypatch.setattr(runtime_choice, "_once", fake_time)
+    model, x = _model(), _images(20)
+    run = forward_module(model, [x[:1]], RuntimeSpec(name, cache_dir=tmp_path))
+    assert (run.batch, run.rows_per_second) == (8, 200.0)
+    # the warm-ups: two sizes below 90% of the best end the sweep; then rounds over every size
+    sweep = [1, 2, 4, 8, 16, 32]
+    assert timed == sweep * (1 + runtime_choice.TIMING_ROUNDS)
+    kept = json.loads(next((tmp_path / rt.FOLDER).glob("batch-*.json")).read_text())
+    assert kept["batch"] == 8 and set(kept["rates"]) == {str(b) for b in rate}
+
+    sizes = []
+    inner = run._run
+    monkeypatch.setattr(run, "_run", lambda arrays: sizes.append(arrays[0].shape[0]) or inner(arrays))
+    with torch.inference_mode():
+        assert torch.allclose(run(x), model(x), atol=1e-5, rtol=1e-5)
+    assert sizes == [8, 8, 4]
+
+    from sycam_dsl.cam.scorecam_pass import scorecam_pass
+    from sycam_dsl.metrics.scoring import plan_forward
+
+    assert plan_forward(run, x, "cpu", "auto") == (8, False)
+    assert plan_forward(run, x, "cpu", 64) == (64, False)  # a size asked for is kept (and split)
+    picked: dict[str, int] = {}
+    acts = torch.rand(2, 6, 4, 4)
+    scorecam_pass(model, x[:2], acts, torch.zeros(2, dtype=torch.long), "auto", False, sizes=picked, forward=run)
+    assert picked["cic"] == 8
+    # the terminals at "auto": cic's masked images and abl's ablated rows (the tail, converted and swept
+    # on its own) go at the runtime's best batch
+    want, _ = compute_terminals(model, "features", x[:3], None, ["cic", "abl"], progress=False)
+    got, info = compute_terminals(model, "features", x[:3], None, ["cic", "abl"], progress=False, chunk_size="auto",
+                                  runtime=RuntimeSpec(name, cache_dir=tmp_path))
+    assert info.batch_sizes["cic"] == info.batch_sizes["abl"] == 8
+    for t in ("cic", "abl"):
+        assert torch.allclose(got[t], want[t], atol=1e-4, rtol=0), t
 
 
 class DataDependent(nn.Module):

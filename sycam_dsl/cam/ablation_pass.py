@@ -9,7 +9,7 @@ from torch import nn
 
 from ..models.batching import AUTO, BatchSize, auto_batch_size
 from ..models.precision import DEFAULT_PRECISION, forward_precision
-from ..models.runtime import RuntimeSpec, forward_module, runtime_loop
+from ..models.runtime import RuntimeSpec, forward_module, measured_batch, runtime_loop
 from ..models.targets import Target
 from ..util.progress import Progress
 from ..util.progress import progress as progress_bar
@@ -140,11 +140,14 @@ def ablation_pass(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logi
     n, k = acts.shape[:2]
     dev = x.device
     runner = _checked_runner(access, x, acts, logits, chunk, method)
-    if chunk == AUTO:
-        chunk = _auto_chunk(runner, x, acts, precision)
-    assert isinstance(chunk, int)
     if runtime is not None and runner.split is not None:
         runner = runner.with_tail(tail_forward(runner, runner.example(x[:1]), runtime, show))
+    measured = measured_batch(runner.tail)
+    if chunk == AUTO and measured is not None:  # the runtime's best batch of rows
+        chunk = min(measured, n * k)
+    elif chunk == AUTO:
+        chunk = _auto_chunk(runner, x, acts, precision)
+    assert isinstance(chunk, int)
     if sizes is not None:
         sizes["abl"] = chunk
     block, per = ablation_layout(n, k, chunk)

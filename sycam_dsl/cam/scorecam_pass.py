@@ -14,7 +14,7 @@ from torch import nn
 
 from ..models.batching import AUTO, BatchSize, auto_batch_size, layout_error
 from ..models.precision import DEFAULT_PRECISION, forward_precision
-from ..models.runtime import RuntimeModule, runtime_loop
+from ..models.runtime import RuntimeModule, measured_batch, runtime_loop
 from ..models.targets import Target, model_output
 from ..template.saliency import minmax_normalize
 from ..util.progress import Progress
@@ -193,7 +193,10 @@ def scorecam_pass(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets
     layout = torch.channels_last if x.dim() == 4 and not isinstance(forward, RuntimeModule) \
         else torch.contiguous_format
     auto = chunk == AUTO
-    if auto:
+    measured = measured_batch(forward)
+    if auto and measured is not None:  # the runtime's own best batch, not the torch model's
+        chunk = min(measured, max(1, rows))
+    elif auto:
         chunk, layout = _auto_chunk(model, x, rows, precision, layout)
     assert isinstance(chunk, int)
     if sizes is not None:

@@ -15,7 +15,7 @@ from torch import nn
 from ..models.batching import AUTO, auto_batch_size, has_convolutions, layout_error, takes_channels_last
 from ..models.errors import ModelError
 from ..models.precision import DEFAULT_PRECISION, check_precision, forward_precision
-from ..models.runtime import reference_of, runtime_loop
+from ..models.runtime import measured_batch, reference_of, runtime_loop
 from ..models.targets import Target, model_output
 from ..util.modes import eval_mode
 from .errors import MetricError
@@ -111,8 +111,11 @@ def plan_forward(model: nn.Module, images: torch.Tensor, device: Device = "cpu",
     device = torch.device(device)
     _check_device(model, device)
     precision = _checked_precision(precision)
+    measured = measured_batch(model)
+    if batch_size == AUTO and measured is not None:  # the runtime's best batch; it takes contiguous arrays
+        return measured, False
     sample = images[:1].to(device)
-    reference = reference_of(model)  # a runtime's batches are sized by the torch model's layers
+    reference = reference_of(model)  # the layout is the torch model's
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), forward_precision(precision, device):

@@ -13,9 +13,12 @@ or OpenVINO. The gradient pass always stays in torch.
 - **Checked.** A trace that would bake in a decision on tensor values (``TracerWarning``) fails the
   tracer (the dynamo exporter then tries), and a converted model whose fp32 logits differ from torch's on the example
   beyond float rounding (checked at another batch size than the export's, so a baked batch shows).
+- **Its own batch.** Each converted model's best batch size is timed once (a sweep of sizes, kept
+  beside the converted files: ``runtime_choice.best_batch``); a larger batch runs as batches of that
+  size, and a loop's ``auto`` batch size is that size (``measured_batch``).
 - **``auto``** picks, once per model, part, input shape, precision, thread count and CPU, the fastest
-  of torch and each installed runtime that converts the model, by timing a few batches; the choice is
-  kept beside the converted files. A conversion that fails under ``auto`` is one warning line and
+  of torch (timed on a few batches) and each installed runtime that converts the model (at its best
+  batch); the choice is kept beside the converted files. A conversion that fails under ``auto`` is one warning line and
   torch runs; under an explicit runtime it is a ``ConversionError``.
 - **Precision.** ``fp32`` everywhere; ``bf16`` in torch (autocast) or OpenVINO on a CPU that has bf16
   instructions (its inference-precision hint); ``fp16`` in torch only. A runtime that cannot run the
@@ -52,7 +55,7 @@ from .digest import model_digest
 from .errors import ConversionError, ModelError
 from .onnx_export import ONNX_OPSET, export_onnx
 from .precision import DEFAULT_PRECISION, check_precision, forward_precision
-from .runtime_choice import CHOICE_FILE, choose, rows
+from .runtime_choice import BATCH_FILE, CHOICE_FILE, best_batch, choose, rows
 from .targets import model_output
 from .threads import runtime_threads, torch_single_threaded
 
@@ -67,7 +70,7 @@ EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 #: of its files (what ``cache clear`` may delete there).
 FOLDER = "runtime"
 ONNX_FILE = r"[0-9a-f]{40}\.onnx"
-FILE_NAMES = re.compile(f"{ONNX_FILE}|{CHOICE_FILE}")
+FILE_NAMES = re.compile(f"{ONNX_FILE}|{CHOICE_FILE}|{BATCH_FILE}")
 #: ``auto``'s timing: rows per batch (at most), batches per round, rounds (the best round counts).
 #: How far a converted model's fp32 logits may lie from torch's: ``FP32_TOLERANCE * max(1, |logits|)``.
 FP32_TOLERANCE = 1e-3
@@ -161,18 +164,27 @@ class RuntimeModule(nn.Module):
     """A converted model run by ``runtime``: ``forward(*inputs)`` takes torch tensors (any layout; on
     the CPU) and returns the output ``[B, ...]`` as a float32 torch tensor. ``torch_reference`` is the
     torch module it was converted from (not a submodule: this module has no parameters and no hooks,
-    so layout and batch-size decisions look at the reference)."""
+    so layout decisions look at the reference). ``batch``: the runtime's best batch size
+    (``runtime_choice.best_batch``; None until measured): a larger batch runs as batches of that size,
+    and the loops' ``auto`` batch sizes take it (``measured_batch``)."""
 
     def __init__(self, runtime: str, precision: str, run: Callable[[list[np.ndarray]], np.ndarray],
                  reference: nn.Module, seconds: float) -> None:
         super().__init__()
         self.runtime, self.precision, self.seconds = runtime, precision, seconds
+        self.batch: int | None = None
+        self.rows_per_second: float | None = None
         self._run = run
         self.__dict__["torch_reference"] = reference
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         arrays = [np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()) for x in inputs]
-        return torch.from_numpy(self._run(arrays))
+        n, step = arrays[0].shape[0], self.batch
+        if step is None or n <= step:
+            return torch.from_numpy(self._run(arrays))
+        # rows split along the batch axis stay contiguous: no copy on the way in
+        return torch.from_numpy(np.concatenate([self._run([a[i:i + step] for a in arrays])
+                                                for i in range(0, n, step)]))
 
     def extra_repr(self) -> str:
         return f"runtime={self.runtime}, precision={self.precision}"
@@ -183,6 +195,12 @@ def runtime_loop(forward: object) -> AbstractContextManager[None]:
     on one thread when ``forward`` is a ``RuntimeModule``, so that no idle torch thread spins on the
     cores the runtime runs on (``models.threads``)."""
     return torch_single_threaded(isinstance(forward, RuntimeModule))
+
+
+def measured_batch(forward: object) -> int | None:
+    """The best batch size measured for ``forward`` (a ``RuntimeModule``'s), None for torch: what a loop's
+    ``auto`` batch size is when a runtime runs its forward passes."""
+    return forward.batch if isinstance(forward, RuntimeModule) else None
 
 
 def reference_of(model: nn.Module) -> nn.Module:
@@ -340,6 +358,8 @@ def _build(runtime: str, module: nn.Module, example: Sequence[torch.Tensor], key
     except Exception as e:  # the runtime's own loader or kernels
         raise ConversionError(f"{what} does not run on {runtime} ({first_line(e, with_type=True)})") from None
     _check_outputs(got, want, runtime, spec.precision, what)
+    built.batch, built.rows_per_second = best_batch(built, example, key, runtime, spec.precision, spec.folder,
+                                                    what, show)
     _BUILT[memo] = built
     return built
 
@@ -403,5 +423,7 @@ def forward_module(module: nn.Module, example: Sequence[torch.Tensor], spec: Run
                 log.warning("runtime auto: %s; running it in torch", e)
     if len(built) == 1:
         return next(iter(built.values()))
-    return built[choose(built, module, example, key, spec.precision, spec.folder, what, show)]
+    measured = {n: m.rows_per_second for n, m in built.items()
+                if isinstance(m, RuntimeModule) and m.rows_per_second is not None}
+    return built[choose(built, module, example, key, spec.precision, spec.folder, what, show, measured)]
 

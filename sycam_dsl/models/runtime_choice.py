@@ -1,7 +1,16 @@
-"""``--runtime auto``'s choice: time torch and each runtime that converted the model on a few batches,
-once per model, part, input shape, precision, thread count and CPU, and keep the fastest (in this
-process and in a ``choice-<key>.json`` file beside the converted models). ``module`` is always the
-torch module itself; the others run it converted (``models.runtime``)."""
+"""A converted model's best batch, and ``--runtime auto``'s choice, both timed once and kept beside the
+converted models (``models.runtime``).
+
+- ``best_batch``: the batch size at which a runtime runs the most rows per second, from a sweep of
+  batch sizes, once per model, part, input shape, runtime, precision, thread count and CPU (a
+  ``batch-<key>.json`` file). A ``RuntimeModule`` splits larger batches into batches of that size, and
+  the loops' ``auto`` batch sizes take it, so that each loop runs at the runtime's best batch whatever
+  the torch model's batch sizes are (ONNX Runtime ran EfficientNet-Lite0 about 0.8x as fast at 64
+  images as at 4 or 8; OpenVINO best at 32 there).
+- ``choose``: ``auto``'s pick, the fastest of torch (timed on a few batches) and each runtime that
+  converted the model (at its best batch), once per model, part, input shape, precision, thread count
+  and CPU (a ``choice-<key>.json`` file). ``module`` is always the torch module itself; the others run
+  it converted."""
 
 from __future__ import annotations
 
@@ -26,13 +35,27 @@ from .threads import runtime_threads
 log = logging.getLogger(__name__)
 
 CHOICE_FILE = r"choice-[0-9a-f]{40}\.json"
-#: ``auto`` times each candidate on ``TIMING_ROUNDS`` rounds of ``TIMING_BATCHES`` batches of ``TIMING_ROWS``
+BATCH_FILE = r"batch-[0-9a-f]{40}\.json"
+#: ``auto`` times torch on the best of ``TIMING_ROUNDS`` batches of ``TIMING_ROWS`` rows, after a warm-up
 TIMING_ROWS = 8
-TIMING_BATCHES = 1
 TIMING_ROUNDS = 3
+
+#: ``best_batch``'s sweep: batch sizes from 1, doubling up to ``SWEEP_MAX_ROWS`` rows and
+#: ``SWEEP_MAX_BYTES`` of input per batch; a warm-up batch that takes longer than ``SWEEP_SECONDS``, or
+#: two sizes in a row below ``SWEEP_FALLING`` of the best rate so far, end it (larger batches only take
+#: longer for a rate that has levelled off or fallen); then ``TIMING_ROUNDS`` rounds time every size.
+SWEEP_MAX_ROWS = 256
+SWEEP_MAX_BYTES = 64 * 2**20
+SWEEP_SECONDS = 0.5
+SWEEP_FALLING = 0.9
+#: Rates within this share of the best count as the best (the timing's noise on a shared machine): the
+#: largest such size is kept.
+SWEEP_TIE = 0.95
 
 #: choice key -> ``auto``'s pick in this process (so that every pass of a run uses one runtime).
 _CHOSEN: dict[str, str] = {}
+#: batch key -> (best batch, rows per second) in this process.
+_BATCHES: dict[str, tuple[int, float]] = {}
 
 
 def cpu_name() -> str:
@@ -54,23 +77,22 @@ def rows(example: Sequence[torch.Tensor], rows: int) -> list[torch.Tensor]:
     return out
 
 
-def _time(run: Callable[[], object], device: torch.device | None = None) -> float:
-    """Seconds per batch of ``run``: the best of ``TIMING_ROUNDS`` rounds of ``TIMING_BATCHES``, after one
-    warm-up (on CUDA, up to the device's end of the work)."""
-    def sync() -> None:
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-
+def _once(run: Callable[[], object], device: torch.device | None = None) -> float:
+    """Seconds of one call of ``run`` (on CUDA, up to the device's end of the work)."""
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     run()
-    best = float("inf")
-    for _ in range(TIMING_ROUNDS):
-        sync()
-        start = time.perf_counter()
-        for _ in range(TIMING_BATCHES):
-            run()
-        sync()
-        best = min(best, (time.perf_counter() - start) / TIMING_BATCHES)
-    return best
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _time(run: Callable[[], object], device: torch.device | None = None) -> float:
+    """Seconds per batch of ``run``: the best of ``TIMING_ROUNDS``, after one warm-up."""
+    run()
+    return min(_once(run, device) for _ in range(TIMING_ROUNDS))
 
 
 def _torch_run(module: nn.Module, batch: list[torch.Tensor], precision: str,
@@ -86,40 +108,105 @@ def _torch_run(module: nn.Module, batch: list[torch.Tensor], precision: str,
     return run
 
 
+def _digest(parts: list[object]) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:40]
+
+
+def _kept(path: Path | None) -> dict | None:
+    """The JSON object kept in ``path`` (a regular file), None when there is none or it is unreadable."""
+    if path is None or not path.is_file() or path.is_symlink():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return kept if isinstance(kept, dict) else None
+
+
+def _keep(path: Path | None, value: dict) -> None:
+    if path is not None:
+        try:
+            atomic_write_text(path, json.dumps(value))
+        except OSError as e:
+            log.warning("runtime: could not keep %s (%s)", path, e)
+
+
+def sweep_sizes(example: Sequence[torch.Tensor]) -> list[int]:
+    """The batch sizes ``best_batch`` may time for inputs like ``example`` (rows ``[1, ...]`` or more)."""
+    row_bytes = sum(t[:1].numel() * t.element_size() for t in example)
+    largest = max(1, min(SWEEP_MAX_ROWS, SWEEP_MAX_BYTES // max(1, row_bytes)))
+    return [1 << i for i in range(largest.bit_length()) if 1 << i <= largest]
+
+
+def best_batch(run: Callable[..., object], example: Sequence[torch.Tensor], key: str, runtime: str,
+               precision: str, folder: Path | None, what: str, show: bool) -> tuple[int, float]:
+    """(batch size, rows per second) at which ``run`` (a converted model on torch tensors) runs the most
+    rows per second, over ``sweep_sizes``: the one kept for this model, part, input shape, runtime,
+    precision, thread count and CPU, else timed now (then kept)."""
+    batch_key = _digest([key, runtime, precision, runtime_threads(), cpu_name()])
+    if batch_key in _BATCHES:
+        return _BATCHES[batch_key]
+    path = None if folder is None else folder / f"batch-{batch_key}.json"
+    kept = _kept(path)
+    if kept is not None and isinstance(kept.get("batch"), int) and kept["batch"] >= 1 \
+            and isinstance(kept.get("rows_per_second"), (int, float)):
+        _BATCHES[batch_key] = (kept["batch"], float(kept["rows_per_second"]))
+        return _BATCHES[batch_key]
+    batches: dict[int, list[torch.Tensor]] = {}
+    first: dict[int, float] = {}
+    falling = 0
+    for size in sweep_sizes(example):  # each size's warm-up, which also says where to stop
+        batches[size] = rows(example, size)
+        seconds = _once(partial(run, *batches[size]))
+        first[size] = size / max(seconds, 1e-9)
+        falling = falling + 1 if first[size] < SWEEP_FALLING * max(first.values()) else 0
+        if seconds > SWEEP_SECONDS or falling == 2:
+            break
+    fastest = dict.fromkeys(batches, float("inf"))
+    for _ in range(TIMING_ROUNDS):  # rounds over every size: a drifting machine slows them alike
+        for size, batch in batches.items():
+            fastest[size] = min(fastest[size], _once(partial(run, *batch)))
+    rates = {size: size / max(seconds, 1e-9) for size, seconds in fastest.items()}
+    # the largest size within the timing's noise of the best rate: a loop then makes fewer calls
+    best = max(size for size, rate in rates.items() if rate >= SWEEP_TIE * max(rates.values()))
+    _BATCHES[batch_key] = (best, rates[best])
+    note(f"runtime: {what} runs best on {runtime} at batch {best} ({rates[best]:,.0f} rows/s; timed at "
+         f"{', '.join(map(str, rates))})", show)
+    _keep(path, {"batch": best, "rows_per_second": rates[best], "rates": {str(b): r for b, r in rates.items()},
+                 "runtime": runtime, "what": what})
+    return _BATCHES[batch_key]
+
+
 def choose(built: dict[str, nn.Module], module: nn.Module, example: Sequence[torch.Tensor], key: str,
-           precision: str, folder: Path | None, what: str, show: bool) -> str:
+           precision: str, folder: Path | None, what: str, show: bool,
+           measured: dict[str, float] | None = None) -> str:
     """``auto``'s pick among ``built`` (torch included): the one kept for this model, part, shape,
-    precision, thread count and CPU, else the fastest on a few batches (then kept)."""
-    threads = runtime_threads()
-    choice_key = hashlib.sha256(json.dumps([key, precision, threads, cpu_name(), sorted(built)])
-                                .encode()).hexdigest()[:40]
+    precision, thread count and CPU, else the fastest (then kept): a converted model at the rows per
+    second ``measured`` at its best batch (``best_batch``), the others timed on a few batches."""
+    measured = measured or {}
+    choice_key = _digest([key, precision, runtime_threads(), cpu_name(), sorted(built)])
     if choice_key in _CHOSEN and _CHOSEN[choice_key] in built:
         return _CHOSEN[choice_key]
     path = None if folder is None else folder / f"choice-{choice_key}.json"
-    if path is not None and path.is_file() and not path.is_symlink():
-        try:
-            kept = json.loads(path.read_text()).get("runtime")
-        except (OSError, ValueError, AttributeError):
-            kept = None
-        if kept in built:
-            _CHOSEN[choice_key] = str(kept)
-            return str(kept)
+    kept = (_kept(path) or {}).get("runtime")
+    if kept in built:
+        _CHOSEN[choice_key] = str(kept)
+        return str(kept)
     batch = rows(example, TIMING_ROWS)
-    seconds: dict[str, float] = {}
+    rates: dict[str, float] = {}
     convolutional = any(isinstance(m, nn.Conv2d) for m in module.modules())
     with eval_mode(module):
         for name, m in built.items():
+            if name in measured:
+                rates[name] = measured[name]
+                continue
             torch_like = name in ("torch", "compile")  # run under autocast, in torch's best layout
-            seconds[name] = _time(_torch_run(m, batch, precision, convolutional) if torch_like else partial(m, *batch),
-                                  batch[0].device)
-    best = min(seconds, key=lambda n: seconds[n])
-    rates = ", ".join(f"{n} {TIMING_ROWS / s:,.0f}/s" for n, s in sorted(seconds.items(), key=lambda kv: kv[1]))
+            seconds = _time(_torch_run(m, batch, precision, convolutional) if torch_like else partial(m, *batch),
+                            batch[0].device)
+            rates[name] = TIMING_ROWS / max(seconds, 1e-9)
+    best = max(rates, key=lambda n: rates[n])
+    listed = ", ".join(f"{n} {r:,.0f}/s" for n, r in sorted(rates.items(), key=lambda kv: -kv[1]))
     _CHOSEN[choice_key] = best
-    note(f"runtime: {what} runs fastest on {best} ({precision}; {rates})", show)
-    if path is not None:
-        try:
-            atomic_write_text(path, json.dumps({"runtime": best, "rows_per_second": {
-                n: TIMING_ROWS / s for n, s in seconds.items()}, "what": what}))
-        except OSError as e:
-            log.warning("runtime: could not keep the choice in %s (%s)", path, e)
+    note(f"runtime: {what} runs fastest on {best} ({precision}; {listed})", show)
+    _keep(path, {"runtime": best, "rows_per_second": rates, "what": what})
     return best
