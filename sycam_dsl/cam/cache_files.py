@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models.runtime import CHOICE_FILE, ONNX_FILE
+from ..models.runtime import BATCH_FILE, CHOICE_FILE, ONNX_FILE
 from ..models.runtime import FOLDER as RUNTIME_FOLDER
 
 #: The terminal store's folder in the cache folder.
@@ -64,10 +64,11 @@ OWNED: tuple[Owned, ...] = (
     Owned((STORE_DIR, "[0-9a-f]{2}"), r"[0-9a-f]{40}\.pt", _is_torch_file),
     # the whole-set cache files sycam-dsl wrote before the store: counted, evicted and cleared with it
     Owned((), r"terminals-[0-9a-f]{40}\.pt", _is_torch_file),
-    # the inference runtimes' converted models (an ONNX ModelProto opens with ir_version, field 1) and
-    # ``auto``'s kept choices (models.runtime)
+    # the inference runtimes' converted models (an ONNX ModelProto opens with ir_version, field 1),
+    # ``auto``'s kept choices and each converted model's best batch (models.runtime)
     Owned((RUNTIME_FOLDER,), ONNX_FILE, lambda head: head[:1] == b"\x08"),
     Owned((RUNTIME_FOLDER,), CHOICE_FILE, lambda head: head.lstrip()[:1] == b"{"),
+    Owned((RUNTIME_FOLDER,), BATCH_FILE, lambda head: head.lstrip()[:1] == b"{"),
 )
 #: Bytes read to check a file's format (a zip header and its first member's name).
 _HEAD_BYTES = 512

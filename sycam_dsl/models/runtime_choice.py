@@ -41,16 +41,17 @@ TIMING_ROWS = 8
 TIMING_ROUNDS = 3
 
 #: ``best_batch``'s sweep: batch sizes from 1, doubling up to ``SWEEP_MAX_ROWS`` rows and
-#: ``SWEEP_MAX_BYTES`` of input per batch; a warm-up batch that takes longer than ``SWEEP_SECONDS``, or
+#: ``SWEEP_MAX_BYTES`` of input per batch; a batch that takes longer than ``SWEEP_SECONDS``, or
 #: two sizes in a row below ``SWEEP_FALLING`` of the best rate so far, end it (larger batches only take
-#: longer for a rate that has levelled off or fallen); then ``TIMING_ROUNDS`` rounds time every size.
+#: longer for a rate that has levelled off or fallen); each size is timed on ``TIMING_ROUNDS`` rounds.
 SWEEP_MAX_ROWS = 256
 SWEEP_MAX_BYTES = 64 * 2**20
 SWEEP_SECONDS = 0.5
 SWEEP_FALLING = 0.9
-#: Rates within this share of the best count as the best (the timing's noise on a shared machine): the
-#: largest such size is kept.
-SWEEP_TIE = 0.95
+#: Rates within this share of the best count as the best: the largest such size is kept (the timing's
+#: noise on a shared machine is about that large, and a loop makes fewer calls, each with its own
+#: overhead, at a larger batch).
+SWEEP_TIE = 0.9
 
 #: choice key -> ``auto``'s pick in this process (so that every pass of a run uses one runtime).
 _CHOSEN: dict[str, str] = {}
@@ -153,17 +154,17 @@ def best_batch(run: Callable[..., object], example: Sequence[torch.Tensor], key:
         _BATCHES[batch_key] = (kept["batch"], float(kept["rows_per_second"]))
         return _BATCHES[batch_key]
     batches: dict[int, list[torch.Tensor]] = {}
-    first: dict[int, float] = {}
+    fastest: dict[int, float] = {}
     falling = 0
-    for size in sweep_sizes(example):  # each size's warm-up, which also says where to stop
+    for size in sweep_sizes(example):  # a warm-up (a new shape's first run plans its memory), a first round
         batches[size] = rows(example, size)
-        seconds = _once(partial(run, *batches[size]))
-        first[size] = size / max(seconds, 1e-9)
-        falling = falling + 1 if first[size] < SWEEP_FALLING * max(first.values()) else 0
-        if seconds > SWEEP_SECONDS or falling == 2:
+        run(*batches[size])
+        fastest[size] = _once(partial(run, *batches[size]))
+        rates = {b: b / max(t, 1e-9) for b, t in fastest.items()}
+        falling = falling + 1 if rates[size] < SWEEP_FALLING * max(rates.values()) else 0
+        if fastest[size] > SWEEP_SECONDS or falling == 2:
             break
-    fastest = dict.fromkeys(batches, float("inf"))
-    for _ in range(TIMING_ROUNDS):  # rounds over every size: a drifting machine slows them alike
+    for _ in range(TIMING_ROUNDS - 1):  # the other rounds over every size: a drifting machine slows them alike
         for size, batch in batches.items():
             fastest[size] = min(fastest[size], _once(partial(run, *batch)))
     rates = {size: size / max(seconds, 1e-9) for size, seconds in fastest.items()}
