@@ -343,12 +343,50 @@ SWEEP = (1, 2, 4, 8, 16, 32, 64)
 TAIL_SWEEP = (*SWEEP, 256, 1024)
 
 
+class Inside:
+    """Seconds spent inside the forward passes of a module while watched: a runtime's ``_run`` (the
+    converted model, without the conversion of its inputs and outputs), or a torch module's forward
+    (hooks)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module, self.seconds, self._start = module, 0.0, 0.0
+
+    def run(self, fn: Callable[[], object]) -> float:
+        """The share of ``fn()``'s time spent inside the module."""
+        from sycam_dsl.models.runtime import RuntimeModule
+
+        self.seconds, m = 0.0, self.module
+        if isinstance(m, RuntimeModule):
+            inner = m._run
+
+            def timed(arrays: list) -> object:
+                t0 = time.perf_counter()
+                try:
+                    return inner(arrays)
+                finally:
+                    self.seconds += time.perf_counter() - t0
+
+            m._run = timed  # type: ignore[method-assign]
+            undo = [lambda: setattr(m, "_run", inner)]
+        else:
+            undo = [m.register_forward_pre_hook(lambda *_: setattr(self, "_start", time.perf_counter())).remove,
+                    m.register_forward_hook(lambda *_: setattr(self, "seconds", self.seconds + time.perf_counter()
+                                                                - self._start)).remove]
+        try:
+            t0 = time.perf_counter()
+            fn()
+            return self.seconds / (time.perf_counter() - t0)
+        finally:
+            for u in undo:
+                u()
+
+
 def runtime_tasks(s: Setup, args: argparse.Namespace, name: str, precision: str, dev: torch.device,
-                  folder: str) -> dict[str, tuple[Callable[[], object], int, int]] | str:
-    """``{task: (run, rows per run, batch)}`` of one runtime at one precision: the model's raw throughput
-    at each batch of ``SWEEP`` (``model@B``), the tail's at each of ``TAIL_SWEEP`` (``tail@B``), and the
-    cic, abl and Deletion loops at the library's batch (``auto``); a string saying why when the runtime
-    cannot run it."""
+                  folder: str) -> tuple[dict[str, tuple[Callable[[], object], int, int]], dict[str, Inside]] | str:
+    """(``{task: (run, rows per run, batch)}``, ``{loop: what its forward passes run in}``) of one runtime
+    at one precision: the model's raw throughput at each batch of ``SWEEP`` (``model@B``), the tail's at
+    each of ``TAIL_SWEEP`` (``tail@B``), and the cic, abl and Deletion loops at the library's batch
+    (``auto``); a string saying why when the runtime cannot run it."""
     from sycam_dsl.models.runtime import RuntimeSpec, forward_module, unsupported
 
     why = unsupported(name, precision, dev)
@@ -399,7 +437,12 @@ def runtime_tasks(s: Setup, args: argparse.Namespace, name: str, precision: str,
     for what, (fn, items) in loops.items():
         fn()  # warm-up; the batch sizes are known after it
         tasks[what] = (fn, items, {"cic": sizes.get("cic", 0), "abl": sizes.get("abl", 0), "Deletion": b_del}[what])
-    return tasks
+    # the module abl's forward passes run in: the converted tail ablation_pass gets (one per process and
+    # spec), else the split's torch tail
+    tail_module = tail.tail if tail is not runner else (runner.split.tail if runner.split is not None else module)
+    assert tail_module is not None
+    inside = {"cic": Inside(fwd), "abl": Inside(tail_module), "Deletion": Inside(fwd)}
+    return tasks, inside
 
 
 def best_of(rates: dict[str, tuple[float, int]], prefix: str) -> tuple[float, int]:
@@ -423,19 +466,23 @@ def runtime_main(args: argparse.Namespace, dev: torch.device) -> None:
         built = {(r, p): runtime_tasks(s, args, r, p, dev, folder) for p in precisions for r in names}
         rates: dict[tuple[str, str], dict[str, tuple[float, int]]] = {key: {} for key in built}
         for _ in range(args.repeat):
-            for key, tasks in built.items():
-                if isinstance(tasks, str):
+            for key, made in built.items():
+                if isinstance(made, str):
                     continue
-                for what, (fn, items, batch) in tasks.items():
+                for what, (fn, items, batch) in made[0].items():
                     got = rate(Task(fn, items, batch, what), args.min_seconds, dev)
                     rates[key][what] = max(rates[key].get(what, (0.0, batch)), (got, batch))
+        # where each loop's time goes: one more run with its forward passes timed (the steadiest figure on a
+        # shared machine: the rest is the loop's own work, building batches and reading scores)
+        inside = {key: {loop: watch.run(made[0][loop][0]) for loop, watch in made[1].items()}
+                  for key, made in built.items() if not isinstance(made, str) and dev.type == "cpu"}
         base = rates.get(("torch", "fp32"))
         print(f"  {'runtime':12} {'prec':5} {'model/s (batch)':>18} {'tail rows/s (batch)':>21}   "
               f"{'cic: /s, share, x torch':>26}   {'abl: /s, share, x torch':>26}   "
               f"{'Deletion: /s, share, x torch':>30}")
-        for (r, p), tasks in built.items():
-            if isinstance(tasks, str):
-                print(f"  {r:12} {p:5} not run: {tasks}")
+        for (r, p), made in built.items():
+            if isinstance(made, str):
+                print(f"  {r:12} {p:5} not run: {made}")
                 continue
             res = {**rates[(r, p)], "model": best_of(rates[(r, p)], "model"), "tail": best_of(rates[(r, p)], "tail")}
             cells = [f"{res['model'][0]:10,.1f} ({res['model'][1]:3d})",
@@ -445,8 +492,14 @@ def runtime_main(args: argparse.Namespace, dev: torch.device) -> None:
                 ref = best_of(base, limit)[0] if base else float("nan")
                 cells.append(f"{got:10,.1f} {got / res[limit][0]:6.1%} {got / ref:6.2f}x")
             print(f"  {r:12} {p:5} {cells[0]:>18} {cells[1]:>21}   {cells[2]:>26}   {cells[3]:>26}   {cells[4]:>30}")
+            if (r, p) in inside:
+                cells = [f"{res[loop][1]:>4d} rows, {inside[(r, p)][loop]:6.1%} in it"
+                         for loop in ("cic", "abl", "Deletion")]
+                print(f"  {'':12} {'':5} {'loops: batch, time in the model':>41}   {cells[0]:>26}   {cells[1]:>26}   "
+                      f"{cells[2]:>30}")
         print("  (share: of the runtime's own raw throughput at its best batch, the tail's for abl; x torch: against "
-              "torch fp32 eager's raw throughput at torch's best batch)")
+              "torch fp32 eager's raw throughput at torch's best batch; in it: the share of the loop's time inside "
+              "the runtime's forward passes, the tail's for abl)")
 
 
 def main() -> None:
