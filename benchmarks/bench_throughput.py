@@ -35,8 +35,9 @@ of the per-image Deletion scores, and the mean per-image Pearson and Spearman co
 ``--runtime torch,onnxruntime,openvino`` compares the inference runtimes instead (``models.runtime``):
 for each model (add ``efficientnet_lite0``, the shipped weights) and precision, each runtime's raw
 throughput at its own best batch (of 1..64; the tail's of 1..1,024 rows), the ``cic``, ``abl`` and
-Deletion loops at the library's batch sizes as a share of it, and each loop as a multiple of torch
-fp32 eager's raw throughput at torch's best batch (the tail's for ``abl``)::
+Deletion loops at the library's ``auto`` batch sizes (on a runtime: its own best batch) as a share of
+it, each loop as a multiple of torch fp32 eager's raw throughput at torch's best batch (the tail's for
+``abl``), and, on the CPU, each loop's batch and the share of its time inside the forward passes::
 
     python benchmarks/bench_throughput.py --runtime torch,onnxruntime,openvino \
         --models bundled,resnet18,efficientnet_lite0 --precision fp32,bf16

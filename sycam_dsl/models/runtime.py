@@ -18,8 +18,8 @@ or OpenVINO. The gradient pass always stays in torch.
   size, and a loop's ``auto`` batch size is that size (``measured_batch``).
 - **``auto``** picks, once per model, part, input shape, precision, thread count and CPU, the fastest
   of torch (timed on a few batches) and each installed runtime that converts the model (at its best
-  batch); the choice is kept beside the converted files. A conversion that fails under ``auto`` is one warning line and
-  torch runs; under an explicit runtime it is a ``ConversionError``.
+  batch); the choice is kept beside the converted files. A conversion that fails under ``auto`` is one
+  warning line and torch runs; under an explicit runtime it is a ``ConversionError``.
 - **Precision.** ``fp32`` everywhere; ``bf16`` in torch (autocast) or OpenVINO on a CPU that has bf16
   instructions (its inference-precision hint); ``fp16`` in torch only. A runtime that cannot run the
   precision asked for is refused in one line (explicit) or not considered (``auto``): nothing runs in
@@ -71,7 +71,6 @@ EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 FOLDER = "runtime"
 ONNX_FILE = r"[0-9a-f]{40}\.onnx"
 FILE_NAMES = re.compile(f"{ONNX_FILE}|{CHOICE_FILE}|{BATCH_FILE}")
-#: ``auto``'s timing: rows per batch (at most), batches per round, rounds (the best round counts).
 #: How far a converted model's fp32 logits may lie from torch's: ``FP32_TOLERANCE * max(1, |logits|)``.
 FP32_TOLERANCE = 1e-3
 

@@ -5,8 +5,8 @@ converted models (``models.runtime``).
   batch sizes, once per model, part, input shape, runtime, precision, thread count and CPU (a
   ``batch-<key>.json`` file). A ``RuntimeModule`` splits larger batches into batches of that size, and
   the loops' ``auto`` batch sizes take it, so that each loop runs at the runtime's best batch whatever
-  the torch model's batch sizes are (ONNX Runtime ran EfficientNet-Lite0 about 0.8x as fast at 64
-  images as at 4 or 8; OpenVINO best at 32 there).
+  the sizes chosen for torch are (a runtime's rate depends on the batch in its own way, per model and
+  CPU).
 - ``choose``: ``auto``'s pick, the fastest of torch (timed on a few batches) and each runtime that
   converted the model (at its best batch), once per model, part, input shape, precision, thread count
   and CPU (a ``choice-<key>.json`` file). ``module`` is always the torch module itself; the others run
