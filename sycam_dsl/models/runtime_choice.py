@@ -171,7 +171,7 @@ def best_batch(run: Callable[..., object], example: Sequence[torch.Tensor], key:
     # the largest size within the timing's noise of the best rate: a loop then makes fewer calls
     best = max(size for size, rate in rates.items() if rate >= SWEEP_TIE * max(rates.values()))
     _BATCHES[batch_key] = (best, rates[best])
-    note(f"runtime: {what} runs best on {runtime} at batch {best} ({rates[best]:,.0f} rows/s; timed at "
+    note(f"runtime: {what}: batch {best} is best on {runtime} ({rates[best]:,.0f} rows/s; timed at "
          f"{', '.join(map(str, rates))})", show)
     _keep(path, {"batch": best, "rows_per_second": rates[best], "rates": {str(b): r for b, r in rates.items()},
                  "runtime": runtime, "what": what})
@@ -208,6 +208,6 @@ def choose(built: dict[str, nn.Module], module: nn.Module, example: Sequence[tor
     best = max(rates, key=lambda n: rates[n])
     listed = ", ".join(f"{n} {r:,.0f}/s" for n, r in sorted(rates.items(), key=lambda kv: -kv[1]))
     _CHOSEN[choice_key] = best
-    note(f"runtime: {what} runs fastest on {best} ({precision}; {listed})", show)
+    note(f"runtime: {what}: fastest on {best} ({precision}; {listed})", show)
     _keep(path, {"runtime": best, "rows_per_second": rates, "what": what})
     return best
