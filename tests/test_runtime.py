@@ -159,6 +159,13 @@ def test_auto_picks_one_runtime_and_keeps_the_choice(tmp_path, monkeypatch):
     rt._BUILT.clear()
     monkeypatch.setattr(runtime_choice, "_once", lambda run, device=None: pytest.fail("timed again"))
     assert rt.runtime_name(forward_module(model, [x[:1]], spec)) == kept["runtime"]
+    monkeypatch.undo()
+    # a kept file that does not hold a runtime's name is timed again, not an error
+    choices[0].write_text(json.dumps({"runtime": ["onnxruntime"]}))
+    runtime_choice._CHOSEN.clear()
+    rt._BUILT.clear()
+    forward_module(model, [x[:1]], spec)
+    assert isinstance(json.loads(choices[0].read_text())["runtime"], str)
 
 
 def _timed_rows(run) -> tuple[str, int]:

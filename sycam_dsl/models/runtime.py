@@ -31,9 +31,7 @@ or OpenVINO. The gradient pass always stays in torch.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import re
 import time
@@ -48,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..util.digests import json_digest
 from ..util.modes import eval_mode
 from ..util.progress import note
 from ..util.text import first_line
@@ -283,8 +282,7 @@ def _session(runtime: str, onnx: bytes | Path, precision: str) -> Callable[[list
 
 def _key(module: nn.Module, part: str, example: Sequence[torch.Tensor]) -> str:
     shapes = [list(t.shape[1:]) for t in example]
-    text = json.dumps([model_digest(module), part, shapes, ONNX_OPSET, torch.__version__])
-    return hashlib.sha256(text.encode()).hexdigest()[:40]
+    return json_digest([model_digest(module), part, shapes, ONNX_OPSET, torch.__version__])
 
 
 #: (key, runtime, precision, threads) -> the built module: one session (or compilation) per process.

@@ -14,7 +14,6 @@ converted models (``models.runtime``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..util.digests import json_digest
 from ..util.files import atomic_write_text
 from ..util.modes import eval_mode
 from ..util.progress import note
@@ -109,10 +109,6 @@ def _torch_run(module: nn.Module, batch: list[torch.Tensor], precision: str,
     return run
 
 
-def _digest(parts: list[object]) -> str:
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:40]
-
-
 def _kept(path: Path | None) -> dict | None:
     """The JSON object kept in ``path`` (a regular file), None when there is none or it is unreadable."""
     if path is None or not path.is_file() or path.is_symlink():
@@ -144,7 +140,7 @@ def best_batch(run: Callable[..., object], example: Sequence[torch.Tensor], key:
     """(batch size, rows per second) at which ``run`` (a converted model on torch tensors) runs the most
     rows per second, over ``sweep_sizes``: the one kept for this model, part, input shape, runtime,
     precision, thread count and CPU, else timed now (then kept)."""
-    batch_key = _digest([key, runtime, precision, runtime_threads(), cpu_name()])
+    batch_key = json_digest([key, runtime, precision, runtime_threads(), cpu_name()])
     if batch_key in _BATCHES:
         return _BATCHES[batch_key]
     path = None if folder is None else folder / f"batch-{batch_key}.json"
@@ -185,12 +181,12 @@ def choose(built: dict[str, nn.Module], module: nn.Module, example: Sequence[tor
     precision, thread count and CPU, else the fastest (then kept): a converted model at the rows per
     second ``measured`` at its best batch (``best_batch``), the others timed on a few batches."""
     measured = measured or {}
-    choice_key = _digest([key, precision, runtime_threads(), cpu_name(), sorted(built)])
+    choice_key = json_digest([key, precision, runtime_threads(), cpu_name(), sorted(built)])
     if choice_key in _CHOSEN and _CHOSEN[choice_key] in built:
         return _CHOSEN[choice_key]
     path = None if folder is None else folder / f"choice-{choice_key}.json"
     kept = (_kept(path) or {}).get("runtime")
-    if kept in built:
+    if isinstance(kept, str) and kept in built:
         _CHOSEN[choice_key] = str(kept)
         return str(kept)
     batch = rows(example, TIMING_ROWS)
