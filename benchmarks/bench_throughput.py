@@ -37,7 +37,11 @@ for each model (add ``efficientnet_lite0``, the shipped weights) and precision, 
 throughput at its own best batch (of 1..64; the tail's of 1..1,024 rows), the ``cic``, ``abl`` and
 Deletion loops at the library's ``auto`` batch sizes (on a runtime: its own best batch) as a share of
 it, each loop as a multiple of torch fp32 eager's raw throughput at torch's best batch (the tail's for
-``abl``), and, on the CPU, each loop's batch and the share of its time inside the forward passes::
+``abl``), and, on the CPU, each loop's batch and the share of its time inside the forward passes. A
+sweep of interleaved rounds picks each runtime's best batch (the best median); then each round measures
+every runtime's model and tail at that batch beside its loops. Rates are the medians of those rounds,
+and a share (or multiple) is the median over them of the loop's rate over the limit's in the same round
+(not over the sweep's best, the maximum of many noisy cells)::
 
     python benchmarks/bench_throughput.py --runtime torch,onnxruntime,openvino \
         --models bundled,resnet18,efficientnet_lite0 --precision fp32,bf16
@@ -411,18 +415,19 @@ def runtime_tasks(s: Setup, args: argparse.Namespace, name: str, precision: str,
         with torch.inference_mode(), forward_precision(precision, dev):
             return fwd(xb)
 
-    def tail_run(ab: torch.Tensor) -> object:
-        rows = torch.zeros(ab.shape[0], dtype=torch.long, device=dev)
+    def tail_run(ab: torch.Tensor, cb: list[torch.Tensor]) -> object:
         with torch.inference_mode(), forward_precision(precision, dev):
-            return tail(ab, [c[rows] for c in carried])
+            return tail(ab, cb)
 
     tasks: dict[str, tuple[Callable[[], object], int, int]] = {}
     for b in SWEEP:
         xb = x[torch.arange(b) % n].contiguous(memory_format=fmt)
         tasks[f"model@{b}"] = (lambda xb=xb: model_run(xb), b, b)
     for b in TAIL_SWEEP:
-        ab = acts[torch.arange(b) % n].clone()
-        tasks[f"tail@{b}"] = (lambda ab=ab: tail_run(ab), b, b)
+        # prebuilt, as abl's loop builds the carried values (Lite0's tail carries the input image, for its
+        # batch size) once per block of images
+        ab, cb = acts[torch.arange(b) % n].clone(), [c[torch.zeros(b, dtype=torch.long, device=dev)] for c in carried]
+        tasks[f"tail@{b}"] = (lambda ab=ab, cb=cb: tail_run(ab, cb), b, b)
     sizes: dict[str, int] = {}
     steps = min(args.steps, h * w)
     sal = torch.rand(args.candidates, n, h, w, generator=torch.Generator().manual_seed(1)).to(dev)
@@ -453,31 +458,51 @@ def best_of(rates: dict[str, tuple[float, int]], prefix: str) -> tuple[float, in
 
 def runtime_main(args: argparse.Namespace, dev: torch.device) -> None:
     """``--runtime``: each runtime's raw throughput at its own best batch, the loops as a share of it and
-    as a multiple of torch fp32 eager at torch's best batch. Every task of every runtime runs once per
-    round, rounds interleaved (a shared machine drifts); the best round counts."""
+    as a multiple of torch fp32 eager at torch's best batch.
+
+    Two phases. The sweep runs every batch size of every runtime once per round, rounds interleaved; the
+    size with the best median rate is the runtime's best batch. Then each round runs, for every runtime,
+    its model and tail at their best batch followed by the three loops. The raw figures are the medians
+    of these rounds; a loop's share (and its multiple of torch) is the median over rounds of its rate
+    over the limit measured in the same round. Dividing by the sweep's best instead would divide one
+    loop figure by the maximum of many noisy cells (on a shared machine, a lucky window rather than the
+    runtime's speed); the paired median also takes out the machine's drift."""
+    import statistics
     import tempfile
 
     names = [r for r in args.runtime.split(",") if r]
     precisions = [p for p in args.precision.split(",") if p]
     folder = tempfile.mkdtemp(prefix="bench-runtime-")
+    loops = ("cic", "abl", "Deletion")
     for s in setups(args):
         s.module.to(dev).eval()
         print(f"\n{s.name}, layer {s.layer}, {s.x.shape[0]} images"
               + (f", cic on the first {s.cic_channels} channels" if s.cic_channels else ""))
         built = {(r, p): runtime_tasks(s, args, r, p, dev, folder) for p in precisions for r in names}
-        rates: dict[tuple[str, str], dict[str, tuple[float, int]]] = {key: {} for key in built}
+        ran = {key: made[0] for key, made in built.items() if not isinstance(made, str)}
+        sweep: dict[tuple[str, str], dict[str, list[float]]] = {key: {} for key in ran}
         for _ in range(args.repeat):
-            for key, made in built.items():
-                if isinstance(made, str):
-                    continue
-                for what, (fn, items, batch) in made[0].items():
-                    got = rate(Task(fn, items, batch, what), args.min_seconds, dev)
-                    rates[key][what] = max(rates[key].get(what, (0.0, batch)), (got, batch))
+            for key, tasks in ran.items():
+                for what, (fn, items, batch) in tasks.items():
+                    if what not in loops:
+                        sweep[key].setdefault(what, []).append(rate(Task(fn, items, batch, what), args.min_seconds,
+                                                                    dev))
+        # each part's best batch: the best median over the rounds (their best would favour a lucky round)
+        best = {key: {part: best_of({what: (statistics.median(v), ran[key][what][2]) for what, v in sweep[key].items()},
+                                    part)[1] for part in ("model", "tail")} for key in ran}
+        # the paired rounds: {key: {task: [rate per round]}}, task "model", "tail" or a loop
+        rounds: dict[tuple[str, str], dict[str, list[float]]] = {key: {} for key in ran}
+        for _ in range(args.repeat):
+            for key, tasks in ran.items():
+                for what in ("model", "tail", *loops):
+                    fn, items, batch = tasks[f"{what}@{best[key][what]}" if what in best[key] else what]
+                    rounds[key].setdefault(what, []).append(rate(Task(fn, items, batch, what), args.min_seconds,
+                                                                 dev))
         # where each loop's time goes: one more run with its forward passes timed (the steadiest figure on a
         # shared machine: the rest is the loop's own work, building batches and reading scores)
         inside = {key: {loop: watch.run(made[0][loop][0]) for loop, watch in made[1].items()}
                   for key, made in built.items() if not isinstance(made, str) and dev.type == "cpu"}
-        base = rates.get(("torch", "fp32"))
+        base = rounds.get(("torch", "fp32"))
         print(f"  {'runtime':12} {'prec':5} {'model/s (batch)':>18} {'tail rows/s (batch)':>21}   "
               f"{'cic: /s, share, x torch':>26}   {'abl: /s, share, x torch':>26}   "
               f"{'Deletion: /s, share, x torch':>30}")
@@ -485,22 +510,25 @@ def runtime_main(args: argparse.Namespace, dev: torch.device) -> None:
             if isinstance(made, str):
                 print(f"  {r:12} {p:5} not run: {made}")
                 continue
-            res = {**rates[(r, p)], "model": best_of(rates[(r, p)], "model"), "tail": best_of(rates[(r, p)], "tail")}
-            cells = [f"{res['model'][0]:10,.1f} ({res['model'][1]:3d})",
-                     f"{res['tail'][0]:12,.0f} ({res['tail'][1]:4d})"]
+            got = rounds[(r, p)]
+            cells = [f"{statistics.median(got['model']):10,.1f} ({best[(r, p)]['model']:3d})",
+                     f"{statistics.median(got['tail']):12,.0f} ({best[(r, p)]['tail']:4d})"]
             for loop, limit in (("cic", "model"), ("abl", "tail"), ("Deletion", "model")):
-                got = res[loop][0]
-                ref = best_of(base, limit)[0] if base else float("nan")
-                cells.append(f"{got:10,.1f} {got / res[limit][0]:6.1%} {got / ref:6.2f}x")
+                share = statistics.median(a / b for a, b in zip(got[loop], got[limit]))
+                times = (statistics.median(a / b for a, b in zip(got[loop], base[limit])) if base
+                         else float("nan"))
+                cells.append(f"{statistics.median(got[loop]):10,.1f} {share:6.1%} {times:6.2f}x")
             print(f"  {r:12} {p:5} {cells[0]:>18} {cells[1]:>21}   {cells[2]:>26}   {cells[3]:>26}   {cells[4]:>30}")
             if (r, p) in inside:
-                cells = [f"{res[loop][1]:>4d} rows, {inside[(r, p)][loop]:6.1%} in it"
-                         for loop in ("cic", "abl", "Deletion")]
+                cells = [f"{made[0][loop][2]:>4d} rows, {inside[(r, p)][loop]:6.1%} in it" for loop in loops]
                 print(f"  {'':12} {'':5} {'loops: batch, time in the model':>41}   {cells[0]:>26}   {cells[1]:>26}   "
                       f"{cells[2]:>30}")
-        print("  (share: of the runtime's own raw throughput at its best batch, the tail's for abl; x torch: against "
-              "torch fp32 eager's raw throughput at torch's best batch; in it: the share of the loop's time inside "
-              "the runtime's forward passes, the tail's for abl)")
+        print("  (model, tail: the runtime's raw throughput at its best batch (the sweep's best median), the median "
+              "of the paired rounds; a loop: "
+              "its median rate, its share of the runtime's raw throughput at that batch and its multiple of "
+              "torch fp32 eager's at torch's best batch, each the median over rounds of the ratio to the limit "
+              "measured in the same round, the tail's for abl; in it: the share of the loop's time inside the "
+              "runtime's forward passes, the tail's for abl)")
 
 
 def main() -> None:
@@ -521,7 +549,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="Deletion steps (default 10)")
     ap.add_argument("--candidates", type=int, default=2, help="saliency maps for Deletion (default 2)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best counts (default 3)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="interleaved rounds; the best counts (--runtime: the sweep's rounds, then as many paired "
+                         "rounds; default 3)")
     ap.add_argument("--min-seconds", type=float, default=0.5, help="least time per measurement (default 0.5)")
     ap.add_argument("--runtime", help="comma-separated torch, onnxruntime, openvino: compare the runtimes instead "
                                        "(raw throughput at each one's best batch; loops as a share of it and as a "
@@ -537,7 +567,7 @@ def main() -> None:
         ap.error(f"--batch: expected a positive integer or auto, got {args.batch!r}")
     dev = resolve_device(args.device)
     if args.runtime:
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}, best of {args.repeat}")
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}, {args.repeat} rounds")
         t0 = time.perf_counter()
         runtime_main(args, dev)
         print(f"\n{time.perf_counter() - t0:.0f} s")

@@ -75,6 +75,14 @@ class ShapeNet(TinyNet):
         return self.fc(torch.flatten(self.pool(a), 1)) * (c / 6)
 
 
+class BatchSizeNet(TinyNet):
+    """EfficientNet's layout: the tail reads the batch size from the input (the fx split carries it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bs = x.size(0)
+        return self.fc(self.pool(self.block(self.stem(x))).view(bs, -1))
+
+
 class DynamicNet(TinyNet):
     """Data-dependent control flow: torch.fx cannot trace it."""
 
@@ -358,6 +366,31 @@ def test_abl_fx_split_carries_skip_connections():
     terms, info = _compute(model, x, names=["abl"], chunk_size=4, ablation="fx")
     assert info.abl_method == "fx"
     torch.testing.assert_close(terms["abl"], ref_abl(model, model.block, x, info.targets))
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_abl_does_not_rerun_the_head_when_the_tail_reads_only_the_input(runtime, tmp_path):
+    """The input is all the tail carries (EfficientNet's batch size): the rows get the images themselves,
+    and no forward pass up to the layer runs, on torch or on a runtime's converted tail."""
+    if runtime != "torch":
+        pytest.importorskip(runtime, reason=f"needs {runtime} (pip install 'sycam-dsl[{runtime}]')")
+    from sycam_dsl.cam.ablation_pass import ablation_pass
+    from sycam_dsl.cam.layer_split import layer_access
+    from sycam_dsl.models.runtime import RuntimeSpec
+
+    model, x = _init(BatchSizeNet()), _images(3, dtype=torch.float32)
+    split = split_model(model, "block")
+    assert split.carried == ("<input>",) and split.carried_of(x)[0] is x
+    access = layer_access(model, "block")
+    with torch.no_grad():
+        acts, logits = access.forward(x)
+    targets = logits.argmax(1)
+    heads: list[int] = []
+    model.stem[0].register_forward_hook(lambda *_: heads.append(1))  # the fx head calls the same modules
+    spec = None if runtime == "torch" else RuntimeSpec(runtime, cache_dir=tmp_path)
+    abl, _, method = ablation_pass(access, x, acts, logits, targets, 4, "fx", False, runtime=spec)
+    assert method == "fx" and not heads
+    torch.testing.assert_close(abl, ref_abl(model, model.block, x, targets), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls, reason", [(ShapeNet, "not a per-image tensor"), (DynamicNet, "cannot trace")])

@@ -141,7 +141,7 @@ def ablation_pass(access: LayerAccess, x: torch.Tensor, acts: torch.Tensor, logi
     dev = x.device
     runner = _checked_runner(access, x, acts, logits, chunk, method)
     if runtime is not None and runner.split is not None:
-        runner = runner.with_tail(tail_forward(runner, runner.example(x[:1]), runtime, show))
+        runner = runner.with_tail(tail_forward(runner, runner.example(x[:1], acts[:1]), runtime, show))
     measured = measured_batch(runner.tail)
     if chunk == AUTO and measured is not None:  # the runtime's best batch of rows
         chunk = min(measured, n * k)

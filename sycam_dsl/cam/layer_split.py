@@ -285,6 +285,14 @@ class LayerSplit:
                                  f"which is not a per-image tensor [n, ...]")
         return acts, rest
 
+    def carried_of(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The carried values of images ``x`` ``[n, 3, H, W]``. When the input is all the tail reads from
+        before the layer (EfficientNet's batch size, say), that is ``x`` itself, and the head, a forward
+        pass up to the layer, does not run."""
+        if self.carried == ("<input>",):
+            return [x]
+        return self.run_head(x)[1] if self.carried else []
+
     def run_tail(self, acts: torch.Tensor, carried: list[torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, C]`` from activations ``[B, K, h, w]`` and the rows' carried values."""
         return _logits(self.tail(acts, *carried), "the model")
@@ -430,14 +438,18 @@ class TailRunner:
             out, rest = self.split.run_head(x)
             return [*rest, out]
         if self.split is not None:
-            return self.split.run_head(x)[1] if self.split.carried else []
+            return self.split.carried_of(x)
         if isinstance(self.access, HookAccess):
             return [x]  # the hook reruns the whole model from the input
         return []
 
-    def example(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The split tail's inputs for images ``x`` (the layer's output as it is, then the carried values)."""
+    def example(self, x: torch.Tensor, acts: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The split tail's inputs for images ``x`` (the layer's output as it is, then the carried values).
+        ``acts``: the layer's maps of ``x`` ``[n, K, h, w]`` when known; unless the layer's output is
+        tokens (a layout the maps do not hold), they spare the head's forward pass."""
         assert self.split is not None
+        if acts is not None and self.access.tokens is None:
+            return [acts, *self.split.carried_of(x)]
         out, rest = self.split.run_head(x)
         return [out, *rest]
 
