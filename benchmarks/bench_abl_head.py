@@ -11,13 +11,14 @@ per second and the median of the paired ratios (new / old).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_runtime_threads import paired
 
 from sycam_dsl.allocator import keep_freed_memory
 from sycam_dsl.cam import layer_split
@@ -63,20 +64,14 @@ def main() -> None:
         targets, rows = logits.argmax(1), acts.shape[0] * acts.shape[1]
         for rt in args.runtimes.split(","):
             spec = None if rt == "torch" else RuntimeSpec(rt, "fp32", folder)
-            rates: dict[bool, list[float]] = {True: [], False: []}
-            for _ in range(args.rounds):
-                for new in (True, False):
-                    use(new)
-                    ablation_pass(access, x, acts, logits, targets, "auto", "auto", False, "fp32", None, spec)
-                    t0, n = time.perf_counter(), 0
-                    while time.perf_counter() - t0 < args.min_seconds:
-                        ablation_pass(access, x, acts, logits, targets, "auto", "auto", False, "fp32", None, spec)
-                        n += 1
-                    rates[new].append(n * rows / (time.perf_counter() - t0))
-            use(True)
-            ratio = statistics.median(a / b for a, b in zip(rates[True], rates[False]))
-            print(f"{name:20} {rt:12} new {statistics.median(rates[True]):10,.0f}  old "
-                  f"{statistics.median(rates[False]):10,.0f} rows/s  median paired ratio {ratio:.2f}x", flush=True)
+            run = functools.partial(ablation_pass, access, x, acts, logits, targets, "auto", "auto", False, "fp32",
+                                    None, spec)
+            for new in (True, False):  # warm-up: conversions, sweeps and the first call of each side
+                use(new)
+                run()
+            rates_new, rates_old, ratio = paired(use, run, rows, args.rounds, args.min_seconds)
+            print(f"{name:20} {rt:12} new {statistics.median(rates_new):10,.0f}  old "
+                  f"{statistics.median(rates_old):10,.0f} rows/s  median paired ratio {ratio:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,24 @@ def use(single_thread: bool) -> None:
             lambda forward: contextlib.nullcontext())
 
 
+def paired(use: Callable[[bool], None], fn: Callable[[], object], items: int, rounds: int,
+           seconds: float) -> tuple[list[float], list[float], float]:
+    """(new rates, old rates, median of the paired ratios new / old) of ``fn`` (``items`` per call) with
+    ``use(False)`` (the old code) and ``use(True)`` (the new) in interleaved rounds of ``seconds`` each;
+    leaves the new code in place."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for new in (False, True):
+            use(new)
+            t, done = time.perf_counter(), 0
+            while time.perf_counter() - t < seconds:
+                fn()
+                done += items
+            rates[new].append(done / (time.perf_counter() - t))
+    use(True)
+    return rates[True], rates[False], statistics.median(a / b for a, b in zip(rates[True], rates[False]))
+
+
 def loops(s: Setup, fwd: torch.nn.Module) -> dict[str, tuple[Callable[[], object], int]]:
     """``{loop: (run, items per run)}``: ``cic`` (live masked images) and Deletion (perturbed images)."""
     x = s.x
@@ -66,19 +84,9 @@ def main() -> None:
             fwd = forward_module(s.module, [s.x[:1]], RuntimeSpec(name, "fp32", tempfile.mkdtemp()))
             for what, (fn, items) in loops(s, fwd).items():
                 fn()  # warm-up
-                rates: dict[bool, list[float]] = {True: [], False: []}
-                for _ in range(args.rounds):
-                    for single in (False, True):
-                        use(single)
-                        t, done = time.perf_counter(), 0
-                        while time.perf_counter() - t < args.seconds:
-                            fn()
-                            done += items
-                        rates[single].append(done / (time.perf_counter() - t))
-                use(True)
-                ratio = statistics.median(a / b for a, b in zip(rates[True], rates[False]))
-                print(f"{s.name[:28]:28} {name:12} {what:9} old {max(rates[False]):10,.1f}/s  new "
-                      f"{max(rates[True]):10,.1f}/s  median paired ratio {ratio:.2f}x", flush=True)
+                new, old, ratio = paired(use, fn, items, args.rounds, args.seconds)
+                print(f"{s.name[:28]:28} {name:12} {what:9} old {max(old):10,.1f}/s  new "
+                      f"{max(new):10,.1f}/s  median paired ratio {ratio:.2f}x", flush=True)
 
 if __name__ == "__main__":
     main()
