@@ -488,8 +488,9 @@ def runtime_main(args: argparse.Namespace, dev: torch.device) -> None:
                         sweep[key].setdefault(what, []).append(rate(Task(fn, items, batch, what), args.min_seconds,
                                                                     dev))
         # each part's best batch: the best median over the rounds (their best would favour a lucky round)
-        best = {key: {part: best_of({what: (statistics.median(v), ran[key][what][2]) for what, v in sweep[key].items()},
-                                    part)[1] for part in ("model", "tail")} for key in ran}
+        medians = {key: {what: (statistics.median(v), ran[key][what][2]) for what, v in rates.items()}
+                   for key, rates in sweep.items()}
+        best = {key: {part: best_of(medians[key], part)[1] for part in ("model", "tail")} for key in ran}
         # the paired rounds: {key: {task: [rate per round]}}, task "model", "tail" or a loop
         rounds: dict[tuple[str, str], dict[str, list[float]]] = {key: {} for key in ran}
         for _ in range(args.repeat):
